@@ -1,0 +1,44 @@
+# lungexp — `make run` trains the demo experiment, `make test` runs the test suite.
+# Both set up .venv first (torch pinned first, so pip never resolves a multi-GB CUDA build by accident).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.install-stamp
+MLFLOW_PORT ?= 5000
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+
+.PHONY: install run test lint mlflow-ui bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changed (or the venv is new).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/python -m lungexp.run experiment=demo $(RUN_ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check lungexp scripts tests
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+bench: install
+	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_data.py
+	$(BIN)/python scripts/bench_models.py
+
+clean:
+	rm -rf logs mlartifacts mlflow.db data/cache .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

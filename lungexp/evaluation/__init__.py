@@ -1,0 +1,1 @@
+"""Metrics and result plots for binary nodule classification."""

@@ -1,0 +1,37 @@
+"""Model size and compute, logged with every run so architectures are compared at equal cost."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(net: nn.Module) -> int:
+    """All parameters, trainable or frozen (freezing for fine-tuning must not change the reported size)."""
+    return sum(parameter.numel() for parameter in net.parameters())
+
+
+def count_flops(net: nn.Module, input_shape: tuple[int, ...] = (1, 1, 32, 32, 32)) -> int:
+    """Forward FLOPs (PyTorch's count: 2 per multiply-accumulate) for one input of ``input_shape``.
+
+    Runs on a deep copy in eval mode without grad, so the caller's network (its BN statistics, its
+    train/eval mode, its autograd graph) is untouched.
+    """
+    probe = copy.deepcopy(net).eval()
+    parameter = next(probe.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        probe(torch.zeros(input_shape, device=device))
+    return int(counter.get_total_flops())
+
+
+def model_summary(net: nn.Module, in_channels: int, patch: int = 32) -> dict[str, int | float]:
+    """``{"params": ..., "flops_<patch>": ...}`` for MLflow, FLOPs for one (in_channels, patch³) sample."""
+    return {
+        "params": count_parameters(net),
+        f"flops_{patch}": count_flops(net, (1, in_channels, patch, patch, patch)),
+    }

@@ -1,0 +1,20 @@
+"""Train and test a model: ``python -m lungexp.run [experiment=NAME] [group=option] [key=value]``."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from lungexp.training.pipeline import train
+from lungexp.utils.config import print_config_tree
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Returns the optimised validation metric, so Hydra sweepers can maximise it."""
+    print_config_tree(cfg)
+    return train(cfg).optimized_metric
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Experiment tracking: what goes to MLflow (params, config, figures, tables) and how."""

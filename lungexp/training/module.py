@@ -1,0 +1,154 @@
+"""The LightningModule: a binary nodule classifier around any network from ``lungexp.models``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC
+
+from lungexp.evaluation.metrics import classification_metrics
+from lungexp.evaluation.plots import confusion_matrix_figure, roc_figure, score_histogram_figure
+from lungexp.models.complexity import model_summary
+from lungexp.models.pretrained import PretrainedReport, load_pretrained
+from lungexp.tracking.mlflow import log_figure, log_params, log_table
+from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
+
+log = logging.getLogger(__name__)
+
+
+class NoduleClassifier(pl.LightningModule):
+    """Trains ``net`` (one logit per patch) with BCE and reports the shared metric set.
+
+    Args:
+        net: the network; its classifier must be ``net.head`` (see ``lungexp.models``).
+        optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``.
+        scheduler: optional partial LR scheduler taking ``optimizer``, stepped per epoch.
+        pos_weight: BCE weight of positives: ``None``, a number, or ``"auto"`` (neg/pos of the training split).
+        pretrained: ``{path, format, sha256}``: weights loaded into ``net`` before training.
+        finetune: ``{freeze_backbone_epochs, freeze_bn, head_lr_mult}``; the freezing itself is done
+            by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        pos_weight: float | str | None = None,
+        pretrained: dict[str, Any] | None = None,
+        finetune: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.finetune = {"freeze_backbone_epochs": 0, "freeze_bn": False, "head_lr_mult": 1.0, **(finetune or {})}
+        self.pretrained_report: PretrainedReport | None = None
+        pretrained = pretrained or {}
+        if pretrained.get("path"):
+            self.pretrained_report = load_pretrained(net, pretrained["path"], format=pretrained.get("format", "auto"),
+                                                     sha256=pretrained.get("sha256"))
+        self.register_buffer("pos_weight", torch.ones(()), persistent=False)
+        self.val_metrics = classification_metrics("val/")
+        self.test_metrics = classification_metrics("test/")
+        self.test_roc = BinaryROC()
+        self.test_confusion = BinaryConfusionMatrix()
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).squeeze(-1)
+
+    def train(self, mode: bool = True) -> NoduleClassifier:
+        # Lightning calls train() again after every validation loop, so BatchNorm is re-frozen here.
+        super().train(mode)
+        if mode and self.finetune["freeze_bn"]:
+            freeze_batchnorm(self.net)
+        return self
+
+    def setup(self, stage: str) -> None:
+        weight = self.hparams.pos_weight
+        if weight == "auto":
+            negatives, positives = self.trainer.datamodule.train_class_counts
+            weight = negatives / max(positives, 1)
+            log.info("pos_weight=auto: %.2f (%d negatives / %d positives)", weight, negatives, positives)
+        if weight is not None:
+            self.pos_weight.fill_(float(weight))
+
+    def on_fit_start(self) -> None:
+        in_channels = self.trainer.datamodule.spec.channels if self.trainer.datamodule else 1
+        params: dict[str, Any] = {f"model_info.{k}": v for k, v in model_summary(self.net, in_channels).items()}
+        if self.pretrained_report is not None:
+            params.update(self.pretrained_report.as_params())
+        log.info("Model: %s", ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items()))
+        log_params(self.loggers, params)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=self.pos_weight)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch["image"]), batch["label"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"]).float()
+        self.log(f"{stage}/loss", self._loss(logits, batch["label"]), on_epoch=True, sync_dist=True,
+                 batch_size=len(batch["label"]))
+        return torch.sigmoid(logits)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.val_metrics.update(self._evaluate(batch, "val"), batch["label"].long())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        probabilities = self._evaluate(batch, "test")
+        labels = batch["label"].long()
+        for metric in (self.test_metrics, self.test_roc, self.test_confusion):
+            metric.update(probabilities, labels)
+        self._test_outputs.append((batch["index"].cpu(), probabilities.detach().cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self.test_metrics.compute()
+        self.log_dict(metrics)
+        fpr, tpr, _ = (t.cpu().numpy() for t in self.test_roc.compute())
+        log_figure(self.loggers, roc_figure(fpr, tpr, float(metrics["test/auroc"]), title="Test ROC"), "plots/roc_curve.png")
+        log_figure(self.loggers, confusion_matrix_figure(self.test_confusion.compute().cpu().numpy()),
+                   "plots/confusion_matrix.png")
+        predictions = self._test_predictions()
+        if predictions is not None:
+            log_figure(self.loggers, score_histogram_figure(predictions["probability"].to_numpy(),
+                                                            predictions["label"].to_numpy()),
+                       "plots/score_histogram.png")
+            log_table(self.loggers, predictions, "predictions/test_predictions.csv")
+        for metric in (self.test_metrics, self.test_roc, self.test_confusion):
+            metric.reset()
+        self._test_outputs.clear()
+
+    def _test_predictions(self) -> pd.DataFrame | None:
+        """Per-patch test probabilities joined with the sample table (this rank's share under DDP)."""
+        datamodule = self.trainer.datamodule
+        if not self._test_outputs or getattr(datamodule, "cache", None) is None:
+            return None
+        rows = torch.cat([rows for rows, _ in self._test_outputs]).numpy()
+        probabilities = torch.cat([p for _, p in self._test_outputs]).numpy()
+        table = datamodule.cache.index.iloc[rows].reset_index(names="cache_row")
+        return table.assign(probability=np.round(probabilities, 6))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        lr = self.optimizer_factory.keywords["lr"]
+        optimizer = self.optimizer_factory(params=parameter_groups(self.net, lr, self.finetune["head_lr_mult"]))
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
+                                                         "interval": "epoch"}}

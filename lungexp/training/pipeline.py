@@ -1,0 +1,90 @@
+"""Config -> datamodule, model, callbacks, loggers, Trainer -> fit -> test the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from lungexp.tracking.mlflow import log_config, mlflow_loggers
+from lungexp.training.finetuning import BackboneFreeze
+from lungexp.utils.config import instantiate_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced: the optimised metric, final metrics and where results are."""
+
+    optimized_metric: float | None
+    metrics: dict[str, float]
+    best_checkpoint: str | None
+    mlflow_run_id: str | None
+    mlflow_tracking_uri: str | None
+
+
+def train(cfg: DictConfig) -> RunResult:
+    """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says."""
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    if cfg.model.finetune.freeze_backbone_epochs > 0:
+        callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
+                                        train_bn=not cfg.model.finetune.freeze_bn))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                                                  _convert_="partial")
+    log_config(loggers, cfg)
+
+    trainer.fit(model, datamodule=datamodule)
+    optimized = _optimized_metric(trainer, cfg.optimized_metric)
+    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.test_after_fit:
+        # weights_only: our checkpoints hold only tensors and plain containers.
+        trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    mlflow = next(iter(mlflow_loggers(loggers)), None)
+    result = RunResult(
+        optimized_metric=optimized,
+        metrics=metrics,
+        best_checkpoint=checkpoint or None,
+        mlflow_run_id=mlflow.run_id if mlflow else None,
+        mlflow_tracking_uri=mlflow._tracking_uri if isinstance(mlflow, MLFlowLogger) else None,
+    )
+    _print_summary(result)
+    return result
+
+
+def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
+    """Best monitored value if a checkpoint callback tracked it, else the last logged value."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.monitor == name and callback.best_model_score is not None:
+        return float(callback.best_model_score)
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else float(value)
+
+
+@rank_zero_only
+def _print_summary(result: RunResult) -> None:
+    lines = ["", "=" * 72, "Results"]
+    for key in sorted(k for k in result.metrics if k.startswith("test/")):
+        lines.append(f"  {key:<22} {result.metrics[key]:.4f}")
+    if result.optimized_metric is not None:
+        lines.append(f"  best optimised metric  {result.optimized_metric:.4f}")
+    lines.append(f"  best checkpoint        {result.best_checkpoint or '(none saved)'}")
+    if result.mlflow_run_id:
+        lines.append(f"  MLflow run id          {result.mlflow_run_id}")
+        lines.append(f"  MLflow tracking URI    {result.mlflow_tracking_uri}")
+        lines.append("  Open the MLflow UI:    make mlflow-ui   (then http://127.0.0.1:5000)")
+    lines.append("=" * 72)
+    print("\n".join(lines))
+    if result.best_checkpoint:
+        log.info("Best checkpoint: %s", Path(result.best_checkpoint).resolve())

@@ -1,0 +1,1 @@
+"""Config handling shared by the command-line entry points."""

@@ -1,0 +1,39 @@
+"""OmegaConf resolvers, config printing and instantiation of config-defined object lists."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.tree import Tree
+
+PRINT_ORDER = ("data", "aug", "model", "callbacks", "logger", "trainer", "paths", "experiment")
+
+
+def register_resolvers() -> None:
+    """``${len:LIST}`` (e.g. channels = number of patch scales). Idempotent."""
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda value: len(value))
+
+
+def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> None:
+    """The composed config as a tree, one branch per group, in a stable order."""
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(f"[bold]{key}[/bold]").add(Syntax(text, "yaml", background_color="default"))
+    Console(soft_wrap=True).print(tree)
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a mapping (e.g. ``callbacks``, ``logger``), skipping nulls."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(node, _convert_="partial") for node in cfg.values()
+            if isinstance(node, DictConfig) and "_target_" in node]

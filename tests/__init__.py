@@ -1,0 +1,1 @@
+"""lungexp test suite."""

@@ -1,0 +1,82 @@
+"""Every option of every config group composes, and a fast_dev_run with it trains, validates and tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from mlflow import MlflowClient
+
+from lungexp.training.pipeline import train
+
+from .conftest import CONFIG_DIR, TINY_NETS
+
+
+def options(group: str) -> list[str]:
+    """Selectable options of a group (files starting with '_' are shared bases, not options)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def test_every_model_option_has_a_tiny_variant() -> None:
+    assert set(options("model")) == set(TINY_NETS)
+
+
+def test_experiment_group_lists_the_presets() -> None:
+    assert "demo" in options("experiment")
+
+
+def test_config_composes_fast_and_resolves(make_config) -> None:
+    cfg = make_config("experiment=demo")
+    assert cfg.task_name == "demo"
+    assert cfg.data.in_channels == 1
+    assert cfg.model.net.in_channels == 1
+    assert cfg.logger.mlflow.tracking_uri.startswith("sqlite:///")
+
+
+def test_unknown_option_is_a_clear_error(make_config) -> None:
+    with pytest.raises(ConfigCompositionException, match="model"):
+        make_config("model=not_a_model")
+
+
+def _dev_run(cfg) -> None:
+    result = train(cfg)
+    assert result.metrics, "no metrics were logged"
+    assert "test/auroc" in result.metrics
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_fast_dev_run_model(make_config, option: str) -> None:
+    _dev_run(make_config("trainer=debug", model=option))
+
+
+@pytest.mark.parametrize("option", options("aug"))
+def test_fast_dev_run_aug(make_config, option: str) -> None:
+    _dev_run(make_config("trainer=debug", f"aug={option}"))
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_fast_dev_run_data(make_config, synthetic_root: Path, option: str) -> None:
+    # luna16 options read the synthetic set, which is in the real LUNA16 layout (data.root is set to it).
+    _dev_run(make_config("trainer=debug", f"data={option}", f"data.root={synthetic_root}",
+                         "data.split.fold=0", "data.split.val_fold=1"))
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_fast_dev_run_trainer(make_config, option: str) -> None:
+    cfg = make_config(f"trainer={option}", "++trainer.fast_dev_run=true")
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        pytest.skip("trainer=gpu needs a CUDA GPU; composed fine")
+    if cfg.trainer.get("strategy") == "ddp":
+        pytest.skip("trainer=ddp re-launches the command per rank; tested in a subprocess (test_ddp.py)")
+    _dev_run(cfg)
+
+
+def test_mlflow_gets_params_with_dotted_names(make_config, tmp_path: Path) -> None:
+    cfg = make_config("trainer=debug")
+    result = train(cfg)
+    run = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id)
+    assert run.data.params["model.net._target_"] == "lungexp.models.CNN3D"
+    assert run.data.params["data.patch.size"] == "16"
+    assert int(run.data.params["model_info.params"]) > 0

@@ -1,0 +1,287 @@
+"""Strict pretrained loading: MedicalNet files (built here from MedicalNet's naming, independently of our
+ResNet3D), Lightning checkpoints, plain state dicts, stem adaptation, integrity and safety checks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from lungexp.models import CNN3D, DenseNet3D, PretrainedWeightsError, ResNet3D, SEResNet3D, load_pretrained
+
+MEDICALNET_STAGE_WIDTHS = (64, 128, 256, 512)
+MEDICALNET_BASIC_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2)}
+
+
+def _batchnorm(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    stats = ("weight", "bias", "running_mean", "running_var")
+    return {f"{prefix}.{name}": (channels,) for name in stats} | {f"{prefix}.num_batches_tracked": ()}
+
+
+def medicalnet_key_shapes(depth: int, shortcut: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a MedicalNet basic-block ResNet state dict (after ``module.``), as in its models/resnet.py:
+    stem conv1 (64, 1, 7³), bn1, layer{1..4}.{i}.conv1/bn1/conv2/bn2, shortcut B ``downsample.0`` (1³ conv)
+    + ``downsample.1`` (BN) on every stage-opening block that changes stride or width, then the
+    segmentation decoder ``conv_seg`` (which a classifier must drop)."""
+    shapes = {"conv1.weight": (64, 1, 7, 7, 7)} | _batchnorm("bn1", 64)
+    inplanes = 64
+    stages = zip(MEDICALNET_STAGE_WIDTHS, MEDICALNET_BASIC_BLOCKS[depth], strict=True)
+    for stage, (planes, blocks) in enumerate(stages, 1):
+        for index in range(blocks):
+            block = f"layer{stage}.{index}"
+            shapes[f"{block}.conv1.weight"] = (planes, inplanes, 3, 3, 3)
+            shapes |= _batchnorm(f"{block}.bn1", planes)
+            shapes[f"{block}.conv2.weight"] = (planes, planes, 3, 3, 3)
+            shapes |= _batchnorm(f"{block}.bn2", planes)
+            if shortcut == "B" and index == 0 and stage > 1:
+                shapes[f"{block}.downsample.0.weight"] = (planes, inplanes, 1, 1, 1)
+                shapes |= _batchnorm(f"{block}.downsample.1", planes)
+            inplanes = planes
+    shapes |= {"conv_seg.0.weight": (512, 32, 2, 2, 2), "conv_seg.0.bias": (32,)} | _batchnorm(
+        "conv_seg.1", 32
+    )
+    shapes |= {"conv_seg.3.weight": (32, 32, 3, 3, 3)} | _batchnorm("conv_seg.4", 32)
+    shapes |= {"conv_seg.6.weight": (2, 32, 1, 1, 1)}
+    return shapes
+
+
+def _random_tensors(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            tensors[key] = torch.tensor(1000)
+        elif key.endswith("running_var"):
+            tensors[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            tensors[key] = torch.randn(shape, generator=generator) * 0.05
+    return tensors
+
+
+def _save_medicalnet(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """MedicalNet's train.py container: DataParallel keys under ``state_dict`` plus bookkeeping."""
+    torch.save(
+        {"ecpoch": 200, "batch_id": 0, "state_dict": {f"module.{k}": v for k, v in tensors.items()}}, path
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def medicalnet_files(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[int, tuple[Path, dict[str, torch.Tensor]]]:
+    folder = tmp_path_factory.mktemp("medicalnet")
+    files = {}
+    for depth, shortcut in ((10, "B"), (18, "A")):
+        tensors = _random_tensors(medicalnet_key_shapes(depth, shortcut), seed=depth)
+        files[depth] = (_save_medicalnet(folder / f"resnet_{depth}.pth", tensors), tensors)
+    return files
+
+
+def _backbone_shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.startswith("head.")}
+
+
+@pytest.mark.parametrize(("depth", "shortcut"), [(10, "B"), (18, "A")])
+def test_resnet3d_has_medicalnet_names_and_shapes(depth: int, shortcut: str) -> None:
+    expected = {
+        k: v for k, v in medicalnet_key_shapes(depth, shortcut).items() if not k.startswith("conv_seg.")
+    }
+    assert _backbone_shapes(ResNet3D(depth)) == expected
+    assert _backbone_shapes(ResNet3D(depth, dilated=True)) == expected
+
+
+@pytest.mark.parametrize("depth", [10, 18])
+@pytest.mark.parametrize("checkpoint_format", ["medicalnet", "auto"])
+def test_medicalnet_checkpoint_loads_every_backbone_tensor(
+    medicalnet_files: dict, depth: int, checkpoint_format: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, tensors = medicalnet_files[depth]
+    net = ResNet3D(depth)
+    head_before = {k: v.clone() for k, v in net.head.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="lungexp.models.pretrained"):
+        report = load_pretrained(net, path, format=checkpoint_format)
+
+    state = net.state_dict()
+    backbone_keys = [k for k in tensors if not k.startswith("conv_seg.")]
+    for key in backbone_keys:
+        assert torch.equal(state[key], tensors[key]), key
+    assert all(torch.equal(net.head.state_dict()[k], v) for k, v in head_before.items())
+    assert report.format == "medicalnet"
+    assert report.loaded == len(backbone_keys)
+    assert report.fresh_keys == ("head.3.weight", "head.3.bias")
+    assert report.fresh == 2
+    assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert report.as_params() == {
+        "pretrained.path": str(path),
+        "pretrained.format": "medicalnet",
+        "pretrained.sha256": report.sha256,
+        "pretrained.loaded_tensors": len(backbone_keys),
+        "pretrained.fresh_tensors": 2,
+    }
+    assert f"Loaded {len(backbone_keys)} pretrained tensors" in caplog.text
+
+
+def test_medicalnet_weights_fit_the_dilated_and_attention_variants(medicalnet_files: dict) -> None:
+    path, _ = medicalnet_files[10]
+    load_pretrained(ResNet3D(10, shortcut_type="B", dilated=True), path, format="medicalnet")
+    with pytest.raises(PretrainedWeightsError, match="missing") as error:
+        load_pretrained(SEResNet3D(10), path)  # attention tensors are not in MedicalNet's file
+    assert "layer1.0.attention.excite.0.weight" in str(error.value)
+
+
+def test_pretrained_and_scratch_networks_differ(medicalnet_files: dict) -> None:
+    path, _ = medicalnet_files[10]
+    torch.manual_seed(0)
+    scratch = ResNet3D(10).eval()
+    pretrained = ResNet3D(10).eval()
+    pretrained.load_state_dict(scratch.state_dict())
+    load_pretrained(pretrained, path)
+    inputs = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(scratch(inputs), pretrained(inputs))
+
+
+def test_wrong_shortcut_type_is_reported(medicalnet_files: dict) -> None:
+    path, _ = medicalnet_files[18]
+    with pytest.raises(PretrainedWeightsError) as error:
+        load_pretrained(ResNet3D(18, shortcut_type="B"), path)
+    assert "layer2.0.downsample.0.weight" in str(error.value)
+    assert "shortcut" in str(error.value)
+
+
+def test_renamed_key_is_listed_as_missing_and_unexpected(medicalnet_files: dict, tmp_path: Path) -> None:
+    _, tensors = medicalnet_files[10]
+    renamed = dict(tensors)
+    renamed["layer1.0.convX.weight"] = renamed.pop("layer1.0.conv1.weight")
+    path = _save_medicalnet(tmp_path / "renamed.pth", renamed)
+    with pytest.raises(PretrainedWeightsError) as error:
+        load_pretrained(ResNet3D(10), path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "missing (1):\n    layer1.0.conv1.weight" in message
+    assert "unexpected (1):\n    layer1.0.convX.weight" in message
+
+
+def test_misshaped_key_is_listed_with_both_shapes(medicalnet_files: dict, tmp_path: Path) -> None:
+    _, tensors = medicalnet_files[10]
+    path = _save_medicalnet(
+        tmp_path / "misshaped.pth", tensors | {"layer3.0.conv2.weight": torch.zeros(256, 256, 3, 3, 1)}
+    )
+    net = ResNet3D(10)
+    before = net.layer1[0].conv1.weight.clone()
+    with pytest.raises(PretrainedWeightsError) as error:
+        load_pretrained(net, path)
+    assert "layer3.0.conv2.weight: file (256, 256, 3, 3, 1) vs model (256, 256, 3, 3, 3)" in str(error.value)
+    assert torch.equal(net.layer1[0].conv1.weight, before)  # nothing is loaded when anything is wrong
+
+
+def test_long_key_lists_are_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "cnn.pt"
+    torch.save(CNN3D(widths=(2, 2)).state_dict(), path)
+    with pytest.raises(PretrainedWeightsError) as error:
+        load_pretrained(ResNet3D(34, widths=(2, 2, 2, 2)), path)
+    missing_section = str(error.value).split("missing (")[1].split("unexpected")[0]
+    assert missing_section.count("\n    ") == 21  # 20 keys + the "... and N more" line
+    assert "more" in missing_section
+
+
+def test_single_channel_stem_is_spread_over_three_channels(medicalnet_files: dict) -> None:
+    path, tensors = medicalnet_files[10]
+    mono, rgb = ResNet3D(10).eval(), ResNet3D(10, in_channels=3).eval()
+    load_pretrained(mono, path)
+    load_pretrained(rgb, path)
+    assert torch.allclose(rgb.conv1.weight, tensors["conv1.weight"].repeat(1, 3, 1, 1, 1) / 3)
+    rgb.head.load_state_dict(mono.head.state_dict())
+    volume = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():  # a replicated grey volume gives the pretrained single-channel response
+        assert torch.allclose(rgb(volume.repeat(1, 3, 1, 1, 1)), mono(volume), atol=1e-5)
+
+
+def test_multi_channel_stem_is_averaged_for_one_channel(tmp_path: Path) -> None:
+    source = DenseNet3D(in_channels=3, growth_rate=4, block_config=(2, 2), num_init_features=8)
+    path = tmp_path / "rgb.pt"
+    torch.save(source.state_dict(), path)
+    target = DenseNet3D(in_channels=1, growth_rate=4, block_config=(2, 2), num_init_features=8)
+    load_pretrained(target, path)
+    assert torch.allclose(target.conv1.weight, source.conv1.weight.mean(dim=1, keepdim=True))
+
+
+def test_sha256_is_checked(medicalnet_files: dict) -> None:
+    path, _ = medicalnet_files[10]
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_pretrained(ResNet3D(10), path, sha256=actual.upper()).sha256 == actual
+    wrong = "0" * 64
+    with pytest.raises(PretrainedWeightsError) as error:
+        load_pretrained(ResNet3D(10), path, sha256=wrong)
+    assert str(path) in str(error.value) and wrong in str(error.value) and actual in str(error.value)
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "resnet_10.pth"
+    with pytest.raises(FileNotFoundError, match="resnet_10.pth"):
+        load_pretrained(ResNet3D(10), missing)
+
+
+class _WritesMarkerWhenUnpickled:
+    """Unpickling calls ``open(marker, "w")``: proof that a pickle could run arbitrary code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    tiny = CNN3D(widths=(2,))
+    torch.save({"state_dict": tiny.state_dict(), "payload": _WritesMarkerWhenUnpickled(marker)}, path)
+    with pytest.raises(PretrainedWeightsError, match="weights_only"):
+        load_pretrained(tiny, path)
+    assert not marker.exists()
+
+
+def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = SEResNet3D(10, widths=(4, 8, 8, 8), attention_reduction=4)
+    checkpoint = {
+        "epoch": 3,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": {f"net.{k}": v for k, v in trained.state_dict().items()}
+        | {"loss.pos_weight": torch.tensor([3.0])},
+    }
+    path = tmp_path / "epoch=3.ckpt"
+    torch.save(checkpoint, path)
+    torch.manual_seed(1)
+    restored = SEResNet3D(10, widths=(4, 8, 8, 8), attention_reduction=4)
+    report = load_pretrained(restored, path)
+    assert report.format == "lightning"
+    restored_state = restored.state_dict()
+    for key, value in trained.state_dict().items():
+        if key.startswith("head."):
+            assert not torch.equal(restored_state[key], value), f"{key} must stay freshly initialised"
+        else:
+            assert torch.equal(restored_state[key], value), key
+
+
+def test_plain_state_dict_with_dataparallel_prefix(tmp_path: Path) -> None:
+    source = CNN3D(widths=(2, 4))
+    path = tmp_path / "weights.pt"
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, path)
+    target = CNN3D(widths=(2, 4))
+    assert load_pretrained(target, path).format == "state_dict"
+    assert torch.equal(target.features[1][0].weight, source.features[1][0].weight)
+
+
+def test_unrecognised_content_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(PretrainedWeightsError, match="Cannot recognise"):
+        load_pretrained(CNN3D(widths=(2,)), path)
+    with pytest.raises(ValueError, match="format"):
+        load_pretrained(CNN3D(widths=(2,)), path, format="onnx")
