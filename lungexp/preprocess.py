@@ -1,0 +1,28 @@
+"""Build the patch cache ahead of training: ``python -m lungexp.preprocess data=luna16 data.root=DIR``.
+
+Takes the same config (and overrides) as ``lungexp.run``; training builds a missing cache itself,
+so this is for doing the slow part once, e.g. before a sweep or on a machine with more cores
+(``data.preprocess_workers=16``).
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from lungexp.data.datamodule import NoduleDataModule
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    datamodule.prepare_data()
+    cache = datamodule.cache
+    labels = cache.index["label"]
+    print(f"Patch cache: {cache.folder}\n  {len(cache)} patches of shape {tuple(cache.patches.shape[1:])} "
+          f"from {cache.index['seriesuid'].nunique()} scans ({int(labels.sum())} positive, "
+          f"{int((labels == 0).sum())} negative)")
+
+
+if __name__ == "__main__":
+    main()
