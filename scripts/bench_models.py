@@ -9,6 +9,7 @@ in fp32 and under bf16 autocast, on CPU and (if available) CUDA. Example:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -55,7 +56,8 @@ def training_samples_per_second(
     autocast_dtype: torch.dtype | None,
     config: BenchConfig,
 ) -> float:
-    """Samples/s of full training steps, timed after ``warmup`` untimed steps (allocator, kernel selection)."""
+    """Samples/s of full training steps: batch size / median step time, after ``warmup`` untimed steps
+    (allocator, kernel selection). The median shrugs off steps slowed by other processes on a shared box."""
     torch.manual_seed(0)
     net = build().to(device).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -71,12 +73,14 @@ def training_samples_per_second(
 
     for _ in range(config.warmup):
         step()
-    _synchronize(device)
-    start = time.perf_counter()
+    step_seconds = []
     for _ in range(config.steps):
+        _synchronize(device)
+        start = time.perf_counter()
         step()
-    _synchronize(device)
-    return config.batch_size * config.steps / (time.perf_counter() - start)
+        _synchronize(device)
+        step_seconds.append(time.perf_counter() - start)
+    return config.batch_size / statistics.median(step_seconds)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
         + (f", {torch.cuda.get_device_name()}" if "cuda" in args.devices else "")
-        + f"; batch {config.batch_size}, {config.patch}³, {config.warmup} warmup + {config.steps} timed steps\n"
+        + f"; batch {config.batch_size}, {config.patch}³, {config.warmup} warmup + median of {config.steps} timed steps\n"
     )
     print(format_table(rows, args.markdown))
 

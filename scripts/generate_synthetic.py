@@ -21,8 +21,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("root", help="dataset folder to create (or reuse if it holds the same dataset)")
     parser.add_argument("--num-scans", type=int, default=20)
     parser.add_argument("--num-subsets", type=int, default=5)
-    parser.add_argument("--shape", type=int, nargs=3, default=(80, 160, 160), metavar=("Z", "Y", "X"),
-                        help="array shape of each scan")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(80, 160, 160),
+        metavar=("Z", "Y", "X"),
+        help="array shape of each scan",
+    )
     parser.add_argument("--nodules-per-scan", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"))
     parser.add_argument("--negatives-per-scan", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -48,10 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     candidates = pd.read_csv(dataset.candidates_csv)
     print(f"dataset:    {dataset.root} ({elapsed:.1f} s)")
     print(f"scans:      {len(dataset.series_uids)}")
-    print(f"nodules:    {len(nodules)} ({nodules['mal_bool'].mean():.0%} malignant), "
-          f"diameter {nodules['diameter_mm'].min():.1f}-{nodules['diameter_mm'].max():.1f} mm")
-    print(f"candidates: {len(candidates)} ({int(candidates['class'].sum())} nodules, "
-          f"{int((candidates['class'] == 0).sum())} negatives)")
+    print(
+        f"nodules:    {len(nodules)} ({nodules['mal_bool'].mean():.0%} malignant), "
+        f"diameter {nodules['diameter_mm'].min():.1f}-{nodules['diameter_mm'].max():.1f} mm"
+    )
+    print(
+        f"candidates: {len(candidates)} ({int(candidates['class'].sum())} nodules, "
+        f"{int((candidates['class'] == 0).sum())} negatives)"
+    )
     return 0
 
 

@@ -54,9 +54,14 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def tiny_synthetic_overrides() -> list[str]:
+    """``data.synthetic.*`` overrides that make `data=synthetic` generate the tiny dataset."""
+    return [f"data.synthetic.{k}={v}".replace(" ", "") for k, v in TINY_SYNTHETIC.items()]
+
+
 def tiny_data_overrides(root: Path, cache_dir: Path) -> list[str]:
-    synthetic = [f"data.synthetic.{k}={v}".replace(" ", "") for k, v in TINY_SYNTHETIC.items()]
-    return [f"data.root={root}", f"data.cache_dir={cache_dir}", *synthetic, *FAST_OVERRIDES]
+    """Read the session's pre-generated tiny dataset (so no test regenerates it)."""
+    return [f"data.root={root}", f"data.cache_dir={cache_dir}", "data.synthetic=null", *FAST_OVERRIDES]
 
 
 def compose_config(overrides: Sequence[str], root_dir: Path) -> DictConfig:
@@ -65,20 +70,27 @@ def compose_config(overrides: Sequence[str], root_dir: Path) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.root_dir={root_dir}", *overrides], return_hydra_config=True)
     HydraConfig().set_config(cfg)
+    runs = len(list(root_dir.glob("output*")))
     with open_dict(cfg):
-        cfg.paths.output_dir = str(root_dir / "output")
+        cfg.paths.output_dir = str(root_dir / f"output{runs}")  # one folder per run, as Hydra's timestamps
         del cfg.hydra
     return cfg
 
 
+@pytest.fixture(scope="session")
+def mlflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow store for the session: creating a SQLite store runs its migrations (~5 s)."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
 @pytest.fixture
-def make_config(tmp_path: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
-                ) -> Callable[..., DictConfig]:
+def make_config(tmp_path: Path, synthetic_root: Path, mlflow_dir: Path) -> Callable[..., DictConfig]:
     """``make_config(*overrides, model="cnn3d")``: a real composed config on the tiny dataset."""
     cache_dir = synthetic_root.parent / "cache"
+    mlflow = [f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db", f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]
 
     def make(*overrides: str, model: str = "cnn3d") -> DictConfig:
         return compose_config([f"model={model}", *TINY_NETS[model], *tiny_data_overrides(synthetic_root, cache_dir),
-                               *overrides], tmp_path)
+                               *mlflow, *overrides], tmp_path)
 
     return make

@@ -73,8 +73,13 @@ def test_fast_dev_run_trainer(make_config, option: str) -> None:
     _dev_run(cfg)
 
 
-def test_mlflow_gets_params_with_dotted_names(make_config, tmp_path: Path) -> None:
+def test_fast_dev_run_logs_nothing_to_mlflow(make_config) -> None:
     cfg = make_config("trainer=debug")
+    assert train(cfg).mlflow_run_id is None
+
+
+def test_mlflow_gets_params_with_dotted_names(make_config) -> None:
+    cfg = make_config("trainer.max_epochs=1")
     result = train(cfg)
     run = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id)
     assert run.data.params["model.net._target_"] == "lungexp.models.CNN3D"

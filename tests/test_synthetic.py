@@ -82,7 +82,9 @@ def annotations(dataset: SyntheticDataset) -> pd.DataFrame:
     return pd.read_csv(dataset.annotations_csv)
 
 
-def test_scans_are_luna16_metaimages_with_the_recorded_geometry(dataset: SyntheticDataset, manifest: dict) -> None:
+def test_scans_are_luna16_metaimages_with_the_recorded_geometry(
+    dataset: SyntheticDataset, manifest: dict
+) -> None:
     assert [entry["seriesuid"] for entry in manifest["scans"]] == list(dataset.series_uids)
     assert len(set(dataset.series_uids)) == PARAMS["num_scans"]
     for index, entry in enumerate(manifest["scans"]):
@@ -118,7 +120,9 @@ def test_every_annotation_maps_onto_a_nodule_voxel(
     for row in annotations.itertuples():
         scan = scans[row.seriesuid]
         index = scan.voxel(world(row))
-        assert all(0 <= i < n for i, n in zip(index, SHAPE)), f"annotation outside its scan: {row}"
+        assert all(0 <= i < n for i, n in zip(index, SHAPE, strict=True)), (
+            f"annotation outside its scan: {row}"
+        )
         assert scan.array[index] > -300, f"annotation not on a nodule: {row}"
 
 
@@ -173,8 +177,16 @@ def test_malignancy_table_matches_annotations(
 ) -> None:
     table = pd.read_csv(dataset.malignancy_csv)
     assert list(table.columns) == [
-        *LUNA_ANNOTATION_COLUMNS, "mal_bool", "mal_details",
-        "bboxLowX", "bboxLowY", "bboxLowZ", "bboxHighX", "bboxHighY", "bboxHighZ", "len_mal_details",
+        *LUNA_ANNOTATION_COLUMNS,
+        "mal_bool",
+        "mal_details",
+        "bboxLowX",
+        "bboxLowY",
+        "bboxLowZ",
+        "bboxHighX",
+        "bboxHighY",
+        "bboxHighZ",
+        "len_mal_details",
     ]
     pd.testing.assert_frame_equal(table[LUNA_ANNOTATION_COLUMNS], annotations)
     assert table["mal_bool"].dtype == bool
@@ -184,11 +196,13 @@ def test_malignancy_table_matches_annotations(
     assert table["len_mal_details"].between(1, 4).all()
     assert all(1 <= score <= 5 for scores in ratings for score in scores)
     assert ((ratings.map(np.mean) > 3) == table["mal_bool"]).all()
-    spacing = {row["seriesuid"]: row["spacing_xyz"] for row in manifest["scans"]}
-    for axis_index, axis in enumerate("XYZ"):
+    spacing = pd.DataFrame(
+        {entry["seriesuid"]: entry["spacing_xyz"] for entry in manifest["scans"]}, index=list("XYZ")
+    )
+    for axis in "XYZ":
         low, high, centre = table[f"bboxLow{axis}"], table[f"bboxHigh{axis}"], table[f"coord{axis}"]
         assert (low < centre).all() and (centre < high).all()
-        voxel = table["seriesuid"].map(lambda uid: spacing[uid][axis_index])  # the box spans whole voxels
+        voxel = table["seriesuid"].map(spacing.loc[axis])  # the box spans whole voxels
         assert (high - low <= table["diameter_mm"] + voxel + 1e-6).all()
 
 
@@ -226,16 +240,19 @@ def test_malignancy_is_learnable_but_not_trivial() -> None:
     assert 0.65 < size_auc < 0.95
 
 
-def test_same_seed_gives_identical_files_and_another_seed_differs(dataset: SyntheticDataset, tmp_path: Path) -> None:
+def test_same_seed_gives_identical_files_and_another_seed_differs(
+    dataset: SyntheticDataset, tmp_path: Path
+) -> None:
     again = generate_luna16_dataset(tmp_path / "again", **PARAMS)
     assert again.series_uids == dataset.series_uids
     for name in CSV_NAMES:
         assert (again.root / name).read_bytes() == (dataset.root / name).read_bytes(), name
     for uid in dataset.series_uids:
         for suffix in (".mhd", ".raw"):
-            assert again.mhd_path(uid).with_suffix(suffix).read_bytes() == dataset.mhd_path(uid).with_suffix(
-                suffix
-            ).read_bytes()
+            assert (
+                again.mhd_path(uid).with_suffix(suffix).read_bytes()
+                == dataset.mhd_path(uid).with_suffix(suffix).read_bytes()
+            )
 
     other = generate_luna16_dataset(tmp_path / "other", **{**PARAMS, "seed": 12, "num_scans": 1})
     assert other.series_uids[0] != dataset.series_uids[0]
@@ -259,7 +276,9 @@ def test_complete_dataset_is_reused_and_other_parameters_are_refused(
         generate_luna16_dataset(dataset.root, **{**PARAMS, "seed": 99})
 
 
-def test_interrupted_run_leaves_nothing_and_overwrite_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_leaves_nothing_and_overwrite_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "luna16"
     generate_scan = synthetic._generate_scan
 
@@ -291,10 +310,25 @@ def test_refuses_a_folder_that_holds_something_else(tmp_path: Path) -> None:
 
 def test_command_line_writes_a_dataset(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "scripts" / "generate_synthetic.py"), str(tmp_path / "cli"),
-         "--num-scans", "1", "--shape", "24", "64", "64", "--nodules-per-scan", "1", "1",
-         "--negatives-per-scan", "4"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "scripts" / "generate_synthetic.py"),
+            str(tmp_path / "cli"),
+            "--num-scans",
+            "1",
+            "--shape",
+            "24",
+            "64",
+            "64",
+            "--nodules-per-scan",
+            "1",
+            "1",
+            "--negatives-per-scan",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "scans:      1" in result.stdout
     assert (tmp_path / "cli" / "candidates_V2.csv").is_file()

@@ -12,15 +12,14 @@ from mlflow import MlflowClient
 
 from lungexp.training.pipeline import train
 
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS, TINY_SYNTHETIC
+from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS, tiny_synthetic_overrides
 
 
 @pytest.mark.slow
 def test_demo_experiment_end_to_end(tmp_path: Path) -> None:
     """`python -m lungexp.run experiment=demo` generates data, trains, tests and logs one FINISHED MLflow run."""
-    synthetic = [f"data.synthetic.{k}={v}".replace(" ", "") for k, v in TINY_SYNTHETIC.items()]
     command = [sys.executable, "-m", "lungexp.run", "experiment=demo", "trainer.max_epochs=2",
-               *synthetic, *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
+               *tiny_synthetic_overrides(), *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
     env = {**os.environ, "LUNGEXP_ROOT": str(tmp_path)}
     proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -42,16 +42,17 @@ def train(cfg: DictConfig) -> RunResult:
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                                                   _convert_="partial")
-    log_config(loggers, cfg)
+    log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
 
     trainer.fit(model, datamodule=datamodule)
     optimized = _optimized_metric(trainer, cfg.optimized_metric)
+    metrics = _scalars(trainer)
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test_after_fit:
         # weights_only: our checkpoints hold only tensors and plain containers.
         trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    mlflow = next(iter(mlflow_loggers(loggers)), None)
+        metrics.update(_scalars(trainer))
+    mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
     result = RunResult(
         optimized_metric=optimized,
         metrics=metrics,
@@ -61,6 +62,10 @@ def train(cfg: DictConfig) -> RunResult:
     )
     _print_summary(result)
     return result
+
+
+def _scalars(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
 def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
