@@ -54,6 +54,20 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def nifti_root(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset as a user's own data: flat ``<uid>.nii.gz`` files and a ``points.csv``."""
+    import pandas as pd
+    import SimpleITK as sitk
+
+    root = tmp_path_factory.mktemp("nifti")
+    for mhd in synthetic_root.glob("subset*/*.mhd"):
+        sitk.WriteImage(sitk.ReadImage(str(mhd)), str(root / f"{mhd.stem}.nii.gz"))
+    points = pd.read_csv(synthetic_root / "candidates_V2.csv").rename(columns={"class": "label"})
+    points.to_csv(root / "points.csv", index=False)
+    return root
+
+
 def tiny_synthetic_overrides() -> list[str]:
     """``data.synthetic.*`` overrides that make `data=synthetic` generate the tiny dataset."""
     return [f"data.synthetic.{k}={v}".replace(" ", "") for k, v in TINY_SYNTHETIC.items()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
@@ -57,10 +58,28 @@ def test_fast_dev_run_aug(make_config, option: str) -> None:
 
 
 @pytest.mark.parametrize("option", options("data"))
-def test_fast_dev_run_data(make_config, synthetic_root: Path, option: str) -> None:
-    # luna16 options read the synthetic set, which is in the real LUNA16 layout (data.root is set to it).
-    _dev_run(make_config("trainer=debug", f"data={option}", f"data.root={synthetic_root}",
-                         "data.split.fold=0", "data.split.val_fold=1"))
+def test_fast_dev_run_data(make_config, synthetic_root: Path, nifti_root: Path, option: str) -> None:
+    # luna16 options read the synthetic set, which is in the real LUNA16 layout.
+    if option == "nifti":
+        overrides = [f"data.root={nifti_root}"]
+    else:
+        overrides = [f"data.root={synthetic_root}", "data.split.fold=0", "data.split.val_fold=1"]
+    _dev_run(make_config("trainer=debug", f"data={option}", *overrides))
+
+
+def test_nifti_scans_give_the_same_patches_as_mhd(make_config, synthetic_root: Path, nifti_root: Path) -> None:
+    import numpy as np
+
+    from lungexp.data.io import index_scans
+
+    assert set(index_scans(nifti_root)["subset"]) == {-1}
+    patches = {}
+    for name, root in (("mhd", synthetic_root), ("nifti", nifti_root)):
+        datamodule = hydra.utils.instantiate(make_config(f"data.root={root}", "data.task=points",
+                                                         f"data.labels_csv={nifti_root}/points.csv").data)
+        datamodule.prepare_data()
+        patches[name] = np.asarray(datamodule.cache.patches)
+    np.testing.assert_array_equal(patches["mhd"], patches["nifti"])
 
 
 @pytest.mark.parametrize("option", options("trainer"))
