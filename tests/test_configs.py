@@ -79,7 +79,8 @@ def test_nifti_scans_give_the_same_patches_as_mhd(make_config, synthetic_root: P
                                                          f"data.labels_csv={nifti_root}/points.csv").data)
         datamodule.prepare_data()
         patches[name] = np.asarray(datamodule.cache.patches)
-    np.testing.assert_array_equal(patches["mhd"], patches["nifti"])
+    # NIfTI stores origin and spacing as float32, so a few interpolated voxels round 1 HU apart.
+    np.testing.assert_allclose(patches["mhd"], patches["nifti"], atol=1)
 
 
 @pytest.mark.parametrize("option", options("trainer"))

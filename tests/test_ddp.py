@@ -19,10 +19,12 @@ from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_test(synthetic_root: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "lungexp.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+               "trainer.sync_batchnorm=false",  # SyncBatchNorm needs CUDA
                "trainer.max_epochs=1", "task_name=ddp", f"data.root={synthetic_root}", "data.synthetic=null",
                f"data.cache_dir={synthetic_root.parent / 'cache'}", *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
     env = {**os.environ, "LUNGEXP_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     assert "distributed_backend=gloo" in output

@@ -3,6 +3,8 @@ exercised with a real pytorch_lightning Trainer on tiny random data."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -148,7 +150,37 @@ def test_backbone_is_frozen_until_the_unfreeze_epoch() -> None:
     assert all(p.requires_grad for p in net.parameters())
     head_group, backbone_group = optimizer.param_groups
     assert head_group["name"] == "head" and head_group["lr"] == pytest.approx(5 * LR)
+    assert backbone_group["name"] == "backbone"
     assert backbone_group["lr"] == pytest.approx(LR)  # the base lr, not the head's boosted one
+
+
+class CosineClassifier(TinyClassifier):
+    """With the project's default scheduler, which must keep driving the group appended at unfreezing."""
+
+    def configure_optimizers(self) -> dict:
+        optimizer = super().configure_optimizers()
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+class LearningRateRecorder(pl.Callback):
+    """Learning rate of each named group in effect during each epoch (placed after BackboneFreeze)."""
+
+    def __init__(self) -> None:
+        self.lrs: list[dict[str, float]] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.lrs.append({group["name"]: group["lr"] for group in trainer.optimizers[0].param_groups})
+
+
+def test_unfrozen_backbone_follows_the_cosine_schedule() -> None:
+    recorder = LearningRateRecorder()
+    _fit(CosineClassifier(_tiny_net(), head_lr_mult=5.0), 4, BackboneFreeze(unfreeze_at_epoch=1), recorder)
+    assert [set(lrs) for lrs in recorder.lrs] == [{"head"}] + [{"head", "backbone"}] * 3
+    for epoch, lrs in enumerate(recorder.lrs[1:], start=1):
+        cosine = (1 + math.cos(math.pi * epoch / 4)) / 2
+        assert lrs["head"] == pytest.approx(5 * LR * cosine)
+        assert lrs["backbone"] == pytest.approx(LR * cosine)
 
 
 def test_backbone_lr_multiplier_and_frozen_batchnorm_after_unfreezing() -> None:

@@ -179,6 +179,16 @@ def test_misshaped_key_is_listed_with_both_shapes(medicalnet_files: dict, tmp_pa
     assert torch.equal(net.layer1[0].conv1.weight, before)  # nothing is loaded when anything is wrong
 
 
+def test_checkpoint_without_batchnorm_counters_loads(medicalnet_files: dict, tmp_path: Path) -> None:
+    """Pre-0.4.1 PyTorch files lack ``num_batches_tracked``: the only gap the strict check tolerates."""
+    _, tensors = medicalnet_files[10]
+    without_counters = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
+    report = load_pretrained(ResNet3D(10), _save_medicalnet(tmp_path / "old.pth", without_counters))
+    assert {key for key in report.fresh_keys if not key.startswith("head.")} == {
+        key for key in tensors if key.endswith("num_batches_tracked") and not key.startswith("conv_seg.")
+    }
+
+
 def test_long_key_lists_are_truncated(tmp_path: Path) -> None:
     path = tmp_path / "cnn.pt"
     torch.save(CNN3D(widths=(2, 2)).state_dict(), path)

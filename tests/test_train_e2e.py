@@ -21,7 +21,8 @@ def test_demo_experiment_end_to_end(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "lungexp.run", "experiment=demo", "trainer.max_epochs=2",
                *tiny_synthetic_overrides(), *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
     env = {**os.environ, "LUNGEXP_ROOT": str(tmp_path)}
-    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "test/auroc" in proc.stdout
     assert "MLflow run id" in proc.stdout and "make mlflow-ui" in proc.stdout

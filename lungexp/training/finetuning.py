@@ -79,8 +79,9 @@ class BackboneFreeze(BaseFinetuning):
     :func:`parameter_groups` (or otherwise only from ``requires_grad`` parameters), so while frozen it
     holds just the head. At ``unfreeze_at_epoch`` the backbone is unfrozen and appended as a new
     parameter group at the *current* base learning rate (head group lr / its ``lr_mult``) times
-    ``backbone_lr_mult``. LR schedulers created before that only drive the groups that existed then;
-    the appended group keeps its learning rate.
+    ``backbone_lr_mult`` and named ``backbone``. The project's default scheduler, CosineAnnealingLR,
+    updates every group recursively from its current lr, so it keeps annealing the appended group in
+    step with the head; schedulers computed from their stored ``base_lrs`` may not.
 
     Args:
         unfreeze_at_epoch: first epoch (0-based) in which the backbone trains; >= 1.
@@ -107,12 +108,15 @@ class BackboneFreeze(BaseFinetuning):
         # setup() froze the backbone again and the restored optimizer already holds its group.
         if epoch < self.unfreeze_at_epoch or not self._backbone_frozen(pl_module.net):
             return
+        groups_before = len(optimizer.param_groups)
         self.unfreeze_and_add_param_group(
             modules=backbone_modules(pl_module.net),
             optimizer=optimizer,
             lr=self._base_lr(optimizer) * self.backbone_lr_mult,
             train_bn=self.train_bn,
         )
+        if len(optimizer.param_groups) > groups_before:  # named like parameter_groups' (LearningRateMonitor)
+            optimizer.param_groups[-1].update(name=BACKBONE_GROUP, lr_mult=self.backbone_lr_mult)
 
     @staticmethod
     def _backbone_frozen(net: nn.Module) -> bool:
