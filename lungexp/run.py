@@ -5,13 +5,15 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.training.pipeline import train
 from lungexp.utils.config import print_config_tree
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the optimised validation metric, so Hydra sweepers can maximise it."""
+    # Imported here so that `--cfg job`, `--help` and tab completion do not pay for torch/Lightning (~4 s).
+    from lungexp.training.pipeline import train
+
     print_config_tree(cfg)
     return train(cfg).optimized_metric
 

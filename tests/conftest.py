@@ -36,11 +36,11 @@ FAST_OVERRIDES = [
 
 # Small widths per model, keyed by the `model=` option.
 TINY_NETS = {
-    "cnn3d": ["++model.net.widths=[4,8]"],
-    "resnet3d": ["model.net.depth=10", "++model.net.widths=[4,8,8,8]"],
+    "cnn3d": ["model.net.widths=[4,8]"],
+    "resnet3d": ["model.net.depth=10", "model.net.widths=[4,8,8,8]"],
     "densenet3d": ["model.net.growth_rate=4", "model.net.block_config=[1,1]", "model.net.num_init_features=8"],
-    "se_resnet3d": ["model.net.depth=10", "++model.net.widths=[4,8,8,8]"],
-    "cbam_resnet3d": ["model.net.depth=10", "++model.net.widths=[8,8,8,8]"],
+    "se_resnet3d": ["model.net.depth=10", "model.net.widths=[4,8,8,8]"],
+    "cbam_resnet3d": ["model.net.depth=10", "model.net.widths=[8,8,8,8]"],
 }
 
 

@@ -66,12 +66,11 @@ class NoduleClassifier(pl.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).squeeze(-1)
 
-    def train(self, mode: bool = True) -> NoduleClassifier:
-        # Lightning calls train() again after every validation loop, so BatchNorm is re-frozen here.
-        super().train(mode)
-        if mode and self.finetune["freeze_bn"]:
+    def on_train_epoch_start(self) -> None:
+        # Runs after the callbacks' hooks (so also after BackboneFreeze unfreezes); Lightning restores
+        # these modes after each validation loop.
+        if self.finetune["freeze_bn"]:
             freeze_batchnorm(self.net)
-        return self
 
     def setup(self, stage: str) -> None:
         weight = self.hparams.pos_weight

@@ -30,8 +30,8 @@ class RunResult:
     mlflow_tracking_uri: str | None
 
 
-def train(cfg: DictConfig) -> RunResult:
-    """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says."""
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """Seed everything, then instantiate datamodule, model, callbacks, loggers and Trainer from ``cfg``."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="partial")
@@ -42,6 +42,12 @@ def train(cfg: DictConfig) -> RunResult:
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                                                   _convert_="partial")
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> RunResult:
+    """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says."""
+    datamodule, model, trainer = build(cfg)
     log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
 
     trainer.fit(model, datamodule=datamodule)

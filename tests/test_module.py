@@ -1,0 +1,116 @@
+"""NoduleClassifier with real configs: pretrained round trip, fine-tuning controls, loss weighting, presets."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+from lungexp.models import PretrainedWeightsError
+from lungexp.training.finetuning import BackboneFreeze
+from lungexp.training.pipeline import build, train
+
+TINY_RESNET = ("model.net.depth=10", "model.net.widths=[4,8,8,8]")
+
+
+def backbone_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("head.")}
+
+
+def test_lightning_checkpoint_round_trip_reproduces_the_backbone(make_config) -> None:
+    """Train tiny -> save -> `model.pretrained.path=that.ckpt` loads exactly those backbone weights."""
+    result = train(make_config("trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", model="resnet3d"))
+    checkpoint = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    saved = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+             if k.startswith("net.") and not k.startswith("net.head.")}
+
+    cfg = make_config(f"model.pretrained.path={result.best_checkpoint}", "model.pretrained.format=lightning",
+                      model="resnet3d")
+    loaded = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    assert loaded.pretrained_report.loaded == len(saved) > 0
+    assert loaded.pretrained_report.sha256 == hashlib.sha256(Path(result.best_checkpoint).read_bytes()).hexdigest()
+    state = backbone_state(loaded.net)
+    assert state.keys() == saved.keys()
+    for key, value in saved.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+
+    scratch = hydra.utils.instantiate(make_config(model="resnet3d").model, _convert_="partial")
+    image = torch.rand(2, 1, 16, 16, 16)
+    scratch.eval(), loaded.eval()
+    assert not torch.allclose(scratch.net(image), loaded.net(image))
+
+
+def test_checkpoint_of_another_architecture_is_refused_with_a_listing(make_config, tmp_path: Path) -> None:
+    other = hydra.utils.instantiate(make_config(model="cnn3d").model.net)
+    path = tmp_path / "cnn.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in other.state_dict().items()}}, path)
+    cfg = make_config(f"model.pretrained.path={path}", model="resnet3d")
+    with pytest.raises(Exception, match="missing") as error:
+        hydra.utils.instantiate(cfg.model, _convert_="partial")
+    assert isinstance(error.value.__cause__ or error.value, PretrainedWeightsError)
+    assert str(path) in str(error.value)
+
+
+def test_frozen_batchnorm_keeps_running_statistics(make_config) -> None:
+    cfg = make_config("trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", "model.finetune.freeze_bn=true",
+                      "test_after_fit=false", model="resnet3d")
+    datamodule, model, trainer = build(cfg)
+    before = {k: v.clone() for k, v in model.net.state_dict().items() if "running_" in k}
+    trainer.fit(model, datamodule=datamodule)
+    after = model.net.state_dict()
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unfrozen_batchnorm_statistics_do_change(make_config) -> None:
+    cfg = make_config("trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", "test_after_fit=false",
+                      model="resnet3d")
+    datamodule, model, trainer = build(cfg)
+    before = {k: v.clone() for k, v in model.net.state_dict().items() if "running_mean" in k}
+    trainer.fit(model, datamodule=datamodule)
+    assert any(not torch.equal(before[k], model.net.state_dict()[k]) for k in before)
+
+
+def test_head_learning_rate_multiplier_and_backbone_freezing_from_config(make_config) -> None:
+    cfg = make_config("model.finetune.head_lr_mult=10", "model.finetune.freeze_backbone_epochs=2", model="resnet3d")
+    _, model, trainer = build(cfg)
+    assert any(isinstance(c, BackboneFreeze) and c.unfreeze_at_epoch == 2 for c in trainer.callbacks)
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    lrs = {len(g["params"]): g["lr"] for g in groups}
+    assert sorted(lrs.values()) == pytest.approx([1e-3, 1e-2])
+
+
+def test_pos_weight_auto_is_the_class_ratio_of_the_training_split(make_config) -> None:
+    cfg = make_config("model.pos_weight=auto", "trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null",
+                      "test_after_fit=false", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1")
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    negatives, positives = datamodule.train_class_counts
+    assert model.pos_weight.item() == pytest.approx(negatives / positives)
+    assert model.pos_weight.item() > 1
+
+
+@pytest.mark.slow
+def test_own_pretraining_presets_chain(make_config, tmp_path: Path) -> None:
+    """experiment=pretrain_candidates -> finetune_malignancy (loads its checkpoint) -> scratch_malignancy."""
+    shrink = ("trainer.max_epochs=1", "trainer.precision=32-true", *TINY_RESNET)
+    pretrain = train(make_config("experiment=pretrain_candidates", *shrink, model="resnet3d"))
+    best = tmp_path / "checkpoints" / "pretrain_candidates" / "best.ckpt"
+    assert Path(pretrain.best_checkpoint) == best and best.is_file()
+
+    finetune = train(make_config("experiment=finetune_malignancy", *shrink, "trainer.max_epochs=2",
+                                 "model.finetune.freeze_backbone_epochs=1", model="resnet3d"))
+    scratch = train(make_config("experiment=scratch_malignancy", *shrink, "trainer.max_epochs=2", model="resnet3d"))
+    client = MlflowClient(tracking_uri=make_config().paths.mlflow_uri)
+    finetuned_params = client.get_run(finetune.mlflow_run_id).data.params
+    assert finetuned_params["pretrained.sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    assert int(finetuned_params["pretrained.loaded_tensors"]) > 0
+    assert "pretrained.sha256" not in client.get_run(scratch.mlflow_run_id).data.params
+    for run in (finetune, scratch):
+        assert client.get_run(run.mlflow_run_id).data.tags["mlflow.runName"] in ("finetune_malignancy",
+                                                                               "scratch_malignancy")
+        assert "test/auroc" in run.metrics
