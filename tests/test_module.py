@@ -114,3 +114,23 @@ def test_own_pretraining_presets_chain(make_config, tmp_path: Path) -> None:
         assert client.get_run(run.mlflow_run_id).data.tags["mlflow.runName"] in ("finetune_malignancy",
                                                                                "scratch_malignancy")
         assert "test/auroc" in run.metrics
+
+
+@pytest.mark.slow
+def test_run_from_a_medicalnet_file_as_a_user_would(make_config, tmp_path: Path) -> None:
+    """`model=resnet3d model.pretrained.path=resnet_10.pth model.pretrained.format=medicalnet ...`."""
+    from .test_pretrained import _random_tensors, _save_medicalnet, medicalnet_key_shapes
+
+    tensors = _random_tensors(medicalnet_key_shapes(10, "B"), seed=10)
+    path = _save_medicalnet(tmp_path / "resnet_10.pth", tensors)
+    cfg = make_config(f"model.pretrained.path={path}", "model.pretrained.format=medicalnet", "model.net.depth=10",
+                      "model.net.shortcut_type=B", "model.net.dilated=true", "model.net.widths=[64,128,256,512]",
+                      "trainer.max_epochs=1",
+                      "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
+                      model="resnet3d")
+    result = train(cfg)
+    params = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id).data.params
+    backbone_tensors = sum(not k.startswith("conv_seg.") for k in tensors)
+    assert int(params["pretrained.loaded_tensors"]) == backbone_tensors
+    assert params["pretrained.format"] == "medicalnet"
+    assert int(params["model_info.params"]) > 14_000_000  # the real MedicalNet ResNet-10 backbone
