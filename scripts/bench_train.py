@@ -1,7 +1,8 @@
 """Lightning overhead: training-step time of ``NoduleClassifier`` + Trainer vs a plain PyTorch loop.
 
-Same network, batch, data and precision, in one process; runs alternate (plain, Lightning, plain,
-...) and the median of the repeats is reported, so machine noise hits both sides alike.
+Same network, batch, data and precision, in one process; runs alternate (plain then Lightning, then
+Lightning then plain, ...) and the medians of the repeats are compared, so machine noise and warm-up
+order hit both sides alike.
 
     python scripts/bench_train.py                       # cnn3d and resnet3d-10, fp32 and bf16-mixed
     python scripts/bench_train.py --models resnet3d-18 --precision 32-true --steps 20
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
@@ -114,9 +115,10 @@ def main() -> None:
     for model_name in args.models:
         for precision in args.precision:
             plain, lightning = [], []
-            for _ in range(args.repeats):
-                plain.append(plain_loop(model_name, precision, args))
-                lightning.append(lightning_loop(model_name, precision, args))
+            for repeat in range(args.repeats):
+                runs = [(plain, plain_loop), (lightning, lightning_loop)]
+                for times, loop in runs if repeat % 2 == 0 else runs[::-1]:  # alternate who goes first
+                    times.append(loop(model_name, precision, args))
             p, lt = statistics.median(plain), statistics.median(lightning)
             print(f"| {model_name} | {precision} | {p * 1e3:.1f} | {lt * 1e3:.1f} | {lt / p:.3f} |", flush=True)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lungexp.models.cnn3d import classifier_head, kaiming_init_
+from lungexp.models.layers import classifier_head, kaiming_init_
 
 
 class DenseLayer(nn.Module):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lungexp.models.attention import AttentionKind, build_attention
-from lungexp.models.cnn3d import classifier_head, kaiming_init_
+from lungexp.models.layers import classifier_head, kaiming_init_
 
 ShortcutType = Literal["A", "B"]
 
