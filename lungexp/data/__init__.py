@@ -1,0 +1,1 @@
+"""Reading CT scans and annotations, building patch caches, splits and datamodules."""

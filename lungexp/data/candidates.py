@@ -1,0 +1,109 @@
+"""Candidates for datasets without a candidates file, and LUNA16's excluded findings.
+
+LUNA16's ``candidates_V2.csv`` comes from detector systems. A user with only nodule annotations
+(e.g. LIDC-IDRI converted with ``lungexp.convert`` plus ``annotations.csv``) gets a stand-in: one
+positive per annotated nodule and negatives sampled inside the lungs of every scan, half of them
+on vessels and other bright structures (:mod:`lungexp.data.negatives`). Sampling reads every scan,
+so the result is cached as a CSV keyed by its inputs and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lungexp.data.annotations import COORD_COLUMNS, read_annotations
+from lungexp.data.io import read_scan
+from lungexp.data.negatives import sample_negatives
+
+log = logging.getLogger(__name__)
+
+# Candidates within this distance (mm) of an excluded finding of unknown size are dropped.
+EXCLUDED_MIN_RADIUS_MM = 2.5
+
+
+def _negatives_for_scan(task: tuple[str, str, np.ndarray, np.ndarray, dict]) -> pd.DataFrame:
+    uid, path, centres, diameters, options = task
+    points = sample_negatives(read_scan(path), centres, diameters, **options)
+    return pd.DataFrame({"seriesuid": uid, **dict(zip(COORD_COLUMNS, points.T, strict=True)), "class": 0})
+
+
+def sampled_candidates(
+    annotations_csv: str | Path,
+    scans: pd.DataFrame,
+    cache_dir: str | Path,
+    count: int = 30,
+    vessel_fraction: float = 0.5,
+    margin_mm: float = 10.0,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> pd.DataFrame:
+    """``seriesuid, coordX, coordY, coordZ, class``: annotated nodules (1) + ``count`` sampled negatives (0) per scan.
+
+    Args:
+        annotations_csv: LUNA16 ``annotations.csv`` (nodule centres and diameters).
+        scans: ``seriesuid, path`` of every scan to sample from (scans without nodules get negatives too).
+        cache_dir: where the sampled table is cached.
+        count, vessel_fraction, margin_mm: per-scan negatives, see :func:`sample_negatives`.
+        seed: base seed; each scan's sampling is seeded from it and its seriesuid.
+        num_workers: processes sampling scans in parallel.
+    """
+    annotations = read_annotations(annotations_csv)
+    annotations = annotations[annotations["seriesuid"].isin(scans["seriesuid"])]
+    options = {"count": count, "vessel_fraction": vessel_fraction, "margin_mm": margin_mm, "seed": seed}
+    key_source = {"options": options, "annotations": pd.util.hash_pandas_object(annotations, index=False).sum(),
+                  "scans": [(uid, str(p), os.stat(p).st_mtime_ns) for uid, p in zip(scans.seriesuid, scans.path,
+                                                                                      strict=True)]}
+    key = hashlib.sha256(json.dumps(key_source, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    target = Path(cache_dir) / f"sampled_candidates-{key}.csv"
+    if target.is_file():
+        return pd.read_csv(target, dtype={"seriesuid": str})
+
+    nodules = annotations.groupby("seriesuid")
+    tasks = []
+    for uid, path in zip(scans["seriesuid"], scans["path"], strict=True):
+        rows = nodules.get_group(uid) if uid in nodules.groups else annotations.iloc[:0]
+        scan_seed = seed + int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16)  # independent of scan order
+        tasks.append((uid, str(path), rows[COORD_COLUMNS].to_numpy(float), rows["diameter_mm"].to_numpy(float),
+                      {**options, "seed": scan_seed}))
+    log.info("No candidates file: sampling %d negatives per scan from the lungs of %d scans", count, len(tasks))
+    if num_workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=min(num_workers, len(tasks))) as pool:
+            negatives = list(tqdm(pool.map(_negatives_for_scan, tasks), total=len(tasks), desc="Sampling negatives"))
+    else:
+        negatives = [_negatives_for_scan(task) for task in tqdm(tasks, desc="Sampling negatives")]
+    positives = annotations[["seriesuid", *COORD_COLUMNS]].assign(**{"class": 1})
+    table = pd.concat([positives, *negatives], ignore_index=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    table.to_csv(partial, index=False)
+    os.replace(partial, target)
+    return table
+
+
+def drop_excluded(candidates: pd.DataFrame, excluded: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """Remove negative candidates lying on LUNA16's excluded findings (neither nodule nor false positive).
+
+    LUNA16's evaluation ignores hits on these findings, so training should not call them negatives.
+    """
+    keep = np.ones(len(candidates), dtype=bool)
+    for uid, findings in excluded.groupby("seriesuid"):
+        on_scan = np.flatnonzero((candidates["seriesuid"] == uid).to_numpy() & (candidates["label"] == 0).to_numpy())
+        if not len(on_scan):
+            continue
+        points = candidates.iloc[on_scan][COORD_COLUMNS].to_numpy(float)
+        centres = findings[COORD_COLUMNS].to_numpy(float)
+        radii = np.maximum(findings["diameter_mm"].to_numpy(float) / 2, EXCLUDED_MIN_RADIUS_MM)
+        distances = np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=2)
+        keep[on_scan[(distances <= radii).any(axis=1)]] = False
+    if not keep.all():
+        log.info("%s: dropped %d negative candidates lying on excluded findings", source, int((~keep).sum()))
+    return candidates[keep]

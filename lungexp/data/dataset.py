@@ -1,0 +1,79 @@
+"""A PyTorch dataset over cached patches: HU window normalisation and on-the-fly augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lungexp.data.cache import PatchCache
+
+
+NORMALIZATIONS = ("unit", "symmetric", "zscore")
+
+
+class HUWindow:
+    """Clip HU to ``[low, high]``, then normalise.
+
+    ``unit`` scales the window to ``[0, 1]`` (air -> 0 for the default window), ``symmetric`` to
+    ``[-1, 1]``, ``zscore`` standardises each patch to zero mean and unit variance per channel (the
+    normalisation MedicalNet's weights were trained with).
+    """
+
+    def __init__(self, low: float = -1000.0, high: float = 400.0, normalize: str = "unit") -> None:
+        if high <= low:
+            raise ValueError(f"HU window must have low < high, got [{low}, {high}]")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown data.normalize '{normalize}'; choose one of {NORMALIZATIONS}")
+        self.low, self.high, self.normalize = float(low), float(high), normalize
+
+    def __call__(self, hu: np.ndarray) -> torch.Tensor:
+        scaled = (np.asarray(hu, dtype=np.float32) - self.low) / (self.high - self.low)
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+        if self.normalize == "symmetric":
+            scaled = scaled * 2.0 - 1.0
+        elif self.normalize == "zscore":
+            axes = tuple(range(1, scaled.ndim))
+            scaled = (scaled - scaled.mean(axis=axes, keepdims=True)) / (scaled.std(axis=axes, keepdims=True) + 1e-6)
+        return torch.from_numpy(scaled)
+
+
+class PatchDataset(Dataset):
+    """Rows of a :class:`PatchCache` as ``{"image": (C, D, H, W) float, "label": float, "index": int}``.
+
+    Args:
+        cache: the patch cache.
+        rows: which cache rows form this dataset (e.g. one split).
+        window: HU -> [0, 1] normalisation.
+        transform: optional callable on the normalised ``(C, D, H, W)`` tensor, e.g. a TorchIO
+            ``Compose``; applied in DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        cache: PatchCache,
+        rows: Sequence[int],
+        window: HUWindow,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = cache.index["label"].to_numpy()[self.rows].astype(np.float32)
+        self.window = window
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = self.window(self.cache.patches[self.rows[i]])
+        if self.transform is not None:
+            image = self.transform(image)
+        return {"image": image, "label": torch.tensor(self.labels[i]), "index": torch.tensor(self.rows[i])}
+
+    def class_counts(self) -> tuple[int, int]:
+        """(negatives, positives)."""
+        positives = int(self.labels.sum())
+        return len(self.labels) - positives, positives

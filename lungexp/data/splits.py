@@ -1,0 +1,89 @@
+"""Series-level train/val/test splits, so no scan ever contributes to two splits.
+
+LUNA16 ships its scans in ten folders ``subset0..subset9`` that are the official
+cross-validation folds; :func:`split_by_subset` uses them. Other data gets a seeded random split
+of series with :func:`split_by_series`. :func:`check_splits` runs on every split, every run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """A split that would make the evaluation meaningless (overlap, empty, a single class)."""
+
+
+def split_by_subset(samples: pd.DataFrame, test_fold: int, val_fold: int) -> dict[str, pd.DataFrame]:
+    """LUNA16 folds: ``subset{test_fold}`` is the test set, ``subset{val_fold}`` validation, the rest train.
+
+    ``val_fold == test_fold`` is allowed for datasets too small for three folds; validation then
+    reuses the test series (a warning says so: model selection sees the test set).
+    """
+    if test_fold == val_fold:
+        log.warning("data.split.val_fold == data.split.fold (%d): validating on the test series, so test "
+                    "metrics are optimistic; use separate folds whenever the data allows", test_fold)
+    present = sorted(int(k) for k in samples["subset"].unique())
+    for name, fold in (("data.fold", test_fold), ("data.val_fold", val_fold)):
+        if fold not in present:
+            raise SplitError(f"{name}={fold} but the scans are in subsets {present}; pick one of those")
+    return {
+        "train": samples[~samples["subset"].isin([test_fold, val_fold])],
+        "val": samples[samples["subset"] == val_fold],
+        "test": samples[samples["subset"] == test_fold],
+    }
+
+
+def split_by_series(
+    samples: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
+    """Seeded random split of whole series (patients' scans), stratified by whether a series has a positive."""
+    if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise SplitError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) "
+                         "and sum to less than 1")
+    rng = np.random.default_rng(seed)
+    has_positive = samples.groupby("seriesuid")["label"].max()
+    assignment: dict[str, str] = {}
+    for _, group in has_positive.groupby(has_positive):
+        uids = rng.permutation(group.index.to_numpy())
+        n_test = int(round(len(uids) * test_fraction))
+        n_val = int(round(len(uids) * val_fraction))
+        for i, uid in enumerate(uids):
+            assignment[uid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    which = samples["seriesuid"].map(assignment)
+    return {name: samples[which == name] for name in SPLIT_NAMES}
+
+
+def check_splits(splits: dict[str, pd.DataFrame], required: Sequence[str] = SPLIT_NAMES) -> None:
+    """Raise :class:`SplitError` if a series is in two splits, or a split is empty or has one class.
+
+    The one exception: validation may be the very same rows as test (see :func:`split_by_subset`).
+    Training never shares a series with either.
+    """
+    series = {name: set(frame["seriesuid"]) for name, frame in splits.items()}
+    names = list(series)
+    val_is_test = "val" in splits and "test" in splits and splits["val"].index.equals(splits["test"].index)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if val_is_test and {first, second} == {"val", "test"}:
+                continue
+            shared = series[first] & series[second]
+            if shared:
+                raise SplitError(f"{len(shared)} series are in both '{first}' and '{second}', e.g. "
+                                 f"{sorted(shared)[:3]}; a scan must belong to exactly one split")
+    for name in required:
+        frame = splits.get(name)
+        if frame is None or frame.empty:
+            raise SplitError(f"the '{name}' split is empty; check data.fold/data.val_fold or the split fractions")
+        classes = sorted(frame["label"].unique())
+        if len(classes) < 2:
+            raise SplitError(f"the '{name}' split has only class {classes[0]} ({len(frame)} samples from "
+                             f"{frame['seriesuid'].nunique()} series); metrics like AUROC need both classes")
