@@ -55,3 +55,20 @@ def test_same_seed_gives_identical_test_metrics(make_config) -> None:
     test_metrics = {k: v for k, v in first.metrics.items() if k.startswith("test/")}
     assert test_metrics
     assert test_metrics == {k: v for k, v in second.metrics.items() if k.startswith("test/")}
+
+
+@pytest.mark.slow
+def test_multirun_sweep_logs_one_mlflow_run_per_job(synthetic_root: Path, tmp_path: Path) -> None:
+    """`-m data.normalize=unit,zscore`: a real Hydra sweep, both runs side by side in one MLflow experiment."""
+    command = [sys.executable, "-m", "lungexp.run", "-m", "data.normalize=unit,zscore", "trainer.max_epochs=1",
+               "task_name=sweep", f"data.root={synthetic_root}", "data.synthetic=null",
+               f"data.cache_dir={synthetic_root.parent / 'cache'}", *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
+    env = {**os.environ, "LUNGEXP_ROOT": str(tmp_path)}
+    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
+    assert sorted(run.data.params["data.normalize"] for run in runs) == ["unit", "zscore"]
+    assert all(run.info.status == "FINISHED" and "test/auroc" in run.data.metrics for run in runs)
+    assert len(list((tmp_path / "logs" / "sweep" / "multiruns").glob("*/[01]"))) == 2
