@@ -103,8 +103,10 @@ class NoduleDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if configured and absent, then build the patch cache (rank 0 only)."""
         if self.synthetic is not None:
-            from lungexp.data.synthetic import generate_luna16_dataset
+            from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
 
+            if not (self.root / MANIFEST_NAME).is_file():
+                log.info("Generating the synthetic LUNA16-format dataset in %s (once)", self.root)
             generate_luna16_dataset(self.root, **self.synthetic)
         self.cache = self._load_cache()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from lungexp.training.finetuning import BackboneFreeze
 from lungexp.utils.config import instantiate_dict
 
 log = logging.getLogger(__name__)
+
+# pytorch_lightning 2.6 on torch 2.13 warns about its own use of torch's pytree API on every fit.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
 @dataclass(frozen=True)
