@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import os
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -15,9 +17,15 @@ PRINT_ORDER = ("data", "aug", "model", "callbacks", "logger", "trainer", "paths"
 
 
 def register_resolvers() -> None:
-    """``${len:LIST}`` (e.g. channels = number of patch scales). Idempotent."""
+    """``${len:LIST}`` (channels = number of patch scales) and ``${cwd:}``. Idempotent.
+
+    ``${cwd:}`` is the launch folder (runs never chdir). Unlike ``${hydra:runtime.cwd}`` it resolves
+    before Hydra's runtime config exists, which the ``-m`` launcher needs for the sweep folder.
+    """
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda value: len(value))
+    if not OmegaConf.has_resolver("cwd"):
+        OmegaConf.register_new_resolver("cwd", os.getcwd)
 
 
 def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> None:
