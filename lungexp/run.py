@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.utils.config import print_config_tree
+from lungexp.utils.config import check_required, print_config_tree
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -14,6 +14,7 @@ def main(cfg: DictConfig) -> float | None:
     # Imported here so that `--cfg job`, `--help` and tab completion do not pay for torch/Lightning (~4 s).
     from lungexp.training.pipeline import train
 
+    check_required(cfg)
     print_config_tree(cfg)
     return train(cfg).optimized_metric
 

@@ -12,12 +12,12 @@ from mlflow import MlflowClient
 
 from lungexp.training.pipeline import train
 
-from .conftest import CONFIG_DIR, TINY_NETS
+from .conftest import CONFIG_DIR, TINY_NETS, compose_config
 
 
 def options(group: str) -> list[str]:
-    """Selectable options of a group (files starting with '_' are shared bases, not options)."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
+    """Selectable options of a group: one file per option."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def test_every_model_option_has_a_tiny_variant() -> None:
@@ -37,8 +37,17 @@ def test_config_composes_fast_and_resolves(make_config) -> None:
 
 
 def test_unknown_option_is_a_clear_error(make_config) -> None:
-    with pytest.raises(ConfigCompositionException, match="model"):
+    with pytest.raises(ConfigCompositionException, match="model") as error:
         make_config("model=not_a_model")
+    assert "Could not find 'model/not_a_model'" in str(error.value)
+
+
+def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:
+    from lungexp.utils.config import check_required
+
+    cfg = compose_config(["data=luna16"], tmp_path)
+    with pytest.raises(ValueError, match=r"data\.root.*data\.root=/path"):
+        check_required(cfg)
 
 
 def _dev_run(cfg) -> None:

@@ -10,7 +10,6 @@ from torch.utils.data import Dataset
 
 from lungexp.data.cache import PatchCache
 
-
 NORMALIZATIONS = ("unit", "symmetric", "zscore")
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
-
-import os
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +25,21 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("len", lambda value: len(value))
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Fail early, naming every mandatory value (``???`` in the configs) left unset."""
+    missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        examples = " ".join(f"{key}=..." if key != "data.root" else "data.root=/path/to/scans" for key in missing)
+        raise ValueError(f"missing mandatory config value(s): {', '.join(missing)}; set them on the command "
+                         f"line, e.g. {examples}")
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [key for name, value in node.items() for key in _missing_keys(value, f"{prefix}{name}.")]
+    return [prefix.rstrip(".")] if node == "???" else []
 
 
 def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> None:
