@@ -72,3 +72,13 @@ def test_every_split_holds_whole_series(datamodule) -> None:
     series = {name: set(module.cache.index.iloc[d.rows]["seriesuid"]) for name, d in module.datasets.items()}
     assert not series["train"] & series["val"] and not series["train"] & series["test"]
     assert not series["val"] & series["test"]
+
+
+def test_max_negatives_per_scan_keeps_every_positive(datamodule) -> None:
+    full = datamodule().cache.index
+    limited = datamodule("data.max_negatives_per_scan=2").cache.index
+    assert limited["label"].sum() == full["label"].sum()
+    negatives = limited[limited["label"] == 0].groupby("seriesuid").size()
+    assert negatives.max() == 2 and len(negatives) == full["seriesuid"].nunique()
+    again = datamodule("data.max_negatives_per_scan=2").cache.index
+    assert again.equals(limited)  # seeded

@@ -19,7 +19,7 @@ from lungexp.data.candidates import drop_excluded, sampled_candidates
 from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io import index_scans
 from lungexp.data.patches import PatchSpec
-from lungexp.data.samples import build_samples, read_labels
+from lungexp.data.samples import build_samples, limit_negatives, read_labels
 from lungexp.data.splits import check_splits, split_by_series, split_by_subset
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class NoduleDataModule(pl.LightningDataModule):
         excluded_csv: LUNA16 ``annotations_excluded.csv``; negatives on these findings are dropped.
         negatives: :func:`lungexp.data.candidates.sampled_candidates` options (count, vessel_fraction,
             margin_mm, seed).
+        max_negatives_per_scan: keep at most this many negatives of each scan (seeded by ``split.seed``);
+            null keeps all.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class NoduleDataModule(pl.LightningDataModule):
         annotations_csv: str | None = None,
         excluded_csv: str | None = None,
         negatives: dict[str, Any] | None = None,
+        max_negatives_per_scan: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -97,6 +100,7 @@ class NoduleDataModule(pl.LightningDataModule):
         self.annotations_csv = Path(annotations_csv) if annotations_csv else None
         self.excluded_csv = Path(excluded_csv) if excluded_csv else None
         self.negatives = dict(negatives or {})
+        self.max_negatives_per_scan = max_negatives_per_scan
         self.cache: PatchCache | None = None
         self.datasets: dict[str, PatchDataset] = {}
 
@@ -114,7 +118,8 @@ class NoduleDataModule(pl.LightningDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {self.root} does not exist; point data.root at your scans")
         scans = index_scans(self.root)
-        samples = build_samples(self._labels(scans), scans,
+        labels = limit_negatives(self._labels(scans), self.max_negatives_per_scan, self.split_config.get("seed", 0))
+        samples = build_samples(labels, scans,
                                 source=self.labels_csv, missing_scans=self.missing_scans, outside=self.outside)
         if samples.empty:
             raise ValueError(f"no samples: none of the series in {self.labels_csv} has a scan under {self.root}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lungexp.data.annotations import (
@@ -45,6 +46,20 @@ def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
     return table
 
 
+def limit_negatives(samples: pd.DataFrame, per_scan: int | None, seed: int) -> pd.DataFrame:
+    """Keep at most ``per_scan`` negatives of each series (a seeded random choice) and every positive.
+
+    LUNA16's ``candidates_V2.csv`` has ~850 negatives per scan: 49 GB of 32^3 int16 patches in all.
+    """
+    if per_scan is None:
+        return samples
+    negatives = samples[samples["label"] == 0]
+    shuffled = negatives.assign(order=np.random.default_rng(seed).random(len(negatives)))
+    shuffled = shuffled.sort_values(["seriesuid", "order"])
+    kept = shuffled.index[shuffled.groupby("seriesuid").cumcount().to_numpy() < per_scan]
+    return samples.loc[samples.index.isin(kept) | (samples["label"] != 0)]
+
+
 def build_samples(
     labels: pd.DataFrame,
     scans: pd.DataFrame,
@@ -70,10 +85,11 @@ def build_samples(
         log.info("%s: %d rows of %d series have no scan under the data root and are skipped",
                  source, int((~known).sum()), labels.loc[~known, "seriesuid"].nunique())
         labels = labels[known]
+    wanted = set(labels["seriesuid"])
     headers = {
         uid: read_scan_header(path)
         for uid, path in zip(scans["seriesuid"], scans["path"], strict=True)
-        if uid in set(labels["seriesuid"])
+        if uid in wanted
     }
     labels = check_points_inside(labels, headers, on_outside=outside, source=source)
     subset = scans.set_index("seriesuid")["subset"]
