@@ -90,8 +90,8 @@ def test_pos_weight_auto_is_the_class_ratio_of_the_training_split(make_config) -
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     negatives, positives = datamodule.train_class_counts
-    assert model.pos_weight.item() == pytest.approx(negatives / positives)
-    assert model.pos_weight.item() > 1
+    assert model.criterion.pos_weight.item() == pytest.approx(negatives / positives)
+    assert model.criterion.pos_weight.item() > 1
 
 
 @pytest.mark.slow

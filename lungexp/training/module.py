@@ -30,7 +30,10 @@ class NoduleClassifier(pl.LightningModule):
         net: the network; its classifier must be ``net.head`` (see ``lungexp.models``).
         optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``.
         scheduler: optional partial LR scheduler taking ``optimizer``, stepped per epoch.
-        pos_weight: BCE weight of positives: ``None``, a number, or ``"auto"`` (neg/pos of the training split).
+        loss: partial loss taking ``pos_weight`` (default ``BCEWithLogitsLoss``; see
+            :mod:`lungexp.training.losses` for focal loss).
+        pos_weight: weight of positives in the loss: ``None``, a number, or ``"auto"`` (neg/pos of the
+            training split).
         pretrained: ``{path, format, sha256}``: weights loaded into ``net`` before training.
         finetune: ``{freeze_backbone_epochs, freeze_bn, head_lr_mult}``; the freezing itself is done
             by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
@@ -41,12 +44,13 @@ class NoduleClassifier(pl.LightningModule):
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
+        loss: Callable[..., nn.Module] | None = None,
         pos_weight: float | str | None = None,
         pretrained: dict[str, Any] | None = None,
         finetune: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss"])
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -56,7 +60,7 @@ class NoduleClassifier(pl.LightningModule):
         if pretrained.get("path"):
             self.pretrained_report = load_pretrained(net, pretrained["path"], format=pretrained.get("format", "auto"),
                                                      sha256=pretrained.get("sha256"))
-        self.register_buffer("pos_weight", torch.ones(()), persistent=False)
+        self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
         self.val_metrics = classification_metrics("val/")
         self.test_metrics = classification_metrics("test/")
         self.test_roc = BinaryROC()
@@ -79,7 +83,7 @@ class NoduleClassifier(pl.LightningModule):
             weight = negatives / max(positives, 1)
             log.info("pos_weight=auto: %.2f (%d negatives / %d positives)", weight, negatives, positives)
         if weight is not None:
-            self.pos_weight.fill_(float(weight))
+            self.criterion.pos_weight.fill_(float(weight))
 
     def on_fit_start(self) -> None:
         in_channels = self.trainer.datamodule.spec.channels if self.trainer.datamodule else 1
@@ -90,7 +94,7 @@ class NoduleClassifier(pl.LightningModule):
         log_params(self.loggers, params)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=self.pos_weight)
+        return self.criterion(logits.float(), labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch["image"]), batch["label"])
