@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -34,3 +35,10 @@ def test_ddp_two_cpu_processes_train_and_test(synthetic_root: Path, tmp_path: Pa
     assert len(runs) == 1, "only rank 0 may create an MLflow run"
     assert runs[0].info.status == "FINISHED"
     assert "test/auroc" in runs[0].data.metrics
+    # the predictions table gathers both ranks' halves of the test split (subset0)
+    predictions = pd.read_csv(client.download_artifacts(runs[0].info.run_id, "predictions/test_predictions.csv",
+                                                        str(tmp_path / "downloaded")))
+    candidates = pd.read_csv(synthetic_root / "candidates_V2.csv")
+    test_series = {p.stem for p in (synthetic_root / "subset0").glob("*.mhd")}
+    assert len(predictions) == candidates["seriesuid"].isin(test_series).sum()
+    assert predictions["cache_row"].is_unique and set(predictions["seriesuid"]) == test_series

@@ -41,6 +41,7 @@ def test_demo_experiment_end_to_end(tmp_path: Path) -> None:
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/roc_curve.png", "plots/confusion_matrix.png"} <= artifacts
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "predictions/test_predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
     local = Path(client.download_artifacts(run.info.run_id, "plots/roc_curve.png", str(tmp_path / "dl")))
     assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     checkpoints = list((tmp_path / "logs" / "demo" / "runs").glob("*/checkpoints/*.ckpt"))

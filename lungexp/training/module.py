@@ -86,8 +86,8 @@ class NoduleClassifier(pl.LightningModule):
             self.criterion.pos_weight.fill_(float(weight))
 
     def on_fit_start(self) -> None:
-        in_channels = self.trainer.datamodule.spec.channels if self.trainer.datamodule else 1
-        params: dict[str, Any] = {f"model_info.{k}": v for k, v in model_summary(self.net, in_channels).items()}
+        summary = model_summary(self.net, self.net.stem_conv.in_channels)
+        params: dict[str, Any] = {f"model_info.{k}": v for k, v in summary.items()}
         if self.pretrained_report is not None:
             params.update(self.pretrained_report.as_params())
         log.info("Model: %s", ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items()))
@@ -139,14 +139,18 @@ class NoduleClassifier(pl.LightningModule):
         self._test_outputs.clear()
 
     def _test_predictions(self) -> pd.DataFrame | None:
-        """Per-patch test probabilities joined with the sample table (this rank's share under DDP)."""
+        """Per-patch test probabilities of all ranks, joined with the sample table."""
         datamodule = self.trainer.datamodule
         if not self._test_outputs or getattr(datamodule, "cache", None) is None:
             return None
-        rows = torch.cat([rows for rows, _ in self._test_outputs]).numpy()
-        probabilities = torch.cat([p for _, p in self._test_outputs]).numpy()
-        table = datamodule.cache.index.iloc[rows].reset_index(names="cache_row")
-        return table.assign(probability=np.round(probabilities, 6))
+        rows = torch.cat([rows for rows, _ in self._test_outputs])
+        probabilities = torch.cat([p for _, p in self._test_outputs])
+        if self.trainer.world_size > 1:
+            # DistributedSampler pads every rank to the same length, so shapes match; padding repeats rows.
+            rows, probabilities = (self.all_gather(t.to(self.device)).reshape(-1).cpu() for t in (rows, probabilities))
+        table = datamodule.cache.index.iloc[rows.numpy()].reset_index(names="cache_row")
+        table = table.assign(probability=np.round(probabilities.float().numpy(), 6))
+        return table.drop_duplicates("cache_row").sort_values("cache_row").reset_index(drop=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         lr = self.optimizer_factory.keywords["lr"]
