@@ -62,3 +62,15 @@ def test_validation_may_reuse_the_test_fold_of_a_tiny_dataset(caplog) -> None:
     assert "test metrics are optimistic" in caplog.text
     with pytest.raises(SplitError, match="in both 'train' and 'val'"):
         check_splits({**splits, "train": pd.concat([splits["train"], splits["val"].iloc[:1]])})
+
+
+def test_patient_grouping_keeps_a_patients_scans_together() -> None:
+    samples = table(n_series=20)
+    samples["patient_id"] = samples["seriesuid"].map(lambda uid: f"p{int(uid.split('.')[-1]) // 2}")  # 2 scans each
+    splits = split_by_series(samples, val_fraction=0.2, test_fraction=0.2, seed=0, group_by="patient_id")
+    check_splits(splits, group_by="patient_id")
+    by_series = split_by_series(samples, val_fraction=0.2, test_fraction=0.2, seed=0)
+    with pytest.raises(SplitError, match="patient_id value"):  # series-level splitting separates some patients
+        check_splits(by_series, group_by="patient_id")
+    with pytest.raises(SplitError, match="not a column"):
+        split_by_series(samples, 0.2, 0.2, seed=0, group_by="patient")

@@ -37,7 +37,8 @@ class NoduleDataModule(pl.LightningDataModule):
         patch: :meth:`PatchSpec.from_config` arguments (size, spacing_mm, size_mm, pad_hu).
         hu_window: ``[low, high]`` HU kept (clipped outside).
         normalize: ``unit`` ([0, 1]), ``symmetric`` ([-1, 1]) or ``zscore`` (per patch), see :class:`HUWindow`.
-        split: ``{method: subsets, fold, val_fold}`` or ``{method: series, val_fraction, test_fraction, seed}``.
+        split: ``{method: subsets, fold, val_fold}`` or ``{method: series, val_fraction, test_fraction, seed,
+            group_by}`` (``group_by``: ``seriesuid`` or a patient column of the labels CSV).
         balance: ``{sampler: none|balanced, positive_fraction, samples_per_epoch}``.
         synthetic: if given, keyword arguments of
             :func:`lungexp.data.synthetic.generate_luna16_dataset`, run when ``root`` is missing.
@@ -149,7 +150,7 @@ class NoduleDataModule(pl.LightningDataModule):
         if self.cache is None:  # prepare_data ran in another process (DDP rank > 0) or not at all
             self.cache = self._load_cache()
         splits = self._split(self.cache.index)
-        check_splits(splits)
+        check_splits(splits, group_by=self.split_config.get("group_by", "seriesuid"))
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None
             self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform)
@@ -164,7 +165,8 @@ class NoduleDataModule(pl.LightningDataModule):
         if method == "subsets":
             return split_by_subset(samples, test_fold=config["fold"], val_fold=config["val_fold"])
         if method == "series":
-            return split_by_series(samples, config["val_fraction"], config["test_fraction"], config["seed"])
+            return split_by_series(samples, config["val_fraction"], config["test_fraction"], config["seed"],
+                                   group_by=config.get("group_by", "seriesuid"))
         raise ValueError(f"unknown data.split.method '{method}'; choose 'subsets' (LUNA16 folds) or 'series'")
 
     @property

@@ -43,42 +43,43 @@ def split_by_subset(samples: pd.DataFrame, test_fold: int, val_fold: int) -> dic
 
 
 def split_by_series(
-    samples: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+    samples: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int, group_by: str = "seriesuid"
 ) -> dict[str, pd.DataFrame]:
-    """Seeded random split of whole series (patients' scans), stratified by whether a series has a positive."""
+    """Seeded random split of whole groups, stratified by whether a group has a positive.
+
+    ``group_by`` is ``seriesuid`` (one scan per patient, as in LUNA16) or a patient column of the
+    labels CSV (e.g. ``patient_id``) so that all scans of a patient land in the same split.
+    """
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise SplitError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) "
                          "and sum to less than 1")
+    if group_by not in samples:
+        raise SplitError(f"data.split.group_by='{group_by}' is not a column of the labels CSV; "
+                         f"columns are {sorted(samples.columns)}")
     rng = np.random.default_rng(seed)
-    has_positive = samples.groupby("seriesuid")["label"].max()
+    has_positive = samples.groupby(group_by)["label"].max()
     assignment: dict[str, str] = {}
-    for _, group in has_positive.groupby(has_positive):
-        uids = rng.permutation(group.index.to_numpy())
-        n_test = int(round(len(uids) * test_fraction))
-        n_val = int(round(len(uids) * val_fraction))
-        for i, uid in enumerate(uids):
-            assignment[uid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    which = samples["seriesuid"].map(assignment)
+    for _, stratum in has_positive.groupby(has_positive):
+        groups = rng.permutation(stratum.index.to_numpy())
+        n_test = int(round(len(groups) * test_fraction))
+        n_val = int(round(len(groups) * val_fraction))
+        for i, group in enumerate(groups):
+            assignment[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    which = samples[group_by].map(assignment)
     return {name: samples[which == name] for name in SPLIT_NAMES}
 
 
-def check_splits(splits: dict[str, pd.DataFrame], required: Sequence[str] = SPLIT_NAMES) -> None:
-    """Raise :class:`SplitError` if a series is in two splits, or a split is empty or has one class.
+def check_splits(
+    splits: dict[str, pd.DataFrame], required: Sequence[str] = SPLIT_NAMES, group_by: str = "seriesuid"
+) -> None:
+    """Raise :class:`SplitError` if a series (or ``group_by`` group, e.g. a patient) is in two splits,
+    or a split is empty or has one class.
 
     The one exception: validation may be the very same rows as test (see :func:`split_by_subset`).
     Training never shares a series with either.
     """
-    series = {name: set(frame["seriesuid"]) for name, frame in splits.items()}
-    names = list(series)
-    val_is_test = "val" in splits and "test" in splits and splits["val"].index.equals(splits["test"].index)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            if val_is_test and {first, second} == {"val", "test"}:
-                continue
-            shared = series[first] & series[second]
-            if shared:
-                raise SplitError(f"{len(shared)} series are in both '{first}' and '{second}', e.g. "
-                                 f"{sorted(shared)[:3]}; a scan must belong to exactly one split")
+    for column in dict.fromkeys(["seriesuid", group_by]):
+        _check_disjoint(splits, column)
     for name in required:
         frame = splits.get(name)
         if frame is None or frame.empty:
@@ -87,3 +88,17 @@ def check_splits(splits: dict[str, pd.DataFrame], required: Sequence[str] = SPLI
         if len(classes) < 2:
             raise SplitError(f"the '{name}' split has only class {classes[0]} ({len(frame)} samples from "
                              f"{frame['seriesuid'].nunique()} series); metrics like AUROC need both classes")
+
+
+def _check_disjoint(splits: dict[str, pd.DataFrame], column: str) -> None:
+    members = {name: set(frame[column]) for name, frame in splits.items()}
+    names = list(members)
+    val_is_test = "val" in splits and "test" in splits and splits["val"].index.equals(splits["test"].index)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if val_is_test and {first, second} == {"val", "test"}:
+                continue
+            shared = members[first] & members[second]
+            if shared:
+                raise SplitError(f"{len(shared)} {column} value(s) are in both '{first}' and '{second}', e.g. "
+                                 f"{sorted(shared)[:3]}; each must belong to exactly one split")
