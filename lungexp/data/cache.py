@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lungexp.data.annotations import COORD_COLUMNS
 from lungexp.data.io import read_scan
 from lungexp.data.patches import PatchExtractor, PatchSpec
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
-COORD_COLUMNS = ["coordX", "coordY", "coordZ"]
 
 
 class PatchCache:

@@ -23,7 +23,6 @@ from lungexp.data.io import read_scan_header
 log = logging.getLogger(__name__)
 
 TASKS = ("candidates", "malignancy", "points")
-SAMPLE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "label", "subset"]
 
 
 def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
