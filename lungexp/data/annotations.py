@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lungexp.data.io import ScanHeader
+from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ COORD_COLUMNS = ["coordX", "coordY", "coordZ"]
 _SHOWN = 5
 
 
-class AnnotationError(ValueError):
+class AnnotationError(LungexpError):
     """A labels CSV that cannot be used; the message says which file, rows and columns, and why."""
 
 

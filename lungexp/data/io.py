@@ -24,6 +24,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from lungexp.data.scan import Scan
+from lungexp.utils.errors import LungexpError
 
 SCAN_SUFFIXES = (".mhd", ".nii.gz", ".nii", ".nrrd")
 
@@ -51,7 +52,7 @@ _GAP_FACTOR = 1.5
 _STEP_TOLERANCE = 0.1
 
 
-class ScanReadError(ValueError):
+class ScanReadError(LungexpError):
     """A scan file or folder that cannot be read; the message says which, why and what to do."""
 
 

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from lungexp.utils.errors import LungexpError
+
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(LungexpError):
     """A split that would make the evaluation meaningless (overlap, empty, a single class)."""
 
 

@@ -30,6 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lungexp.utils.errors import LungexpError
+
 logger = logging.getLogger(__name__)
 
 CheckpointFormat = Literal["auto", "medicalnet", "lightning", "state_dict"]
@@ -42,7 +44,7 @@ OPTIONAL_SUFFIX = "num_batches_tracked"
 MAX_LISTED_KEYS = 20
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(LungexpError):
     """A checkpoint file cannot be used as pretrained weights for the configured network."""
 
 
