@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lungexp.utils.config import check_required, print_config_tree
@@ -15,7 +17,8 @@ def main(cfg: DictConfig) -> float | None:
     from lungexp.training.pipeline import train
 
     check_required(cfg)
-    print_config_tree(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's jobs differ only in their overrides
+        print_config_tree(cfg)
     return train(cfg).optimized_metric
 
 

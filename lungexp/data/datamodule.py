@@ -25,6 +25,19 @@ from lungexp.data.splits import check_splits, split_by_series, split_by_subset
 log = logging.getLogger(__name__)
 
 
+class EpochSeededSampler(WeightedRandomSampler):
+    """``WeightedRandomSampler`` whose draws depend only on ``seed`` and the epoch (Lightning calls
+    ``set_epoch`` before each training epoch), so a run resumed at epoch ``e`` draws what an unbroken one does."""
+
+    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
+
+
 class NoduleDataModule(pl.LightningDataModule):
     """Candidate patches around world coordinates, for nodule / malignancy classification.
 
@@ -170,6 +183,11 @@ class NoduleDataModule(pl.LightningDataModule):
         raise ValueError(f"unknown data.split.method '{method}'; choose 'subsets' (LUNA16 folds) or 'series'")
 
     @property
+    def fingerprint(self) -> str | None:
+        """The patch-cache key (hash of patch geometry, coordinates and scan files), once the data is set up."""
+        return self.cache.folder.name if self.cache is not None else None
+
+    @property
     def train_class_counts(self) -> tuple[int, int]:
         """(negatives, positives) of the training split; used for loss weighting."""
         return self.datasets["train"].class_counts()
@@ -194,8 +212,8 @@ class NoduleDataModule(pl.LightningDataModule):
         positives = labels.sum()
         weights = np.where(labels > 0, fraction / positives, (1 - fraction) / (len(labels) - positives))
         num_samples = self.balance.get("samples_per_epoch") or len(labels)
-        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), int(num_samples),
-                                     replacement=True)
+        return EpochSeededSampler(torch.as_tensor(weights, dtype=torch.double), int(num_samples), replacement=True,
+                                  seed=torch.initial_seed())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -2,48 +2,56 @@
 
 They take the trainer's list of loggers and do nothing for other logger kinds, so the training
 code stays the same with ``logger=[]`` (e.g. in quick tests) or another tracker.
+
+Figures go to the artifact root (``plots/test/roc.png`` is stored as ``test_roc.png``): MLflow's
+compare page lists only root-level artifacts and previews the selected one for every run side by side.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.entities import Param, RunTag
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, MLFlowLogger
+
+from lungexp.tracking.params import config_hash, group_choices, split_config
+
+FIGURE_FOLDER = "plots"
 
 
 def mlflow_loggers(loggers: Iterable[Logger]) -> list[MLFlowLogger]:
     return [logger for logger in loggers if isinstance(logger, MLFlowLogger)]
 
 
-def flatten_config(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> ``{"model.net.depth": 18, ...}`` (lists stay whole, as their string form)."""
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def log_params(loggers: Iterable[Logger], params: Mapping[str, Any]) -> None:
+    """Params as given (no re-flattening of lists), values as strings, in MLflow-sized batches."""
+    entries = [Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in params.items()]
     for logger in mlflow_loggers(loggers):
-        logger.log_hyperparams(dict(params))
+        for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
+            logger.experiment.log_batch(logger.run_id, params=entries[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def log_tags(loggers: Iterable[Logger], tags: Mapping[str, Any]) -> None:
+    entries = [RunTag(key, str(value)) for key, value in tags.items()]
+    for logger in mlflow_loggers(loggers):
+        for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
+            logger.experiment.log_batch(logger.run_id, tags=entries[start:start + MAX_PARAMS_TAGS_PER_BATCH])
 
 
 def log_config(loggers: Iterable[Logger], config: DictConfig) -> None:
-    """The whole composed config: flattened as params, and as ``config.yaml`` artifact."""
-    log_params(loggers, flatten_config(config))
+    """The composed config: each group's option and every setting as params, paths as tags, the hash of
+    the settings as ``config.hash``, and the whole resolved config as ``config.yaml``."""
+    params, tags = split_config(config)
+    log_params(loggers, {**group_choices(), **params})
+    log_tags(loggers, {**tags, "config.hash": config_hash(params)})
     log_text(loggers, OmegaConf.to_yaml(config, resolve=True), "config.yaml")
 
 
@@ -52,10 +60,20 @@ def log_text(loggers: Iterable[Logger], text: str, artifact_file: str) -> None:
         logger.experiment.log_text(logger.run_id, text, artifact_file)
 
 
+def figure_artifact_name(artifact_file: str) -> str:
+    """``plots/roc_curve.png`` -> ``roc_curve.png``, ``plots/test/roc.png`` -> ``test_roc.png``: figures
+    live at the artifact root, where the compare page can show them side by side."""
+    parts = PurePosixPath(artifact_file).parts
+    if parts and parts[0] == FIGURE_FOLDER:
+        parts = parts[1:]
+    return "_".join(parts)
+
+
 def log_figure(loggers: Iterable[Logger], figure: Figure, artifact_file: str) -> None:
-    """Save a figure as a PNG artifact, then close it (figures are large and plt keeps them alive)."""
+    """Save a figure as a PNG artifact at the artifact root (see :func:`figure_artifact_name`), then close
+    it (figures are large and plt keeps them alive)."""
     for logger in mlflow_loggers(loggers):
-        logger.experiment.log_figure(logger.run_id, figure, artifact_file)
+        logger.experiment.log_figure(logger.run_id, figure, figure_artifact_name(artifact_file))
     plt.close(figure)
 
 
@@ -67,6 +85,6 @@ def log_table(loggers: Iterable[Logger], table: pd.DataFrame, artifact_file: str
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         table.to_csv(path, index=False)
+        folder = str(PurePosixPath(artifact_file).parent)
         for logger in targets:
-            artifact_dir = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
-            logger.experiment.log_artifact(logger.run_id, str(path), artifact_dir)
+            logger.experiment.log_artifact(logger.run_id, str(path), None if folder == "." else folder)

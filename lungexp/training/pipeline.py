@@ -9,12 +9,16 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
-from pytorch_lightning.loggers import MLFlowLogger
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from lungexp.tracking.mlflow import log_config, mlflow_loggers
+from lungexp.tracking.callback import MLflowTracking
+from lungexp.tracking.logger import RunLogger, build_loggers
+from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
+from lungexp.tracking.provenance import git_tags
+from lungexp.tracking.runs import job_overrides, run_name
 from lungexp.training.finetuning import BackboneFreeze
+from lungexp.training.resume import EpochSeed, checkpoint_run_id, resolve_checkpoint
 from lungexp.utils.config import instantiate_dict
 
 log = logging.getLogger(__name__)
@@ -34,32 +38,50 @@ class RunResult:
     mlflow_tracking_uri: str | None
 
 
-def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
-    """Seed everything, then instantiate datamodule, model, callbacks, loggers and Trainer from ``cfg``."""
+def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """Seed everything, then instantiate datamodule, model, callbacks, loggers and Trainer from ``cfg``.
+
+    ``run_id``: continue this MLflow run (resume) instead of starting a new one.
+    """
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="partial")
-    callbacks = instantiate_dict(cfg.get("callbacks"))
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), EpochSeed(cfg.seed)]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
-    loggers = instantiate_dict(cfg.get("logger"))
+    loggers = build_loggers(cfg, {"run_name": run_name(cfg), "run_id": run_id,
+                                  "tags": {**git_tags(), "task_name": cfg.task_name,
+                                           "overrides": " ".join(job_overrides())}})
+    if mlflow_loggers(loggers):
+        callbacks.append(MLflowTracking(monitor=cfg.optimized_metric))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                                                   _convert_="partial")
     return datamodule, model, trainer
 
 
 def train(cfg: DictConfig) -> RunResult:
-    """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says."""
-    datamodule, model, trainer = build(cfg)
-    log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
+    """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says; with
+    ``ckpt_path`` set, resume that checkpoint's run (see :mod:`lungexp.training.resume`)."""
+    resume_from = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / str(cfg.task_name))
+    run_id = None
+    if resume_from is not None:
+        run_id = _resumable_run(resume_from, cfg)
+        with open_dict(cfg):  # keep writing next to the checkpoint, so the best-so-far survives the resume
+            cfg.callbacks.model_checkpoint.dirpath = str(resume_from.parent)
+        log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
+    datamodule, model, trainer = build(cfg, run_id)
+    if run_id is None:  # a continued run keeps the params of its first start
+        log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
+    if resume_from is not None:
+        log_tags(trainer.loggers, {"resumed_from": resume_from, "resume.overrides": " ".join(job_overrides())})
 
-    trainer.fit(model, datamodule=datamodule)
+    # weights_only: our checkpoints hold only tensors and plain containers.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     optimized = _optimized_metric(trainer, cfg.optimized_metric)
     metrics = _scalars(trainer)
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test_after_fit:
-        # weights_only: our checkpoints hold only tensors and plain containers.
         trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
         metrics.update(_scalars(trainer))
     mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
@@ -68,10 +90,28 @@ def train(cfg: DictConfig) -> RunResult:
         metrics=metrics,
         best_checkpoint=checkpoint or None,
         mlflow_run_id=mlflow.run_id if mlflow else None,
-        mlflow_tracking_uri=mlflow._tracking_uri if isinstance(mlflow, MLFlowLogger) else None,
+        mlflow_tracking_uri=mlflow.tracking_uri if isinstance(mlflow, RunLogger) else None,
     )
     _print_summary(result)
     return result
+
+
+def _resumable_run(checkpoint: Path, cfg: DictConfig) -> str | None:
+    """The checkpoint's MLflow run if it is in this run's tracking store, else None (a new run, tagged
+    ``resumed_from``)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    run_id = checkpoint_run_id(checkpoint)
+    uri = cfg.get("logger", {}).get("mlflow", {}).get("tracking_uri")
+    if run_id is None or uri is None:
+        return None
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except MlflowException:
+        log.warning("MLflow run %s of %s is not in %s: the resumed run is a new MLflow run", run_id, checkpoint, uri)
+        return None
+    return run_id
 
 
 def _scalars(trainer: pl.Trainer) -> dict[str, float]:

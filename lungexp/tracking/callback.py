@@ -1,0 +1,131 @@
+"""A Lightning callback for what MLflow needs beyond per-step metrics: the best value of the monitored
+metric, the dataset, the run id in every checkpoint (for resume) and the best model."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from lungexp.tracking.logger import RunLogger
+from lungexp.tracking.mlflow import mlflow_loggers
+from lungexp.tracking.provenance import log_dataset
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "mlflow"  # checkpoint["mlflow"] = {"run_id": ...}: the run a resume continues
+MODEL_NAME = "model"
+
+
+def best_metric_name(monitor: str) -> str:
+    """``val/auroc`` -> ``best/val_auroc``."""
+    return "best/" + monitor.replace("/", "_")
+
+
+class MLflowTracking(Callback):
+    """Logs ``best/<monitor>`` and ``best/epoch`` after every validation (so the runs table and the
+    compare page show the best value, not the last), the dataset as an MLflow input at fit start, the
+    MLflow run id into checkpoints, and -- if a :class:`RunLogger` has ``log_model`` -- the best
+    checkpoint as an MLflow model at the end of fit.
+
+    Args:
+        monitor: the metric to track (``optimized_metric``).
+        mode: ``max`` or ``min``; taken from the checkpoint callback when it monitors the same metric.
+    """
+
+    def __init__(self, monitor: str, mode: str = "max") -> None:
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "monitor", None) == self.monitor:
+            self.mode = checkpoint.mode
+        for logger in mlflow_loggers(trainer.loggers):
+            log_dataset(logger.experiment, logger.run_id, trainer.datamodule)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or math.isnan(float(value)):
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best, self.best_epoch = value, trainer.current_epoch
+        for logger in mlflow_loggers(trainer.loggers):
+            logger.log_metrics({best_metric_name(self.monitor): self.best, "best/epoch": self.best_epoch},
+                               step=trainer.global_step)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        logger = next(iter(mlflow_loggers(trainer.loggers)), None)
+        if logger is not None:
+            checkpoint[CHECKPOINT_KEY] = {"run_id": logger.run_id}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        targets = [lg for lg in mlflow_loggers(trainer.loggers) if isinstance(lg, RunLogger) and lg.log_best_model]
+        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not targets or not checkpoint:
+            return
+        model = _load_best(pl_module, checkpoint)
+        example = _input_example(trainer)
+        for logger in targets:
+            log_model(model, example, logger.run_id)
+
+
+def _load_best(pl_module: pl.LightningModule, checkpoint: str) -> pl.LightningModule:
+    """A CPU copy of the module with the weights of ``checkpoint``, in eval mode."""
+    model = copy.deepcopy(pl_module).cpu()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _input_example(trainer: pl.Trainer) -> torch.Tensor:
+    """One validation patch, ``(1, C, D, H, W)``: documents the input and lets MLflow infer the signature."""
+    loader = trainer.val_dataloaders
+    batch = next(iter(loader[0] if isinstance(loader, list) else loader))
+    return batch["image"][:1].float().cpu()
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str) -> None:
+    """``model`` as MLflow model ``model`` of ``run_id``, with signature, input example and lungexp's
+    source (so ``mlflow.pytorch.load_model`` works without lungexp installed)."""
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    import lungexp
+
+    with torch.no_grad():
+        output = model(example).numpy()
+    mlflow.pytorch.log_model(
+        model, name=MODEL_NAME, run_id=run_id, input_example=example.numpy(),
+        signature=infer_signature(example.numpy(), output),
+        code_paths=[str(Path(lungexp.__file__).parent)],
+        pip_requirements=_requirements(),
+    )
+    log.info("Logged the best checkpoint as MLflow model 'runs:/%s/%s'", run_id, MODEL_NAME)
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the model (inferring them would load the model in a subprocess)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "pytorch-lightning", "torchmetrics", "numpy")]

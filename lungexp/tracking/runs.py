@@ -1,0 +1,108 @@
+"""MLflow runs that say what they are: names, the enclosing sweep, bookkeeping tags, nested runs.
+
+Building blocks for every entry point that creates runs (training, a sweep's parent, a
+cross-validation parent and its folds):
+
+- :func:`run_name` -- ``task_name`` plus what this job changes (``demo model=resnet3d aug=none``);
+- :func:`sweep_parent_run_id` -- the run of the ``-m`` sweep this process is a job of, if any;
+- :func:`create_run` -- a run (nested under ``parent_run_id`` if given) in an experiment that
+  :func:`ensure_experiment` creates with the tag that opens MLflow's model-training view;
+- :func:`process_tags` -- host and pid, so a run whose process died can be recognised.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from omegaconf import DictConfig
+
+# Set by lungexp.tracking.sweep.MLflowSweepCallback for the jobs of a `-m` sweep.
+SWEEP_RUN_ID_ENV = "LUNGEXP_SWEEP_RUN_ID"
+SWEEP_KEYS_ENV = "LUNGEXP_SWEEP_KEYS"
+# MLflow's own experiment tag: "custom_model_development" is its "Model training" kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# Overrides that locate or label a run rather than change it: never part of a run name.
+NOT_IN_NAME = ("paths.", "logger.", "hydra.", "task_name", "experiment_name", "ckpt_path", "data.root",
+               "data.cache_dir", "hparams_search")
+MAX_NAME_LENGTH = 120
+_FLOAT = re.compile(r"^-?\d+\.\d{4,}(e-?\d+)?$|^-?\d+(\.\d+)?e-?\d+$")
+
+
+def split_override(override: str) -> tuple[str, str]:
+    """``+model.loss.gamma=2`` -> ``("model.loss.gamma", "2")``; ``~logger`` -> ``("logger", "")``."""
+    key, _, value = override.lstrip("+~").partition("=")
+    return key, value
+
+
+def short_value(value: str) -> str:
+    """Long floats (as Optuna samples them) to 3 significant digits: ``0.0012345678`` -> ``0.00123``."""
+    return f"{float(value):.3g}" if _FLOAT.match(value) else value
+
+
+def short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each key's last component where that is unambiguous (``model.optimizer.lr`` -> ``lr``)."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: tail if last.count(tail) == 1 else key for key, tail in zip(keys, last, strict=True)}
+
+
+def describe_overrides(overrides: Iterable[str], keys: Iterable[str] | None = None) -> str:
+    """``model=resnet3d aug=none lr=0.00123``: the overrides (only ``keys`` if given) that change a run."""
+    pairs = [split_override(o) for o in overrides]
+    pairs = [(k, v) for k, v in pairs if not k.startswith(NOT_IN_NAME) and (keys is None or k in keys)]
+    names = short_keys([k for k, _ in pairs])
+    return " ".join(f"{names[k]}={short_value(v)}" for k, v in pairs)
+
+
+def job_overrides() -> list[str]:
+    """This job's command-line overrides (with sweep values expanded); empty outside Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_name(cfg: DictConfig) -> str:
+    """``task_name`` plus what this job changes: the swept overrides in a sweep, else all overrides
+    except those that only locate things (paths, data.root, ...)."""
+    swept = os.environ.get(SWEEP_KEYS_ENV)
+    keys = swept.split(",") if sweep_parent_run_id() and swept else None
+    overrides = [o for o in job_overrides() if o != f"experiment={cfg.task_name}"]  # the preset names the run
+    name = " ".join(part for part in (str(cfg.task_name), describe_overrides(overrides, keys)) if part)
+    return name if len(name) <= MAX_NAME_LENGTH else name[: MAX_NAME_LENGTH - 1] + "…"
+
+
+def sweep_parent_run_id() -> str | None:
+    """The MLflow run of the ``-m`` sweep this process runs a job of (None outside sweeps)."""
+    return os.environ.get(SWEEP_RUN_ID_ENV) or None
+
+
+def process_tags() -> dict[str, str]:
+    """Which process runs the run: lets a later run tell a dead RUNNING run from a live one."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if needed, tagged to open in MLflow's model-training view."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        experiment_id = client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    else:
+        experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment_id
+
+
+def create_run(client: MlflowClient, experiment_id: str, name: str, *, parent_run_id: str | None = None,
+               tags: Mapping[str, str] | None = None) -> str:
+    """A new RUNNING run, nested under ``parent_run_id`` if given (MLflow's ``mlflow.parentRunId`` tag);
+    returns its id, e.g. for ``MLFlowLogger(run_id=...)``."""
+    all_tags = {**process_tags(), **(tags or {}), MLFLOW_RUN_NAME: name}
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    return client.create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
