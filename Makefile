@@ -10,7 +10,7 @@ MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install run test lint mlflow-ui bench clean
+.PHONY: install run test lint mlflow-ui browser bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,18 @@ lint: install
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# Headless Chromium for the MLflow UI browser test (tests/test_sweep_ui.py skips without it).
+# Debian/Ubuntu: installs the `chromium` package; does nothing when a Chromium is already there.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+		echo "Chromium present: $$(command -v chromium || command -v chromium-browser)"; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	else \
+		echo "No apt-get: install Chromium yourself; the browser test skips until then."; \
+	fi
 
 bench: install
 	$(BIN)/python scripts/bench_train.py

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "mlflow"  # checkpoint["mlflow"] = {"run_id": ...}: the run a resume continues
 MODEL_NAME = "model"
+MODEL_URI_TAG = "model.uri"
 
 
 def best_metric_name(monitor: str) -> str:
@@ -87,7 +88,7 @@ class MLflowTracking(Callback):
         model = _load_best(pl_module, checkpoint)
         example = _input_example(trainer)
         for logger in targets:
-            log_model(model, example, logger.run_id)
+            log_model(model, example, logger.run_id, logger.experiment)
 
 
 def _load_best(pl_module: pl.LightningModule, checkpoint: str) -> pl.LightningModule:
@@ -105,9 +106,10 @@ def _input_example(trainer: pl.Trainer) -> torch.Tensor:
     return batch["image"][:1].float().cpu()
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str) -> None:
+def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str, client: Any) -> str:
     """``model`` as MLflow model ``model`` of ``run_id``, with signature, input example and lungexp's
-    source (so ``mlflow.pytorch.load_model`` works without lungexp installed)."""
+    source (so ``mlflow.pytorch.load_model`` works without lungexp installed); its URI (``models:/...``)
+    is returned and tagged on the run as ``model.uri``."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
@@ -115,13 +117,15 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str) -> Non
 
     with torch.no_grad():
         output = model(example).numpy()
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         model, name=MODEL_NAME, run_id=run_id, input_example=example.numpy(),
         signature=infer_signature(example.numpy(), output),
-        code_paths=[str(Path(lungexp.__file__).parent)],
-        pip_requirements=_requirements(),
+        code_paths=[str(Path(lungexp.__file__).parent)], pip_requirements=_requirements(),
+        serialization_format="pickle",  # the module itself (any batch size); "pt2" would fix the example's shape
     )
-    log.info("Logged the best checkpoint as MLflow model 'runs:/%s/%s'", run_id, MODEL_NAME)
+    client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    log.info("Logged the best checkpoint as MLflow model %s (mlflow.pytorch.load_model)", info.model_uri)
+    return info.model_uri
 
 
 def _requirements() -> list[str]:

@@ -54,5 +54,6 @@ def log_dataset(client: MlflowClient, run_id: str, datamodule: Any, context: str
         dataset = mlflow.data.from_pandas(samples, source=str(root.resolve()),
                                           targets="label", name=f"{root.name} ({datamodule.task})",
                                           digest=fingerprint[:DATASET_DIGEST_LENGTH])
+        entity = dataset._to_mlflow_entity()  # the public client API takes entities
     tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])

@@ -104,7 +104,7 @@ def report_sweep(client: MlflowClient, experiment_id: str, run_id: str, keys: li
     """Log the results table and best child to the sweep's parent run and print the table."""
     table = sweep_results(client, experiment_id, run_id, keys, metric, mode)
     best = best_metric_name(metric)
-    title = f"Sweep results ({len(table)} runs, best {best} first)"
+    title = f"Sweep results: {len(table)} runs, sorted by {best}"
     with tempfile.TemporaryDirectory() as folder:
         csv = Path(folder) / f"{RESULTS_NAME}.csv"
         table.to_csv(csv, index=False)

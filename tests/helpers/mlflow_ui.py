@@ -1,0 +1,111 @@
+"""The MLflow UI in a real browser: an ``mlflow server`` on a free loopback port, and headless Chromium.
+
+Chromium is the system one (Debian's ``chromium``; ``make browser`` installs it), driven by Playwright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+START_TIMEOUT_S = 180  # a cold `mlflow server` takes ~20 s on 2 busy cores
+
+
+def chromium_or_skip() -> str:
+    """The system Chromium's path, or skip the test saying how to get it."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium installed: `make browser` installs it (Debian/Ubuntu: apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """A started ``mlflow server``; :meth:`wait_until_healthy` before using :attr:`address`."""
+
+    def __init__(self, process: subprocess.Popen, address: str, log_file: Path) -> None:
+        self.process, self.address, self.log_file = process, address, log_file
+
+    def wait_until_healthy(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({self.process.returncode}):\n{self._log_tail()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.address}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    return self.address
+            time.sleep(1)
+        raise RuntimeError(f"mlflow server not healthy after {START_TIMEOUT_S} s:\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        return self.log_file.read_text()[-3000:]
+
+
+@contextlib.contextmanager
+def mlflow_server(tracking_uri: str, log_file: Path) -> Iterator[MlflowServer]:
+    """``mlflow server`` (one worker) on a free loopback port for the duration of the block."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", tracking_uri,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=log_file.parent)
+        try:
+            yield MlflowServer(process, f"http://127.0.0.1:{port}", log_file)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def without_assistant(page) -> None:
+    """Keep MLflow's assistant panel closed (it opens by itself on a first visit and covers the compare
+    page's artifact list), as a user who closed it once."""
+    page.add_init_script("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+                         "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+
+
+def choose_option(page, select, text: str) -> None:
+    """Pick ``text`` in one of MLflow's searchable multi-selects (its list is virtual: type, then Enter)."""
+    select.locator("xpath=ancestor::div[contains(@class, 'select-selector')]").click()
+    page.keyboard.type(text)
+    page.get_by_role("option", name=text, exact=True).wait_for(state="attached")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+
+
+# The compare page's metrics table is two synchronised virtual grids (names | one column per run) that
+# render only the rows in view: scroll until the metric's row exists, then read the values beside it.
+_METRIC_ROW = """name => {
+    const [names, values] = document.querySelectorAll('.ReactVirtualized__Grid');
+    const cell = [...names.querySelectorAll('a')].find(a => a.textContent.trim() === name);
+    if (!cell) { values.scrollTop += 90; return null; }
+    const top = cell.parentElement.style.top;
+    return [...values.firstElementChild.children].filter(c => c.style.top === top).map(c => c.textContent.trim());
+}"""
+
+
+def compare_page_metric(page, name: str) -> list[str]:
+    """The values of metric ``name`` as the compare page shows them, one per run, left to right."""
+    return page.wait_for_function(_METRIC_ROW, arg=name, polling=500).json_value()

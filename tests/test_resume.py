@@ -1,0 +1,62 @@
+"""A run SIGKILLed mid-epoch and resumed with ``ckpt_path=last`` ends where an unbroken run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from lungexp.training.pipeline import train
+
+from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
+
+# Deterministic and exercising every random draw: balanced sampler, augmentation, dropout.
+RUN = ["trainer.max_epochs=3", "trainer.deterministic=true", "aug=light", "task_name=resume",
+       "callbacks.early_stopping=null", *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
+KILL_AT_STEP = 13  # 9 steps per epoch on the tiny data: mid-way through the second epoch
+
+
+def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lungexp.run", *RUN, *overrides]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, "LUNGEXP_ROOT": str(root)},
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_unbroken_result(make_config, synthetic_root: Path, tmp_path: Path) -> None:
+    data = [f"data.root={synthetic_root}", "data.synthetic=null", f"data.cache_dir={synthetic_root.parent / 'cache'}"]
+    killed = _run(tmp_path, *data, "+callbacks.kill._target_=tests.helpers.kill.KillAtStep",
+                  f"+callbacks.kill.step={KILL_AT_STEP}")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "logs" / "resume" / "runs").glob("*/checkpoints/last.ckpt")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] < KILL_AT_STEP
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
+    assert run.info.status == "RUNNING"  # nothing could mark it
+
+    resumed = _run(tmp_path, *data, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+
+    unbroken = train(make_config(*RUN, "~logger"))
+    final = _weights(checkpoint)  # the resumed run keeps writing next to the checkpoint it resumed
+    reference = _weights(Path(unbroken.best_checkpoint).with_name("last.ckpt"))
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[k], reference[k]) for k in reference), "resumed weights differ from unbroken run's"
+
+    (after,) = client.search_runs([run.info.experiment_id])
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert after.data.tags["resumed_from"] == str(checkpoint)
+    assert after.data.metrics["best/val_auroc"] == pytest.approx(unbroken.optimized_metric)
+    assert after.data.metrics["test/auroc"] == pytest.approx(unbroken.metrics["test/auroc"])
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val/auroc")]
+    assert len(epochs) == 3, epochs  # one validation per epoch, none lost or repeated
