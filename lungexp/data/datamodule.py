@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 
 from lungexp.data.annotations import read_excluded_annotations
 from lungexp.data.cache import PatchCache, build_patch_cache
@@ -20,22 +20,10 @@ from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io import index_scans
 from lungexp.data.patches import PatchSpec
 from lungexp.data.samples import build_samples, limit_negatives, read_labels
+from lungexp.data.sampling import EpochSeededRandomSampler, EpochSeededWeightedSampler
 from lungexp.data.splits import check_splits, split_by_series, split_by_subset
 
 log = logging.getLogger(__name__)
-
-
-class EpochSeededSampler(WeightedRandomSampler):
-    """``WeightedRandomSampler`` whose draws depend only on ``seed`` and the epoch (Lightning calls
-    ``set_epoch`` before each training epoch), so a run resumed at epoch ``e`` draws what an unbroken one does."""
-
-    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
-        super().__init__(*args, generator=torch.Generator(), **kwargs)
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed + epoch)
 
 
 class NoduleDataModule(pl.LightningDataModule):
@@ -197,14 +185,15 @@ class NoduleDataModule(pl.LightningDataModule):
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self._train_sampler()
-        return self._loader("train", sampler=sampler, shuffle=sampler is None, drop_last=False)
+        # The loader's own generator: creating its iterator then leaves the global RNG (augmentation) alone.
+        return self._loader("train", sampler=self._train_sampler(), drop_last=False, generator=torch.Generator())
 
-    def _train_sampler(self) -> WeightedRandomSampler | None:
-        """Balanced sampling: each epoch draws positives with probability ``positive_fraction``."""
+    def _train_sampler(self) -> Sampler:
+        """Shuffling, or balanced sampling: each epoch draws positives with probability ``positive_fraction``;
+        seeded per epoch from the run's seed (see :mod:`lungexp.data.sampling`)."""
         kind = self.balance.get("sampler", "none")
         if kind == "none":
-            return None
+            return EpochSeededRandomSampler(self.datasets["train"], seed=torch.initial_seed())
         if kind != "balanced":
             raise ValueError(f"unknown data.balance.sampler '{kind}'; choose 'none' or 'balanced'")
         labels = self.datasets["train"].labels
@@ -212,8 +201,8 @@ class NoduleDataModule(pl.LightningDataModule):
         positives = labels.sum()
         weights = np.where(labels > 0, fraction / positives, (1 - fraction) / (len(labels) - positives))
         num_samples = self.balance.get("samples_per_epoch") or len(labels)
-        return EpochSeededSampler(torch.as_tensor(weights, dtype=torch.double), int(num_samples), replacement=True,
-                                  seed=torch.initial_seed())
+        return EpochSeededWeightedSampler(torch.as_tensor(weights, dtype=torch.double), int(num_samples),
+                                          replacement=True, seed=torch.initial_seed())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

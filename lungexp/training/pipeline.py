@@ -67,8 +67,7 @@ def train(cfg: DictConfig) -> RunResult:
     run_id = None
     if resume_from is not None:
         run_id = _resumable_run(resume_from, cfg)
-        with open_dict(cfg):  # keep writing next to the checkpoint, so the best-so-far survives the resume
-            cfg.callbacks.model_checkpoint.dirpath = str(resume_from.parent)
+        _checkpoint_next_to(cfg, resume_from)
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
     if run_id is None:  # a continued run keeps the params of its first start
@@ -94,6 +93,15 @@ def train(cfg: DictConfig) -> RunResult:
     )
     _print_summary(result)
     return result
+
+
+def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> None:
+    """Point every checkpoint callback at ``checkpoint``'s folder: Lightning restores a callback's
+    best-so-far only when its folder is unchanged."""
+    with open_dict(cfg):
+        for node in (cfg.get("callbacks") or {}).values():
+            if isinstance(node, DictConfig) and "dirpath" in node:
+                node.dirpath = str(checkpoint.parent)
 
 
 def _resumable_run(checkpoint: Path, cfg: DictConfig) -> str | None:
