@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from lungexp.tracking.callback import best_metric_name
-from lungexp.tracking.runs import short_keys
+from lungexp.tracking.runs import short_keys, short_value
 
 RESULTS_NAME = "sweep_results"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
@@ -61,7 +61,7 @@ def results_figure(table: pd.DataFrame, metric_column: str, title: str) -> Figur
 def _cell(value: object) -> str:
     if pd.isna(value):
         return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else short_value(str(value))
 
 
 def markdown_table(table: pd.DataFrame) -> str:
