@@ -11,10 +11,16 @@ import hydra
 from omegaconf import DictConfig
 
 from lungexp.data.datamodule import NoduleDataModule
+from lungexp.utils.checks import check_config
+from lungexp.utils.config import check_required
+from lungexp.utils.errors import report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
+    check_required(cfg)
+    check_config(cfg)
     datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     datamodule.prepare_data()
     cache = datamodule.cache

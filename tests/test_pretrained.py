@@ -232,7 +232,7 @@ def test_sha256_is_checked(medicalnet_files: dict) -> None:
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "resnet_10.pth"
-    with pytest.raises(FileNotFoundError, match="resnet_10.pth"):
+    with pytest.raises(PretrainedWeightsError, match="resnet_10.pth.*model.pretrained.path"):
         load_pretrained(ResNet3D(10), missing)
 
 
@@ -251,9 +251,11 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     tiny = CNN3D(widths=(2,))
     torch.save({"state_dict": tiny.state_dict(), "payload": _WritesMarkerWhenUnpickled(marker)}, path)
-    with pytest.raises(PretrainedWeightsError, match="weights_only"):
+    with pytest.raises(PretrainedWeightsError, match="weights_only") as error:
         load_pretrained(tiny, path)
     assert not marker.exists()
+    assert "weights_only=False" not in str(error.value)  # never suggest running the file's code
+    assert "io.open" in str(error.value)  # the refused object (what the payload unpickles to) is named
 
 
 def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:

@@ -7,7 +7,12 @@ geometry, the sample coordinates and the scan files (path, size, mtime), so any 
 
 Crash safety: work happens in ``<key>.partial/``; each scan's patches are written to a shard file
 atomically, so an interrupted build resumes from the scans already done. Only a complete cache is
-renamed to ``<key>/``, and only a folder with ``meta.json`` is ever read.
+renamed to ``<key>/``, and only a folder with ``meta.json`` is ever read (a ``<key>/`` without it is
+replaced by the next build).
+
+Labels are never served from the cache: the key covers only what the patches depend on, so a
+cache found by key serves the caller's own sample rows (labels, subsets, any extra column, freshly
+read from the CSV) next to its patches; ``index.csv`` only records what the cache was built from.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,25 +32,55 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungexp.data.annotations import COORD_COLUMNS
-from lungexp.data.io import read_scan
+from lungexp.data.hounsfield import read_ct_scan
 from lungexp.data.patches import PatchExtractor, PatchSpec
+from lungexp.utils.errors import LungexpError
+from lungexp.utils.processes import worker_pool
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 
 
-class PatchCache:
-    """A finished cache folder: ``patches.npy`` (N, C, D, H, W) int16 HU, ``index.csv`` and ``meta.json``."""
+class CacheError(LungexpError):
+    """A patch cache folder that cannot be used as it is; the message names the file and how to rebuild it."""
 
-    def __init__(self, folder: str | Path) -> None:
+
+class PatchCache:
+    """A finished cache folder: ``patches.npy`` (N, C, D, H, W) int16 HU, ``index.csv`` and ``meta.json``.
+
+    Args:
+        folder: the cache folder.
+        index: the sample rows to serve, one per patch in cache order (what :func:`build_patch_cache`
+            passes: the caller's current rows); default: the ``index.csv`` the cache was built from.
+    """
+
+    def __init__(self, folder: str | Path, index: pd.DataFrame | None = None) -> None:
         self.folder = Path(folder)
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a finished patch cache (no meta.json); rebuild it")
-        self.meta = json.loads(meta_path.read_text())
-        self.index = pd.read_csv(self.folder / "index.csv", dtype={"seriesuid": str})
+            raise CacheError(f"{self.folder} is not a finished patch cache (no meta.json); delete it and rerun to "
+                             "rebuild it")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CacheError(f"{meta_path}: unreadable ({error}); delete {self.folder} and rerun to rebuild it") from None
+        if index is None:
+            index = pd.read_csv(self.folder / "index.csv", dtype={"seriesuid": str})
+        self.index = index.reset_index(drop=True)
         self._patches: np.ndarray | None = None
+        self._check_patches()
+
+    def _check_patches(self) -> None:
+        """Open the array once here, so a truncated or damaged one is named now, not in a DataLoader worker."""
+        try:
+            shape = np.load(self.patches_path, mmap_mode="r").shape
+        except (OSError, ValueError) as error:
+            raise CacheError(f"{self.patches_path}: truncated or damaged ({error}); delete {self.folder} and rerun "
+                             "to rebuild the cache") from None
+        if shape[0] != len(self.index) or shape[0] != self.meta.get("num_patches", shape[0]):
+            raise CacheError(f"{self.patches_path} holds {shape[0]} patches but the cache lists {len(self.index)}; "
+                             f"delete {self.folder} and rerun to rebuild it")
 
     @property
     def patches_path(self) -> Path:
@@ -84,7 +118,7 @@ def cache_key(samples: pd.DataFrame, scan_paths: Mapping[str, Path], spec: Patch
 def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
     """Worker: read one scan, extract its patches, write the shard atomically."""
     uid, scan_path, centers, spec, shard_path = task
-    scan = read_scan(scan_path)
+    scan = read_ct_scan(scan_path)
     patches = PatchExtractor(scan, spec).extract_many(centers)
     tmp = f"{shard_path}.{os.getpid()}.tmp.npy"
     np.save(tmp, patches)
@@ -103,8 +137,8 @@ def build_patch_cache(
     """Return the cache for ``samples`` (one row per patch), building or resuming it if needed.
 
     Args:
-        samples: rows with ``seriesuid, coordX, coordY, coordZ`` (world mm) plus any label columns,
-            which are kept in the cache's ``index.csv``.
+        samples: rows with ``seriesuid, coordX, coordY, coordZ`` (world mm) plus any label columns;
+            the returned cache serves these rows as its ``index`` (see the module doc).
         scan_paths: seriesuid -> scan file readable by :func:`lungexp.data.io.read_scan`.
         spec: patch geometry.
         cache_dir: parent folder of all caches.
@@ -112,17 +146,20 @@ def build_patch_cache(
     """
     missing = sorted(set(samples["seriesuid"]) - set(scan_paths))
     if missing:
-        raise KeyError(f"no scan found for {len(missing)} seriesuid(s), e.g. {missing[:3]}")
+        raise LungexpError(f"no scan found for {len(missing)} seriesuid(s), e.g. {missing[:3]}; add their scans "
+                           "under data.root or remove their rows from the labels CSV")
     cache_dir = Path(cache_dir)
     key = cache_key(samples, scan_paths, spec)
     final = cache_dir / key
+    samples = samples.reset_index(drop=True)
     if (final / "meta.json").is_file():
-        return PatchCache(final)
+        return PatchCache(final, index=samples)
+    if final.exists():
+        log.warning("%s has no meta.json (an unfinished or damaged cache): building it again", final)
 
     partial = cache_dir / f"{key}.partial"
     shards = partial / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    samples = samples.reset_index(drop=True)
     groups = samples.groupby("seriesuid", sort=True).indices
     todo = [
         (uid, str(scan_paths[uid]), samples.loc[rows, COORD_COLUMNS].to_numpy(np.float64), spec,
@@ -136,7 +173,7 @@ def build_patch_cache(
     bar = tqdm(total=len(groups), initial=len(groups) - len(todo), desc="Caching patches", unit="scan",
                disable=not progress)
     if num_workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(todo))) as pool:
+        with worker_pool(min(num_workers, len(todo))) as pool:
             for _ in pool.map(_extract_scan, todo):
                 bar.update()
     else:
@@ -156,9 +193,21 @@ def build_patch_cache(
             "num_scans": len(groups), "build_seconds": round(time.perf_counter() - started, 2)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(shards)
-    try:
-        os.replace(partial, final)
-    except OSError:  # another process finished the same cache first
-        shutil.rmtree(partial, ignore_errors=True)
+    _publish(partial, final)
     log.info("Patch cache %s: %d patches from %d scans", final, len(samples), len(groups))
-    return PatchCache(final)
+    return PatchCache(final, index=samples)
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Rename the finished ``partial`` to ``final``, replacing a ``final`` left without ``meta.json``."""
+    for attempt in range(2):
+        try:
+            os.replace(partial, final)
+            return
+        except OSError:
+            if (final / "meta.json").is_file():  # another process finished the same cache first
+                shutil.rmtree(partial, ignore_errors=True)
+                return
+            if attempt == 0:
+                shutil.rmtree(final, ignore_errors=True)
+    raise CacheError(f"cannot replace {final} with the finished cache {partial}; delete {final} and rerun")

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import LungexpError, look_up_option
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +92,15 @@ def load_pretrained(
     original response); C → 1 averages over channels.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        PretrainedWeightsError: sha256 mismatch, unreadable/unsafe pickle, unknown layout, or backbone
-            tensors missing/unexpected/mis-shaped (all listed in one message).
+        ConfigError: ``format`` is not one of the formats above.
+        PretrainedWeightsError: file missing, sha256 mismatch, truncated/corrupt file or unsafe pickle,
+            unknown layout, or backbone tensors missing/unexpected/mis-shaped (all listed in one message).
     """
-    if format != "auto" and format not in CHECKPOINT_FORMATS:
-        raise ValueError(f"format must be 'auto' or one of {CHECKPOINT_FORMATS}, got {format!r}")
+    look_up_option("model.pretrained.format", format, ["auto", *CHECKPOINT_FORMATS])
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"Pretrained weights file not found: {file}")
+        raise PretrainedWeightsError(f"{file}: pretrained weights file not found; check model.pretrained.path "
+                                     "(nothing is ever downloaded)")
     actual_sha256 = file_sha256(file)
     if sha256 is not None and actual_sha256 != sha256.strip().lower():
         raise PretrainedWeightsError(
@@ -154,14 +155,26 @@ def detect_format(checkpoint: Any, path: Path) -> str:
 
 
 def _read_checkpoint(path: Path) -> Any:
-    """``weights_only=True``: a checkpoint is data, and unpickling arbitrary objects would run their code."""
+    """``weights_only=True``: a checkpoint is data, and unpickling arbitrary objects would run their code.
+
+    Torch's own message for a refused object recommends ``weights_only=False`` or allow-listing the
+    object, i.e. running the file's code; only the object's name is kept from it.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise PretrainedWeightsError(
             f"Refusing to load {path}: it contains objects other than tensors and plain containers, "
-            f"which torch.load(weights_only=True) does not unpickle. Re-save just the state dict. ({error})"
-        ) from error
+            f"which torch.load(weights_only=True) does not unpickle{f' ({culprit[1]})' if culprit else ''}. "
+            "Re-save just the state dict (torch.save(model.state_dict(), path)) from a trusted copy."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # torch's messages for truncated/corrupt files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PretrainedWeightsError(
+            f"{path}: not a readable PyTorch checkpoint ({first_line}); the file is probably truncated or "
+            "corrupt: copy or download it again"
+        ) from None
 
 
 def _is_tensor_mapping(value: Any) -> bool:

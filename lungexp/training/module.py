@@ -67,6 +67,12 @@ class NoduleClassifier(pl.LightningModule):
         self.test_confusion = BinaryConfusionMatrix()
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    @staticmethod
+    def monitored_metrics() -> dict[str, str]:
+        """What validation logs, each with the direction that is better (``max`` or ``min``): the
+        values ``optimized_metric`` and the callbacks' ``monitor``/``mode`` may take."""
+        return {**dict.fromkeys(classification_metrics("val/").keys(), "max"), "val/loss": "min"}
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).squeeze(-1)
 

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungexp.tracking.mlflow import log_config, mlflow_loggers
+from lungexp.tracking.stale_runs import prepare_mlflow_logger
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.utils.config import instantiate_dict
+from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +48,21 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
     loggers = instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
-                                                  _convert_="partial")
+    try:
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                                                      _convert_="partial")
+    except InstantiationException as error:  # Lightning's own checks of its arguments (accelerator, precision, ...)
+        if isinstance(error.__cause__, (MisconfigurationException, ValueError)):
+            raise ConfigError(f"trainer: {error.__cause__}") from error
+        raise
     return datamodule, model, trainer
 
 
 def train(cfg: DictConfig) -> RunResult:
     """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says."""
     datamodule, model, trainer = build(cfg)
+    for logger in mlflow_loggers(trainer.loggers):
+        prepare_mlflow_logger(logger)
     log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
 
     trainer.fit(model, datamodule=datamodule)
