@@ -10,7 +10,6 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.data.datamodule import NoduleDataModule
 from lungexp.utils.checks import check_config
 from lungexp.utils.config import check_required
 from lungexp.utils.errors import report_user_errors
@@ -20,8 +19,8 @@ from lungexp.utils.errors import report_user_errors
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     check_required(cfg)
-    check_config(cfg)
-    datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    check_config(cfg, sections=("data", "aug", "paths"))
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     datamodule.prepare_data()
     cache = datamodule.cache
     labels = cache.index["label"]

@@ -21,6 +21,7 @@ from lungexp.data.io import index_scans
 from lungexp.data.patches import PatchSpec
 from lungexp.data.samples import build_samples, limit_negatives, read_labels
 from lungexp.data.splits import check_splits, split_by_series, split_by_subset
+from lungexp.utils.errors import ConfigError, LungexpError
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,14 @@ class NoduleDataModule(pl.LightningDataModule):
 
     def _load_cache(self) -> PatchCache:
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root {self.root} does not exist; point data.root at your scans")
+            raise ConfigError(f"data.root={self.root} does not exist; point data.root at your scans")
         scans = index_scans(self.root)
         labels = limit_negatives(self._labels(scans), self.max_negatives_per_scan, self.split_config.get("seed", 0))
         samples = build_samples(labels, scans,
                                 source=self.labels_csv, missing_scans=self.missing_scans, outside=self.outside)
         if samples.empty:
-            raise ValueError(f"no samples: none of the series in {self.labels_csv} has a scan under {self.root}")
+            raise LungexpError(f"no samples: none of the series in {self.labels_csv} has a scan under {self.root}; "
+                               "check data.root and data.labels_csv")
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
         return build_patch_cache(samples, scan_paths, self.spec, self.cache_dir,
                                  num_workers=self.preprocess_workers)

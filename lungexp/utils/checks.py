@@ -9,7 +9,8 @@ command line. Checked here:
 * every ``_target_`` node: each key must be an argument of the class or function it names
   (``+trainer.max_epoch=3``, ``+model.loss.gamma=2`` with BCE), with the closest argument suggested;
 * interpolations resolve;
-* values and combinations that would run, exit 0 and be wrong (:func:`check_training`).
+* values and combinations that would run, exit 0 and be wrong (:func:`check_training_values`,
+  :func:`check_monitoring`).
 
 ``data.*`` values are checked by the datamodule's constructor.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,28 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 INSTANTIATE_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 
 
-def check_config(cfg: DictConfig, primary: str = "config") -> None:
-    """All checks of this module on a composed config; ``primary`` names its file in ``conf/``."""
+def check_config(cfg: DictConfig, primary: str = "config", sections: Sequence[str] | None = None) -> None:
+    """All checks of this module on a composed config.
+
+    Args:
+        cfg: the composed config.
+        primary: its file in ``conf/`` (``config`` for ``lungexp.run``).
+        sections: the top-level nodes the entry point uses (default: all); the training checks run
+            when ``trainer`` and ``model`` are among them.
+
+    Checks that need no imports come first, so most mistakes fail in about a second; checking
+    ``_target_`` arguments and metric names imports torch and Lightning.
+    """
     check_top_level(cfg, primary)
     resolved = resolve(cfg)
-    check_targets(OmegaConf.to_container(cfg, resolve=False))
-    if {"trainer", "model"} <= resolved.keys():
-        check_training(resolved)
+    used = {key: value for key, value in resolved.items() if sections is None or key in sections}
+    training = {"trainer", "model"} <= used.keys()
+    if training:
+        check_training_values(resolved)
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    check_targets({key: value for key, value in raw.items() if key in used})
+    if training:
+        check_monitoring(resolved)
 
 
 def declared_top_level(primary: str = "config") -> tuple[dict[str, Any], set[str]]:
@@ -128,15 +144,44 @@ def _check_arguments(path: str, target: str, keys: list[str]) -> None:
 # Values and combinations of the training run
 
 
-def check_training(cfg: Mapping[str, Any]) -> None:
-    """Values of ``trainer``, ``model``, ``callbacks`` and the top-level keys (resolved ``cfg``) that
-    would give a broken run that still exits 0, alone or in combination."""
+def check_training_values(cfg: Mapping[str, Any]) -> None:
+    """Values of ``trainer``, ``model`` and ``callbacks`` (resolved ``cfg``) that would give a broken
+    run that still exits 0, alone or in combination. Imports nothing."""
+    trainer, callbacks = cfg["trainer"], cfg.get("callbacks") or {}
+    _check_trainer(trainer)
+    _check_model(cfg["model"], trainer)
+    for name, node in callbacks.items():
+        if isinstance(node, Mapping):
+            _check_callback(f"callbacks.{name}", node)
+    if trainer.get("fast_dev_run"):
+        return  # fast_dev_run replaces the batch limits with its own, and checkpoints nothing
+    monitors = [f"callbacks.{name}.monitor" for name, node in callbacks.items()
+                if isinstance(node, Mapping) and node.get("monitor")]
+    if monitors:
+        _check_validation_runs(trainer, monitors[0])
+    limit = trainer.get("limit_test_batches")
+    if cfg.get("test_after_fit") and limit is not None and _number("trainer.limit_test_batches", limit) <= 0:
+        raise ConfigError(f"trainer.limit_test_batches={limit} skips the test that test_after_fit=true asks for; "
+                          "raise it, or set test_after_fit=false")
+
+
+def check_monitoring(cfg: Mapping[str, Any]) -> None:
+    """``optimized_metric`` and the callbacks' ``monitor``/``mode`` against what the model logs, and a
+    checkpoint for ``test_after_fit`` to test. Imports the model class and Lightning."""
+    callbacks = {name: node for name, node in (cfg.get("callbacks") or {}).items() if isinstance(node, Mapping)}
     metrics = _monitored_metrics(cfg["model"])
     if metrics:
         look_up_option("optimized_metric", cfg.get("optimized_metric"), list(metrics))
-    _check_trainer(cfg["trainer"])
-    _check_model(cfg["model"], cfg["trainer"])
-    _check_callbacks(cfg.get("callbacks") or {}, metrics, cfg["trainer"], bool(cfg.get("test_after_fit")))
+        for name, node in callbacks.items():
+            if node.get("monitor"):
+                _check_monitor(f"callbacks.{name}", node, metrics)
+    if not cfg.get("test_after_fit") or cfg["trainer"].get("fast_dev_run"):
+        return
+    checkpoints = [node for node in callbacks.values() if _is_checkpoint(node)]
+    if not checkpoints or all(node.get("save_top_k", 1) == 0 for node in checkpoints):
+        raise ConfigError("test_after_fit=true tests the best checkpoint, but no checkpoint is kept "
+                          "(callbacks.model_checkpoint is null or its save_top_k=0); restore it, or set "
+                          "test_after_fit=false")
 
 
 def _monitored_metrics(model: Mapping[str, Any]) -> dict[str, str]:
@@ -158,10 +203,8 @@ def _check_trainer(trainer: Mapping[str, Any]) -> None:
     max_steps = trainer.get("max_steps", -1)
     if max_steps is not None and (not _is_int(max_steps) or not (max_steps == -1 or max_steps >= 1)):
         raise ConfigError(f"trainer.max_steps={max_steps!r} would train nothing; use 1 or more (or -1: no limit)")
-    if trainer.get("fast_dev_run"):
-        return  # fast_dev_run replaces the batch limits with its own
     limit = trainer.get("limit_train_batches")
-    if limit is not None and _number("trainer.limit_train_batches", limit) <= 0:
+    if not trainer.get("fast_dev_run") and limit is not None and _number("trainer.limit_train_batches", limit) <= 0:
         raise ConfigError(f"trainer.limit_train_batches={limit} would train nothing; use a fraction in (0, 1] "
                           "or a number of batches")
 
@@ -181,10 +224,6 @@ def _check_model(model: Mapping[str, Any], trainer: Mapping[str, Any]) -> None:
         look_up_option("model.pos_weight", pos_weight, ["auto"])
     elif pos_weight is not None and _number("model.pos_weight", pos_weight) <= 0:
         raise ConfigError(f"model.pos_weight={pos_weight} must be positive (or null, or auto)")
-    if (model.get("pretrained") or {}).get("format") is not None:
-        from lungexp.models.pretrained import CHECKPOINT_FORMATS
-
-        look_up_option("model.pretrained.format", model["pretrained"]["format"], ["auto", *CHECKPOINT_FORMATS])
     _check_finetune(model.get("finetune") or {}, trainer.get("max_epochs"))
 
 
@@ -202,39 +241,24 @@ def _check_finetune(finetune: Mapping[str, Any], max_epochs: Any) -> None:
         raise ConfigError(f"model.finetune.freeze_bn={finetune['freeze_bn']!r} must be true or false")
 
 
-def _check_callbacks(callbacks: Mapping[str, Any], metrics: Mapping[str, str], trainer: Mapping[str, Any],
-                     test_after_fit: bool) -> None:
-    monitored = {name: node for name, node in callbacks.items() if isinstance(node, Mapping) and node.get("monitor")}
-    for name, node in monitored.items():
-        key = f"callbacks.{name}"
-        if metrics:
-            monitor = look_up_option(f"{key}.monitor", node["monitor"], list(metrics))
-            mode = look_up_option(f"{key}.mode", node.get("mode", "min"), ["min", "max"])
-            if mode != metrics[monitor]:
-                raise ConfigError(f"{key}.mode={mode} but {monitor} is better when {'higher' if metrics[monitor] == 'max' else 'lower'}: "
-                                  f"set {key}.mode={metrics[monitor]}")
-        if "patience" in node and (not _is_int(node["patience"]) or node["patience"] < 0):
-            raise ConfigError(f"{key}.patience={node['patience']!r} must be 0 or more (validation epochs without "
-                              "improvement before stopping)")
-    fast_dev_run = bool(trainer.get("fast_dev_run"))
-    if monitored and not fast_dev_run:
-        _check_validation_runs(trainer, next(iter(monitored)))
-    if not test_after_fit or fast_dev_run:
-        return
-    if trainer.get("limit_test_batches") is not None and _number("trainer.limit_test_batches",
-                                                                  trainer["limit_test_batches"]) <= 0:
-        raise ConfigError(f"trainer.limit_test_batches={trainer['limit_test_batches']} skips the test that "
-                          "test_after_fit=true asks for; raise it, or set test_after_fit=false")
-    checkpoints = [node for node in callbacks.values() if isinstance(node, Mapping) and _is_checkpoint(node)]
-    if not checkpoints or all(node.get("save_top_k", 1) == 0 for node in checkpoints):
-        raise ConfigError("test_after_fit=true tests the best checkpoint, but no checkpoint is kept "
-                          "(callbacks.model_checkpoint is null or its save_top_k=0); restore it, or set "
-                          "test_after_fit=false")
+def _check_callback(key: str, node: Mapping[str, Any]) -> None:
+    if node.get("monitor"):
+        look_up_option(f"{key}.mode", node.get("mode", "min"), ["min", "max"])
+    if "patience" in node and (not _is_int(node["patience"]) or node["patience"] < 0):
+        raise ConfigError(f"{key}.patience={node['patience']!r} must be 0 or more (validation epochs without "
+                          "improvement before stopping)")
 
 
-def _check_validation_runs(trainer: Mapping[str, Any], callback: str) -> None:
+def _check_monitor(key: str, node: Mapping[str, Any], metrics: Mapping[str, str]) -> None:
+    monitor = look_up_option(f"{key}.monitor", node["monitor"], list(metrics))
+    mode = node.get("mode", "min")
+    if mode != metrics[monitor]:
+        better = "higher" if metrics[monitor] == "max" else "lower"
+        raise ConfigError(f"{key}.mode={mode} but {monitor} is better when {better}: set {key}.mode={metrics[monitor]}")
+
+
+def _check_validation_runs(trainer: Mapping[str, Any], monitor: str) -> None:
     """Validation computes what callbacks monitor: it must run at least once."""
-    monitor = f"callbacks.{callback}.monitor"
     limit = trainer.get("limit_val_batches")
     if limit is not None and _number("trainer.limit_val_batches", limit) <= 0:
         raise ConfigError(f"trainer.limit_val_batches={limit} skips validation, but {monitor} needs a validation "
