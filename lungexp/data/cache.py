@@ -170,17 +170,17 @@ def build_patch_cache(
     if len(todo) < len(groups):
         log.info("Resuming patch cache %s: %d of %d scans already done", key, len(groups) - len(todo), len(groups))
     started = time.perf_counter()
-    bar = tqdm(total=len(groups), initial=len(groups) - len(todo), desc="Caching patches", unit="scan",
-               disable=not progress)
-    if num_workers > 1 and len(todo) > 1:
-        with worker_pool(min(num_workers, len(todo))) as pool:
-            for _ in pool.map(_extract_scan, todo):
+    # As a context manager, so an error or Ctrl-C ends the bar's line before the message is printed.
+    with tqdm(total=len(groups), initial=len(groups) - len(todo), desc="Caching patches", unit="scan",
+              disable=not progress) as bar:
+        if num_workers > 1 and len(todo) > 1:
+            with worker_pool(min(num_workers, len(todo))) as pool:
+                for _ in pool.map(_extract_scan, todo):
+                    bar.update()
+        else:
+            for task in todo:
+                _extract_scan(task)
                 bar.update()
-    else:
-        for task in todo:
-            _extract_scan(task)
-            bar.update()
-    bar.close()
 
     patches = np.lib.format.open_memmap(partial / "patches.npy", mode="w+", dtype=np.int16,
                                         shape=(len(samples), *spec.shape))

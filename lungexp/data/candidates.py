@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungexp.data.annotations import COORD_COLUMNS, read_annotations
-from lungexp.data.io import read_scan
+from lungexp.data.hounsfield import read_ct_scan
 from lungexp.data.negatives import sample_negatives
+from lungexp.utils.processes import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ EXCLUDED_MIN_RADIUS_MM = 2.5
 
 def _negatives_for_scan(task: tuple[str, str, np.ndarray, np.ndarray, dict]) -> pd.DataFrame:
     uid, path, centres, diameters, options = task
-    points = sample_negatives(read_scan(path), centres, diameters, **options)
+    points = sample_negatives(read_ct_scan(path), centres, diameters, **options)
     return pd.DataFrame({"seriesuid": uid, **dict(zip(COORD_COLUMNS, points.T, strict=True)), "class": 0})
 
 
@@ -76,7 +76,7 @@ def sampled_candidates(
                       {**options, "seed": scan_seed}))
     log.info("No candidates file: sampling %d negatives per scan from the lungs of %d scans", count, len(tasks))
     if num_workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(tasks))) as pool:
+        with worker_pool(min(num_workers, len(tasks))) as pool:
             negatives = list(tqdm(pool.map(_negatives_for_scan, tasks), total=len(tasks), desc="Sampling negatives"))
     else:
         negatives = [_negatives_for_scan(task) for task in tqdm(tasks, desc="Sampling negatives")]

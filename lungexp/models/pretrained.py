@@ -162,18 +162,19 @@ def _read_checkpoint(path: Path) -> Any:
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except Exception as error:  # noqa: BLE001  a damaged file makes torch.load raise almost anything
         culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if isinstance(error, pickle.UnpicklingError) and culprit:
+            raise PretrainedWeightsError(
+                f"Refusing to load {path}: it contains objects other than tensors and plain containers, "
+                f"which torch.load(weights_only=True) does not unpickle ({culprit[1]}). "
+                "Re-save just the state dict (torch.save(model.state_dict(), path)) from a trusted copy."
+            ) from None
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
         raise PretrainedWeightsError(
-            f"Refusing to load {path}: it contains objects other than tensors and plain containers, "
-            f"which torch.load(weights_only=True) does not unpickle{f' ({culprit[1]})' if culprit else ''}. "
-            "Re-save just the state dict (torch.save(model.state_dict(), path)) from a trusted copy."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:  # torch's messages for truncated/corrupt files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PretrainedWeightsError(
-            f"{path}: not a readable PyTorch checkpoint ({first_line}); the file is probably truncated or "
-            "corrupt: copy or download it again"
+            f"{path}: not a readable PyTorch checkpoint ({reason}); it is probably truncated, corrupt or not a "
+            "checkpoint at all: check model.pretrained.path, or copy the file again"
         ) from None
 
 

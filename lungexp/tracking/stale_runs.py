@@ -19,9 +19,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from hydra.utils import get_object
 from mlflow import MlflowClient
-from pytorch_lightning.loggers import MLFlowLogger
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import Logger, MLFlowLogger
 
+from lungexp.utils.config import instantiate_dict
 from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
@@ -97,16 +100,35 @@ def end_stale_runs(client: MlflowClient, experiment_name: str, ended_by: str = "
     return ended
 
 
-def prepare_mlflow_logger(logger: MLFlowLogger) -> None:
-    """Before a run: open the store (naming it if that fails), end stale runs, tag the run-to-be with this process."""
-    uri = logger._tracking_uri
+def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
+    """The ``logger`` group's loggers; for each MLflow one, first :func:`open_tracking_store`, then tag the
+    run it will create with this process (:func:`process_tags`).
+
+    MLflow's client connects when the logger is built, so the store is checked before that.
+    """
+    for node in (config or {}).values():
+        if isinstance(node, DictConfig) and _is_mlflow_logger(node) and node.get("tracking_uri"):
+            open_tracking_store(node.tracking_uri, node.experiment_name)
+    loggers = instantiate_dict(config)
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            logger.tags = {**(logger.tags or {}), **process_tags()}
+    return loggers
+
+
+def _is_mlflow_logger(node: DictConfig) -> bool:
+    target = get_object(node["_target_"]) if isinstance(node.get("_target_"), str) else None
+    return isinstance(target, type) and issubclass(target, MLFlowLogger)
+
+
+def open_tracking_store(uri: str, experiment_name: str) -> None:
+    """Open the store at ``uri`` (naming it if that fails) and end the stale runs of ``experiment_name``."""
     try:
-        end_stale_runs(MlflowClient(uri), logger._experiment_name, ended_by="when a new run started")
+        end_stale_runs(MlflowClient(uri), experiment_name, ended_by="when a new run started")
     except Exception as error:  # noqa: BLE001  SQLAlchemy, sqlite3 and MLflow all raise their own types
-        where = uri.removeprefix("sqlite:///") if uri and uri.startswith("sqlite:///") else uri
+        where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TrackingStoreError(
             f"{where}: the MLflow tracking store cannot be opened ({reason}); if the file is damaged, move it "
             "aside (a new store is created) or point paths.mlflow_uri somewhere else"
         ) from None
-    logger.tags = {**(logger.tags or {}), **process_tags()}

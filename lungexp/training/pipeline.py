@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungexp.tracking.mlflow import log_config, mlflow_loggers
-from lungexp.tracking.stale_runs import prepare_mlflow_logger
+from lungexp.tracking.stale_runs import instantiate_loggers
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.utils.config import instantiate_dict
 from lungexp.utils.errors import ConfigError
@@ -47,12 +47,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
-    loggers = instantiate_dict(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger"))
     try:
         trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                                                       _convert_="partial")
     except InstantiationException as error:  # Lightning's own checks of its arguments (accelerator, precision, ...)
-        if isinstance(error.__cause__, (MisconfigurationException, ValueError)):
+        if isinstance(error.__cause__, (MisconfigurationException, ValueError, ModuleNotFoundError)):
             raise ConfigError(f"trainer: {error.__cause__}") from error
         raise
     return datamodule, model, trainer
@@ -61,8 +61,6 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
 def train(cfg: DictConfig) -> RunResult:
     """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says."""
     datamodule, model, trainer = build(cfg)
-    for logger in mlflow_loggers(trainer.loggers):
-        prepare_mlflow_logger(logger)
     log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
 
     trainer.fit(model, datamodule=datamodule)

@@ -97,7 +97,7 @@ def report_user_errors(main: Main) -> Main:
         try:
             return main(*args, **kwargs)
         except KeyboardInterrupt:
-            print("interrupted (Ctrl-C); finished work is kept, a rerun resumes from it", file=sys.stderr)
+            print("interrupted (Ctrl-C)", file=sys.stderr)
             raise SystemExit(INTERRUPTED_STATUS) from None
         except Exception as error:
             user_error = user_error_in(error)
