@@ -24,9 +24,10 @@ def entry_point_env(root: Path) -> dict[str, str]:
     return {**env, "LUNGEXP_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
 
 
-def run_entry_point(name: str, args: Sequence[str], root: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_entry_point(name: str, args: Sequence[str], root: Path, timeout: float = 240,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m lungexp.<name> *args`` from the project root; outputs go under ``root``."""
-    return subprocess.run(entry_point_command(name, args), cwd=PROJECT_ROOT, env=entry_point_env(root),
+    return subprocess.run(entry_point_command(name, args), cwd=PROJECT_ROOT, env={**entry_point_env(root), **(env or {})},
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 

@@ -286,3 +286,23 @@ def test_bad_input_ends_with_one_clean_message(case: Case, outcomes: dict[str, F
 
 def test_there_are_at_least_30_cases() -> None:
     assert len(CASES) >= 30 and len({case.id for case in CASES}) == len(CASES)
+
+
+def test_debug_switch_shows_the_traceback(tmp_path: Path) -> None:
+    proc = run_entry_point("run", ["+seeed=1"], tmp_path, env={"LUNGEXP_DEBUG": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ConfigError: unknown top-level key 'seeed'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_job_in_a_sweep_fails_alone(bad: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """In a ``-m`` sweep the job with bad input fails with its message; the other jobs still run."""
+    args = ["-m", "model.optimizer.lr=0,0.001", "trainer=debug",
+            *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", bad / "mlflow")]
+    proc = run_entry_point("run", args, tmp_path, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    assert "Results" in proc.stdout  # the good job (lr=0.001) ran after the bad one
+    assert "Error executing job with overrides" in proc.stderr and "model.optimizer.lr=0" in proc.stderr
+    assert "error: model.optimizer.lr=0 must be positive" in proc.stderr
