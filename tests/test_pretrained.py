@@ -290,6 +290,16 @@ def test_plain_state_dict_with_dataparallel_prefix(tmp_path: Path) -> None:
     assert torch.equal(target.features[1][0].weight, source.features[1][0].weight)
 
 
+@pytest.mark.parametrize("content", [b"", b"weights are on the other disk\n", b"PK\x03\x04 truncated zip"],
+                         ids=["empty", "text", "truncated"])
+def test_unreadable_file_is_named_without_unsafe_advice(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "resnet_10.pth"
+    path.write_bytes(content)
+    with pytest.raises(PretrainedWeightsError, match="resnet_10.pth: not a readable PyTorch checkpoint") as error:
+        load_pretrained(CNN3D(widths=(2,)), path)
+    assert "weights_only=False" not in str(error.value)
+
+
 def test_unrecognised_content_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], path)
