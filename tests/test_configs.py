@@ -110,7 +110,8 @@ def test_fast_dev_run_logs_nothing_to_mlflow(make_config) -> None:
 def test_mlflow_gets_params_with_dotted_names(make_config) -> None:
     cfg = make_config("trainer.max_epochs=1")
     result = train(cfg)
-    run = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id)
+    assert result.mlflow_tracking_uri == cfg.paths.mlflow_uri
+    run = MlflowClient(tracking_uri=result.mlflow_tracking_uri).get_run(result.mlflow_run_id)
     assert run.data.params["model.net._target_"] == "lungexp.models.CNN3D"
     assert run.data.params["data.patch.size"] == "16"
     assert int(run.data.params["model_info.params"]) > 0

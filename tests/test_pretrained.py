@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import lungexp.models.pretrained as pretrained_module
 from lungexp.models import CNN3D, DenseNet3D, PretrainedWeightsError, ResNet3D, SEResNet3D, load_pretrained
 
 MEDICALNET_STAGE_WIDTHS = (64, 128, 256, 512)
@@ -114,11 +115,10 @@ def test_medicalnet_checkpoint_loads_every_backbone_tensor(
     assert report.loaded == len(backbone_keys)
     assert report.fresh_keys == ("head.3.weight", "head.3.bias")
     assert report.fresh == 2
-    assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert report.sha256 is None  # no sha256 configured: nothing hashed, nothing claimed
     assert report.as_params() == {
         "pretrained.path": str(path),
         "pretrained.format": "medicalnet",
-        "pretrained.sha256": report.sha256,
         "pretrained.loaded_tensors": len(backbone_keys),
         "pretrained.fresh_tensors": 2,
     }
@@ -220,10 +220,19 @@ def test_multi_channel_stem_is_averaged_for_one_channel(tmp_path: Path) -> None:
     assert torch.allclose(target.conv1.weight, source.conv1.weight.mean(dim=1, keepdim=True))
 
 
+def test_file_is_hashed_only_when_a_sha256_is_configured(medicalnet_files: dict, monkeypatch) -> None:
+    def refuse(path: object) -> str:
+        raise AssertionError("hashed without a configured sha256")
+
+    monkeypatch.setattr(pretrained_module, "file_sha256", refuse)
+    assert load_pretrained(ResNet3D(10), medicalnet_files[10][0]).loaded > 0
+
+
 def test_sha256_is_checked(medicalnet_files: dict) -> None:
     path, _ = medicalnet_files[10]
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert load_pretrained(ResNet3D(10), path, sha256=actual.upper()).sha256 == actual
+    report = load_pretrained(ResNet3D(10), path, sha256=actual.upper())
+    assert report.sha256 == actual and report.as_params()["pretrained.sha256"] == actual
     wrong = "0" * 64
     with pytest.raises(PretrainedWeightsError) as error:
         load_pretrained(ResNet3D(10), path, sha256=wrong)

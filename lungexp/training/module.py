@@ -24,11 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class NoduleClassifier(pl.LightningModule):
-    """Trains ``net`` (one logit per patch) with BCE and reports the shared metric set.
+    """Trains ``net`` (one logit per patch) with a binary loss (BCE unless ``loss`` says otherwise) and
+    reports the shared metric set.
 
     Args:
         net: the network; its classifier must be ``net.head`` (see ``lungexp.models``).
-        optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``.
+        optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``; its learning rate
+            (configured, or the optimizer's default) is the backbone's, the head's is scaled by
+            ``finetune.head_lr_mult``.
         scheduler: optional partial LR scheduler taking ``optimizer``, stepped per epoch.
         loss: partial loss taking ``pos_weight`` (default ``BCEWithLogitsLoss``; see
             :mod:`lungexp.training.losses` for focal loss).
@@ -153,9 +156,15 @@ class NoduleClassifier(pl.LightningModule):
         return table.drop_duplicates("cache_row").sort_values("cache_row").reset_index(drop=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        lr = self.optimizer_factory.keywords["lr"]
-        optimizer = self.optimizer_factory(params=parameter_groups(self.net, lr, self.finetune["head_lr_mult"]))
+        optimizer = self.optimizer_factory(
+            params=parameter_groups(self.net, self._base_lr(), self.finetune["head_lr_mult"])
+        )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
                                                          "interval": "epoch"}}
+
+    def _base_lr(self) -> float:
+        """The optimizer's learning rate as it resolves it: the configured ``lr``, or the optimizer's own
+        default when the config leaves it out (read from an optimizer built on a throwaway parameter)."""
+        return self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))]).defaults["lr"]
