@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from lungexp.training.pipeline import train
 
@@ -45,8 +46,9 @@ def test_unknown_option_is_a_clear_error(make_config) -> None:
 def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:
     from lungexp.utils.config import check_required
 
-    cfg = compose_config(["data=luna16"], tmp_path)
-    with pytest.raises(ValueError, match=r"data\.root.*data\.root=/path"):
+    cfg = compose_config(["data=luna16", "model.pretrained.path=???"], tmp_path)
+    assert "${data.root}" in OmegaConf.to_yaml(cfg.data)  # other keys interpolate the missing one
+    with pytest.raises(ValueError, match=r"data\.root, model\.pretrained\.path; .* data\.root=/path"):
         check_required(cfg)
 
 

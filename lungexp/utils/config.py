@@ -37,6 +37,8 @@ def check_required(cfg: DictConfig) -> None:
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    # Not OmegaConf.missing_keys: on omegaconf 2.3.1 it resolves interpolations while walking, so
+    # `labels_csv: ${data.root}/...` with `root: ???` raises InterpolationToMissingValueError instead.
     if isinstance(node, dict):
         return [key for name, value in node.items() for key in _missing_keys(value, f"{prefix}{name}.")]
     return [prefix.rstrip(".")] if node == "???" else []
