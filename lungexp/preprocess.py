@@ -11,9 +11,10 @@ import hydra
 from omegaconf import DictConfig
 
 from lungexp.data.datamodule import NoduleDataModule
+from lungexp.utils.config import CONFIG_DIR
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     datamodule.prepare_data()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.utils.config import check_required, print_config_tree
+from lungexp.utils.config import CONFIG_DIR, check_required, print_config_tree
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the optimised validation metric, so Hydra sweepers can maximise it."""
     # Imported here so that `--cfg job`, `--help` and tab completion do not pay for torch/Lightning (~4 s).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -13,6 +14,10 @@ from rich.syntax import Syntax
 from rich.tree import Tree
 
 PRINT_ORDER = ("data", "aug", "model", "callbacks", "logger", "trainer", "paths", "experiment")
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+"""The Hydra config folder, absolute for ``@hydra.main(config_path=CONFIG_DIR)``: Hydra reads a relative
+path as a package when the entry point is imported (a console script) rather than run with ``-m``."""
 
 
 def register_resolvers() -> None:
