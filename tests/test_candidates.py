@@ -15,8 +15,7 @@ from lungexp.data import candidates as candidates_module
 from lungexp.data.annotations import COORD_COLUMNS, read_annotations
 from lungexp.data.candidates import drop_excluded, sampled_candidates
 from lungexp.data.io import index_scans
-
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT
+from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT
 
 
 def test_sampled_candidates_are_nodules_plus_lung_negatives(synthetic_root: Path, tmp_path: Path,

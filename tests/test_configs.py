@@ -12,8 +12,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from lungexp.training.pipeline import train
-
-from .conftest import CONFIG_DIR, TINY_NETS, compose_config
+from tests.helpers.config import CONFIG_DIR, TINY_NETS, compose_config
 
 
 def options(group: str) -> list[str]:

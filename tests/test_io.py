@@ -18,7 +18,7 @@ from lungexp.data.io import (
     write_mhd,
 )
 from lungexp.data.scan import Scan
-from tests.helpers_data import dicom_tag, stored_pixel_values, write_dicom_series
+from tests.helpers.data import dicom_tag, stored_pixel_values, write_dicom_series
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
 ROTATE_Z = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # not symmetric: catches transposes

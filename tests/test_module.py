@@ -15,6 +15,7 @@ from torch import nn
 from lungexp.models import PretrainedWeightsError
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.pipeline import build, train
+from tests.helpers.checkpoints import medicalnet_key_shapes, random_tensors, save_medicalnet_checkpoint
 
 TINY_RESNET = ("model.net.depth=10", "model.net.widths=[4,8,8,8]")
 ADAMW_DEFAULT_LR = inspect.signature(torch.optim.AdamW).parameters["lr"].default
@@ -132,10 +133,8 @@ def test_own_pretraining_presets_chain(make_config, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_run_from_a_medicalnet_file_as_a_user_would(make_config, tmp_path: Path) -> None:
     """`model=resnet3d model.pretrained.path=resnet_10.pth model.pretrained.format=medicalnet ...`."""
-    from .test_pretrained import _random_tensors, _save_medicalnet, medicalnet_key_shapes
-
-    tensors = _random_tensors(medicalnet_key_shapes(10, "B"), seed=10)
-    path = _save_medicalnet(tmp_path / "resnet_10.pth", tensors)
+    tensors = random_tensors(medicalnet_key_shapes(10, "B"), seed=10)
+    path = save_medicalnet_checkpoint(tmp_path / "resnet_10.pth", tensors)
     cfg = make_config(f"model.pretrained.path={path}", "model.pretrained.format=medicalnet", "model.net.depth=10",
                       "model.net.shortcut_type=B", "model.net.dilated=true", "model.net.widths=[64,128,256,512]",
                       "trainer.max_epochs=1",

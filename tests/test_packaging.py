@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROJECT_ROOT
+from tests.helpers.config import PROJECT_ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 

@@ -16,7 +16,7 @@ from lungexp.convert import main as convert_main
 from lungexp.data.annotations import check_points_inside, read_annotations, read_malignancy_annotations
 from lungexp.data.io import ScanHeader, read_dicom_series, read_scan
 from lungexp.data.scan import Scan
-from tests.helpers_data import dicom_numbers, dicom_tag, shared_data_dir, stored_pixel_values
+from tests.helpers.data import dicom_numbers, dicom_tag, shared_data_dir, stored_pixel_values
 
 pytestmark = pytest.mark.real_data
 
