@@ -126,12 +126,12 @@ class NoduleClassifier(pl.LightningModule):
         self.log_dict(metrics)
         fpr, tpr, _ = (t.cpu().numpy() for t in self.test_roc.compute())
         log_figure(self.loggers, roc_figure(fpr, tpr, float(metrics["test/auroc"]), title="Test ROC"), "plots/roc_curve.png")
-        log_figure(self.loggers, confusion_matrix_figure(self.test_confusion.compute().cpu().numpy()),
+        log_figure(self.loggers, confusion_matrix_figure(self.test_confusion.compute().cpu().numpy(), threshold=0.5),
                    "plots/confusion_matrix.png")
         predictions = self._test_predictions()
         if predictions is not None:
             log_figure(self.loggers, score_histogram_figure(predictions["probability"].to_numpy(),
-                                                            predictions["label"].to_numpy()),
+                                                            predictions["label"].to_numpy(), {"threshold": 0.5}),
                        "plots/score_histogram.png")
             log_table(self.loggers, predictions, "predictions/test_predictions.csv")
         for metric in (self.test_metrics, self.test_roc, self.test_confusion):
