@@ -69,17 +69,17 @@ def confusion_matrix_figure(matrix: np.ndarray, threshold: float, class_names: t
 
 
 def score_histogram_figure(probabilities: np.ndarray, labels: np.ndarray, thresholds: dict[str, float],
-                           class_names: tuple[str, str] = CLASS_NAMES) -> Figure:
+                           class_names: tuple[str, str] = CLASS_NAMES, title: str = "Score distribution") -> Figure:
     """Predicted probability per true class on a log count axis (candidates are mostly negatives), with
-    the decision thresholds as vertical lines."""
+    the decision thresholds (``{description: value}``) as vertical lines."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
     bins = np.linspace(0, 1, 41)
     for value, name in enumerate(class_names):
         ax.hist(probabilities[labels == value], bins=bins, alpha=0.6, label=f"{name} (n={int((labels == value).sum()):,})")
     for (name, threshold), style in zip(thresholds.items(), ("-", ":"), strict=False):
-        ax.axvline(threshold, color=THRESHOLD_COLOR, ls=style, lw=1.5, label=f"{name} = {threshold:.3g}")
+        ax.axvline(threshold, color=THRESHOLD_COLOR, ls=style, lw=1.5, label=f"threshold {name}: {threshold:.3g}")
     ax.set_yscale("log")
-    ax.set(xlim=(0, 1), xlabel="predicted probability of positive", ylabel="patches", title="Score distribution")
+    ax.set(xlim=(0, 1), xlabel="predicted probability of positive", ylabel="patches", title=title)
     ax.legend(fontsize=8)
     return fig
 
