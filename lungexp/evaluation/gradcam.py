@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from monai.visualize import GradCAM
 from torch import nn
 
 from lungexp.evaluation.views import draw_views, short_uid
@@ -62,6 +61,8 @@ def gradcam_heatmaps(net: nn.Module, images: torch.Tensor, target_layer: str | N
     if layer not in dict(net.named_modules()):
         raise ConfigError(f"eval.gradcam.target_layer={layer!r} is not a module of {type(net).__name__}; "
                           f"e.g. {last_conv3d(net, images.shape[1:])!r} (null finds the last 3D convolution)")
+    from monai.visualize import GradCAM  # here: importing MONAI takes seconds, and only Grad-CAM needs it
+
     device = next(net.parameters()).device
     # Lightning tests under inference_mode, where nothing can be differentiated: leave it for the copy.
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
