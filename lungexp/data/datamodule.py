@@ -17,7 +17,7 @@ from lungexp.data.annotations import read_excluded_annotations
 from lungexp.data.cache import PatchCache, build_patch_cache
 from lungexp.data.candidates import drop_excluded, sampled_candidates
 from lungexp.data.dataset import HUWindow, PatchDataset
-from lungexp.data.io import index_scans
+from lungexp.data.io.scan_index import index_scans
 from lungexp.data.patches import PatchSpec
 from lungexp.data.samples import build_samples, limit_negatives, read_labels
 from lungexp.data.splits import check_splits, split_by_series, split_by_subset

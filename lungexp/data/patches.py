@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from lungexp.data.hu import AIR_HU
 from lungexp.data.scan import Scan
-
-AIR_HU = -1000
 
 
 @dataclass(frozen=True)

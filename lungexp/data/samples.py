@@ -18,7 +18,7 @@ from lungexp.data.annotations import (
     read_malignancy_annotations,
     read_world_points,
 )
-from lungexp.data.io import read_scan_header
+from lungexp.data.io.reader import read_scan_header
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def build_samples(
 
     Args:
         labels: output of :func:`read_labels`.
-        scans: ``seriesuid, path, subset`` from :func:`lungexp.data.io.index_scans`.
+        scans: ``seriesuid, path, subset`` from :func:`lungexp.data.io.scan_index.index_scans`.
         source: the labels CSV, named in error messages.
         missing_scans: ``skip`` rows whose scan is absent (normal with a partial LUNA16 download,
             logged with a count) or ``error``.
