@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from lungexp.data import candidates as candidates_module
-from lungexp.data.annotations import COORD_COLUMNS, read_annotations
+from lungexp.data.annotations import read_annotations
 from lungexp.data.candidates import drop_excluded, sampled_candidates
 from lungexp.data.io import index_scans
+from lungexp.data.names import COORD_COLUMNS
 
 from .conftest import FAST_OVERRIDES, PROJECT_ROOT
 

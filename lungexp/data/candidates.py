@@ -10,19 +10,19 @@ so the result is cached as a CSV keyed by its inputs and written atomically.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from lungexp.data.annotations import COORD_COLUMNS, read_annotations
-from lungexp.data.io import read_scan
+from lungexp.data.annotations import read_annotations
+from lungexp.data.atomic import atomic_file
+from lungexp.data.fingerprint import content_key
+from lungexp.data.io.reader import read_scan
+from lungexp.data.names import COORD_COLUMNS
 from lungexp.data.negatives import sample_negatives
+from lungexp.data.parallel import map_scans
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,7 @@ def sampled_candidates(
     annotations = read_annotations(annotations_csv)
     annotations = annotations[annotations["seriesuid"].isin(scans["seriesuid"])]
     options = {"count": count, "vessel_fraction": vessel_fraction, "margin_mm": margin_mm, "seed": seed}
-    key_source = {"options": options, "annotations": pd.util.hash_pandas_object(annotations, index=False).sum(),
-                  "scans": [(uid, str(p), os.stat(p).st_mtime_ns) for uid, p in zip(scans.seriesuid, scans.path,
-                                                                                      strict=True)]}
-    key = hashlib.sha256(json.dumps(key_source, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = content_key(options, annotations, dict(zip(scans["seriesuid"], scans["path"], strict=True)))
     target = Path(cache_dir) / f"sampled_candidates-{key}.csv"
     if target.is_file():
         return pd.read_csv(target, dtype={"seriesuid": str})
@@ -75,17 +72,11 @@ def sampled_candidates(
         tasks.append((uid, str(path), rows[COORD_COLUMNS].to_numpy(float), rows["diameter_mm"].to_numpy(float),
                       {**options, "seed": scan_seed}))
     log.info("No candidates file: sampling %d negatives per scan from the lungs of %d scans", count, len(tasks))
-    if num_workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(tasks))) as pool:
-            negatives = list(tqdm(pool.map(_negatives_for_scan, tasks), total=len(tasks), desc="Sampling negatives"))
-    else:
-        negatives = [_negatives_for_scan(task) for task in tqdm(tasks, desc="Sampling negatives")]
+    negatives = map_scans(_negatives_for_scan, tasks, num_workers, "Sampling negatives")
     positives = annotations[["seriesuid", *COORD_COLUMNS]].assign(**{"class": 1})
     table = pd.concat([positives, *negatives], ignore_index=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.tmp")
-    table.to_csv(partial, index=False)
-    os.replace(partial, target)
+    with atomic_file(target) as temporary:
+        table.to_csv(temporary, index=False)
     return table
 
 
