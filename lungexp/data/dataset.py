@@ -9,6 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lungexp.data.cache import PatchCache
+from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.utils.errors import ConfigError, check_number, look_up_option
 
 NORMALIZATIONS = ("unit", "symmetric", "zscore")
 
@@ -22,11 +24,18 @@ class HUWindow:
     """
 
     def __init__(self, low: float = -1000.0, high: float = 400.0, normalize: str = "unit") -> None:
+        low, high = check_number("data.hu_window", low), check_number("data.hu_window", high)
         if high <= low:
-            raise ValueError(f"HU window must have low < high, got [{low}, {high}]")
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown data.normalize '{normalize}'; choose one of {NORMALIZATIONS}")
-        self.low, self.high, self.normalize = float(low), float(high), normalize
+            raise ConfigError(f"data.hu_window=[{low:g}, {high:g}] must be [low, high] with low < high")
+        self.low, self.high = low, high
+        self.normalize = look_up_option("data.normalize", normalize, NORMALIZATIONS)
+
+    @classmethod
+    def from_config(cls, hu_window: Sequence[float], normalize: str) -> HUWindow:
+        """From ``data.hu_window`` (``[low, high]``) and ``data.normalize``."""
+        if isinstance(hu_window, str) or not isinstance(hu_window, Sequence) or len(hu_window) != 2:
+            raise ConfigError(f"data.hu_window={hu_window!r} must be [low, high] in HU, e.g. [-1000, 400]")
+        return cls(*hu_window, normalize=normalize)
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
         scaled = (np.asarray(hu, dtype=np.float32) - self.low) / (self.high - self.low)
@@ -40,12 +49,13 @@ class HUWindow:
 
 
 class PatchDataset(Dataset):
-    """Rows of a :class:`PatchCache` as ``{"image": (C, D, H, W) float, "label": float, "index": int}``.
+    """Rows of a :class:`PatchCache` as ``{"image": (C, D, H, W) float, "label": float, "index": int}``
+    (the keys are :mod:`lungexp.data.names`' ``IMAGE_KEY``, ``LABEL_KEY``, ``INDEX_KEY``; ``index`` is the cache row).
 
     Args:
         cache: the patch cache.
         rows: which cache rows form this dataset (e.g. one split).
-        window: HU -> [0, 1] normalisation.
+        window: clips HU to the window, then normalises (``unit``, ``symmetric`` or ``zscore``).
         transform: optional callable on the normalised ``(C, D, H, W)`` tensor, e.g. a TorchIO
             ``Compose``; applied in DataLoader workers.
     """
@@ -70,7 +80,7 @@ class PatchDataset(Dataset):
         image = self.window(self.cache.patches[self.rows[i]])
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "label": torch.tensor(self.labels[i]), "index": torch.tensor(self.rows[i])}
+        return {IMAGE_KEY: image, LABEL_KEY: torch.tensor(self.labels[i]), INDEX_KEY: torch.tensor(self.rows[i])}
 
     def class_counts(self) -> tuple[int, int]:
         """(negatives, positives)."""

@@ -55,15 +55,20 @@ class GeneratorParams:
         negatives_per_scan: int,
         seed: int,
     ) -> GeneratorParams:
-        """Normalise (lists from Hydra become tuples of int) and reject values that cannot work."""
+        """Normalise (lists from Hydra become tuples of int) and reject values that cannot work.
+
+        Each ``ValueError`` message starts with the argument's name.
+        """
         shape = tuple(int(n) for n in shape_zyx)
         nodule_range = tuple(int(n) for n in nodules_per_scan)
         if len(shape) != 3 or any(n < m for n, m in zip(shape, MIN_SHAPE_ZYX, strict=True)):
-            raise ValueError(f"shape_zyx must be 3 sizes of at least {MIN_SHAPE_ZYX}, got {shape}")
+            raise ValueError(f"shape_zyx={list(shape)} must be 3 sizes of at least {list(MIN_SHAPE_ZYX)}")
         if len(nodule_range) != 2 or not 0 <= nodule_range[0] <= nodule_range[1]:
-            raise ValueError(f"nodules_per_scan must be an inclusive range (low, high), got {nodule_range}")
-        if int(num_scans) < 1 or int(num_subsets) < 1 or int(negatives_per_scan) < 0 or int(seed) < 0:
-            raise ValueError("num_scans and num_subsets must be >= 1, negatives_per_scan and seed >= 0")
+            raise ValueError(f"nodules_per_scan={list(nodule_range)} must be an inclusive range [low, high]")
+        for name, value, minimum in (("num_scans", num_scans, 1), ("num_subsets", num_subsets, 1),
+                                     ("negatives_per_scan", negatives_per_scan, 0), ("seed", seed, 0)):
+            if int(value) < minimum:
+                raise ValueError(f"{name}={value} must be >= {minimum}")
         return cls(int(num_scans), int(num_subsets), shape, nodule_range, int(negatives_per_scan), int(seed))
 
     def as_json(self) -> dict:
