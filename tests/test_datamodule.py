@@ -3,6 +3,8 @@ and every option checked (naming its key) before any data work."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import hydra
@@ -12,6 +14,7 @@ import torch
 from hydra.errors import InstantiationException
 
 from lungexp.data.dataset import HUWindow
+from lungexp.data.options import check_data_config
 from lungexp.utils.errors import ConfigError
 
 from .conftest import compose_config, tiny_synthetic_overrides
@@ -105,13 +108,22 @@ def test_max_negatives_per_scan_keeps_every_positive(datamodule) -> None:
 
 @pytest.mark.parametrize(("override", "suggestion"), [("data.split.method=subset", "subsets"),
                                                       ("data.balance.sampler=balance", "balanced")])
-def test_bad_choice_fails_before_generation_or_caching(tmp_path: Path, override: str, suggestion: str) -> None:
+@pytest.mark.parametrize("check", [check_data_config, instantiate_data], ids=["entry_point", "constructor"])
+def test_bad_choice_fails_before_generation_or_caching(tmp_path: Path, override: str, suggestion: str,
+                                                       check) -> None:
     root, cache_dir = tmp_path / "synthetic_luna16", tmp_path / "cache"
     cfg = compose_config([f"data.root={root}", f"data.cache_dir={cache_dir}", *tiny_synthetic_overrides(),
                           override], tmp_path)
     with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}=.*did you mean '{suggestion}'"):
-        instantiate_data(cfg)
+        check(cfg)
     assert not root.exists() and not cache_dir.exists()
+
+
+def test_data_options_are_checked_without_importing_torch() -> None:
+    """``python -m lungexp.run`` checks data.* before importing torch and Lightning, which take seconds."""
+    code = "import sys, lungexp.data.options; print(sorted({'torch', 'pytorch_lightning'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(

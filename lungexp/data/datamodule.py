@@ -1,32 +1,27 @@
 """The LightningDataModule: scans + label CSV -> patch cache -> series-level splits -> loaders.
 
-Every option is checked when the datamodule is made (before any data is generated, read or
-cached), so a typo in ``data.*`` fails in seconds, with the key and the closest valid value.
+Every option is checked when the datamodule is made (:class:`~lungexp.data.options.DataOptions`),
+before any data is generated, read or cached, so a typo in ``data.*`` fails in seconds, naming the
+key and the closest valid value.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lungexp.data.annotations import OUTSIDE_CHOICES
 from lungexp.data.cache import PatchCache, build_patch_cache
-from lungexp.data.candidates import NegativesSpec
 from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io.scan_index import index_scans
-from lungexp.data.patches import PatchSpec
-from lungexp.data.samples import MISSING_SCANS_CHOICES, TASKS, build_samples, limit_negatives, task_labels
-from lungexp.data.sampling import BalanceSpec
-from lungexp.data.splits import SplitSpec, split_samples
+from lungexp.data.options import DataOptions
+from lungexp.data.samples import build_samples, limit_negatives, task_labels
+from lungexp.data.splits import split_samples
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
-from lungexp.data.synthetic.manifest import GeneratorParams
-from lungexp.utils.errors import ConfigError, check_int, look_up_option
 
 log = logging.getLogger(__name__)
 
@@ -91,35 +86,15 @@ class NoduleDataModule(pl.LightningDataModule):
         max_negatives_per_scan: int | None = None,
     ) -> None:
         super().__init__()
-        self.split = SplitSpec.from_config(**(split or {}))
-        self.balance = BalanceSpec.from_config(**(balance or {}))
-        self.task = look_up_option("data.task", task, TASKS)
-        self.missing_scans = look_up_option("data.missing_scans", missing_scans, MISSING_SCANS_CHOICES)
-        self.outside = look_up_option("data.outside", outside, OUTSIDE_CHOICES)
-        self.spec = PatchSpec.from_config(**(patch or {}))
-        if in_channels is not None and in_channels != self.spec.channels:
-            raise ConfigError(f"data.in_channels={in_channels} but the patch has {self.spec.channels} "
-                              f"channel(s) (one per data.patch.spacing_mm entry)")
-        self.window = HUWindow.from_config(hu_window, normalize)
-        self.negatives = NegativesSpec.from_config(**(negatives or {}))
-        self.max_negatives_per_scan = check_int("data.max_negatives_per_scan", max_negatives_per_scan, minimum=0,
-                                                allow_none=True)
-        self.batch_size = check_int("data.batch_size", batch_size, minimum=1)
-        self.num_workers = check_int("data.num_workers", num_workers, minimum=0)
-        self.preprocess_workers = check_int("data.preprocess_workers", preprocess_workers, minimum=0)
-        if not isinstance(pin_memory, bool):
-            raise ConfigError(f"data.pin_memory={pin_memory!r} must be true or false")
-        self.pin_memory = pin_memory
-        self.root = Path(root)
-        self.synthetic = synthetic
-        if synthetic is not None:
-            _check_synthetic(synthetic)
-        elif not self.root.is_dir():
-            raise ConfigError(f"data.root={root} does not exist; point data.root at your scans")
-        self.labels_csv = Path(labels_csv)
-        self.cache_dir = Path(cache_dir)
-        self.annotations_csv = Path(annotations_csv) if annotations_csv else None
-        self.excluded_csv = Path(excluded_csv) if excluded_csv else None
+        self.options = DataOptions.from_config({
+            "root": root, "labels_csv": labels_csv, "task": task, "cache_dir": cache_dir, "patch": patch,
+            "hu_window": hu_window, "normalize": normalize, "split": split, "balance": balance,
+            "batch_size": batch_size, "num_workers": num_workers, "preprocess_workers": preprocess_workers,
+            "pin_memory": pin_memory, "synthetic": synthetic, "missing_scans": missing_scans, "outside": outside,
+            "in_channels": in_channels, "annotations_csv": annotations_csv, "excluded_csv": excluded_csv,
+            "negatives": negatives, "max_negatives_per_scan": max_negatives_per_scan,
+        })
+        self.window = HUWindow(*self.options.hu_window, normalize=self.options.normalize)
         self.train_transform = train_transform
         self.cache: PatchCache | None = None
         self.datasets: dict[str, PatchDataset] = {}
@@ -136,27 +111,29 @@ class NoduleDataModule(pl.LightningDataModule):
 
         Sets no state; fast when the cache exists (the scans are indexed and the labels read to find its key).
         """
-        if self.synthetic is not None:
-            if not (self.root / MANIFEST_NAME).is_file():
-                log.info("Generating the synthetic LUNA16-format dataset in %s (once)", self.root)
-            generate_luna16_dataset(self.root, **self.synthetic)
-        scans = index_scans(self.root)
-        labels = task_labels(self.task, self.labels_csv, scans, self.cache_dir, self.annotations_csv,
-                             self.excluded_csv, self.negatives, num_workers=self.preprocess_workers)
-        labels = limit_negatives(labels, self.max_negatives_per_scan, self.split.seed)
-        samples = build_samples(labels, scans,
-                                source=self.labels_csv, missing_scans=self.missing_scans, outside=self.outside)
+        options = self.options
+        if options.synthetic is not None:
+            if not (options.root / MANIFEST_NAME).is_file():
+                log.info("Generating the synthetic LUNA16-format dataset in %s (once)", options.root)
+            generate_luna16_dataset(options.root, **options.synthetic)
+        scans = index_scans(options.root)
+        labels = task_labels(options.task, options.labels_csv, scans, options.cache_dir, options.annotations_csv,
+                             options.excluded_csv, options.negatives, num_workers=options.preprocess_workers)
+        labels = limit_negatives(labels, options.max_negatives_per_scan, options.split.seed)
+        samples = build_samples(labels, scans, source=options.labels_csv, missing_scans=options.missing_scans,
+                                outside=options.outside)
         if samples.empty:
-            raise ValueError(f"no samples: none of the series in {self.labels_csv} has a scan under {self.root}")
+            raise ValueError(f"no samples: none of the series in {options.labels_csv} has a scan under "
+                             f"{options.root}")
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
-        return build_patch_cache(samples, scan_paths, self.spec, self.cache_dir,
-                                 num_workers=self.preprocess_workers)
+        return build_patch_cache(samples, scan_paths, options.patch, options.cache_dir,
+                                 num_workers=options.preprocess_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self.cache = self.build_cache()  # built by prepare_data (in this or another process)
-        splits = split_samples(self.cache.index, self.split)
+        splits = split_samples(self.cache.index, self.options.split)
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None
             self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform)
@@ -171,11 +148,12 @@ class NoduleDataModule(pl.LightningDataModule):
         return self.datasets["train"].class_counts()
 
     def _loader(self, name: str, **kwargs: Any) -> DataLoader:
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, **kwargs)
+        options = self.options
+        return DataLoader(self.datasets[name], batch_size=options.batch_size, num_workers=options.num_workers,
+                          pin_memory=options.pin_memory, persistent_workers=options.num_workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self.balance.sampler_for(self.datasets["train"].labels)
+        sampler = self.options.balance.sampler_for(self.datasets["train"].labels)
         return self._loader("train", sampler=sampler, shuffle=sampler is None, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
@@ -184,13 +162,3 @@ class NoduleDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
-
-def _check_synthetic(synthetic: dict[str, Any]) -> None:
-    """``data.synthetic`` as :func:`generate_luna16_dataset` will check it, but before anything is generated."""
-    settings = {key: value for key, value in synthetic.items() if key != "overwrite"}
-    try:
-        GeneratorParams.from_arguments(**settings)
-    except TypeError as error:  # a key the generator does not take
-        raise ConfigError(f"data.synthetic: {error}") from None
-    except ValueError as error:
-        raise ConfigError(f"data.synthetic.{error}") from None

@@ -10,9 +10,7 @@ from torch.utils.data import Dataset
 
 from lungexp.data.cache import PatchCache
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
-from lungexp.utils.errors import ConfigError, check_number, look_up_option
-
-NORMALIZATIONS = ("unit", "symmetric", "zscore")
+from lungexp.data.options import check_hu_window
 
 
 class HUWindow:
@@ -24,18 +22,7 @@ class HUWindow:
     """
 
     def __init__(self, low: float = -1000.0, high: float = 400.0, normalize: str = "unit") -> None:
-        low, high = check_number("data.hu_window", low), check_number("data.hu_window", high)
-        if high <= low:
-            raise ConfigError(f"data.hu_window=[{low:g}, {high:g}] must be [low, high] with low < high")
-        self.low, self.high = low, high
-        self.normalize = look_up_option("data.normalize", normalize, NORMALIZATIONS)
-
-    @classmethod
-    def from_config(cls, hu_window: Sequence[float], normalize: str) -> HUWindow:
-        """From ``data.hu_window`` (``[low, high]``) and ``data.normalize``."""
-        if isinstance(hu_window, str) or not isinstance(hu_window, Sequence) or len(hu_window) != 2:
-            raise ConfigError(f"data.hu_window={hu_window!r} must be [low, high] in HU, e.g. [-1000, 400]")
-        return cls(*hu_window, normalize=normalize)
+        self.low, self.high, self.normalize = check_hu_window((low, high), normalize)
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
         scaled = (np.asarray(hu, dtype=np.float32) - self.low) / (self.high - self.low)

@@ -1,14 +1,20 @@
-"""Class balance of the training loader (``data.balance``): plain shuffling or a balanced sampler."""
+"""Class balance of the training loader (``data.balance``): plain shuffling or a balanced sampler.
+
+torch is imported only to make the sampler, so that the options can be checked before that import
+(:mod:`lungexp.data.options`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.utils.data import WeightedRandomSampler
 
 from lungexp.utils.errors import check_int, check_number, look_up_option
+
+if TYPE_CHECKING:
+    from torch.utils.data import WeightedRandomSampler
 
 SAMPLERS = ("balanced", "none")
 
@@ -45,6 +51,9 @@ class BalanceSpec:
         """The training sampler for 0/1 ``labels`` (both classes present); None for plain shuffling."""
         if self.sampler == "none":
             return None
+        import torch
+        from torch.utils.data import WeightedRandomSampler
+
         positives = labels.sum()
         weights = np.where(labels > 0, self.positive_fraction / positives,
                            (1 - self.positive_fraction) / (len(labels) - positives))
