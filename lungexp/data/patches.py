@@ -116,12 +116,19 @@ def _interpolation_matrix(positions: np.ndarray, length: int) -> tuple[np.ndarra
 
 
 class PatchExtractor:
-    """Samples :class:`PatchSpec` patches from one scan with trilinear interpolation."""
+    """Samples :class:`PatchSpec` patches from one scan with trilinear interpolation.
 
-    def __init__(self, scan: Scan, spec: PatchSpec) -> None:
+    Args:
+        scan: the scan.
+        spec: patch geometry.
+        use_sitk: resample with SimpleITK even where the separable path applies: the reference the
+            separable path is tested and benchmarked against.
+    """
+
+    def __init__(self, scan: Scan, spec: PatchSpec, use_sitk: bool = False) -> None:
         self.scan = scan
         self.spec = spec
-        self._permutation = _axis_permutation(scan.direction)
+        self._permutation = None if use_sitk else _axis_permutation(scan.direction)
         self._image: sitk.Image | None = None if self._permutation else scan.to_sitk()
 
     def extract(self, center_xyz: Sequence[float]) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC
 
+from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.metrics import classification_metrics
 from lungexp.evaluation.plots import confusion_matrix_figure, roc_figure, score_histogram_figure
 from lungexp.models.complexity import model_summary
@@ -97,18 +98,18 @@ class NoduleClassifier(pl.LightningModule):
         return self.criterion(logits.float(), labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["image"]), batch["label"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        loss = self._loss(self(batch[IMAGE_KEY]), batch[LABEL_KEY])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[LABEL_KEY]))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"]).float()
-        self.log(f"{stage}/loss", self._loss(logits, batch["label"]), on_epoch=True, sync_dist=True,
-                 batch_size=len(batch["label"]))
+        logits = self(batch[IMAGE_KEY]).float()
+        self.log(f"{stage}/loss", self._loss(logits, batch[LABEL_KEY]), on_epoch=True, sync_dist=True,
+                 batch_size=len(batch[LABEL_KEY]))
         return torch.sigmoid(logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.val_metrics.update(self._evaluate(batch, "val"), batch["label"].long())
+        self.val_metrics.update(self._evaluate(batch, "val"), batch[LABEL_KEY].long())
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
@@ -116,10 +117,10 @@ class NoduleClassifier(pl.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probabilities = self._evaluate(batch, "test")
-        labels = batch["label"].long()
+        labels = batch[LABEL_KEY].long()
         for metric in (self.test_metrics, self.test_roc, self.test_confusion):
             metric.update(probabilities, labels)
-        self._test_outputs.append((batch["index"].cpu(), probabilities.detach().cpu()))
+        self._test_outputs.append((batch[INDEX_KEY].cpu(), probabilities.detach().cpu()))
 
     def on_test_epoch_end(self) -> None:
         metrics = self.test_metrics.compute()

@@ -15,7 +15,7 @@ MIN_CANDIDATE_VESSEL_RADIUS_MM = 1.0  # thinner vessels fade into partial volume
 NEGATIVE_SHARES = (0.6, 0.2, 0.2)
 
 
-def sample_negatives(
+def place_false_positives(
     rng: np.random.Generator,
     count: int,
     segments: list[VesselSegment],

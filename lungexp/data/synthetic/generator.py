@@ -13,7 +13,7 @@ from lungexp.data.io.metaimage import write_mhd
 from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, MALIGNANCY_COLUMNS
 from lungexp.data.synthetic.acquisition import series_uid, simulate_acquisition
 from lungexp.data.synthetic.anatomy import build_anatomy, lung_clearance_mm
-from lungexp.data.synthetic.candidates import sample_negatives, scan_candidate_rows
+from lungexp.data.synthetic.candidates import place_false_positives, scan_candidate_rows
 from lungexp.data.synthetic.geometry import sample_geometry
 from lungexp.data.synthetic.manifest import (
     ANNOTATIONS_NAME,
@@ -111,7 +111,7 @@ def _generate_scan(params: GeneratorParams, index: int, directory: Path, first_n
     labels = malignancy_labels(params.seed, first_nodule, nodule_count)
     nodules = place_nodules(rng, labels, anatomy.lung, clearance_mm, geometry)
     bboxes = [render_nodule(anatomy.hu, nodule, geometry) for nodule in nodules]
-    negatives = sample_negatives(
+    negatives = place_false_positives(
         rng, params.negatives_per_scan, segments, occupancy, anatomy, clearance_mm, nodules, geometry
     )
     image = simulate_acquisition(rng, anatomy.hu)
