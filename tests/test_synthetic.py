@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from lungexp.data.names import MALIGNANCY_COLUMNS
 from lungexp.data.synthetic import SyntheticDataset, generate_luna16_dataset, generator, nodules
 from lungexp.data.synthetic.geometry import Geometry
 
@@ -176,18 +177,7 @@ def test_malignancy_table_matches_annotations(
     dataset: SyntheticDataset, manifest: dict, annotations: pd.DataFrame
 ) -> None:
     table = pd.read_csv(dataset.malignancy_csv)
-    assert list(table.columns) == [
-        *LUNA_ANNOTATION_COLUMNS,
-        "mal_bool",
-        "mal_details",
-        "bboxLowX",
-        "bboxLowY",
-        "bboxLowZ",
-        "bboxHighX",
-        "bboxHighY",
-        "bboxHighZ",
-        "len_mal_details",
-    ]
+    assert list(table.columns) == MALIGNANCY_COLUMNS  # the release's columns: tests/test_real_data.py
     pd.testing.assert_frame_equal(table[LUNA_ANNOTATION_COLUMNS], annotations)
     assert table["mal_bool"].dtype == bool
     assert 0.3 <= table["mal_bool"].mean() <= 0.5

@@ -6,8 +6,9 @@ Outside the scan the patch is filled with ``pad_hu`` (air).
 
 Scans whose direction is a signed axis permutation (every LUNA16 and almost every clinical CT
 scan) are resampled separably: trilinear interpolation is three small 1D interpolation matrices
-applied to the block of voxels under the patch, ~20x faster than a general resampler. Oblique
-scans fall back to SimpleITK's resampler, which gives the same values.
+applied to the block of voxels under the patch, about 3x faster than SimpleITK's resampler called
+per patch (``python scripts/bench_data.py``; docs/benchmarks.md). Oblique scans fall back to
+SimpleITK's resampler, which gives the same values.
 """
 
 from __future__ import annotations
