@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from .conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
-GROUPS = ("data", "aug", "model", "trainer", "callbacks", "logger", "paths", "experiment")
+# Config groups: the folders of conf/ (shared/ holds parts the groups include, not a group).
+GROUPS = tuple(sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "shared"))
 # A dotted key of a config group, not part of a longer dotted name (lungexp.data.io is a module).
 KEY = re.compile(rf"(?<![\w.])((?:{'|'.join(GROUPS)})(?:\.[A-Za-z_]\w*)+)")
 

@@ -19,8 +19,8 @@ from lungexp.data.cache import PatchCache, build_patch_cache
 from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io.scan_index import index_scans
 from lungexp.data.options import DataOptions
-from lungexp.data.samples import build_samples, limit_negatives, task_labels
-from lungexp.data.splits import split_samples
+from lungexp.data.samples import build_samples, limit_training_negatives, task_labels
+from lungexp.data.splits import check_splits, split_samples
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ class NoduleDataModule(pl.LightningDataModule):
             disk, positives come from it and negatives are sampled from the lungs (``negatives``).
         excluded_csv: LUNA16 ``annotations_excluded.csv``; negatives on these findings are dropped.
         negatives: :meth:`NegativesSpec.from_config` arguments (count, vessel_fraction, margin_mm, seed).
-        max_negatives_per_scan: keep at most this many negatives of each scan (seeded by ``split.seed``);
-            null keeps all.
+        max_negatives_per_scan: keep at most this many negatives of each training scan (seeded by
+            ``split.seed``); validation and test scans keep all. null keeps all.
 
     Raises:
         ConfigError: a value that cannot work, naming its key (``data.split.method``, ...).
@@ -119,12 +119,12 @@ class NoduleDataModule(pl.LightningDataModule):
         scans = index_scans(options.root)
         labels = task_labels(options.task, options.labels_csv, scans, options.cache_dir, options.annotations_csv,
                              options.excluded_csv, options.negatives, num_workers=options.preprocess_workers)
-        labels = limit_negatives(labels, options.max_negatives_per_scan, options.split.seed)
         samples = build_samples(labels, scans, source=options.labels_csv, missing_scans=options.missing_scans,
                                 outside=options.outside)
         if samples.empty:
             raise ValueError(f"no samples: none of the series in {options.labels_csv} has a scan under "
                              f"{options.root}")
+        samples = limit_training_negatives(samples, options.max_negatives_per_scan, options.split)
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
         return build_patch_cache(samples, scan_paths, options.patch, options.cache_dir,
                                  num_workers=options.preprocess_workers)
@@ -134,6 +134,7 @@ class NoduleDataModule(pl.LightningDataModule):
             return
         self.cache = self.build_cache()  # built by prepare_data (in this or another process)
         splits = split_samples(self.cache.index, self.options.split)
+        check_splits(splits, group_by=self.options.split.group_by)
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None
             self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform)
@@ -141,6 +142,11 @@ class NoduleDataModule(pl.LightningDataModule):
             negatives, positives = dataset.class_counts()
             log.info("%s: %d patches (%d positive, %d negative) from %d series", name, len(dataset), positives,
                      negatives, splits[name]["seriesuid"].nunique())
+
+    def split_series(self, name: str) -> list[str]:
+        """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""
+        dataset = self.datasets[name]
+        return list(dict.fromkeys(self.cache.index["seriesuid"].to_numpy()[dataset.rows]))
 
     @property
     def train_class_counts(self) -> tuple[int, int]:

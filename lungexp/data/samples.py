@@ -22,6 +22,7 @@ from lungexp.data.annotations import (
 )
 from lungexp.data.candidates import NegativesSpec, drop_excluded, sampled_candidates
 from lungexp.data.io.reader import read_scan_header
+from lungexp.data.splits import SplitSpec, split_samples
 from lungexp.utils.errors import look_up_option
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,16 @@ def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
         table = read_world_points(labels_csv)
     table["label"] = table["label"].astype(int)
     return table
+
+
+def limit_training_negatives(samples: pd.DataFrame, per_scan: int | None, split: SplitSpec) -> pd.DataFrame:
+    """:func:`limit_negatives` on the training split only (seeded by ``split.seed``): validation and
+    test keep every candidate of their scans, as a true FROC/CPM needs."""
+    if per_scan is None:
+        return samples
+    train = split_samples(samples, split)["train"]
+    kept = limit_negatives(train, per_scan, split.seed)
+    return samples.drop(train.index.difference(kept.index)).reset_index(drop=True)
 
 
 def limit_negatives(samples: pd.DataFrame, per_scan: int | None, seed: int) -> pd.DataFrame:

@@ -81,13 +81,10 @@ class SplitSpec:
 
 
 def split_samples(samples: pd.DataFrame, spec: SplitSpec) -> dict[str, pd.DataFrame]:
-    """``train``/``val``/``test`` rows of ``samples`` by ``spec.method``, checked with :func:`check_splits`."""
+    """``train``/``val``/``test`` rows of ``samples`` by ``spec.method`` (check them with :func:`check_splits`)."""
     if spec.method == "subsets":
-        splits = split_by_subset(samples, test_fold=spec.fold, val_fold=spec.val_fold)
-    else:
-        splits = split_by_series(samples, spec.val_fraction, spec.test_fraction, spec.seed, group_by=spec.group_by)
-    check_splits(splits, group_by=spec.group_by)
-    return splits
+        return split_by_subset(samples, test_fold=spec.fold, val_fold=spec.val_fold)
+    return split_by_series(samples, spec.val_fraction, spec.test_fraction, spec.seed, group_by=spec.group_by)
 
 
 def split_by_subset(samples: pd.DataFrame, test_fold: int, val_fold: int) -> dict[str, pd.DataFrame]:
