@@ -11,10 +11,14 @@ from lungexp.utils.config import CONFIG_DIR, check_required, print_config_tree
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the optimised validation metric, so Hydra sweepers can maximise it."""
-    # Imported here so that `--cfg job`, `--help` and tab completion do not pay for torch/Lightning (~4 s).
-    from lungexp.training.pipeline import train
+    # Imported here so that `--cfg job`, `--help` and tab completion pay for neither the data stack nor
+    # torch/Lightning (~4 s); data.* is checked in between, so a typo there fails in about a second.
+    from lungexp.data.options import check_data_config
 
     check_required(cfg)
+    check_data_config(cfg)
+    from lungexp.training.pipeline import train
+
     print_config_tree(cfg)
     return train(cfg).optimized_metric
 

@@ -87,8 +87,7 @@ def test_nifti_scans_give_the_same_patches_as_mhd(make_config, synthetic_root: P
     for name, root in (("mhd", synthetic_root), ("nifti", nifti_root)):
         datamodule = hydra.utils.instantiate(make_config(f"data.root={root}", "data.task=points",
                                                          f"data.labels_csv={nifti_root}/points.csv").data)
-        datamodule.prepare_data()
-        patches[name] = np.asarray(datamodule.cache.patches)
+        patches[name] = np.asarray(datamodule.build_cache().patches)
     # NIfTI stores origin and spacing as float32, so a few interpolated voxels round 1 HU apart.
     np.testing.assert_allclose(patches["mhd"], patches["nifti"], atol=1)
 

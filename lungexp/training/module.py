@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.metrics import classification_metrics
 from lungexp.evaluation.options import EvaluationOptions
 from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
@@ -108,19 +109,19 @@ class NoduleClassifier(pl.LightningModule):
         return self.criterion(logits.float(), labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["image"]), batch["label"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        loss = self._loss(self(batch[IMAGE_KEY]), batch[LABEL_KEY])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[LABEL_KEY]))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"]).float()
-        self.log(f"{stage}/loss", self._loss(logits, batch["label"]), on_epoch=True, sync_dist=True,
-                 batch_size=len(batch["label"]))
+        logits = self(batch[IMAGE_KEY]).float()
+        self.log(f"{stage}/loss", self._loss(logits, batch[LABEL_KEY]), on_epoch=True, sync_dist=True,
+                 batch_size=len(batch[LABEL_KEY]))
         return torch.sigmoid(logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probabilities = self._evaluate(batch, "val")
-        self.val_metrics.update(probabilities, batch["label"].long())
+        self.val_metrics.update(probabilities, batch[LABEL_KEY].long())
         self._collect("val", batch, probabilities)
 
     def on_validation_epoch_end(self) -> None:
@@ -174,7 +175,7 @@ class NoduleClassifier(pl.LightningModule):
 
     def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
         self._outputs[stage].append(
-            (batch["index"].cpu(), probabilities.detach().float().cpu(), batch["label"].detach().cpu()))
+            (batch[INDEX_KEY].cpu(), probabilities.detach().float().cpu(), batch[LABEL_KEY].detach().cpu()))
 
     def predictions(self, stage: str) -> pd.DataFrame:
         """This epoch's per-patch probabilities of ``stage`` on all ranks, joined with the sample table
