@@ -21,10 +21,9 @@ import torch
 from mlflow import MlflowClient
 
 from lungexp.models import CNN3D
-
-from .conftest import FAST_OVERRIDES, compose_config
-from .helpers_cli import run_entry_point, tiny_run_args
-from .helpers_data import write_dicom_series
+from tests.helpers.cli import run_entry_point, tiny_run_args
+from tests.helpers.config import FAST_OVERRIDES, compose_config
+from tests.helpers.data import write_dicom_series
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,8 @@ CASES = [
     _case("unknown-data-option", "preprocess", "@run +data.patch_sise=16", "data.patch_sise"),
     _case("wrong-type-bool", "run", "@run test_after_fit=maybe", "test_after_fit='maybe'", "true or false"),
     _case("zero-epochs", "run", "@run trainer.max_epochs=0", "trainer.max_epochs=0"),
-    _case("no-training-batches", "run", "@run +trainer.limit_train_batches=0", "trainer.limit_train_batches=0"),
-    _case("no-validation-but-monitored", "run", "@run +trainer.limit_val_batches=0", "trainer.limit_val_batches=0",
+    _case("no-training-batches", "run", "@run trainer.limit_train_batches=0", "trainer.limit_train_batches=0"),
+    _case("no-validation-but-monitored", "run", "@run trainer.limit_val_batches=0", "trainer.limit_val_batches=0",
           "callbacks.model_checkpoint.monitor"),
     _case("validation-never-runs", "run", "@run trainer.max_epochs=2 trainer.check_val_every_n_epoch=5",
           "trainer.check_val_every_n_epoch=5"),

@@ -14,9 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from lungexp.tracking.stale_runs import ENDED_BY_TAG, PID_TAG, end_stale_runs, owner_is_gone, process_tags
-
-from .conftest import PROJECT_ROOT
-from .helpers_cli import entry_point_command, entry_point_env, tiny_run_args
+from tests.helpers.cli import entry_point_command, entry_point_env, tiny_run_args
+from tests.helpers.config import PROJECT_ROOT
 
 COPIES = 40  # of each tiny scan, so a cache build takes long enough to be interrupted
 

@@ -12,15 +12,14 @@ import pandas as pd
 import pytest
 
 from lungexp.data.annotations import AnnotationError
-from lungexp.data.hounsfield import check_hounsfield
+from lungexp.data.hu_check import check_hounsfield
 from lungexp.data.io import ScanReadError, iter_dicom_series, read_scan
 from lungexp.data.samples import read_labels
 from lungexp.data.scan import Scan
 from lungexp.utils import checks
 from lungexp.utils.errors import ConfigError
-
-from .conftest import compose_config
-from .helpers_data import shared_data_dir
+from tests.helpers.config import compose_config
+from tests.helpers.data import shared_data_dir
 
 
 def _datamodule(make_config, *overrides: str):

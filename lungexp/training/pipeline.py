@@ -11,7 +11,6 @@ import hydra
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -42,7 +41,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     """Seed everything, then instantiate datamodule, model, callbacks, loggers and Trainer from ``cfg``."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
     callbacks = instantiate_dict(cfg.get("callbacks"))
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
@@ -72,12 +71,14 @@ def train(cfg: DictConfig) -> RunResult:
         trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
         metrics.update(_scalars(trainer))
     mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
+    run_id = mlflow.run_id if mlflow else None
     result = RunResult(
         optimized_metric=optimized,
         metrics=metrics,
         best_checkpoint=checkpoint or None,
-        mlflow_run_id=mlflow.run_id if mlflow else None,
-        mlflow_tracking_uri=mlflow._tracking_uri if isinstance(mlflow, MLFlowLogger) else None,
+        mlflow_run_id=run_id,
+        # The logger's MlflowClient; only rank 0 has one (and a run id), the others a no-op stand-in.
+        mlflow_tracking_uri=mlflow.experiment.tracking_uri if run_id else None,
     )
     _print_summary(result)
     return result
@@ -98,16 +99,17 @@ def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
 
 @rank_zero_only
 def _print_summary(result: RunResult) -> None:
+    keys = sorted(k for k in result.metrics if k.startswith("test/"))
+    width = max([22, *map(len, keys)])
     lines = ["", "=" * 72, "Results"]
-    for key in sorted(k for k in result.metrics if k.startswith("test/")):
-        lines.append(f"  {key:<22} {result.metrics[key]:.4f}")
+    lines += [f"  {key:<{width}} {result.metrics[key]:.4f}" for key in keys]
     if result.optimized_metric is not None:
-        lines.append(f"  best optimised metric  {result.optimized_metric:.4f}")
-    lines.append(f"  best checkpoint        {result.best_checkpoint or '(none saved)'}")
+        lines.append(f"  {'best optimised metric':<{width}} {result.optimized_metric:.4f}")
+    lines.append(f"  {'best checkpoint':<{width}} {result.best_checkpoint or '(none saved)'}")
     if result.mlflow_run_id:
-        lines.append(f"  MLflow run id          {result.mlflow_run_id}")
-        lines.append(f"  MLflow tracking URI    {result.mlflow_tracking_uri}")
-        lines.append("  Open the MLflow UI:    make mlflow-ui   (then http://127.0.0.1:5000)")
+        lines.append(f"  {'MLflow run id':<{width}} {result.mlflow_run_id}")
+        lines.append(f"  {'MLflow tracking URI':<{width}} {result.mlflow_tracking_uri}")
+        lines.append(f"  {'Open the MLflow UI:':<{width}} make mlflow-ui   (then http://127.0.0.1:5000)")
     lines.append("=" * 72)
     print("\n".join(lines))
     if result.best_checkpoint:

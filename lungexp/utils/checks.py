@@ -27,9 +27,9 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lungexp.utils.errors import ConfigError, did_you_mean, look_up_option
+from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.errors import ConfigError, check_number, did_you_mean, look_up_option
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Keys of a `_target_` node that Hydra's instantiate consumes itself.
 INSTANTIATE_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 
@@ -60,7 +60,7 @@ def check_config(cfg: DictConfig, primary: str = "config", sections: Sequence[st
 
 def declared_top_level(primary: str = "config") -> tuple[dict[str, Any], set[str]]:
     """The top-level keys of ``conf/<primary>.yaml`` with their defaults, and the names of its config groups."""
-    raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{primary}.yaml"), resolve=False)
+    raw = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / f"{primary}.yaml"), resolve=False)
     groups = {"hydra"}
     for entry in raw.pop("defaults", []):
         if isinstance(entry, Mapping):
@@ -160,7 +160,7 @@ def check_training_values(cfg: Mapping[str, Any]) -> None:
     if monitors:
         _check_validation_runs(trainer, monitors[0])
     limit = trainer.get("limit_test_batches")
-    if cfg.get("test_after_fit") and limit is not None and _number("trainer.limit_test_batches", limit) <= 0:
+    if cfg.get("test_after_fit") and limit is not None and check_number("trainer.limit_test_batches", limit) <= 0:
         raise ConfigError(f"trainer.limit_test_batches={limit} skips the test that test_after_fit=true asks for; "
                           "raise it, or set test_after_fit=false")
 
@@ -204,16 +204,16 @@ def _check_trainer(trainer: Mapping[str, Any]) -> None:
     if max_steps is not None and (not _is_int(max_steps) or not (max_steps == -1 or max_steps >= 1)):
         raise ConfigError(f"trainer.max_steps={max_steps!r} would train nothing; use 1 or more (or -1: no limit)")
     limit = trainer.get("limit_train_batches")
-    if not trainer.get("fast_dev_run") and limit is not None and _number("trainer.limit_train_batches", limit) <= 0:
+    if not trainer.get("fast_dev_run") and limit is not None and check_number("trainer.limit_train_batches", limit) <= 0:
         raise ConfigError(f"trainer.limit_train_batches={limit} would train nothing; use a fraction in (0, 1] "
                           "or a number of batches")
 
 
 def _check_model(model: Mapping[str, Any], trainer: Mapping[str, Any]) -> None:
     optimizer = model.get("optimizer") or {}
-    if "lr" in optimizer and _number("model.optimizer.lr", optimizer["lr"]) <= 0:
+    if "lr" in optimizer and check_number("model.optimizer.lr", optimizer["lr"]) <= 0:
         raise ConfigError(f"model.optimizer.lr={optimizer['lr']} must be positive (0 would train nothing)")
-    if "weight_decay" in optimizer and _number("model.optimizer.weight_decay", optimizer["weight_decay"]) < 0:
+    if "weight_decay" in optimizer and check_number("model.optimizer.weight_decay", optimizer["weight_decay"]) < 0:
         raise ConfigError(f"model.optimizer.weight_decay={optimizer['weight_decay']} must be 0 or more")
     t_max = (model.get("scheduler") or {}).get("T_max")
     if t_max is not None and (not _is_int(t_max) or t_max < 1):
@@ -222,7 +222,7 @@ def _check_model(model: Mapping[str, Any], trainer: Mapping[str, Any]) -> None:
     pos_weight = model.get("pos_weight")
     if isinstance(pos_weight, str):
         look_up_option("model.pos_weight", pos_weight, ["auto"])
-    elif pos_weight is not None and _number("model.pos_weight", pos_weight) <= 0:
+    elif pos_weight is not None and check_number("model.pos_weight", pos_weight) <= 0:
         raise ConfigError(f"model.pos_weight={pos_weight} must be positive (or null, or auto)")
     _check_finetune(model.get("finetune") or {}, trainer.get("max_epochs"))
 
@@ -235,7 +235,7 @@ def _check_finetune(finetune: Mapping[str, Any], max_epochs: Any) -> None:
         raise ConfigError(f"model.finetune.freeze_backbone_epochs={frozen} >= trainer.max_epochs={max_epochs}: "
                           "the backbone would never train; freeze fewer epochs or train more")
     head_lr_mult = finetune.get("head_lr_mult", 1.0)
-    if _number("model.finetune.head_lr_mult", head_lr_mult) <= 0:
+    if check_number("model.finetune.head_lr_mult", head_lr_mult) <= 0:
         raise ConfigError(f"model.finetune.head_lr_mult={head_lr_mult} must be positive (0 freezes the head)")
     if not isinstance(finetune.get("freeze_bn", False), bool):
         raise ConfigError(f"model.finetune.freeze_bn={finetune['freeze_bn']!r} must be true or false")
@@ -260,7 +260,7 @@ def _check_monitor(key: str, node: Mapping[str, Any], metrics: Mapping[str, str]
 def _check_validation_runs(trainer: Mapping[str, Any], monitor: str) -> None:
     """Validation computes what callbacks monitor: it must run at least once."""
     limit = trainer.get("limit_val_batches")
-    if limit is not None and _number("trainer.limit_val_batches", limit) <= 0:
+    if limit is not None and check_number("trainer.limit_val_batches", limit) <= 0:
         raise ConfigError(f"trainer.limit_val_batches={limit} skips validation, but {monitor} needs a validation "
                           "metric: let validation run at least one batch")
     every, max_epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
@@ -280,8 +280,3 @@ def _is_checkpoint(node: Mapping[str, Any]) -> bool:
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{key}={value!r} must be a number")
-    return float(value)

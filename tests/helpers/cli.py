@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
+from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
 
 # Debug switches would turn the one-line messages under test into tracebacks.
 _DEBUG_VARIABLES = ("LUNGEXP_DEBUG", "HYDRA_FULL_ERROR")

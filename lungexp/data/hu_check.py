@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lungexp.data.io import ScanReadError, read_scan
+from lungexp.data.io.errors import ScanReadError
+from lungexp.data.io.reader import read_scan
 from lungexp.data.scan import Scan
 
 # Every STRIDE-th voxel along each axis is enough for percentiles (and keeps a 512x512x300 scan at ~0.1 s).
@@ -27,7 +28,7 @@ STRIDE = (2, 4, 4)
 PADDING_FRACTION = 0.01
 MIN_SPREAD_HU = 100.0
 HU_RANGE = (-3100.0, 4000.0)
-AIR_HU = -500.0
+AIR_OR_LUNG_MAX_HU = -500.0
 MIN_AIR_FRACTION = 0.01
 
 # Where to look when the values are off, by file type.
@@ -42,14 +43,14 @@ _DICOM_FIELDS = ("RescaleSlope (0028,1053), RescaleIntercept (0028,1052) and Pix
 
 
 def read_ct_scan(path: str | Path) -> Scan:
-    """:func:`~lungexp.data.io.read_scan`, then :func:`check_hounsfield`."""
+    """:func:`~lungexp.data.io.reader.read_scan`, then :func:`check_hounsfield`."""
     scan = read_scan(path)
     check_hounsfield(scan)
     return scan
 
 
 def check_hounsfield(scan: Scan) -> None:
-    """Raise :class:`~lungexp.data.io.ScanReadError` if ``scan`` does not look like CT in HU (see module doc)."""
+    """Raise :class:`~lungexp.data.io.errors.ScanReadError` if ``scan`` does not look like CT in HU (see module doc)."""
     values = np.asarray(scan.array[:: STRIDE[0], :: STRIDE[1], :: STRIDE[2]], dtype=np.float64).ravel()
     name, fields = _describe(scan.source)
     if not np.isfinite(values).all():
@@ -65,9 +66,9 @@ def check_hounsfield(scan: Scan) -> None:
         raise ScanReadError(f"{name}: voxel values {low:.0f} to {high:.0f} (0.1st to 99.9th percentile) are far "
                             f"outside CT's range in HU (about -1024 for air to 3000 for dense bone): the header "
                             f"probably declares the wrong type or byte order; check {fields}")
-    air = float((values <= AIR_HU).mean())
+    air = float((values <= AIR_OR_LUNG_MAX_HU).mean())
     if air < MIN_AIR_FRACTION:
-        raise ScanReadError(f"{name}: no air or lung: {air:.1%} of the voxels are below {AIR_HU:.0f} HU (median "
+        raise ScanReadError(f"{name}: no air or lung: {air:.1%} of the voxels are below {AIR_OR_LUNG_MAX_HU:.0f} HU (median "
                             f"{median:.0f}), so these are probably not Hounsfield units, e.g. stored pixel values "
                             f"without RescaleSlope/RescaleIntercept applied (air then reads about 0 instead of "
                             f"-1000); check {fields}")
