@@ -173,7 +173,7 @@ def _read_checkpoint(path: Path) -> Any:
             raise PretrainedWeightsError(
                 f"Refusing to load {path}: it contains objects other than tensors and plain containers, "
                 f"which torch.load(weights_only=True) does not unpickle ({culprit[1]}). "
-                "Re-save just the state dict (torch.save(model.state_dict(), path)) from a trusted copy."
+                "Re-save just the network's state dict (torch.save(net.state_dict(), path)) from a trusted copy."
             ) from None
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
         reason = f"{type(error).__name__}: {text}" if text else type(error).__name__

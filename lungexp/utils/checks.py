@@ -6,8 +6,9 @@ command line. Checked here:
 * top-level keys: only the keys of the primary config file (``conf/config.yaml``) and its config
   groups exist, so ``+seeed=1`` or ``+ckpt_path=…`` fails instead of being ignored (a new top-level
   key is declared by adding it to ``conf/config.yaml``); each value has the type of its default;
-* every ``_target_`` node: each key must be an argument of the class or function it names
-  (``+trainer.max_epoch=3``, ``+model.loss.gamma=2`` with BCE), with the closest argument suggested;
+* every ``_target_`` node: each key must be an argument of the class or function it names (a
+  misspelt Trainer argument, a focal-loss ``gamma`` given to the BCE loss), with the closest
+  argument suggested;
 * interpolations resolve;
 * values and combinations that would run, exit 0 and be wrong (:func:`check_training_values`,
   :func:`check_monitoring`).
