@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
+from lungexp.utils.errors import ConfigError
+
 PRINT_ORDER = ("data", "aug", "model", "callbacks", "logger", "trainer", "paths", "experiment")
 
 
@@ -32,7 +34,7 @@ def check_required(cfg: DictConfig) -> None:
     missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         examples = " ".join(f"{key}=..." if key != "data.root" else "data.root=/path/to/scans" for key in missing)
-        raise ValueError(f"missing mandatory config value(s): {', '.join(missing)}; set them on the command "
+        raise ConfigError(f"missing mandatory config value(s): {', '.join(missing)}; set them on the command "
                          f"line, e.g. {examples}")
 
 
