@@ -20,7 +20,7 @@ from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io import index_scans
 from lungexp.data.patches import PatchSpec
 from lungexp.data.samples import build_samples, limit_negatives, read_labels
-from lungexp.data.splits import check_splits, split_by_series, split_by_subset
+from lungexp.data.splits import check_splits, split_by_folds, split_by_series, split_by_subset
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class NoduleDataModule(pl.LightningDataModule):
         patch: :meth:`PatchSpec.from_config` arguments (size, spacing_mm, size_mm, pad_hu).
         hu_window: ``[low, high]`` HU kept (clipped outside).
         normalize: ``unit`` ([0, 1]), ``symmetric`` ([-1, 1]) or ``zscore`` (per patch), see :class:`HUWindow`.
-        split: ``{method: subsets, fold, val_fold}`` or ``{method: series, val_fraction, test_fraction, seed,
-            group_by}`` (``group_by``: ``seriesuid`` or a patient column of the labels CSV).
+        split: ``{method: subsets, fold, val_fold}``, ``{method: series, val_fraction, test_fraction, seed,
+            group_by}`` or ``{method: folds, num_folds, fold, val_fold, seed, group_by}`` (``group_by``:
+            ``seriesuid`` or a patient column of the labels CSV).
         balance: ``{sampler: none|balanced, positive_fraction, samples_per_epoch}``.
         synthetic: if given, keyword arguments of
             :func:`lungexp.data.synthetic.generate_luna16_dataset`, run when ``root`` is missing.
@@ -167,7 +168,11 @@ class NoduleDataModule(pl.LightningDataModule):
         if method == "series":
             return split_by_series(samples, config["val_fraction"], config["test_fraction"], config["seed"],
                                    group_by=config.get("group_by", "seriesuid"))
-        raise ValueError(f"unknown data.split.method '{method}'; choose 'subsets' (LUNA16 folds) or 'series'")
+        if method == "folds":
+            return split_by_folds(samples, config["num_folds"], config["fold"], config["val_fold"], config["seed"],
+                                  group_by=config.get("group_by", "seriesuid"))
+        raise ValueError(f"unknown data.split.method '{method}'; choose 'subsets' (LUNA16 folds), 'series' or "
+                         "'folds'")
 
     @property
     def train_class_counts(self) -> tuple[int, int]:

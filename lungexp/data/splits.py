@@ -2,7 +2,8 @@
 
 LUNA16 ships its scans in ten folders ``subset0..subset9`` that are the official
 cross-validation folds; :func:`split_by_subset` uses them. Other data gets a seeded random split
-of series with :func:`split_by_series`. :func:`check_splits` runs on every split, every run.
+of series with :func:`split_by_series`, or seeded K folds of series with :func:`split_by_folds`
+(cross-validation). :func:`check_splits` runs on every split, every run.
 """
 
 from __future__ import annotations
@@ -69,6 +70,41 @@ def split_by_series(
             assignment[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     which = samples[group_by].map(assignment)
     return {name: samples[which == name] for name in SPLIT_NAMES}
+
+
+def assign_folds(samples: pd.DataFrame, num_folds: int, seed: int, group_by: str = "seriesuid") -> pd.Series:
+    """Fold ``0..num_folds-1`` of every row: seeded K folds of whole groups (series, or patients with
+    ``group_by``), stratified by whether a group has a positive, so every fold gets its share of both."""
+    if num_folds < 2:
+        raise SplitError(f"data.split.num_folds={num_folds}: K-fold splits need at least 2 folds")
+    if group_by not in samples:
+        raise SplitError(f"data.split.group_by='{group_by}' is not a column of the labels CSV; "
+                         f"columns are {sorted(samples.columns)}")
+    has_positive = samples.groupby(group_by)["label"].max()
+    if len(has_positive) < num_folds:
+        raise SplitError(f"{len(has_positive)} {group_by} group(s) cannot fill data.split.num_folds={num_folds} "
+                         "folds; use fewer folds")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    for _, stratum in has_positive.groupby(has_positive):
+        for group in rng.permutation(stratum.index.to_numpy()):
+            fold_of[group] = len(fold_of) % num_folds  # one round robin across strata keeps fold sizes even
+    return samples[group_by].map(fold_of)
+
+
+def split_by_folds(
+    samples: pd.DataFrame, num_folds: int, test_fold: int, val_fold: int, seed: int, group_by: str = "seriesuid"
+) -> dict[str, pd.DataFrame]:
+    """Fold ``test_fold`` of :func:`assign_folds` is the test set, ``val_fold`` validation, the rest train."""
+    for name, fold in (("data.split.fold", test_fold), ("data.split.val_fold", val_fold)):
+        if not 0 <= fold < num_folds:
+            raise SplitError(f"{name}={fold} but data.split.num_folds={num_folds}; pick 0..{num_folds - 1}")
+    folds = assign_folds(samples, num_folds, seed, group_by)
+    return {
+        "train": samples[~folds.isin([test_fold, val_fold])],
+        "val": samples[folds == val_fold],
+        "test": samples[folds == test_fold],
+    }
 
 
 def check_splits(

@@ -37,6 +37,14 @@ class Predictor:
             raise ConfigError(f"precision={self.precision} needs a CUDA device (got {self.device}); "
                               "pass precision=32-true or bf16-mixed")
         self.net = trained.net.to(self.device)
+        self.evaluation = trained.evaluation
+        self.validation_predictions = trained.validation_predictions
+
+    def decision_threshold(self, rule: str | float) -> float:
+        """The ``eval.threshold`` rule applied to the checkpoint's own validation predictions."""
+        from lungexp.evaluation.threshold import threshold_from_validation
+
+        return threshold_from_validation(rule, self.validation_predictions)
 
     @torch.inference_mode()
     def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:

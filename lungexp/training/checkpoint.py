@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +29,7 @@ from lungexp.tracking.mlflow import mlflow_loggers
 from lungexp.utils.errors import LungexpError
 
 RECIPE_KEY = "lungexp"
+VALIDATION_PREDICTIONS = "validation_predictions"  # TODO(merge): the module's constant
 FORMAT_VERSION = 1
 
 # A value built only from other data.* or paths.* keys (e.g. labels_csv: ${data.root}/candidates_V2.csv)
@@ -135,24 +137,34 @@ class SaveRecipe(pl.Callback):
 
     def __init__(self, recipe: ModelRecipe) -> None:
         self.recipe = recipe
+        self._run: dict[str, str] | None = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
-        run = {}
-        if mlflow is not None:
-            run = {"run_id": mlflow.run_id, "experiment_id": mlflow.experiment_id,
-                   "tracking_uri": mlflow.experiment.tracking_uri}
-        checkpoint[RECIPE_KEY] = {**self.recipe.to_dict(), "mlflow": run}
+        if self._run is None:
+            mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
+            self._run = {}
+            if mlflow is not None:
+                client = mlflow.experiment
+                self._run = {"run_id": mlflow.run_id, "experiment_id": mlflow.experiment_id,
+                             "experiment_name": client.get_experiment(mlflow.experiment_id).name,
+                             "tracking_uri": client.tracking_uri}
+        checkpoint[RECIPE_KEY] = {**self.recipe.to_dict(), "mlflow": self._run}
 
 
 @dataclass(frozen=True)
 class TrainedNetwork:
-    """A network rebuilt from a checkpoint (in eval mode, on CPU) with its recipe and source file."""
+    """A network rebuilt from a checkpoint (in eval mode, on CPU) with its recipe and source file.
+
+    ``evaluation`` is the ``eval`` config it was trained with and ``validation_predictions`` the
+    ``label, probability`` of its own weights on validation (what its decision threshold is chosen on).
+    """
 
     net: nn.Module
     recipe: ModelRecipe
     path: Path
+    evaluation: dict[str, Any] | None = None
+    validation_predictions: pd.DataFrame | None = None
 
 
 def load_checkpoint(path: str | Path) -> TrainedNetwork:
@@ -183,7 +195,13 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
         net.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: its weights do not fit its own network config: {error}") from None
-    return TrainedNetwork(net=net.eval(), recipe=recipe, path=path)
+    validation = checkpoint.get(VALIDATION_PREDICTIONS)
+    return TrainedNetwork(
+        net=net.eval(), recipe=recipe, path=path,
+        evaluation=(checkpoint.get("hyper_parameters") or {}).get("evaluation"),
+        validation_predictions=None if validation is None else pd.DataFrame(
+            {column: values.numpy() for column, values in validation.items()}),
+    )
 
 
 def _read(path: Path) -> Any:

@@ -66,6 +66,7 @@ class NoduleClassifier(pl.LightningModule):
         self.test_roc = BinaryROC()
         self.test_confusion = BinaryConfusionMatrix()
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_predictions: pd.DataFrame | None = None  # of the last test run, e.g. for cross-validation
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).squeeze(-1)
@@ -128,7 +129,7 @@ class NoduleClassifier(pl.LightningModule):
         log_figure(self.loggers, roc_figure(fpr, tpr, float(metrics["test/auroc"]), title="Test ROC"), "plots/roc_curve.png")
         log_figure(self.loggers, confusion_matrix_figure(self.test_confusion.compute().cpu().numpy()),
                    "plots/confusion_matrix.png")
-        predictions = self._test_predictions()
+        predictions = self.test_predictions = self._test_predictions()
         if predictions is not None:
             log_figure(self.loggers, score_histogram_figure(predictions["probability"].to_numpy(),
                                                             predictions["label"].to_numpy()),

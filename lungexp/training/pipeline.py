@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
@@ -33,6 +34,7 @@ class RunResult:
     best_checkpoint: str | None
     mlflow_run_id: str | None
     mlflow_tracking_uri: str | None
+    test_predictions: pd.DataFrame | None = None  # one row per test patch with its probability
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
@@ -70,6 +72,7 @@ def train(cfg: DictConfig) -> RunResult:
         best_checkpoint=checkpoint or None,
         mlflow_run_id=mlflow.run_id if mlflow else None,
         mlflow_tracking_uri=mlflow._tracking_uri if isinstance(mlflow, MLFlowLogger) else None,
+        test_predictions=getattr(model, "test_predictions", None) if cfg.test_after_fit else None,
     )
     _print_summary(result)
     return result
