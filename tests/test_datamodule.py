@@ -74,11 +74,26 @@ def test_every_split_holds_whole_series(datamodule) -> None:
     assert not series["val"] & series["test"]
 
 
-def test_max_negatives_per_scan_keeps_every_positive(datamodule) -> None:
+def test_max_negatives_per_scan_caps_training_only_and_keeps_every_positive(datamodule) -> None:
     full = datamodule().cache.index
-    limited = datamodule("data.max_negatives_per_scan=2").cache.index
+    module = datamodule("data.max_negatives_per_scan=2")
+    limited = module.cache.index
     assert limited["label"].sum() == full["label"].sum()
+    train_series = set(module.split_series("train"))
     negatives = limited[limited["label"] == 0].groupby("seriesuid").size()
-    assert negatives.max() == 2 and len(negatives) == full["seriesuid"].nunique()
+    assert negatives[sorted(train_series)].max() == 2 and len(negatives) == full["seriesuid"].nunique()
+    for split in ("val", "test"):  # every candidate of their scans, as the FROC/CPM needs
+        series = module.split_series(split)
+        assert series and not set(series) & train_series
+        assert (limited["seriesuid"].isin(series).sum() == full["seriesuid"].isin(series).sum()
+                == len(module.datasets[split]))
     again = datamodule("data.max_negatives_per_scan=2").cache.index
     assert again.equals(limited)  # seeded
+
+
+def test_max_negatives_per_scan_keeps_random_series_splits(datamodule) -> None:
+    split = ("data.split.method=series", "data.split.val_fraction=0.2", "data.split.test_fraction=0.2")
+    full, limited = datamodule(*split), datamodule(*split, "data.max_negatives_per_scan=1")
+    for name in ("train", "val", "test"):
+        assert full.split_series(name) == limited.split_series(name)
+    assert len(limited.datasets["test"]) == len(full.datasets["test"])

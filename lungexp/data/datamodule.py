@@ -50,8 +50,8 @@ class NoduleDataModule(pl.LightningDataModule):
         excluded_csv: LUNA16 ``annotations_excluded.csv``; negatives on these findings are dropped.
         negatives: :func:`lungexp.data.candidates.sampled_candidates` options (count, vessel_fraction,
             margin_mm, seed).
-        max_negatives_per_scan: keep at most this many negatives of each scan (seeded by ``split.seed``);
-            null keeps all.
+        max_negatives_per_scan: keep at most this many negatives of each training scan (seeded by
+            ``split.seed``); validation and test scans keep all. null keeps all.
     """
 
     def __init__(
@@ -120,14 +120,23 @@ class NoduleDataModule(pl.LightningDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {self.root} does not exist; point data.root at your scans")
         scans = index_scans(self.root)
-        labels = limit_negatives(self._labels(scans), self.max_negatives_per_scan, self.split_config.get("seed", 0))
-        samples = build_samples(labels, scans,
+        samples = build_samples(self._labels(scans), scans,
                                 source=self.labels_csv, missing_scans=self.missing_scans, outside=self.outside)
         if samples.empty:
             raise ValueError(f"no samples: none of the series in {self.labels_csv} has a scan under {self.root}")
+        samples = self._limit_training_negatives(samples)
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
         return build_patch_cache(samples, scan_paths, self.spec, self.cache_dir,
                                  num_workers=self.preprocess_workers)
+
+    def _limit_training_negatives(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """``max_negatives_per_scan`` caps the training split only: validation and test keep every candidate
+        of their scans, as a true FROC/CPM needs."""
+        if self.max_negatives_per_scan is None:
+            return samples
+        train = self._split(samples)["train"]
+        kept = limit_negatives(train, self.max_negatives_per_scan, self.split_config.get("seed", 0))
+        return samples.drop(train.index.difference(kept.index)).reset_index(drop=True)
 
     def _labels(self, scans: pd.DataFrame) -> pd.DataFrame:
         """The task's labelled points; for candidates, sampled ones if there is no candidates file."""
@@ -146,7 +155,7 @@ class NoduleDataModule(pl.LightningDataModule):
         return labels
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        if "train" in self.datasets:
             return
         if self.cache is None:  # prepare_data ran in another process (DDP rank > 0) or not at all
             self.cache = self._load_cache()
@@ -173,6 +182,18 @@ class NoduleDataModule(pl.LightningDataModule):
                                   group_by=config.get("group_by", "seriesuid"))
         raise ValueError(f"unknown data.split.method '{method}'; choose 'subsets' (LUNA16 folds), 'series' or "
                          "'folds'")
+
+    def setup_all(self) -> None:
+        """Add the dataset ``all``: every sample, unsplit (an external test set, or the pooled test folds of a
+        cross-validation, which together cover every series)."""
+        if self.cache is None:
+            self.cache = self._load_cache()
+        self.datasets["all"] = PatchDataset(self.cache, np.arange(len(self.cache)), self.window)
+
+    def split_series(self, name: str) -> list[str]:
+        """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""
+        dataset = self.datasets[name]
+        return list(dict.fromkeys(self.cache.index["seriesuid"].to_numpy()[dataset.rows]))
 
     @property
     def train_class_counts(self) -> tuple[int, int]:

@@ -20,9 +20,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
-from lungexp.data.dataset import PatchDataset
+from lungexp.evaluation.options import EvaluationOptions
+from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
 from lungexp.inference.model import Predictor
+from lungexp.tracking.mlflow import log_config, log_figure, log_table, mlflow_loggers
 from lungexp.training.checkpoint import ModelRecipe
+from lungexp.utils.config import instantiate_dict
 from lungexp.utils.errors import ConfigError, look_up_option
 
 log = logging.getLogger(__name__)
@@ -86,11 +89,6 @@ def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) 
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> EvaluationResult:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split`` and log the report to a new MLflow run."""
-    from lungexp.evaluation.options import EvaluationOptions
-    from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
-    from lungexp.tracking.mlflow import log_config, log_figure, log_table, mlflow_loggers
-    from lungexp.utils.config import instantiate_dict
-
     split = look_up_option("split", cfg.split, SPLITS)
     predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision)
     recipe = predictor.recipe
@@ -102,13 +100,12 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     datamodule.prepare_data()
     if split == "all":
-        datamodule.datasets["all"] = PatchDataset(datamodule.cache, range(len(datamodule.cache)), recipe.window)
+        datamodule.setup_all()
     else:
         datamodule.setup("test")
     predictions = _predict(predictor, datamodule, split)
     settings = EvaluationSettings(threshold=predictor.decision_threshold(options.threshold),
-                                  froc=froc_reference(datamodule, split), froc_bootstrap=options.froc_bootstrap,
-                                  seed=cfg.seed)
+                                  froc=froc_reference(datamodule, split), froc_bootstrap=options.froc_bootstrap)
     report = evaluate_predictions(predictions, settings, prefix=f"{split}/", title=split.capitalize())
 
     training_run = recipe.mlflow.get("run_id")

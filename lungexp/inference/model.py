@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungexp.evaluation.threshold import threshold_from_validation
 from lungexp.training.checkpoint import ModelRecipe, load_checkpoint
 from lungexp.utils.errors import ConfigError, look_up_option
 
@@ -42,8 +43,6 @@ class Predictor:
 
     def decision_threshold(self, rule: str | float) -> float:
         """The ``eval.threshold`` rule applied to the checkpoint's own validation predictions."""
-        from lungexp.evaluation.threshold import threshold_from_validation
-
         return threshold_from_validation(rule, self.validation_predictions)
 
     @torch.inference_mode()

@@ -26,10 +26,10 @@ from torch import nn
 from lungexp.data.dataset import HUWindow
 from lungexp.data.patches import PatchSpec
 from lungexp.tracking.mlflow import mlflow_loggers
+from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import LungexpError
 
 RECIPE_KEY = "lungexp"
-VALIDATION_PREDICTIONS = "validation_predictions"  # TODO(merge): the module's constant
 FORMAT_VERSION = 1
 
 # A value built only from other data.* or paths.* keys (e.g. labels_csv: ${data.root}/candidates_V2.csv)

@@ -29,8 +29,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.data.splits import check_splits, split_by_folds, split_by_subset
+from lungexp.evaluation.options import EvaluationOptions
+from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
 from lungexp.tracking.folds import FoldRuns
-from lungexp.tracking.mlflow import log_config, log_table
+from lungexp.tracking.mlflow import log_config, log_figure, log_table
 from lungexp.training.pipeline import train
 from lungexp.utils.errors import ConfigError, LungexpError
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS_ARTIFACT = "predictions/test_predictions.csv"
 POOLED_ARTIFACT = "predictions/pooled_test_predictions.csv"
+THRESHOLD = "test/threshold"  # each fold's decision threshold, chosen on its validation split
 
 
 class FoldFailedError(LungexpError):
@@ -89,7 +92,7 @@ def cross_validate(cfg: DictConfig) -> CrossValidationResult:
     metrics = fold_statistics([r.metrics for r in results])
     pooled = pd.concat([r.predictions.assign(fold=r.fold.index) for r in results if r.predictions is not None],
                        ignore_index=True)
-    metrics.update(_pooled_report(cfg, pooled, results, runs))
+    metrics.update(_pooled_report(cfg, datamodule, pooled, results, runs))
     if runs is not None:
         logger = runs.parent_logger()
         logger.log_metrics(metrics)
@@ -230,10 +233,22 @@ def _mlflow_logger_config(cfg: DictConfig) -> DictConfig | None:
     return None
 
 
-def _pooled_report(cfg: DictConfig, pooled: pd.DataFrame, results: list[FoldResult],
+def _pooled_report(cfg: DictConfig, datamodule: Any, pooled: pd.DataFrame, results: list[FoldResult],
                    runs: FoldRuns | None) -> dict[str, float]:
-    """Metrics (and, with MLflow, figures) of the pooled test predictions: placeholder until the report lands."""
-    raise NotImplementedError
+    """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports), logged to the
+    parent run. Thresholded metrics use the mean of the folds' validation-chosen thresholds."""
+    thresholds = [r.metrics[THRESHOLD] for r in results if np.isfinite(r.metrics.get(THRESHOLD, np.nan))]
+    options = EvaluationOptions.from_config(cfg.get("eval"))
+    datamodule.setup_all()  # every series is in exactly one fold's test set
+    settings = EvaluationSettings(threshold=float(np.mean(thresholds)) if thresholds else 0.5,
+                                  froc=froc_reference(datamodule, "all"), froc_bootstrap=options.froc_bootstrap)
+    report = evaluate_predictions(pooled, settings, prefix="test/", title=f"Pooled test ({len(results)} folds)",
+                                  figures=runs is not None)
+    if runs is not None:
+        logger = runs.parent_logger()
+        for path, figure in report.figures.items():
+            log_figure([logger], figure, path)
+    return report.metrics
 
 
 def _fold_table(results: list[FoldResult]) -> pd.DataFrame:

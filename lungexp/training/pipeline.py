@@ -41,7 +41,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     """Seed everything, then instantiate datamodule, model, callbacks, loggers and Trainer from ``cfg``."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
     callbacks = [*instantiate_dict(cfg.get("callbacks")), SaveRecipe(ModelRecipe.from_config(cfg))]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
