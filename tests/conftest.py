@@ -78,11 +78,12 @@ def tiny_data_overrides(root: Path, cache_dir: Path) -> list[str]:
     return [f"data.root={root}", f"data.cache_dir={cache_dir}", "data.synthetic=null", *FAST_OVERRIDES]
 
 
-def compose_config(overrides: Sequence[str], root_dir: Path) -> DictConfig:
-    """Compose ``conf/config.yaml`` as ``python -m lungexp.run`` would, with outputs under ``root_dir``."""
+def compose_config(overrides: Sequence[str], root_dir: Path, config_name: str = "config") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as ``python -m lungexp.run`` (or ``lungexp.evaluate``) would, with
+    outputs under ``root_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root_dir={root_dir}", *overrides], return_hydra_config=True)
+        cfg = compose(config_name, overrides=[f"paths.root_dir={root_dir}", *overrides], return_hydra_config=True)
     HydraConfig().set_config(cfg)
     runs = len(list(root_dir.glob("output*")))
     with open_dict(cfg):
@@ -97,14 +98,31 @@ def mlflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mlflow")
 
 
+def mlflow_overrides(mlflow_dir: Path) -> list[str]:
+    """Log to the session's MLflow store."""
+    return [f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db", f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, synthetic_root: Path, mlflow_dir: Path) -> Callable[..., DictConfig]:
     """``make_config(*overrides, model="cnn3d")``: a real composed config on the tiny dataset."""
     cache_dir = synthetic_root.parent / "cache"
-    mlflow = [f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db", f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]
 
     def make(*overrides: str, model: str = "cnn3d") -> DictConfig:
         return compose_config([f"model={model}", *TINY_NETS[model], *tiny_data_overrides(synthetic_root, cache_dir),
-                               *mlflow, *overrides], tmp_path)
+                               *mlflow_overrides(mlflow_dir), *overrides], tmp_path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root: Path, mlflow_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny CNN trained for 2 epochs on the tiny dataset and tested, logged to the session's MLflow store;
+    its checkpoints serve the evaluate and predict tests."""
+    from lungexp.training.pipeline import train
+
+    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],
+                          *tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"),
+                          *mlflow_overrides(mlflow_dir), "trainer.max_epochs=2", "callbacks.lr_monitor=null",
+                          "task_name=trained_for_inference"], tmp_path_factory.mktemp("trained"))
+    return train(cfg)
