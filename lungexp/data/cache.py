@@ -92,6 +92,14 @@ def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
     return uid
 
 
+def find_patch_cache(
+    samples: pd.DataFrame, scan_paths: Mapping[str, Path], spec: PatchSpec, cache_dir: str | Path
+) -> PatchCache | None:
+    """The finished cache of exactly these samples, if one was built (by this run or another), else None."""
+    final = Path(cache_dir) / cache_key(samples, scan_paths, spec)
+    return PatchCache(final) if (final / "meta.json").is_file() else None
+
+
 def build_patch_cache(
     samples: pd.DataFrame,
     scan_paths: Mapping[str, Path],
@@ -113,11 +121,12 @@ def build_patch_cache(
     missing = sorted(set(samples["seriesuid"]) - set(scan_paths))
     if missing:
         raise KeyError(f"no scan found for {len(missing)} seriesuid(s), e.g. {missing[:3]}")
+    finished = find_patch_cache(samples, scan_paths, spec, cache_dir)
+    if finished is not None:
+        return finished
     cache_dir = Path(cache_dir)
     key = cache_key(samples, scan_paths, spec)
     final = cache_dir / key
-    if (final / "meta.json").is_file():
-        return PatchCache(final)
 
     partial = cache_dir / f"{key}.partial"
     shards = partial / "shards"

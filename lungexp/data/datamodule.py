@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from lungexp.data.annotations import read_excluded_annotations
-from lungexp.data.cache import PatchCache, build_patch_cache
+from lungexp.data.cache import PatchCache, build_patch_cache, find_patch_cache
 from lungexp.data.candidates import drop_excluded, sampled_candidates
 from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io import index_scans
@@ -124,9 +124,11 @@ class NoduleDataModule(pl.LightningDataModule):
                                 source=self.labels_csv, missing_scans=self.missing_scans, outside=self.outside)
         if samples.empty:
             raise ValueError(f"no samples: none of the series in {self.labels_csv} has a scan under {self.root}")
-        samples = self._limit_training_negatives(samples)
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
-        return build_patch_cache(samples, scan_paths, self.spec, self.cache_dir,
+        complete = find_patch_cache(samples, scan_paths, self.spec, self.cache_dir)
+        if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
+            return complete
+        return build_patch_cache(self._limit_training_negatives(samples), scan_paths, self.spec, self.cache_dir,
                                  num_workers=self.preprocess_workers)
 
     def _limit_training_negatives(self, samples: pd.DataFrame) -> pd.DataFrame:
@@ -160,6 +162,8 @@ class NoduleDataModule(pl.LightningDataModule):
         if self.cache is None:  # prepare_data ran in another process (DDP rank > 0) or not at all
             self.cache = self._load_cache()
         splits = self._split(self.cache.index)
+        # A no-op on a cache built with the cap; on a cache of every sample, the same seeded choice.
+        splits["train"] = limit_negatives(splits["train"], self.max_negatives_per_scan, self.split_config.get("seed", 0))
         check_splits(splits, group_by=self.split_config.get("group_by", "seriesuid"))
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None

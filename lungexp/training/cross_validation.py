@@ -82,8 +82,10 @@ class CrossValidationResult:
 def cross_validate(cfg: DictConfig) -> CrossValidationResult:
     """Run (or continue) the ``cfg.cv.folds``-fold cross-validation of the composed run config ``cfg``."""
     num_folds = check_cv_options(cfg)
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    datamodule.prepare_data()  # generates synthetic data and builds the patch cache every fold shares
+    # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
+    # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
+    datamodule = hydra.utils.instantiate(cfg.data, max_negatives_per_scan=None, _convert_="partial")
+    datamodule.prepare_data()
     folds = plan_folds(cfg.data.split, num_folds, datamodule.cache.index)
     runs = _fold_runs(cfg)
     results: list[FoldResult] = []
