@@ -8,7 +8,7 @@ A predictions table has one row per patch: ``label`` (0/1), ``probability`` and,
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,10 @@ from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
 from lungexp.evaluation.froc import FrocResult, compute_froc
+from lungexp.evaluation.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
 from lungexp.evaluation.metrics import AT_THRESHOLD, reliability_bins, table_metrics
+from lungexp.evaluation.montage import worst_errors_figure
+from lungexp.evaluation.options import EvaluationOptions
 from lungexp.evaluation.plots import (
     confusion_matrix_figure,
     froc_figure,
@@ -142,6 +145,34 @@ def froc_reference(datamodule: object, split: str) -> FrocReference | None:
         log.warning("no FROC/CPM: the annotations CSV %s does not exist", annotations_csv)
         return None
     return FrocReference.from_csv(annotations_csv, datamodule.excluded_csv, datamodule.split_series(split))
+
+
+def patch_figures(net: torch.nn.Module, predictions: pd.DataFrame, patch: Callable[[int], np.ndarray],
+                  to_input: Callable[[np.ndarray], torch.Tensor], hu_window: tuple[float, float],
+                  options: EvaluationOptions, threshold: float) -> dict[str, Figure]:
+    """The pictures on CT: the worst-errors montage and Grad-CAM of a few positives and negatives.
+
+    Args:
+        net: the network, as tested.
+        predictions: ``label, probability, seriesuid, coordX, coordY, coordZ, cache_row``.
+        patch: cache row -> ``(C, z, y, x)`` HU patch.
+        to_input: HU patch -> the network's input tensor (the datamodule's HU window normalisation).
+        hu_window: grey-level window in HU.
+        options: ``montage_k``, ``gradcam_samples``, ``gradcam_layer``.
+        threshold: the decision threshold.
+    """
+    figures = {}
+    if options.montage_k > 0:
+        figures[f"{PLOTS}/worst_errors.png"] = worst_errors_figure(predictions, patch, threshold, options.montage_k,
+                                                                   hu_window)
+    samples = pick_samples(predictions, options.gradcam_samples)
+    if len(samples):
+        hu = np.stack([np.asarray(patch(int(row))) for row in samples["cache_row"]])
+        images = torch.stack([to_input(volume) for volume in hu])
+        layer = options.gradcam_layer or last_conv3d(net, images.shape[1:])
+        figures[f"{PLOTS}/gradcam.png"] = gradcam_figure(hu, gradcam_heatmaps(net, images, layer), samples,
+                                                         hu_window, layer)
+    return figures
 
 
 def _confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> np.ndarray:

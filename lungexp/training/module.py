@@ -14,7 +14,7 @@ from torch import nn
 
 from lungexp.evaluation.metrics import classification_metrics
 from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
+from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
 from lungexp.evaluation.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
@@ -148,6 +148,11 @@ class NoduleClassifier(pl.LightningModule):
                                       froc_bootstrap=self.evaluation.froc_bootstrap)
         report = evaluate_predictions(predictions, settings, prefix="test/", figures=self.trainer.is_global_zero)
         self.log_dict(report.metrics)
+        datamodule = self.trainer.datamodule
+        if self.trainer.is_global_zero and getattr(datamodule, "cache", None) is not None:
+            report.figures.update(patch_figures(self.net, predictions, datamodule.cache.patches.__getitem__,
+                                                datamodule.window, (datamodule.window.low, datamodule.window.high),
+                                                self.evaluation, settings.threshold))
         for path, figure in report.figures.items():
             log_figure(self.loggers, figure, path)
         if self.trainer.is_global_zero:
