@@ -45,7 +45,8 @@ def test_evaluate_reproduces_the_training_test_stage_in_a_new_tagged_run(trained
     assert run.data.metrics["test/cpm"] == pytest.approx(training.data.metrics["test/cpm"], abs=1e-6)
     assert run.data.params["split"] == "test" and run.data.params["ckpt_path"] == trained_run.best_checkpoint
     plots = {a.path for a in client.list_artifacts(result.mlflow_run_id, "plots")}
-    assert {"plots/roc_curve.png", "plots/froc.png", "plots/reliability_diagram.png"} <= plots
+    assert {"plots/roc_curve.png", "plots/froc.png", "plots/reliability_diagram.png", "plots/worst_errors.png",
+            "plots/gradcam.png"} <= plots
     assert "predictions/test_predictions.csv" in {a.path for a in client.list_artifacts(result.mlflow_run_id,
                                                                                           "predictions")}
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
+from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
 from lungexp.inference.model import Predictor
 from lungexp.tracking.mlflow import log_config, log_figure, log_table, mlflow_loggers
 from lungexp.training.checkpoint import ModelRecipe
@@ -107,6 +107,9 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     settings = EvaluationSettings(threshold=predictor.decision_threshold(options.threshold),
                                   froc=froc_reference(datamodule, split), froc_bootstrap=options.froc_bootstrap)
     report = evaluate_predictions(predictions, settings, prefix=f"{split}/", title=split.capitalize())
+    window = datamodule.window
+    report.figures.update(patch_figures(predictor.net, predictions, datamodule.cache.patches.__getitem__, window,
+                                        (window.low, window.high), options, settings.threshold))
 
     training_run = recipe.mlflow.get("run_id")
     loggers = instantiate_dict(cfg.get("logger"))
