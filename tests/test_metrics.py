@@ -145,3 +145,11 @@ def test_report_has_every_metric_and_figure() -> None:
     assert set(report.figures) == {f"plots/{name}.png" for name in (
         "roc_curve", "precision_recall", "confusion_matrix", "confusion_matrix_at_threshold", "score_histogram",
         "reliability_diagram", "froc")}
+
+
+def test_a_bad_eval_option_stops_the_run_before_any_data_is_read(make_config) -> None:
+    from lungexp.training.pipeline import build
+
+    with pytest.raises(Exception, match="eval.threshold='youdn' is not a threshold rule") as error:
+        build(make_config("eval.threshold=youdn"))
+    assert isinstance(error.value.__cause__ or error.value, ConfigError)

@@ -39,7 +39,7 @@ def test_views_follow_the_radiological_convention() -> None:
 
 def test_montage_figure_shows_k_of_each_kind() -> None:
     patches = np.random.default_rng(0).integers(-1000, 400, (9, 1, 8, 8, 8)).astype(np.int16)
-    figure = worst_errors_figure(predictions_table(), patches.__getitem__, threshold=0.4, k=2,
+    figure = worst_errors_figure(predictions_table(), patches, threshold=0.4, k=2,
                                  hu_window=(-1000, 400))
     titles = [sub.get_suptitle() for sub in figure.subfigs]
     assert sum(title.startswith("false positive") for title in titles) == 2

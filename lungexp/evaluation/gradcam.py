@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from monai.visualize import GradCAM
 from torch import nn
 
 from lungexp.evaluation.views import draw_views, short_uid
@@ -51,7 +50,7 @@ def last_conv3d(net: nn.Module, input_shape: Sequence[int]) -> str:
 
 def gradcam_heatmaps(net: nn.Module, images: torch.Tensor, target_layer: str | None = None) -> np.ndarray:
     """Grad-CAM maps ``(N, z, y, x)`` of ``images`` ``(N, C, z, y, x)``, upsampled to the patch, each scaled
-    to [0, 1] by its maximum (all zeros where nothing speaks for "nodule").
+    from its minimum to its maximum onto [0, 1] (all zeros for a constant map).
 
     Args:
         net: a network of :mod:`lungexp.models` (one logit per patch); not modified.
@@ -62,6 +61,8 @@ def gradcam_heatmaps(net: nn.Module, images: torch.Tensor, target_layer: str | N
     if layer not in dict(net.named_modules()):
         raise ConfigError(f"eval.gradcam.target_layer={layer!r} is not a module of {type(net).__name__}; "
                           f"e.g. {last_conv3d(net, images.shape[1:])!r} (null finds the last 3D convolution)")
+    from monai.visualize import GradCAM  # here: importing MONAI takes seconds, and only Grad-CAM needs it
+
     device = next(net.parameters()).device
     # Lightning tests under inference_mode, where nothing can be differentiated: leave it for the copy.
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
@@ -70,8 +71,10 @@ def gradcam_heatmaps(net: nn.Module, images: torch.Tensor, target_layer: str | N
         cam = GradCAM(nn_module=explained, target_layers=layer, postprocessing=lambda maps: maps)
         inputs = images.detach().clone().to(device=device, dtype=torch.float32).requires_grad_(True)
         maps = cam(inputs, class_idx=0)[:, 0].detach().cpu().numpy()
-    peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1, 1)
-    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+    flat = maps.reshape(len(maps), -1)
+    low = flat.min(axis=1).reshape(-1, 1, 1, 1)
+    span = flat.max(axis=1).reshape(-1, 1, 1, 1) - low
+    return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
 
 
 def gradcam_figure(hu: np.ndarray, heatmaps: np.ndarray, samples: pd.DataFrame, hu_window: tuple[float, float],

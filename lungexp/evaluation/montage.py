@@ -7,8 +7,6 @@ through the candidate with its probability, series and world position.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -25,13 +23,13 @@ def worst_errors(predictions: pd.DataFrame, threshold: float, k: int) -> tuple[p
     return false_positives, false_negatives
 
 
-def worst_errors_figure(predictions: pd.DataFrame, patch: Callable[[int], np.ndarray], threshold: float, k: int,
+def worst_errors_figure(predictions: pd.DataFrame, patches: np.ndarray, threshold: float, k: int,
                         hu_window: tuple[float, float]) -> Figure:
     """False positives on the left, false negatives on the right, one row per rank.
 
     Args:
         predictions: ``label, probability, seriesuid, coordX, coordY, coordZ, cache_row``.
-        patch: cache row -> ``(C, z, y, x)`` HU patch; the first (finest) channel is shown.
+        patches: ``(N, C, z, y, x)`` HU patches indexed by ``cache_row``; the first (finest) channel is shown.
         threshold: the decision threshold (positive if ``probability > threshold``).
         k: errors of each kind.
         hu_window: grey-level window in HU.
@@ -47,7 +45,7 @@ def worst_errors_figure(predictions: pd.DataFrame, patch: Callable[[int], np.nda
             cells[0, column].text(0.5, 0.5, f"no {kind}", ha="center", va="center")
         for row, error in enumerate(errors.itertuples(index=False)):
             cell = cells[row, column]
-            draw_views(cell.subplots(1, 3), np.asarray(patch(int(error.cache_row)))[0], hu_window)
+            draw_views(cell.subplots(1, 3), np.asarray(patches[int(error.cache_row)])[0], hu_window)
             cell.suptitle(f"{kind[:-1]} #{row + 1}: p = {error.probability:.3f}   {short_uid(str(error.seriesuid))}\n"
                           f"world (x, y, z) = ({error.coordX:.1f}, {error.coordY:.1f}, {error.coordZ:.1f}) mm",
                           fontsize=8)

@@ -10,7 +10,9 @@ matplotlib.use("Agg")  # headless: figures are only ever saved
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from lungexp.evaluation.froc import FP_RATES, FrocResult, rate_name  # noqa: E402
 
@@ -78,7 +80,7 @@ def score_histogram_figure(probabilities: np.ndarray, labels: np.ndarray, thresh
         ax.hist(probabilities[labels == value], bins=bins, alpha=0.6, label=f"{name} (n={int((labels == value).sum()):,})")
     for (name, threshold), style in zip(thresholds.items(), ("-", ":"), strict=False):
         ax.axvline(threshold, color=THRESHOLD_COLOR, ls=style, lw=1.5, label=f"threshold {name}: {threshold:.3g}")
-    ax.set_yscale("log")
+    _log_counts(ax)
     ax.set(xlim=(0, 1), xlabel="predicted probability of positive", ylabel="patches", title=title)
     ax.legend(fontsize=8)
     return fig
@@ -98,7 +100,7 @@ def reliability_figure(confidence: np.ndarray, observed: np.ndarray, counts: np.
     top.grid(alpha=0.3)
     edges = np.linspace(0, 1, len(counts) + 1)
     bottom.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.6)
-    bottom.set_yscale("log")
+    _log_counts(bottom)
     bottom.set(xlabel="mean predicted probability", ylabel="patches")
     return fig
 
@@ -127,3 +129,10 @@ def froc_figure(result: FrocResult, title: str = "FROC") -> Figure:
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig
+
+
+def _log_counts(ax: Axes) -> None:
+    """Log count axis (candidate sets are mostly negatives) labelled 1, 10, 100 rather than 10^k."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())

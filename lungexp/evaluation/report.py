@@ -8,7 +8,7 @@ A predictions table has one row per patch: ``label`` (0/1), ``probability`` and,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import torch
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
+from lungexp.data.annotations import read_annotations, read_excluded_annotations
+from lungexp.data.dataset import HUWindow
 from lungexp.evaluation.froc import FrocResult, compute_froc
 from lungexp.evaluation.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
 from lungexp.evaluation.metrics import AT_THRESHOLD, reliability_bins, table_metrics
@@ -49,8 +51,6 @@ class FrocReference:
     def from_csv(cls, annotations_csv: str | Path, excluded_csv: str | Path | None = None,
                  seriesuids: Sequence[str] | None = None) -> FrocReference:
         """LUNA16 ``annotations.csv`` and, if the file exists, ``annotations_excluded.csv``."""
-        from lungexp.data.annotations import read_annotations, read_excluded_annotations
-
         excluded = None
         if excluded_csv is not None and Path(excluded_csv).is_file():
             excluded = read_excluded_annotations(excluded_csv)
@@ -147,28 +147,27 @@ def froc_reference(datamodule: object, split: str) -> FrocReference | None:
     return FrocReference.from_csv(annotations_csv, datamodule.excluded_csv, datamodule.split_series(split))
 
 
-def patch_figures(net: torch.nn.Module, predictions: pd.DataFrame, patch: Callable[[int], np.ndarray],
-                  to_input: Callable[[np.ndarray], torch.Tensor], hu_window: tuple[float, float],
+def patch_figures(net: torch.nn.Module, predictions: pd.DataFrame, patches: np.ndarray, window: HUWindow,
                   options: EvaluationOptions, threshold: float) -> dict[str, Figure]:
     """The pictures on CT: the worst-errors montage and Grad-CAM of a few positives and negatives.
 
     Args:
         net: the network, as tested.
         predictions: ``label, probability, seriesuid, coordX, coordY, coordZ, cache_row``.
-        patch: cache row -> ``(C, z, y, x)`` HU patch.
-        to_input: HU patch -> the network's input tensor (the datamodule's HU window normalisation).
-        hu_window: grey-level window in HU.
+        patches: ``(N, C, z, y, x)`` HU patches indexed by ``cache_row`` (a patch cache's memory map).
+        window: the datamodule's HU window: grey levels of the pictures and the network's input normalisation.
         options: ``montage_k``, ``gradcam_samples``, ``gradcam_layer``.
         threshold: the decision threshold.
     """
+    hu_window = (window.low, window.high)
     figures = {}
     if options.montage_k > 0:
-        figures[f"{PLOTS}/worst_errors.png"] = worst_errors_figure(predictions, patch, threshold, options.montage_k,
+        figures[f"{PLOTS}/worst_errors.png"] = worst_errors_figure(predictions, patches, threshold, options.montage_k,
                                                                    hu_window)
     samples = pick_samples(predictions, options.gradcam_samples)
     if len(samples):
-        hu = np.stack([np.asarray(patch(int(row))) for row in samples["cache_row"]])
-        images = torch.stack([to_input(volume) for volume in hu])
+        hu = np.stack([np.asarray(patches[row]) for row in samples["cache_row"]])
+        images = torch.stack([window(volume) for volume in hu])
         layer = options.gradcam_layer or last_conv3d(net, images.shape[1:])
         figures[f"{PLOTS}/gradcam.png"] = gradcam_figure(hu, gradcam_heatmaps(net, images, layer), samples,
                                                          hu_window, layer)

@@ -107,9 +107,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     settings = EvaluationSettings(threshold=predictor.decision_threshold(options.threshold),
                                   froc=froc_reference(datamodule, split), froc_bootstrap=options.froc_bootstrap)
     report = evaluate_predictions(predictions, settings, prefix=f"{split}/", title=split.capitalize())
-    window = datamodule.window
-    report.figures.update(patch_figures(predictor.net, predictions, datamodule.cache.patches.__getitem__, window,
-                                        (window.low, window.high), options, settings.threshold))
+    report.figures.update(patch_figures(predictor.net, predictions, datamodule.cache.patches, datamodule.window,
+                                        options, settings.threshold))
 
     training_run = recipe.mlflow.get("run_id")
     loggers = instantiate_dict(cfg.get("logger"))

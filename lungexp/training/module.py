@@ -150,8 +150,7 @@ class NoduleClassifier(pl.LightningModule):
         self.log_dict(report.metrics)
         datamodule = self.trainer.datamodule
         if self.trainer.is_global_zero and getattr(datamodule, "cache", None) is not None:
-            report.figures.update(patch_figures(self.net, predictions, datamodule.cache.patches.__getitem__,
-                                                datamodule.window, (datamodule.window.low, datamodule.window.high),
+            report.figures.update(patch_figures(self.net, predictions, datamodule.cache.patches, datamodule.window,
                                                 self.evaluation, settings.threshold))
         for path, figure in report.figures.items():
             log_figure(self.loggers, figure, path)

@@ -93,16 +93,17 @@ def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
 
 @rank_zero_only
 def _print_summary(result: RunResult) -> None:
+    keys = sorted(k for k in result.metrics if k.startswith("test/"))
+    width = max([22, *map(len, keys)])
     lines = ["", "=" * 72, "Results"]
-    for key in sorted(k for k in result.metrics if k.startswith("test/")):
-        lines.append(f"  {key:<22} {result.metrics[key]:.4f}")
+    lines += [f"  {key:<{width}} {result.metrics[key]:.4f}" for key in keys]
     if result.optimized_metric is not None:
-        lines.append(f"  best optimised metric  {result.optimized_metric:.4f}")
-    lines.append(f"  best checkpoint        {result.best_checkpoint or '(none saved)'}")
+        lines.append(f"  {'best optimised metric':<{width}} {result.optimized_metric:.4f}")
+    lines.append(f"  {'best checkpoint':<{width}} {result.best_checkpoint or '(none saved)'}")
     if result.mlflow_run_id:
-        lines.append(f"  MLflow run id          {result.mlflow_run_id}")
-        lines.append(f"  MLflow tracking URI    {result.mlflow_tracking_uri}")
-        lines.append("  Open the MLflow UI:    make mlflow-ui   (then http://127.0.0.1:5000)")
+        lines.append(f"  {'MLflow run id':<{width}} {result.mlflow_run_id}")
+        lines.append(f"  {'MLflow tracking URI':<{width}} {result.mlflow_tracking_uri}")
+        lines.append(f"  {'Open the MLflow UI:':<{width}} make mlflow-ui   (then http://127.0.0.1:5000)")
     lines.append("=" * 72)
     print("\n".join(lines))
     if result.best_checkpoint:
