@@ -121,6 +121,14 @@ def _object_checkpoint(path: Path) -> Path:
     return path
 
 
+def _foreign_target_checkpoint(path: Path, source: Path) -> Path:
+    """Our checkpoint with its network recipe pointed at a function: building it would run that function."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    checkpoint[RECIPE_KEY]["net"] = {"_target_": "os.system", "command": "echo pwned"}
+    torch.save(checkpoint, path)
+    return path
+
+
 def _truncated_checkpoint(path: Path, source: Path) -> Path:
     path.write_bytes(source.read_bytes()[:2000])
     return path
@@ -131,6 +139,7 @@ def _truncated_checkpoint(path: Path, source: Path) -> Path:
     ("objects", "holds objects other than tensors"),
     ("truncated", "not a readable PyTorch checkpoint"),
     ("missing", "checkpoint not found"),
+    ("foreign_target", "network config names 'os.system'; a lungexp checkpoint only builds lungexp.models"),
 ])
 def test_checkpoints_that_are_not_ours_are_refused_naming_the_file(trained_run, tmp_path: Path, case: str,
                                                                    expected: str) -> None:
@@ -141,6 +150,8 @@ def test_checkpoints_that_are_not_ours_are_refused_naming_the_file(trained_run, 
         _object_checkpoint(path)
     elif case == "truncated":
         _truncated_checkpoint(path, Path(trained_run.best_checkpoint))
+    elif case == "foreign_target":
+        _foreign_target_checkpoint(path, Path(trained_run.best_checkpoint))
     with pytest.raises(CheckpointError, match=expected) as error:
         load_checkpoint(path)
     assert str(path) in str(error.value)

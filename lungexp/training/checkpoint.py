@@ -106,10 +106,26 @@ class ModelRecipe:
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{source}: its lungexp recipe is incomplete or damaged ({error!r}); "
                                   "use a checkpoint written by `python -m lungexp.run`") from None
+        for where, config, package in (("network", built.net, "lungexp.models."),
+                                       ("data", built.data, "lungexp.data.")):
+            foreign = [target for target in _targets(config) if not str(target).startswith(package)]
+            if foreign:  # instantiating a _target_ runs it: only the project's own classes, never a file's choice
+                raise CheckpointError(f"{source}: its {where} config names {foreign[0]!r}; a lungexp checkpoint "
+                                      f"only builds {package}* classes, so the file is refused")
         if recipe.get("in_channels", built.in_channels) != built.in_channels:
             raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
                                   f"{built.in_channels} channel(s); the file is damaged")
         return built
+
+
+def _targets(config: Any) -> list[Any]:
+    """Every ``_target_`` value in a nested config."""
+    if isinstance(config, Mapping):
+        own = [config["_target_"]] if "_target_" in config else []
+        return own + [target for value in config.values() for target in _targets(value)]
+    if isinstance(config, list | tuple):
+        return [target for value in config for target in _targets(value)]
+    return []
 
 
 def relocatable_data_config(cfg: DictConfig) -> dict[str, Any]:
@@ -177,9 +193,10 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
     checkpoint = _read(path)
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get(RECIPE_KEY), Mapping):
         keys = f" (it holds {sorted(map(str, checkpoint))[:8]})" if isinstance(checkpoint, Mapping) else ""
-        raise CheckpointError(f"{path}: not a lungexp checkpoint: it has no '{RECIPE_KEY}' recipe{keys}. "
-                              "Use a .ckpt written by `python -m lungexp.run` (to start from other weights, "
-                              "train with model.pretrained.path=...)")
+        raise CheckpointError(f"{path}: not a lungexp checkpoint: it has no '{RECIPE_KEY}' recipe{keys}; it comes "
+                              "from another project, or from lungexp before checkpoints carried their recipe. Use a "
+                              ".ckpt written by `python -m lungexp.run` (to start from other weights, train with "
+                              "model.pretrained.path=...)")
     recipe = ModelRecipe.from_dict(checkpoint[RECIPE_KEY], path)
     state = checkpoint.get("state_dict")
     weights = {key.removeprefix("net."): value for key, value in (state or {}).items() if key.startswith("net.")}
