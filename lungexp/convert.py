@@ -1,7 +1,7 @@
 """Convert DICOM CT series to LUNA16-style MetaImage: ``python -m lungexp.convert DICOM_DIR OUT_DIR``.
 
 Every series under ``DICOM_DIR`` (searched recursively) becomes ``OUT_DIR/<SeriesInstanceUID>.mhd``
-+ ``.raw`` (int16 HU), the layout the LUNA16 CSVs and :func:`lungexp.data.io.index_scans` expect, so
++ ``.raw`` (int16 HU), the layout the LUNA16 CSVs and :func:`lungexp.data.io.scan_index.index_scans` expect, so
 LIDC-IDRI downloads can be used with the LUNA16 annotations directly. All series are checked before
 the first is written; each is then read and written in turn, to keep memory to one scan.
 """

@@ -12,11 +12,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lungexp.utils.config import check_required
+from lungexp.utils.config import CONFIG_DIR, check_required
 from lungexp.utils.errors import LungexpError
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     # Imported here so that `--help` does not pay for torch/Lightning.
     from lungexp.inference.evaluation import evaluate_checkpoint, print_summary

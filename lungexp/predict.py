@@ -11,11 +11,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.utils.config import check_required
+from lungexp.utils.config import CONFIG_DIR, check_required
 from lungexp.utils.errors import LungexpError
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     # Imported here so that `--help` does not pay for torch.
     from lungexp.inference.model import Predictor

@@ -11,13 +11,13 @@ import hydra
 from omegaconf import DictConfig
 
 from lungexp.data.datamodule import NoduleDataModule
+from lungexp.utils.config import CONFIG_DIR
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    datamodule.prepare_data()
-    cache = datamodule.cache
+    cache = datamodule.build_cache()
     labels = cache.index["label"]
     print(f"Patch cache: {cache.folder}\n  {len(cache)} patches of shape {tuple(cache.patches.shape[1:])} "
           f"from {cache.index['seriesuid'].nunique()} scans ({int(labels.sum())} positive, "

@@ -13,8 +13,7 @@ from sklearn.metrics import roc_auc_score
 from lungexp.training import cross_validation
 from lungexp.training.cross_validation import FoldFailedError, cross_validate, plan_folds
 from lungexp.utils.errors import ConfigError
-
-from .conftest import FAST_OVERRIDES, TINY_NETS, TINY_SYNTHETIC, compose_config, mlflow_overrides
+from tests.helpers.config import FAST_OVERRIDES, TINY_NETS, TINY_SYNTHETIC, compose_config, mlflow_overrides
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ from lungexp.data.patches import PatchSpec
 from lungexp.inference.evaluation import TRAINING_RUN_TAG, data_config, evaluate_checkpoint
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
-
-from .conftest import PROJECT_ROOT, compose_config, mlflow_overrides
+from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides
 
 
 def evaluate(trained_run, mlflow_dir: Path, root: Path, *overrides: str):

@@ -27,7 +27,7 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, mlflow_dir: Path):
-    from .conftest import TINY_NETS, compose_config, tiny_data_overrides
+    from tests.helpers.config import TINY_NETS, compose_config, tiny_data_overrides
 
     root = tmp_path_factory.mktemp("evaluation_run")
     cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],

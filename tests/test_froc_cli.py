@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from lungexp.evaluation.froc import FP_RATES, compute_froc
+from tests.helpers.config import PROJECT_ROOT
 
-from .conftest import PROJECT_ROOT
 from .test_froc import random_case
 
 

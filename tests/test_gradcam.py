@@ -11,8 +11,7 @@ from torch import nn
 from lungexp.evaluation.gradcam import gradcam_heatmaps, last_conv3d
 from lungexp.models import CNN3D
 from lungexp.utils.errors import ConfigError
-
-from .conftest import TINY_NETS
+from tests.helpers.config import TINY_NETS
 
 SIZE = 16  # the tests' patch size (FAST_OVERRIDES)
 

@@ -18,7 +18,7 @@ from lungexp.data.io import (
     write_mhd,
 )
 from lungexp.data.scan import Scan
-from tests.helpers_data import dicom_tag, stored_pixel_values, write_dicom_series
+from tests.helpers.data import dicom_tag, stored_pixel_values, write_dicom_series
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
 ROTATE_Z = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # not symmetric: catches transposes
@@ -108,10 +108,11 @@ def test_write_mhd_overwrites_and_leaves_old_files_when_interrupted(tmp_path: Pa
     write_mhd(newer, path)
     np.testing.assert_array_equal(read_scan(path).array, newer.array)
 
-    def fail(*args, **kwargs):
+    def disk_full(image, name, *args, **kwargs):
+        Path(name).with_suffix(".raw").write_bytes(b"half a volume")
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_text", fail)
+    monkeypatch.setattr(sitk, "WriteImage", disk_full)
     with pytest.raises(OSError, match="disk full"):
         write_mhd(make_scan(), path)
     monkeypatch.undo()
@@ -360,7 +361,7 @@ def touch(path: Path) -> None:
 
 def test_index_scans_finds_formats_and_subsets(tmp_path: Path) -> None:
     for name in ["subset0/1.3.6.1.mhd", "subset0/1.3.6.1.raw", "subset3/deeper/b.nii.gz", "other/c.nrrd", "d.nii",
-                 "subset1/.x.mhd.0123.tmp", "notes/readme.txt"]:
+                 "subset1/.x.mhd.0123.tmp", "subset1/.x.mhd.4567.tmp/x.mhd", "notes/readme.txt"]:
         touch(tmp_path / name)
     table = index_scans(tmp_path)
     assert list(table.columns) == ["seriesuid", "path", "subset"]

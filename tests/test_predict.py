@@ -21,9 +21,8 @@ from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, load_checkpoint
 from lungexp.utils.errors import LungexpError
-from tests.helpers_data import shared_data_dir, write_dicom_series
-
-from .conftest import PROJECT_ROOT
+from tests.helpers.config import PROJECT_ROOT
+from tests.helpers.data import shared_data_dir, write_dicom_series
 
 
 @pytest.fixture(scope="module")

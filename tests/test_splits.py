@@ -25,7 +25,7 @@ def test_luna16_folds_hold_whole_series() -> None:
 
 
 def test_unknown_fold_names_the_available_ones() -> None:
-    with pytest.raises(SplitError, match=r"data.fold=7 .*subsets \[0, 1, 2, 3, 4\]"):
+    with pytest.raises(SplitError, match=r"data.split.fold=7 .*subsets \[0, 1, 2, 3, 4\]"):
         split_by_subset(table(), test_fold=7, val_fold=1)
 
 

@@ -12,23 +12,22 @@ renamed to ``<key>/``, and only a folder with ``meta.json`` is ever read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from lungexp.data.annotations import COORD_COLUMNS
-from lungexp.data.io import read_scan
+from lungexp.data.atomic import atomic_file, publish_folder
+from lungexp.data.fingerprint import content_key
+from lungexp.data.io.reader import read_scan
+from lungexp.data.names import COORD_COLUMNS
+from lungexp.data.parallel import map_scans
 from lungexp.data.patches import PatchExtractor, PatchSpec
 
 log = logging.getLogger(__name__)
@@ -69,16 +68,10 @@ class PatchCache:
 
 def cache_key(samples: pd.DataFrame, scan_paths: Mapping[str, Path], spec: PatchSpec) -> str:
     """Hash of everything that determines the cached patches."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"version": CACHE_FORMAT_VERSION, "spec": asdict(spec)}, sort_keys=True).encode())
     points = samples[["seriesuid", *COORD_COLUMNS]].copy()
     points[COORD_COLUMNS] = points[COORD_COLUMNS].round(4)
-    digest.update(pd.util.hash_pandas_object(points, index=False).values.tobytes())
-    for uid in sorted(samples["seriesuid"].unique()):
-        path = Path(scan_paths[uid]).resolve()
-        stat = path.stat()
-        digest.update(f"{uid}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    scans = {uid: scan_paths[uid] for uid in samples["seriesuid"].unique()}
+    return content_key({"version": CACHE_FORMAT_VERSION, "spec": asdict(spec)}, points, scans)
 
 
 def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
@@ -86,9 +79,8 @@ def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
     uid, scan_path, centers, spec, shard_path = task
     scan = read_scan(scan_path)
     patches = PatchExtractor(scan, spec).extract_many(centers)
-    tmp = f"{shard_path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, patches)
-    os.replace(tmp, shard_path)
+    with atomic_file(shard_path) as temporary, temporary.open("wb") as handle:
+        np.save(handle, patches)
     return uid
 
 
@@ -113,7 +105,7 @@ def build_patch_cache(
     Args:
         samples: rows with ``seriesuid, coordX, coordY, coordZ`` (world mm) plus any label columns,
             which are kept in the cache's ``index.csv``.
-        scan_paths: seriesuid -> scan file readable by :func:`lungexp.data.io.read_scan`.
+        scan_paths: seriesuid -> scan file readable by :func:`lungexp.data.io.reader.read_scan`.
         spec: patch geometry.
         cache_dir: parent folder of all caches.
         num_workers: processes reading scans in parallel (0 = in this process).
@@ -142,17 +134,7 @@ def build_patch_cache(
     if len(todo) < len(groups):
         log.info("Resuming patch cache %s: %d of %d scans already done", key, len(groups) - len(todo), len(groups))
     started = time.perf_counter()
-    bar = tqdm(total=len(groups), initial=len(groups) - len(todo), desc="Caching patches", unit="scan",
-               disable=not progress)
-    if num_workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(todo))) as pool:
-            for _ in pool.map(_extract_scan, todo):
-                bar.update()
-    else:
-        for task in todo:
-            _extract_scan(task)
-            bar.update()
-    bar.close()
+    map_scans(_extract_scan, todo, num_workers, "Caching patches", progress=progress, done=len(groups) - len(todo))
 
     patches = np.lib.format.open_memmap(partial / "patches.npy", mode="w+", dtype=np.int16,
                                         shape=(len(samples), *spec.shape))
@@ -165,9 +147,7 @@ def build_patch_cache(
             "num_scans": len(groups), "build_seconds": round(time.perf_counter() - started, 2)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(shards)
-    try:
-        os.replace(partial, final)
-    except OSError:  # another process finished the same cache first
+    if not publish_folder(partial, final):  # another process finished the same cache first
         shutil.rmtree(partial, ignore_errors=True)
     log.info("Patch cache %s: %d patches from %d scans", final, len(samples), len(groups))
     return PatchCache(final)

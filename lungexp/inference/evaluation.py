@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
+from lungexp.data.names import IMAGE_KEY
 from lungexp.evaluation.options import EvaluationOptions
 from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
 from lungexp.inference.model import Predictor
@@ -142,8 +143,8 @@ def print_summary(result: EvaluationResult) -> None:
 def _predict(predictor: Predictor, datamodule: Any, split: str) -> pd.DataFrame:
     """Per-patch probabilities of a split, joined with the sample table as the training test stage does."""
     dataset = datamodule.datasets[split]
-    loader = DataLoader(dataset, batch_size=datamodule.batch_size, num_workers=datamodule.num_workers)
-    probabilities = predictor.probabilities(batch["image"] for batch in loader)
+    loader = DataLoader(dataset, batch_size=datamodule.options.batch_size, num_workers=datamodule.options.num_workers)
+    probabilities = predictor.probabilities(batch[IMAGE_KEY] for batch in loader)
     table = datamodule.cache.index.iloc[dataset.rows].reset_index(names="cache_row")
     return table.assign(probability=probabilities.astype("float64").round(6)).reset_index(drop=True)
 

@@ -20,6 +20,7 @@ from lungexp.data.io import (
     read_scan,
     read_scan_header,
 )
+from lungexp.data.io.reader import scan_suffix
 from lungexp.data.scan import Scan
 
 
@@ -69,11 +70,10 @@ def open_scans(path: str | Path) -> ScanSource:
     """The scans at ``path``: a scan file, a folder searched recursively for scan files, else a DICOM folder."""
     path = Path(path)
     if path.is_file():
-        if not path.name.lower().endswith(SCAN_SUFFIXES):
+        if scan_suffix(path) is None:
             raise ScanReadError(f"scans={path}: not a scan file; give a {', '.join(SCAN_SUFFIXES)} file, a folder "
                                 "of them (e.g. a LUNA16 folder) or a folder of DICOM slices")
-        suffix = next(s for s in SCAN_SUFFIXES if path.name.lower().endswith(s))
-        return ScanFiles({path.name[: -len(suffix)]: path})
+        return ScanFiles({path.name[: -len(scan_suffix(path))]: path})
     if not path.is_dir():
         raise ScanReadError(f"scans={path}: no such file or folder")
     files = index_scans(path)

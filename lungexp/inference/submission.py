@@ -10,16 +10,16 @@ batches. No labels, MLflow or training config are involved: the checkpoint carri
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungexp.data.annotations import COORD_COLUMNS, read_points
+from lungexp.data.annotations import read_points
+from lungexp.data.atomic import atomic_file
 from lungexp.data.io import ScanHeader
+from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
 from lungexp.data.patches import PatchExtractor
 from lungexp.data.scan import Scan
 from lungexp.inference.model import Predictor
@@ -28,7 +28,7 @@ from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
 
-SUBMISSION_COLUMNS = ["seriesuid", *COORD_COLUMNS, "probability"]
+SUBMISSION_COLUMNS = [*POINT_COLUMNS, "probability"]
 _SHOWN = 5  # rows listed in an error
 
 
@@ -80,7 +80,7 @@ def predict_candidates(predictor: Predictor, scans: ScanSource, candidates: pd.D
         patches = PatchExtractor(scan, predictor.recipe.patch).extract_many(
             candidates.iloc[rows][COORD_COLUMNS].to_numpy(np.float64))
         probabilities[rows] = predictor.patch_probabilities(patches, batch_size)
-    return candidates[["seriesuid", *COORD_COLUMNS]].assign(probability=probabilities).reset_index(drop=True)
+    return candidates[POINT_COLUMNS].assign(probability=probabilities).reset_index(drop=True)
 
 
 def _header_of(scan: Scan) -> ScanHeader:
@@ -105,12 +105,6 @@ def _check_inside(points: pd.DataFrame, header: ScanHeader, source: str | Path) 
 
 def write_submission(table: pd.DataFrame, out: str | Path) -> Path:
     """Write the table as CSV atomically (a temporary file renamed into place)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_file(out) as temporary:
         table.to_csv(temporary, index=False)
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return out
+    return Path(out)

@@ -50,23 +50,24 @@ class PretrainedWeightsError(LungexpError):
 
 @dataclass(frozen=True)
 class PretrainedReport:
-    """What was loaded from where, for logging and for MLflow params (see :meth:`as_params`)."""
+    """What was loaded from where, for logging and for MLflow params (see :meth:`as_params`).
+
+    ``sha256`` is the file's verified hash when one was configured, else ``None``: hashing costs about a
+    second per 400 MB, so it is done only when asked for.
+    """
 
     path: str
     format: str
-    sha256: str
+    sha256: str | None
     loaded: int
     fresh: int
     fresh_keys: tuple[str, ...]
 
     def as_params(self) -> dict[str, str | int]:
-        return {
-            "pretrained.path": self.path,
-            "pretrained.format": self.format,
-            "pretrained.sha256": self.sha256,
-            "pretrained.loaded_tensors": self.loaded,
-            "pretrained.fresh_tensors": self.fresh,
-        }
+        params: dict[str, str | int] = {"pretrained.path": self.path, "pretrained.format": self.format}
+        if self.sha256 is not None:
+            params["pretrained.sha256"] = self.sha256
+        return {**params, "pretrained.loaded_tensors": self.loaded, "pretrained.fresh_tensors": self.fresh}
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -94,17 +95,21 @@ def load_pretrained(
         FileNotFoundError: ``path`` does not exist.
         PretrainedWeightsError: sha256 mismatch, unreadable/unsafe pickle, unknown layout, or backbone
             tensors missing/unexpected/mis-shaped (all listed in one message).
+
+    The file is hashed only when ``sha256`` is given (see :class:`PretrainedReport`).
     """
     if format != "auto" and format not in CHECKPOINT_FORMATS:
         raise ValueError(f"format must be 'auto' or one of {CHECKPOINT_FORMATS}, got {format!r}")
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"Pretrained weights file not found: {file}")
-    actual_sha256 = file_sha256(file)
-    if sha256 is not None and actual_sha256 != sha256.strip().lower():
-        raise PretrainedWeightsError(
-            f"sha256 mismatch for pretrained weights {file}: expected {sha256}, actual {actual_sha256}"
-        )
+    verified_sha256 = None
+    if sha256 is not None:
+        verified_sha256 = file_sha256(file)
+        if verified_sha256 != sha256.strip().lower():
+            raise PretrainedWeightsError(
+                f"sha256 mismatch for pretrained weights {file}: expected {sha256}, actual {verified_sha256}"
+            )
 
     checkpoint = _read_checkpoint(file)
     resolved_format = detect_format(checkpoint, file) if format == "auto" else format
@@ -118,18 +123,18 @@ def load_pretrained(
     report = PretrainedReport(
         path=str(file),
         format=resolved_format,
-        sha256=actual_sha256,
+        sha256=verified_sha256,
         loaded=len(file_tensors),
         fresh=len(fresh_keys),
         fresh_keys=fresh_keys,
     )
     logger.info(
-        "Loaded %d pretrained tensors into %s from %s (format %s, sha256 %s); %d stay freshly initialised: %s",
+        "Loaded %d pretrained tensors into %s from %s (format %s%s); %d stay freshly initialised: %s",
         report.loaded,
         type(net).__name__,
         file,
         resolved_format,
-        actual_sha256[:12],
+        f", sha256 {verified_sha256[:12]} verified" if verified_sha256 else "",
         report.fresh,
         ", ".join(fresh_keys),
     )

@@ -28,7 +28,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from lungexp.data.splits import check_splits, split_by_folds, split_by_subset
+from lungexp.data.splits import SplitSpec, check_splits, split_samples
 from lungexp.evaluation.options import EvaluationOptions
 from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
 from lungexp.tracking.folds import FoldRuns
@@ -85,8 +85,7 @@ def cross_validate(cfg: DictConfig) -> CrossValidationResult:
     # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
     # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
     datamodule = hydra.utils.instantiate(cfg.data, max_negatives_per_scan=None, _convert_="partial")
-    datamodule.prepare_data()
-    folds = plan_folds(cfg.data.split, num_folds, datamodule.cache.index)
+    folds = plan_folds(cfg.data.split, num_folds, datamodule.build_cache().index)
     runs = _fold_runs(cfg)
     results: list[FoldResult] = []
     for fold in folds:
@@ -122,7 +121,6 @@ def check_cv_options(cfg: DictConfig) -> int:
 
 def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list[Fold]:
     """The folds for ``data.split``, each checked (disjoint, non-empty, both classes) before any training."""
-    group_by = split.get("group_by", "seriesuid")
     if split.method == "subsets":
         subsets = sorted(int(s) for s in samples["subset"].unique())
         if len(subsets) != num_folds:
@@ -137,14 +135,9 @@ def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list
                       f"test fold {k}, validation fold {(k + 1) % num_folds} of {num_folds} series folds")
                  for k in range(num_folds)]
     for fold in folds:
-        settings = {**OmegaConf.to_container(split, resolve=True), **fold.split}
-        if settings["method"] == "subsets":
-            splits = split_by_subset(samples, settings["fold"], settings["val_fold"])
-        else:
-            splits = split_by_folds(samples, num_folds, settings["fold"], settings["val_fold"], settings["seed"],
-                                    group_by=group_by)
         try:
-            check_splits(splits, group_by=group_by)
+            spec = SplitSpec.from_config(**{**OmegaConf.to_container(split, resolve=True), **fold.split})
+            check_splits(split_samples(samples, spec), group_by=spec.group_by)
         except LungexpError as error:
             raise FoldFailedError(f"cross-validation fold {fold.index} ({fold.description}): {error}") from None
     return folds

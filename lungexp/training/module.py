@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.metrics import classification_metrics
 from lungexp.evaluation.options import EvaluationOptions
 from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
@@ -27,11 +28,14 @@ VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the 
 
 
 class NoduleClassifier(pl.LightningModule):
-    """Trains ``net`` (one logit per patch) with BCE and reports the shared metric set.
+    """Trains ``net`` (one logit per patch) with a binary loss (BCE unless ``loss`` says otherwise) and
+    reports the shared metric set.
 
     Args:
         net: the network; its classifier must be ``net.head`` (see ``lungexp.models``).
-        optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``.
+        optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``; its learning rate
+            (configured, or the optimizer's default) is the backbone's, the head's is scaled by
+            ``finetune.head_lr_mult``.
         scheduler: optional partial LR scheduler taking ``optimizer``, stepped per epoch.
         loss: partial loss taking ``pos_weight`` (default ``BCEWithLogitsLoss``; see
             :mod:`lungexp.training.losses` for focal loss).
@@ -106,19 +110,19 @@ class NoduleClassifier(pl.LightningModule):
         return self.criterion(logits.float(), labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["image"]), batch["label"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        loss = self._loss(self(batch[IMAGE_KEY]), batch[LABEL_KEY])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[LABEL_KEY]))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"]).float()
-        self.log(f"{stage}/loss", self._loss(logits, batch["label"]), on_epoch=True, sync_dist=True,
-                 batch_size=len(batch["label"]))
+        logits = self(batch[IMAGE_KEY]).float()
+        self.log(f"{stage}/loss", self._loss(logits, batch[LABEL_KEY]), on_epoch=True, sync_dist=True,
+                 batch_size=len(batch[LABEL_KEY]))
         return torch.sigmoid(logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probabilities = self._evaluate(batch, "val")
-        self.val_metrics.update(probabilities, batch["label"].long())
+        self.val_metrics.update(probabilities, batch[LABEL_KEY].long())
         self._collect("val", batch, probabilities)
 
     def on_validation_epoch_end(self) -> None:
@@ -163,7 +167,7 @@ class NoduleClassifier(pl.LightningModule):
 
     def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
         self._outputs[stage].append(
-            (batch["index"].cpu(), probabilities.detach().float().cpu(), batch["label"].detach().cpu()))
+            (batch[INDEX_KEY].cpu(), probabilities.detach().float().cpu(), batch[LABEL_KEY].detach().cpu()))
 
     def predictions(self, stage: str) -> pd.DataFrame:
         """This epoch's per-patch probabilities of ``stage`` on all ranks, joined with the sample table
@@ -185,9 +189,15 @@ class NoduleClassifier(pl.LightningModule):
         return table.drop_duplicates("cache_row").sort_values("cache_row").reset_index(drop=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        lr = self.optimizer_factory.keywords["lr"]
-        optimizer = self.optimizer_factory(params=parameter_groups(self.net, lr, self.finetune["head_lr_mult"]))
+        optimizer = self.optimizer_factory(
+            params=parameter_groups(self.net, self._base_lr(), self.finetune["head_lr_mult"])
+        )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
                                                          "interval": "epoch"}}
+
+    def _base_lr(self) -> float:
+        """The optimizer's learning rate as it resolves it: the configured ``lr``, or the optimizer's own
+        default when the config leaves it out (read from an optimizer built on a throwaway parameter)."""
+        return self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))]).defaults["lr"]

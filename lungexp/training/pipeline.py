@@ -11,7 +11,6 @@ import hydra
 import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.tracking.mlflow import log_config, mlflow_loggers
@@ -66,12 +65,14 @@ def train(cfg: DictConfig) -> RunResult:
         trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
         metrics.update(_scalars(trainer))
     mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
+    run_id = mlflow.run_id if mlflow else None
     result = RunResult(
         optimized_metric=optimized,
         metrics=metrics,
         best_checkpoint=checkpoint or None,
-        mlflow_run_id=mlflow.run_id if mlflow else None,
-        mlflow_tracking_uri=mlflow._tracking_uri if isinstance(mlflow, MLFlowLogger) else None,
+        mlflow_run_id=run_id,
+        # The logger's MlflowClient; only rank 0 has one (and a run id), the others a no-op stand-in.
+        mlflow_tracking_uri=mlflow.experiment.tracking_uri if run_id else None,
         test_predictions=getattr(model, "test_predictions", None) if cfg.test_after_fit else None,
     )
     _print_summary(result)
