@@ -138,13 +138,13 @@ def froc_reference(datamodule: object, split: str) -> FrocReference | None:
     """The FROC reference of a :class:`~lungexp.data.datamodule.NoduleDataModule` split: for task
     ``candidates`` with an annotations CSV, its nodules and excluded findings and all series of ``split``;
     otherwise ``None`` (no FROC)."""
-    annotations_csv = getattr(datamodule, "annotations_csv", None)
-    if getattr(datamodule, "task", None) != "candidates" or annotations_csv is None:
+    options = getattr(datamodule, "options", None)  # its checked data.* options (DataOptions)
+    if options is None or options.task != "candidates" or options.annotations_csv is None:
         return None
-    if not Path(annotations_csv).is_file():
-        log.warning("no FROC/CPM: the annotations CSV %s does not exist", annotations_csv)
+    if not Path(options.annotations_csv).is_file():
+        log.warning("no FROC/CPM: the annotations CSV %s does not exist", options.annotations_csv)
         return None
-    return FrocReference.from_csv(annotations_csv, datamodule.excluded_csv, datamodule.split_series(split))
+    return FrocReference.from_csv(options.annotations_csv, options.excluded_csv, datamodule.split_series(split))
 
 
 def patch_figures(net: torch.nn.Module, predictions: pd.DataFrame, patches: np.ndarray, window: HUWindow,
