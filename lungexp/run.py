@@ -1,4 +1,7 @@
-"""Train and test a model: ``python -m lungexp.run [experiment=NAME] [group=option] [key=value]``."""
+"""Train and test a model: ``python -m lungexp.run [experiment=NAME] [group=option] [key=value]``.
+
+With ``cv.folds=K`` it runs a K-fold cross-validation instead (see :mod:`lungexp.training.cross_validation`).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,30 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lungexp.utils.config import check_required, print_config_tree
+from lungexp.utils.config import CONFIG_DIR, check_required, print_config_tree
+from lungexp.utils.errors import report_user_errors
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@report_user_errors
 def main(cfg: DictConfig) -> float | None:
     """Returns the optimised validation metric, so Hydra sweepers can maximise it."""
-    # Imported here so that `--cfg job`, `--help` and tab completion do not pay for torch/Lightning (~4 s).
-    from lungexp.training.pipeline import train
+    # Imported here so that `--cfg job`, `--help` and tab completion pay for neither the data stack nor
+    # torch/Lightning (~4 s); data.* and most other values are checked in between, so a typo there fails
+    # in about a second.
+    from lungexp.data.options import check_data_config
+    from lungexp.utils.checks import check_config
 
     check_required(cfg)
+    check_data_config(cfg)
+    check_config(cfg)
+    from lungexp.training.cross_validation import cross_validate
+    from lungexp.training.pipeline import train
+
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's jobs differ only in their overrides
         print_config_tree(cfg)
+    if cfg.cv.folds:
+        return cross_validate(cfg).optimized_metric
     return train(cfg).optimized_metric
 
 

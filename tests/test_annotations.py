@@ -18,6 +18,7 @@ from lungexp.data.annotations import (
     read_world_points,
 )
 from lungexp.data.io import ScanHeader
+from lungexp.utils.errors import ConfigError
 
 UID_A = "1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860"
 UID_B = "1.3.6.1.4.1.14519.5.2.1.6279.6001.265775376735520890308424143898"
@@ -220,5 +221,5 @@ def test_skip_mode_drops_unknown_and_outside_with_warnings(caplog) -> None:
 
 
 def test_on_outside_must_be_error_or_skip() -> None:
-    with pytest.raises(ValueError, match="on_outside must be 'error' or 'skip'"):
+    with pytest.raises(ConfigError, match="data.outside='ignore' is not a valid choice"):
         check_points_inside(points_table(), {}, on_outside="ignore")

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 
 from lungexp.data import candidates as candidates_module
-from lungexp.data.annotations import COORD_COLUMNS, read_annotations
-from lungexp.data.candidates import drop_excluded, sampled_candidates
+from lungexp.data.annotations import read_annotations
+from lungexp.data.candidates import NegativesSpec, drop_excluded, sampled_candidates
 from lungexp.data.io import index_scans
+from lungexp.data.names import COORD_COLUMNS
+from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT
 
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT
+SIX_NEGATIVES = NegativesSpec(count=6, margin_mm=5.0)
 
 
 def test_sampled_candidates_are_nodules_plus_lung_negatives(synthetic_root: Path, tmp_path: Path,
@@ -24,7 +26,7 @@ def test_sampled_candidates_are_nodules_plus_lung_negatives(synthetic_root: Path
     scans = index_scans(synthetic_root).iloc[:3]
     annotations = read_annotations(synthetic_root / "annotations.csv")
     annotations = annotations[annotations["seriesuid"].isin(scans["seriesuid"])]
-    table = sampled_candidates(synthetic_root / "annotations.csv", scans, tmp_path, count=6, margin_mm=5.0)
+    table = sampled_candidates(synthetic_root / "annotations.csv", scans, tmp_path, SIX_NEGATIVES)
     assert (table["class"] == 1).sum() == len(annotations)
     assert (table["class"] == 0).sum() == 6 * len(scans)
     for nodule in annotations.itertuples():
@@ -33,7 +35,7 @@ def test_sampled_candidates_are_nodules_plus_lung_negatives(synthetic_root: Path
         assert distance.min() > nodule.diameter_mm / 2 + 5.0
     # cached: a second call reads the CSV instead of sampling again
     monkeypatch.setattr(candidates_module, "_negatives_for_scan", lambda task: pytest.fail("sampled again"))
-    again = sampled_candidates(synthetic_root / "annotations.csv", scans, tmp_path, count=6, margin_mm=5.0)
+    again = sampled_candidates(synthetic_root / "annotations.csv", scans, tmp_path, SIX_NEGATIVES)
     pd.testing.assert_frame_equal(again, table, check_dtype=False)
     assert len(list(tmp_path.glob("sampled_candidates-*.csv"))) == 1
 
@@ -54,8 +56,7 @@ def test_luna16_without_candidates_file_samples_negatives(make_config, synthetic
                       f"data.cache_dir={tmp_path}/cache", "data.negatives.count=5", "data.split.fold=0",
                       "data.split.val_fold=1")
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    datamodule.prepare_data()
-    labels = datamodule.cache.index["label"]
+    labels = datamodule.build_cache().index["label"]
     assert labels.sum() == len(read_annotations(synthetic_root / "annotations.csv"))
     assert (labels == 0).sum() == 5 * len(index_scans(synthetic_root))
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from lungexp.training.pipeline import train
-
-from .conftest import CONFIG_DIR, TINY_NETS, compose_config
+from tests.helpers.config import CONFIG_DIR, TINY_NETS, compose_config
 
 
 def options(group: str) -> list[str]:
@@ -45,8 +45,9 @@ def test_unknown_option_is_a_clear_error(make_config) -> None:
 def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:
     from lungexp.utils.config import check_required
 
-    cfg = compose_config(["data=luna16"], tmp_path)
-    with pytest.raises(ValueError, match=r"data\.root.*data\.root=/path"):
+    cfg = compose_config(["data=luna16", "model.pretrained.path=???"], tmp_path)
+    assert "${data.root}" in OmegaConf.to_yaml(cfg.data)  # other keys interpolate the missing one
+    with pytest.raises(ValueError, match=r"data\.root, model\.pretrained\.path; .* data\.root=/path"):
         check_required(cfg)
 
 
@@ -86,8 +87,7 @@ def test_nifti_scans_give_the_same_patches_as_mhd(make_config, synthetic_root: P
     for name, root in (("mhd", synthetic_root), ("nifti", nifti_root)):
         datamodule = hydra.utils.instantiate(make_config(f"data.root={root}", "data.task=points",
                                                          f"data.labels_csv={nifti_root}/points.csv").data)
-        datamodule.prepare_data()
-        patches[name] = np.asarray(datamodule.cache.patches)
+        patches[name] = np.asarray(datamodule.build_cache().patches)
     # NIfTI stores origin and spacing as float32, so a few interpolated voxels round 1 HU apart.
     np.testing.assert_allclose(patches["mhd"], patches["nifti"], atol=1)
 
@@ -110,7 +110,8 @@ def test_fast_dev_run_logs_nothing_to_mlflow(make_config) -> None:
 def test_mlflow_gets_params_with_dotted_names(make_config) -> None:
     cfg = make_config("trainer.max_epochs=1")
     result = train(cfg)
-    run = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id)
+    assert result.mlflow_tracking_uri == cfg.paths.mlflow_uri
+    run = MlflowClient(tracking_uri=result.mlflow_tracking_uri).get_run(result.mlflow_run_id)
     assert run.data.params["model.net._target_"] == "lungexp.models.CNN3D"
     assert run.data.params["data.patch.size"] == "16"
     assert int(run.data.params["model_info.params"]) > 0

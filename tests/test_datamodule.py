@@ -1,13 +1,30 @@
-"""The datamodule from real configs: normalisation, augmentation only in training, balanced sampling."""
+"""The datamodule from real configs: normalisation, augmentation only in training, balanced sampling,
+and every option checked (naming its key) before any data work."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import hydra
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 from lungexp.data.dataset import HUWindow
+from lungexp.data.options import check_data_config
+from lungexp.utils.errors import ConfigError
+from tests.helpers.config import compose_config, tiny_synthetic_overrides
+
+
+def instantiate_data(cfg):
+    """The datamodule of ``cfg``; the error it raises itself, not Hydra's InstantiationException around it."""
+    try:
+        return hydra.utils.instantiate(cfg.data, _convert_="partial")
+    except InstantiationException as error:
+        raise error.__cause__ from None
 
 
 @pytest.fixture
@@ -27,7 +44,7 @@ def test_hu_window_normalisations() -> None:
     torch.testing.assert_close(HUWindow(-1000, 400, "symmetric")(hu), torch.tensor([[-1.0, -1.0, 0.0, 1.0, 1.0]]))
     z = HUWindow(-1000, 400, "zscore")(hu)
     assert abs(float(z.mean())) < 1e-5 and abs(float(z.std(unbiased=False)) - 1) < 1e-3
-    with pytest.raises(ValueError, match="unknown data.normalize"):
+    with pytest.raises(ConfigError, match="data.normalize='minmax' is not a valid choice"):
         HUWindow(normalize="minmax")
 
 
@@ -74,11 +91,107 @@ def test_every_split_holds_whole_series(datamodule) -> None:
     assert not series["val"] & series["test"]
 
 
-def test_max_negatives_per_scan_keeps_every_positive(datamodule) -> None:
+def test_max_negatives_per_scan_caps_training_only_and_keeps_every_positive(datamodule) -> None:
     full = datamodule().cache.index
-    limited = datamodule("data.max_negatives_per_scan=2").cache.index
-    assert limited["label"].sum() == full["label"].sum()
-    negatives = limited[limited["label"] == 0].groupby("seriesuid").size()
-    assert negatives.max() == 2 and len(negatives) == full["seriesuid"].nunique()
-    again = datamodule("data.max_negatives_per_scan=2").cache.index
-    assert again.equals(limited)  # seeded
+    module = datamodule("data.max_negatives_per_scan=2")  # finds the cache of every sample: caps in memory
+    train_series = set(module.split_series("train"))
+    train = module.cache.index.iloc[module.datasets["train"].rows]
+    assert train["label"].sum() == full.loc[full["seriesuid"].isin(train_series), "label"].sum()
+    negatives = train[train["label"] == 0].groupby("seriesuid").size()
+    assert negatives.max() == 2 and set(negatives.index) == train_series
+    for split in ("val", "test"):  # every candidate of their scans, as the FROC/CPM needs
+        series = module.split_series(split)
+        assert series and not set(series) & train_series
+        assert full["seriesuid"].isin(series).sum() == len(module.datasets[split])
+    again = datamodule("data.max_negatives_per_scan=2")
+    assert (again.datasets["train"].rows == module.datasets["train"].rows).all()  # seeded
+
+
+def test_max_negatives_per_scan_keeps_random_series_splits(datamodule) -> None:
+    split = ("data.split.method=series", "data.split.val_fraction=0.2", "data.split.test_fraction=0.2")
+    full, limited = datamodule(*split), datamodule(*split, "data.max_negatives_per_scan=1")
+    for name in ("train", "val", "test"):
+        assert full.split_series(name) == limited.split_series(name)
+    assert len(limited.datasets["test"]) == len(full.datasets["test"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Options are checked when the datamodule is made, before any data is generated, read or cached
+
+
+@pytest.mark.parametrize(("override", "suggestion"), [("data.split.method=subset", "subsets"),
+                                                      ("data.balance.sampler=balance", "balanced")])
+@pytest.mark.parametrize("check", [check_data_config, instantiate_data], ids=["entry_point", "constructor"])
+def test_bad_choice_fails_before_generation_or_caching(tmp_path: Path, override: str, suggestion: str,
+                                                       check) -> None:
+    root, cache_dir = tmp_path / "synthetic_luna16", tmp_path / "cache"
+    cfg = compose_config([f"data.root={root}", f"data.cache_dir={cache_dir}", *tiny_synthetic_overrides(),
+                          override], tmp_path)
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}=.*did you mean '{suggestion}'"):
+        check(cfg)
+    assert not root.exists() and not cache_dir.exists()
+
+
+def test_data_options_are_checked_without_importing_torch() -> None:
+    """``python -m lungexp.run`` checks data.* before importing torch and Lightning, which take seconds."""
+    code = "import sys, lungexp.data.options; print(sorted({'torch', 'pytorch_lightning'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.split.val_fraction=0"], r"data\.split\.val_fraction=0 must be a number in \(0, 1\)"),
+        (["data.split.val_fraction=0.6", "data.split.test_fraction=0.5"], "must be less than 1"),
+        (["data.split.fold=first"], r"data\.split\.fold='first' must be a whole number >= 0"),
+        (["data.split.val_fold=1.5"], r"data\.split\.val_fold=1\.5 must be a whole number"),
+        (["data.balance.positive_fraction=1"], r"data\.balance\.positive_fraction=1 must be a number in \(0, 1\)"),
+        (["data.balance.samples_per_epoch=0"], r"data\.balance\.samples_per_epoch=0 must be a whole number >= 1"),
+        (["data.batch_size=0"], r"data\.batch_size=0 must be a whole number >= 1"),
+        (["data.num_workers=-1"], r"data\.num_workers=-1 must be a whole number >= 0"),
+        (["data.preprocess_workers=two"], r"data\.preprocess_workers='two'"),
+        (["data.pin_memory=maybe"], r"data\.pin_memory='maybe' must be true or false"),
+        (["data.hu_window=[400,-1000]"], r"data\.hu_window=\[400, -1000\] must be \[low, high\] with low < high"),
+        (["data.hu_window=[-1000]"], r"data\.hu_window=\[-1000\] must be \[low, high\]"),
+        (["data.normalize=zscor"], "data.normalize='zscor' is not a valid choice .did you mean 'zscore'"),
+        (["data.task=candidate"], "data.task='candidate' is not a valid choice .did you mean 'candidates'"),
+        (["data.missing_scans=skp"], "data.missing_scans='skp' is not a valid choice .did you mean 'skip'"),
+        (["data.outside=eror"], "data.outside='eror' is not a valid choice .did you mean 'error'"),
+        (["data.patch.size=2"], r"data\.patch\.size=2 must be a whole number >= 4"),
+        (["data.patch.size_mm=-8"], r"data\.patch\.size_mm=-8 must be a number > 0"),
+        (["data.patch.size_mm=2"], r"data\.patch\.size_mm=2 is 2 voxel\(s\) at 1 mm"),
+        (["data.patch.spacing_mm=[0]"], r"data\.patch\.spacing_mm=0 must be a number > 0"),
+        (["data.max_negatives_per_scan=-1"], r"data\.max_negatives_per_scan=-1 must be a whole number >= 0 or null"),
+        (["data.negatives.count=-1"], r"data\.negatives\.count=-1 must be a whole number >= 0"),
+        (["data.negatives.vessel_fraction=1.5"], r"data\.negatives\.vessel_fraction=1\.5 must be a number in \[0, 1\]"),
+        (["data.negatives.margin_mm=-1"], r"data\.negatives\.margin_mm=-1 must be a number >= 0"),
+        (["data.in_channels=2"], r"data\.in_channels=2 but the patch has 1 channel"),
+        (["data.root=/no/such/folder"], r"data\.root=/no/such/folder does not exist"),
+    ],
+)
+def test_every_option_is_checked_naming_its_key(make_config, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        instantiate_data(make_config(*overrides))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.synthetic.num_scans=0", r"data\.synthetic\.num_scans=0 must be >= 1"),
+    ("data.synthetic.shape_zyx=[8,8,8]", r"data\.synthetic\.shape_zyx=\[8, 8, 8\] must be 3 sizes"),
+])
+def test_synthetic_settings_are_checked_before_generating(tmp_path: Path, override: str, message: str) -> None:
+    root = tmp_path / "synthetic_luna16"
+    cfg = compose_config([f"data.root={root}", *tiny_synthetic_overrides(), override], tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        instantiate_data(cfg)
+    assert not root.exists()
+
+
+def test_prepare_data_keeps_no_state(make_config) -> None:
+    """Lightning runs prepare_data in one process only: setup must not depend on anything it set."""
+    module = hydra.utils.instantiate(make_config().data, _convert_="partial")
+    before = dict(vars(module))
+    module.prepare_data()
+    assert {k: v for k, v in vars(module).items() if k in before} == before and vars(module).keys() == before.keys()
+    module.setup("fit")
+    assert module.cache is not None and set(module.datasets) == {"train", "val", "test"}

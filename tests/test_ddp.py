@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
+from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from lungexp.data.io import (
     write_mhd,
 )
 from lungexp.data.scan import Scan
-from tests.helpers_data import dicom_tag, stored_pixel_values, write_dicom_series
+from tests.helpers.data import dicom_tag, stored_pixel_values, write_dicom_series
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
 ROTATE_Z = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # not symmetric: catches transposes
@@ -108,10 +108,11 @@ def test_write_mhd_overwrites_and_leaves_old_files_when_interrupted(tmp_path: Pa
     write_mhd(newer, path)
     np.testing.assert_array_equal(read_scan(path).array, newer.array)
 
-    def fail(*args, **kwargs):
+    def disk_full(image, name, *args, **kwargs):
+        Path(name).with_suffix(".raw").write_bytes(b"half a volume")
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_text", fail)
+    monkeypatch.setattr(sitk, "WriteImage", disk_full)
     with pytest.raises(OSError, match="disk full"):
         write_mhd(make_scan(), path)
     monkeypatch.undo()
@@ -330,7 +331,9 @@ def test_single_slice_series_is_rejected(tmp_path: Path) -> None:
 def test_convert_checks_every_series_before_writing(tmp_path: Path, capsys) -> None:
     write_dicom_series(tmp_path / "dicom" / "good", ct_volume(), "1.2.3.1")
     write_dicom_series(tmp_path / "dicom" / "gappy", ct_volume(), "1.2.3.2", slice_z=[0, 2.5, 5, 10, 12.5])
-    assert convert_main([str(tmp_path / "dicom"), str(tmp_path / "out")]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        convert_main([str(tmp_path / "dicom"), str(tmp_path / "out")])
+    assert exit_.value.code == 1
     error = capsys.readouterr().err
     assert error.startswith("error: series 1.2.3.2 in ")
     assert "missing slices" in error and "Traceback" not in error
@@ -345,7 +348,9 @@ def test_convert_checks_every_series_before_writing(tmp_path: Path, capsys) -> N
 
 
 def test_convert_reports_missing_folder(tmp_path: Path, capsys) -> None:
-    assert convert_main([str(tmp_path / "absent"), str(tmp_path / "out")]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        convert_main([str(tmp_path / "absent"), str(tmp_path / "out")])
+    assert exit_.value.code == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'absent'}: DICOM folder not found; check the path\n"
 
 
@@ -360,7 +365,7 @@ def touch(path: Path) -> None:
 
 def test_index_scans_finds_formats_and_subsets(tmp_path: Path) -> None:
     for name in ["subset0/1.3.6.1.mhd", "subset0/1.3.6.1.raw", "subset3/deeper/b.nii.gz", "other/c.nrrd", "d.nii",
-                 "subset1/.x.mhd.0123.tmp", "notes/readme.txt"]:
+                 "subset1/.x.mhd.0123.tmp", "subset1/.x.mhd.4567.tmp/x.mhd", "notes/readme.txt"]:
         touch(tmp_path / name)
     table = index_scans(tmp_path)
     assert list(table.columns) == ["seriesuid", "path", "subset"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow.pytorch
 import numpy as np
 import pytest
@@ -32,8 +34,9 @@ def test_run_records_best_metric_provenance_dataset_and_loadable_model(make_conf
     assert [m.key for m in client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")]
 
     (dataset_input,) = run.inputs.dataset_inputs
-    assert tags["data.fingerprint"].startswith(dataset_input.dataset.digest)
+    assert dataset_input.dataset.name == f"{Path(cfg.data.root).name} (candidates)" and dataset_input.dataset.digest
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert (Path(cfg.data.cache_dir) / tags["data.fingerprint"] / "meta.json").is_file()  # the patch-cache key
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"roc_curve.png", "confusion_matrix.png", "config.yaml"} <= artifacts

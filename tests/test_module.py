@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import hydra
@@ -14,8 +15,10 @@ from torch import nn
 from lungexp.models import PretrainedWeightsError
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.pipeline import build, train
+from tests.helpers.checkpoints import medicalnet_key_shapes, random_tensors, save_medicalnet_checkpoint
 
 TINY_RESNET = ("model.net.depth=10", "model.net.widths=[4,8,8,8]")
+ADAMW_DEFAULT_LR = inspect.signature(torch.optim.AdamW).parameters["lr"].default
 
 
 def backbone_state(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -29,11 +32,12 @@ def test_lightning_checkpoint_round_trip_reproduces_the_backbone(make_config) ->
     saved = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
              if k.startswith("net.") and not k.startswith("net.head.")}
 
+    sha256 = hashlib.sha256(Path(result.best_checkpoint).read_bytes()).hexdigest()
     cfg = make_config(f"model.pretrained.path={result.best_checkpoint}", "model.pretrained.format=lightning",
-                      model="resnet3d")
+                      f"model.pretrained.sha256={sha256}", model="resnet3d")
     loaded = hydra.utils.instantiate(cfg.model, _convert_="partial")
     assert loaded.pretrained_report.loaded == len(saved) > 0
-    assert loaded.pretrained_report.sha256 == hashlib.sha256(Path(result.best_checkpoint).read_bytes()).hexdigest()
+    assert loaded.pretrained_report.sha256 == sha256
     state = backbone_state(loaded.net)
     assert state.keys() == saved.keys()
     for key, value in saved.items():
@@ -84,9 +88,19 @@ def test_head_learning_rate_multiplier_and_backbone_freezing_from_config(make_co
     assert sorted(lrs.values()) == pytest.approx([1e-3, 1e-2])
 
 
+@pytest.mark.parametrize(("lr_override", "lr"), [("model.optimizer.lr=0.05", 0.05),
+                                                 ("~model.optimizer.lr", ADAMW_DEFAULT_LR)])
+def test_learning_rate_is_the_configured_one_or_the_optimizer_default(make_config, lr_override: str,
+                                                                      lr: float) -> None:
+    cfg = make_config(lr_override, "model.finetune.head_lr_mult=10")
+    model = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    assert {g["name"]: g["lr"] for g in groups} == pytest.approx({"backbone": lr, "head": 10 * lr})
+
+
 def test_pos_weight_auto_is_the_class_ratio_of_the_training_split(make_config) -> None:
     cfg = make_config("model.pos_weight=auto", "trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null",
-                      "test_after_fit=false", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1")
+                      "test_after_fit=false", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     negatives, positives = datamodule.train_class_counts
@@ -107,9 +121,9 @@ def test_own_pretraining_presets_chain(make_config, tmp_path: Path) -> None:
     scratch = train(make_config("experiment=scratch_malignancy", *shrink, "trainer.max_epochs=2", model="resnet3d"))
     client = MlflowClient(tracking_uri=make_config().paths.mlflow_uri)
     finetuned_params = client.get_run(finetune.mlflow_run_id).data.params
-    assert finetuned_params["pretrained.sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    assert finetuned_params["pretrained.path"] == str(best)
     assert int(finetuned_params["pretrained.loaded_tensors"]) > 0
-    assert "pretrained.sha256" not in client.get_run(scratch.mlflow_run_id).data.params
+    assert "pretrained.path" not in client.get_run(scratch.mlflow_run_id).data.params
     for run in (finetune, scratch):
         assert client.get_run(run.mlflow_run_id).data.tags["mlflow.runName"] in ("finetune_malignancy",
                                                                                "scratch_malignancy")
@@ -119,14 +133,12 @@ def test_own_pretraining_presets_chain(make_config, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_run_from_a_medicalnet_file_as_a_user_would(make_config, tmp_path: Path) -> None:
     """`model=resnet3d model.pretrained.path=resnet_10.pth model.pretrained.format=medicalnet ...`."""
-    from .test_pretrained import _random_tensors, _save_medicalnet, medicalnet_key_shapes
-
-    tensors = _random_tensors(medicalnet_key_shapes(10, "B"), seed=10)
-    path = _save_medicalnet(tmp_path / "resnet_10.pth", tensors)
+    tensors = random_tensors(medicalnet_key_shapes(10, "B"), seed=10)
+    path = save_medicalnet_checkpoint(tmp_path / "resnet_10.pth", tensors)
     cfg = make_config(f"model.pretrained.path={path}", "model.pretrained.format=medicalnet", "model.net.depth=10",
                       "model.net.shortcut_type=B", "model.net.dilated=true", "model.net.widths=[64,128,256,512]",
                       "trainer.max_epochs=1",
-                      "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
+                      "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
                       model="resnet3d")
     result = train(cfg)
     params = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id).data.params

@@ -17,7 +17,7 @@ import pytest
 from lungexp.data.io import read_dicom_series
 from lungexp.data.negatives import lung_mask, sample_negatives
 from lungexp.data.scan import Scan
-from tests.helpers_data import shared_data_dir
+from tests.helpers.data import shared_data_dir
 
 # Phantom geometry, world mm with the volume centred on 0.
 SHAPE_ZYX = (40, 112, 128)

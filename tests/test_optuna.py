@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT
+from tests.helpers.cli import run_entry_point
+from tests.helpers.config import FAST_OVERRIDES
 
 SEARCHED = ("model.optimizer.lr", "model.optimizer.weight_decay", "model.net.dropout", "model.net.widths")
 
 
 @pytest.mark.slow
 def test_optuna_search_is_one_sweep_of_distinct_trials(synthetic_root: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "lungexp.run", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-               "trainer.max_epochs=1", "task_name=search", f"data.root={synthetic_root}", "data.synthetic=null",
-               f"data.cache_dir={synthetic_root.parent / 'cache'}", "test_after_fit=false", *FAST_OVERRIDES]
-    proc = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, "LUNGEXP_ROOT": str(tmp_path)},
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
+    proc = run_entry_point("run", ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.max_epochs=1",
+                                   "task_name=search", f"data.root={synthetic_root}", "data.synthetic=null",
+                                   f"data.cache_dir={synthetic_root.parent / 'cache'}", "test_after_fit=false",
+                                   *FAST_OVERRIDES], tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -21,10 +21,7 @@ def random_scan(direction: np.ndarray, shape=(40, 64, 72)) -> Scan:
 
 
 def sitk_reference(scan: Scan, spec: PatchSpec, center: np.ndarray) -> np.ndarray:
-    extractor = PatchExtractor(scan, spec)
-    extractor._permutation = None  # force the general SimpleITK resampling path
-    extractor._image = scan.to_sitk()
-    return extractor.extract(center)
+    return PatchExtractor(scan, spec, use_sitk=True).extract(center)
 
 
 @pytest.mark.parametrize("name", sorted(DIRECTIONS))

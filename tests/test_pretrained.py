@@ -1,5 +1,6 @@
-"""Strict pretrained loading: MedicalNet files (built here from MedicalNet's naming, independently of our
-ResNet3D), Lightning checkpoints, plain state dicts, stem adaptation, integrity and safety checks."""
+"""Strict pretrained loading: MedicalNet files (built by :mod:`tests.helpers.checkpoints` from MedicalNet's
+naming, independently of our ResNet3D), Lightning checkpoints, plain state dicts, stem adaptation,
+integrity and safety checks."""
 
 from __future__ import annotations
 
@@ -10,63 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import lungexp.models.pretrained as pretrained_module
 from lungexp.models import CNN3D, DenseNet3D, PretrainedWeightsError, ResNet3D, SEResNet3D, load_pretrained
-
-MEDICALNET_STAGE_WIDTHS = (64, 128, 256, 512)
-MEDICALNET_BASIC_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2)}
-
-
-def _batchnorm(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
-    stats = ("weight", "bias", "running_mean", "running_var")
-    return {f"{prefix}.{name}": (channels,) for name in stats} | {f"{prefix}.num_batches_tracked": ()}
-
-
-def medicalnet_key_shapes(depth: int, shortcut: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a MedicalNet basic-block ResNet state dict (after ``module.``), as in its models/resnet.py:
-    stem conv1 (64, 1, 7³), bn1, layer{1..4}.{i}.conv1/bn1/conv2/bn2, shortcut B ``downsample.0`` (1³ conv)
-    + ``downsample.1`` (BN) on every stage-opening block that changes stride or width, then the
-    segmentation decoder ``conv_seg`` (which a classifier must drop)."""
-    shapes = {"conv1.weight": (64, 1, 7, 7, 7)} | _batchnorm("bn1", 64)
-    inplanes = 64
-    stages = zip(MEDICALNET_STAGE_WIDTHS, MEDICALNET_BASIC_BLOCKS[depth], strict=True)
-    for stage, (planes, blocks) in enumerate(stages, 1):
-        for index in range(blocks):
-            block = f"layer{stage}.{index}"
-            shapes[f"{block}.conv1.weight"] = (planes, inplanes, 3, 3, 3)
-            shapes |= _batchnorm(f"{block}.bn1", planes)
-            shapes[f"{block}.conv2.weight"] = (planes, planes, 3, 3, 3)
-            shapes |= _batchnorm(f"{block}.bn2", planes)
-            if shortcut == "B" and index == 0 and stage > 1:
-                shapes[f"{block}.downsample.0.weight"] = (planes, inplanes, 1, 1, 1)
-                shapes |= _batchnorm(f"{block}.downsample.1", planes)
-            inplanes = planes
-    shapes |= {"conv_seg.0.weight": (512, 32, 2, 2, 2), "conv_seg.0.bias": (32,)} | _batchnorm(
-        "conv_seg.1", 32
-    )
-    shapes |= {"conv_seg.3.weight": (32, 32, 3, 3, 3)} | _batchnorm("conv_seg.4", 32)
-    shapes |= {"conv_seg.6.weight": (2, 32, 1, 1, 1)}
-    return shapes
-
-
-def _random_tensors(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            tensors[key] = torch.tensor(1000)
-        elif key.endswith("running_var"):
-            tensors[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            tensors[key] = torch.randn(shape, generator=generator) * 0.05
-    return tensors
-
-
-def _save_medicalnet(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
-    """MedicalNet's train.py container: DataParallel keys under ``state_dict`` plus bookkeeping."""
-    torch.save(
-        {"ecpoch": 200, "batch_id": 0, "state_dict": {f"module.{k}": v for k, v in tensors.items()}}, path
-    )
-    return path
+from tests.helpers.checkpoints import medicalnet_key_shapes, random_tensors, save_medicalnet_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +23,8 @@ def medicalnet_files(
     folder = tmp_path_factory.mktemp("medicalnet")
     files = {}
     for depth, shortcut in ((10, "B"), (18, "A")):
-        tensors = _random_tensors(medicalnet_key_shapes(depth, shortcut), seed=depth)
-        files[depth] = (_save_medicalnet(folder / f"resnet_{depth}.pth", tensors), tensors)
+        tensors = random_tensors(medicalnet_key_shapes(depth, shortcut), seed=depth)
+        files[depth] = (save_medicalnet_checkpoint(folder / f"resnet_{depth}.pth", tensors), tensors)
     return files
 
 
@@ -114,11 +61,10 @@ def test_medicalnet_checkpoint_loads_every_backbone_tensor(
     assert report.loaded == len(backbone_keys)
     assert report.fresh_keys == ("head.3.weight", "head.3.bias")
     assert report.fresh == 2
-    assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert report.sha256 is None  # no sha256 configured: nothing hashed, nothing claimed
     assert report.as_params() == {
         "pretrained.path": str(path),
         "pretrained.format": "medicalnet",
-        "pretrained.sha256": report.sha256,
         "pretrained.loaded_tensors": len(backbone_keys),
         "pretrained.fresh_tensors": 2,
     }
@@ -157,7 +103,7 @@ def test_renamed_key_is_listed_as_missing_and_unexpected(medicalnet_files: dict,
     _, tensors = medicalnet_files[10]
     renamed = dict(tensors)
     renamed["layer1.0.convX.weight"] = renamed.pop("layer1.0.conv1.weight")
-    path = _save_medicalnet(tmp_path / "renamed.pth", renamed)
+    path = save_medicalnet_checkpoint(tmp_path / "renamed.pth", renamed)
     with pytest.raises(PretrainedWeightsError) as error:
         load_pretrained(ResNet3D(10), path)
     message = str(error.value)
@@ -168,7 +114,7 @@ def test_renamed_key_is_listed_as_missing_and_unexpected(medicalnet_files: dict,
 
 def test_misshaped_key_is_listed_with_both_shapes(medicalnet_files: dict, tmp_path: Path) -> None:
     _, tensors = medicalnet_files[10]
-    path = _save_medicalnet(
+    path = save_medicalnet_checkpoint(
         tmp_path / "misshaped.pth", tensors | {"layer3.0.conv2.weight": torch.zeros(256, 256, 3, 3, 1)}
     )
     net = ResNet3D(10)
@@ -183,7 +129,7 @@ def test_checkpoint_without_batchnorm_counters_loads(medicalnet_files: dict, tmp
     """Pre-0.4.1 PyTorch files lack ``num_batches_tracked``: the only gap the strict check tolerates."""
     _, tensors = medicalnet_files[10]
     without_counters = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
-    report = load_pretrained(ResNet3D(10), _save_medicalnet(tmp_path / "old.pth", without_counters))
+    report = load_pretrained(ResNet3D(10), save_medicalnet_checkpoint(tmp_path / "old.pth", without_counters))
     assert {key for key in report.fresh_keys if not key.startswith("head.")} == {
         key for key in tensors if key.endswith("num_batches_tracked") and not key.startswith("conv_seg.")
     }
@@ -220,10 +166,19 @@ def test_multi_channel_stem_is_averaged_for_one_channel(tmp_path: Path) -> None:
     assert torch.allclose(target.conv1.weight, source.conv1.weight.mean(dim=1, keepdim=True))
 
 
+def test_file_is_hashed_only_when_a_sha256_is_configured(medicalnet_files: dict, monkeypatch) -> None:
+    def refuse(path: object) -> str:
+        raise AssertionError("hashed without a configured sha256")
+
+    monkeypatch.setattr(pretrained_module, "file_sha256", refuse)
+    assert load_pretrained(ResNet3D(10), medicalnet_files[10][0]).loaded > 0
+
+
 def test_sha256_is_checked(medicalnet_files: dict) -> None:
     path, _ = medicalnet_files[10]
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert load_pretrained(ResNet3D(10), path, sha256=actual.upper()).sha256 == actual
+    report = load_pretrained(ResNet3D(10), path, sha256=actual.upper())
+    assert report.sha256 == actual and report.as_params()["pretrained.sha256"] == actual
     wrong = "0" * 64
     with pytest.raises(PretrainedWeightsError) as error:
         load_pretrained(ResNet3D(10), path, sha256=wrong)
@@ -232,7 +187,7 @@ def test_sha256_is_checked(medicalnet_files: dict) -> None:
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "resnet_10.pth"
-    with pytest.raises(FileNotFoundError, match="resnet_10.pth"):
+    with pytest.raises(PretrainedWeightsError, match="resnet_10.pth.*model.pretrained.path"):
         load_pretrained(ResNet3D(10), missing)
 
 
@@ -251,9 +206,11 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     tiny = CNN3D(widths=(2,))
     torch.save({"state_dict": tiny.state_dict(), "payload": _WritesMarkerWhenUnpickled(marker)}, path)
-    with pytest.raises(PretrainedWeightsError, match="weights_only"):
+    with pytest.raises(PretrainedWeightsError, match="weights_only") as error:
         load_pretrained(tiny, path)
     assert not marker.exists()
+    assert "weights_only=False" not in str(error.value)  # never suggest running the file's code
+    assert "io.open" in str(error.value)  # the refused object (what the payload unpickles to) is named
 
 
 def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
@@ -286,6 +243,16 @@ def test_plain_state_dict_with_dataparallel_prefix(tmp_path: Path) -> None:
     target = CNN3D(widths=(2, 4))
     assert load_pretrained(target, path).format == "state_dict"
     assert torch.equal(target.features[1][0].weight, source.features[1][0].weight)
+
+
+@pytest.mark.parametrize("content", [b"", b"weights are on the other disk\n", b"PK\x03\x04 truncated zip"],
+                         ids=["empty", "text", "truncated"])
+def test_unreadable_file_is_named_without_unsafe_advice(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "resnet_10.pth"
+    path.write_bytes(content)
+    with pytest.raises(PretrainedWeightsError, match="resnet_10.pth: not a readable PyTorch checkpoint") as error:
+        load_pretrained(CNN3D(widths=(2,)), path)
+    assert "weights_only=False" not in str(error.value)
 
 
 def test_unrecognised_content_is_rejected(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ import SimpleITK as sitk
 from lungexp.convert import main as convert_main
 from lungexp.data.annotations import check_points_inside, read_annotations, read_malignancy_annotations
 from lungexp.data.io import ScanHeader, read_dicom_series, read_scan
+from lungexp.data.names import ANNOTATION_COLUMNS, MALIGNANCY_COLUMNS
 from lungexp.data.scan import Scan
-from tests.helpers_data import dicom_numbers, dicom_tag, shared_data_dir, stored_pixel_values
+from tests.helpers.data import dicom_numbers, dicom_tag, shared_data_dir, stored_pixel_values
 
 pytestmark = pytest.mark.real_data
 
@@ -138,6 +139,9 @@ def test_official_csvs_read_in_full(data_dir: Path) -> None:
     ours = malignancy[malignancy["seriesuid"].isin([e.uid for e in EXPECTED.values()])]
     assert len(ours) == 4 and ours["mal_bool"].all()
     assert ours["mal_details"].str.startswith("[").all()
+    # The column lists the generator writes and the readers expect are those of the release.
+    assert list(annotations.columns) == ANNOTATION_COLUMNS
+    assert list(malignancy.columns) == MALIGNANCY_COLUMNS
 
 
 def test_convert_writes_luna16_mhd(series: dict[str, RealSeries], tmp_path: Path, capsys) -> None:

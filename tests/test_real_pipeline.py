@@ -13,8 +13,7 @@ from lungexp.data.annotations import read_annotations
 from lungexp.data.io import index_scans, read_scan
 from lungexp.data.patches import PatchExtractor, PatchSpec
 from lungexp.training.pipeline import train
-
-from .helpers_data import shared_data_dir
+from tests.helpers.data import shared_data_dir
 
 pytestmark = pytest.mark.real_data
 

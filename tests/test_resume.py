@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,8 @@ import torch
 from mlflow import MlflowClient
 
 from lungexp.training.pipeline import train
-
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
+from tests.helpers.cli import run_entry_point
+from tests.helpers.config import FAST_OVERRIDES, TINY_NETS
 
 # Deterministic and exercising every random draw: balanced sampler, augmentation, dropout.
 RUN = ["trainer.max_epochs=3", "trainer.deterministic=true", "aug=light", "task_name=resume",
@@ -23,9 +21,7 @@ KILL_AT_STEP = 13  # 9 steps per epoch on the tiny data: mid-way through the sec
 
 
 def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "lungexp.run", *RUN, *overrides]
-    return subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, "LUNGEXP_ROOT": str(root)},
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
+    return run_entry_point("run", [*RUN, *overrides], root, timeout=900)
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:

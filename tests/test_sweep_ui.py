@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
-from .helpers.mlflow_ui import (
+from tests.helpers.cli import run_entry_point
+from tests.helpers.config import FAST_OVERRIDES, TINY_NETS
+from tests.helpers.mlflow_ui import (
     choose_option,
     chromium_or_skip,
     compare_page_metric,
@@ -35,11 +33,10 @@ def _as_shown(value: float) -> str:
 def sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`python -m lungexp.run -m aug=none,light`: two tiny jobs, with their console output and MLflow store."""
     root = tmp_path_factory.mktemp("sweep")
-    command = [sys.executable, "-m", "lungexp.run", "-m", "aug=none,light", "trainer.max_epochs=2", "task_name=sweep",
-               f"data.root={synthetic_root}", "data.synthetic=null", f"data.cache_dir={synthetic_root.parent / 'cache'}",
-               *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
-    proc = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, "LUNGEXP_ROOT": str(root)},
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
+    proc = run_entry_point("run", ["-m", "aug=none,light", "trainer.max_epochs=2", "task_name=sweep",
+                                   f"data.root={synthetic_root}", "data.synthetic=null",
+                                   f"data.cache_dir={synthetic_root.parent / 'cache'}", *FAST_OVERRIDES,
+                                   *TINY_NETS["cnn3d"]], root, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)

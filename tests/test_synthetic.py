@@ -15,8 +15,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from lungexp.data import synthetic
-from lungexp.data.synthetic import SyntheticDataset, generate_luna16_dataset
+from lungexp.data.names import MALIGNANCY_COLUMNS
+from lungexp.data.synthetic import SyntheticDataset, generate_luna16_dataset, generator, nodules
+from lungexp.data.synthetic.geometry import Geometry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (40, 96, 96)
@@ -176,18 +177,7 @@ def test_malignancy_table_matches_annotations(
     dataset: SyntheticDataset, manifest: dict, annotations: pd.DataFrame
 ) -> None:
     table = pd.read_csv(dataset.malignancy_csv)
-    assert list(table.columns) == [
-        *LUNA_ANNOTATION_COLUMNS,
-        "mal_bool",
-        "mal_details",
-        "bboxLowX",
-        "bboxLowY",
-        "bboxLowZ",
-        "bboxHighX",
-        "bboxHighY",
-        "bboxHighZ",
-        "len_mal_details",
-    ]
+    assert list(table.columns) == MALIGNANCY_COLUMNS  # the release's columns: tests/test_real_data.py
     pd.testing.assert_frame_equal(table[LUNA_ANNOTATION_COLUMNS], annotations)
     assert table["mal_bool"].dtype == bool
     assert 0.3 <= table["mal_bool"].mean() <= 0.5
@@ -208,28 +198,28 @@ def test_malignancy_table_matches_annotations(
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_every_run_of_nodules_is_about_40_percent_malignant(seed: int) -> None:
-    labels = np.array(synthetic._malignancy_labels(seed, 0, 500))
+    labels = np.array(nodules.malignancy_labels(seed, 0, 500))
     assert 0.38 <= labels.mean() <= 0.42
     windows = np.convolve(labels, np.ones(10), mode="valid") / 10
     assert windows.min() >= 0.3 and windows.max() <= 0.5
-    assert labels[:50].tolist() == synthetic._malignancy_labels(seed, 0, 50)
-    assert labels[20:30].tolist() == synthetic._malignancy_labels(seed, 20, 10)
-    assert labels.tolist() != synthetic._malignancy_labels(seed + 10, 0, 500)
+    assert labels[:50].tolist() == nodules.malignancy_labels(seed, 0, 50)
+    assert labels[20:30].tolist() == nodules.malignancy_labels(seed, 20, 10)
+    assert labels.tolist() != nodules.malignancy_labels(seed + 10, 0, 500)
 
 
 def test_malignancy_is_learnable_but_not_trivial() -> None:
     """Over many nodules, size, texture and shape differ by class but overlap."""
     lung = np.zeros((44, 44, 44), dtype=bool)
     lung[2:-2, 2:-2, 2:-2] = True
-    geometry = synthetic._Geometry(lung.shape, np.ones(3), np.zeros(3))
+    geometry = Geometry(lung.shape, np.ones(3), np.zeros(3))
     clearance = ndimage.distance_transform_edt(lung)
     rng = np.random.default_rng(0)
     malignant = np.arange(400) % 5 < 2
-    nodules = [synthetic._place_nodules(rng, [label], lung, clearance, geometry)[0] for label in malignant]
-    assert [n.malignant for n in nodules] == malignant.tolist()
-    diameter = np.array([n.diameter_mm for n in nodules])
-    kind = np.array([n.appearance.kind for n in nodules])
-    lobulation = np.array([n.appearance.lobulation for n in nodules])
+    placed = [nodules.place_nodules(rng, [label], lung, clearance, geometry)[0] for label in malignant]
+    assert [n.malignant for n in placed] == malignant.tolist()
+    diameter = np.array([n.diameter_mm for n in placed])
+    kind = np.array([n.appearance.kind for n in placed])
+    lobulation = np.array([n.appearance.lobulation for n in placed])
     assert np.median(diameter[malignant]) > 1.4 * np.median(diameter[~malignant])
     assert (kind[malignant] == "part_solid").mean() > (kind[~malignant] == "part_solid").mean()
     assert (kind[~malignant] == "calcified").mean() > 0.1 > (kind[malignant] == "calcified").mean()
@@ -268,7 +258,7 @@ def test_complete_dataset_is_reused_and_other_parameters_are_refused(
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a dataset that was already complete")
 
-    monkeypatch.setattr(synthetic, "_write_dataset", fail)
+    monkeypatch.setattr(generator, "_write_dataset", fail)
     # Hydra passes lists; they mean the same parameters.
     as_lists = {**PARAMS, "shape_zyx": list(SHAPE), "nodules_per_scan": list(PARAMS["nodules_per_scan"])}
     assert generate_luna16_dataset(dataset.root, **as_lists) == dataset
@@ -280,14 +270,14 @@ def test_interrupted_run_leaves_nothing_and_overwrite_replaces(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "luna16"
-    generate_scan = synthetic._generate_scan
+    generate_scan = generator._generate_scan
 
     def interrupted_on_second_scan(params, index, *args, **kwargs):
         if index == 1:
             raise KeyboardInterrupt
         return generate_scan(params, index, *args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "_generate_scan", interrupted_on_second_scan)
+    monkeypatch.setattr(generator, "_generate_scan", interrupted_on_second_scan)
     with pytest.raises(KeyboardInterrupt):
         generate_luna16_dataset(root, **TINY)
     assert list(tmp_path.iterdir()) == []  # neither a half dataset at root nor a staging folder

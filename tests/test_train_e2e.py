@@ -13,8 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from lungexp.training.pipeline import train
-
-from .conftest import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS, tiny_synthetic_overrides
+from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS, tiny_synthetic_overrides
 
 
 @pytest.mark.slow

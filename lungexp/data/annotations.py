@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungexp.data.io import ScanHeader
-from lungexp.utils.errors import LungexpError
+from lungexp.data.io.reader import ScanHeader
+from lungexp.data.names import COORD_COLUMNS
+from lungexp.utils.errors import LungexpError, look_up_option
 
 log = logging.getLogger(__name__)
 
-COORD_COLUMNS = ["coordX", "coordY", "coordZ"]
+OUTSIDE_CHOICES = ("error", "skip")
 
 # Rows listed in an error before "and N more".
 _SHOWN = 5
@@ -117,6 +118,11 @@ def read_world_points(path: str | Path) -> pd.DataFrame:
     return _read_csv(path, _WORLD_POINT_RULES)
 
 
+def read_points(path: str | Path, with_seriesuid: bool = True) -> pd.DataFrame:
+    """World points ``seriesuid, coordX, coordY, coordZ`` (or only the coordinates), e.g. candidates to score."""
+    return _read_csv(path, _POINT_RULES if with_seriesuid else dict.fromkeys(COORD_COLUMNS, _number))
+
+
 def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
     """Read ``path`` and parse the columns named in ``rules``; raise on the first broken column."""
     path = Path(path)
@@ -183,15 +189,14 @@ def check_points_inside(
     Args:
         points: ``seriesuid, coordX, coordY, coordZ`` (world mm) as returned by the readers here; its
             index is taken as the CSV's row order for the row numbers in messages.
-        headers: seriesuid -> scan geometry (:func:`lungexp.data.io.read_scan_header`).
+        headers: seriesuid -> scan geometry (:func:`lungexp.data.io.reader.read_scan_header`).
         on_outside: ``error`` raises on points without a scan or outside it; ``skip`` drops them and
-            logs a warning with their count.
+            logs a warning with their count (``data.outside``).
         source: the CSV the points came from, named in messages.
 
     Returns the kept rows with their original index.
     """
-    if on_outside not in ("error", "skip"):
-        raise ValueError(f"on_outside must be 'error' or 'skip', got '{on_outside}'")
+    look_up_option("data.outside", on_outside, OUTSIDE_CHOICES)
     name = source if source is not None else "points"
     unknown = ~points["seriesuid"].isin(list(headers))
     if unknown.any():
@@ -199,8 +204,8 @@ def check_points_inside(
         listing = ", ".join(uids[:3]) + (f" and {len(uids) - 3} more" if len(uids) > 3 else "")
         if on_outside == "error":
             raise AnnotationError(f"{name}: {len(uids)} seriesuid(s) in {int(unknown.sum())} row(s) have no scan: "
-                                  f"{listing}; add their scans under the data root or skip them "
-                                  "(on_outside='skip')")
+                                  f"{listing}; add their scans under data.root or skip their rows "
+                                  "(data.missing_scans=skip)")
         log.warning("%s: skipping %d row(s) of %d seriesuid(s) without a scan", name, int(unknown.sum()), len(uids))
     inside = pd.Series(False, index=points.index)
     for uid, rows in points[~unknown].groupby("seriesuid").groups.items():
@@ -211,7 +216,7 @@ def check_points_inside(
             raise AnnotationError(
                 f"{name}: {int(outside.sum())} point(s) lie outside their scan: "
                 f"{_describe_outside(points[outside], headers)}. Coordinates must be world mm (x, y, z) in the "
-                "scan's frame, not voxel indices; or skip such points (on_outside='skip')"
+                "scan's frame, not voxel indices; or skip such points (data.outside=skip)"
             )
         log.warning("%s: skipping %d point(s) outside their scan", name, int(outside.sum()))
     return points[inside]

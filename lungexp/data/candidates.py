@@ -10,19 +10,21 @@ so the result is cached as a CSV keyed by its inputs and written atomically.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from lungexp.data.annotations import COORD_COLUMNS, read_annotations
-from lungexp.data.io import read_scan
+from lungexp.data.annotations import read_annotations
+from lungexp.data.atomic import atomic_file
+from lungexp.data.fingerprint import content_key
+from lungexp.data.hu_check import read_ct_scan
+from lungexp.data.names import COORD_COLUMNS
 from lungexp.data.negatives import sample_negatives
+from lungexp.data.parallel import map_scans
+from lungexp.utils.errors import check_int, check_number
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +34,60 @@ EXCLUDED_MIN_RADIUS_MM = 2.5
 
 def _negatives_for_scan(task: tuple[str, str, np.ndarray, np.ndarray, dict]) -> pd.DataFrame:
     uid, path, centres, diameters, options = task
-    points = sample_negatives(read_scan(path), centres, diameters, **options)
+    points = sample_negatives(read_ct_scan(path), centres, diameters, **options)
     return pd.DataFrame({"seriesuid": uid, **dict(zip(COORD_COLUMNS, points.T, strict=True)), "class": 0})
+
+
+@dataclass(frozen=True)
+class NegativesSpec:
+    """Negatives sampled from each scan's lungs (``data.negatives``), see :func:`sample_negatives`.
+
+    Args:
+        count: negatives per scan.
+        vessel_fraction: share placed on vessels and other bright structures (hard negatives).
+        margin_mm: minimum distance from a nodule's edge.
+        seed: base seed; each scan's sampling is seeded from it and its seriesuid.
+    """
+
+    count: int = 30
+    vessel_fraction: float = 0.5
+    margin_mm: float = 10.0
+    seed: int = 0
+
+    @classmethod
+    def from_config(
+        cls, count: int = 30, vessel_fraction: float = 0.5, margin_mm: float = 10.0, seed: int = 0
+    ) -> NegativesSpec:
+        """Check ``data.negatives``; :class:`~lungexp.utils.errors.ConfigError` names the key of a bad value."""
+        return cls(
+            count=check_int("data.negatives.count", count, minimum=0),
+            vessel_fraction=check_number("data.negatives.vessel_fraction", vessel_fraction, 0, 1),
+            margin_mm=check_number("data.negatives.margin_mm", margin_mm, low=0),
+            seed=check_int("data.negatives.seed", seed, minimum=0),
+        )
 
 
 def sampled_candidates(
     annotations_csv: str | Path,
     scans: pd.DataFrame,
     cache_dir: str | Path,
-    count: int = 30,
-    vessel_fraction: float = 0.5,
-    margin_mm: float = 10.0,
-    seed: int = 0,
+    negatives: NegativesSpec = NegativesSpec(),
     num_workers: int = 0,
 ) -> pd.DataFrame:
-    """``seriesuid, coordX, coordY, coordZ, class``: annotated nodules (1) + ``count`` sampled negatives (0) per scan.
+    """``seriesuid, coordX, coordY, coordZ, class``: annotated nodules (1) + ``negatives.count`` sampled
+    negatives (0) per scan.
 
     Args:
         annotations_csv: LUNA16 ``annotations.csv`` (nodule centres and diameters).
         scans: ``seriesuid, path`` of every scan to sample from (scans without nodules get negatives too).
         cache_dir: where the sampled table is cached.
-        count, vessel_fraction, margin_mm: per-scan negatives, see :func:`sample_negatives`.
-        seed: base seed; each scan's sampling is seeded from it and its seriesuid.
+        negatives: how many negatives per scan, where, and their seed.
         num_workers: processes sampling scans in parallel.
     """
     annotations = read_annotations(annotations_csv)
     annotations = annotations[annotations["seriesuid"].isin(scans["seriesuid"])]
-    options = {"count": count, "vessel_fraction": vessel_fraction, "margin_mm": margin_mm, "seed": seed}
-    key_source = {"options": options, "annotations": pd.util.hash_pandas_object(annotations, index=False).sum(),
-                  "scans": [(uid, str(p), os.stat(p).st_mtime_ns) for uid, p in zip(scans.seriesuid, scans.path,
-                                                                                      strict=True)]}
-    key = hashlib.sha256(json.dumps(key_source, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    options = asdict(negatives)
+    key = content_key(options, annotations, dict(zip(scans["seriesuid"], scans["path"], strict=True)))
     target = Path(cache_dir) / f"sampled_candidates-{key}.csv"
     if target.is_file():
         return pd.read_csv(target, dtype={"seriesuid": str})
@@ -71,21 +96,16 @@ def sampled_candidates(
     tasks = []
     for uid, path in zip(scans["seriesuid"], scans["path"], strict=True):
         rows = nodules.get_group(uid) if uid in nodules.groups else annotations.iloc[:0]
-        scan_seed = seed + int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16)  # independent of scan order
+        scan_seed = negatives.seed + int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16)  # independent of scan order
         tasks.append((uid, str(path), rows[COORD_COLUMNS].to_numpy(float), rows["diameter_mm"].to_numpy(float),
                       {**options, "seed": scan_seed}))
-    log.info("No candidates file: sampling %d negatives per scan from the lungs of %d scans", count, len(tasks))
-    if num_workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(tasks))) as pool:
-            negatives = list(tqdm(pool.map(_negatives_for_scan, tasks), total=len(tasks), desc="Sampling negatives"))
-    else:
-        negatives = [_negatives_for_scan(task) for task in tqdm(tasks, desc="Sampling negatives")]
+    log.info("No candidates file: sampling %d negatives per scan from the lungs of %d scans", negatives.count,
+             len(tasks))
+    sampled = map_scans(_negatives_for_scan, tasks, num_workers, "Sampling negatives")
     positives = annotations[["seriesuid", *COORD_COLUMNS]].assign(**{"class": 1})
-    table = pd.concat([positives, *negatives], ignore_index=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.tmp")
-    table.to_csv(partial, index=False)
-    os.replace(partial, target)
+    table = pd.concat([positives, *sampled], ignore_index=True)
+    with atomic_file(target) as temporary:
+        table.to_csv(temporary, index=False)
     return table
 
 

@@ -1,27 +1,29 @@
-"""The LightningDataModule: scans + label CSV -> patch cache -> series-level splits -> loaders."""
+"""The LightningDataModule: scans + label CSV -> patch cache -> series-level splits -> loaders.
+
+Every option is checked when the datamodule is made (:class:`~lungexp.data.options.DataOptions`),
+before any data is generated, read or cached, so a typo in ``data.*`` fails in seconds, naming the
+key and the closest valid value.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from lungexp.data.annotations import read_excluded_annotations
-from lungexp.data.cache import PatchCache, build_patch_cache
-from lungexp.data.candidates import drop_excluded, sampled_candidates
+from lungexp.data.cache import PatchCache, build_patch_cache, find_patch_cache
 from lungexp.data.dataset import HUWindow, PatchDataset
-from lungexp.data.io import index_scans
-from lungexp.data.patches import PatchSpec
-from lungexp.data.samples import build_samples, limit_negatives, read_labels
-from lungexp.data.sampling import EpochSeededRandomSampler, EpochSeededWeightedSampler
-from lungexp.data.splits import check_splits, split_by_series, split_by_subset
+from lungexp.data.io.scan_index import index_scans
+from lungexp.data.options import DataOptions
+from lungexp.data.samples import build_samples, limit_negatives, limit_training_negatives, task_labels
+from lungexp.data.splits import check_splits, split_samples
+from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
+from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +40,27 @@ class NoduleDataModule(pl.LightningDataModule):
         patch: :meth:`PatchSpec.from_config` arguments (size, spacing_mm, size_mm, pad_hu).
         hu_window: ``[low, high]`` HU kept (clipped outside).
         normalize: ``unit`` ([0, 1]), ``symmetric`` ([-1, 1]) or ``zscore`` (per patch), see :class:`HUWindow`.
-        split: ``{method: subsets, fold, val_fold}`` or ``{method: series, val_fraction, test_fraction, seed,
-            group_by}`` (``group_by``: ``seriesuid`` or a patient column of the labels CSV).
-        balance: ``{sampler: none|balanced, positive_fraction, samples_per_epoch}``.
+        split: :meth:`SplitSpec.from_config` arguments: ``{method: subsets, fold, val_fold}``,
+            ``{method: series, val_fraction, test_fraction, seed, group_by}`` or ``{method: folds, num_folds,
+            fold, val_fold, seed, group_by}``.
+        balance: :meth:`BalanceSpec.from_config` arguments: ``{sampler: none|balanced, positive_fraction,
+            samples_per_epoch}``.
+        batch_size, num_workers, pin_memory: DataLoader arguments.
+        preprocess_workers: processes building the patch cache.
         synthetic: if given, keyword arguments of
-            :func:`lungexp.data.synthetic.generate_luna16_dataset`, run when ``root`` is missing.
+            :func:`lungexp.data.synthetic.generate_luna16_dataset`, run when ``root`` holds no dataset.
         train_transform: augmentation for training patches (TorchIO transform or any callable).
-        missing_scans / outside: ``error`` or ``skip``, see :func:`build_samples`.
+        missing_scans / outside: ``error`` or ``skip``, see :func:`lungexp.data.samples.build_samples`.
+        in_channels: if given, must equal the number of patch scales (the model's input channels).
         annotations_csv: LUNA16 ``annotations.csv``; with ``task=candidates`` and no ``labels_csv`` on
             disk, positives come from it and negatives are sampled from the lungs (``negatives``).
         excluded_csv: LUNA16 ``annotations_excluded.csv``; negatives on these findings are dropped.
-        negatives: :func:`lungexp.data.candidates.sampled_candidates` options (count, vessel_fraction,
-            margin_mm, seed).
-        max_negatives_per_scan: keep at most this many negatives of each scan (seeded by ``split.seed``);
-            null keeps all.
+        negatives: :meth:`NegativesSpec.from_config` arguments (count, vessel_fraction, margin_mm, seed).
+        max_negatives_per_scan: keep at most this many negatives of each training scan (seeded by
+            ``split.seed``); validation and test scans keep all. null keeps all.
+
+    Raises:
+        ConfigError: a value that cannot work, naming its key (``data.split.method``, ...).
     """
 
     def __init__(
@@ -80,78 +89,60 @@ class NoduleDataModule(pl.LightningDataModule):
         max_negatives_per_scan: int | None = None,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
-        self.labels_csv = Path(labels_csv)
-        self.task = task
-        self.cache_dir = Path(cache_dir)
-        self.spec = PatchSpec.from_config(**(patch or {}))
-        if in_channels is not None and in_channels != self.spec.channels:
-            raise ValueError(f"data.in_channels={in_channels} but the patch has {self.spec.channels} "
-                             f"channel(s) (one per data.patch.spacing_mm entry)")
-        self.window = HUWindow(*hu_window, normalize=normalize)
-        self.split_config = dict(split or {"method": "subsets", "fold": 0, "val_fold": 1})
-        self.balance = dict(balance or {"sampler": "none"})
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.preprocess_workers = preprocess_workers
-        self.pin_memory = pin_memory
-        self.synthetic = synthetic
+        self.options = DataOptions.from_config({
+            "root": root, "labels_csv": labels_csv, "task": task, "cache_dir": cache_dir, "patch": patch,
+            "hu_window": hu_window, "normalize": normalize, "split": split, "balance": balance,
+            "batch_size": batch_size, "num_workers": num_workers, "preprocess_workers": preprocess_workers,
+            "pin_memory": pin_memory, "synthetic": synthetic, "missing_scans": missing_scans, "outside": outside,
+            "in_channels": in_channels, "annotations_csv": annotations_csv, "excluded_csv": excluded_csv,
+            "negatives": negatives, "max_negatives_per_scan": max_negatives_per_scan,
+        })
+        self.window = HUWindow(*self.options.hu_window, normalize=self.options.normalize)
         self.train_transform = train_transform
-        self.missing_scans = missing_scans
-        self.outside = outside
-        self.annotations_csv = Path(annotations_csv) if annotations_csv else None
-        self.excluded_csv = Path(excluded_csv) if excluded_csv else None
-        self.negatives = dict(negatives or {})
-        self.max_negatives_per_scan = max_negatives_per_scan
         self.cache: PatchCache | None = None
         self.datasets: dict[str, PatchDataset] = {}
 
     def prepare_data(self) -> None:
-        """Generate the synthetic dataset if configured and absent, then build the patch cache (rank 0 only)."""
-        if self.synthetic is not None:
-            from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
+        """Generate the synthetic dataset if configured and absent, and build the patch cache.
 
-            if not (self.root / MANIFEST_NAME).is_file():
-                log.info("Generating the synthetic LUNA16-format dataset in %s (once)", self.root)
-            generate_luna16_dataset(self.root, **self.synthetic)
-        self.cache = self._load_cache()
+        Lightning runs this in one process only, so it keeps no state: :meth:`setup` finds the cache on disk.
+        """
+        self.build_cache()
 
-    def _load_cache(self) -> PatchCache:
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root {self.root} does not exist; point data.root at your scans")
-        scans = index_scans(self.root)
-        labels = limit_negatives(self._labels(scans), self.max_negatives_per_scan, self.split_config.get("seed", 0))
-        samples = build_samples(labels, scans,
-                                source=self.labels_csv, missing_scans=self.missing_scans, outside=self.outside)
+    def build_cache(self) -> PatchCache:
+        """This configuration's patch cache, built first (and the synthetic dataset generated) if missing.
+
+        Sets no state; fast when the cache exists (the scans are indexed and the labels read to find its key).
+        """
+        options = self.options
+        if options.synthetic is not None:
+            if not (options.root / MANIFEST_NAME).is_file():
+                log.info("Generating the synthetic LUNA16-format dataset in %s (once)", options.root)
+            generate_luna16_dataset(options.root, **options.synthetic)
+        scans = index_scans(options.root)
+        labels = task_labels(options.task, options.labels_csv, scans, options.cache_dir, options.annotations_csv,
+                             options.excluded_csv, options.negatives, num_workers=options.preprocess_workers)
+        samples = build_samples(labels, scans, source=options.labels_csv, missing_scans=options.missing_scans,
+                                outside=options.outside)
         if samples.empty:
-            raise ValueError(f"no samples: none of the series in {self.labels_csv} has a scan under {self.root}")
+            raise LungexpError(f"no samples: none of the series in {options.labels_csv} has a scan under "
+                               f"{options.root}; check data.root and data.labels_csv")
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
-        return build_patch_cache(samples, scan_paths, self.spec, self.cache_dir,
-                                 num_workers=self.preprocess_workers)
-
-    def _labels(self, scans: pd.DataFrame) -> pd.DataFrame:
-        """The task's labelled points; for candidates, sampled ones if there is no candidates file."""
-        if self.task != "candidates":
-            return read_labels(self.task, self.labels_csv)
-        if not self.labels_csv.is_file() and self.annotations_csv is not None and self.annotations_csv.is_file():
-            log.warning("%s not found: positives are the nodules of %s, negatives are sampled from the lungs",
-                        self.labels_csv, self.annotations_csv)
-            labels = sampled_candidates(self.annotations_csv, scans, self.cache_dir,
-                                        num_workers=self.preprocess_workers, **self.negatives)
-            labels = labels.rename(columns={"class": "label"})
-        else:
-            labels = read_labels(self.task, self.labels_csv)
-        if self.excluded_csv is not None and self.excluded_csv.is_file():
-            labels = drop_excluded(labels, read_excluded_annotations(self.excluded_csv), self.labels_csv)
-        return labels
+        complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
+        if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
+            return complete
+        samples = limit_training_negatives(samples, options.max_negatives_per_scan, options.split)
+        return build_patch_cache(samples, scan_paths, options.patch, options.cache_dir,
+                                 num_workers=options.preprocess_workers)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        if "train" in self.datasets:
             return
-        if self.cache is None:  # prepare_data ran in another process (DDP rank > 0) or not at all
-            self.cache = self._load_cache()
-        splits = self._split(self.cache.index)
-        check_splits(splits, group_by=self.split_config.get("group_by", "seriesuid"))
+        self.cache = self.build_cache()  # built by prepare_data (in this or another process)
+        splits = split_samples(self.cache.index, self.options.split)
+        # A no-op on a cache built with the cap; on a cache of every sample, the same seeded choice.
+        splits["train"] = limit_negatives(splits["train"], self.options.max_negatives_per_scan, self.options.split.seed)
+        check_splits(splits, group_by=self.options.split.group_by)
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None
             self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform)
@@ -160,15 +151,17 @@ class NoduleDataModule(pl.LightningDataModule):
             log.info("%s: %d patches (%d positive, %d negative) from %d series", name, len(dataset), positives,
                      negatives, splits[name]["seriesuid"].nunique())
 
-    def _split(self, samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        config = dict(self.split_config)
-        method = config.pop("method", "subsets")
-        if method == "subsets":
-            return split_by_subset(samples, test_fold=config["fold"], val_fold=config["val_fold"])
-        if method == "series":
-            return split_by_series(samples, config["val_fraction"], config["test_fraction"], config["seed"],
-                                   group_by=config.get("group_by", "seriesuid"))
-        raise ValueError(f"unknown data.split.method '{method}'; choose 'subsets' (LUNA16 folds) or 'series'")
+    def setup_all(self) -> None:
+        """Add the dataset ``all``: every sample, unsplit (an external test set, or the pooled test folds of a
+        cross-validation, which together cover every series)."""
+        if self.cache is None:
+            self.cache = self.build_cache()
+        self.datasets["all"] = PatchDataset(self.cache, np.arange(len(self.cache)), self.window)
+
+    def split_series(self, name: str) -> list[str]:
+        """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""
+        dataset = self.datasets[name]
+        return list(dict.fromkeys(self.cache.index["seriesuid"].to_numpy()[dataset.rows]))
 
     @property
     def fingerprint(self) -> str | None:
@@ -181,31 +174,19 @@ class NoduleDataModule(pl.LightningDataModule):
         return self.datasets["train"].class_counts()
 
     def _loader(self, name: str, **kwargs: Any) -> DataLoader:
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, **kwargs)
+        options = self.options
+        return DataLoader(self.datasets[name], batch_size=options.batch_size, num_workers=options.num_workers,
+                          pin_memory=options.pin_memory, persistent_workers=options.num_workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        # The loader's own generator: creating its iterator then leaves the global RNG (augmentation) alone.
-        return self._loader("train", sampler=self._train_sampler(), drop_last=False, generator=torch.Generator())
-
-    def _train_sampler(self) -> Sampler:
-        """Shuffling, or balanced sampling: each epoch draws positives with probability ``positive_fraction``;
-        seeded per epoch from the run's seed (see :mod:`lungexp.data.sampling`)."""
-        kind = self.balance.get("sampler", "none")
-        if kind == "none":
-            return EpochSeededRandomSampler(self.datasets["train"], seed=torch.initial_seed())
-        if kind != "balanced":
-            raise ValueError(f"unknown data.balance.sampler '{kind}'; choose 'none' or 'balanced'")
-        labels = self.datasets["train"].labels
-        fraction = float(self.balance.get("positive_fraction", 0.5))
-        positives = labels.sum()
-        weights = np.where(labels > 0, fraction / positives, (1 - fraction) / (len(labels) - positives))
-        num_samples = self.balance.get("samples_per_epoch") or len(labels)
-        return EpochSeededWeightedSampler(torch.as_tensor(weights, dtype=torch.double), int(num_samples),
-                                          replacement=True, seed=torch.initial_seed())
+        # Per-epoch seeded order, and the loader's own generator: creating its iterator then leaves the global
+        # RNG (augmentation) alone, so epoch e draws the same after a resume (lungexp.training.resume).
+        sampler = self.options.balance.sampler_for(self.datasets["train"].labels, seed=torch.initial_seed())
+        return self._loader("train", sampler=sampler, drop_last=False, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+

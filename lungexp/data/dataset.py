@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lungexp.data.cache import PatchCache
-
-NORMALIZATIONS = ("unit", "symmetric", "zscore")
+from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.data.options import check_hu_window
 
 
 class HUWindow:
@@ -22,11 +22,7 @@ class HUWindow:
     """
 
     def __init__(self, low: float = -1000.0, high: float = 400.0, normalize: str = "unit") -> None:
-        if high <= low:
-            raise ValueError(f"HU window must have low < high, got [{low}, {high}]")
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown data.normalize '{normalize}'; choose one of {NORMALIZATIONS}")
-        self.low, self.high, self.normalize = float(low), float(high), normalize
+        self.low, self.high, self.normalize = check_hu_window((low, high), normalize)
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
         scaled = (np.asarray(hu, dtype=np.float32) - self.low) / (self.high - self.low)
@@ -40,12 +36,13 @@ class HUWindow:
 
 
 class PatchDataset(Dataset):
-    """Rows of a :class:`PatchCache` as ``{"image": (C, D, H, W) float, "label": float, "index": int}``.
+    """Rows of a :class:`PatchCache` as ``{"image": (C, D, H, W) float, "label": float, "index": int}``
+    (the keys are :mod:`lungexp.data.names`' ``IMAGE_KEY``, ``LABEL_KEY``, ``INDEX_KEY``; ``index`` is the cache row).
 
     Args:
         cache: the patch cache.
         rows: which cache rows form this dataset (e.g. one split).
-        window: HU -> [0, 1] normalisation.
+        window: clips HU to the window, then normalises (``unit``, ``symmetric`` or ``zscore``).
         transform: optional callable on the normalised ``(C, D, H, W)`` tensor, e.g. a TorchIO
             ``Compose``; applied in DataLoader workers.
     """
@@ -70,7 +67,7 @@ class PatchDataset(Dataset):
         image = self.window(self.cache.patches[self.rows[i]])
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "label": torch.tensor(self.labels[i]), "index": torch.tensor(self.rows[i])}
+        return {IMAGE_KEY: image, LABEL_KEY: torch.tensor(self.labels[i]), INDEX_KEY: torch.tensor(self.rows[i])}
 
     def class_counts(self) -> tuple[int, int]:
         """(negatives, positives)."""

@@ -16,8 +16,9 @@ from scipy import ndimage
 
 from lungexp.data.scan import Scan
 
-# Lung parenchyma (about -850 HU) and air lie below this; soft tissue, vessels and nodules above.
-AIR_HU = -400
+# Air-like voxels lie below this: lung parenchyma (about -850 HU) and air; soft tissue, vessels and
+# nodules above.
+AIR_THRESHOLD_HU = -400
 # Inside the lungs, vessels, airway walls and nodules are brighter than this; parenchyma is darker.
 BRIGHT_HU = -500
 # The mask is computed at about this in-plane spacing (mm): finer detail is not needed and costs time.
@@ -41,7 +42,7 @@ def lung_mask(scan: Scan) -> np.ndarray:
     Steps, on a copy subsampled in-plane to about ``MASK_SPACING_MM`` (a 512x512 slice at 0.7 mm
     becomes 256x256), for speed:
 
-    1. air-like voxels: HU < ``AIR_HU`` (-400);
+    1. air-like voxels: HU < ``AIR_THRESHOLD_HU`` (-400);
     2. drop, slice by slice, the air connected to the slice border: the air around the body. The
        padding outside the reconstruction circle (about -2000 HU) is air-like too and fills the slice
        corners, so it goes with it, as does the air it encloses. Working per slice keeps a leak
@@ -56,12 +57,12 @@ def lung_mask(scan: Scan) -> np.ndarray:
     """
     step_y, step_x = (max(1, round(MASK_SPACING_MM / s)) for s in scan.spacing[1::-1])
     hu = scan.array[:, ::step_y, ::step_x]
-    air = hu < AIR_HU
+    air = hu < AIR_THRESHOLD_HU
     body_air = air & ~_connected_to_slice_border(air)
     lungs = _largest_components(body_air)
     mask_spacing = min(scan.spacing[1] * step_y, scan.spacing[0] * step_x)
     lungs = ndimage.binary_closing(lungs, structure=_in_plane_disc(round(CLOSING_RADIUS_MM / mask_spacing)))
-    lungs = ~_connected_to_slice_border(~lungs)  # the lungs and the holes they enclose in each slice
+    lungs = ndimage.binary_fill_holes(lungs, structure=_IN_PLANE)  # the holes each slice's lungs enclose
     return _nearest_upsample(lungs, scan.shape_zyx, step_y, step_x)
 
 

@@ -6,8 +6,9 @@ Outside the scan the patch is filled with ``pad_hu`` (air).
 
 Scans whose direction is a signed axis permutation (every LUNA16 and almost every clinical CT
 scan) are resampled separably: trilinear interpolation is three small 1D interpolation matrices
-applied to the block of voxels under the patch, ~20x faster than a general resampler. Oblique
-scans fall back to SimpleITK's resampler, which gives the same values.
+applied to the block of voxels under the patch, about 3x faster than SimpleITK's resampler called
+per patch (``python scripts/bench_data.py``; docs/benchmarks.md). Oblique scans fall back to
+SimpleITK's resampler, which gives the same values.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from lungexp.data.hu import AIR_HU
 from lungexp.data.scan import Scan
+from lungexp.utils.errors import ConfigError, check_int, check_number
 
-AIR_HU = -1000
+MIN_SIZE = 4  # voxels per side; below this a patch holds no context around the candidate
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,8 @@ class PatchSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spacing_mm", tuple(float(s) for s in self.spacing_mm))
-        if self.size < 4:
-            raise ValueError(f"patch size must be at least 4 voxels, got {self.size}")
+        if self.size < MIN_SIZE:
+            raise ValueError(f"patch size must be at least {MIN_SIZE} voxels, got {self.size}")
         if not self.spacing_mm or min(self.spacing_mm) <= 0:
             raise ValueError(f"patch spacing_mm must be positive, got {self.spacing_mm}")
 
@@ -50,13 +53,24 @@ class PatchSpec:
         cls, size: int | None = 32, spacing_mm: Sequence[float] = (1.0,), size_mm: float | None = None,
         pad_hu: float = AIR_HU,
     ) -> PatchSpec:
-        """Build from config, where the size may be given in mm (of the finest channel) instead."""
-        spacing = tuple(spacing_mm)
+        """Build from ``data.patch``, where the size may be given in mm (of the finest channel) instead.
+
+        Raises :class:`ConfigError` naming the ``data.patch.*`` key of a value that cannot work.
+        """
+        if isinstance(spacing_mm, str) or not isinstance(spacing_mm, Sequence) or not spacing_mm:
+            raise ConfigError(f"data.patch.spacing_mm={spacing_mm!r} must be a list of voxel sizes in mm, "
+                              "e.g. [1.0] or [1.0, 2.0] for two scales")
+        spacing = tuple(check_number("data.patch.spacing_mm", s, low=0, low_open=True) for s in spacing_mm)
+        check_number("data.patch.pad_hu", pad_hu)
         if size_mm is not None:
+            size_mm = check_number("data.patch.size_mm", size_mm, low=0, low_open=True)
             size = int(round(size_mm / min(spacing)))
-        if size is None:
-            raise ValueError("give the patch size in voxels (size) or millimetres (size_mm)")
-        return cls(size=int(size), spacing_mm=spacing, pad_hu=pad_hu)
+            if size < MIN_SIZE:
+                raise ConfigError(f"data.patch.size_mm={size_mm:g} is {size} voxel(s) at {min(spacing):g} mm; "
+                                  f"a patch needs at least {MIN_SIZE} per side")
+        elif size is None:
+            raise ConfigError("give the patch size in voxels (data.patch.size) or millimetres (data.patch.size_mm)")
+        return cls(size=check_int("data.patch.size", size, minimum=MIN_SIZE), spacing_mm=spacing, pad_hu=pad_hu)
 
     @property
     def channels(self) -> int:
@@ -103,12 +117,19 @@ def _interpolation_matrix(positions: np.ndarray, length: int) -> tuple[np.ndarra
 
 
 class PatchExtractor:
-    """Samples :class:`PatchSpec` patches from one scan with trilinear interpolation."""
+    """Samples :class:`PatchSpec` patches from one scan with trilinear interpolation.
 
-    def __init__(self, scan: Scan, spec: PatchSpec) -> None:
+    Args:
+        scan: the scan.
+        spec: patch geometry.
+        use_sitk: resample with SimpleITK even where the separable path applies: the reference the
+            separable path is tested and benchmarked against.
+    """
+
+    def __init__(self, scan: Scan, spec: PatchSpec, use_sitk: bool = False) -> None:
         self.scan = scan
         self.spec = spec
-        self._permutation = _axis_permutation(scan.direction)
+        self._permutation = None if use_sitk else _axis_permutation(scan.direction)
         self._image: sitk.Image | None = None if self._permutation else scan.to_sitk()
 
     def extract(self, center_xyz: Sequence[float]) -> np.ndarray:

@@ -13,16 +13,59 @@ import numpy as np
 import pandas as pd
 
 from lungexp.data.annotations import (
+    COORD_COLUMNS,
+    OUTSIDE_CHOICES,
+    AnnotationError,
     check_points_inside,
     read_candidates,
+    read_excluded_annotations,
     read_malignancy_annotations,
     read_world_points,
 )
-from lungexp.data.io import read_scan_header
+from lungexp.data.candidates import NegativesSpec, drop_excluded, sampled_candidates
+from lungexp.data.io.reader import read_scan_header
+from lungexp.data.splits import SplitSpec, split_samples
+from lungexp.utils.errors import look_up_option
 
 log = logging.getLogger(__name__)
 
 TASKS = ("candidates", "malignancy", "points")
+MISSING_SCANS_CHOICES = ("error", "skip")
+# Coordinates equal after rounding to this many decimals (1e-4 mm, as the patch cache key rounds) are one point.
+POINT_DECIMALS = 4
+
+
+def task_labels(
+    task: str,
+    labels_csv: Path,
+    scans: pd.DataFrame,
+    cache_dir: Path,
+    annotations_csv: Path | None = None,
+    excluded_csv: Path | None = None,
+    negatives: NegativesSpec | None = None,
+    num_workers: int = 0,
+) -> pd.DataFrame:
+    """The task's labelled points (:func:`read_labels`); for ``candidates``, where they come from:
+
+    * ``labels_csv`` when it exists;
+    * otherwise, with an ``annotations_csv`` on disk, its nodules as positives plus ``negatives``
+      sampled from the lungs of every scan in ``scans`` (cached in ``cache_dir``; default
+      :class:`NegativesSpec`);
+    * then, with an ``excluded_csv`` on disk, without the negatives lying on its findings.
+    """
+    if task != "candidates":
+        return read_labels(task, labels_csv)
+    if not labels_csv.is_file() and annotations_csv is not None and annotations_csv.is_file():
+        log.warning("%s not found: positives are the nodules of %s, negatives are sampled from the lungs",
+                    labels_csv, annotations_csv)
+        labels = sampled_candidates(annotations_csv, scans, cache_dir, negatives or NegativesSpec(),
+                                    num_workers=num_workers)
+        labels = labels.rename(columns={"class": "label"})
+    else:
+        labels = read_labels(task, labels_csv)
+    if excluded_csv is not None and excluded_csv.is_file():
+        labels = drop_excluded(labels, read_excluded_annotations(excluded_csv), labels_csv)
+    return labels
 
 
 def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
@@ -32,17 +75,56 @@ def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
     * ``malignancy``: ``annotations_with_malignancy.csv``, label = ``mal_bool`` (malignant vs benign);
     * ``points``: any ``seriesuid,coordX,coordY,coordZ,label`` CSV (e.g. for NIfTI data).
     """
+    look_up_option("data.task", task, TASKS)
     if task == "candidates":
         table = read_candidates(labels_csv).rename(columns={"class": "label"})
     elif task == "malignancy":
         table = read_malignancy_annotations(labels_csv)
         table["label"] = table["mal_bool"].astype(int)
-    elif task == "points":
-        table = read_world_points(labels_csv)
     else:
-        raise ValueError(f"unknown data.task '{task}'; choose one of {TASKS}")
+        table = read_world_points(labels_csv)
     table["label"] = table["label"].astype(int)
-    return table
+    return drop_duplicate_points(table, labels_csv)
+
+
+def drop_duplicate_points(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """Rows at the same point of the same series are one sample: repeats are dropped, with a warning counting them.
+
+    A repeated row would otherwise count twice in the test metrics. The same point labelled both 0
+    and 1 is an :class:`AnnotationError` naming the CSV lines (header = line 1), as ``table``'s index
+    is the CSV's row order. Points are the same when their coordinates agree to 1e-4 mm.
+    """
+    points = table[["seriesuid", *COORD_COLUMNS]].copy()
+    points[COORD_COLUMNS] = points[COORD_COLUMNS].round(POINT_DECIMALS)
+    repeated = points.duplicated(keep=False)
+    if not repeated.any():
+        return table
+    labels = table.loc[repeated, "label"].groupby([points.loc[repeated, c] for c in points.columns])
+    contradictions = [rows for rows in labels.groups.values() if table.loc[rows, "label"].nunique() > 1]
+    if contradictions:
+        shown = "; ".join(
+            f"lines {', '.join(str(i + 2) for i in rows)} ({table.at[rows[0], 'seriesuid']} at "
+            f"({', '.join(f'{table.at[rows[0], c]:g}' for c in COORD_COLUMNS)}) mm: labels "
+            f"{', '.join(str(v) for v in table.loc[rows, 'label'])})"
+            for rows in contradictions[:5]
+        )
+        more = f"; and {len(contradictions) - 5} more" if len(contradictions) > 5 else ""
+        raise AnnotationError(f"{source}: {len(contradictions)} point(s) are labelled both 0 and 1: {shown}{more}; "
+                              "keep the row with the right label")
+    duplicates = points.duplicated(keep="first")
+    log.warning("%s: dropped %d duplicate row(s) (same seriesuid and coordinates as an earlier row, same label)",
+                source, int(duplicates.sum()))
+    return table[~duplicates]
+
+
+def limit_training_negatives(samples: pd.DataFrame, per_scan: int | None, split: SplitSpec) -> pd.DataFrame:
+    """:func:`limit_negatives` on the training split only (seeded by ``split.seed``): validation and
+    test keep every candidate of their scans, as a true FROC/CPM needs."""
+    if per_scan is None:
+        return samples
+    train = split_samples(samples, split)["train"]
+    kept = limit_negatives(train, per_scan, split.seed)
+    return samples.drop(train.index.difference(kept.index)).reset_index(drop=True)
 
 
 def limit_negatives(samples: pd.DataFrame, per_scan: int | None, seed: int) -> pd.DataFrame:
@@ -70,15 +152,14 @@ def build_samples(
 
     Args:
         labels: output of :func:`read_labels`.
-        scans: ``seriesuid, path, subset`` from :func:`lungexp.data.io.index_scans`.
+        scans: ``seriesuid, path, subset`` from :func:`lungexp.data.io.scan_index.index_scans`.
         source: the labels CSV, named in error messages.
         missing_scans: ``skip`` rows whose scan is absent (normal with a partial LUNA16 download,
             logged with a count) or ``error``.
         outside: ``error`` or ``skip`` (with a logged count) for coordinates outside their scan.
     """
-    for name, value in (("missing_scans", missing_scans), ("outside", outside)):
-        if value not in ("error", "skip"):
-            raise ValueError(f"data.{name} must be 'error' or 'skip', got '{value}'")
+    look_up_option("data.missing_scans", missing_scans, MISSING_SCANS_CHOICES)
+    look_up_option("data.outside", outside, OUTSIDE_CHOICES)
     known = labels["seriesuid"].isin(scans["seriesuid"])
     if missing_scans == "skip" and not known.all():
         log.info("%s: %d rows of %d series have no scan under the data root and are skipped",

@@ -1,40 +1,63 @@
-"""Training samplers whose draws depend only on a seed and the epoch.
+"""Class balance of the training loader (``data.balance``): plain shuffling or a balanced sampler,
+both seeded per epoch (:mod:`lungexp.data.epoch_samplers`), so a resumed run draws what an unbroken one does.
 
-Lightning calls ``set_epoch(e)`` on the training sampler before every epoch; these samplers re-seed
-their own generator with ``seed + e`` there, so epoch ``e`` draws the same patches whether the run
-started at epoch 0 or was resumed at ``e`` (see :mod:`lungexp.training.resume`).
+torch is imported only to make the sampler, so that the options can be checked before that import
+(:mod:`lungexp.data.options`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.data import RandomSampler, WeightedRandomSampler
+import numpy as np
 
+from lungexp.utils.errors import check_int, check_number, look_up_option
 
-class _EpochSeeded:
-    generator: torch.Generator
+if TYPE_CHECKING:
+    from torch.utils.data import Sampler
 
-    def _init_seed(self, seed: int) -> None:
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed + epoch)
+SAMPLERS = ("balanced", "none")
 
 
-class EpochSeededRandomSampler(_EpochSeeded, RandomSampler):
-    """Shuffling (``RandomSampler``) seeded with ``seed + epoch``."""
+@dataclass(frozen=True)
+class BalanceSpec:
+    """How training patches are drawn.
 
-    def __init__(self, data_source: Any, *, seed: int, **kwargs: Any) -> None:
-        super().__init__(data_source, generator=torch.Generator(), **kwargs)
-        self._init_seed(seed)
+    Args:
+        sampler: ``balanced`` draws positives with probability ``positive_fraction`` (with
+            replacement); ``none`` shuffles, each patch once per epoch.
+        positive_fraction: expected share of positives per epoch with ``balanced``.
+        samples_per_epoch: draws per epoch with ``balanced``; None = the training split's size.
+    """
 
+    sampler: str = "none"
+    positive_fraction: float = 0.5
+    samples_per_epoch: int | None = None
 
-class EpochSeededWeightedSampler(_EpochSeeded, WeightedRandomSampler):
-    """Weighted sampling with replacement (``WeightedRandomSampler``) seeded with ``seed + epoch``."""
+    @classmethod
+    def from_config(
+        cls, sampler: str = "none", positive_fraction: float = 0.5, samples_per_epoch: int | None = None
+    ) -> BalanceSpec:
+        """Check ``data.balance``; :class:`~lungexp.utils.errors.ConfigError` names the key of a bad value."""
+        return cls(
+            sampler=look_up_option("data.balance.sampler", sampler, SAMPLERS),
+            positive_fraction=check_number("data.balance.positive_fraction", positive_fraction, 0, 1,
+                                           low_open=True, high_open=True),
+            samples_per_epoch=check_int("data.balance.samples_per_epoch", samples_per_epoch, minimum=1,
+                                        allow_none=True),
+        )
 
-    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
-        super().__init__(*args, generator=torch.Generator(), **kwargs)
-        self._init_seed(seed)
+    def sampler_for(self, labels: np.ndarray, seed: int) -> Sampler:
+        """The training sampler for 0/1 ``labels`` (both classes present), drawing epoch ``e`` from ``seed + e``."""
+        import torch
+
+        from lungexp.data.epoch_samplers import EpochSeededRandomSampler, EpochSeededWeightedSampler
+
+        if self.sampler == "none":
+            return EpochSeededRandomSampler(range(len(labels)), seed=seed)
+        positives = labels.sum()
+        weights = np.where(labels > 0, self.positive_fraction / positives,
+                           (1 - self.positive_fraction) / (len(labels) - positives))
+        return EpochSeededWeightedSampler(torch.as_tensor(weights, dtype=torch.double),
+                                          self.samples_per_epoch or len(labels), replacement=True, seed=seed)

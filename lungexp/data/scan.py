@@ -46,6 +46,19 @@ class Scan:
         if np.any(self.spacing <= 0):
             raise ValueError(f"{self.source}: spacing must be positive, got {self.spacing.tolist()}")
 
+    @classmethod
+    def without_voxels(
+        cls,
+        shape_zyx: tuple[int, int, int],
+        origin: np.ndarray,
+        spacing: np.ndarray,
+        direction: np.ndarray,
+        source: Path | None = None,
+    ) -> Scan:
+        """A scan of this geometry whose array is a zero-byte broadcast view, for world <-> voxel maths
+        where the voxels are not read (a header) or not made yet (a generated scan)."""
+        return cls(np.broadcast_to(np.int16(0), tuple(shape_zyx)), origin, spacing, direction, source)
+
     @property
     def shape_zyx(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]

@@ -1,7 +1,7 @@
 """3D classification networks for nodule patches, their complexity and pretrained-weight loading.
 
 Every network takes ``(B, C, D, H, W)`` and returns logits ``(B, num_classes)``; its classifier is the
-attribute ``head`` and its first convolution is ``stem_conv`` (see :mod:`lungexp.models.cnn3d`).
+attribute ``head`` and its first convolution is ``stem_conv`` (the contract: :mod:`lungexp.models.layers`).
 """
 
 from lungexp.models.cnn3d import CNN3D

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lungexp.models.layers import classifier_head, kaiming_init_
+from lungexp.utils.errors import ConfigError
 
 
 class ConvBlock(nn.Sequential):
@@ -33,7 +34,19 @@ class ConvBlock(nn.Sequential):
 class CNN3D(nn.Module):
     """Tutorial 3D CNN: one :class:`ConvBlock` per entry of ``widths`` (so depth = ``len(widths)``), then the head.
 
-    The stem convolution is ``features[0][0]`` (also exposed as ``stem_conv``).
+    The plain conv-BN-ReLU-pool baseline (no paper to follow); the stem convolution is ``features[0][0]``
+    (also exposed as ``stem_conv``). Initialised like the other networks
+    (:func:`~lungexp.models.layers.kaiming_init_`).
+
+    Args:
+        in_channels: channels of the input patch (``data.in_channels``: one per patch scale).
+        num_classes: outputs of the linear head; 1 for the binary tasks (one logit, BCE).
+        widths: output channels of each block; each block also halves the size (2× max-pool).
+        dropout: dropout probability before the linear head.
+        convs_per_block: conv-BN-ReLU layers per block before its pool (2 = VGG-style).
+
+    Raises:
+        ValueError: ``widths`` is empty.
     """
 
     def __init__(
@@ -46,7 +59,7 @@ class CNN3D(nn.Module):
     ) -> None:
         super().__init__()
         if not widths:
-            raise ValueError("CNN3D needs at least one width")
+            raise ConfigError("model.net.widths is empty: CNN3D needs at least one width")
         channels = [in_channels, *widths]
         self.features = nn.Sequential(
             *(ConvBlock(channels[i], channels[i + 1], convs_per_block) for i in range(len(widths)))

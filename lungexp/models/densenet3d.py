@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lungexp.models.layers import classifier_head, kaiming_init_
+from lungexp.models.layers import StemNetwork, classifier_head, kaiming_init_
 
 
 class DenseLayer(nn.Module):
@@ -44,11 +44,23 @@ class Transition(nn.Sequential):
         )
 
 
-class DenseNet3D(nn.Module):
-    """3D DenseNet; the defaults are DenseNet-121 (growth 32, blocks 6/12/24/16, 64 stem features).
+class DenseNet3D(StemNetwork):
+    """3D DenseNet from `Densely Connected Convolutional Networks <https://arxiv.org/abs/1608.06993>`_
+    (Huang et al. 2017); the defaults are DenseNet-121.
 
-    The stem is a 7³ stride-2 conv (``conv1``, also ``stem_conv``) + BN + ReLU + 3³ stride-2 max-pool,
-    like the ResNets, so both see the same receptive field at the start.
+    The stem is the ResNet one (:class:`~lungexp.models.layers.StemNetwork`: 7³ stride-2 ``conv1``, also
+    ``stem_conv``, + BN + ReLU + 3³ stride-2 max-pool), so DenseNet and the ResNets see the same receptive
+    field at the start. Dense blocks follow, separated by transitions that halve channels and size.
+
+    Args:
+        in_channels: channels of the input patch (``data.in_channels``: one per patch scale).
+        num_classes: outputs of the linear head; 1 for the binary tasks (one logit, BCE).
+        growth_rate: feature maps each dense layer adds (``k`` in the paper).
+        block_config: dense layers per block; the number of entries is the number of blocks
+            (``(6, 12, 24, 16)`` = DenseNet-121).
+        num_init_features: output channels of the stem convolution.
+        bn_size: width factor of each layer's 1³ bottleneck (``bn_size * growth_rate`` channels).
+        dropout: dropout probability before the linear head.
     """
 
     def __init__(
@@ -61,12 +73,7 @@ class DenseNet3D(nn.Module):
         bn_size: int = 4,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm3d(num_init_features)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
-
+        super().__init__(in_channels, num_init_features)
         stages: list[nn.Module] = []
         channels = num_init_features
         for index, num_layers in enumerate(block_config):
@@ -82,10 +89,5 @@ class DenseNet3D(nn.Module):
         self.head = classifier_head(channels, num_classes, dropout)
         kaiming_init_(self)
 
-    @property
-    def stem_conv(self) -> nn.Conv3d:
-        return self.conv1
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.head(self.features(x))
+        return self.head(self.features(self.stem(x)))

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lungexp.models.attention import AttentionKind, build_attention
-from lungexp.models.layers import classifier_head, kaiming_init_
+from lungexp.models.layers import StemNetwork, classifier_head, kaiming_init_
+from lungexp.utils.errors import ConfigError, look_up_option
 
 ShortcutType = Literal["A", "B"]
 
@@ -61,17 +62,41 @@ def make_shortcut(shortcut_type: ShortcutType, in_planes: int, out_planes: int, 
 
 
 class ResidualBlock(nn.Module):
-    """What Basic and Bottleneck blocks share: the residual branch, attention, shortcut and final ReLU."""
+    """What Basic and Bottleneck blocks share: the constructor, attention, shortcut and final ReLU.
+
+    Subclasses build their residual branch in :meth:`build_residual` and run it in :meth:`residual`.
+
+    Args:
+        inplanes: input channels.
+        planes: width of the branch; the block outputs ``planes * expansion`` channels.
+        stride: stride of the branch's 3³ convolution (2 halves the size).
+        dilation: dilation (and padding) of the branch's 3³ convolutions.
+        downsample: shortcut that matches the input to the output shape (see :func:`make_shortcut`),
+            ``None`` for the identity.
+        attention: ``"none"``, ``"se"`` or ``"cbam"``, applied to the branch before the addition.
+        reduction: channel reduction of the attention MLP.
+    """
 
     expansion: int = 1
 
     def __init__(
-        self, out_channels: int, downsample: nn.Module | None, attention: AttentionKind, reduction: int
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        attention: AttentionKind = "none",
+        reduction: int = 16,
     ) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.attention = build_attention(attention, out_channels, reduction)
+        self.attention = build_attention(attention, planes * self.expansion, reduction)
+        self.build_residual(inplanes, planes, stride, dilation)
+
+    def build_residual(self, inplanes: int, planes: int, stride: int, dilation: int) -> None:
+        raise NotImplementedError
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -86,17 +111,7 @@ class BasicBlock(ResidualBlock):
 
     expansion = 1
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        dilation: int = 1,
-        downsample: nn.Module | None = None,
-        attention: AttentionKind = "none",
-        reduction: int = 16,
-    ) -> None:
-        super().__init__(planes * self.expansion, downsample, attention, reduction)
+    def build_residual(self, inplanes: int, planes: int, stride: int, dilation: int) -> None:
         self.conv1 = conv3x3x3(inplanes, planes, stride=stride, dilation=dilation)
         self.bn1 = nn.BatchNorm3d(planes)
         self.conv2 = conv3x3x3(planes, planes, dilation=dilation)
@@ -112,17 +127,7 @@ class Bottleneck(ResidualBlock):
 
     expansion = 4
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        dilation: int = 1,
-        downsample: nn.Module | None = None,
-        attention: AttentionKind = "none",
-        reduction: int = 16,
-    ) -> None:
-        super().__init__(planes * self.expansion, downsample, attention, reduction)
+    def build_residual(self, inplanes: int, planes: int, stride: int, dilation: int) -> None:
         self.conv1 = nn.Conv3d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
         self.conv2 = conv3x3x3(planes, planes, stride=stride, dilation=dilation)
@@ -145,21 +150,37 @@ RESNET_SPECS: dict[int, tuple[type[ResidualBlock], tuple[int, int, int, int], Sh
 }
 
 
-class ResNet3D(nn.Module):
-    """MedicalNet 3D ResNet-{10,18,34,50} backbone + classification head.
+class ResNet3D(StemNetwork):
+    """3D ResNet-{10,18,34,50} of `Med3D: Transfer Learning for 3D Medical Image Analysis
+    <https://arxiv.org/abs/1904.00625>`_ (MedicalNet, Chen et al. 2019), after `Deep Residual Learning for
+    Image Recognition <https://arxiv.org/abs/1512.03385>`_ (He et al. 2016), with a classification head.
+
+    The stem is ``conv1`` (also ``stem_conv``) + ``bn1`` + ReLU + max-pool
+    (:class:`~lungexp.models.layers.StemNetwork`), then ``layer1..4`` of residual blocks and the ``head``.
 
     Args:
-        depth: 10, 18, 34 or 50.
-        shortcut_type: ``"A"`` (zero-pad) or ``"B"`` (projection); ``None`` picks the one MedicalNet
-            trained that depth with (A for 18/34, B for 10/50), so its checkpoints load.
+        depth: 10, 18 or 34 (:class:`BasicBlock`) or 50 (:class:`Bottleneck`).
+        in_channels: channels of the input patch (``data.in_channels``: one per patch scale); MedicalNet
+            weights have 1, and :func:`~lungexp.models.pretrained.load_pretrained` adapts their stem.
+        num_classes: outputs of the linear head; 1 for the binary tasks (one logit, BCE).
+        shortcut_type: ``"A"`` (parameter-free: subsample and zero-pad channels) or ``"B"`` (1³
+            projection + BN); ``None`` picks the one MedicalNet trained that depth with (A for 18/34, B
+            for 10/50), so its checkpoints load.
         dilated: MedicalNet's segmentation layout (layer3/layer4 stride 1, dilation 2/4: larger final map,
-            much more compute). ``False`` (classification default) strides layer2/3/4 by 2 instead. Both
-            layouts have identical parameters.
-        widths: stage widths; only changed for tiny test networks (MedicalNet keys need the default).
-        attention: ``"none"``, ``"se"`` or ``"cbam"``, inserted in every block before the addition.
+            about 4× the compute). ``False`` (classification default) strides layer2/3/4 by 2 instead.
+            Both layouts have identical parameters.
+        dropout: dropout probability before the linear head.
+        widths: planes of layer1..layer4 (the stem has ``widths[0]`` channels); only changed for tiny
+            test networks (MedicalNet weights need the default).
+        attention: ``"none"``, ``"se"`` (squeeze-and-excitation, `Hu et al. 2018
+            <https://arxiv.org/abs/1709.01507>`_) or ``"cbam"`` (`Woo et al. 2018
+            <https://arxiv.org/abs/1807.06521>`_), in every block after the last BN and before the
+            addition; it only adds ``*.attention.*`` keys.
         attention_reduction: channel reduction of the attention MLP.
 
-    The stem convolution is ``conv1`` (also exposed as ``stem_conv``).
+    Raises:
+        ValueError: ``depth`` is not in :data:`RESNET_SPECS`, ``widths`` has not 4 entries, or
+            ``shortcut_type`` is not ``"A"``, ``"B"`` or ``None``.
     """
 
     def __init__(
@@ -174,21 +195,14 @@ class ResNet3D(nn.Module):
         attention: AttentionKind = "none",
         attention_reduction: int = 16,
     ) -> None:
-        super().__init__()
-        if depth not in RESNET_SPECS:
-            raise ValueError(f"ResNet3D depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+        look_up_option("model.net.depth", depth, sorted(RESNET_SPECS))
         if len(widths) != 4:
-            raise ValueError(f"ResNet3D needs 4 stage widths, got {list(widths)}")
+            raise ConfigError(f"model.net.widths={list(widths)}: ResNet3D needs 4 stage widths")
         block, blocks_per_stage, medicalnet_shortcut = RESNET_SPECS[depth]
-        shortcut = shortcut_type or medicalnet_shortcut
-        if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut_type must be 'A', 'B' or None, got {shortcut_type!r}")
+        shortcut = look_up_option("model.net.shortcut_type", shortcut_type or medicalnet_shortcut, ["A", "B"])
         strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if dilated else ((1, 2, 2, 2), (1, 1, 1, 1))
 
-        self.conv1 = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm3d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        super().__init__(in_channels, widths[0])
         inplanes = widths[0]
         stages: list[nn.Sequential] = []
         for planes, blocks, stride, dilation in zip(
@@ -211,25 +225,22 @@ class ResNet3D(nn.Module):
         self.head = classifier_head(inplanes, num_classes, dropout)
         kaiming_init_(self)
 
-    @property
-    def stem_conv(self) -> nn.Conv3d:
-        return self.conv1
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         return self.head(x)
 
 
 class SEResNet3D(ResNet3D):
-    """:class:`ResNet3D` with squeeze-and-excitation in every residual block (same kwargs otherwise)."""
+    """:class:`ResNet3D` with squeeze-and-excitation (`Hu et al. 2018 <https://arxiv.org/abs/1709.01507>`_)
+    in every residual block; the other arguments are :class:`ResNet3D`'s."""
 
     def __init__(self, depth: int = 18, **kwargs: object) -> None:
         super().__init__(depth=depth, attention="se", **kwargs)
 
 
 class CBAMResNet3D(ResNet3D):
-    """:class:`ResNet3D` with CBAM (channel + spatial attention) in every residual block."""
+    """:class:`ResNet3D` with CBAM, channel + spatial attention (`Woo et al. 2018
+    <https://arxiv.org/abs/1807.06521>`_), in every residual block; the other arguments are :class:`ResNet3D`'s."""
 
     def __init__(self, depth: int = 18, **kwargs: object) -> None:
         super().__init__(depth=depth, attention="cbam", **kwargs)

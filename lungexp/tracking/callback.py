@@ -1,5 +1,5 @@
 """A Lightning callback for what MLflow needs beyond per-step metrics: the best value of the monitored
-metric, the dataset, the run id in every checkpoint (for resume) and the best model."""
+metric, the dataset and the best model."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from lungexp.tracking.provenance import log_dataset
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "mlflow"  # checkpoint["mlflow"] = {"run_id": ...}: the run a resume continues
 MODEL_NAME = "model"
 MODEL_URI_TAG = "model.uri"
 
@@ -31,9 +30,9 @@ def best_metric_name(monitor: str) -> str:
 
 class MLflowTracking(Callback):
     """Logs ``best/<monitor>`` and ``best/epoch`` after every validation (so the runs table and the
-    compare page show the best value, not the last), the dataset as an MLflow input at fit start, the
-    MLflow run id into checkpoints, and -- if a :class:`RunLogger` has ``log_model`` -- the best
-    checkpoint as an MLflow model at the end of fit.
+    compare page show the best value, not the last), the dataset as an MLflow input at fit start,
+    and -- if a :class:`RunLogger` has ``log_model`` -- the best checkpoint as an MLflow model at the
+    end of fit.
 
     Args:
         monitor: the metric to track (``optimized_metric``).
@@ -67,12 +66,6 @@ class MLflowTracking(Callback):
         for logger in mlflow_loggers(trainer.loggers):
             logger.log_metrics({best_metric_name(self.monitor): self.best, "best/epoch": self.best_epoch},
                                step=trainer.global_step)
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        logger = next(iter(mlflow_loggers(trainer.loggers)), None)
-        if logger is not None:
-            checkpoint[CHECKPOINT_KEY] = {"run_id": logger.run_id}
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

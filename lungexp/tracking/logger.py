@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
-from pytorch_lightning.loggers import Logger, MLFlowLogger
+from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from lungexp.tracking.runs import ensure_experiment, process_tags, sweep_parent_run_id
+from lungexp.tracking.runs import ensure_experiment, sweep_parent_run_id
+from lungexp.tracking.stale_runs import process_tags
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +29,9 @@ class RunLogger(MLFlowLogger):
             ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``).
         parent_run_id: nest the new run under this run; default: the run of the ``-m`` sweep this job
             belongs to (:func:`~lungexp.tracking.runs.sweep_parent_run_id`).
-        run_id: continue this existing run (resume): it is set back to RUNNING and re-tagged with
-            this process.
+        run_id: continue this existing run (a resume, or a run created beforehand such as a
+            cross-validation fold): it is set (back) to RUNNING and tagged with this process, so
+            :mod:`~lungexp.tracking.stale_runs` sees a live owner.
     """
 
     def __init__(self, *, log_model: bool = False, log_system_metrics: bool = False,
@@ -54,7 +53,6 @@ class RunLogger(MLFlowLogger):
         if not self._resumed:
             self._experiment_id = ensure_experiment(self._mlflow_client, self._experiment_name,
                                                     self._artifact_location)
-            self.tags = {**process_tags(), **(self.tags or {})}
         client = MLFlowLogger.experiment.fget(self)
         if self._resumed:
             client.update_run(self._run_id, status="RUNNING")
@@ -78,22 +76,3 @@ class RunLogger(MLFlowLogger):
             self._system_metrics = None
         super().finalize(status)
 
-    @property
-    def tracking_uri(self) -> str:
-        return self._tracking_uri
-
-
-def build_loggers(cfg: DictConfig, run_kwargs: Mapping[str, Any]) -> list[Logger]:
-    """Instantiate every logger of ``cfg.logger``; MLflow loggers also get ``run_kwargs`` (run name,
-    tags, run id) where their config leaves them unset."""
-    loggers: list[Logger] = []
-    for node in (cfg.get("logger") or {}).values():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        extra: dict[str, Any] = {}
-        if issubclass(get_class(node._target_), MLFlowLogger):
-            extra = {key: value for key, value in run_kwargs.items() if node.get(key) is None}
-            if "tags" in run_kwargs:
-                extra["tags"] = {**run_kwargs["tags"], **(node.get("tags") or {})}
-        loggers.append(instantiate(node, **extra, _convert_="partial"))
-    return loggers

@@ -16,7 +16,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DATASET_DIGEST_LENGTH = 16  # MLflow stores at most 36 characters
 
 
 def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
@@ -41,19 +40,19 @@ def data_fingerprint(datamodule: Any) -> str | None:
 
 
 def log_dataset(client: MlflowClient, run_id: str, datamodule: Any, context: str = "training") -> None:
-    """The datamodule's sample table as the run's MLflow dataset input (name, source folder, digest =
-    data fingerprint), plus the full fingerprint as the ``data.fingerprint`` tag."""
+    """The datamodule's sample table (patches and labels) as the run's MLflow dataset input (named after
+    the data folder and task; its digest is MLflow's hash of the table), plus the patch-cache key as the
+    ``data.fingerprint`` tag."""
     fingerprint = data_fingerprint(datamodule)
     samples = getattr(getattr(datamodule, "cache", None), "index", None)
     if fingerprint is None or samples is None:
         return
     client.set_tag(run_id, "data.fingerprint", fingerprint)
-    root = Path(datamodule.root)
+    options = datamodule.options
     with warnings.catch_warnings():  # MLflow's hints on integer columns and on two local-source classes
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(samples, source=str(root.resolve()),
-                                          targets="label", name=f"{root.name} ({datamodule.task})",
-                                          digest=fingerprint[:DATASET_DIGEST_LENGTH])
+        dataset = mlflow.data.from_pandas(samples, source=str(Path(options.root).resolve()), targets="label",
+                                          name=f"{Path(options.root).name} ({options.task})")
         entity = dataset._to_mlflow_entity()  # the public client API takes entities
     tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]
     client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])

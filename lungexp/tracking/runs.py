@@ -7,20 +7,22 @@ cross-validation parent and its folds):
 - :func:`sweep_parent_run_id` -- the run of the ``-m`` sweep this process is a job of, if any;
 - :func:`create_run` -- a run (nested under ``parent_run_id`` if given) in an experiment that
   :func:`ensure_experiment` creates with the tag that opens MLflow's model-training view;
-- :func:`process_tags` -- host and pid, so a run whose process died can be recognised.
+- every run it creates carries :func:`~lungexp.tracking.stale_runs.process_tags`, so a run whose
+  process died is recognised (and marked KILLED) by the next run.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig
+
+from lungexp.tracking.stale_runs import process_tags
 
 # Set by lungexp.tracking.sweep.MLflowSweepCallback for the jobs of a `-m` sweep.
 SWEEP_RUN_ID_ENV = "LUNGEXP_SWEEP_RUN_ID"
@@ -78,11 +80,6 @@ def run_name(cfg: DictConfig) -> str:
 def sweep_parent_run_id() -> str | None:
     """The MLflow run of the ``-m`` sweep this process runs a job of (None outside sweeps)."""
     return os.environ.get(SWEEP_RUN_ID_ENV) or None
-
-
-def process_tags() -> dict[str, str]:
-    """Which process runs the run: lets a later run tell a dead RUNNING run from a live one."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid())}
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:

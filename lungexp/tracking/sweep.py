@@ -101,13 +101,10 @@ class MLflowSweepCallback(Callback):
 
 def _mlflow_logger_config(config: DictConfig) -> DictConfig | None:
     """The resolved config of the first MLflow logger, or None if the sweep logs to no MLflow."""
-    from hydra.utils import get_class
-    from pytorch_lightning.loggers import MLFlowLogger
+    from lungexp.tracking.stale_runs import mlflow_logger_config
 
-    for node in (config.get("logger") or {}).values():
-        if isinstance(node, DictConfig) and "_target_" in node and issubclass(get_class(node._target_), MLFlowLogger):
-            return OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    return None
+    node = mlflow_logger_config(config)
+    return None if node is None else OmegaConf.create(OmegaConf.to_container(node, resolve=True))
 
 
 def _direction(config: DictConfig) -> str:

@@ -11,10 +11,12 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC
 
+from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.metrics import classification_metrics
-from lungexp.evaluation.plots import confusion_matrix_figure, roc_figure, score_histogram_figure
+from lungexp.evaluation.options import EvaluationOptions
+from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
+from lungexp.evaluation.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
 from lungexp.tracking.mlflow import log_figure, log_params, log_table
@@ -22,13 +24,18 @@ from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 
 log = logging.getLogger(__name__)
 
+VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the decision threshold is chosen on
+
 
 class NoduleClassifier(pl.LightningModule):
-    """Trains ``net`` (one logit per patch) with BCE and reports the shared metric set.
+    """Trains ``net`` (one logit per patch) with a binary loss (BCE unless ``loss`` says otherwise) and
+    reports the shared metric set.
 
     Args:
         net: the network; its classifier must be ``net.head`` (see ``lungexp.models``).
-        optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``.
+        optimizer: partial optimizer (``_partial_: true`` in config) taking ``params``; its learning rate
+            (configured, or the optimizer's default) is the backbone's, the head's is scaled by
+            ``finetune.head_lr_mult``.
         scheduler: optional partial LR scheduler taking ``optimizer``, stepped per epoch.
         loss: partial loss taking ``pos_weight`` (default ``BCEWithLogitsLoss``; see
             :mod:`lungexp.training.losses` for focal loss).
@@ -37,6 +44,11 @@ class NoduleClassifier(pl.LightningModule):
         pretrained: ``{path, format, sha256}``: weights loaded into ``net`` before training.
         finetune: ``{freeze_backbone_epochs, freeze_bn, head_lr_mult}``; the freezing itself is done
             by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
+        evaluation: the ``eval`` config group (:class:`~lungexp.evaluation.options.EvaluationOptions`): how the
+            test stage judges and pictures the model.
+
+    Each checkpoint carries the validation predictions of its own weights, so the test of the best
+    checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's.
     """
 
     def __init__(
@@ -48,6 +60,7 @@ class NoduleClassifier(pl.LightningModule):
         pos_weight: float | str | None = None,
         pretrained: dict[str, Any] | None = None,
         finetune: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss"])
@@ -61,11 +74,19 @@ class NoduleClassifier(pl.LightningModule):
             self.pretrained_report = load_pretrained(net, pretrained["path"], format=pretrained.get("format", "auto"),
                                                      sha256=pretrained.get("sha256"))
         self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
+        self.evaluation = EvaluationOptions.from_config(evaluation)
         self.val_metrics = classification_metrics("val/")
-        self.test_metrics = classification_metrics("test/")
-        self.test_roc = BinaryROC()
-        self.test_confusion = BinaryConfusionMatrix()
-        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.validation_predictions: pd.DataFrame | None = None  # of the current weights
+        self.test_predictions: pd.DataFrame | None = None  # of the last test run, e.g. for cross-validation
+        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+
+    @staticmethod
+    def monitored_metrics() -> dict[str, str]:
+        """What validation logs, each with the direction that is better (``max`` or ``min``): the
+        values ``optimized_metric`` and the callbacks' ``monitor``/``mode`` may take."""
+        metrics = classification_metrics("val/").items()  # torchmetrics says which way each improves
+        return {**{name: "min" if metric.higher_is_better is False else "max" for name, metric in metrics},
+                "val/loss": "min"}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).squeeze(-1)
@@ -97,65 +118,94 @@ class NoduleClassifier(pl.LightningModule):
         return self.criterion(logits.float(), labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["image"]), batch["label"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        loss = self._loss(self(batch[IMAGE_KEY]), batch[LABEL_KEY])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[LABEL_KEY]))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"]).float()
-        self.log(f"{stage}/loss", self._loss(logits, batch["label"]), on_epoch=True, sync_dist=True,
-                 batch_size=len(batch["label"]))
+        logits = self(batch[IMAGE_KEY]).float()
+        self.log(f"{stage}/loss", self._loss(logits, batch[LABEL_KEY]), on_epoch=True, sync_dist=True,
+                 batch_size=len(batch[LABEL_KEY]))
         return torch.sigmoid(logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.val_metrics.update(self._evaluate(batch, "val"), batch["label"].long())
+        probabilities = self._evaluate(batch, "val")
+        self.val_metrics.update(probabilities, batch[LABEL_KEY].long())
+        self._collect("val", batch, probabilities)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
+        self.validation_predictions = self.predictions("val")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.validation_predictions is not None:
+            checkpoint[VALIDATION_PREDICTIONS] = {
+                column: torch.tensor(self.validation_predictions[column].to_numpy())
+                for column in ("label", "probability")
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(VALIDATION_PREDICTIONS)
+        self.validation_predictions = None if stored is None else pd.DataFrame(
+            {column: values.numpy() for column, values in stored.items()})
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probabilities = self._evaluate(batch, "test")
-        labels = batch["label"].long()
-        for metric in (self.test_metrics, self.test_roc, self.test_confusion):
-            metric.update(probabilities, labels)
-        self._test_outputs.append((batch["index"].cpu(), probabilities.detach().cpu()))
+        self._collect("test", batch, self._evaluate(batch, "test"))
 
     def on_test_epoch_end(self) -> None:
-        metrics = self.test_metrics.compute()
-        self.log_dict(metrics)
-        fpr, tpr, _ = (t.cpu().numpy() for t in self.test_roc.compute())
-        log_figure(self.loggers, roc_figure(fpr, tpr, float(metrics["test/auroc"]), title="Test ROC"), "plots/roc_curve.png")
-        log_figure(self.loggers, confusion_matrix_figure(self.test_confusion.compute().cpu().numpy()),
-                   "plots/confusion_matrix.png")
-        predictions = self._test_predictions()
-        if predictions is not None:
-            log_figure(self.loggers, score_histogram_figure(predictions["probability"].to_numpy(),
-                                                            predictions["label"].to_numpy()),
-                       "plots/score_histogram.png")
-            log_table(self.loggers, predictions, "predictions/test_predictions.csv")
-        for metric in (self.test_metrics, self.test_roc, self.test_confusion):
-            metric.reset()
-        self._test_outputs.clear()
-
-    def _test_predictions(self) -> pd.DataFrame | None:
-        """Per-patch test probabilities of all ranks, joined with the sample table."""
+        predictions = self.test_predictions = self.predictions("test")
+        settings = EvaluationSettings(threshold=self.decision_threshold(),
+                                      froc=froc_reference(self.trainer.datamodule, "test"),
+                                      froc_bootstrap=self.evaluation.froc_bootstrap)
+        report = evaluate_predictions(predictions, settings, prefix="test/", figures=self.trainer.is_global_zero)
+        self.log_dict(report.metrics)
         datamodule = self.trainer.datamodule
-        if not self._test_outputs or getattr(datamodule, "cache", None) is None:
-            return None
-        rows = torch.cat([rows for rows, _ in self._test_outputs])
-        probabilities = torch.cat([p for _, p in self._test_outputs])
+        if self.trainer.is_global_zero and getattr(datamodule, "cache", None) is not None:
+            report.figures.update(patch_figures(self.net, predictions, datamodule.cache.patches, datamodule.window,
+                                                self.evaluation, settings.threshold))
+        for path, figure in report.figures.items():
+            log_figure(self.loggers, figure, path)
+        if self.trainer.is_global_zero:
+            log_table(self.loggers, predictions, "predictions/test_predictions.csv")
+
+    def decision_threshold(self) -> float:
+        """``eval.threshold`` applied to the validation predictions of the current weights."""
+        return threshold_from_validation(self.evaluation.threshold, self.validation_predictions)
+
+    def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
+        self._outputs[stage].append(
+            (batch[INDEX_KEY].cpu(), probabilities.detach().float().cpu(), batch[LABEL_KEY].detach().cpu()))
+
+    def predictions(self, stage: str) -> pd.DataFrame:
+        """This epoch's per-patch probabilities of ``stage`` on all ranks, joined with the sample table
+        (``seriesuid``, world coordinates, ...) when the datamodule has one; clears the collected outputs."""
+        outputs, self._outputs[stage] = self._outputs[stage], []
+        columns = list(zip(*outputs, strict=True)) or [(), (), ()]
+        rows, probabilities, labels = (torch.cat(parts) if parts else torch.empty(0) for parts in columns)
         if self.trainer.world_size > 1:
             # DistributedSampler pads every rank to the same length, so shapes match; padding repeats rows.
-            rows, probabilities = (self.all_gather(t.to(self.device)).reshape(-1).cpu() for t in (rows, probabilities))
-        table = datamodule.cache.index.iloc[rows.numpy()].reset_index(names="cache_row")
-        table = table.assign(probability=np.round(probabilities.float().numpy(), 6))
+            rows, probabilities, labels = (self.all_gather(t.to(self.device)).reshape(-1).cpu()
+                                           for t in (rows, probabilities, labels))
+        rows = rows.long().numpy()
+        cache = getattr(self.trainer.datamodule, "cache", None)
+        if cache is not None:
+            table = cache.index.iloc[rows].reset_index(names="cache_row")
+        else:
+            table = pd.DataFrame({"cache_row": rows, "label": labels.long().numpy()})
+        table = table.assign(probability=np.round(probabilities.numpy().astype(np.float64), 6))
         return table.drop_duplicates("cache_row").sort_values("cache_row").reset_index(drop=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        lr = self.optimizer_factory.keywords["lr"]
-        optimizer = self.optimizer_factory(params=parameter_groups(self.net, lr, self.finetune["head_lr_mult"]))
+        optimizer = self.optimizer_factory(
+            params=parameter_groups(self.net, self._base_lr(), self.finetune["head_lr_mult"])
+        )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
                                                          "interval": "epoch"}}
+
+    def _base_lr(self) -> float:
+        """The optimizer's learning rate as it resolves it: the configured ``lr``, or the optimizer's own
+        default when the config leaves it out (read from an optimizer built on a throwaway parameter)."""
+        return self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))]).defaults["lr"]

@@ -8,18 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungexp.tracking.callback import MLflowTracking
-from lungexp.tracking.logger import RunLogger, build_loggers
 from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
+from lungexp.tracking.stale_runs import instantiate_loggers
+from lungexp.training.checkpoint import ModelRecipe, SaveRecipe
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.resume import EpochSeed, checkpoint_run_id, resolve_checkpoint
 from lungexp.utils.config import instantiate_dict
+from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ class RunResult:
     best_checkpoint: str | None
     mlflow_run_id: str | None
     mlflow_tracking_uri: str | None
+    test_predictions: pd.DataFrame | None = None  # one row per test patch with its probability
 
 
 def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
@@ -45,18 +51,23 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     """
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="partial")
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), EpochSeed(cfg.seed)]
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), SaveRecipe(ModelRecipe.from_config(cfg)), EpochSeed(cfg.seed)]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
-    loggers = build_loggers(cfg, {"run_name": run_name(cfg), "run_id": run_id,
-                                  "tags": {**git_tags(), "task_name": cfg.task_name,
-                                           "overrides": " ".join(job_overrides())}})
+    loggers = instantiate_loggers(cfg.get("logger"), {
+        "run_name": run_name(cfg), "run_id": run_id,
+        "tags": {**git_tags(), "task_name": cfg.task_name, "overrides": " ".join(job_overrides())}})
     if mlflow_loggers(loggers):
         callbacks.append(MLflowTracking(monitor=cfg.optimized_metric))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
-                                                  _convert_="partial")
+    try:
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                                                      _convert_="partial")
+    except InstantiationException as error:  # Lightning's own checks of its arguments (accelerator, precision, ...)
+        if isinstance(error.__cause__, (MisconfigurationException, ValueError, ModuleNotFoundError)):
+            raise ConfigError(f"trainer: {error.__cause__}") from error
+        raise
     return datamodule, model, trainer
 
 
@@ -84,12 +95,15 @@ def train(cfg: DictConfig) -> RunResult:
         trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
         metrics.update(_scalars(trainer))
     mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
+    run_id = mlflow.run_id if mlflow else None
     result = RunResult(
         optimized_metric=optimized,
         metrics=metrics,
         best_checkpoint=checkpoint or None,
-        mlflow_run_id=mlflow.run_id if mlflow else None,
-        mlflow_tracking_uri=mlflow.tracking_uri if isinstance(mlflow, RunLogger) else None,
+        mlflow_run_id=run_id,
+        # The logger's MlflowClient; only rank 0 has one (and a run id), the others a no-op stand-in.
+        mlflow_tracking_uri=mlflow.experiment.tracking_uri if run_id else None,
+        test_predictions=getattr(model, "test_predictions", None) if cfg.test_after_fit else None,
     )
     _print_summary(result)
     return result
@@ -137,16 +151,17 @@ def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
 
 @rank_zero_only
 def _print_summary(result: RunResult) -> None:
+    keys = sorted(k for k in result.metrics if k.startswith("test/"))
+    width = max([22, *map(len, keys)])
     lines = ["", "=" * 72, "Results"]
-    for key in sorted(k for k in result.metrics if k.startswith("test/")):
-        lines.append(f"  {key:<22} {result.metrics[key]:.4f}")
+    lines += [f"  {key:<{width}} {result.metrics[key]:.4f}" for key in keys]
     if result.optimized_metric is not None:
-        lines.append(f"  best optimised metric  {result.optimized_metric:.4f}")
-    lines.append(f"  best checkpoint        {result.best_checkpoint or '(none saved)'}")
+        lines.append(f"  {'best optimised metric':<{width}} {result.optimized_metric:.4f}")
+    lines.append(f"  {'best checkpoint':<{width}} {result.best_checkpoint or '(none saved)'}")
     if result.mlflow_run_id:
-        lines.append(f"  MLflow run id          {result.mlflow_run_id}")
-        lines.append(f"  MLflow tracking URI    {result.mlflow_tracking_uri}")
-        lines.append("  Open the MLflow UI:    make mlflow-ui   (then http://127.0.0.1:5000)")
+        lines.append(f"  {'MLflow run id':<{width}} {result.mlflow_run_id}")
+        lines.append(f"  {'MLflow tracking URI':<{width}} {result.mlflow_tracking_uri}")
+        lines.append(f"  {'Open the MLflow UI:':<{width}} make mlflow-ui   (then http://127.0.0.1:5000)")
     lines.append("=" * 72)
     print("\n".join(lines))
     if result.best_checkpoint:

@@ -5,7 +5,7 @@ things it does not restore are made reproducible here instead: the random draws 
 (augmentation, dropout, shuffling) come from generators re-seeded with ``seed + epoch`` at the start
 of every epoch (:class:`EpochSeed`, and the datamodule's per-epoch sampler seed), so epoch ``e`` draws
 the same whether the process started at epoch 0 or at ``e``; and the MLflow run id travels in the
-checkpoint, so the resumed run continues the same MLflow run.
+checkpoint's recipe, so the resumed run continues the same MLflow run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from lightning_fabric.utilities.seed import seed_everything
 from pytorch_lightning.callbacks import Callback
 
-from lungexp.tracking.callback import CHECKPOINT_KEY
+from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,10 @@ def resolve_checkpoint(ckpt_path: str | None, task_dir: Path) -> Path | None:
 
 
 def checkpoint_run_id(checkpoint: Path) -> str | None:
-    """The MLflow run a checkpoint was saved from (None if it was saved without MLflow)."""
+    """The MLflow run a checkpoint was saved from (its recipe's, :mod:`lungexp.training.checkpoint`);
+    None if it was saved without MLflow."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return (state.get(CHECKPOINT_KEY) or {}).get("run_id")
+    return ((state.get(RECIPE_KEY) or {}).get("mlflow") or {}).get("run_id")
 
 
 class EpochSeed(Callback):

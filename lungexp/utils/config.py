@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -12,7 +13,13 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
+from lungexp.utils.errors import ConfigError
+
 PRINT_ORDER = ("data", "aug", "model", "callbacks", "logger", "trainer", "paths", "experiment")
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+"""The Hydra config folder, absolute for ``@hydra.main(config_path=CONFIG_DIR)``: Hydra reads a relative
+path as a package when the entry point is imported (a console script) rather than run with ``-m``."""
 
 
 def register_resolvers() -> None:
@@ -32,11 +39,13 @@ def check_required(cfg: DictConfig) -> None:
     missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         examples = " ".join(f"{key}=..." if key != "data.root" else "data.root=/path/to/scans" for key in missing)
-        raise ValueError(f"missing mandatory config value(s): {', '.join(missing)}; set them on the command "
+        raise ConfigError(f"missing mandatory config value(s): {', '.join(missing)}; set them on the command "
                          f"line, e.g. {examples}")
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    # Not OmegaConf.missing_keys: on omegaconf 2.3.1 it resolves interpolations while walking, so
+    # `labels_csv: ${data.root}/...` with `root: ???` raises InterpolationToMissingValueError instead.
     if isinstance(node, dict):
         return [key for name, value in node.items() for key in _missing_keys(value, f"{prefix}{name}.")]
     return [prefix.rstrip(".")] if node == "???" else []

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from tests.helpers.config import PROJECT_ROOT
+
 
 def shared_data_dir() -> Path:
     """The shared real data (``$LUNGEXP_SHARED_DATA`` or ``../shared/data``); skips the test if absent."""
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    default = PROJECT_ROOT.parent / "shared" / "data"
     folder = Path(os.environ.get("LUNGEXP_SHARED_DATA", default))
     if not (folder / "lidc-idri").is_dir() or not (folder / "luna16").is_dir():
         pytest.skip(f"real data not found at {folder} (needs lidc-idri/ and luna16/; set LUNGEXP_SHARED_DATA)")

@@ -1,0 +1,31 @@
+"""Names shared across the pipeline: LUNA16's CSV columns and the keys of a training batch.
+
+Coordinates are world millimetres ``(x, y, z)`` in ``coordX, coordY, coordZ``, as in every LUNA16 file.
+"""
+
+from __future__ import annotations
+
+COORD_COLUMNS = ["coordX", "coordY", "coordZ"]
+POINT_COLUMNS = ["seriesuid", *COORD_COLUMNS]
+# annotations.csv: one row per nodule >= 3 mm.
+ANNOTATION_COLUMNS = [*POINT_COLUMNS, "diameter_mm"]
+# candidates_V2.csv: detector candidates, class 1 = nodule.
+CANDIDATE_COLUMNS = [*POINT_COLUMNS, "class"]
+# annotations_with_malignancy.csv: annotations with the LIDC readers' malignancy (mal_bool: mean rating > 3).
+MALIGNANCY_COLUMNS = [
+    *ANNOTATION_COLUMNS,
+    "mal_bool",
+    "mal_details",
+    "bboxLowX",
+    "bboxLowY",
+    "bboxLowZ",
+    "bboxHighX",
+    "bboxHighY",
+    "bboxHighZ",
+    "len_mal_details",
+]
+
+# A batch from PatchDataset: the normalised patch, its 0/1 label and its row in the patch cache.
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+INDEX_KEY = "index"

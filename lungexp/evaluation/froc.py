@@ -1,0 +1,296 @@
+"""LUNA16 FROC and CPM: sensitivity at 1/8 ... 8 false positives per scan, and their mean.
+
+The rules are those of LUNA16's evaluation script (``noduleCADEvaluationLUNA16.py``):
+
+* a candidate hits a nodule when its centre lies within the nodule's radius (``diameter_mm / 2``) in
+  world mm; inclusive at the radius here (the script's ``<`` differs only for a centre exactly on
+  the sphere), with a 1e-6 mm tolerance so that rounding cannot decide a hit;
+* several hits on one nodule count once, with the highest probability among them;
+* a candidate hitting a finding of ``annotations_excluded.csv`` (and no nodule) is ignored: neither a
+  true nor a false positive. A negative diameter (``-1``: size unknown) counts as 10 mm, as in the script;
+* every other candidate is a false positive; false positives per scan divide by the number of
+  scans evaluated, including scans without nodules or candidates;
+* a nodule that no candidate hits stays in the denominator, so sensitivity can top out below 1;
+* the sensitivity at a rate is read off the FROC curve by linear interpolation between its operating
+  points (``np.interp``, as the script does), at the rate itself; where the curve has several points at
+  one rate the highest sensitivity counts, and beyond the last point the curve stays flat;
+* CPM (competition performance metric) = mean of the seven sensitivities;
+* the bootstrap resamples scans with replacement, as the script does; the 95 % interval of the CPM
+  is the 2.5th and 97.5th order statistic of the resampled CPMs.
+
+Everything is vectorised: matching compares each nodule only with the candidates of its own scan,
+and the curve is one sort plus cumulative sums (``scripts/bench_eval.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lungexp.utils.errors import LungexpError
+
+log = logging.getLogger(__name__)
+
+FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)
+UNKNOWN_DIAMETER_MM = 10.0
+HIT_TOLERANCE_MM = 1e-6
+COORDINATES = ("coordX", "coordY", "coordZ")
+PREDICTION_COLUMNS = ("seriesuid", *COORDINATES, "probability")
+ANNOTATION_COLUMNS = ("seriesuid", *COORDINATES, "diameter_mm")
+CONFIDENCE = 0.95
+
+
+class FrocInputError(LungexpError):
+    """A predictions or annotations table the FROC cannot use; the message names the table and column."""
+
+
+def rate_name(rate: float) -> str:
+    """``0.125`` -> ``'0.125'``, ``1`` -> ``'1'``: the rate as it appears in metric names."""
+    return f"{rate:g}"
+
+
+@dataclass(frozen=True)
+class FrocResult:
+    """LUNA16 FROC analysis of one set of predictions.
+
+    Attributes:
+        cpm: mean sensitivity over :data:`FP_RATES` (NaN without nodules).
+        sensitivities: sensitivity at each of :data:`FP_RATES`.
+        curve: ``fps_per_scan, sensitivity, threshold``: one operating point per distinct probability,
+            from ``(0, 0, inf)`` down to the lowest probability.
+        num_scans: scans evaluated (the FP-rate divisor).
+        num_nodules: nodules of those scans (the sensitivity denominator).
+        num_found: nodules hit by at least one candidate (the highest reachable sensitivity).
+        num_candidates: candidates of the scans evaluated.
+        num_false_positives: candidates that hit neither a nodule nor an excluded finding.
+        num_ignored: candidates on excluded findings only.
+        cpm_ci: 95 % bootstrap interval of the CPM, when bootstrapped.
+        sensitivity_ci: 95 % bootstrap interval of each sensitivity, when bootstrapped.
+    """
+
+    cpm: float
+    sensitivities: dict[float, float]
+    curve: pd.DataFrame
+    num_scans: int
+    num_nodules: int
+    num_found: int
+    num_candidates: int
+    num_false_positives: int
+    num_ignored: int
+    cpm_ci: tuple[float, float] | None = None
+    sensitivity_ci: dict[float, tuple[float, float]] | None = None
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """``{prefix}cpm`` and ``{prefix}sens_at_{rate}_fp`` (e.g. ``test/sens_at_0.125_fp``), plus
+        ``{prefix}cpm_ci_low``/``_high`` when bootstrapped."""
+        metrics = {f"{prefix}cpm": self.cpm}
+        metrics.update({f"{prefix}sens_at_{rate_name(rate)}_fp": value for rate, value in self.sensitivities.items()})
+        if self.cpm_ci is not None:
+            metrics[f"{prefix}cpm_ci_low"], metrics[f"{prefix}cpm_ci_high"] = self.cpm_ci
+        return metrics
+
+
+def compute_froc(
+    predictions: pd.DataFrame,
+    annotations: pd.DataFrame,
+    excluded: pd.DataFrame | None = None,
+    seriesuids: Sequence[str] | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> FrocResult:
+    """FROC curve, the sensitivities at :data:`FP_RATES` and the CPM, by LUNA16's rules (module docstring).
+
+    Args:
+        predictions: ``seriesuid, coordX, coordY, coordZ, probability`` (world mm; extra columns ignored).
+        annotations: the nodules, ``seriesuid, coordX, coordY, coordZ, diameter_mm``.
+        excluded: findings to ignore (``annotations_excluded.csv``), same columns.
+        seriesuids: the scans evaluated; default: the series in ``predictions``. Predictions and
+            annotations of other series are left out.
+        bootstrap: number of scan resamplings for the 95 % intervals (0: none).
+        seed: seed of the resampling.
+    """
+    predictions = validated_table(predictions, PREDICTION_COLUMNS, "predictions")
+    scans = _scans(predictions, seriesuids)
+    predictions, candidate_scan = _on_scans(predictions, scans, "predictions", warn=True)
+    annotations, nodule_scan = _on_scans(validated_table(annotations, ANNOTATION_COLUMNS, "annotations"), scans)
+    candidate_xyz = predictions[list(COORDINATES)].to_numpy()
+    probability = predictions["probability"].to_numpy()
+
+    hit_candidate, hit_nodule = _hits(candidate_scan, candidate_xyz, annotations, nodule_scan)
+    on_nodule = np.zeros(len(predictions), dtype=bool)
+    on_nodule[hit_candidate] = True
+    found = np.zeros(len(annotations), dtype=bool)
+    found[hit_nodule] = True
+    best = np.full(len(annotations), -np.inf)
+    np.maximum.at(best, hit_nodule, probability[hit_candidate])
+    ignored = np.zeros(len(predictions), dtype=bool)
+    if excluded is not None:
+        excluded, excluded_scan = _on_scans(validated_table(excluded, ANNOTATION_COLUMNS, "excluded findings"), scans)
+        ignored[_hits(candidate_scan, candidate_xyz, excluded, excluded_scan)[0]] = True
+    ignored &= ~on_nodule
+    false_positive = ~on_nodule & ~ignored
+
+    # The scored entries: each false positive, and each found nodule once with its best probability.
+    scores = np.concatenate([probability[false_positive], best[found]])
+    is_nodule = np.concatenate([np.zeros(false_positive.sum(), bool), np.ones(found.sum(), bool)])
+    entry_scan = np.concatenate([candidate_scan[false_positive], nodule_scan[found]])
+    curve = _Curve(scores, is_nodule, entry_scan)
+    num_scans, num_nodules = len(scans), len(annotations)
+    if num_nodules == 0:
+        warnings.warn("FROC: the scans evaluated have no nodules, so sensitivity and CPM are undefined (NaN)",
+                      stacklevel=2)
+    fps, sens, thresholds = curve.points(np.ones(num_scans), num_scans, num_nodules)
+    sensitivities = dict(zip(FP_RATES, _sensitivities_at_rates(fps, sens), strict=True))
+    cpm_ci = sensitivity_ci = None
+    if bootstrap > 0:
+        nodules_per_scan = np.bincount(nodule_scan, minlength=num_scans)
+        cpm_ci, sensitivity_ci = _bootstrap(curve, nodules_per_scan, bootstrap, seed)
+    return FrocResult(
+        cpm=float(np.mean(list(sensitivities.values()))),
+        sensitivities=sensitivities,
+        curve=pd.DataFrame({"fps_per_scan": fps, "sensitivity": sens, "threshold": thresholds}),
+        num_scans=num_scans,
+        num_nodules=num_nodules,
+        num_found=int(found.sum()),
+        num_candidates=len(predictions),
+        num_false_positives=int(false_positive.sum()),
+        num_ignored=int(ignored.sum()),
+        cpm_ci=cpm_ci,
+        sensitivity_ci=sensitivity_ci,
+    )
+
+
+def validated_table(table: pd.DataFrame, required: Sequence[str], name: str) -> pd.DataFrame:
+    """The ``required`` columns: ``seriesuid`` as text, the others as finite float64; a missing column or a
+    bad value is a :class:`FrocInputError` naming ``name`` (e.g. the file) and the rows."""
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise FrocInputError(f"{name}: missing column(s) {missing}; found {list(map(str, table.columns))}. "
+                             f"The FROC needs {list(required)}")
+    checked = pd.DataFrame({"seriesuid": table["seriesuid"].astype(str).to_numpy()})
+    for column in required[1:]:
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            rows = ", ".join(str(row + 2) for row in np.flatnonzero(bad)[:5])
+            raise FrocInputError(f"{name}: column '{column}' must hold finite numbers, but {int(bad.sum())} "
+                                 f"row(s) do not: row(s) {rows} (the header is row 1)")
+        checked[column] = values
+    return checked
+
+
+def _scans(predictions: pd.DataFrame, seriesuids: Sequence[str] | None) -> pd.Index:
+    scans = pd.Index(pd.unique(predictions["seriesuid"] if seriesuids is None else np.asarray(seriesuids, str)))
+    if scans.empty:
+        raise FrocInputError("FROC: no scans to evaluate (no predictions and no seriesuids given)")
+    return scans
+
+
+def _on_scans(table: pd.DataFrame, scans: pd.Index, name: str = "", warn: bool = False
+              ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of the scans evaluated, and each row's scan number."""
+    scan = scans.get_indexer(table["seriesuid"])
+    inside = scan >= 0
+    if warn and not inside.all():
+        log.warning("FROC: %d %s rows of %d series not in the scans evaluated are left out",
+                    int((~inside).sum()), name, table.loc[~inside, "seriesuid"].nunique())
+    if inside.all():
+        return table, scan
+    return table[inside].reset_index(drop=True), scan[inside]
+
+
+def _hits(
+    candidate_scan: np.ndarray, candidate_xyz: np.ndarray, findings: pd.DataFrame, finding_scan: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (candidate, finding) index pairs where the candidate lies within the finding's radius.
+
+    Candidates are sorted by scan once; each finding is then compared with its scan's slice only.
+    """
+    order = np.argsort(candidate_scan, kind="stable")
+    start = np.searchsorted(candidate_scan[order], finding_scan, side="left")
+    counts = np.searchsorted(candidate_scan[order], finding_scan, side="right") - start
+    finding = np.repeat(np.arange(len(finding_scan)), counts)
+    first_pair = np.repeat(np.cumsum(counts) - counts, counts)
+    candidate = order[np.repeat(start, counts) + np.arange(counts.sum()) - first_pair]
+    diameter = findings["diameter_mm"].to_numpy(np.float64)
+    radius = np.where(diameter < 0, UNKNOWN_DIAMETER_MM, diameter) / 2 + HIT_TOLERANCE_MM
+    centre = findings[list(COORDINATES)].to_numpy(np.float64)
+    squared = ((candidate_xyz[candidate] - centre[finding]) ** 2).sum(axis=1)
+    inside = squared <= radius[finding] ** 2
+    return candidate[inside], finding[inside]
+
+
+class _Curve:
+    """The scored entries sorted once by descending probability, so that (re)weighting them by scan
+    (the bootstrap) costs only cumulative sums."""
+
+    def __init__(self, scores: np.ndarray, is_nodule: np.ndarray, entry_scan: np.ndarray) -> None:
+        order = np.argsort(-scores, kind="stable")
+        self.scores = scores[order]
+        self.is_nodule = is_nodule[order]
+        self.entry_scan = entry_scan[order]
+        # last entry of each run of equal probability: one operating point per distinct threshold
+        self.cuts = np.r_[np.flatnonzero(np.diff(self.scores)), len(self.scores) - 1].astype(np.int64)
+        if not len(self.scores):
+            self.cuts = self.cuts[:0]
+
+    def points(
+        self, scan_weight: np.ndarray, num_scans: int, num_nodules: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(FPs per scan, sensitivity, threshold) at every distinct probability, from (0, 0, inf)."""
+        weight = scan_weight[self.entry_scan]
+        true_positives = np.cumsum(weight * self.is_nodule)[self.cuts]
+        false_positives = np.cumsum(weight * ~self.is_nodule)[self.cuts]
+        if num_nodules:
+            sensitivity = np.r_[0.0, true_positives / num_nodules]
+        else:
+            sensitivity = np.full(len(self.cuts) + 1, np.nan)
+        return np.r_[0.0, false_positives / num_scans], sensitivity, np.r_[np.inf, self.scores[self.cuts]]
+
+
+def _sensitivities_at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> list[float]:
+    """Linear interpolation at :data:`FP_RATES`, as ``np.interp`` on the curve: between the last point at
+    or below the rate and the next one (so of several points at one FP rate the highest sensitivity
+    counts from that rate on); flat beyond the last point."""
+    rates = np.asarray(FP_RATES, dtype=np.float64)
+    left = np.searchsorted(fps, rates, side="right") - 1
+    right = np.minimum(left + 1, len(fps) - 1)
+    span = fps[right] - fps[left]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step = np.where(span > 0, (rates - fps[left]) / span, 0.0)
+    return [float(v) for v in sensitivity[left] + step * (sensitivity[right] - sensitivity[left])]
+
+
+def _bootstrap(
+    curve: _Curve, nodules_per_scan: np.ndarray, samples: int, seed: int
+) -> tuple[tuple[float, float], dict[float, tuple[float, float]]]:
+    """95 % intervals of the CPM and each sensitivity over ``samples`` resamplings of the scans."""
+    rng = np.random.default_rng(seed)
+    num_scans = len(nodules_per_scan)
+    resampled = np.empty((samples, len(FP_RATES)))
+    for i in range(samples):
+        drawn = np.bincount(rng.integers(num_scans, size=num_scans), minlength=num_scans).astype(np.float64)
+        fps, sens, _ = curve.points(drawn, num_scans, float(drawn @ nodules_per_scan))
+        resampled[i] = _sensitivities_at_rates(fps, sens) if drawn @ nodules_per_scan else np.nan
+    resampled = resampled[~np.isnan(resampled).any(axis=1)]
+    if not len(resampled):
+        nan = (math.nan, math.nan)
+        return nan, dict.fromkeys(FP_RATES, nan)
+    return _interval(resampled.mean(axis=1)), {
+        rate: _interval(resampled[:, i]) for i, rate in enumerate(FP_RATES)
+    }
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    """The script's order statistics: sorted[floor(0.025 n)] and sorted[floor(0.975 n)]."""
+    ordered = np.sort(values)
+    tail = (1.0 - CONFIDENCE) / 2.0
+    low = ordered[int(math.floor(tail * len(ordered)))]
+    high = ordered[min(int(math.floor((1.0 - tail) * len(ordered))), len(ordered) - 1)]
+    return float(low), float(high)

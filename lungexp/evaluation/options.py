@@ -1,0 +1,57 @@
+"""The ``eval`` config group as a typed object, checked when it is built (before any training)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lungexp.evaluation.threshold import check_threshold_rule
+from lungexp.utils.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How predictions are judged and pictured (``conf/eval/default.yaml``).
+
+    Args:
+        threshold: decision-threshold rule, see :mod:`lungexp.evaluation.threshold`.
+        froc_bootstrap: scan resamplings for the CPM's 95 % interval (0: none).
+        montage_k: worst errors shown per kind (false positives, false negatives); 0: no montage.
+        gradcam_samples: test positives, and as many negatives, shown with Grad-CAM; 0: none.
+        gradcam_layer: the network's module (dotted name) whose output Grad-CAM explains; ``None``: the
+            last 3D convolution, found automatically.
+    """
+
+    threshold: str | float = "youden"
+    froc_bootstrap: int = 0
+    montage_k: int = 4
+    gradcam_samples: int = 3
+    gradcam_layer: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", check_threshold_rule(self.threshold))
+        for key in ("froc_bootstrap", "montage_k", "gradcam_samples"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"eval.{_config_key(key)}={value!r} must be a whole number >= 0")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> EvaluationOptions:
+        """From the ``eval`` group: ``{threshold, froc_bootstrap, montage_k, gradcam: {samples, target_layer}}``."""
+        config = dict(config or {})
+        gradcam = dict(config.pop("gradcam", None) or {})
+        unknown = sorted(set(config) - {"threshold", "froc_bootstrap", "montage_k"})
+        unknown += sorted(f"gradcam.{key}" for key in set(gradcam) - {"samples", "target_layer"})
+        if unknown:
+            raise ConfigError(f"unknown eval option(s) {['eval.' + key for key in unknown]}; "
+                              "see conf/eval/default.yaml")
+        if "samples" in gradcam:
+            config["gradcam_samples"] = gradcam["samples"]
+        if "target_layer" in gradcam:
+            config["gradcam_layer"] = gradcam["target_layer"]
+        return cls(**config)
+
+
+def _config_key(field: str) -> str:
+    return {"gradcam_samples": "gradcam.samples"}.get(field, field)

@@ -1,0 +1,180 @@
+"""Every metric and figure of a predictions table, the same wherever predictions come from: the test stage
+of training, ``python -m lungexp.evaluate`` and the pooled folds of a cross-validation.
+
+A predictions table has one row per patch: ``label`` (0/1), ``probability`` and, for the FROC,
+``seriesuid, coordX, coordY, coordZ`` (world mm).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+
+from lungexp.data.annotations import read_annotations, read_excluded_annotations
+from lungexp.data.dataset import HUWindow
+from lungexp.evaluation.froc import FrocResult, compute_froc
+from lungexp.evaluation.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
+from lungexp.evaluation.metrics import AT_THRESHOLD, reliability_bins, table_metrics
+from lungexp.evaluation.montage import worst_errors_figure
+from lungexp.evaluation.options import EvaluationOptions
+from lungexp.evaluation.plots import (
+    confusion_matrix_figure,
+    froc_figure,
+    precision_recall_figure,
+    reliability_figure,
+    roc_figure,
+    score_histogram_figure,
+)
+
+log = logging.getLogger(__name__)
+
+PLOTS = "plots"
+
+
+@dataclass(frozen=True)
+class FrocReference:
+    """What the FROC compares candidates with: nodules, ignored findings and the scans evaluated."""
+
+    annotations: pd.DataFrame
+    excluded: pd.DataFrame | None = None
+    seriesuids: Sequence[str] | None = None
+
+    @classmethod
+    def from_csv(cls, annotations_csv: str | Path, excluded_csv: str | Path | None = None,
+                 seriesuids: Sequence[str] | None = None) -> FrocReference:
+        """LUNA16 ``annotations.csv`` and, if the file exists, ``annotations_excluded.csv``."""
+        excluded = None
+        if excluded_csv is not None and Path(excluded_csv).is_file():
+            excluded = read_excluded_annotations(excluded_csv)
+        return cls(read_annotations(annotations_csv), excluded, seriesuids)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a predictions table is judged.
+
+    Args:
+        threshold: decision threshold, chosen on validation (:func:`~lungexp.evaluation.threshold.choose_threshold`).
+        froc: nodules and scans for the LUNA16 FROC/CPM (task ``candidates``); ``None``: no FROC.
+        froc_bootstrap: scan resamplings for the CPM's 95 % interval.
+        seed: seed of the resampling.
+    """
+
+    threshold: float = 0.5
+    froc: FrocReference | None = None
+    froc_bootstrap: int = 0
+    seed: int = 0
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics by name (``test/auroc``, ...) and figures by artifact path (``plots/roc_curve.png``)."""
+
+    metrics: dict[str, float]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    froc: FrocResult | None = None
+
+
+def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings, prefix: str = "test/",
+                         title: str = "Test", figures: bool = True) -> EvaluationReport:
+    """All metrics and (unless ``figures`` is false) figures of ``predictions``; names start with ``prefix``.
+
+    Metrics: ``accuracy, precision, sensitivity, specificity, f1`` at 0.5, ``auroc``,
+    ``average_precision``, ``ece``, ``threshold`` and the five thresholded metrics at it as
+    ``at_threshold/<name>``; with ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``.
+    Figures: ROC, precision-recall, confusion matrices at 0.5 and at the threshold, score histogram,
+    reliability diagram and, with ``settings.froc``, the FROC.
+    """
+    labels = predictions["label"].to_numpy().astype(np.int64)
+    probabilities = predictions["probability"].to_numpy(np.float64)
+    threshold = settings.threshold
+    metrics = table_metrics(labels, probabilities, prefix, threshold)
+    plots = _figures(labels, probabilities, metrics, threshold, prefix, title) if figures else {}
+    froc = None
+    if settings.froc is not None:
+        froc = compute_froc(predictions, settings.froc.annotations, excluded=settings.froc.excluded,
+                            seriesuids=settings.froc.seriesuids, bootstrap=settings.froc_bootstrap,
+                            seed=settings.seed)
+        metrics.update(froc.as_metrics(prefix))
+        if figures:
+            plots[f"{PLOTS}/froc.png"] = froc_figure(froc, title=f"{title} FROC")
+    return EvaluationReport(metrics=metrics, figures=plots, froc=froc)
+
+
+def _figures(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, float], threshold: float,
+             prefix: str, title: str) -> dict[str, Figure]:
+    at = {name: metrics[f"{prefix}{AT_THRESHOLD}{name}"] for name in ("sensitivity", "specificity", "precision")}
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(_confusion(labels, probabilities, 0.5), 0.5,
+                                                    title=f"{title} confusion matrix"),
+        "confusion_matrix_at_threshold": confusion_matrix_figure(
+            _confusion(labels, probabilities, threshold), threshold, title=f"{title} confusion matrix"),
+        "score_histogram": score_histogram_figure(probabilities, labels, {"chosen": threshold, "fixed": 0.5},
+                                                  title=f"{title} score distribution"),
+        "reliability_diagram": reliability_figure(*reliability_bins(labels, probabilities),
+                                                  ece=metrics[f"{prefix}ece"], title=f"{title} reliability"),
+    }
+    if 0 < labels.sum() < len(labels):  # the curves need both classes
+        preds, target = torch.tensor(probabilities), torch.tensor(labels)
+        fpr, tpr, _ = (t.numpy() for t in binary_roc(preds, target))
+        precision, recall, _ = (t.numpy() for t in binary_precision_recall_curve(preds, target))
+        figures["roc_curve"] = roc_figure(fpr, tpr, metrics[f"{prefix}auroc"],
+                                          (1 - at["specificity"], at["sensitivity"]), title=f"{title} ROC")
+        figures["precision_recall"] = precision_recall_figure(
+            recall, precision, metrics[f"{prefix}average_precision"], prevalence=float(labels.mean()),
+            operating_point=(at["sensitivity"], at["precision"]), title=f"{title} precision-recall")
+    return {f"{PLOTS}/{name}.png": figure for name, figure in figures.items()}
+
+
+def froc_reference(datamodule: object, split: str) -> FrocReference | None:
+    """The FROC reference of a :class:`~lungexp.data.datamodule.NoduleDataModule` split: for task
+    ``candidates`` with an annotations CSV, its nodules and excluded findings and all series of ``split``;
+    otherwise ``None`` (no FROC)."""
+    options = getattr(datamodule, "options", None)  # its checked data.* options (DataOptions)
+    if options is None or options.task != "candidates" or options.annotations_csv is None:
+        return None
+    if not Path(options.annotations_csv).is_file():
+        log.warning("no FROC/CPM: the annotations CSV %s does not exist", options.annotations_csv)
+        return None
+    return FrocReference.from_csv(options.annotations_csv, options.excluded_csv, datamodule.split_series(split))
+
+
+def patch_figures(net: torch.nn.Module, predictions: pd.DataFrame, patches: np.ndarray, window: HUWindow,
+                  options: EvaluationOptions, threshold: float) -> dict[str, Figure]:
+    """The pictures on CT: the worst-errors montage and Grad-CAM of a few positives and negatives.
+
+    Args:
+        net: the network, as tested.
+        predictions: ``label, probability, seriesuid, coordX, coordY, coordZ, cache_row``.
+        patches: ``(N, C, z, y, x)`` HU patches indexed by ``cache_row`` (a patch cache's memory map).
+        window: the datamodule's HU window: grey levels of the pictures and the network's input normalisation.
+        options: ``montage_k``, ``gradcam_samples``, ``gradcam_layer``.
+        threshold: the decision threshold.
+    """
+    hu_window = (window.low, window.high)
+    figures = {}
+    if options.montage_k > 0:
+        figures[f"{PLOTS}/worst_errors.png"] = worst_errors_figure(predictions, patches, threshold, options.montage_k,
+                                                                   hu_window)
+    samples = pick_samples(predictions, options.gradcam_samples)
+    if len(samples):
+        hu = np.stack([np.asarray(patches[row]) for row in samples["cache_row"]])
+        images = torch.stack([window(volume) for volume in hu])
+        layer = options.gradcam_layer or last_conv3d(net, images.shape[1:])
+        figures[f"{PLOTS}/gradcam.png"] = gradcam_figure(hu, gradcam_heatmaps(net, images, layer), samples,
+                                                         hu_window, layer)
+    return figures
+
+
+def _confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """2x2 counts, rows = true class, columns = predicted (``probability > threshold``)."""
+    predicted = (probabilities > threshold).astype(np.int64)
+    return np.bincount(labels * 2 + predicted, minlength=4).reshape(2, 2)

@@ -1,0 +1,122 @@
+"""LUNA16 FROC/CPM of a predictions CSV, like LUNA16's own evaluation script.
+
+``python -m lungexp.froc PREDICTIONS_CSV ANNOTATIONS_CSV [--excluded EXCLUDED_CSV] [--seriesuids FILE]
+[--out DIR] [--bootstrap N]`` prints the CPM and the sensitivity at 1/8 ... 8 false positives per scan,
+and writes ``froc.png`` and ``froc.csv`` (the curve) to ``--out``. The rules are listed in
+:mod:`lungexp.evaluation.froc`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from lungexp.utils.errors import LungexpError, report_user_errors
+
+
+class FrocFileError(LungexpError):
+    """A file given to ``python -m lungexp.froc`` that cannot be read."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lungexp.froc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("predictions", type=Path, help="CSV with seriesuid,coordX,coordY,coordZ,probability")
+    parser.add_argument("annotations", type=Path, help="LUNA16 annotations.csv (seriesuid,coordX,coordY,coordZ,"
+                                                       "diameter_mm)")
+    parser.add_argument("--excluded", type=Path, help="annotations_excluded.csv: hits on these are ignored")
+    parser.add_argument("--seriesuids", type=Path,
+                        help="the scans evaluated, one seriesuid per line (default: those in PREDICTIONS_CSV)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for froc.png and froc.csv (default: .)")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="N resamplings of the scans for 95%% intervals (e.g. 1000; default: none)")
+    args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    return args
+
+
+def read_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV as a table (``seriesuid`` as text), or one :class:`FrocFileError` naming the file."""
+    if not path.is_file():
+        raise FrocFileError(f"{path}: {what} not found; check the path")
+    try:
+        return pd.read_csv(path, dtype={"seriesuid": str})
+    except pd.errors.EmptyDataError:
+        raise FrocFileError(f"{path}: the {what} file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise FrocFileError(f"{path}: not a readable CSV ({error})") from None
+
+
+def read_seriesuids(path: Path) -> list[str]:
+    """One seriesuid per line (LUNA16's ``seriesuids.csv``); a ``seriesuid`` header, extra columns and
+    blank lines are skipped."""
+    if not path.is_file():
+        raise FrocFileError(f"{path}: seriesuids file not found; check the path")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise FrocFileError(f"{path}: not a text file of seriesuids") from None
+    uids = [line.split(",")[0].strip() for line in lines]
+    uids = [uid for uid in uids if uid and uid != "seriesuid"]
+    if not uids:
+        raise FrocFileError(f"{path}: no seriesuids in the file; write one per line")
+    return uids
+
+
+@report_user_errors  # Ctrl-C: one line, status 130
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except LungexpError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    # Imported here so that --help answers at once.
+    from lungexp.evaluation.froc import (
+        ANNOTATION_COLUMNS,
+        FP_RATES,
+        PREDICTION_COLUMNS,
+        compute_froc,
+        rate_name,
+        validated_table,
+    )
+    from lungexp.evaluation.plots import froc_figure
+
+    predictions = validated_table(read_csv(args.predictions, "predictions CSV"), PREDICTION_COLUMNS,
+                                  str(args.predictions))
+    annotations = validated_table(read_csv(args.annotations, "annotations CSV"), ANNOTATION_COLUMNS,
+                                  str(args.annotations))
+    excluded = None
+    if args.excluded is not None:
+        excluded = validated_table(read_csv(args.excluded, "excluded CSV"), ANNOTATION_COLUMNS, str(args.excluded))
+    seriesuids = read_seriesuids(args.seriesuids) if args.seriesuids is not None else None
+    result = compute_froc(predictions, annotations, excluded=excluded, seriesuids=seriesuids,
+                          bootstrap=args.bootstrap)
+
+    print(f"{result.num_scans} scans, {result.num_nodules} nodules ({result.num_found} hit by a candidate), "
+          f"{result.num_candidates} candidates: {result.num_false_positives} false positives, "
+          f"{result.num_ignored} on excluded findings (ignored)")
+    for rate in FP_RATES:
+        interval = result.sensitivity_ci[rate] if result.sensitivity_ci else None
+        shown = f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+        print(f"  sensitivity at {rate_name(rate):>5} FP/scan: {result.sensitivities[rate]:.4f}{shown}")
+    shown = f"  95% CI [{result.cpm_ci[0]:.4f}, {result.cpm_ci[1]:.4f}]" if result.cpm_ci else ""
+    print(f"CPM: {result.cpm:.4f}{shown}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.curve.to_csv(args.out / "froc.csv", index=False)
+    figure = froc_figure(result)
+    figure.savefig(args.out / "froc.png", dpi=120)
+    print(f"wrote {args.out / 'froc.png'} and {args.out / 'froc.csv'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Composing the real configs as ``python -m lungexp.run`` does, shrunk so tests run in seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import lungexp  # noqa: F401  (registers the config resolvers)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+# A few tiny scans, 2 per LUNA16-style subset, so every split has both classes.
+TINY_SYNTHETIC = {
+    "num_scans": 10,
+    "num_subsets": 5,
+    "shape_zyx": [48, 96, 96],
+    "nodules_per_scan": [3, 4],
+    "negatives_per_scan": 8,
+    "seed": 0,
+}
+
+# Overrides that make any composed config fast on 2 CPU cores.
+FAST_OVERRIDES = [
+    "data.patch.size=16",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.preprocess_workers=0",
+]
+
+# Small widths per model, keyed by the `model=` option.
+TINY_NETS = {
+    "cnn3d": ["model.net.widths=[4,8]"],
+    "resnet3d": ["model.net.depth=10", "model.net.widths=[4,8,8,8]"],
+    "densenet3d": ["model.net.growth_rate=4", "model.net.block_config=[1,1]", "model.net.num_init_features=8"],
+    "se_resnet3d": ["model.net.depth=10", "model.net.widths=[4,8,8,8]"],
+    "cbam_resnet3d": ["model.net.depth=10", "model.net.widths=[8,8,8,8]"],
+}
+
+
+def tiny_synthetic_overrides() -> list[str]:
+    """``data.synthetic.*`` overrides that make `data=synthetic` generate the tiny dataset."""
+    return [f"data.synthetic.{k}={v}".replace(" ", "") for k, v in TINY_SYNTHETIC.items()]
+
+
+def tiny_data_overrides(root: Path, cache_dir: Path) -> list[str]:
+    """Read the session's pre-generated tiny dataset (so no test regenerates it)."""
+    return [f"data.root={root}", f"data.cache_dir={cache_dir}", "data.synthetic=null", *FAST_OVERRIDES]
+
+
+def mlflow_overrides(mlflow_dir: Path) -> list[str]:
+    """Log to the MLflow store in ``mlflow_dir`` (tests share one per session)."""
+    return [f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db", f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]
+
+
+def compose_config(overrides: Sequence[str], root_dir: Path, config_name: str = "config") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as ``python -m lungexp.run`` (or ``lungexp.evaluate``) would, with
+    outputs under ``root_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=[f"paths.root_dir={root_dir}", *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    runs = len(list(root_dir.glob("output*")))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root_dir / f"output{runs}")  # one folder per run, as Hydra's timestamps
+        del cfg.hydra
+    return cfg

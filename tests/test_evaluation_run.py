@@ -1,0 +1,96 @@
+"""After a tiny training run: every plot and the predictions CSV are MLflow artifacts, the CSV reproduces every
+logged test metric with scikit-learn / numpy (and the CPM with the FROC module), and the decision threshold
+comes from the best checkpoint's validation predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from sklearn import metrics as sk
+
+from lungexp.evaluation.froc import FP_RATES, compute_froc, rate_name
+from lungexp.evaluation.threshold import choose_threshold
+from lungexp.training.module import VALIDATION_PREDICTIONS
+from lungexp.training.pipeline import train
+
+from .test_metrics import numpy_ece
+
+PLOTS = ("roc_curve", "precision_recall", "confusion_matrix", "confusion_matrix_at_threshold", "score_histogram",
+         "reliability_diagram", "froc", "worst_errors", "gradcam")
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, mlflow_dir: Path):
+    from tests.helpers.config import TINY_NETS, compose_config, tiny_data_overrides
+
+    root = tmp_path_factory.mktemp("evaluation_run")
+    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],
+                          *tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"),
+                          f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db",
+                          f"paths.mlflow_artifacts={mlflow_dir}/artifacts",
+                          "trainer.max_epochs=3", "data.max_negatives_per_scan=2", "eval.montage_k=2",
+                          "eval.gradcam.samples=2", "eval.threshold=sensitivity@0.9"], root)
+    result = train(cfg)
+    client = MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
+    csv = client.download_artifacts(result.mlflow_run_id, "predictions/test_predictions.csv", str(root / "dl"))
+    return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
+
+
+@pytest.mark.slow
+def test_every_plot_and_the_predictions_are_artifacts(tiny_run) -> None:
+    result, client, _ = tiny_run
+    pngs = [a for a in client.list_artifacts(result.mlflow_run_id) if a.path.endswith(".png")]  # at the root
+    assert {a.path for a in pngs} == {f"{name}.png" for name in PLOTS}
+    assert all(artifact.file_size > 10_000 for artifact in pngs)
+
+
+@pytest.mark.slow
+def test_predictions_csv_reproduces_every_logged_test_metric(tiny_run, synthetic_root: Path) -> None:
+    result, client, predictions = tiny_run
+    logged = client.get_run(result.mlflow_run_id).data.metrics
+    labels, scores = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
+    threshold = logged["test/threshold"]
+    expected = {"test/auroc": sk.roc_auc_score(labels, scores),
+                "test/average_precision": sk.average_precision_score(labels, scores),
+                "test/ece": numpy_ece(labels, scores)}
+    for prefix, cut in (("test/", 0.5), ("test/at_threshold/", threshold)):
+        predicted = scores > cut
+        expected |= {f"{prefix}accuracy": sk.accuracy_score(labels, predicted),
+                     f"{prefix}precision": sk.precision_score(labels, predicted, zero_division=0),
+                     f"{prefix}sensitivity": sk.recall_score(labels, predicted),
+                     f"{prefix}specificity": sk.recall_score(1 - labels, ~predicted),
+                     f"{prefix}f1": sk.f1_score(labels, predicted, zero_division=0)}
+    froc = compute_froc(predictions, pd.read_csv(synthetic_root / "annotations.csv"),
+                        seriesuids=[p.stem for p in sorted((synthetic_root / "subset0").glob("*.mhd"))])
+    expected |= froc.as_metrics("test/")
+    for name, value in expected.items():
+        assert logged[name] == pytest.approx(value, abs=TOLERANCE), name
+    assert froc.num_nodules > 0 and f"test/sens_at_{rate_name(FP_RATES[-1])}_fp" in logged
+
+
+@pytest.mark.slow
+def test_val_and_test_keep_every_candidate_despite_the_training_cap(tiny_run, synthetic_root: Path) -> None:
+    _, _, predictions = tiny_run
+    candidates = pd.read_csv(synthetic_root / "candidates_V2.csv", dtype={"seriesuid": str})
+    test_series = {p.stem for p in (synthetic_root / "subset0").glob("*.mhd")}
+    assert len(predictions) == candidates["seriesuid"].isin(test_series).sum()
+    assert (predictions["label"] == 0).groupby(predictions["seriesuid"]).sum().max() > 2
+
+
+@pytest.mark.slow
+def test_threshold_comes_from_the_best_checkpoints_validation(tiny_run) -> None:
+    result, client, _ = tiny_run
+    checkpoint = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    stored = {key: value.numpy() for key, value in checkpoint[VALIDATION_PREDICTIONS].items()}
+    # these are the predictions the best checkpoint was selected on: their AUROC is its monitored score
+    monitored = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"]
+    assert sk.roc_auc_score(stored["label"], stored["probability"]) == pytest.approx(float(monitored), abs=1e-5)
+    logged = client.get_run(result.mlflow_run_id).data.metrics["test/threshold"]
+    assert logged == pytest.approx(choose_threshold(stored["label"], stored["probability"], "sensitivity@0.9"))
+    assert np.mean(stored["probability"][stored["label"] == 1] > logged) >= 0.9
