@@ -117,7 +117,9 @@ def instantiate_loggers(config: DictConfig | None, run_kwargs: Mapping[str, Any]
             if node.get("tracking_uri"):
                 open_tracking_store(node.tracking_uri, node.experiment_name)
             extra = {key: value for key, value in (run_kwargs or {}).items() if node.get(key) is None}
-            extra["tags"] = {**extra.get("tags", {}), **OmegaConf.to_container(node.get("tags") or {}, resolve=True)}
+            configured = node.get("tags")
+            extra["tags"] = {**extra.get("tags", {}), **(OmegaConf.to_container(configured, resolve=True) if configured
+                                                         else {})}
         loggers.append(hydra.utils.instantiate(node, **extra, _convert_="partial"))
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
