@@ -64,8 +64,8 @@ class MLflowTracking(Callback):
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best, self.best_epoch = value, trainer.current_epoch
         for logger in mlflow_loggers(trainer.loggers):
-            logger.log_metrics({best_metric_name(self.monitor): self.best, "best/epoch": self.best_epoch},
-                               step=trainer.global_step)
+            logger.log_metrics({best_metric_name(self.monitor): round(self.best, 6), "best/epoch": self.best_epoch},
+                               step=trainer.global_step)  # rounded: the runs table prints every digit
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
