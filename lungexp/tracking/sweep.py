@@ -23,9 +23,13 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lungexp.tracking.runs import SWEEP_KEYS_ENV, SWEEP_RUN_ID_ENV, short_keys
+from lungexp.tracking.provenance import git_tags
+from lungexp.tracking.runs import SWEEP_KEYS_ENV, SWEEP_RUN_ID_ENV, create_run, ensure_experiment, short_keys
+from lungexp.tracking.stale_runs import mlflow_logger_config
+from lungexp.tracking.sweep_report import report_sweep
 
 log = logging.getLogger(__name__)
 
@@ -58,36 +62,31 @@ class MLflowSweepCallback(Callback):
         self._parent: dict[str, Any] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow import MlflowClient
-
-        from lungexp.tracking.provenance import git_tags
-        from lungexp.tracking.runs import create_run, ensure_experiment
-
-        node = _mlflow_logger_config(config)
+        node = mlflow_logger_config(config)
         if node is None:
             return
+        node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
         swept = swept_overrides(config)
+        name = sweep_name(config, swept)
         client = MlflowClient(node.tracking_uri)
         experiment_id = ensure_experiment(client, node.experiment_name, node.get("artifact_location"))
         tags = {**git_tags(), "sweep.overrides": " ".join(config.hydra.overrides.task),
                 "sweep.dir": str(config.hydra.sweep.dir), "sweep.sweeper": str(config.hydra.sweeper._target_),
                 "task_name": str(config.task_name)}
-        run_id = create_run(client, experiment_id, sweep_name(config, swept), tags=tags)
+        run_id = create_run(client, experiment_id, name, tags=tags)
         self._parent = {"client": client, "experiment_id": experiment_id, "run_id": run_id, "keys": list(swept),
                         "metric": str(config.optimized_metric), "mode": _direction(config),
                         "tracking_uri": node.tracking_uri}
         os.environ[SWEEP_RUN_ID_ENV] = run_id
         os.environ[SWEEP_KEYS_ENV] = ",".join(swept)
         atexit.register(self._finish, "FAILED")  # a failed job stops Hydra's sweep before on_multirun_end
-        log.info("Sweep parent MLflow run %s: %s", run_id, sweep_name(config, swept))
+        log.info("Sweep parent MLflow run %s: %s", run_id, name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         atexit.unregister(self._finish)
         self._finish("FINISHED")
 
     def _finish(self, status: str) -> None:
-        from lungexp.tracking.sweep_report import report_sweep
-
         if self._parent is None:
             return
         parent, self._parent = self._parent, None
@@ -97,14 +96,6 @@ class MLflowSweepCallback(Callback):
             report_sweep(**parent)
         finally:
             parent["client"].set_terminated(parent["run_id"], status)
-
-
-def _mlflow_logger_config(config: DictConfig) -> DictConfig | None:
-    """The resolved config of the first MLflow logger, or None if the sweep logs to no MLflow."""
-    from lungexp.tracking.stale_runs import mlflow_logger_config
-
-    node = mlflow_logger_config(config)
-    return None if node is None else OmegaConf.create(OmegaConf.to_container(node, resolve=True))
 
 
 def _direction(config: DictConfig) -> str:
