@@ -1,4 +1,7 @@
-"""Train and test a model: ``python -m lungexp.run [experiment=NAME] [group=option] [key=value]``."""
+"""Train and test a model: ``python -m lungexp.run [experiment=NAME] [group=option] [key=value]``.
+
+With ``cv.folds=K`` it runs a K-fold cross-validation instead (see :mod:`lungexp.training.cross_validation`).
+"""
 
 from __future__ import annotations
 
@@ -22,9 +25,12 @@ def main(cfg: DictConfig) -> float | None:
     check_required(cfg)
     check_data_config(cfg)
     check_config(cfg)
+    from lungexp.training.cross_validation import cross_validate
     from lungexp.training.pipeline import train
 
     print_config_tree(cfg)
+    if cfg.cv.folds:
+        return cross_validate(cfg).optimized_metric
     return train(cfg).optimized_metric
 
 

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from tests.helpers.config import TINY_NETS, TINY_SYNTHETIC, compose_config, tiny_data_overrides
+from tests.helpers.config import (
+    TINY_NETS,
+    TINY_SYNTHETIC,
+    compose_config,
+    mlflow_overrides,
+    tiny_data_overrides,
+)
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +54,22 @@ def mlflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_config(tmp_path: Path, synthetic_root: Path, mlflow_dir: Path) -> Callable[..., DictConfig]:
     """``make_config(*overrides, model="cnn3d")``: a real composed config on the tiny dataset."""
     cache_dir = synthetic_root.parent / "cache"
-    mlflow = [f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db", f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]
 
     def make(*overrides: str, model: str = "cnn3d") -> DictConfig:
         return compose_config([f"model={model}", *TINY_NETS[model], *tiny_data_overrides(synthetic_root, cache_dir),
-                               *mlflow, *overrides], tmp_path)
+                               *mlflow_overrides(mlflow_dir), *overrides], tmp_path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root: Path, mlflow_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny CNN trained for 2 epochs on the tiny dataset and tested, logged to the session's MLflow store;
+    its checkpoints serve the evaluate and predict tests."""
+    from lungexp.training.pipeline import train
+
+    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],
+                          *tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"),
+                          *mlflow_overrides(mlflow_dir), "trainer.max_epochs=2", "callbacks.lr_monitor=null",
+                          "task_name=trained_for_inference"], tmp_path_factory.mktemp("trained"))
+    return train(cfg)

@@ -49,7 +49,8 @@ def test_every_imported_third_party_package_is_a_declared_dependency() -> None:
 
 
 def test_console_scripts_are_declared_and_resolve_to_callables() -> None:
-    assert {"lungexp-run", "lungexp-preprocess", "lungexp-convert"} <= SCRIPTS.keys()
+    assert {"lungexp-run", "lungexp-preprocess", "lungexp-convert", "lungexp-froc", "lungexp-evaluate",
+            "lungexp-predict"} <= SCRIPTS.keys()
     for name, target in SCRIPTS.items():
         entry_point = importlib.metadata.EntryPoint(name=name, value=target, group="console_scripts")
         assert callable(entry_point.load()), f"{name} = {target!r} is not callable"
@@ -65,6 +66,19 @@ def test_hydra_console_scripts_find_the_configs_from_any_folder(name: str, tmp_p
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "lungexp.models.ResNet3D" in proc.stdout
+
+
+@pytest.mark.parametrize(("name", "expected"), [("lungexp-evaluate", "split: test"),
+                                              ("lungexp-predict", "batch_size: 64")])
+def test_evaluate_and_predict_console_scripts_find_their_configs_from_any_folder(name: str, expected: str,
+                                                                                 tmp_path: Path) -> None:
+    module, function = SCRIPTS[name].split(":")
+    code = f"import sys; from {module} import {function}; sys.exit({function}())"
+    proc = subprocess.run([sys.executable, "-c", code, "--cfg", "job"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert expected in proc.stdout
 
 
 def test_convert_console_script_parses_its_arguments(capsys: pytest.CaptureFixture[str]) -> None:

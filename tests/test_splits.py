@@ -74,3 +74,35 @@ def test_patient_grouping_keeps_a_patients_scans_together() -> None:
         check_splits(by_series, group_by="patient_id")
     with pytest.raises(SplitError, match="not a column"):
         split_by_series(samples, 0.2, 0.2, seed=0, group_by="patient")
+
+
+def test_k_folds_of_series_are_stratified_disjoint_and_seeded() -> None:
+    from lungexp.data.splits import assign_folds, split_by_folds
+
+    samples = table(n_series=30)
+    folds = assign_folds(samples, num_folds=3, seed=5)
+    per_series = folds.groupby(samples["seriesuid"]).nunique()
+    assert (per_series == 1).all()  # a series never spans two folds
+    series_fold = folds.groupby(samples["seriesuid"]).first()
+    positive = samples.groupby("seriesuid")["label"].max()
+    for has_positive in (0, 1):  # each stratum spread over the folds, sizes differing by at most one
+        counts = series_fold[positive == has_positive].value_counts().reindex(range(3), fill_value=0)
+        assert counts.max() - counts.min() <= 1
+    assert series_fold.value_counts().max() - series_fold.value_counts().min() <= 1
+    assert assign_folds(samples, 3, seed=5).equals(folds)
+    assert not assign_folds(samples, 3, seed=6).equals(folds)
+
+    splits = split_by_folds(samples, num_folds=3, test_fold=2, val_fold=0, seed=5)
+    check_splits(splits)
+    assert set(splits["test"]["seriesuid"]) == set(series_fold[series_fold == 2].index)
+    assert sum(len(f) for f in splits.values()) == len(samples)
+
+
+def test_k_folds_keep_a_patients_scans_together() -> None:
+    from lungexp.data.splits import assign_folds
+
+    samples = table(n_series=24).assign(patient_id=lambda t: "p" + (t["seriesuid"].str[4:].astype(int) // 3).astype(str))
+    folds = assign_folds(samples, num_folds=4, seed=0, group_by="patient_id")
+    assert (folds.groupby(samples["patient_id"]).nunique() == 1).all()
+    with pytest.raises(SplitError, match="8 patient_id group"):
+        assign_folds(samples, num_folds=9, seed=0, group_by="patient_id")

@@ -118,6 +118,11 @@ def read_world_points(path: str | Path) -> pd.DataFrame:
     return _read_csv(path, _WORLD_POINT_RULES)
 
 
+def read_points(path: str | Path, with_seriesuid: bool = True) -> pd.DataFrame:
+    """World points ``seriesuid, coordX, coordY, coordZ`` (or only the coordinates), e.g. candidates to score."""
+    return _read_csv(path, _POINT_RULES if with_seriesuid else dict.fromkeys(COORD_COLUMNS, _number))
+
+
 def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
     """Read ``path`` and parse the columns named in ``rules``; raise on the first broken column."""
     path = Path(path)

@@ -118,6 +118,14 @@ def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
     return uid
 
 
+def find_patch_cache(
+    samples: pd.DataFrame, scan_paths: Mapping[str, Path], spec: PatchSpec, cache_dir: str | Path
+) -> PatchCache | None:
+    """The finished cache of exactly these samples, if one was built (by this run or another), else None."""
+    final = Path(cache_dir) / cache_key(samples, scan_paths, spec)
+    return PatchCache(final, index=samples.reset_index(drop=True)) if (final / "meta.json").is_file() else None
+
+
 def build_patch_cache(
     samples: pd.DataFrame,
     scan_paths: Mapping[str, Path],
@@ -140,12 +148,13 @@ def build_patch_cache(
     if missing:
         raise LungexpError(f"no scan found for {len(missing)} seriesuid(s), e.g. {missing[:3]}; add their scans "
                            "under data.root or remove their rows from the labels CSV")
+    finished = find_patch_cache(samples, scan_paths, spec, cache_dir)
+    if finished is not None:
+        return finished
     cache_dir = Path(cache_dir)
     key = cache_key(samples, scan_paths, spec)
     final = cache_dir / key
     samples = samples.reset_index(drop=True)
-    if (final / "meta.json").is_file():
-        return PatchCache(final, index=samples)
     if final.exists():
         log.warning("%s has no meta.json (an unfinished or damaged cache): building it again", final)
 

@@ -11,15 +11,16 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lungexp.data.cache import PatchCache, build_patch_cache
+from lungexp.data.cache import PatchCache, build_patch_cache, find_patch_cache
 from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io.scan_index import index_scans
 from lungexp.data.options import DataOptions
-from lungexp.data.samples import build_samples, limit_training_negatives, task_labels
+from lungexp.data.samples import build_samples, limit_negatives, limit_training_negatives, task_labels
 from lungexp.data.splits import check_splits, split_samples
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
 from lungexp.utils.errors import LungexpError
@@ -39,8 +40,9 @@ class NoduleDataModule(pl.LightningDataModule):
         patch: :meth:`PatchSpec.from_config` arguments (size, spacing_mm, size_mm, pad_hu).
         hu_window: ``[low, high]`` HU kept (clipped outside).
         normalize: ``unit`` ([0, 1]), ``symmetric`` ([-1, 1]) or ``zscore`` (per patch), see :class:`HUWindow`.
-        split: :meth:`SplitSpec.from_config` arguments: ``{method: subsets, fold, val_fold}`` or
-            ``{method: series, val_fraction, test_fraction, seed, group_by}``.
+        split: :meth:`SplitSpec.from_config` arguments: ``{method: subsets, fold, val_fold}``,
+            ``{method: series, val_fraction, test_fraction, seed, group_by}`` or ``{method: folds, num_folds,
+            fold, val_fold, seed, group_by}``.
         balance: :meth:`BalanceSpec.from_config` arguments: ``{sampler: none|balanced, positive_fraction,
             samples_per_epoch}``.
         batch_size, num_workers, pin_memory: DataLoader arguments.
@@ -125,16 +127,21 @@ class NoduleDataModule(pl.LightningDataModule):
         if samples.empty:
             raise LungexpError(f"no samples: none of the series in {options.labels_csv} has a scan under "
                                f"{options.root}; check data.root and data.labels_csv")
-        samples = limit_training_negatives(samples, options.max_negatives_per_scan, options.split)
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
+        complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
+        if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
+            return complete
+        samples = limit_training_negatives(samples, options.max_negatives_per_scan, options.split)
         return build_patch_cache(samples, scan_paths, options.patch, options.cache_dir,
                                  num_workers=options.preprocess_workers)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        if "train" in self.datasets:
             return
         self.cache = self.build_cache()  # built by prepare_data (in this or another process)
         splits = split_samples(self.cache.index, self.options.split)
+        # A no-op on a cache built with the cap; on a cache of every sample, the same seeded choice.
+        splits["train"] = limit_negatives(splits["train"], self.options.max_negatives_per_scan, self.options.split.seed)
         check_splits(splits, group_by=self.options.split.group_by)
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None
@@ -143,6 +150,13 @@ class NoduleDataModule(pl.LightningDataModule):
             negatives, positives = dataset.class_counts()
             log.info("%s: %d patches (%d positive, %d negative) from %d series", name, len(dataset), positives,
                      negatives, splits[name]["seriesuid"].nunique())
+
+    def setup_all(self) -> None:
+        """Add the dataset ``all``: every sample, unsplit (an external test set, or the pooled test folds of a
+        cross-validation, which together cover every series)."""
+        if self.cache is None:
+            self.cache = self.build_cache()
+        self.datasets["all"] = PatchDataset(self.cache, np.arange(len(self.cache)), self.window)
 
     def split_series(self, name: str) -> list[str]:
         """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""

@@ -2,8 +2,9 @@
 
 LUNA16 ships its scans in ten folders ``subset0..subset9`` that are the official
 cross-validation folds; :func:`split_by_subset` uses them. Other data gets a seeded random split
-of series with :func:`split_by_series`. :class:`SplitSpec` (``data.split``) chooses between them;
-:func:`check_splits` runs on every split, every run.
+of series with :func:`split_by_series`, or seeded K folds of series with :func:`split_by_folds`
+(cross-validation). :class:`SplitSpec` (``data.split``) chooses between them; :func:`check_splits`
+runs on every split, every run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lungexp.utils.errors import ConfigError, LungexpError, check_int, check_num
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
-SPLIT_METHODS = ("subsets", "series")
+SPLIT_METHODS = ("subsets", "series", "folds")
 
 
 class SplitError(LungexpError):
@@ -32,13 +33,15 @@ class SplitSpec:
     """How samples are split (``data.split``).
 
     Args:
-        method: ``subsets`` (LUNA16 folders ``subsetK`` as folds) or ``series`` (seeded random split).
-        fold: test fold (``subsets``).
-        val_fold: validation fold (``subsets``); equal to ``fold`` only for tiny datasets.
+        method: ``subsets`` (LUNA16 folders ``subsetK`` as folds), ``series`` (seeded random split) or
+            ``folds`` (seeded K folds of series, what ``cv.folds`` uses for data without subsets).
+        fold: test fold (``subsets``, ``folds``).
+        val_fold: validation fold (``subsets``, ``folds``); equal to ``fold`` only for tiny datasets.
         val_fraction, test_fraction: shares of series (or ``group_by`` groups) in validation and
             test (``series``).
         seed: seed of the random split, and of ``data.max_negatives_per_scan``'s choice.
         group_by: ``seriesuid`` or a patient column of the labels CSV: a group never spans two splits.
+        num_folds: K of ``folds``.
     """
 
     method: str = "subsets"
@@ -48,6 +51,7 @@ class SplitSpec:
     test_fraction: float = 0.15
     seed: int = 0
     group_by: str = "seriesuid"
+    num_folds: int | None = None
 
     @classmethod
     def from_config(
@@ -59,6 +63,7 @@ class SplitSpec:
         test_fraction: float = 0.15,
         seed: int = 0,
         group_by: str = "seriesuid",
+        num_folds: int | None = None,
     ) -> SplitSpec:
         """Check ``data.split``; :class:`ConfigError` names the key of a value that cannot work."""
         method = look_up_option("data.split.method", method, SPLIT_METHODS)
@@ -67,6 +72,12 @@ class SplitSpec:
         if val_fraction + test_fraction >= 1:
             raise ConfigError(f"data.split.val_fraction={val_fraction:g} + data.split.test_fraction="
                               f"{test_fraction:g} must be less than 1 (the rest is training)")
+        if method == "folds":
+            num_folds = check_int("data.split.num_folds", num_folds, minimum=2)
+            for key, value in (("fold", fold), ("val_fold", val_fold)):
+                if isinstance(value, int) and not 0 <= value < num_folds:
+                    raise ConfigError(f"data.split.{key}={value} but data.split.num_folds={num_folds}; "
+                                      f"pick 0..{num_folds - 1}")
         if not isinstance(group_by, str) or not group_by:
             raise ConfigError(f"data.split.group_by={group_by!r} must be a column name, e.g. seriesuid")
         return cls(
@@ -77,6 +88,7 @@ class SplitSpec:
             test_fraction=test_fraction,
             seed=check_int("data.split.seed", seed, minimum=0),
             group_by=group_by,
+            num_folds=num_folds,
         )
 
 
@@ -84,6 +96,8 @@ def split_samples(samples: pd.DataFrame, spec: SplitSpec) -> dict[str, pd.DataFr
     """``train``/``val``/``test`` rows of ``samples`` by ``spec.method`` (check them with :func:`check_splits`)."""
     if spec.method == "subsets":
         return split_by_subset(samples, test_fold=spec.fold, val_fold=spec.val_fold)
+    if spec.method == "folds":
+        return split_by_folds(samples, spec.num_folds, spec.fold, spec.val_fold, spec.seed, group_by=spec.group_by)
     return split_by_series(samples, spec.val_fraction, spec.test_fraction, spec.seed, group_by=spec.group_by)
 
 
@@ -130,6 +144,37 @@ def split_by_series(
             assignment[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     which = samples[group_by].map(assignment)
     return {name: samples[which == name] for name in SPLIT_NAMES}
+
+
+def assign_folds(samples: pd.DataFrame, num_folds: int, seed: int, group_by: str = "seriesuid") -> pd.Series:
+    """Fold ``0..num_folds-1`` of every row: seeded K folds of whole groups (series, or patients with
+    ``group_by``), stratified by whether a group has a positive, so every fold gets its share of both."""
+    if group_by not in samples:
+        raise SplitError(f"data.split.group_by='{group_by}' is not a column of the labels CSV; "
+                         f"columns are {sorted(samples.columns)}")
+    has_positive = samples.groupby(group_by)["label"].max()
+    if len(has_positive) < num_folds:
+        raise SplitError(f"{len(has_positive)} {group_by} group(s) cannot fill {num_folds} folds "
+                         "(data.split.num_folds, cv.folds); use fewer folds")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    for _, stratum in has_positive.groupby(has_positive):
+        for group in rng.permutation(stratum.index.to_numpy()):
+            fold_of[group] = len(fold_of) % num_folds  # one round robin across strata keeps fold sizes even
+    return samples[group_by].map(fold_of)
+
+
+def split_by_folds(
+    samples: pd.DataFrame, num_folds: int, test_fold: int, val_fold: int, seed: int, group_by: str = "seriesuid"
+) -> dict[str, pd.DataFrame]:
+    """Fold ``test_fold`` of :func:`assign_folds` is the test set, ``val_fold`` validation, the rest train
+    (fold numbers as :meth:`SplitSpec.from_config` checks them)."""
+    folds = assign_folds(samples, num_folds, seed, group_by)
+    return {
+        "train": samples[~folds.isin([test_fold, val_fold])],
+        "val": samples[folds == val_fold],
+        "test": samples[folds == test_fold],
+    }
 
 
 def check_splits(

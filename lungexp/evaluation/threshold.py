@@ -15,11 +15,15 @@ scoring like the operating point's patches are called positive.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
+import pandas as pd
 
 from lungexp.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 YOUDEN = "youden"
 SENSITIVITY_PREFIX = "sensitivity@"
@@ -63,6 +67,17 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, rule: str | 
         point = int(np.argmax(sensitivity >= float(rule.removeprefix(SENSITIVITY_PREFIX)) - 1e-12))
     below = scores[point + 1] if point + 1 < len(scores) else 0.0
     return float((scores[point] + below) / 2)
+
+
+def threshold_from_validation(rule: str | float, validation: pd.DataFrame | None) -> float:
+    """The threshold ``rule`` picks on a validation table (``label``, ``probability``); 0.5 with a warning when
+    a rule needs validation predictions and there are none (e.g. a checkpoint saved without validation)."""
+    if isinstance(rule, str) and validation is None:
+        log.warning("eval.threshold=%s needs validation predictions, but none ran on these weights; using 0.5", rule)
+        return 0.5
+    if isinstance(rule, str):
+        return choose_threshold(validation["label"].to_numpy(), validation["probability"].to_numpy(), rule)
+    return float(rule)
 
 
 def _operating_points(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.metrics import classification_metrics
 from lungexp.evaluation.options import EvaluationOptions
 from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
-from lungexp.evaluation.threshold import choose_threshold
+from lungexp.evaluation.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
 from lungexp.tracking.mlflow import log_figure, log_params, log_table
@@ -77,6 +77,7 @@ class NoduleClassifier(pl.LightningModule):
         self.evaluation = EvaluationOptions.from_config(evaluation)
         self.val_metrics = classification_metrics("val/")
         self.validation_predictions: pd.DataFrame | None = None  # of the current weights
+        self.test_predictions: pd.DataFrame | None = None  # of the last test run, e.g. for cross-validation
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
 
     @staticmethod
@@ -153,7 +154,7 @@ class NoduleClassifier(pl.LightningModule):
         self._collect("test", batch, self._evaluate(batch, "test"))
 
     def on_test_epoch_end(self) -> None:
-        predictions = self.predictions("test")
+        predictions = self.test_predictions = self.predictions("test")
         settings = EvaluationSettings(threshold=self.decision_threshold(),
                                       froc=froc_reference(self.trainer.datamodule, "test"),
                                       froc_bootstrap=self.evaluation.froc_bootstrap)
@@ -169,17 +170,8 @@ class NoduleClassifier(pl.LightningModule):
             log_table(self.loggers, predictions, "predictions/test_predictions.csv")
 
     def decision_threshold(self) -> float:
-        """``eval.threshold`` applied to the validation predictions of the current weights (0.5 with a
-        warning when a rule needs them and there are none, e.g. a checkpoint saved without validation)."""
-        rule = self.evaluation.threshold
-        if isinstance(rule, str) and self.validation_predictions is None:
-            log.warning("eval.threshold=%s needs validation predictions, but none ran on these weights; using 0.5",
-                        rule)
-            return 0.5
-        if isinstance(rule, str):
-            return choose_threshold(self.validation_predictions["label"].to_numpy(),
-                                    self.validation_predictions["probability"].to_numpy(), rule)
-        return float(rule)
+        """``eval.threshold`` applied to the validation predictions of the current weights."""
+        return threshold_from_validation(self.evaluation.threshold, self.validation_predictions)
 
     def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
         self._outputs[stage].append(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -16,6 +17,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungexp.tracking.mlflow import log_config, mlflow_loggers
 from lungexp.tracking.stale_runs import instantiate_loggers
+from lungexp.training.checkpoint import ModelRecipe, SaveRecipe
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.utils.config import instantiate_dict
 from lungexp.utils.errors import ConfigError
@@ -35,6 +37,7 @@ class RunResult:
     best_checkpoint: str | None
     mlflow_run_id: str | None
     mlflow_tracking_uri: str | None
+    test_predictions: pd.DataFrame | None = None  # one row per test patch with its probability
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
@@ -42,7 +45,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
-    callbacks = instantiate_dict(cfg.get("callbacks"))
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), SaveRecipe(ModelRecipe.from_config(cfg))]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
@@ -79,6 +82,7 @@ def train(cfg: DictConfig) -> RunResult:
         mlflow_run_id=run_id,
         # The logger's MlflowClient; only rank 0 has one (and a run id), the others a no-op stand-in.
         mlflow_tracking_uri=mlflow.experiment.tracking_uri if run_id else None,
+        test_predictions=getattr(model, "test_predictions", None) if cfg.test_after_fit else None,
     )
     _print_summary(result)
     return result

@@ -53,11 +53,17 @@ def tiny_data_overrides(root: Path, cache_dir: Path) -> list[str]:
     return [f"data.root={root}", f"data.cache_dir={cache_dir}", "data.synthetic=null", *FAST_OVERRIDES]
 
 
-def compose_config(overrides: Sequence[str], root_dir: Path) -> DictConfig:
-    """Compose ``conf/config.yaml`` as ``python -m lungexp.run`` would, with outputs under ``root_dir``."""
+def mlflow_overrides(mlflow_dir: Path) -> list[str]:
+    """Log to the MLflow store in ``mlflow_dir`` (tests share one per session)."""
+    return [f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db", f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]
+
+
+def compose_config(overrides: Sequence[str], root_dir: Path, config_name: str = "config") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as ``python -m lungexp.run`` (or ``lungexp.evaluate``) would, with
+    outputs under ``root_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root_dir={root_dir}", *overrides], return_hydra_config=True)
+        cfg = compose(config_name, overrides=[f"paths.root_dir={root_dir}", *overrides], return_hydra_config=True)
     HydraConfig().set_config(cfg)
     runs = len(list(root_dir.glob("output*")))
     with open_dict(cfg):

@@ -1,0 +1,1 @@
+"""Applying a trained checkpoint: probabilities for candidates on new scans, and re-evaluation on a split."""

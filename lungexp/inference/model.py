@@ -1,0 +1,64 @@
+"""A trained network ready for inference: its checkpoint, device, precision and batched probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungexp.evaluation.threshold import threshold_from_validation
+from lungexp.training.checkpoint import ModelRecipe, load_checkpoint
+from lungexp.utils.errors import ConfigError, look_up_option
+
+# Lightning precision names -> the autocast dtype its test loop runs under (none for full precision).
+_AUTOCAST = {"32-true": None, "32": None, "64-true": None, "bf16-mixed": torch.bfloat16,
+             "bf16-true": torch.bfloat16, "16-mixed": torch.float16, "16-true": torch.float16}
+
+
+class Predictor:
+    """Nodule probabilities from a lungexp checkpoint, computed as its training test stage did.
+
+    Args:
+        ckpt_path: a checkpoint written by ``python -m lungexp.run``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
+        precision: a Lightning precision name, or None for the one the checkpoint was trained with.
+    """
+
+    def __init__(self, ckpt_path: str | Path, device: str = "auto", precision: str | None = None) -> None:
+        trained = load_checkpoint(ckpt_path)
+        self.recipe: ModelRecipe = trained.recipe
+        self.path = trained.path
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if device == "auto" else device)
+        self.precision = str(precision or self.recipe.precision)
+        self.autocast_dtype = _AUTOCAST[look_up_option("precision", self.precision, _AUTOCAST)]
+        if self.autocast_dtype is torch.float16 and self.device.type != "cuda":
+            raise ConfigError(f"precision={self.precision} needs a CUDA device (got {self.device}); "
+                              "pass precision=32-true or bf16-mixed")
+        self.net = trained.net.to(self.device)
+        self.evaluation = trained.evaluation
+        self.validation_predictions = trained.validation_predictions
+
+    def decision_threshold(self, rule: str | float) -> float:
+        """The ``eval.threshold`` rule applied to the checkpoint's own validation predictions."""
+        return threshold_from_validation(rule, self.validation_predictions)
+
+    @torch.inference_mode()
+    def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
+        """Sigmoid of the logit for each normalised ``(B, C, D, H, W)`` batch, concatenated (float32)."""
+        outputs = []
+        for batch in images:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                logits = self.net(batch.to(self.device)).squeeze(-1)
+            outputs.append(torch.sigmoid(logits.float()).cpu())
+        return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
+
+    def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the checkpoint's window."""
+        window = self.recipe.window  # per patch, as the training dataset applies it (zscore is per patch)
+        batches = (torch.stack([window(patch) for patch in hu_patches[start:start + batch_size]])
+                   for start in range(0, len(hu_patches), batch_size))
+        return self.probabilities(batches)

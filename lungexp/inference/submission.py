@@ -1,0 +1,110 @@
+"""``predict``: nodule probabilities for candidate points on scans, in LUNA16's submission format.
+
+Candidates are world points ``seriesuid, coordX, coordY, coordZ`` (mm); ``seriesuid`` may be left
+out when the scans are a single series. Every seriesuid and coordinate is checked before the slow
+work (scan file headers are read first; a DICOM series as it is read); each scan is then read once,
+its patches extracted with the training :class:`~lungexp.data.patches.PatchExtractor` and scored in
+batches. No labels, MLflow or training config are involved: the checkpoint carries the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lungexp.data.annotations import read_points
+from lungexp.data.atomic import atomic_file
+from lungexp.data.io import ScanHeader
+from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
+from lungexp.data.patches import PatchExtractor
+from lungexp.data.scan import Scan
+from lungexp.inference.model import Predictor
+from lungexp.inference.scans import ScanSource
+from lungexp.utils.errors import LungexpError
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_COLUMNS = [*POINT_COLUMNS, "probability"]
+_SHOWN = 5  # rows listed in an error
+
+
+class PredictionError(LungexpError):
+    """Candidates that cannot be scored: unknown seriesuid, outside their scan, no way to tell their scan."""
+
+
+def read_candidates(path: str | Path, scans: ScanSource) -> pd.DataFrame:
+    """The candidates CSV, with ``seriesuid`` filled in for a single-series source when the column is absent.
+
+    Raises :class:`PredictionError` for a missing file or a seriesuid that names none of the scans.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionError(f"candidates={path}: file not found")
+    try:
+        has_uid = "seriesuid" in pd.read_csv(path, nrows=0).columns
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        has_uid = True  # read_points names the problem
+    if not has_uid and len(scans.seriesuids) != 1:
+        raise PredictionError(f"{path} has no seriesuid column, but the scans hold {len(scans.seriesuids)} series; "
+                              "add a seriesuid column naming each candidate's scan")
+    points = read_points(path, with_seriesuid=has_uid)
+    if not has_uid:
+        points.insert(0, "seriesuid", scans.seriesuids[0])
+    unknown = ~points["seriesuid"].isin(scans.seriesuids)
+    if unknown.any():
+        uids = list(dict.fromkeys(points.loc[unknown, "seriesuid"]))
+        rows = np.flatnonzero(unknown.to_numpy())[:_SHOWN] + 2
+        known = ", ".join(scans.seriesuids[:3]) + (" ..." if len(scans.seriesuids) > 3 else "")
+        raise PredictionError(f"{path}: unknown seriesuid {', '.join(uids[:3])}"
+                              f"{f' and {len(uids) - 3} more' if len(uids) > 3 else ''} (row(s) "
+                              f"{', '.join(map(str, rows))}); the scans are {known}")
+    return points
+
+
+def predict_candidates(predictor: Predictor, scans: ScanSource, candidates: pd.DataFrame,
+                       source: str | Path = "candidates", batch_size: int = 64) -> pd.DataFrame:
+    """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order."""
+    groups = candidates.groupby("seriesuid", sort=False).indices
+    headers = scans.headers(list(groups))
+    for uid, header in headers.items():
+        _check_inside(candidates.iloc[groups[uid]], header, source)
+    probabilities = np.full(len(candidates), np.nan, dtype=np.float32)
+    for uid, scan in tqdm(scans.read(list(groups)), total=len(groups), desc="Scoring scans", unit="scan"):
+        rows = groups[uid]
+        if uid not in headers:
+            _check_inside(candidates.iloc[rows], _header_of(scan), source)
+        patches = PatchExtractor(scan, predictor.recipe.patch).extract_many(
+            candidates.iloc[rows][COORD_COLUMNS].to_numpy(np.float64))
+        probabilities[rows] = predictor.patch_probabilities(patches, batch_size)
+    return candidates[POINT_COLUMNS].assign(probability=probabilities).reset_index(drop=True)
+
+
+def _header_of(scan: Scan) -> ScanHeader:
+    return ScanHeader(size_xyz=scan.size_xyz, origin=scan.origin, spacing=scan.spacing, direction=scan.direction,
+                      path=scan.source)
+
+
+def _check_inside(points: pd.DataFrame, header: ScanHeader, source: str | Path) -> None:
+    inside = np.atleast_1d(header.contains_world(points[COORD_COLUMNS].to_numpy(np.float64)))
+    if inside.all():
+        return
+    low, high = header.world_extent()
+    extent = ", ".join(f"{axis} [{lo:.1f}, {hi:.1f}]" for axis, lo, hi in zip("xyz", low, high, strict=True))
+    outside = points[~inside]
+    shown = "; ".join(f"row {index + 2} at ({', '.join(f'{row[c]:.1f}' for c in COORD_COLUMNS)}) mm"
+                      for index, row in outside.head(_SHOWN).iterrows())
+    more = f" and {len(outside) - _SHOWN} more" if len(outside) > _SHOWN else ""
+    raise PredictionError(f"{source}: {len(outside)} candidate(s) of {points['seriesuid'].iloc[0]} lie outside "
+                          f"its scan {header.path} (which spans {extent} mm): {shown}{more}. Coordinates must be "
+                          "world mm (x, y, z) in the scan's frame, not voxel indices")
+
+
+def write_submission(table: pd.DataFrame, out: str | Path) -> Path:
+    """Write the table as CSV atomically (a temporary file renamed into place)."""
+    with atomic_file(out) as temporary:
+        table.to_csv(temporary, index=False)
+    return Path(out)

@@ -1,0 +1,102 @@
+"""MLflow runs of a cross-validation: one parent run, one nested run per fold, found again on a re-run.
+
+The parent is tagged with a hash of the composed config; running the same command again continues
+that parent, and a fold whose run under it FINISHED (and was marked complete) is reused instead of
+retrained. Fold runs are created here, with the ``mlflow.parentRunId`` tag MLflow nests runs by, and
+handed to Lightning's ``MLFlowLogger`` through its ``run_id`` argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from pytorch_lightning.loggers import MLFlowLogger
+
+log = logging.getLogger(__name__)
+
+CONFIG_HASH_TAG = "lungexp.cv.config_hash"
+ROLE_TAG = "lungexp.cv.role"  # parent | fold
+FOLD_TAG = "lungexp.cv.fold"
+COMPLETE_TAG = "lungexp.cv.complete"  # set once a fold's test predictions are logged
+
+
+class FoldRuns:
+    """The parent run of one cross-validation (created, or continued when the config hash matches) and its folds.
+
+    Args:
+        tracking_uri, experiment_name, artifact_location: as the ``MLFlowLogger`` of the run config.
+        config_hash: identifies "the same command" across re-runs.
+        run_name: the parent's name; folds are named ``"{run_name} fold{k}"``.
+        tags: tags every run gets (e.g. the logger's configured tags).
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None, config_hash: str,
+                 run_name: str, tags: dict[str, Any] | None = None) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.config_hash = config_hash
+        self.run_name = run_name
+        self.tags = {key: str(value) for key, value in (tags or {}).items()}
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifact_location)
+        else:
+            self.experiment_id = experiment.experiment_id
+        previous = self._search(f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and tags.`{ROLE_TAG}` = 'parent'")
+        self.resumed = bool(previous)
+        if previous:
+            self.parent_id = previous[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            log.info("Continuing cross-validation run %s (same config hash %s)", self.parent_id, config_hash)
+        else:
+            parent = self.client.create_run(self.experiment_id, run_name=f"{run_name} cv",
+                                            tags={**self.tags, ROLE_TAG: "parent", CONFIG_HASH_TAG: config_hash})
+            self.parent_id = parent.info.run_id
+
+    def finished_fold(self, fold: int) -> Run | None:
+        """The completed, FINISHED run of ``fold`` under this parent, if any."""
+        runs = self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}' and tags.`{FOLD_TAG}` = '{fold}' "
+                            f"and tags.`{COMPLETE_TAG}` = 'true' and attributes.status = 'FINISHED'")
+        return runs[0] if runs else None
+
+    def start_fold(self, fold: int) -> str:
+        """A new nested run for ``fold``; returns its id for ``MLFlowLogger(run_id=...)``."""
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.run_name} fold{fold}", tags={
+            **self.tags, MLFLOW_PARENT_RUN_ID: self.parent_id, ROLE_TAG: "fold", FOLD_TAG: str(fold),
+            CONFIG_HASH_TAG: self.config_hash})
+        return run.info.run_id
+
+    def complete_fold(self, run_id: str) -> None:
+        self.client.set_tag(run_id, COMPLETE_TAG, "true")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str | None) -> None:
+        """Mark a fold run (if it was started) and the parent FAILED."""
+        for failed in (run_id, self.parent_id):
+            if failed is not None:
+                self.client.set_terminated(failed, "FAILED")
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def table_artifact(self, run_id: str, artifact_path: str) -> pd.DataFrame:
+        """A CSV artifact of a run (e.g. a finished fold's test predictions) as a DataFrame."""
+        with tempfile.TemporaryDirectory() as folder:
+            local = self.client.download_artifacts(run_id, artifact_path, folder)
+            return pd.read_csv(local, dtype={"seriesuid": str})
+
+    def parent_logger(self) -> MLFlowLogger:
+        """A Lightning logger bound to the parent run, for the helpers of :mod:`lungexp.tracking.mlflow`."""
+        return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
+                            run_id=self.parent_id)
+
+    def _search(self, filter_string: str) -> list[Run]:
+        return list(self.client.search_runs([self.experiment_id], filter_string,
+                                            order_by=["attributes.start_time DESC"]))

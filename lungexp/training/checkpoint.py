@@ -1,0 +1,235 @@
+"""Self-contained lungexp checkpoints: the weights plus the recipe to rebuild the network and its input.
+
+Every checkpoint that ``python -m lungexp.run`` writes carries, under the key ``"lungexp"``, a
+:class:`ModelRecipe`: the network config (``_target_`` + arguments), the patch geometry, HU window
+and normalisation, the task, the training precision, the data config and the MLflow run that trained
+it, all as plain containers. ``torch.load(..., weights_only=True)`` reads it, and a checkpoint copied
+to another machine rebuilds the same model and preprocessing without the training config.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lungexp.data.dataset import HUWindow
+from lungexp.data.patches import PatchSpec
+from lungexp.tracking.mlflow import mlflow_loggers
+from lungexp.training.module import VALIDATION_PREDICTIONS
+from lungexp.utils.errors import LungexpError
+
+RECIPE_KEY = "lungexp"
+FORMAT_VERSION = 1
+
+# A value built only from other data.* or paths.* keys (e.g. labels_csv: ${data.root}/candidates_V2.csv)
+# is stored as the interpolation, so it follows data.root=... or another project folder on evaluation.
+_RELOCATABLE = re.compile(r"\$\{(?:data|paths)\.[\w.]+\}")
+
+
+class CheckpointError(LungexpError):
+    """A checkpoint file that is missing, unreadable or not written by lungexp; the message names it."""
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What a trained network needs besides its weights.
+
+    Args:
+        task: the data task it was trained on (``candidates``, ``malignancy``, ``points``).
+        net: the network config, ``_target_`` plus its arguments (``model.net`` resolved).
+        patch: the patch geometry its inputs were sampled with.
+        hu_window: ``(low, high)`` HU clipped before normalising.
+        normalize: the :class:`~lungexp.data.dataset.HUWindow` normalisation.
+        precision: the Trainer precision it was trained and tested with (e.g. ``32-true``, ``bf16-mixed``).
+        data: the data config, plain values except paths derived from ``data.*``/``paths.*`` keys.
+        mlflow: ``{run_id, experiment_id, tracking_uri}`` of the training run, empty without MLflow.
+    """
+
+    task: str
+    net: dict[str, Any]
+    patch: PatchSpec
+    hu_window: tuple[float, float]
+    normalize: str
+    precision: str = "32-true"
+    data: dict[str, Any] = field(default_factory=dict)
+    mlflow: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return self.patch.channels
+
+    @property
+    def window(self) -> HUWindow:
+        return HUWindow(*self.hu_window, normalize=self.normalize)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ModelRecipe:
+        """The recipe of a composed ``lungexp.run`` config."""
+        return cls(
+            task=cfg.data.task,
+            net=OmegaConf.to_container(cfg.model.net, resolve=True),
+            patch=PatchSpec.from_config(**OmegaConf.to_container(cfg.data.patch, resolve=True)),
+            hu_window=tuple(float(v) for v in cfg.data.hu_window),
+            normalize=cfg.data.normalize,
+            precision=str(cfg.trainer.get("precision", "32-true")),
+            data=relocatable_data_config(cfg),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers only, so ``torch.load(weights_only=True)`` reads them back."""
+        recipe = asdict(self)
+        recipe["patch"]["spacing_mm"] = list(self.patch.spacing_mm)
+        recipe["hu_window"] = list(self.hu_window)
+        return {"format_version": FORMAT_VERSION, "in_channels": self.in_channels, **recipe}
+
+    @classmethod
+    def from_dict(cls, recipe: Mapping[str, Any], source: Path) -> ModelRecipe:
+        version = recipe.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(f"{source}: lungexp checkpoint format {version!r} is newer than this lungexp "
+                                  f"reads (format {FORMAT_VERSION}); update lungexp")
+        try:
+            built = cls(task=recipe["task"], net=dict(recipe["net"]), patch=PatchSpec(**recipe["patch"]),
+                        hu_window=tuple(recipe["hu_window"]), normalize=recipe["normalize"],
+                        precision=recipe["precision"], data=dict(recipe["data"]), mlflow=dict(recipe["mlflow"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{source}: its lungexp recipe is incomplete or damaged ({error!r}); "
+                                  "use a checkpoint written by `python -m lungexp.run`") from None
+        for where, config, package in (("network", built.net, "lungexp.models."),
+                                       ("data", built.data, "lungexp.data.")):
+            foreign = [target for target in _targets(config) if not str(target).startswith(package)]
+            if foreign:  # instantiating a _target_ runs it: only the project's own classes, never a file's choice
+                raise CheckpointError(f"{source}: its {where} config names {foreign[0]!r}; a lungexp checkpoint "
+                                      f"only builds {package}* classes, so the file is refused")
+        if recipe.get("in_channels", built.in_channels) != built.in_channels:
+            raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
+                                  f"{built.in_channels} channel(s); the file is damaged")
+        return built
+
+
+def _targets(config: Any) -> list[Any]:
+    """Every ``_target_`` value in a nested config."""
+    if isinstance(config, Mapping):
+        own = [config["_target_"]] if "_target_" in config else []
+        return own + [target for value in config.values() for target in _targets(value)]
+    if isinstance(config, list | tuple):
+        return [target for value in config for target in _targets(value)]
+    return []
+
+
+def relocatable_data_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.data`` as plain values, keeping interpolations of other ``data.*``/``paths.*`` keys.
+
+    The training augmentation is dropped: evaluation never augments.
+    """
+    resolved = OmegaConf.to_container(cfg.data, resolve=True)
+    raw = OmegaConf.to_container(cfg.data, resolve=False)
+    data = _keep_relocatable(resolved, raw)
+    data["train_transform"] = None
+    return data
+
+
+def _keep_relocatable(resolved: Any, raw: Any) -> Any:
+    if isinstance(resolved, dict) and isinstance(raw, dict):
+        return {key: _keep_relocatable(value, raw[key]) for key, value in resolved.items()}
+    if isinstance(raw, str) and "${" in raw and "${" not in _RELOCATABLE.sub("", raw):
+        return raw
+    return resolved
+
+
+class SaveRecipe(pl.Callback):
+    """Adds the :class:`ModelRecipe` and the MLflow run id to every checkpoint the Trainer writes."""
+
+    def __init__(self, recipe: ModelRecipe) -> None:
+        self.recipe = recipe
+        self._run: dict[str, str] | None = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._run is None:
+            mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
+            self._run = {}
+            if mlflow is not None:
+                client = mlflow.experiment
+                self._run = {"run_id": mlflow.run_id, "experiment_id": mlflow.experiment_id,
+                             "experiment_name": client.get_experiment(mlflow.experiment_id).name,
+                             "tracking_uri": client.tracking_uri}
+        checkpoint[RECIPE_KEY] = {**self.recipe.to_dict(), "mlflow": self._run}
+
+
+@dataclass(frozen=True)
+class TrainedNetwork:
+    """A network rebuilt from a checkpoint (in eval mode, on CPU) with its recipe and source file.
+
+    ``evaluation`` is the ``eval`` config it was trained with and ``validation_predictions`` the
+    ``label, probability`` of its own weights on validation (what its decision threshold is chosen on).
+    """
+
+    net: nn.Module
+    recipe: ModelRecipe
+    path: Path
+    evaluation: dict[str, Any] | None = None
+    validation_predictions: pd.DataFrame | None = None
+
+
+def load_checkpoint(path: str | Path) -> TrainedNetwork:
+    """Rebuild the network of a lungexp checkpoint with its trained weights.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, unreadable, not a lungexp
+    checkpoint (e.g. a plain Lightning checkpoint of another project) or its weights do not fit.
+    """
+    path = Path(path)
+    checkpoint = _read(path)
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get(RECIPE_KEY), Mapping):
+        keys = f" (it holds {sorted(map(str, checkpoint))[:8]})" if isinstance(checkpoint, Mapping) else ""
+        raise CheckpointError(f"{path}: not a lungexp checkpoint: it has no '{RECIPE_KEY}' recipe{keys}; it comes "
+                              "from another project, or from lungexp before checkpoints carried their recipe. Use a "
+                              ".ckpt written by `python -m lungexp.run` (to start from other weights, train with "
+                              "model.pretrained.path=...)")
+    recipe = ModelRecipe.from_dict(checkpoint[RECIPE_KEY], path)
+    state = checkpoint.get("state_dict")
+    weights = {key.removeprefix("net."): value for key, value in (state or {}).items() if key.startswith("net.")}
+    if not weights:
+        raise CheckpointError(f"{path}: has a lungexp recipe but no network weights (state_dict 'net.*'); "
+                              "the file is damaged")
+    try:
+        net: nn.Module = hydra.utils.instantiate(recipe.net, _convert_="partial")
+    except Exception as error:  # an unknown _target_: e.g. a network class this lungexp lacks
+        raise CheckpointError(f"{path}: cannot rebuild its network {recipe.net.get('_target_')!r} ({error}); "
+                              "is this lungexp version older than the one that trained it?") from None
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: its weights do not fit its own network config: {error}") from None
+    validation = checkpoint.get(VALIDATION_PREDICTIONS)
+    return TrainedNetwork(
+        net=net.eval(), recipe=recipe, path=path,
+        evaluation=(checkpoint.get("hyper_parameters") or {}).get("evaluation"),
+        validation_predictions=None if validation is None else pd.DataFrame(
+            {column: values.numpy() for column, values in validation.items()}),
+    )
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; check ckpt_path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain containers, so it is not a "
+                              "lungexp checkpoint and is not loaded (unpickling it could run code)") from None
+    except Exception as error:  # torch.load fails on other files with anything from EOFError to IndexError
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); is it complete? "
+                              "copy it again or pick another .ckpt") from None

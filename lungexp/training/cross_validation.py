@@ -1,0 +1,270 @@
+"""K-fold cross-validation in one command: ``python -m lungexp.run experiment=NAME cv.folds=K``.
+
+The folds: with ``data.split.method=subsets`` the LUNA16 subsets are the folds (fold k tests on the
+k-th subset and validates on the next one, cyclically; ``cv.folds`` must equal the number of
+subsets, 10 for LUNA16's protocol); otherwise K seeded folds of whole series (or of patients, with
+``data.split.group_by``), stratified by whether a series has a positive (``data.split.method=folds``).
+
+Each fold is an ordinary training run (:func:`~lungexp.training.pipeline.train`) whose config differs
+only in ``data.split`` and its output folder. In MLflow the folds are nested runs under one parent
+run that holds the mean and standard deviation of every test metric over the folds
+(``cv_mean/test/auroc``, ``cv_std/test/auroc``, ...) and the report of the pooled test predictions
+of all folds under the usual names (``test/cpm``, ``plots/froc.png``, ...): LUNA16 reports one FROC
+over all ten folds. Running the same command again skips the folds that already finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
+
+from lungexp.data.splits import SplitSpec, check_splits, split_samples
+from lungexp.evaluation.options import EvaluationOptions
+from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
+from lungexp.tracking.folds import FoldRuns
+from lungexp.tracking.mlflow import log_config, log_figure, log_table
+from lungexp.training.pipeline import train
+from lungexp.utils.errors import ConfigError, LungexpError
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_ARTIFACT = "predictions/test_predictions.csv"
+POOLED_ARTIFACT = "predictions/pooled_test_predictions.csv"
+THRESHOLD = "test/threshold"  # each fold's decision threshold, chosen on its validation split
+
+
+class FoldFailedError(LungexpError):
+    """A fold stopped the cross-validation; the message names the fold and its cause."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold: its number, the ``data.split`` values of its run and a description for people."""
+
+    index: int
+    split: dict[str, Any]
+    description: str
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    fold: Fold
+    metrics: dict[str, float]
+    optimized_metric: float | None
+    predictions: pd.DataFrame | None
+    run_id: str | None
+    reused: bool  # finished in an earlier invocation of the same command
+
+
+@dataclass(frozen=True)
+class CrossValidationResult:
+    folds: list[FoldResult]
+    metrics: dict[str, float]  # cv_mean/..., cv_std/... and the pooled test/...
+    parent_run_id: str | None
+
+    @property
+    def optimized_metric(self) -> float | None:
+        """Mean over folds of each fold's optimised (validation) metric, for Hydra sweepers."""
+        values = [f.optimized_metric for f in self.folds if f.optimized_metric is not None]
+        return float(np.mean(values)) if values else None
+
+
+def cross_validate(cfg: DictConfig) -> CrossValidationResult:
+    """Run (or continue) the ``cfg.cv.folds``-fold cross-validation of the composed run config ``cfg``."""
+    num_folds = check_cv_options(cfg)
+    # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
+    # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
+    datamodule = hydra.utils.instantiate(cfg.data, max_negatives_per_scan=None, _convert_="partial")
+    folds = plan_folds(cfg.data.split, num_folds, datamodule.build_cache().index)
+    runs = _fold_runs(cfg)
+    results: list[FoldResult] = []
+    for fold in folds:
+        results.append(_run_fold(cfg, fold, num_folds, runs))
+    metrics = fold_statistics([r.metrics for r in results])
+    pooled = pd.concat([r.predictions.assign(fold=r.fold.index) for r in results if r.predictions is not None],
+                       ignore_index=True)
+    metrics.update(_pooled_report(cfg, datamodule, pooled, results, runs))
+    if runs is not None:
+        logger = runs.parent_logger()
+        logger.log_metrics(metrics)
+        log_table([logger], _fold_table(results), "cv/folds.csv")
+        log_table([logger], pooled, POOLED_ARTIFACT)
+        runs.finish()
+    result = CrossValidationResult(folds=results, metrics=metrics, parent_run_id=runs.parent_id if runs else None)
+    _print_summary(result)
+    return result
+
+
+def check_cv_options(cfg: DictConfig) -> int:
+    """``cv.folds`` as an int >= 2, checked with the options it needs before any slow work."""
+    folds = cfg.cv.folds
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"cv.folds={folds!r}: give a whole number >= 2 (e.g. cv.folds=10 for LUNA16's ten "
+                          "subsets), or null for a single run")
+    if not cfg.test_after_fit:
+        raise ConfigError("cv.folds needs test_after_fit=true: the folds' test predictions are what CV pools")
+    if "ddp" in str(cfg.trainer.get("strategy", "")):
+        raise ConfigError("cv.folds does not run with a ddp strategy (Lightning re-launches the whole command "
+                          "per device); use one device per fold, e.g. trainer=gpu")
+    return folds
+
+
+def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list[Fold]:
+    """The folds for ``data.split``, each checked (disjoint, non-empty, both classes) before any training."""
+    if split.method == "subsets":
+        subsets = sorted(int(s) for s in samples["subset"].unique())
+        if len(subsets) != num_folds:
+            raise ConfigError(f"cv.folds={num_folds} with data.split.method=subsets: the folds are the subsets, "
+                              f"and the scans are in {len(subsets)} subset(s) {subsets}; set cv.folds={len(subsets)}, "
+                              f"or data.split.method=series for {num_folds} folds of series")
+        folds = [Fold(k, {"fold": subset, "val_fold": subsets[(k + 1) % num_folds]},
+                      f"test subset{subset}, validation subset{subsets[(k + 1) % num_folds]}")
+                 for k, subset in enumerate(subsets)]
+    else:  # series (or already folds): K seeded folds of series
+        folds = [Fold(k, {"method": "folds", "num_folds": num_folds, "fold": k, "val_fold": (k + 1) % num_folds},
+                      f"test fold {k}, validation fold {(k + 1) % num_folds} of {num_folds} series folds")
+                 for k in range(num_folds)]
+    for fold in folds:
+        try:
+            spec = SplitSpec.from_config(**{**OmegaConf.to_container(split, resolve=True), **fold.split})
+            check_splits(split_samples(samples, spec), group_by=spec.group_by)
+        except LungexpError as error:
+            raise FoldFailedError(f"cross-validation fold {fold.index} ({fold.description}): {error}") from None
+    return folds
+
+
+def fold_config(cfg: DictConfig, fold: Fold, run_id: str | None) -> DictConfig:
+    """The run config of one fold: its ``data.split``, its own output folder and (with MLflow) its nested run."""
+    fold_cfg = copy.deepcopy(cfg)
+    with open_dict(fold_cfg):
+        fold_cfg.data.split.update(fold.split)
+        fold_cfg.paths.output_dir = f"{cfg.paths.output_dir}/fold{fold.index}"
+        logger = _mlflow_logger_config(fold_cfg)
+        if logger is not None:
+            logger.run_id = run_id
+    return fold_cfg
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the composed config, blind to the per-invocation output folder: "the same command"."""
+    frozen = copy.deepcopy(cfg)
+    with open_dict(frozen):
+        frozen.paths.output_dir = "<output_dir>"
+    container = OmegaConf.to_container(frozen, resolve=True)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fold_statistics(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """``cv_mean/<name>`` and ``cv_std/<name>`` (sample standard deviation) of every test metric."""
+    names = sorted({name for metrics in fold_metrics for name in metrics if name.startswith("test/")})
+    statistics = {}
+    for name in names:
+        values = np.array([metrics.get(name, np.nan) for metrics in fold_metrics], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        statistics[f"cv_mean/{name}"] = float(finite.mean()) if finite.size else float("nan")
+        statistics[f"cv_std/{name}"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    return statistics
+
+
+def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None) -> FoldResult:
+    if runs is not None:
+        finished = runs.finished_fold(fold.index)
+        if finished is not None:
+            log.info("Fold %d/%d (%s): already FINISHED in run %s, not retrained", fold.index + 1, num_folds,
+                     fold.description, finished.info.run_id)
+            optimized = finished.data.tags.get("lungexp.cv.optimized_metric")
+            return FoldResult(fold, {k: v for k, v in finished.data.metrics.items() if k.startswith("test/")},
+                              float(optimized) if optimized not in (None, "None") else None,
+                              runs.table_artifact(finished.info.run_id, PREDICTIONS_ARTIFACT),
+                              finished.info.run_id, reused=True)
+    run_id = runs.start_fold(fold.index) if runs is not None else None
+    log.info("Fold %d/%d (%s)", fold.index + 1, num_folds, fold.description)
+    try:
+        result = train(fold_config(cfg, fold, run_id))
+    except BaseException as error:
+        if runs is not None:
+            runs.fail(run_id)
+        message = (f"cross-validation stopped: fold {fold.index} ({fold.description}) failed: {error}. Finished "
+                   "folds are kept; fix the cause and re-run the same command to continue from this fold")
+        if isinstance(error, LungexpError):
+            raise FoldFailedError(message) from error
+        log.error(message)
+        raise
+    if runs is not None:
+        runs.client.set_tag(run_id, "lungexp.cv.optimized_metric", str(result.optimized_metric))
+        runs.complete_fold(run_id)
+    return FoldResult(fold, {k: v for k, v in result.metrics.items() if k.startswith("test/")},
+                      result.optimized_metric, result.test_predictions, run_id, reused=False)
+
+
+def _fold_runs(cfg: DictConfig) -> FoldRuns | None:
+    """MLflow bookkeeping, when the run config logs to MLflow (fast_dev_run never does: Lightning mutes loggers)."""
+    logger = _mlflow_logger_config(cfg)
+    if logger is None or cfg.trainer.get("fast_dev_run"):
+        return None
+    runs = FoldRuns(tracking_uri=logger.tracking_uri, experiment_name=logger.experiment_name,
+                    artifact_location=logger.get("artifact_location"), config_hash=config_hash(cfg),
+                    run_name=logger.get("run_name") or cfg.task_name,
+                    tags=OmegaConf.to_container(logger.tags, resolve=True) if logger.get("tags") else None)
+    if not runs.resumed:
+        log_config([runs.parent_logger()], cfg)
+    return runs
+
+
+def _mlflow_logger_config(cfg: DictConfig) -> DictConfig | None:
+    for node in (cfg.get("logger") or {}).values():
+        if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith("MLFlowLogger"):
+            return node
+    return None
+
+
+def _pooled_report(cfg: DictConfig, datamodule: Any, pooled: pd.DataFrame, results: list[FoldResult],
+                   runs: FoldRuns | None) -> dict[str, float]:
+    """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports), logged to the
+    parent run. Thresholded metrics use the mean of the folds' validation-chosen thresholds."""
+    thresholds = [r.metrics[THRESHOLD] for r in results if np.isfinite(r.metrics.get(THRESHOLD, np.nan))]
+    options = EvaluationOptions.from_config(cfg.get("eval"))
+    datamodule.setup_all()  # every series is in exactly one fold's test set
+    settings = EvaluationSettings(threshold=float(np.mean(thresholds)) if thresholds else 0.5,
+                                  froc=froc_reference(datamodule, "all"), froc_bootstrap=options.froc_bootstrap)
+    report = evaluate_predictions(pooled, settings, prefix="test/", title=f"Pooled test ({len(results)} folds)",
+                                  figures=runs is not None)
+    if runs is not None:
+        logger = runs.parent_logger()
+        for path, figure in report.figures.items():
+            log_figure([logger], figure, path)
+    return report.metrics
+
+
+def _fold_table(results: list[FoldResult]) -> pd.DataFrame:
+    return pd.DataFrame([{"fold": r.fold.index, "split": r.fold.description, "run_id": r.run_id,
+                          "reused": r.reused, **r.metrics} for r in results])
+
+
+@rank_zero_only
+def _print_summary(result: CrossValidationResult) -> None:
+    table = _fold_table(result.folds)
+    names = [n for n in ("test/auroc", "test/cpm", "test/average_precision", "test/accuracy") if n in table]
+    lines = ["", "=" * 72, f"Cross-validation: {len(result.folds)} folds"]
+    for _, row in table.iterrows():
+        values = "  ".join(f"{name.removeprefix('test/')} {row[name]:.4f}" for name in names)
+        lines.append(f"  fold {row['fold']}  {values}  {'(reused)' if row['reused'] else ''}".rstrip())
+    for name in names:
+        mean, std = result.metrics.get(f"cv_mean/{name}"), result.metrics.get(f"cv_std/{name}")
+        pooled = result.metrics.get(name)
+        lines.append(f"  {name:<24} mean {mean:.4f} ± {std:.4f}" + (f"   pooled {pooled:.4f}" if pooled is not None
+                                                                           else ""))
+    if result.parent_run_id:
+        lines.append(f"  MLflow parent run id   {result.parent_run_id}")
+    lines.append("=" * 72)
+    print("\n".join(lines))

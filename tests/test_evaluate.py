@@ -1,0 +1,118 @@
+"""``python -m lungexp.evaluate``: a checkpoint re-evaluated with the training test stage's report, in a new run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from lungexp.data.patches import PatchSpec
+from lungexp.inference.evaluation import TRAINING_RUN_TAG, data_config, evaluate_checkpoint
+from lungexp.training.checkpoint import ModelRecipe
+from lungexp.utils.errors import ConfigError
+from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides
+
+
+def evaluate(trained_run, mlflow_dir: Path, root: Path, *overrides: str):
+    overrides = (f"ckpt_path={trained_run.best_checkpoint}", "device=cpu", *mlflow_overrides(mlflow_dir), *overrides)
+    return evaluate_checkpoint(compose_config(overrides, root, config_name="evaluate"), overrides)
+
+
+def test_evaluate_reproduces_the_training_test_stage_in_a_new_tagged_run(trained_run, mlflow_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    result = evaluate(trained_run, mlflow_dir, tmp_path)
+
+    trained = {k: v for k, v in trained_run.metrics.items() if k.startswith("test/") and k != "test/loss"}
+    assert {"test/auroc", "test/cpm", "test/threshold", "test/at_threshold/sensitivity"} <= trained.keys()
+    assert result.metrics.keys() == trained.keys()
+    for name, value in trained.items():
+        assert result.metrics[name] == pytest.approx(value, abs=1e-6), name
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_dir}/mlflow.db")
+    run = client.get_run(result.mlflow_run_id)
+    assert result.mlflow_run_id != trained_run.mlflow_run_id
+    assert run.info.status == "FINISHED" and run.info.run_name == "evaluate"
+    assert run.data.tags[TRAINING_RUN_TAG] == trained_run.mlflow_run_id
+    training = client.get_run(trained_run.mlflow_run_id)
+    assert run.info.experiment_id == training.info.experiment_id  # side by side with the training run
+    assert run.data.metrics["test/cpm"] == pytest.approx(training.data.metrics["test/cpm"], abs=1e-6)
+    assert run.data.params["split"] == "test" and run.data.params["ckpt_path"] == trained_run.best_checkpoint
+    plots = {a.path for a in client.list_artifacts(result.mlflow_run_id, "plots")}
+    assert {"plots/roc_curve.png", "plots/froc.png", "plots/reliability_diagram.png", "plots/worst_errors.png",
+            "plots/gradcam.png"} <= plots
+    assert "predictions/test_predictions.csv" in {a.path for a in client.list_artifacts(result.mlflow_run_id,
+                                                                                          "predictions")}
+
+
+def test_evaluate_on_validation_and_on_all_samples(trained_run, mlflow_dir: Path, tmp_path: Path) -> None:
+    val = evaluate(trained_run, mlflow_dir, tmp_path, "split=val")
+    # The best checkpoint was chosen by val/auroc: evaluating it on val gives that best value back.
+    assert val.metrics["val/auroc"] == pytest.approx(trained_run.optimized_metric, abs=1e-6)
+
+    everything = evaluate(trained_run, mlflow_dir, tmp_path, "split=all")
+    test_rows = set(trained_run.test_predictions["cache_row"])
+    assert test_rows < set(everything.predictions["cache_row"])
+    assert everything.predictions["seriesuid"].nunique() == 10  # every scan of the tiny dataset
+    assert math.isfinite(everything.metrics["all/cpm"])
+
+
+def test_unknown_split_is_refused_before_any_work(trained_run, mlflow_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="split='tets'.*did you mean 'test'"):
+        evaluate(trained_run, mlflow_dir, tmp_path, "split=tets")
+
+
+RECIPE = ModelRecipe(
+    task="candidates", net={"_target_": "lungexp.models.CNN3D"}, patch=PatchSpec(size=16), hu_window=(-1000.0, 400.0),
+    normalize="unit",
+    data={"root": "/old/luna16", "labels_csv": "${data.root}/candidates_V2.csv", "task": "candidates",
+          "patch": {"size": 16}, "split": {"method": "subsets", "fold": 0}},
+)
+
+
+@pytest.fixture
+def evaluate_cfg(tmp_path: Path):
+    return lambda *overrides: compose_config(["ckpt_path=x.ckpt", *overrides], tmp_path, config_name="evaluate")
+
+
+def test_data_overrides_apply_to_the_stored_data_config(evaluate_cfg) -> None:
+    overrides = ["data.root=/new/luna16", "data.split.fold=3"]
+    data = OmegaConf.create({"data": data_config(evaluate_cfg(*overrides), RECIPE, overrides)})
+    assert data.data.labels_csv == "/new/luna16/candidates_V2.csv"  # follows the new root
+    assert data.data.split == {"method": "subsets", "fold": 3}
+    assert data.data.patch == {"size": 16, "size_mm": None, "spacing_mm": [1.0], "pad_hu": -1000}
+
+
+def test_a_data_option_replaces_the_stored_data_but_not_the_preprocessing(evaluate_cfg) -> None:
+    overrides = ["data=nifti", "data.root=/mine"]
+    data = data_config(evaluate_cfg(*overrides), RECIPE, overrides)
+    assert (data["root"], data["task"], data["labels_csv"]) == ("/mine", "points", "${data.root}/points.csv")
+    assert data["patch"]["size"] == 16 and data["train_transform"] is None
+
+
+def test_overriding_the_preprocessing_of_a_checkpoint_is_refused(evaluate_cfg) -> None:
+    overrides = ["data.patch.size=32"]
+    with pytest.raises(ConfigError, match=r"data\.patch\.size: the checkpoint fixes the preprocessing"):
+        data_config(evaluate_cfg(*overrides), RECIPE, overrides)
+
+
+@pytest.mark.slow
+def test_evaluate_command_prints_the_summary_and_one_line_errors(trained_run, mlflow_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "lungexp.evaluate", "device=cpu", *mlflow_overrides(mlflow_dir)]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "LUNGEXP_ROOT": str(tmp_path)}
+    done = subprocess.run([*command, f"ckpt_path={trained_run.best_checkpoint}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"training MLflow run id   {trained_run.mlflow_run_id}" in done.stdout
+    assert "test/cpm" in done.stdout and "MLflow run id" in done.stdout
+
+    failed = subprocess.run([*command, f"ckpt_path={tmp_path / 'none.ckpt'}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == f"error: {tmp_path / 'none.ckpt'}: checkpoint not found; check ckpt_path"
