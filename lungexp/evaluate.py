@@ -13,10 +13,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lungexp.utils.config import CONFIG_DIR, check_required
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import LungexpError, report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@report_user_errors  # Ctrl-C: one line, status 130
 def main(cfg: DictConfig) -> None:
     # Imported here so that `--help` does not pay for torch/Lightning.
     from lungexp.inference.evaluation import evaluate_checkpoint, print_summary

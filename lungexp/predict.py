@@ -12,10 +12,11 @@ import hydra
 from omegaconf import DictConfig
 
 from lungexp.utils.config import CONFIG_DIR, check_required
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import LungexpError, report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@report_user_errors  # Ctrl-C: one line, status 130
 def main(cfg: DictConfig) -> None:
     # Imported here so that `--help` does not pay for torch.
     from lungexp.inference.model import Predictor

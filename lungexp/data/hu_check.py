@@ -23,8 +23,8 @@ from lungexp.data.io.errors import ScanReadError
 from lungexp.data.io.reader import read_scan
 from lungexp.data.scan import Scan
 
-# Every STRIDE-th voxel along each axis is enough for percentiles (and keeps a 512x512x300 scan at ~0.1 s).
-STRIDE = (2, 4, 4)
+# Percentiles of about this many voxels (an even grid of them) describe a scan well and cost ~20 ms.
+SAMPLE_VOXELS = 300_000
 PADDING_FRACTION = 0.01
 MIN_SPREAD_HU = 100.0
 HU_RANGE = (-3100.0, 4000.0)
@@ -51,7 +51,8 @@ def read_ct_scan(path: str | Path) -> Scan:
 
 def check_hounsfield(scan: Scan) -> None:
     """Raise :class:`~lungexp.data.io.errors.ScanReadError` if ``scan`` does not look like CT in HU (see module doc)."""
-    values = np.asarray(scan.array[:: STRIDE[0], :: STRIDE[1], :: STRIDE[2]], dtype=np.float64).ravel()
+    step = max(1, round((scan.array.size / SAMPLE_VOXELS) ** (1 / 3)))
+    values = np.asarray(scan.array[::step, ::step, ::step], dtype=np.float64).ravel()
     name, fields = _describe(scan.source)
     if not np.isfinite(values).all():
         raise ScanReadError(f"{name}: has NaN or infinite voxel values; check {fields}")
