@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lungexp.data.io import ScanReadError, iter_dicom_series, write_mhd
+from lungexp.data.hu_check import check_hounsfield
+from lungexp.data.io import iter_dicom_series, write_mhd
+from lungexp.utils.errors import LungexpError, report_user_errors
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -25,20 +27,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@report_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the conversion; returns the exit status (1 with a one-line error for unreadable input or unwritable output)."""
+    """Run the conversion; returns 0 (bad input or an unwritable OUT_DIR exits 1 with a one-line error)."""
     args = _parse_args(argv)
     out_dir = args.out_dir / f"subset{args.subset}" if args.subset is not None else args.out_dir
     count = 0
-    try:
-        for uid, scan in iter_dicom_series(args.dicom_dir):
+    for uid, scan in iter_dicom_series(args.dicom_dir):
+        check_hounsfield(scan)
+        try:
             path = write_mhd(scan, out_dir / f"{uid}.mhd")
-            spacing = ", ".join(f"{value:.3f}" for value in scan.spacing)
-            print(f"{uid}  shape (z, y, x) {scan.shape_zyx}  spacing (x, y, z) ({spacing}) mm  -> {path}")
-            count += 1
-    except (ScanReadError, OSError) as error:  # OSError: an unwritable OUT_DIR
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        except OSError as error:
+            raise LungexpError(f"cannot write {out_dir / uid}.mhd ({error.strerror}); choose a writable "
+                               "OUT_DIR") from None
+        spacing = ", ".join(f"{value:.3f}" for value in scan.spacing)
+        print(f"{uid}  shape (z, y, x) {scan.shape_zyx}  spacing (x, y, z) ({spacing}) mm  -> {path}")
+        count += 1
     print(f"converted {count} series from {args.dicom_dir} into {out_dir}")
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import LungexpError, report_user_errors
 
 
 class FrocFileError(LungexpError):
@@ -67,6 +67,7 @@ def read_seriesuids(path: Path) -> list[str]:
     return uids
 
 
+@report_user_errors  # Ctrl-C: one line, status 130
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:

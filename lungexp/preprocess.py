@@ -10,13 +10,21 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.data.datamodule import NoduleDataModule
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.config import CONFIG_DIR, check_required
+from lungexp.utils.errors import report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
-    datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    # Imported here, as in lungexp.run: data.* is checked before torch/Lightning are imported.
+    from lungexp.data.options import check_data_config
+    from lungexp.utils.checks import check_config
+
+    check_required(cfg)
+    check_data_config(cfg)
+    check_config(cfg, sections=("data", "aug", "paths"))
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     cache = datamodule.build_cache()
     labels = cache.index["label"]
     print(f"Patch cache: {cache.folder}\n  {len(cache)} patches of shape {tuple(cache.patches.shape[1:])} "

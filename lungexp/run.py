@@ -9,17 +9,22 @@ import hydra
 from omegaconf import DictConfig
 
 from lungexp.utils.config import CONFIG_DIR, check_required, print_config_tree
+from lungexp.utils.errors import report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@report_user_errors
 def main(cfg: DictConfig) -> float | None:
     """Returns the optimised validation metric, so Hydra sweepers can maximise it."""
     # Imported here so that `--cfg job`, `--help` and tab completion pay for neither the data stack nor
-    # torch/Lightning (~4 s); data.* is checked in between, so a typo there fails in about a second.
+    # torch/Lightning (~4 s); data.* and most other values are checked in between, so a typo there fails
+    # in about a second.
     from lungexp.data.options import check_data_config
+    from lungexp.utils.checks import check_config
 
     check_required(cfg)
     check_data_config(cfg)
+    check_config(cfg)
     from lungexp.training.cross_validation import cross_validate
     from lungexp.training.pipeline import train
 

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from lungexp.data import cache as cache_module
-from lungexp.data.cache import PatchCache, build_patch_cache
+from lungexp.data.cache import CacheError, PatchCache, build_patch_cache
 from lungexp.data.io import index_scans, read_scan
 from lungexp.data.patches import PatchExtractor, PatchSpec
 from lungexp.data.samples import build_samples, read_labels
+from lungexp.utils.errors import LungexpError
 
 SPEC = PatchSpec(size=12, spacing_mm=(1.0,))
 
@@ -76,11 +77,47 @@ def test_interrupted_build_leaves_no_cache_and_resumes(samples_and_paths, tmp_pa
 
 def test_unfinished_folder_is_never_read(tmp_path: Path) -> None:
     (tmp_path / "abc").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a finished patch cache"):
+    with pytest.raises(CacheError, match="not a finished patch cache"):
         PatchCache(tmp_path / "abc")
+
+
+def test_published_folder_without_marker_is_rebuilt_once_and_used(samples_and_paths, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """A ``<key>/`` that lost its meta.json used to be rebuilt, then refused, on every run."""
+    samples, paths = samples_and_paths
+    first = build_patch_cache(samples, paths, SPEC, tmp_path, progress=False)
+    (first.folder / "meta.json").unlink()
+    rebuilt = build_patch_cache(samples, paths, SPEC, tmp_path, progress=False)
+    assert rebuilt.folder == first.folder and (rebuilt.folder / "meta.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [first.folder.name]  # no .partial left behind
+    calls = []
+    monkeypatch.setattr(cache_module, "_extract_scan", lambda task: calls.append(task[0]))
+    assert build_patch_cache(samples, paths, SPEC, tmp_path, progress=False).folder == first.folder
+    assert calls == []  # the rebuilt cache is used from then on
+
+
+def test_labels_are_served_from_the_callers_rows_not_the_cache(samples_and_paths, tmp_path: Path) -> None:
+    """The key covers only what patches depend on, so a relabelled CSV must not get the old labels back."""
+    samples, paths = samples_and_paths
+    first = build_patch_cache(samples, paths, SPEC, tmp_path, progress=False)
+    flipped = samples.assign(label=1 - samples["label"], extra="x")
+    again = build_patch_cache(flipped, paths, SPEC, tmp_path, progress=False)
+    assert again.folder == first.folder  # same points: the patches are reused ...
+    np.testing.assert_array_equal(again.index["label"], 1 - samples["label"])  # ... the labels are not
+    assert (again.index["extra"] == "x").all()
+
+
+def test_truncated_patch_array_is_named(samples_and_paths, tmp_path: Path) -> None:
+    samples, paths = samples_and_paths
+    cache = build_patch_cache(samples, paths, SPEC, tmp_path, progress=False)
+    size = cache.patches_path.stat().st_size
+    with open(cache.patches_path, "r+b") as handle:
+        handle.truncate(size // 2)
+    with pytest.raises(CacheError, match=f"{cache.patches_path}: truncated or damaged.*delete {cache.folder}"):
+        build_patch_cache(samples, paths, SPEC, tmp_path, progress=False)
 
 
 def test_sample_without_scan_is_an_error(samples_and_paths, tmp_path: Path) -> None:
     samples, paths = samples_and_paths
-    with pytest.raises(KeyError, match="no scan found"):
+    with pytest.raises(LungexpError, match="no scan found"):
         build_patch_cache(samples, {}, SPEC, tmp_path, progress=False)

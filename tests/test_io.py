@@ -331,7 +331,9 @@ def test_single_slice_series_is_rejected(tmp_path: Path) -> None:
 def test_convert_checks_every_series_before_writing(tmp_path: Path, capsys) -> None:
     write_dicom_series(tmp_path / "dicom" / "good", ct_volume(), "1.2.3.1")
     write_dicom_series(tmp_path / "dicom" / "gappy", ct_volume(), "1.2.3.2", slice_z=[0, 2.5, 5, 10, 12.5])
-    assert convert_main([str(tmp_path / "dicom"), str(tmp_path / "out")]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        convert_main([str(tmp_path / "dicom"), str(tmp_path / "out")])
+    assert exit_.value.code == 1
     error = capsys.readouterr().err
     assert error.startswith("error: series 1.2.3.2 in ")
     assert "missing slices" in error and "Traceback" not in error
@@ -346,7 +348,9 @@ def test_convert_checks_every_series_before_writing(tmp_path: Path, capsys) -> N
 
 
 def test_convert_reports_missing_folder(tmp_path: Path, capsys) -> None:
-    assert convert_main([str(tmp_path / "absent"), str(tmp_path / "out")]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        convert_main([str(tmp_path / "absent"), str(tmp_path / "out")])
+    assert exit_.value.code == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'absent'}: DICOM folder not found; check the path\n"
 
 

@@ -100,7 +100,7 @@ def test_learning_rate_is_the_configured_one_or_the_optimizer_default(make_confi
 
 def test_pos_weight_auto_is_the_class_ratio_of_the_training_split(make_config) -> None:
     cfg = make_config("model.pos_weight=auto", "trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null",
-                      "test_after_fit=false", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1")
+                      "test_after_fit=false", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     negatives, positives = datamodule.train_class_counts
@@ -138,7 +138,7 @@ def test_run_from_a_medicalnet_file_as_a_user_would(make_config, tmp_path: Path)
     cfg = make_config(f"model.pretrained.path={path}", "model.pretrained.format=medicalnet", "model.net.depth=10",
                       "model.net.shortcut_type=B", "model.net.dilated=true", "model.net.widths=[64,128,256,512]",
                       "trainer.max_epochs=1",
-                      "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
+                      "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
                       model="resnet3d")
     result = train(cfg)
     params = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id).data.params

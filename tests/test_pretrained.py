@@ -187,7 +187,7 @@ def test_sha256_is_checked(medicalnet_files: dict) -> None:
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "resnet_10.pth"
-    with pytest.raises(FileNotFoundError, match="resnet_10.pth"):
+    with pytest.raises(PretrainedWeightsError, match="resnet_10.pth.*model.pretrained.path"):
         load_pretrained(ResNet3D(10), missing)
 
 
@@ -206,9 +206,11 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     tiny = CNN3D(widths=(2,))
     torch.save({"state_dict": tiny.state_dict(), "payload": _WritesMarkerWhenUnpickled(marker)}, path)
-    with pytest.raises(PretrainedWeightsError, match="weights_only"):
+    with pytest.raises(PretrainedWeightsError, match="weights_only") as error:
         load_pretrained(tiny, path)
     assert not marker.exists()
+    assert "weights_only=False" not in str(error.value)  # never suggest running the file's code
+    assert "io.open" in str(error.value)  # the refused object (what the payload unpickles to) is named
 
 
 def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
@@ -241,6 +243,16 @@ def test_plain_state_dict_with_dataparallel_prefix(tmp_path: Path) -> None:
     target = CNN3D(widths=(2, 4))
     assert load_pretrained(target, path).format == "state_dict"
     assert torch.equal(target.features[1][0].weight, source.features[1][0].weight)
+
+
+@pytest.mark.parametrize("content", [b"", b"weights are on the other disk\n", b"PK\x03\x04 truncated zip"],
+                         ids=["empty", "text", "truncated"])
+def test_unreadable_file_is_named_without_unsafe_advice(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "resnet_10.pth"
+    path.write_bytes(content)
+    with pytest.raises(PretrainedWeightsError, match="resnet_10.pth: not a readable PyTorch checkpoint") as error:
+        load_pretrained(CNN3D(widths=(2,)), path)
+    assert "weights_only=False" not in str(error.value)
 
 
 def test_unrecognised_content_is_rejected(tmp_path: Path) -> None:

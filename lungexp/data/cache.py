@@ -7,7 +7,12 @@ geometry, the sample coordinates and the scan files (path, size, mtime), so any 
 
 Crash safety: work happens in ``<key>.partial/``; each scan's patches are written to a shard file
 atomically, so an interrupted build resumes from the scans already done. Only a complete cache is
-renamed to ``<key>/``, and only a folder with ``meta.json`` is ever read.
+renamed to ``<key>/``, and only a folder with ``meta.json`` is ever read (a ``<key>/`` without it is
+replaced by the next build).
+
+Labels are never served from the cache: the key covers only what the patches depend on, so a
+cache found by key serves the caller's own sample rows (labels, subsets, any extra column, freshly
+read from the CSV) next to its patches; ``index.csv`` only records what the cache was built from.
 """
 
 from __future__ import annotations
@@ -25,27 +30,56 @@ import pandas as pd
 
 from lungexp.data.atomic import atomic_file, publish_folder
 from lungexp.data.fingerprint import content_key
-from lungexp.data.io.reader import read_scan
+from lungexp.data.hu_check import read_ct_scan
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.data.parallel import map_scans
 from lungexp.data.patches import PatchExtractor, PatchSpec
+from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 
 
-class PatchCache:
-    """A finished cache folder: ``patches.npy`` (N, C, D, H, W) int16 HU, ``index.csv`` and ``meta.json``."""
+class CacheError(LungexpError):
+    """A patch cache folder that cannot be used as it is; the message names the file and how to rebuild it."""
 
-    def __init__(self, folder: str | Path) -> None:
+
+class PatchCache:
+    """A finished cache folder: ``patches.npy`` (N, C, D, H, W) int16 HU, ``index.csv`` and ``meta.json``.
+
+    Args:
+        folder: the cache folder.
+        index: the sample rows to serve, one per patch in cache order (what :func:`build_patch_cache`
+            passes: the caller's current rows); default: the ``index.csv`` the cache was built from.
+    """
+
+    def __init__(self, folder: str | Path, index: pd.DataFrame | None = None) -> None:
         self.folder = Path(folder)
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a finished patch cache (no meta.json); rebuild it")
-        self.meta = json.loads(meta_path.read_text())
-        self.index = pd.read_csv(self.folder / "index.csv", dtype={"seriesuid": str})
+            raise CacheError(f"{self.folder} is not a finished patch cache (no meta.json); delete it and rerun to "
+                             "rebuild it")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CacheError(f"{meta_path}: unreadable ({error}); delete {self.folder} and rerun to rebuild it") from None
+        if index is None:
+            index = pd.read_csv(self.folder / "index.csv", dtype={"seriesuid": str})
+        self.index = index.reset_index(drop=True)
         self._patches: np.ndarray | None = None
+        self._check_patches()
+
+    def _check_patches(self) -> None:
+        """Open the array once here, so a truncated or damaged one is named now, not in a DataLoader worker."""
+        try:
+            shape = np.load(self.patches_path, mmap_mode="r").shape
+        except (OSError, ValueError) as error:
+            raise CacheError(f"{self.patches_path}: truncated or damaged ({error}); delete {self.folder} and rerun "
+                             "to rebuild the cache") from None
+        if shape[0] != len(self.index) or shape[0] != self.meta.get("num_patches", shape[0]):
+            raise CacheError(f"{self.patches_path} holds {shape[0]} patches but the cache lists {len(self.index)}; "
+                             f"delete {self.folder} and rerun to rebuild it")
 
     @property
     def patches_path(self) -> Path:
@@ -77,7 +111,7 @@ def cache_key(samples: pd.DataFrame, scan_paths: Mapping[str, Path], spec: Patch
 def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
     """Worker: read one scan, extract its patches, write the shard atomically."""
     uid, scan_path, centers, spec, shard_path = task
-    scan = read_scan(scan_path)
+    scan = read_ct_scan(scan_path)
     patches = PatchExtractor(scan, spec).extract_many(centers)
     with atomic_file(shard_path) as temporary, temporary.open("wb") as handle:
         np.save(handle, patches)
@@ -89,7 +123,7 @@ def find_patch_cache(
 ) -> PatchCache | None:
     """The finished cache of exactly these samples, if one was built (by this run or another), else None."""
     final = Path(cache_dir) / cache_key(samples, scan_paths, spec)
-    return PatchCache(final) if (final / "meta.json").is_file() else None
+    return PatchCache(final, index=samples.reset_index(drop=True)) if (final / "meta.json").is_file() else None
 
 
 def build_patch_cache(
@@ -103,8 +137,8 @@ def build_patch_cache(
     """Return the cache for ``samples`` (one row per patch), building or resuming it if needed.
 
     Args:
-        samples: rows with ``seriesuid, coordX, coordY, coordZ`` (world mm) plus any label columns,
-            which are kept in the cache's ``index.csv``.
+        samples: rows with ``seriesuid, coordX, coordY, coordZ`` (world mm) plus any label columns;
+            the returned cache serves these rows as its ``index`` (see the module doc).
         scan_paths: seriesuid -> scan file readable by :func:`lungexp.data.io.reader.read_scan`.
         spec: patch geometry.
         cache_dir: parent folder of all caches.
@@ -112,18 +146,21 @@ def build_patch_cache(
     """
     missing = sorted(set(samples["seriesuid"]) - set(scan_paths))
     if missing:
-        raise KeyError(f"no scan found for {len(missing)} seriesuid(s), e.g. {missing[:3]}")
+        raise LungexpError(f"no scan found for {len(missing)} seriesuid(s), e.g. {missing[:3]}; add their scans "
+                           "under data.root or remove their rows from the labels CSV")
     finished = find_patch_cache(samples, scan_paths, spec, cache_dir)
     if finished is not None:
         return finished
     cache_dir = Path(cache_dir)
     key = cache_key(samples, scan_paths, spec)
     final = cache_dir / key
+    samples = samples.reset_index(drop=True)
+    if final.exists():
+        log.warning("%s has no meta.json (an unfinished or damaged cache): building it again", final)
 
     partial = cache_dir / f"{key}.partial"
     shards = partial / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    samples = samples.reset_index(drop=True)
     groups = samples.groupby("seriesuid", sort=True).indices
     todo = [
         (uid, str(scan_paths[uid]), samples.loc[rows, COORD_COLUMNS].to_numpy(np.float64), spec,
@@ -147,7 +184,11 @@ def build_patch_cache(
             "num_scans": len(groups), "build_seconds": round(time.perf_counter() - started, 2)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(shards)
-    if not publish_folder(partial, final):  # another process finished the same cache first
+    # A `final` without meta.json (an unfinished or damaged cache) is replaced; a complete one published by
+    # another process in the meantime is used instead.
+    stale = final.exists() and not (final / "meta.json").is_file()
+    if not publish_folder(partial, final, replace_existing=stale):
         shutil.rmtree(partial, ignore_errors=True)
     log.info("Patch cache %s: %d patches from %d scans", final, len(samples), len(groups))
-    return PatchCache(final)
+    return PatchCache(final, index=samples)
+

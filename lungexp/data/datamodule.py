@@ -23,6 +23,7 @@ from lungexp.data.options import DataOptions
 from lungexp.data.samples import build_samples, limit_negatives, limit_training_negatives, task_labels
 from lungexp.data.splits import check_splits, split_samples
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
+from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,8 @@ class NoduleDataModule(pl.LightningDataModule):
         samples = build_samples(labels, scans, source=options.labels_csv, missing_scans=options.missing_scans,
                                 outside=options.outside)
         if samples.empty:
-            raise ValueError(f"no samples: none of the series in {options.labels_csv} has a scan under "
-                             f"{options.root}")
+            raise LungexpError(f"no samples: none of the series in {options.labels_csv} has a scan under "
+                               f"{options.root}; check data.root and data.labels_csv")
         scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
         complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
         if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training

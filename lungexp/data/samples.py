@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from lungexp.data.annotations import (
+    COORD_COLUMNS,
     OUTSIDE_CHOICES,
+    AnnotationError,
     check_points_inside,
     read_candidates,
     read_excluded_annotations,
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 TASKS = ("candidates", "malignancy", "points")
 MISSING_SCANS_CHOICES = ("error", "skip")
+# Coordinates equal after rounding to this many decimals (1e-4 mm, as the patch cache key rounds) are one point.
+POINT_DECIMALS = 4
 
 
 def task_labels(
@@ -80,7 +84,37 @@ def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
     else:
         table = read_world_points(labels_csv)
     table["label"] = table["label"].astype(int)
-    return table
+    return drop_duplicate_points(table, labels_csv)
+
+
+def drop_duplicate_points(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """Rows at the same point of the same series are one sample: repeats are dropped, with a warning counting them.
+
+    A repeated row would otherwise count twice in the test metrics. The same point labelled both 0
+    and 1 is an :class:`AnnotationError` naming the CSV lines (header = line 1), as ``table``'s index
+    is the CSV's row order. Points are the same when their coordinates agree to 1e-4 mm.
+    """
+    points = table[["seriesuid", *COORD_COLUMNS]].copy()
+    points[COORD_COLUMNS] = points[COORD_COLUMNS].round(POINT_DECIMALS)
+    repeated = points.duplicated(keep=False)
+    if not repeated.any():
+        return table
+    labels = table.loc[repeated, "label"].groupby([points.loc[repeated, c] for c in points.columns])
+    contradictions = [rows for rows in labels.groups.values() if table.loc[rows, "label"].nunique() > 1]
+    if contradictions:
+        shown = "; ".join(
+            f"lines {', '.join(str(i + 2) for i in rows)} ({table.at[rows[0], 'seriesuid']} at "
+            f"({', '.join(f'{table.at[rows[0], c]:g}' for c in COORD_COLUMNS)}) mm: labels "
+            f"{', '.join(str(v) for v in table.loc[rows, 'label'])})"
+            for rows in contradictions[:5]
+        )
+        more = f"; and {len(contradictions) - 5} more" if len(contradictions) > 5 else ""
+        raise AnnotationError(f"{source}: {len(contradictions)} point(s) are labelled both 0 and 1: {shown}{more}; "
+                              "keep the row with the right label")
+    duplicates = points.duplicated(keep="first")
+    log.warning("%s: dropped %d duplicate row(s) (same seriesuid and coordinates as an earlier row, same label)",
+                source, int(duplicates.sum()))
+    return table[~duplicates]
 
 
 def limit_training_negatives(samples: pd.DataFrame, per_scan: int | None, split: SplitSpec) -> pd.DataFrame:

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lungexp.utils.errors import ConfigError, did_you_mean
+
 AttentionKind = Literal["none", "se", "cbam"]
 ATTENTION_KINDS: tuple[str, ...] = ("none", "se", "cbam")
 
@@ -86,4 +88,5 @@ def build_attention(kind: AttentionKind, channels: int, reduction: int = 16) -> 
         return SqueezeExcitation3D(channels, reduction)
     if kind == "cbam":
         return CBAM3D(channels, reduction)
-    raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
+    raise ConfigError(f"model.net.attention={kind!r} is not a valid choice{did_you_mean(kind, ATTENTION_KINDS)}; "
+                      f"choose one of: {', '.join(ATTENTION_KINDS)}")

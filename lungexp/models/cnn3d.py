@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lungexp.models.layers import classifier_head, kaiming_init_
+from lungexp.utils.errors import ConfigError
 
 
 class ConvBlock(nn.Sequential):
@@ -58,7 +59,7 @@ class CNN3D(nn.Module):
     ) -> None:
         super().__init__()
         if not widths:
-            raise ValueError("CNN3D needs at least one width")
+            raise ConfigError("model.net.widths is empty: CNN3D needs at least one width")
         channels = [in_channels, *widths]
         self.features = nn.Sequential(
             *(ConvBlock(channels[i], channels[i + 1], convs_per_block) for i in range(len(widths)))

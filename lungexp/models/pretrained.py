@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import LungexpError, look_up_option
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +93,17 @@ def load_pretrained(
     original response); C → 1 averages over channels.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        PretrainedWeightsError: sha256 mismatch, unreadable/unsafe pickle, unknown layout, or backbone
-            tensors missing/unexpected/mis-shaped (all listed in one message).
+        ConfigError: ``format`` is not one of the formats above.
+        PretrainedWeightsError: file missing, sha256 mismatch, truncated/corrupt file or unsafe pickle,
+            unknown layout, or backbone tensors missing/unexpected/mis-shaped (all listed in one message).
 
     The file is hashed only when ``sha256`` is given (see :class:`PretrainedReport`).
     """
-    if format != "auto" and format not in CHECKPOINT_FORMATS:
-        raise ValueError(f"format must be 'auto' or one of {CHECKPOINT_FORMATS}, got {format!r}")
+    look_up_option("model.pretrained.format", format, ["auto", *CHECKPOINT_FORMATS])
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"Pretrained weights file not found: {file}")
+        raise PretrainedWeightsError(f"{file}: pretrained weights file not found; check model.pretrained.path "
+                                     "(nothing is ever downloaded)")
     verified_sha256 = None
     if sha256 is not None:
         verified_sha256 = file_sha256(file)
@@ -159,14 +160,27 @@ def detect_format(checkpoint: Any, path: Path) -> str:
 
 
 def _read_checkpoint(path: Path) -> Any:
-    """``weights_only=True``: a checkpoint is data, and unpickling arbitrary objects would run their code."""
+    """``weights_only=True``: a checkpoint is data, and unpickling arbitrary objects would run their code.
+
+    Torch's own message for a refused object recommends ``weights_only=False`` or allow-listing the
+    object, i.e. running the file's code; only the object's name is kept from it.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except Exception as error:  # noqa: BLE001  a damaged file makes torch.load raise almost anything
+        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if isinstance(error, pickle.UnpicklingError) and culprit:
+            raise PretrainedWeightsError(
+                f"Refusing to load {path}: it contains objects other than tensors and plain containers, "
+                f"which torch.load(weights_only=True) does not unpickle ({culprit[1]}). "
+                "Re-save just the network's state dict (torch.save(net.state_dict(), path)) from a trusted copy."
+            ) from None
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
         raise PretrainedWeightsError(
-            f"Refusing to load {path}: it contains objects other than tensors and plain containers, "
-            f"which torch.load(weights_only=True) does not unpickle. Re-save just the state dict. ({error})"
-        ) from error
+            f"{path}: not a readable PyTorch checkpoint ({reason}); it is probably truncated, corrupt or not a "
+            "checkpoint at all: check model.pretrained.path, or copy the file again"
+        ) from None
 
 
 def _is_tensor_mapping(value: Any) -> bool:

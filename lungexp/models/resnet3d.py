@@ -22,6 +22,7 @@ from torch import nn
 
 from lungexp.models.attention import AttentionKind, build_attention
 from lungexp.models.layers import StemNetwork, classifier_head, kaiming_init_
+from lungexp.utils.errors import ConfigError, look_up_option
 
 ShortcutType = Literal["A", "B"]
 
@@ -194,14 +195,11 @@ class ResNet3D(StemNetwork):
         attention: AttentionKind = "none",
         attention_reduction: int = 16,
     ) -> None:
-        if depth not in RESNET_SPECS:
-            raise ValueError(f"ResNet3D depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+        look_up_option("model.net.depth", depth, sorted(RESNET_SPECS))
         if len(widths) != 4:
-            raise ValueError(f"ResNet3D needs 4 stage widths, got {list(widths)}")
+            raise ConfigError(f"model.net.widths={list(widths)}: ResNet3D needs 4 stage widths")
         block, blocks_per_stage, medicalnet_shortcut = RESNET_SPECS[depth]
-        shortcut = shortcut_type or medicalnet_shortcut
-        if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut_type must be 'A', 'B' or None, got {shortcut_type!r}")
+        shortcut = look_up_option("model.net.shortcut_type", shortcut_type or medicalnet_shortcut, ["A", "B"])
         strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if dilated else ((1, 2, 2, 2), (1, 1, 1, 1))
 
         super().__init__(in_channels, widths[0])

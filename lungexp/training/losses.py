@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from lungexp.utils.errors import ConfigError
+
 
 class BinaryFocalLoss(nn.Module):
     """Focal loss (Lin et al., 2017) on logits: BCE scaled by ``(1 - p_t) ** gamma``.
@@ -26,7 +28,8 @@ class BinaryFocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, alpha: float | None = None, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         if gamma < 0 or (alpha is not None and not 0 <= alpha <= 1):
-            raise ValueError(f"focal loss needs gamma >= 0 and alpha in [0, 1], got gamma={gamma}, alpha={alpha}")
+            raise ConfigError(f"model.loss: focal loss needs gamma >= 0 and alpha in [0, 1] (or null), got "
+                              f"gamma={gamma}, alpha={alpha}")
         self.gamma = gamma
         self.alpha = alpha
         self.register_buffer("pos_weight", torch.ones(()) if pos_weight is None else pos_weight)

@@ -80,6 +80,14 @@ class NoduleClassifier(pl.LightningModule):
         self.test_predictions: pd.DataFrame | None = None  # of the last test run, e.g. for cross-validation
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
 
+    @staticmethod
+    def monitored_metrics() -> dict[str, str]:
+        """What validation logs, each with the direction that is better (``max`` or ``min``): the
+        values ``optimized_metric`` and the callbacks' ``monitor``/``mode`` may take."""
+        metrics = classification_metrics("val/").items()  # torchmetrics says which way each improves
+        return {**{name: "min" if metric.higher_is_better is False else "max" for name, metric in metrics},
+                "val/loss": "min"}
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).squeeze(-1)
 

@@ -10,13 +10,17 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungexp.tracking.mlflow import log_config, mlflow_loggers
+from lungexp.tracking.stale_runs import instantiate_loggers
 from lungexp.training.checkpoint import ModelRecipe, SaveRecipe
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.utils.config import instantiate_dict
+from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,14 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
-    loggers = instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
-                                                  _convert_="partial")
+    loggers = instantiate_loggers(cfg.get("logger"))
+    try:
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                                                      _convert_="partial")
+    except InstantiationException as error:  # Lightning's own checks of its arguments (accelerator, precision, ...)
+        if isinstance(error.__cause__, (MisconfigurationException, ValueError, ModuleNotFoundError)):
+            raise ConfigError(f"trainer: {error.__cause__}") from error
+        raise
     return datamodule, model, trainer
 
 

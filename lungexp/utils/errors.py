@@ -1,17 +1,30 @@
-"""The one exception family for problems in what a user hands in, and the option checkers.
+"""The one exception family for problems in what a user hands in, the option checkers, and the entry-point guard.
 
 Entry points print a :class:`LungexpError` as one message (no traceback) and exit non-zero; any
-other exception is a program bug and keeps its traceback. Each error subclasses ``ValueError`` so
-callers that catch ``ValueError`` keep working.
+other exception is a program bug and keeps its traceback (see :func:`report_user_errors`). Each
+error subclasses ``ValueError`` so callers that catch ``ValueError`` keep working.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import logging
 import math
 import numbers
-from collections.abc import Iterable
-from typing import Any
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+# Either variable set to a non-empty value other than 0 shows the full traceback of user errors too.
+DEBUG_VARIABLES = ("LUNGEXP_DEBUG", "HYDRA_FULL_ERROR")
+# Exit status of a run stopped with Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_STATUS = 130
+
+Main = TypeVar("Main", bound=Callable[..., Any])
 
 
 class LungexpError(ValueError):
@@ -28,9 +41,14 @@ def look_up_option(key: str, value: Any, choices: Iterable[Any]) -> Any:
     choices = list(choices)
     if value in choices:
         return value
+    raise ConfigError(f"{key}={value!r} is not a valid choice{did_you_mean(value, choices)}; "
+                      f"choose one of: {', '.join(map(str, choices))}")
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"{key}={value!r} is not a valid choice{hint}; choose one of: {', '.join(map(str, choices))}")
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
@@ -73,3 +91,75 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     if high is not None:
         return f"{'<' if high_open else '<='} {high:g}"
     return "(finite)"
+
+
+def debug_requested() -> bool:
+    """Whether ``LUNGEXP_DEBUG`` or ``HYDRA_FULL_ERROR`` asks for full tracebacks of user errors."""
+    return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARIABLES)
+
+
+def user_error_in(error: BaseException) -> LungexpError | None:
+    """The :class:`LungexpError` that caused ``error``, if any.
+
+    Hydra's ``instantiate`` wraps whatever a constructor raises (e.g. a :class:`ConfigError` from a
+    datamodule checking its options) in an ``InstantiationException``; the cause chain still has it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LungexpError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def report_user_errors(main: Main) -> Main:
+    """Make ``main`` an entry point that ends bad input with one message instead of a traceback.
+
+    * a :class:`LungexpError` (also one wrapped by Hydra's ``instantiate`` or re-raised by the
+      Lightning ``Trainer``) prints ``error: <message>`` on stderr and exits with status 1;
+    * Ctrl-C (``KeyboardInterrupt``) prints one line and exits with status 130;
+    * any other exception is a program bug and keeps its traceback;
+    * ``LUNGEXP_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) re-raises user errors with their traceback.
+
+    Apply it to every entry point's main function, one line each. Under ``@hydra.main`` it must sit
+    *below* it, on the task function itself, because Hydra catches the task function's exceptions::
+
+        @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+        @report_user_errors
+        def main(cfg: DictConfig) -> None: ...
+
+    For argparse entry points it decorates ``main(argv)`` directly. In a Hydra ``-m`` sweep a user
+    error fails only its job: the message is logged, the other jobs still run, and the sweep ends
+    non-zero with Hydra's "Error executing job with overrides: [...]" and the message (raised as a
+    ``CompactHydraException``, which Hydra prints without a traceback). Ctrl-C ends the whole sweep.
+    """
+
+    @functools.wraps(main)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+            raise SystemExit(INTERRUPTED_STATUS) from None
+        except Exception as error:
+            user_error = user_error_in(error)
+            if user_error is None or debug_requested():
+                raise
+            _exit_with_message(f"error: {user_error}")
+
+    return guarded  # type: ignore[return-value]
+
+
+def _exit_with_message(message: str) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        from hydra.errors import CompactHydraException
+
+        log.error(message)  # Hydra reports a failed job only when the whole sweep has ended
+        raise CompactHydraException(message) from None  # fails this job; Hydra prints it without a traceback
+    print(message, file=sys.stderr)
+    raise SystemExit(1)

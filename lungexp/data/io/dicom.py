@@ -65,12 +65,42 @@ def find_dicom_series(folder: str | Path) -> dict[str, list[str]]:
                 raise ScanReadError(f"series {uid} is split across {Path(series[uid][0]).parent} and {directory}; "
                                     "move all its slices into one folder")
             series[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid))
+    unreadable = _unreadable_dicom_files(folder, {file for files in series.values() for file in files})
+    if unreadable:
+        listing = ", ".join(str(path) for path in unreadable[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        raise ScanReadError(f"{len(unreadable)} DICOM file(s) cannot be read (truncated or corrupt): {listing}{more}; "
+                            "re-download them (or remove them to convert the rest)")
     if not series:
         raise ScanReadError(f"{folder}: no DICOM series found in it or its subfolders; "
                             "point at the folder that holds the .dcm slices")
     for uid, files in series.items():
         _check_slice_stack(uid, files)
     return series
+
+
+def _unreadable_dicom_files(folder: Path, listed: set[str]) -> list[Path]:
+    """Files with the DICOM preamble that GDCM left out of every series because it cannot parse them.
+
+    A truncated slice is silently skipped by the series scan, which would show up as a gap in the
+    stack, or not at all for the first or last slice.
+    """
+    reader = sitk.ImageFileReader()
+    unreadable = []
+    for path in sorted(folder.rglob("*")):
+        if str(path) in listed or not path.is_file() or not _has_dicom_preamble(path):
+            continue
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            unreadable.append(path)
+    return unreadable
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
 
 
 @contextmanager

@@ -1,0 +1,134 @@
+"""No zombie RUNNING runs: a run killed with SIGKILL never ends its MLflow run, so the next run does.
+
+Every run records which process owns it (host, PID namespace, PID and the process's start time) as
+tags when it is created. When a run starts, RUNNING runs of its experiment owned by a process on
+the same host and PID namespace that no longer exists (or whose PID now belongs to a newer
+process) are marked KILLED. Runs of live processes (a parallel sweep job, another terminal),
+of other hosts and of older versions without these tags are never touched.
+
+Opening the tracking store happens here first, so a damaged ``mlflow.db`` is named before any
+slow work instead of failing deep inside the logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from hydra.utils import get_object
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import Logger, MLFlowLogger
+
+from lungexp.utils.config import instantiate_dict
+from lungexp.utils.errors import LungexpError
+
+log = logging.getLogger(__name__)
+
+HOST_TAG = "lungexp.host"
+PID_NAMESPACE_TAG = "lungexp.pid_namespace"
+PID_TAG = "lungexp.pid"
+PROCESS_START_TAG = "lungexp.process_start"
+ENDED_BY_TAG = "lungexp.ended_by"
+
+
+class TrackingStoreError(LungexpError):
+    """The MLflow tracking store cannot be opened or read."""
+
+
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags that identify process ``pid`` (default: this one) for :func:`owner_is_gone`."""
+    pid = os.getpid() if pid is None else pid
+    return {HOST_TAG: socket.gethostname(), PID_NAMESPACE_TAG: _pid_namespace(), PID_TAG: str(pid),
+            PROCESS_START_TAG: _process_start(pid) or ""}
+
+
+def _pid_namespace() -> str:
+    """PIDs are only comparable inside one PID namespace (containers share host names, not PIDs)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, Linux), to tell it from a later process reusing the PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime); the name in (...) may hold spaces
+
+
+def owner_is_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process that created a run is known to have ended (never true for other hosts)."""
+    here = process_tags()
+    if not tags.get(PID_TAG) or (tags.get(HOST_TAG), tags.get(PID_NAMESPACE_TAG)) != (here[HOST_TAG],
+                                                                                     here[PID_NAMESPACE_TAG]):
+        return False
+    pid = int(tags[PID_TAG])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, owned by another user
+    started = _process_start(pid)
+    return bool(started and tags.get(PROCESS_START_TAG) and started != tags[PROCESS_START_TAG])
+
+
+def end_stale_runs(client: MlflowClient, experiment_name: str, ended_by: str = "") -> list[str]:
+    """Mark KILLED every RUNNING run of ``experiment_name`` whose process is gone; returns their ids."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    ended = []
+    for run in running:
+        if not owner_is_gone(run.data.tags):
+            continue
+        note = f"process {run.data.tags[PID_TAG]} on {run.data.tags[HOST_TAG]} ended without closing the run"
+        client.set_tag(run.info.run_id, ENDED_BY_TAG, f"{note}; marked KILLED {ended_by}".strip())
+        client.set_terminated(run.info.run_id, status="KILLED", end_time=int(time.time() * 1000))
+        log.warning("MLflow run %s (%s) was left RUNNING: %s; marked it KILLED", run.info.run_id,
+                    run.info.run_name, note)
+        ended.append(run.info.run_id)
+    return ended
+
+
+def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
+    """The ``logger`` group's loggers; for each MLflow one, first :func:`open_tracking_store`, then tag the
+    run it will create with this process (:func:`process_tags`).
+
+    MLflow's client connects when the logger is built, so the store is checked before that.
+    """
+    for node in (config or {}).values():
+        if isinstance(node, DictConfig) and _is_mlflow_logger(node) and node.get("tracking_uri"):
+            open_tracking_store(node.tracking_uri, node.experiment_name)
+    loggers = instantiate_dict(config)
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            logger.tags = {**(logger.tags or {}), **process_tags()}
+    return loggers
+
+
+def _is_mlflow_logger(node: DictConfig) -> bool:
+    target = get_object(node["_target_"]) if isinstance(node.get("_target_"), str) else None
+    return isinstance(target, type) and issubclass(target, MLFlowLogger)
+
+
+def open_tracking_store(uri: str, experiment_name: str) -> None:
+    """Open the store at ``uri`` (naming it if that fails) and end the stale runs of ``experiment_name``."""
+    try:
+        end_stale_runs(MlflowClient(uri), experiment_name, ended_by="when a new run started")
+    except Exception as error:  # noqa: BLE001  SQLAlchemy, sqlite3 and MLflow all raise their own types
+        where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrackingStoreError(
+            f"{where}: the MLflow tracking store cannot be opened ({reason}); if the file is damaged, move it "
+            "aside (a new store is created) or point paths.mlflow_uri somewhere else"
+        ) from None
