@@ -210,8 +210,7 @@ def _truncated_cache(cache_dir: Path, root: Path) -> None:
     cfg = compose_config([f"data.root={root}", "data.synthetic=null", f"data.cache_dir={cache_dir}", *FAST_OVERRIDES],
                          cache_dir.parent / "compose")
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    datamodule.prepare_data()
-    patches = datamodule.cache.patches_path
+    patches = datamodule.build_cache().patches_path
     with open(patches, "r+b") as handle:
         handle.truncate(patches.stat().st_size // 2)
 
