@@ -6,29 +6,24 @@ run's id, and prints the metrics; see ``conf/evaluate.yaml``.
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lungexp.utils.checks import check_top_level
 from lungexp.utils.config import CONFIG_DIR, check_required
-from lungexp.utils.errors import LungexpError, report_user_errors
+from lungexp.utils.errors import report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
-@report_user_errors  # Ctrl-C: one line, status 130
+@report_user_errors
 def main(cfg: DictConfig) -> None:
+    check_required(cfg)
+    check_top_level(cfg, "evaluate")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     # Imported here so that `--help` does not pay for torch/Lightning.
     from lungexp.inference.evaluation import evaluate_checkpoint, print_summary
 
-    try:
-        check_required(cfg)
-        result = evaluate_checkpoint(cfg, overrides=HydraConfig.get().overrides.task)
-    except LungexpError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print_summary(result)
+    print_summary(evaluate_checkpoint(cfg, overrides=HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

@@ -6,33 +6,29 @@ Writes LUNA16's submission format ``seriesuid,coordX,coordY,coordZ,probability``
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
+from lungexp.utils.checks import check_top_level
 from lungexp.utils.config import CONFIG_DIR, check_required
-from lungexp.utils.errors import LungexpError, report_user_errors
+from lungexp.utils.errors import report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
-@report_user_errors  # Ctrl-C: one line, status 130
+@report_user_errors
 def main(cfg: DictConfig) -> None:
+    check_required(cfg)
+    check_top_level(cfg, "predict")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     # Imported here so that `--help` does not pay for torch.
     from lungexp.inference.model import Predictor
     from lungexp.inference.scans import open_scans
     from lungexp.inference.submission import predict_candidates, read_candidates, write_submission
 
-    try:
-        check_required(cfg)
-        predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision)
-        scans = open_scans(cfg.scans)
-        candidates = read_candidates(cfg.candidates, scans)
-        table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
-        out = write_submission(table, cfg.out)
-    except LungexpError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision)
+    scans = open_scans(cfg.scans)
+    candidates = read_candidates(cfg.candidates, scans)
+    table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
+    out = write_submission(table, cfg.out)
     print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.path} "
           f"({predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
           f"{predictor.precision}) -> {out}")

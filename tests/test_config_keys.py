@@ -25,7 +25,7 @@ def named_keys() -> dict[str, str]:
     """Key -> ``file:line`` of its first mention in a string literal (f-string parts included)."""
     found: dict[str, str] = {}
     for path in sorted((PROJECT_ROOT / "lungexp").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 for key in KEY.findall(node.value):
                     found.setdefault(key, f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}")

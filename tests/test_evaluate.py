@@ -113,5 +113,13 @@ def test_evaluate_command_prints_the_summary_and_one_line_errors(trained_run, ml
 
     failed = subprocess.run([*command, f"ckpt_path={tmp_path / 'none.ckpt'}"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
-    assert failed.returncode == 2
+    assert failed.returncode == 1
     assert failed.stderr.strip() == f"error: {tmp_path / 'none.ckpt'}: checkpoint not found; check ckpt_path"
+
+
+def test_an_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
+    from lungexp.utils.checks import check_top_level
+
+    cfg = compose_config(["ckpt_path=x.ckpt", "+ckpt_paht=y.ckpt"], tmp_path, config_name="evaluate")
+    with pytest.raises(ConfigError, match="unknown top-level key 'ckpt_paht' \\(did you mean 'ckpt_path'\\?\\)"):
+        check_top_level(cfg, "evaluate")

@@ -160,7 +160,7 @@ class SaveRecipe(pl.Callback):
         if self._run is None:
             mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
             self._run = {}
-            if mlflow is not None:
+            if mlflow is not None and mlflow.run_id:  # under DDP only rank 0 has a run (and writes the file)
                 client = mlflow.experiment
                 self._run = {"run_id": mlflow.run_id, "experiment_id": mlflow.experiment_id,
                              "experiment_name": client.get_experiment(mlflow.experiment_id).name,

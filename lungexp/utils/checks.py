@@ -78,9 +78,10 @@ def check_top_level(cfg: DictConfig, primary: str = "config") -> None:
     known = set(defaults) | groups
     for key in cfg:
         if key not in known:
+            named = sorted(groups - {"hydra"})
             raise ConfigError(f"unknown top-level key '{key}'{did_you_mean(key, sorted(known))}: nothing reads it, "
-                              f"so it would be ignored; the top-level keys are {', '.join(sorted(defaults))} and "
-                              f"the groups {', '.join(sorted(groups - {'hydra'}))}")
+                              f"so it would be ignored; the top-level keys are {', '.join(sorted(defaults))}"
+                              + (f" and the groups {', '.join(named)}" if named else ""))
     values = OmegaConf.to_container(cfg, resolve=False)
     for key, default in defaults.items():
         if key in values and not _same_kind(values[key], default):
