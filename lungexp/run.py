@@ -28,9 +28,11 @@ def main(cfg: DictConfig) -> float | None:
     check_data_config(cfg)
     check_config(cfg)
     from lungexp.training.cross_validation import cross_validate
+    from lungexp.training.distributed import is_rank_zero, quiet_other_ranks
     from lungexp.training.pipeline import train
 
-    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's jobs differ only in their overrides
+    quiet_other_ranks()
+    if HydraConfig.get().mode != RunMode.MULTIRUN and is_rank_zero():  # a sweep's jobs differ only in their overrides
         print_config_tree(cfg)
     if cfg.cv.folds:
         return cross_validate(cfg).optimized_metric

@@ -1,44 +1,167 @@
-"""Real DDP: two CPU processes (gloo) from `python -m lungexp.run trainer=ddp`, in a subprocess.
+"""Training on several processes: Lightning's own DDP launch, inside a ``-m`` sweep, and under torchrun;
+SLURM's environment; what runs only on CUDA.
 
-Lightning's ddp launcher re-runs the command once per rank, so it cannot run inside pytest itself.
+Each DDP run is ``python -m lungexp.run`` in a subprocess with two CPU processes (gloo): Lightning's ddp
+launcher re-runs the command per rank, so it cannot run inside pytest itself.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
+import logging
+import math
 import sys
 from pathlib import Path
 
+import hydra
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
+from lungexp.inference.evaluation import evaluate_checkpoint
+from lungexp.training.devices import drop_unsupported_sync_batchnorm
+from lungexp.utils import checks
+from lungexp.utils.errors import ConfigError
+from tests.helpers.cli import entry_point_command, entry_point_env, tiny_run_args
+from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides
+from tests.helpers.mlflow_ui import free_port
+from tests.helpers.processes import Finished, run_process_tree
+
+DDP_ON_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+              "trainer.max_epochs=1"]
+TIMEOUT_S = 600
+
+
+def run_ddp(command: list[str], root: Path) -> Finished:
+    finished = run_process_tree(command, cwd=PROJECT_ROOT, env={**entry_point_env(root), "OMP_NUM_THREADS": "1"},
+                                timeout=TIMEOUT_S)
+    assert finished.returncode == 0, finished.output[-6000:]
+    assert finished.left_behind == [], finished.left_behind
+    return finished
+
+
+def runs_of(store: Path) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    return client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_test(synthetic_root: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "lungexp.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-               "trainer.sync_batchnorm=false",  # SyncBatchNorm needs CUDA
-               "trainer.max_epochs=1", "task_name=ddp", f"data.root={synthetic_root}", "data.synthetic=null",
-               f"data.cache_dir={synthetic_root.parent / 'cache'}", *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
-    env = {**os.environ, "LUNGEXP_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
-                          errors="replace", timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    assert "distributed_backend=gloo" in output
-    assert "All distributed processes registered. Starting with 2 processes" in output
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
+    finished = run_ddp(entry_point_command("run", [*DDP_ON_CPU, "task_name=ddp",
+                                                   *tiny_run_args(synthetic_root, synthetic_root.parent / "cache",
+                                                                  tmp_path)]), tmp_path)
+    assert "distributed_backend=gloo" in finished.output
+    assert "All distributed processes registered. Starting with 2 processes" in finished.output
+    assert "sync_batchnorm=true needs CUDA GPUs" in finished.output
+    assert finished.output.count("best checkpoint") == 1, "only rank 0 prints the summary"
+    runs = runs_of(tmp_path)
     assert len(runs) == 1, "only rank 0 may create an MLflow run"
     assert runs[0].info.status == "FINISHED"
     assert "test/auroc" in runs[0].data.metrics
-    # the predictions table gathers both ranks' halves of the test split (subset0)
+    # the predictions table gathers both ranks' parts of the test split (subset0)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     predictions = pd.read_csv(client.download_artifacts(runs[0].info.run_id, "predictions/test_predictions.csv",
                                                         str(tmp_path / "downloaded")))
     candidates = pd.read_csv(synthetic_root / "candidates_V2.csv")
     test_series = {p.stem for p in (synthetic_root / "subset0").glob("*.mhd")}
     assert len(predictions) == candidates["seriesuid"].isin(test_series).sum()
     assert predictions["cache_row"].is_unique and set(predictions["seriesuid"]) == test_series
+
+
+@pytest.mark.slow
+def test_ddp_inside_a_sweep_trains_each_job_once_with_both_processes(synthetic_root: Path, tmp_path: Path) -> None:
+    finished = run_ddp(entry_point_command("run", ["-m", *DDP_ON_CPU, "seed=1,2", "task_name=ddp_sweep",
+                                                   *tiny_run_args(synthetic_root, synthetic_root.parent / "cache",
+                                                                  tmp_path)]), tmp_path)
+    assert finished.output.count("Starting with 2 processes") == 2  # one process group per job
+
+    runs = runs_of(tmp_path)
+    sweeps = [run for run in runs if MLFLOW_PARENT_RUN_ID not in run.data.tags]
+    assert len(sweeps) == 1
+    jobs = [run for run in runs if run.data.tags.get(MLFLOW_PARENT_RUN_ID) == sweeps[0].info.run_id]
+    assert len(jobs) == len(runs) - 1 == 2, "one MLflow run per job"
+    assert sorted(run.data.params["seed"] for run in jobs) == ["1", "2"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert all("test/auroc" in run.data.metrics for run in jobs)
+
+    task = tmp_path / "logs" / "ddp_sweep"
+    assert not (task / "runs").exists(), "a rank ran as a run of its own"
+    [sweep] = (task / "multiruns").iterdir()
+    assert sorted(path.name for path in sweep.iterdir() if path.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):  # rank 1 ran in its job's folder, with its own log
+        assert (sweep / job / "train_ddp_process_1.log").is_file()
+        assert list((sweep / job / "checkpoints").glob("epoch*.ckpt"))
+
+
+@pytest.mark.slow
+def test_torchrun_logs_one_run_whose_metrics_equal_one_process(synthetic_root: Path, mlflow_dir: Path,
+                                                               tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nnodes", "1", "--nproc-per-node", "2",
+                "--master-port", str(free_port()), "-m", "lungexp.run"]
+    finished = run_ddp([*torchrun, *DDP_ON_CPU, "trainer.num_nodes=1", "task_name=torchrun", f"hydra.run.dir={run_dir}",
+                        *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path)], tmp_path)
+    assert "Starting with 2 processes" in finished.output
+    assert not (run_dir / "train_ddp_process_1.log").exists(), "torchrun starts the ranks, not Lightning"
+    assert finished.output.count("best checkpoint") == 1, "only rank 0 prints the summary"
+    [run] = runs_of(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert {"train/loss_epoch", "val/auroc", "best/val_auroc", "test/auroc", "test/cpm"} <= run.data.metrics.keys()
+
+    # One process scoring the same checkpoint on the same splits gets the metrics both ranks reduced.
+    [checkpoint] = run_dir.glob("checkpoints/epoch*.ckpt")
+    for split in ("val", "test"):
+        overrides = (f"ckpt_path={checkpoint}", f"split={split}", "device=cpu", "eval.montage_k=0",
+                     "eval.gradcam.samples=0", *mlflow_overrides(mlflow_dir))
+        single = evaluate_checkpoint(compose_config(overrides, tmp_path / split, config_name="evaluate"), overrides)
+        if split == "val":
+            # an odd count: a sampler that pads the ranks to equal length would count a patch twice
+            assert len(single.predictions) % 2 == 1
+            labels, probabilities = single.predictions["label"], single.predictions["probability"]
+            loss = -np.mean(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities))
+            assert run.data.metrics["val/loss"] == pytest.approx(loss, abs=1e-4)
+        compared = [name for name in single.metrics if name in run.data.metrics and not math.isnan(single.metrics[name])]
+        assert f"{split}/auroc" in compared and f"{split}/ece" in compared
+        for name in compared:
+            assert run.data.metrics[name] == pytest.approx(single.metrics[name], abs=1e-5), name
+
+
+def test_slurm_script_matches_lightnings_slurm_environment(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scripts/slurm_train.sbatch`` starts one task per GPU on each node, as Lightning's SLURM environment
+    requires of ``trainer.devices`` and ``trainer.num_nodes``."""
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    script = (PROJECT_ROOT / "scripts" / "slurm_train.sbatch").read_text()
+    settings = dict(line.removeprefix("#SBATCH --").split("=", 1) for line in script.splitlines()
+                    if line.startswith("#SBATCH --") and "=" in line)
+    nodes, tasks, gpus = int(settings["nodes"]), int(settings["ntasks-per-node"]), int(settings["gpus-per-node"])
+    assert tasks == gpus and nodes > 1
+    assert 'srun "$PYTHON" -m lungexp.run trainer=ddp' in script
+    assert "trainer.devices=$SLURM_NTASKS_PER_NODE" in script and "trainer.num_nodes=$SLURM_NNODES" in script
+    for name, value in {"SLURM_NTASKS": nodes * tasks, "SLURM_NTASKS_PER_NODE": tasks, "SLURM_NNODES": nodes,
+                        "SLURM_NODEID": 1, "SLURM_PROCID": tasks + 1, "SLURM_LOCALID": 1, "SLURM_JOB_ID": 7,
+                        "SLURM_JOB_NAME": "lungexp", "SLURM_NODELIST": "gpu[01-02]"}.items():
+        monkeypatch.setenv(name, str(value))
+    cfg = make_config("trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={tasks}", f"trainer.num_nodes={nodes}")
+    drop_unsupported_sync_batchnorm(cfg)
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.creates_processes_externally
+    environment.validate_settings(num_devices=tasks, num_nodes=nodes)  # raises when they disagree
+    assert (trainer.world_size, trainer.global_rank, trainer.node_rank) == (nodes * tasks, tasks + 1, 1)
+
+
+def test_fp16_is_refused_before_any_work_without_cuda(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"trainer.precision=16-mixed \(fp16\) needs a CUDA GPU.*bf16-mixed"):
+        checks.check_config(make_config("trainer=cpu", "trainer.precision=16-mixed"))
+    checks.check_config(make_config("trainer=cpu", "trainer.precision=bf16-mixed"))
+
+
+def test_sync_batchnorm_goes_off_without_cuda_and_says_so(make_config, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = make_config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert cfg.trainer.sync_batchnorm
+    with caplog.at_level(logging.INFO, logger="lungexp.training.devices"):
+        drop_unsupported_sync_batchnorm(cfg)
+    assert cfg.trainer.sync_batchnorm is False
+    assert "sync_batchnorm=true needs CUDA GPUs" in caplog.text

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from lungexp.data.cache import PatchCache, build_patch_cache, find_patch_cache
@@ -185,8 +186,18 @@ class NoduleDataModule(pl.LightningDataModule):
         return self._loader("train", sampler=sampler, drop_last=False, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", sampler=self._evaluation_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", sampler=self._evaluation_sampler("test"))
+
+    def _evaluation_sampler(self, name: str) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each rank's disjoint share of the split, unpadded: Lightning's default
+        ``DistributedSampler`` repeats patches to even out the ranks, which would count them twice in the
+        metrics reduced across ranks. Lightning predicts with the same sampler: evaluation syncs no gradients."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size < 2:
+            return None
+        return UnrepeatedDistributedSampler(self.datasets[name], num_replicas=trainer.world_size,
+                                            rank=trainer.global_rank, shuffle=False)
 

@@ -25,6 +25,8 @@ from hydra.utils import get_object
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, MLFlowLogger
+from pytorch_lightning.loggers.logger import DummyLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.utils.errors import LungexpError
 
@@ -103,7 +105,7 @@ def end_stale_runs(client: MlflowClient, experiment_name: str, ended_by: str = "
 
 def instantiate_loggers(config: DictConfig | None, run_kwargs: Mapping[str, Any] | None = None) -> list[Logger]:
     """The ``logger`` group's loggers; for each MLflow one, first :func:`open_tracking_store`, then tag the
-    run it will create with this process (:func:`process_tags`).
+    run it will create with this process (:func:`process_tags`); on DDP ranks > 0 a no-op stand-in.
 
     MLflow's client connects when the logger is built, so the store is checked before that. MLflow loggers
     also get ``run_kwargs`` (run name, tags, run id) where their config leaves them unset.
@@ -113,6 +115,11 @@ def instantiate_loggers(config: DictConfig | None, run_kwargs: Mapping[str, Any]
         if not (isinstance(node, DictConfig) and "_target_" in node):
             continue
         extra: dict[str, Any] = {}
+        if _is_mlflow_logger(node) and rank_zero_only.rank != 0:
+            # DDP ranks > 0 log nothing (Lightning's loggers act on rank 0 only), and they must not even open
+            # the store: processes that start together would each create a new SQLite store's tables.
+            loggers.append(DummyLogger())
+            continue
         if _is_mlflow_logger(node):
             if node.get("tracking_uri"):
                 open_tracking_store(node.tracking_uri, node.experiment_name)

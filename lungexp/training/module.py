@@ -11,6 +11,8 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.metrics import classification_metrics
@@ -76,6 +78,7 @@ class NoduleClassifier(pl.LightningModule):
         self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
         self.evaluation = EvaluationOptions.from_config(evaluation)
         self.val_metrics = classification_metrics("val/")
+        self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.validation_predictions: pd.DataFrame | None = None  # of the current weights
         self.test_predictions: pd.DataFrame | None = None  # of the last test run, e.g. for cross-validation
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
@@ -119,13 +122,16 @@ class NoduleClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch[IMAGE_KEY]), batch[LABEL_KEY])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[LABEL_KEY]))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=len(batch[LABEL_KEY]))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch[IMAGE_KEY]).float()
-        self.log(f"{stage}/loss", self._loss(logits, batch[LABEL_KEY]), on_epoch=True, sync_dist=True,
-                 batch_size=len(batch[LABEL_KEY]))
+        # A torchmetrics mean, exact across DDP ranks holding unequal numbers of patches (Lightning's sync_dist
+        # averages the ranks' patch counts as integers, rounding 11.5 down to 11).
+        self.mean_loss[stage].update(self._loss(logits, batch[LABEL_KEY]), weight=len(batch[LABEL_KEY]))
+        self.log(f"{stage}/loss", self.mean_loss[stage], on_epoch=True)
         return torch.sigmoid(logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -184,8 +190,9 @@ class NoduleClassifier(pl.LightningModule):
         columns = list(zip(*outputs, strict=True)) or [(), (), ()]
         rows, probabilities, labels = (torch.cat(parts) if parts else torch.empty(0) for parts in columns)
         if self.trainer.world_size > 1:
-            # DistributedSampler pads every rank to the same length, so shapes match; padding repeats rows.
-            rows, probabilities, labels = (self.all_gather(t.to(self.device)).reshape(-1).cpu()
+            # Each rank scored its own part of the split (of unequal lengths, see NoduleDataModule); a
+            # datamodule whose sampler pads ranks to equal lengths repeats rows, dropped below.
+            rows, probabilities, labels = (torch.cat(gather_all_tensors(t.to(self.device))).cpu()
                                            for t in (rows, probabilities, labels))
         rows = rows.long().numpy()
         cache = getattr(self.trainer.datamodule, "cache", None)

@@ -10,7 +10,6 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -21,6 +20,8 @@ from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
 from lungexp.tracking.stale_runs import instantiate_loggers
 from lungexp.training.checkpoint import ModelRecipe, SaveRecipe
+from lungexp.training.devices import drop_unsupported_sync_batchnorm
+from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.resume import EpochSeed, checkpoint_run_id, resolve_checkpoint
 from lungexp.utils.config import instantiate_dict
@@ -50,6 +51,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     ``run_id``: continue this MLflow run (resume) instead of starting a new one.
     """
     pl.seed_everything(cfg.seed, workers=True)
+    drop_unsupported_sync_batchnorm(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
     callbacks = [*instantiate_dict(cfg.get("callbacks")), SaveRecipe(ModelRecipe.from_config(cfg)), EpochSeed(cfg.seed)]
@@ -61,13 +63,12 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
         "tags": {**git_tags(), "task_name": cfg.task_name, "overrides": " ".join(job_overrides())}})
     if mlflow_loggers(loggers):
         callbacks.append(MLflowTracking(monitor=cfg.optimized_metric))
+    # Built from a partial: Hydra would try to merge the loggers and callbacks into a config first.
+    make_trainer = hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="partial")
     try:
-        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
-                                                      _convert_="partial")
-    except InstantiationException as error:  # Lightning's own checks of its arguments (accelerator, precision, ...)
-        if isinstance(error.__cause__, (MisconfigurationException, ValueError, ModuleNotFoundError)):
-            raise ConfigError(f"trainer: {error.__cause__}") from error
-        raise
+        trainer: pl.Trainer = make_trainer(callbacks=callbacks, logger=loggers)
+    except (MisconfigurationException, ValueError, ModuleNotFoundError) as error:  # Lightning's own argument checks
+        raise ConfigError(f"trainer: {error}") from error
     return datamodule, model, trainer
 
 
@@ -86,14 +87,15 @@ def train(cfg: DictConfig) -> RunResult:
     if resume_from is not None:
         log_tags(trainer.loggers, {"resumed_from": resume_from, "resume.overrides": " ".join(job_overrides())})
 
-    # weights_only: our checkpoints hold only tensors and plain containers.
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    optimized = _optimized_metric(trainer, cfg.optimized_metric)
-    metrics = _scalars(trainer)
-    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.test_after_fit:
-        trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
-        metrics.update(_scalars(trainer))
+    with sweep_job_ranks(trainer):
+        # weights_only: our checkpoints hold only tensors and plain containers.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        optimized = _optimized_metric(trainer, cfg.optimized_metric)
+        metrics = _scalars(trainer)
+        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if cfg.test_after_fit:
+            trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
+            metrics.update(_scalars(trainer))
     mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
     run_id = mlflow.run_id if mlflow else None
     result = RunResult(
@@ -101,7 +103,7 @@ def train(cfg: DictConfig) -> RunResult:
         metrics=metrics,
         best_checkpoint=checkpoint or None,
         mlflow_run_id=run_id,
-        # The logger's MlflowClient; only rank 0 has one (and a run id), the others a no-op stand-in.
+        # The logger's MlflowClient; only rank 0 has an MLflow logger (see instantiate_loggers).
         mlflow_tracking_uri=mlflow.experiment.tracking_uri if run_id else None,
         test_predictions=getattr(model, "test_predictions", None) if cfg.test_after_fit else None,
     )

@@ -11,7 +11,8 @@ command line. Checked here:
   argument suggested;
 * interpolations resolve;
 * values and combinations that would run, exit 0 and be wrong (:func:`check_training_values`,
-  :func:`check_monitoring`).
+  :func:`check_monitoring`);
+* a precision the hardware cannot run (:func:`lungexp.training.devices.check_precision`).
 
 ``data.*`` values are checked by the datamodule's constructor.
 """
@@ -57,6 +58,9 @@ def check_config(cfg: DictConfig, primary: str = "config", sections: Sequence[st
     check_targets({key: value for key, value in raw.items() if key in used})
     if training:
         check_monitoring(resolved)
+        from lungexp.training.devices import check_precision
+
+        check_precision(resolved["trainer"])
 
 
 def declared_top_level(primary: str = "config") -> tuple[dict[str, Any], set[str]]:
