@@ -10,7 +10,7 @@ MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install run test lint mlflow-ui browser bench clean
+.PHONY: install run test lint mlflow-ui browser postgres bench clean
 
 install: $(STAMP)
 
@@ -44,6 +44,18 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
 	else \
 		echo "No apt-get: install Chromium yourself; the browser test skips until then."; \
+	fi
+
+# PostgreSQL for the team tracking server and its test (tests/test_team_server.py skips without it).
+# Debian/Ubuntu: installs the `postgresql` package; does nothing when its binaries are already there.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+		echo "PostgreSQL present: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null || dirname $$(command -v initdb))"; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; \
+	else \
+		echo "No apt-get: install PostgreSQL yourself; the team-server test skips until then."; \
 	fi
 
 bench: install

@@ -83,7 +83,14 @@ def sweep_parent_run_id() -> str | None:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment ``name``, created if needed, tagged to open in MLflow's model-training view."""
+    """The id of experiment ``name``, created if needed, tagged to open in MLflow's model-training view.
+
+    ``artifact_location`` applies to a store on this machine (SQLite); a tracking server keeps a new
+    experiment's artifacts where it was told (its ``--artifacts-destination``), since a folder of this
+    machine would hide a team's artifacts from everyone else.
+    """
+    if client.tracking_uri.startswith(("http://", "https://")):
+        artifact_location = None
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
         experiment_id = client.create_experiment(name, artifact_location=artifact_location,

@@ -152,8 +152,12 @@ def open_tracking_store(uri: str, experiment_name: str) -> None:
     try:
         end_stale_runs(MlflowClient(uri), experiment_name, ended_by="when a new run started")
     except Exception as error:  # noqa: BLE001  SQLAlchemy, sqlite3 and MLflow all raise their own types
-        where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if uri.startswith(("http://", "https://")):
+            raise TrackingStoreError(f"{uri}: the MLflow tracking server does not answer ({reason}); is it running "
+                                     "and reachable from here? Check the address (logger.mlflow.tracking_uri, "
+                                     "MLFLOW_TRACKING_URI)") from None
+        where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
         raise TrackingStoreError(
             f"{where}: the MLflow tracking store cannot be opened ({reason}); if the file is damaged, move it "
             "aside (a new store is created) or point paths.mlflow_uri somewhere else"

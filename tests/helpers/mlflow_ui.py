@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,11 +61,12 @@ class MlflowServer:
 
 
 @contextlib.contextmanager
-def mlflow_server(tracking_uri: str, log_file: Path) -> Iterator[MlflowServer]:
-    """``mlflow server`` (one worker) on a free loopback port for the duration of the block."""
+def mlflow_server(tracking_uri: str, log_file: Path, options: Sequence[str] = ()) -> Iterator[MlflowServer]:
+    """``mlflow server`` (one worker, more ``options`` if given) on a free loopback port for the duration of
+    the block."""
     port = free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", tracking_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *options]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     with open(log_file, "w") as log:
         # Its own process group: the server starts uvicorn and job-queue workers that must end with it.
