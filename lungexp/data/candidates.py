@@ -115,14 +115,18 @@ def drop_excluded(candidates: pd.DataFrame, excluded: pd.DataFrame, source: str 
     LUNA16's evaluation ignores hits on these findings, so training should not call them negatives.
     """
     keep = np.ones(len(candidates), dtype=bool)
+    # Grouped once and as plain arrays: per finding's series, comparing every row's seriesuid and taking rows of
+    # the frame took 29 s for LUNA16's 754,975 rows (about 0.5 s like this).
+    points = candidates[COORD_COLUMNS].to_numpy(float)
+    negatives = np.flatnonzero((candidates["label"] == 0).to_numpy())
+    per_scan = pd.Series(negatives).groupby(candidates["seriesuid"].to_numpy()[negatives]).indices  # positions
     for uid, findings in excluded.groupby("seriesuid"):
-        on_scan = np.flatnonzero((candidates["seriesuid"] == uid).to_numpy() & (candidates["label"] == 0).to_numpy())
-        if not len(on_scan):
+        if uid not in per_scan:
             continue
-        points = candidates.iloc[on_scan][COORD_COLUMNS].to_numpy(float)
+        on_scan = negatives[per_scan[uid]]
         centres = findings[COORD_COLUMNS].to_numpy(float)
         radii = np.maximum(findings["diameter_mm"].to_numpy(float) / 2, EXCLUDED_MIN_RADIUS_MM)
-        distances = np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=2)
+        distances = np.linalg.norm(points[on_scan, None, :] - centres[None, :, :], axis=2)
         keep[on_scan[(distances <= radii).any(axis=1)]] = False
     if not keep.all():
         log.info("%s: dropped %d negative candidates lying on excluded findings", source, int((~keep).sum()))

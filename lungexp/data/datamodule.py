@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
@@ -116,6 +118,18 @@ class NoduleDataModule(pl.LightningDataModule):
         Sets no state; fast when the cache exists (the scans are indexed and the labels read to find its key).
         """
         options = self.options
+        samples, scan_paths = self.sample_table()
+        complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
+        if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
+            return complete
+        samples = limit_training_negatives(samples, options.max_negatives_per_scan, options.split)
+        return build_patch_cache(samples, scan_paths, options.patch, options.cache_dir,
+                                 num_workers=options.preprocess_workers)
+
+    def sample_table(self) -> tuple[pd.DataFrame, dict[str, Path]]:
+        """Every sample of this configuration (the labels joined with the scans on disk, one row per patch) and
+        the scan file of each series; generates the synthetic dataset first if configured and absent."""
+        options = self.options
         if options.synthetic is not None:
             if not (options.root / MANIFEST_NAME).is_file():
                 log.info("Generating the synthetic LUNA16-format dataset in %s (once)", options.root)
@@ -128,13 +142,7 @@ class NoduleDataModule(pl.LightningDataModule):
         if samples.empty:
             raise LungexpError(f"no samples: none of the series in {options.labels_csv} has a scan under "
                                f"{options.root}; check data.root and data.labels_csv")
-        scan_paths = dict(zip(scans["seriesuid"], scans["path"], strict=True))
-        complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
-        if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
-            return complete
-        samples = limit_training_negatives(samples, options.max_negatives_per_scan, options.split)
-        return build_patch_cache(samples, scan_paths, options.patch, options.cache_dir,
-                                 num_workers=options.preprocess_workers)
+        return samples, dict(zip(scans["seriesuid"], scans["path"], strict=True))
 
     def setup(self, stage: str | None = None) -> None:
         if "train" in self.datasets:
