@@ -34,29 +34,27 @@ lint: install
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-# Headless Chromium for the MLflow UI browser test (tests/test_sweep_ui.py skips without it).
-# Debian/Ubuntu: installs the `chromium` package; does nothing when a Chromium is already there.
-browser:
-	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
-		echo "Chromium present: $$(command -v chromium || command -v chromium-browser)"; \
+# $(call apt_package,PACKAGE,SHELL TEST THAT IT IS THERE,WHICH TEST NEEDS IT): Debian/Ubuntu packages that tests
+# use; apt-get installs PACKAGE unless the test finds it (sudo unless root). Without apt-get that test skips.
+define apt_package
+	@if $(2); then \
+		echo "$(1) present"; \
 	elif command -v apt-get >/dev/null; then \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(1); \
 	else \
-		echo "No apt-get: install Chromium yourself; the browser test skips until then."; \
+		echo "No apt-get: install $(1) yourself; $(3) skips until then."; \
 	fi
+endef
 
-# PostgreSQL for the team tracking server and its test (tests/test_team_server.py skips without it).
-# Debian/Ubuntu: installs the `postgresql` package; does nothing when its binaries are already there.
+# Headless Chromium for the MLflow UI browser test (tests/test_sweep_ui.py).
+browser:
+	$(call apt_package,chromium,command -v chromium >/dev/null || command -v chromium-browser >/dev/null,the browser test)
+
+# PostgreSQL for the team tracking server and its test (tests/test_team_server.py); Debian keeps its
+# binaries in /usr/lib/postgresql/<version>/bin.
 postgres:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
-		echo "PostgreSQL present: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null || dirname $$(command -v initdb))"; \
-	elif command -v apt-get >/dev/null; then \
-		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; \
-	else \
-		echo "No apt-get: install PostgreSQL yourself; the team-server test skips until then."; \
-	fi
+	$(call apt_package,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null,the team-server test)
 
 bench: install
 	$(BIN)/python scripts/bench_train.py

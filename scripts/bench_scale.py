@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 
 from lungexp.data.cache import build_patch_cache
 from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, LABEL_KEY
-from lungexp.data.synthetic import generate_luna16_dataset
+from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
 from lungexp.data.synthetic.acquisition import series_uid
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
@@ -101,8 +101,11 @@ class PeakMemory:
         return f"{self.total / GB:.2f} GB ({self.anonymous / GB:.2f} GB anonymous)"
 
 
-def generate(root: Path, scans: int, seed: int) -> float:
-    """The N scans, in a child process (the generator's own memory is not what is measured); seconds."""
+def generate(root: Path, scans: int, seed: int) -> float | None:
+    """The N scans, in a child process (the generator's own memory is not what is measured); seconds, or None
+    when an earlier run generated them."""
+    if (root / MANIFEST_NAME).is_file():
+        return None
     started = time.perf_counter()
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         pool.submit(generate_luna16_dataset, root, num_scans=scans, num_subsets=10, shape_zyx=SHAPE_ZYX,
@@ -179,8 +182,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     scan_bytes = folder_bytes(root) / args.scans
     candidates_csv, excluded_csv = luna16_sized_tables(root, workdir, args.seed)
     cfg = bench_config(root, workdir, candidates_csv, excluded_csv, args.trainer)
-    print(f"{args.scans} scans of {SHAPE_ZYX[2]}x{SHAPE_ZYX[1]}x{SHAPE_ZYX[0]} voxels, generated in "
-          f"{generation_s / args.scans:.0f} s per scan; experiment=luna16_fpr, trainer={args.trainer}")
+    generated = "reused" if generation_s is None else f"generated in {generation_s / args.scans:.0f} s per scan"
+    print(f"{args.scans} scans of {SHAPE_ZYX[2]}x{SHAPE_ZYX[1]}x{SHAPE_ZYX[0]} voxels ({generated}); "
+          f"experiment=luna16_fpr, trainer={args.trainer}")
     print("| measurement | value | goal |\n|---|---|---|", flush=True)
 
     # 1. the sample table of the full CSV
@@ -256,7 +260,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"| one training epoch ({cfg.data.balance.samples_per_epoch:,} draws) | {epoch_s / 60:.1f} min; "
           f"{cfg.trainer.max_epochs} epochs x 10 folds: {epoch_s * cfg.trainer.max_epochs * 10 / 3600:.1f} h |")
     print(f"| predicting every fold's test scans | {predict_s * LUNA16_SCANS / 3600:.2f} h |")
-    print(f"| generating the scans (this script) | {generation_s / args.scans * LUNA16_SCANS / 3600:.1f} h |")
+    if generation_s is not None:
+        print(f"| generating the scans (this script) | {generation_s / args.scans * LUNA16_SCANS / 3600:.1f} h |")
 
 
 if __name__ == "__main__":

@@ -7,20 +7,27 @@ launcher re-runs the command per rank, so it cannot run inside pytest itself.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
 import sys
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import hydra
 import numpy as np
 import pandas as pd
 import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from omegaconf import read_write
 
 from lungexp.inference.evaluation import evaluate_checkpoint
 from lungexp.training.devices import drop_unsupported_sync_batchnorm
+from lungexp.training.distributed import sweep_job_ranks
 from lungexp.utils import checks
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import entry_point_command, entry_point_env, tiny_run_args
@@ -165,3 +172,31 @@ def test_sync_batchnorm_goes_off_without_cuda_and_says_so(make_config, caplog: p
         drop_unsupported_sync_batchnorm(cfg)
     assert cfg.trainer.sync_batchnorm is False
     assert "sync_batchnorm=true needs CUDA GPUs" in caplog.text
+
+
+def test_a_sweep_job_hands_lightning_its_own_command_then_restores_the_environment(
+        make_config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The mechanics behind the sweep test above, without starting processes."""
+    cfg = make_config(*DDP_ON_CPU, "seed=3")
+    drop_unsupported_sync_batchnorm(cfg)
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    job = copy.deepcopy(HydraConfig.instance().cfg)  # this job of a -m sweep
+    with read_write(job.hydra):
+        job.hydra.mode = RunMode.MULTIRUN
+        job.hydra.runtime.output_dir = str(tmp_path / "multiruns" / "0")
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", job)
+    monkeypatch.setattr(sys, "argv", ["lungexp/run.py", "-m", "seed=3,4"])
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", ModuleSpec("lungexp.run", None))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+    with sweep_job_ranks(trainer):
+        assert sys.argv == ["lungexp/run.py", *job.hydra.overrides.task] and "seed=3" in sys.argv
+        assert HydraConfig.get().run.dir == str(tmp_path / "multiruns" / "0")  # Lightning passes it on
+        os.environ["LOCAL_RANK"] = "0"  # as Lightning's launcher sets it
+    assert "LOCAL_RANK" not in os.environ, "the next job would wait for ranks it never starts"
+    assert sys.argv == ["lungexp/run.py", "-m", "seed=3,4"]
+
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", ModuleSpec("submitit.core._submit", None))
+    with pytest.raises(ConfigError, match="re-running the command, but this sweep's jobs run inside submitit"), \
+            sweep_job_ranks(trainer):
+        pass

@@ -82,12 +82,11 @@ def train(cfg: DictConfig) -> RunResult:
         _checkpoint_next_to(cfg, resume_from)
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
-    if run_id is None:  # a continued run keeps the params of its first start
-        log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
-    if resume_from is not None:
-        log_tags(trainer.loggers, {"resumed_from": resume_from, "resume.overrides": " ".join(job_overrides())})
-
-    with sweep_job_ranks(trainer):
+    with sweep_job_ranks(trainer):  # checks first that this job can start its ranks, before the MLflow run exists
+        if run_id is None:  # a continued run keeps the params of its first start
+            log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
+        if resume_from is not None:
+            log_tags(trainer.loggers, {"resumed_from": resume_from, "resume.overrides": " ".join(job_overrides())})
         # weights_only: our checkpoints hold only tensors and plain containers.
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         optimized = _optimized_metric(trainer, cfg.optimized_metric)
