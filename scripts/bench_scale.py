@@ -58,7 +58,7 @@ LUNA16_NODULE_CANDIDATES = 1_557  # class 1 rows of candidates_V2.csv
 EXCLUDED_PER_SCAN = 1.7
 SHAPE_ZYX = (300, 512, 512)
 NEGATIVES_PER_SCAN = 849  # plus 1-2 nodules: ~850 candidates per scan, LUNA16's average
-GB = 1024**3
+GIB = 1024**3
 
 
 class PeakMemory:
@@ -98,7 +98,7 @@ class PeakMemory:
             self._stop.wait(0.05)
 
     def describe(self) -> str:
-        return f"{self.total / GB:.2f} GB ({self.anonymous / GB:.2f} GB anonymous)"
+        return f"{self.total / GIB:.2f} GiB ({self.anonymous / GIB:.2f} GiB anonymous)"
 
 
 def generate(root: Path, scans: int, seed: int) -> float | None:
@@ -253,8 +253,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
     epoch_s = cfg.data.balance.samples_per_epoch / train_rate
     print(f"\nExtrapolated to LUNA16 ({LUNA16_SCANS} scans, {LUNA16_CANDIDATES:,} candidates):")
-    print(f"| scans on disk (int16 .raw) | {scan_bytes * LUNA16_SCANS / GB:.0f} GB |")
-    print(f"| patch cache of every candidate | {cache_bytes_per_patch * LUNA16_CANDIDATES / GB:.1f} GB |")
+    print(f"| scans on disk (int16 .raw) | {scan_bytes * LUNA16_SCANS / GIB:.0f} GiB |")
+    print(f"| patch cache of every candidate | {cache_bytes_per_patch * LUNA16_CANDIDATES / GIB:.1f} GiB |")
     for workers, seconds in per_scan.items():
         print(f"| cache build, {workers} worker(s) | {seconds * LUNA16_SCANS / 3600:.2f} h |")
     print(f"| one training epoch ({cfg.data.balance.samples_per_epoch:,} draws) | {epoch_s / 60:.1f} min; "
