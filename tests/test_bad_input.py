@@ -78,7 +78,9 @@ CASES = [
           "RescaleIntercept (0028,1052)"),
     _case("dicom-folder-missing", "convert", "{bad}/dicom/absent {bad}/out", "{bad}/dicom/absent", "not found"),
     # config keys and values
-    _case("unknown-top-level-ckpt-path", "run", "@run +ckpt_path={bad}/x.ckpt", "unknown top-level key 'ckpt_path'"),
+    _case("unknown-top-level-ckpt-path", "run", "@run +ckpt_paht={bad}/x.ckpt", "unknown top-level key 'ckpt_paht'",
+          "did you mean 'ckpt_path'"),
+    _case("resume-checkpoint-missing", "run", "@run ckpt_path={bad}/x.ckpt", "{bad}/x.ckpt", "ckpt_path"),
     _case("unknown-top-level-typo", "run", "@run +seeed=1", "'seeed'", "did you mean 'seed'"),
     _case("unknown-top-level-epochs", "run", "@run +epochs=3", "'epochs'"),
     _case("unknown-trainer-argument", "run", "@run +trainer.max_epoch=3", "trainer.max_epoch",

@@ -52,7 +52,7 @@ def test_negatives_on_excluded_findings_are_dropped() -> None:
 def test_luna16_without_candidates_file_samples_negatives(make_config, synthetic_root: Path, tmp_path: Path) -> None:
     import hydra
 
-    cfg = make_config("data=luna16", f"data.root={synthetic_root}", f"data.labels_csv={tmp_path}/absent.csv",
+    cfg = make_config("data=luna16", f"data.root={synthetic_root}", "data.labels_csv=null",
                       f"data.cache_dir={tmp_path}/cache", "data.negatives.count=5", "data.split.fold=0",
                       "data.split.val_fold=1")
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")

@@ -168,6 +168,8 @@ def test_data_options_are_checked_without_importing_torch() -> None:
         (["data.negatives.margin_mm=-1"], r"data\.negatives\.margin_mm=-1 must be a number >= 0"),
         (["data.in_channels=2"], r"data\.in_channels=2 but the patch has 1 channel"),
         (["data.root=/no/such/folder"], r"data\.root=/no/such/folder does not exist"),
+        (["data=synthetic_malignancy", "data.labels_csv=null"], r"data\.labels_csv=null .* needs data\.task=candidates"),
+        (["data.labels_csv=null", "data.annotations_csv=null"], r"needs data\.task=candidates and data\.annotations_csv"),
     ],
 )
 def test_every_option_is_checked_naming_its_key(make_config, overrides: list[str], message: str) -> None:

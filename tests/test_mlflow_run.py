@@ -30,7 +30,7 @@ def test_run_records_best_metric_provenance_dataset_and_loadable_model(make_conf
     assert run.data.metrics["best/epoch"] in (0, 1)
     tags = run.data.tags
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
-    assert len(tags["config.hash"]) == 12 and tags["host"] and tags["pid"]
+    assert len(tags["config.hash"]) == 12 and tags["lungexp.host"] and tags["lungexp.pid"]
     assert [m.key for m in client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")]
 
     (dataset_input,) = run.inputs.dataset_inputs

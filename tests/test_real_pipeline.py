@@ -62,10 +62,12 @@ def test_patch_around_each_real_nodule_has_it_at_the_centre(luna16_root: Path, n
 
 
 @pytest.mark.slow
-def test_training_run_on_the_converted_luna16_folder(make_config, luna16_root: Path) -> None:
-    """`data=luna16 data.root=DIR` with only annotations.csv: negatives sampled from the real lungs."""
+def test_training_run_on_the_converted_luna16_folder(make_config, luna16_root: Path, tmp_path: Path) -> None:
+    """`data=luna16 data.root=DIR data.labels_csv=null` with only annotations.csv: negatives sampled from the
+    real lungs."""
     annotations = shared_data_dir() / "luna16" / "annotations.csv"
-    cfg = make_config("data=luna16", f"data.root={luna16_root}", f"data.annotations_csv={annotations}",
+    cfg = make_config("data=luna16", f"data.root={luna16_root}", "data.labels_csv=null",
+                      f"data.annotations_csv={annotations}", f"data.cache_dir={tmp_path}/cache",
                       "data.split.fold=1", "data.split.val_fold=1", "data.negatives.count=12",
                       "trainer.max_epochs=1")
     result = train(cfg)

@@ -82,13 +82,13 @@ def test_contradicting_rows_are_an_error_naming_their_lines(tmp_path: Path) -> N
 
 
 def test_an_unknown_top_level_key_fails_and_declaring_it_is_all_it_takes(tmp_path: Path, monkeypatch) -> None:
-    cfg = compose_config(["+ckpt_path=last"], tmp_path)
-    with pytest.raises(ConfigError, match="unknown top-level key 'ckpt_path'"):
+    cfg = compose_config(["+resume_from=last"], tmp_path)
+    with pytest.raises(ConfigError, match="unknown top-level key 'resume_from'"):
         checks.check_top_level(cfg)
     conf = tmp_path / "conf"
     shutil.copytree(checks.CONFIG_DIR, conf)
     with open(conf / "config.yaml", "a") as handle:
-        handle.write("ckpt_path: null  # a new top-level key\n")
+        handle.write("resume_from: null  # a new top-level key\n")
     monkeypatch.setattr(checks, "CONFIG_DIR", conf)
     checks.check_top_level(cfg)
 

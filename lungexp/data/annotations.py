@@ -127,7 +127,7 @@ def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
     """Read ``path`` and parse the columns named in ``rules``; raise on the first broken column."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"{path}: labels CSV not found; check the path (data.labels_csv)")
+        raise AnnotationError(f"{path}: CSV not found; check the path")
     header = ",".join(rules)
     text_columns = [name for name, rule in rules.items() if rule in (_text, _true_false)]
     try:

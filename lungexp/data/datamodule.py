@@ -55,8 +55,8 @@ class NoduleDataModule(pl.LightningDataModule):
         train_transform: augmentation for training patches (TorchIO transform or any callable).
         missing_scans / outside: ``error`` or ``skip``, see :func:`lungexp.data.samples.build_samples`.
         in_channels: if given, must equal the number of patch scales (the model's input channels).
-        annotations_csv: LUNA16 ``annotations.csv``; with ``task=candidates`` and no ``labels_csv`` on
-            disk, positives come from it and negatives are sampled from the lungs (``negatives``).
+        annotations_csv: LUNA16 ``annotations.csv``; with ``task=candidates`` and ``labels_csv=None``,
+            positives come from it and negatives are sampled from the lungs (``negatives``).
         excluded_csv: LUNA16 ``annotations_excluded.csv``; negatives on these findings are dropped.
         negatives: :meth:`NegativesSpec.from_config` arguments (count, vessel_fraction, margin_mm, seed).
         max_negatives_per_scan: keep at most this many negatives of each training scan (seeded by
@@ -69,7 +69,7 @@ class NoduleDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        labels_csv: str,
+        labels_csv: str | None,
         task: str = "candidates",
         cache_dir: str = "data/cache",
         patch: dict[str, Any] | None = None,
@@ -137,10 +137,11 @@ class NoduleDataModule(pl.LightningDataModule):
         scans = index_scans(options.root)
         labels = task_labels(options.task, options.labels_csv, scans, options.cache_dir, options.annotations_csv,
                              options.excluded_csv, options.negatives, num_workers=options.preprocess_workers)
-        samples = build_samples(labels, scans, source=options.labels_csv, missing_scans=options.missing_scans,
+        source = options.labels_csv or options.annotations_csv
+        samples = build_samples(labels, scans, source=source, missing_scans=options.missing_scans,
                                 outside=options.outside)
         if samples.empty:
-            raise LungexpError(f"no samples: none of the series in {options.labels_csv} has a scan under "
+            raise LungexpError(f"no samples: none of the series in {source} has a scan under "
                                f"{options.root}; check data.root and data.labels_csv")
         return samples, dict(zip(scans["seriesuid"], scans["path"], strict=True))
 

@@ -34,7 +34,7 @@ class DataOptions:
     """The checked ``data.*`` options; :class:`~lungexp.data.datamodule.NoduleDataModule` says what each means."""
 
     root: Path
-    labels_csv: Path
+    labels_csv: Path | None
     task: str
     cache_dir: Path
     patch: PatchSpec
@@ -75,10 +75,14 @@ class DataOptions:
         elif not Path(data["root"]).is_dir():
             raise ConfigError(f"data.root={data['root']} does not exist; point data.root at your scans")
         low, high, normalize = check_hu_window(data["hu_window"], data["normalize"])
+        task = look_up_option("data.task", data["task"], TASKS)
+        if data["labels_csv"] is None and (task != "candidates" or not data["annotations_csv"]):
+            raise ConfigError("data.labels_csv=null (sample negatives) needs data.task=candidates and "
+                              "data.annotations_csv; otherwise set data.labels_csv to the task's CSV")
         return cls(
             root=Path(data["root"]),
-            labels_csv=Path(data["labels_csv"]),
-            task=look_up_option("data.task", data["task"], TASKS),
+            labels_csv=Path(data["labels_csv"]) if data["labels_csv"] is not None else None,
+            task=task,
             cache_dir=Path(data["cache_dir"]),
             patch=patch,
             hu_window=(low, high),

@@ -37,7 +37,7 @@ POINT_DECIMALS = 4
 
 def task_labels(
     task: str,
-    labels_csv: Path,
+    labels_csv: Path | None,
     scans: pd.DataFrame,
     cache_dir: Path,
     annotations_csv: Path | None = None,
@@ -47,24 +47,26 @@ def task_labels(
 ) -> pd.DataFrame:
     """The task's labelled points (:func:`read_labels`); for ``candidates``, where they come from:
 
-    * ``labels_csv`` when it exists;
-    * otherwise, with an ``annotations_csv`` on disk, its nodules as positives plus ``negatives``
-      sampled from the lungs of every scan in ``scans`` (cached in ``cache_dir``; default
-      :class:`NegativesSpec`);
+    * ``labels_csv``;
+    * or, when ``labels_csv`` is None (asked for, never a fallback for a missing file), the nodules of
+      ``annotations_csv`` as positives plus ``negatives`` sampled from the lungs of every scan in ``scans``
+      (cached in ``cache_dir``; default :class:`NegativesSpec`);
     * then, with an ``excluded_csv`` on disk, without the negatives lying on its findings.
     """
-    if task != "candidates":
-        return read_labels(task, labels_csv)
-    if not labels_csv.is_file() and annotations_csv is not None and annotations_csv.is_file():
-        log.warning("%s not found: positives are the nodules of %s, negatives are sampled from the lungs",
-                    labels_csv, annotations_csv)
+    if labels_csv is None:
+        if task != "candidates" or annotations_csv is None:
+            raise ValueError("labels_csv=None samples candidates: it needs task='candidates' and an annotations_csv")
+        log.info("Positives are the nodules of %s, negatives are sampled from the lungs", annotations_csv)
         labels = sampled_candidates(annotations_csv, scans, cache_dir, negatives or NegativesSpec(),
-                                    num_workers=num_workers)
-        labels = labels.rename(columns={"class": "label"})
+                                    num_workers=num_workers).rename(columns={"class": "label"})
+    elif not labels_csv.is_file():
+        hint = (", or set data.labels_csv=null to take the positives from data.annotations_csv and sample "
+                "negatives in the lungs" if task == "candidates" else "")
+        raise AnnotationError(f"{labels_csv}: labels CSV not found; check the path (data.labels_csv){hint}")
     else:
         labels = read_labels(task, labels_csv)
-    if excluded_csv is not None and excluded_csv.is_file():
-        labels = drop_excluded(labels, read_excluded_annotations(excluded_csv), labels_csv)
+    if task == "candidates" and excluded_csv is not None and excluded_csv.is_file():
+        labels = drop_excluded(labels, read_excluded_annotations(excluded_csv), labels_csv or annotations_csv)
     return labels
 
 

@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import Callback
 from lungexp.tracking.logger import RunLogger
 from lungexp.tracking.mlflow import mlflow_loggers
 from lungexp.tracking.provenance import log_dataset
+from lungexp.training.checkpoint import best_checkpoint_callback
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class MLflowTracking(Callback):
         return self._generate_state_key(monitor=self.monitor)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and getattr(checkpoint, "monitor", None) == self.monitor:
+        checkpoint = best_checkpoint_callback(trainer)
+        if checkpoint is not None and checkpoint.monitor == self.monitor:
             self.mode = checkpoint.mode
         for logger in mlflow_loggers(trainer.loggers):
             log_dataset(logger.experiment, logger.run_id, trainer.datamodule)
@@ -75,7 +76,8 @@ class MLflowTracking(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         targets = [lg for lg in mlflow_loggers(trainer.loggers) if isinstance(lg, RunLogger) and lg.log_best_model]
-        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best_checkpoint_callback(trainer)
+        checkpoint = best.best_model_path if best else ""
         if not targets or not checkpoint:
             return
         model = _load_best(pl_module, checkpoint)

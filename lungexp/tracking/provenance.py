@@ -34,6 +34,9 @@ def _git(root: Path, *args: str) -> str:
                           timeout=10).stdout.strip()
 
 
+DATA_FINGERPRINT_TAG = "data.fingerprint"
+
+
 def data_fingerprint(datamodule: Any) -> str | None:
     """The datamodule's data fingerprint (for ours the patch-cache key), once it is set up."""
     return getattr(datamodule, "fingerprint", None)
@@ -47,7 +50,7 @@ def log_dataset(client: MlflowClient, run_id: str, datamodule: Any, context: str
     samples = getattr(getattr(datamodule, "cache", None), "index", None)
     if fingerprint is None or samples is None:
         return
-    client.set_tag(run_id, "data.fingerprint", fingerprint)
+    client.set_tag(run_id, DATA_FINGERPRINT_TAG, fingerprint)
     options = datamodule.options
     with warnings.catch_warnings():  # MLflow's hints on integer columns and on two local-source classes
         warnings.simplefilter("ignore", UserWarning)

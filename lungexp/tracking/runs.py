@@ -38,7 +38,7 @@ _FLOAT = re.compile(r"^-?\d+\.\d{4,}(e-?\d+)?$|^-?\d+(\.\d+)?e-?\d+$")
 
 
 def split_override(override: str) -> tuple[str, str]:
-    """``+model.loss.gamma=2`` -> ``("model.loss.gamma", "2")``; ``~logger`` -> ``("logger", "")``."""
+    """``+model.loss.gamma=2`` -> its key and ``"2"``; ``~logger`` -> ``("logger", "")``."""
     key, _, value = override.lstrip("+~").partition("=")
     return key, value
 

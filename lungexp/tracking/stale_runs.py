@@ -123,10 +123,11 @@ def instantiate_loggers(config: DictConfig | None, run_kwargs: Mapping[str, Any]
         if _is_mlflow_logger(node):
             if node.get("tracking_uri"):
                 open_tracking_store(node.tracking_uri, node.experiment_name)
-            extra = {key: value for key, value in (run_kwargs or {}).items() if node.get(key) is None}
-            configured = node.get("tags")
-            extra["tags"] = {**extra.get("tags", {}), **(OmegaConf.to_container(configured, resolve=True) if configured
-                                                         else {})}
+            run_kwargs = run_kwargs or {}
+            extra = {key: value for key, value in run_kwargs.items() if key != "tags" and node.get(key) is None}
+            configured = node.get("tags")  # the config's own tags win over the run's on the same key
+            extra["tags"] = {**run_kwargs.get("tags", {}),
+                             **(OmegaConf.to_container(configured, resolve=True) if configured else {})}
         loggers.append(hydra.utils.instantiate(node, **extra, _convert_="partial"))
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):

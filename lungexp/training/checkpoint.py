@@ -21,6 +21,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from lungexp.data.dataset import HUWindow
@@ -35,6 +36,12 @@ FORMAT_VERSION = 1
 # A value built only from other data.* or paths.* keys (e.g. labels_csv: ${data.root}/candidates_V2.csv)
 # is stored as the interpolation, so it follows data.root=... or another project folder on evaluation.
 _RELOCATABLE = re.compile(r"\$\{(?:data|paths)\.[\w.]+\}")
+
+
+def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The checkpoint callback that keeps the best epoch by a monitored metric (``callbacks.model_checkpoint``),
+    not ``callbacks.last_checkpoint``, which Lightning's ``Trainer.checkpoint_callback`` may return."""
+    return next((callback for callback in trainer.checkpoint_callbacks if callback.monitor is not None), None)
 
 
 class CheckpointError(LungexpError):

@@ -19,7 +19,7 @@ from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
 from lungexp.tracking.stale_runs import instantiate_loggers
-from lungexp.training.checkpoint import ModelRecipe, SaveRecipe
+from lungexp.training.checkpoint import ModelRecipe, SaveRecipe, best_checkpoint_callback
 from lungexp.training.devices import drop_unsupported_sync_batchnorm
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
@@ -91,7 +91,8 @@ def train(cfg: DictConfig) -> RunResult:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         optimized = _optimized_metric(trainer, cfg.optimized_metric)
         metrics = _scalars(trainer)
-        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best_checkpoint_callback(trainer)
+        checkpoint = best.best_model_path if best else ""
         if cfg.test_after_fit:
             trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
             metrics.update(_scalars(trainer))
@@ -143,7 +144,7 @@ def _scalars(trainer: pl.Trainer) -> dict[str, float]:
 
 def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
     """Best monitored value if a checkpoint callback tracked it, else the last logged value."""
-    callback = trainer.checkpoint_callback
+    callback = best_checkpoint_callback(trainer)
     if callback is not None and callback.monitor == name and callback.best_model_score is not None:
         return float(callback.best_model_score)
     value = trainer.callback_metrics.get(name)

@@ -35,7 +35,7 @@ def resolve_checkpoint(ckpt_path: str | None, task_dir: Path) -> Path | None:
         found = sorted(task_dir.glob("**/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise ConfigError(f"ckpt_path=last: no last.ckpt under {task_dir} (is task_name right? runs save it with "
-                              "callbacks.model_checkpoint.save_last=true); or give the file: ckpt_path=/path/to/x.ckpt")
+                              "callbacks.last_checkpoint); or give the file: ckpt_path=/path/to/x.ckpt")
         return found[-1]
     path = Path(ckpt_path)
     if not path.is_file():

@@ -183,11 +183,12 @@ def check_monitoring(cfg: Mapping[str, Any]) -> None:
                 _check_monitor(f"callbacks.{name}", node, metrics)
     if not cfg.get("test_after_fit") or cfg["trainer"].get("fast_dev_run"):
         return
-    checkpoints = [node for node in callbacks.values() if _is_checkpoint(node)]
-    if not checkpoints or all(node.get("save_top_k", 1) == 0 for node in checkpoints):
-        raise ConfigError("test_after_fit=true tests the best checkpoint, but no checkpoint is kept "
-                          "(callbacks.model_checkpoint is null or its save_top_k=0); restore it, or set "
-                          "test_after_fit=false")
+    # Only a checkpoint that monitors a metric keeps the best epoch (callbacks.last_checkpoint does not).
+    best = [node for node in callbacks.values() if _is_checkpoint(node) and node.get("monitor")]
+    if not best or all(node.get("save_top_k", 1) == 0 for node in best):
+        raise ConfigError("test_after_fit=true tests the best checkpoint, but none is kept "
+                          "(callbacks.model_checkpoint is null, has no monitor or its save_top_k=0); restore it, "
+                          "or set test_after_fit=false")
 
 
 def _monitored_metrics(model: Mapping[str, Any]) -> dict[str, str]:
