@@ -62,8 +62,8 @@ def quiet_other_ranks() -> None:
 
 
 def starts_own_ranks(trainer: pl.Trainer) -> bool:
-    """Whether ``trainer.fit`` starts ranks 1..N-1 by re-running the command (Lightning's ``ddp`` without
-    torchrun or SLURM)."""
+    """Whether fitting with ``trainer`` starts ranks 1..N-1 by re-running the command (Lightning's ``ddp``
+    without torchrun or SLURM)."""
     strategy = trainer.strategy
     return (isinstance(strategy.launcher, _SubprocessScriptLauncher)
             and not strategy.cluster_environment.creates_processes_externally)
