@@ -106,9 +106,7 @@ def _in_sweep() -> bool:
 def _check_relaunchable() -> None:
     """Lightning re-runs ``__main__``; under a launcher that runs jobs in its own worker processes (joblib,
     submitit) that is the launcher's worker, not lungexp."""
-    import __main__
-
-    spec = getattr(__main__, "__spec__", None)
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
     if spec is not None and not spec.name.startswith("lungexp."):
         raise ConfigError(
             f"trainer.strategy=ddp starts its other processes by re-running the command, but this sweep's jobs run "
