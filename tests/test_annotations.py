@@ -98,7 +98,7 @@ def test_header_only_file_gives_empty_table(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(AnnotationError, match=r"absent\.csv: labels CSV not found"):
+    with pytest.raises(AnnotationError, match=r"absent\.csv: CSV not found"):
         read_annotations(tmp_path / "absent.csv")
 
 
