@@ -110,24 +110,25 @@ def instantiate_loggers(config: DictConfig | None, run_kwargs: Mapping[str, Any]
     MLflow's client connects when the logger is built, so the store is checked before that. MLflow loggers
     also get ``run_kwargs`` (run name, tags, run id) where their config leaves them unset.
     """
+    run_kwargs = run_kwargs or {}
     loggers = []
     for node in (config or {}).values():
         if not (isinstance(node, DictConfig) and "_target_" in node):
             continue
-        extra: dict[str, Any] = {}
-        if _is_mlflow_logger(node) and rank_zero_only.rank != 0:
+        if not _is_mlflow_logger(node):
+            loggers.append(hydra.utils.instantiate(node, _convert_="partial"))
+            continue
+        if rank_zero_only.rank != 0:
             # DDP ranks > 0 log nothing (Lightning's loggers act on rank 0 only), and they must not even open
             # the store: processes that start together would each create a new SQLite store's tables.
             loggers.append(DummyLogger())
             continue
-        if _is_mlflow_logger(node):
-            if node.get("tracking_uri"):
-                open_tracking_store(node.tracking_uri, node.experiment_name)
-            run_kwargs = run_kwargs or {}
-            extra = {key: value for key, value in run_kwargs.items() if key != "tags" and node.get(key) is None}
-            configured = node.get("tags")  # the config's own tags win over the run's on the same key
-            extra["tags"] = {**run_kwargs.get("tags", {}),
-                             **(OmegaConf.to_container(configured, resolve=True) if configured else {})}
+        if node.get("tracking_uri"):
+            open_tracking_store(node.tracking_uri, node.experiment_name)
+        extra = {key: value for key, value in run_kwargs.items() if key != "tags" and node.get(key) is None}
+        configured = node.get("tags")  # the config's own tags win over the run's on the same key
+        extra["tags"] = {**run_kwargs.get("tags", {}),
+                         **(OmegaConf.to_container(configured, resolve=True) if configured else {})}
         loggers.append(hydra.utils.instantiate(node, **extra, _convert_="partial"))
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):

@@ -157,8 +157,10 @@ def fold_config(cfg: DictConfig, fold: Fold, run_id: str | None) -> DictConfig:
     return fold_cfg
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of the composed config, blind to the per-invocation output folder: "the same command"."""
+def command_hash(cfg: DictConfig) -> str:
+    """Hash of the composed config, blind to the per-invocation output folder: "the same command". Unlike the
+    ``config.hash`` tag (settings only, see :func:`lungexp.tracking.params.config_hash`) it covers paths too:
+    folds of a CV on other data are never reused."""
     frozen = copy.deepcopy(cfg)
     with open_dict(frozen):
         frozen.paths.output_dir = "<output_dir>"
@@ -215,7 +217,7 @@ def _fold_runs(cfg: DictConfig) -> FoldRuns | None:
     if logger is None or cfg.trainer.get("fast_dev_run"):
         return None
     runs = FoldRuns(tracking_uri=logger.tracking_uri, experiment_name=logger.experiment_name,
-                    artifact_location=logger.get("artifact_location"), config_hash=config_hash(cfg),
+                    artifact_location=logger.get("artifact_location"), config_hash=command_hash(cfg),
                     run_name=logger.get("run_name") or run_name(cfg),
                     tags=OmegaConf.to_container(logger.tags, resolve=True) if logger.get("tags") else None)
     if not runs.resumed:
