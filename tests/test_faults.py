@@ -39,10 +39,12 @@ def many_scans(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _start(name: str, args: list[str], root: Path) -> subprocess.Popen:
-    """An entry point in its own process group (as a shell job), output captured."""
+    """An entry point in its own process group (as a shell job), output captured. Ctrl-C reaches it even when
+    pytest itself runs as a background job, which inherits SIGINT ignored (and would pass that on)."""
     return subprocess.Popen(entry_point_command(name, args), cwd=PROJECT_ROOT, env=entry_point_env(root),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                            errors="replace", start_new_session=True)
+                            errors="replace", start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _children(pid: int) -> list[int]:
