@@ -4,10 +4,19 @@ Everything is first written under a temporary name in the target's own folder (s
 ``os.replace`` is a rename on one filesystem, atomic on POSIX) and renamed into place only when
 complete; an interrupted write leaves the old target, if any, untouched and its temporaries gone.
 Temporary names are hidden and end in :data:`TEMPORARY_SUFFIX`, so scan indexing skips them.
+
+A full disk is named, never a crash: :func:`allocate_npy` reserves a file's blocks before it is
+memory-mapped (a write into a map that the file system cannot back is a SIGBUS, which kills the
+process without a word), and :func:`disk_full_named` turns "no space left" into a
+:class:`DiskFullError` that names the file and its file system's free space. :func:`exclusive_lock`
+lets one process at a time build something that several may start at once.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -15,8 +24,20 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from lungexp.utils.errors import LungexpError
+
+log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIX = ".tmp"
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # disk full, quota exceeded
+
+
+class DiskFullError(LungexpError):
+    """A file that does not fit on its file system; the message names it, the space needed and what is free."""
 
 
 def _temporary_beside(target: Path) -> Path:
@@ -74,3 +95,97 @@ def publish_folder(finished: Path, target: Path, replace_existing: bool = False)
             raise
         return False
     return True
+
+
+def format_bytes(size: float) -> str:
+    """``37.2 GB``: decimal units, as ``df -H`` and file managers print them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(size) < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Free space for this user on the file system of ``folder`` (its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+@contextmanager
+def disk_full_named(folder: str | Path, hint: str) -> Iterator[None]:
+    """Re-raise "no space left" (``ENOSPC``, ``EDQUOT``) inside the block as a :class:`DiskFullError` naming
+    the file (else ``folder``), what is free there, and ``hint`` (what the user can do)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in NO_SPACE_ERRNOS:
+            raise
+        where = error.filename or folder
+        raise DiskFullError(f"{where}: {error.strerror} ({format_bytes(free_bytes(folder))} free on that file "
+                            f"system); {hint}") from None
+
+
+def allocate_npy(path: str | Path, shape: tuple[int, ...], dtype: np.dtype | type) -> np.memmap:
+    """A new ``.npy`` file at ``path``, its blocks reserved (``posix_fallocate``), memory-mapped for writing.
+
+    numpy's ``open_memmap`` leaves a sparse file, so a full disk shows only when a write into the map
+    faults: SIGBUS. Reserving first makes it an ``OSError`` (``ENOSPC``, naming ``path``) here, before any
+    work is spent on the content; the file is removed then.
+    """
+    path, dtype = Path(path), np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    with path.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        offset = handle.tell()
+        try:
+            os.posix_fallocate(handle.fileno(), 0, offset + int(np.prod(shape)) * dtype.itemsize)
+        except OSError as error:
+            path.unlink(missing_ok=True)
+            raise OSError(error.errno, error.strerror, str(path)) from None
+    return np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape), offset=offset)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, waiting_message: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created, and removed on release) for the block.
+
+    A second process blocks until the first releases it, logging ``waiting_message`` once; the kernel
+    releases the lock of a process that dies. The lock file is removed on release, so a process that
+    was waiting on the removed file tries again on the path (the usual lock-file-with-unlink pattern).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = path.open("a")
+        try:
+            _lock(handle, waiting_message)
+            if _still_at(path, handle):
+                break
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # the holder removed this file while we waited: lock the path anew
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
+def _lock(handle: IO[str], waiting_message: str) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info(waiting_message)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def _still_at(path: Path, handle: IO[str]) -> bool:
+    """Whether the locked file is still the one at ``path`` (not removed, nor replaced, by its last holder)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False

@@ -8,7 +8,13 @@ geometry, the sample coordinates and the scan files (path, size, mtime), so any 
 Crash safety: work happens in ``<key>.partial/``; each scan's patches are written to a shard file
 atomically, so an interrupted build resumes from the scans already done. Only a complete cache is
 renamed to ``<key>/``, and only a folder with ``meta.json`` is ever read (a ``<key>/`` without it is
-replaced by the next build).
+replaced by the next build). Runs that start the same build at once (parallel sweep jobs, two
+terminals) take turns on a lock file ``.<key>.lock``: the first builds, the others wait and use its cache.
+
+Disk space: the size of the cache is known before the build (patches x voxels x 2 bytes), so a build
+that cannot fit (e.g. a ``data.patch.size`` typo) is refused before any scan is read, and every file's
+blocks are reserved before it is written, so a full disk is a :class:`~lungexp.data.atomic.DiskFullError`
+naming the file, never a SIGBUS from a memory-mapped write.
 
 Labels are never served from the cache: the key covers only what the patches depend on, so a
 cache found by key serves the caller's own sample rows (labels, subsets, any extra column, freshly
@@ -28,7 +34,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungexp.data.atomic import atomic_file, publish_folder
+from lungexp.data.atomic import (
+    DiskFullError,
+    allocate_npy,
+    atomic_file,
+    disk_full_named,
+    exclusive_lock,
+    format_bytes,
+    free_bytes,
+    publish_folder,
+)
 from lungexp.data.fingerprint import content_key
 from lungexp.data.hu_check import read_ct_scan
 from lungexp.data.names import COORD_COLUMNS
@@ -39,6 +54,9 @@ from lungexp.utils.errors import LungexpError
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
+PATCH_DTYPE = np.int16
+FILE_OVERHEAD_BYTES = 4096  # an .npy header, rounded up to a file system block
+DISK_FULL_HINT = "free some space there or set data.cache_dir to a folder on a larger disk"
 
 
 class CacheError(LungexpError):
@@ -113,8 +131,11 @@ def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
     uid, scan_path, centers, spec, shard_path = task
     scan = read_ct_scan(scan_path)
     patches = PatchExtractor(scan, spec).extract_many(centers)
-    with atomic_file(shard_path) as temporary, temporary.open("wb") as handle:
-        np.save(handle, patches)
+    with atomic_file(shard_path) as temporary:
+        shard = allocate_npy(temporary, patches.shape, patches.dtype)
+        shard[:] = patches
+        shard.flush()
+        del shard
     return uid
 
 
@@ -151,10 +172,20 @@ def build_patch_cache(
     finished = find_patch_cache(samples, scan_paths, spec, cache_dir)
     if finished is not None:
         return finished
-    cache_dir = Path(cache_dir)
     key = cache_key(samples, scan_paths, spec)
+    lock = Path(cache_dir) / f".{key}.lock"
+    waiting = f"Another process is building patch cache {key} in {cache_dir}; waiting for it to finish, then using it"
+    with disk_full_named(cache_dir, DISK_FULL_HINT), exclusive_lock(lock, waiting):
+        # The process that held the lock may have finished this very cache meanwhile.
+        finished = find_patch_cache(samples, scan_paths, spec, cache_dir)
+        return finished or _build(samples.reset_index(drop=True), scan_paths, spec, Path(cache_dir), key,
+                                  num_workers, progress)
+
+
+def _build(samples: pd.DataFrame, scan_paths: Mapping[str, Path], spec: PatchSpec, cache_dir: Path, key: str,
+           num_workers: int, progress: bool) -> PatchCache:
+    """Build (or resume) the cache ``key`` of ``samples``; the caller holds its lock."""
     final = cache_dir / key
-    samples = samples.reset_index(drop=True)
     if final.exists():
         log.warning("%s has no meta.json (an unfinished or damaged cache): building it again", final)
 
@@ -170,11 +201,12 @@ def build_patch_cache(
     ]
     if len(todo) < len(groups):
         log.info("Resuming patch cache %s: %d of %d scans already done", key, len(groups) - len(todo), len(groups))
+    (partial / "patches.npy").unlink(missing_ok=True)  # left by a build that failed while assembling it
+    check_space_for_build(cache_dir, spec, len(samples), sum(len(task[2]) for task in todo), len(todo))
     started = time.perf_counter()
     map_scans(_extract_scan, todo, num_workers, "Caching patches", progress=progress, done=len(groups) - len(todo))
 
-    patches = np.lib.format.open_memmap(partial / "patches.npy", mode="w+", dtype=np.int16,
-                                        shape=(len(samples), *spec.shape))
+    patches = allocate_npy(partial / "patches.npy", (len(samples), *spec.shape), PATCH_DTYPE)
     for uid, rows in groups.items():
         patches[rows] = np.load(shards / f"{uid}.npy")
     patches.flush()
@@ -192,3 +224,21 @@ def build_patch_cache(
     log.info("Patch cache %s: %d patches from %d scans", final, len(samples), len(groups))
     return PatchCache(final, index=samples)
 
+
+def check_space_for_build(cache_dir: Path, spec: PatchSpec, num_patches: int, patches_to_extract: int,
+                          shards_to_write: int) -> None:
+    """Refuse a build that cannot fit on the disk of ``cache_dir``, before any scan is read.
+
+    While it is built a cache takes twice its size: the per-scan shards still to write, then the final
+    array assembled from them (the shards are deleted after that).
+    """
+    patch_bytes = int(np.prod(spec.shape)) * np.dtype(PATCH_DTYPE).itemsize
+    needed = (num_patches + patches_to_extract) * patch_bytes + (shards_to_write + 1) * FILE_OVERHEAD_BYTES
+    free = free_bytes(cache_dir)
+    if needed > free:
+        shape = "x".join(map(str, spec.shape))
+        raise DiskFullError(
+            f"data.cache_dir={cache_dir}: the patch cache needs {format_bytes(needed)} while it is built "
+            f"({num_patches} patches of {shape} voxels, {format_bytes(num_patches * patch_bytes)} when done) but "
+            f"only {format_bytes(free)} are free there; check data.patch.size and data.patch.spacing_mm (the "
+            f"cache grows with the cube of the size), {DISK_FULL_HINT}")
