@@ -30,7 +30,7 @@ def _check_one_failed(root: Path, output: str, failed_lr: str, good_lr: str) -> 
     by_lr = {job.data.params.get("model.optimizer.lr"): job for job in jobs}
     assert set(by_lr) == {failed_lr, good_lr}, output[-3000:]
     failed, good = by_lr[failed_lr], by_lr[good_lr]
-    assert failed.info.status == "FAILED" and failed.data.tags["error"] == BAD_LR.removeprefix("error: ")
+    assert failed.info.status == "FAILED" and failed.data.tags["error"].startswith(BAD_LR.removeprefix("error: "))
     assert "lr=0" in failed.info.run_name
     assert good.info.status == "FINISHED" and "best/val_auroc" in good.data.metrics
     assert "1 of 2 jobs of the sweep failed" in output and "Sweep results: 2 runs" in output
@@ -52,7 +52,7 @@ def test_a_failed_job_ends_only_itself(synthetic_root: Path, tmp_path: Path) -> 
 def test_optuna_goes_on_after_a_failed_trial(synthetic_root: Path, tmp_path: Path) -> None:
     """The trial that fails is told to the study as FAILed and the search goes on; the sweep still exits 1."""
     # Searching only lr, over {0, 0.001}: with this seed the first trial draws the bad 0, the second 0.001.
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "seed=1", "model.optimizer.lr=0,0.001",
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "seed=10", "model.optimizer.lr=0,0.001",
             "model.optimizer.weight_decay=0", "model.net.dropout=0", "task_name=search", *QUICK,
             *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path / "mlflow")]
     proc = run_entry_point("run", args, tmp_path, timeout=600)
