@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lungexp.data import cache
@@ -26,7 +27,7 @@ from lungexp.data.samples import build_samples, read_labels
 WAIT_S = 120
 
 
-def wait_for(condition, what: str) -> None:
+def wait_for(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + WAIT_S
     while not condition():
         if time.monotonic() > deadline:
