@@ -23,6 +23,9 @@ from lungexp.utils.errors import LungexpError, look_up_option
 log = logging.getLogger(__name__)
 
 OUTSIDE_CHOICES = ("error", "skip")
+# annotations_excluded.csv marks a finding of unknown size (e.g. < 3 mm) by exactly this diameter_mm;
+# LUNA16's evaluation then uses 10 mm. Any other diameter must be positive: 0 could never be hit.
+UNKNOWN_DIAMETER = -1.0
 
 # Rows listed in an error before "and N more".
 _SHOWN = 5
@@ -65,6 +68,11 @@ def _present(column: pd.Series) -> tuple[pd.Series, pd.Series]:
     return column, column.isna()
 
 
+def _diameter_or_unknown(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    values, bad = _number(column)
+    return values, bad | ((values <= 0) & (values != UNKNOWN_DIAMETER))
+
+
 # What each rule expects, for error messages.
 _EXPECTED: dict[Rule, str] = {
     _text: "a non-empty series UID",
@@ -73,6 +81,7 @@ _EXPECTED: dict[Rule, str] = {
     _class01: "0 or 1",
     _true_false: "True or False",
     _present: "a value in every row",
+    _diameter_or_unknown: f"a positive number (mm), or {UNKNOWN_DIAMETER:g} for a size unknown",
 }
 
 _POINT_RULES: dict[str, Rule] = {"seriesuid": _text, **dict.fromkeys(COORD_COLUMNS, _number)}
@@ -80,21 +89,30 @@ _ANNOTATION_RULES = {**_POINT_RULES, "diameter_mm": _positive}
 _CANDIDATE_RULES = {**_POINT_RULES, "class": _class01}
 _MALIGNANCY_RULES = {**_ANNOTATION_RULES, "mal_bool": _true_false}
 _WORLD_POINT_RULES = {**_POINT_RULES, "label": _present}
-# annotations_excluded.csv marks findings with unknown size (e.g. < 3 mm) by diameter_mm = -1.
-_EXCLUDED_RULES = {**_POINT_RULES, "diameter_mm": _number}
+_EXCLUDED_RULES = {**_POINT_RULES, "diameter_mm": _diameter_or_unknown}
 
 
 def read_annotations(path: str | Path) -> pd.DataFrame:
-    """LUNA16 ``annotations.csv``: ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (world mm)."""
+    """LUNA16 ``annotations.csv``: ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (world mm, > 0)."""
     return _read_csv(path, _ANNOTATION_RULES)
 
 
 def read_excluded_annotations(path: str | Path) -> pd.DataFrame:
     """LUNA16 ``annotations_excluded.csv``: findings that are neither nodules nor false positives.
 
-    Same columns as ``annotations.csv``; ``diameter_mm`` may be -1 (size unknown).
+    Same columns as ``annotations.csv``; ``diameter_mm`` is positive or :data:`UNKNOWN_DIAMETER` (-1).
     """
     return _read_csv(path, _EXCLUDED_RULES)
+
+
+def check_annotations(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A table already in memory checked by the rules of :func:`read_annotations`; ``source`` names it."""
+    return _parsed(table.copy(), _ANNOTATION_RULES, source)
+
+
+def check_excluded_annotations(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A table already in memory checked by the rules of :func:`read_excluded_annotations`."""
+    return _parsed(table.copy(), _EXCLUDED_RULES, source)
 
 
 def read_candidates(path: str | Path) -> pd.DataFrame:
@@ -124,7 +142,7 @@ def read_points(path: str | Path, with_seriesuid: bool = True) -> pd.DataFrame:
 
 
 def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
-    """Read ``path`` and parse the columns named in ``rules``; raise on the first broken column."""
+    """Read ``path`` and parse the columns named in ``rules`` (:func:`_parsed`)."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: CSV not found; check the path")
@@ -137,17 +155,22 @@ def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
                               "followed by one row per point") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise AnnotationError(f"{path}: not a readable CSV ({error}); expected columns {header}") from None
-    _check_columns(path, table, list(rules))
+    return _parsed(table, rules, path)
+
+
+def _parsed(table: pd.DataFrame, rules: Mapping[str, Rule], source: str | Path) -> pd.DataFrame:
+    """``table`` with the columns named in ``rules`` parsed; raise on the first broken column."""
+    _check_columns(source, table, list(rules))
     for name, rule in rules.items():
         values, bad = rule(table[name])
         if bad.any():
-            raise AnnotationError(f"{path}: column '{name}' must hold {_EXPECTED[rule]}, but "
+            raise AnnotationError(f"{source}: column '{name}' must hold {_EXPECTED[rule]}, but "
                                   f"{_describe_rows(bad, table[name])}")
         table[name] = values
     return table
 
 
-def _check_columns(path: Path, table: pd.DataFrame, required: list[str]) -> None:
+def _check_columns(path: str | Path, table: pd.DataFrame, required: list[str]) -> None:
     """Raise if required columns are missing, suggesting the closest found name for each."""
     found = [str(name) for name in table.columns]
     missing = [name for name in required if name not in found]
