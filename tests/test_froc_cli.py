@@ -117,4 +117,4 @@ def test_real_luna16_files_side_by_side_with_the_script(tmp_path: Path) -> None:
         "Ignored candidates which were double detections on a nodule": 1,
     }
     assert "\n".join(script_lines(expected)) in proc.stdout
-    assert f"888 scans, 1186 nodules (3 hit by a candidate)" in proc.stdout
+    assert "888 scans, 1186 nodules (3 hit by a candidate)" in proc.stdout
