@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,10 @@ def test_header_that_does_not_match_raw_size(tmp_path: Path, field, value, probl
         ("DimSize", "6 5", "expected three positive sizes"),
         ("DimSize", None, "no DimSize field"),
         ("ElementDataFile", "slice%03d.raw 1 4 1", "several files"),
+        ("ElementSpacing", "0 0.8 2.5", "ElementSpacing = 0 0.8 2.5; expected three positive voxel sizes"),
+        ("ElementSpacing", "0.703125 -0.8 2.5", "ElementSpacing = 0.703125 -0.8 2.5; expected three positive"),
+        ("ElementSpacing", "0.7 0.8", "ElementSpacing = 0.7 0.8; expected three positive"),
+        ("ElementSpacing", "0.7 nan 2.5", "ElementSpacing = 0.7 nan 2.5; expected three positive"),
     ],
 )
 def test_bad_mhd_header(tmp_path: Path, field, value, message) -> None:
@@ -183,8 +188,30 @@ def test_bad_mhd_header(tmp_path: Path, field, value, message) -> None:
     else:
         fields[field] = value
     write_mhd_fields(path, fields)
-    with pytest.raises(ScanReadError, match=message):
-        read_scan(path)
+    for read in (read_scan, read_scan_header):
+        with pytest.raises(ScanReadError, match=f"{re.escape(str(path))}: .*{message}"):
+            read(path)
+
+
+@pytest.mark.parametrize("data_file", ["../data/a.raw", "sub/../../data/a.raw", "{tmp_path}/data/a.raw"])
+def test_data_file_outside_the_header_folder_is_refused(tmp_path: Path, data_file: str) -> None:
+    write_mhd(make_scan(), tmp_path / "data" / "a.mhd")
+    header = tmp_path / "headers" / "a.mhd"
+    header.parent.mkdir()
+    write_mhd_fields(header, {**mhd_fields(tmp_path / "data" / "a.mhd"),
+                              "ElementDataFile": data_file.format(tmp_path=tmp_path)})
+    for read in (read_scan, read_scan_header):
+        with pytest.raises(ScanReadError, match=rf"{re.escape(str(header))}: ElementDataFile = .* points outside the header's folder"):
+            read(header)
+
+
+def test_data_file_below_the_header_folder_is_read(tmp_path: Path) -> None:
+    scan = make_scan()
+    path = write_mhd(scan, tmp_path / "a.mhd")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "a.raw").rename(tmp_path / "raw" / "a.raw")
+    set_mhd_field(path, "ElementDataFile", "raw/../raw/a.raw")
+    np.testing.assert_array_equal(read_scan(path).array, scan.array)
 
 
 def test_mhd_with_local_data_is_checked_and_read(tmp_path: Path) -> None:
