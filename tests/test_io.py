@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -250,6 +251,21 @@ def test_other_formats_round_trip(tmp_path: Path, suffix: str) -> None:
     back = read_scan(path)
     np.testing.assert_array_equal(back.array, scan.array)
     assert_same_geometry(back, scan)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mhd"])
+def test_voxels_without_data_are_refused(tmp_path: Path, suffix: str) -> None:
+    """NaN ("no data") voxels would otherwise read as 0 HU from NIfTI (ITK zeroes them), or reach the cache."""
+    scan = make_scan()
+    hu = scan.array.astype(np.float32)
+    path = tmp_path / f"case7{suffix}"
+    sitk.WriteImage(dataclasses.replace(scan, array=hu).to_sitk(), str(path))
+    np.testing.assert_array_equal(read_scan(path).array, hu)  # finite floats read as they are
+    hu[1, 2, 3] = hu[0, 0, 0] = np.nan
+    hu[3, 4, 5] = np.inf
+    sitk.WriteImage(dataclasses.replace(scan, array=hu).to_sitk(), str(path))
+    with pytest.raises(ScanReadError, match=rf"case7{re.escape(suffix)}: 3 of 120 voxels are NaN or infinite"):
+        read_scan(path)
 
 
 def test_read_scan_header_matches_scan_without_voxels(tmp_path: Path) -> None:
