@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from lungexp.data.io import (
     write_mhd,
 )
 from lungexp.data.scan import Scan
-from tests.helpers.data import dicom_tag, stored_pixel_values, write_dicom_series
+from tests.helpers.data import dicom_tag, shared_data_dir, stored_pixel_values, write_dicom_series
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
 ROTATE_Z = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # not symmetric: catches transposes
@@ -346,6 +347,35 @@ def test_missing_middle_slice_names_series_and_gap(tmp_path: Path) -> None:
     with pytest.raises(ScanReadError, match=r"series 1\.2\.3\.9 .*missing slices.*5\.00 mm between "
                                             r"1\.2\.3\.9-slice003\.dcm \(at -295\.00 mm\) and 1\.2\.3\.9-slice002\.dcm"):
         read_dicom_series(tmp_path)
+
+
+CORRUPTIONS = {
+    "preamble zeroed": lambda data: bytes(2000) + data[2000:],
+    "cut to 100 bytes": lambda data: data[:100],
+    "empty": lambda data: b"",
+    "overwritten": lambda data: np.random.default_rng(0).bytes(len(data)),
+}
+
+
+def assert_names_the_corrupt_slice(folder: Path, files: list[Path], corrupt) -> None:
+    """Corrupting one middle slice is reported as that file, not as "missing slices" around it."""
+    files[2].write_bytes(corrupt(files[2].read_bytes()))
+    with pytest.raises(ScanReadError, match=rf"1 DICOM file\(s\) cannot be read.*: {re.escape(str(files[2]))};") as info:
+        read_dicom_series(folder)
+    assert "missing slices" not in str(info.value)
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
+def test_corrupt_slice_is_named(tmp_path: Path, corrupt) -> None:
+    assert_names_the_corrupt_slice(tmp_path, write_dicom_series(tmp_path, ct_volume(), "1.2.3.9"), corrupt)
+
+
+@pytest.mark.real_data
+def test_corrupt_slice_of_a_real_series_is_named(tmp_path: Path) -> None:
+    series = next((shared_data_dir() / "lidc-idri" / "LIDC-IDRI-0001").rglob("000001.dcm")).parent
+    files = [Path(shutil.copyfile(series / f"{number:06d}.dcm", tmp_path / f"{number:06d}.dcm"))
+             for number in range(60, 66)]  # copyfile: the copies must be writable
+    assert_names_the_corrupt_slice(tmp_path, files, CORRUPTIONS["preamble zeroed"])
 
 
 @pytest.mark.parametrize(
