@@ -8,7 +8,9 @@ header is row 1) and what is expected. Extra columns are kept untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import itertools
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungexp.data.io.errors import ScanReadError
 from lungexp.data.io.reader import ScanHeader
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.utils.errors import LungexpError, look_up_option
@@ -235,6 +238,7 @@ def check_points_inside(
         inside[rows] = headers[uid].contains_world(points.loc[rows, COORD_COLUMNS].to_numpy(np.float64))
     outside = ~unknown & ~inside
     if outside.any():
+        _check_size_order(points[~unknown], outside[~unknown], headers, name)
         if on_outside == "error":
             raise AnnotationError(
                 f"{name}: {int(outside.sum())} point(s) lie outside their scan: "
@@ -243,6 +247,27 @@ def check_points_inside(
             )
         log.warning("%s: skipping %d point(s) outside their scan", name, int(outside.sum()))
     return points[inside]
+
+
+def _check_size_order(points: pd.DataFrame, outside: pd.Series, headers: Mapping[str, ScanHeader],
+                      name: str | Path) -> None:
+    """Raise :class:`ScanReadError` naming the header when a scan's points lie outside it but would all lie
+    inside were its size in another order (e.g. DimSize written z y x): then the header is wrong, not the
+    CSV, and the voxels would be read scrambled."""
+    for uid, count in points.loc[outside, "seriesuid"].value_counts().items():
+        if count < 2:  # a single stray point says more about its row than about the header
+            continue
+        scan = headers[uid]
+        world = points.loc[points["seriesuid"] == uid, COORD_COLUMNS].to_numpy(np.float64)
+        size = tuple(int(n) for n in scan.size_xyz)
+        for order in sorted(set(itertools.permutations(size)) - {size}):
+            if dataclasses.replace(scan, size_xyz=np.array(order)).contains_world(world).all():
+                field = "DimSize" if scan.path.suffix.lower() == ".mhd" else "the image size"
+                raise ScanReadError(
+                    f"{scan.path}: {field} {' '.join(map(str, size))} (x y z) puts {count} of the {len(world)} points "
+                    f"of {name} for this scan outside it, but {' '.join(map(str, order))} holds them all: the header "
+                    "lists the sizes in the wrong order (a .mhd's DimSize is x y z); fix the header or re-convert "
+                    "the scan")
 
 
 def _describe_outside(rows: pd.DataFrame, headers: Mapping[str, ScanHeader]) -> str:
