@@ -3,7 +3,8 @@
 A CSV with a renamed column, a stray empty cell or voxel indices instead of millimetres would
 otherwise surface much later as a ``KeyError`` or as patches of empty air. Every problem is an
 :class:`AnnotationError` naming the file, the column, the rows (numbered as in a spreadsheet: the
-header is row 1) and what is expected. Extra columns are kept untouched.
+header is row 1) and what is expected. Extra columns are kept untouched. Points that fit their scan
+only once its size is reordered blame the scan's header instead (a ``ScanReadError`` naming it).
 """
 
 from __future__ import annotations
