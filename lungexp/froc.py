@@ -1,9 +1,10 @@
 """LUNA16 FROC/CPM of a predictions CSV, like LUNA16's own evaluation script.
 
 ``python -m lungexp.froc PREDICTIONS_CSV ANNOTATIONS_CSV [--excluded EXCLUDED_CSV] [--seriesuids FILE]
-[--out DIR] [--bootstrap N]`` prints the CPM and the sensitivity at 1/8 ... 8 false positives per scan,
-and writes ``froc.png`` and ``froc.csv`` (the curve) to ``--out``. The rules are listed in
-:mod:`lungexp.evaluation.froc`.
+[--out DIR] [--bootstrap N]`` prints the candidate counts as LUNA16's script prints them, the CPM and the
+sensitivity at 1/8 ... 8 false positives per scan, and writes ``froc.png`` and ``froc.csv`` (the curve) to
+``--out``. The annotation files are read as for training (:mod:`lungexp.data.annotations`); the rules are
+listed in :mod:`lungexp.evaluation.froc`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def read_seriesuids(path: Path) -> list[str]:
     return uids
 
 
+def on_listed_scans(predictions: pd.DataFrame, seriesuids: list[str], source: Path) -> pd.DataFrame:
+    """The predictions of the listed scans; how many others are left out is printed, not silently dropped."""
+    listed = predictions["seriesuid"].isin(seriesuids)
+    if not listed.all():
+        print(f"left out {int((~listed).sum())} prediction(s) of {predictions.loc[~listed, 'seriesuid'].nunique()} "
+              f"series not in {source}")
+    return predictions[listed].reset_index(drop=True)
+
+
 @report_user_errors  # Ctrl-C: one line, status 130
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -80,30 +90,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> None:
     # Imported here so that --help answers at once.
-    from lungexp.evaluation.froc import (
-        ANNOTATION_COLUMNS,
-        FP_RATES,
-        PREDICTION_COLUMNS,
-        compute_froc,
-        rate_name,
-        validated_table,
-    )
+    from lungexp.data.annotations import read_annotations, read_excluded_annotations
+    from lungexp.evaluation.froc import FP_RATES, PREDICTION_COLUMNS, compute_froc, rate_name, validated_table
     from lungexp.evaluation.plots import froc_figure
 
     predictions = validated_table(read_csv(args.predictions, "predictions CSV"), PREDICTION_COLUMNS,
                                   str(args.predictions))
-    annotations = validated_table(read_csv(args.annotations, "annotations CSV"), ANNOTATION_COLUMNS,
-                                  str(args.annotations))
-    excluded = None
-    if args.excluded is not None:
-        excluded = validated_table(read_csv(args.excluded, "excluded CSV"), ANNOTATION_COLUMNS, str(args.excluded))
-    seriesuids = read_seriesuids(args.seriesuids) if args.seriesuids is not None else None
+    annotations = read_annotations(args.annotations)
+    excluded = read_excluded_annotations(args.excluded) if args.excluded is not None else None
+    seriesuids = None
+    if args.seriesuids is not None:
+        seriesuids = read_seriesuids(args.seriesuids)
+        predictions = on_listed_scans(predictions, seriesuids, args.seriesuids)
     result = compute_froc(predictions, annotations, excluded=excluded, seriesuids=seriesuids,
                           bootstrap=args.bootstrap)
 
     print(f"{result.num_scans} scans, {result.num_nodules} nodules ({result.num_found} hit by a candidate), "
           f"{result.num_candidates} candidates: {result.num_false_positives} false positives, "
           f"{result.num_ignored} on excluded findings (ignored)")
+    print("Candidate detection results:")  # LUNA16's script prints the same lines, to compare side by side
+    for label, count in result.script_counts().items():
+        print(f"    {label}: {count}")
     for rate in FP_RATES:
         interval = result.sensitivity_ci[rate] if result.sensitivity_ci else None
         shown = f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""

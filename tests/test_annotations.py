@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from lungexp.data.annotations import (
+    OUTSIDE_CHOICES,
     AnnotationError,
     check_points_inside,
     read_annotations,
@@ -17,7 +18,7 @@ from lungexp.data.annotations import (
     read_malignancy_annotations,
     read_world_points,
 )
-from lungexp.data.io import ScanHeader
+from lungexp.data.io import ScanHeader, ScanReadError
 from lungexp.utils.errors import ConfigError
 
 UID_A = "1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860"
@@ -209,6 +210,18 @@ def test_points_outside_are_an_error_with_row_uid_coordinate_and_extent() -> Non
     assert message.startswith("labels.csv: 2 point(s) lie outside their scan")
     assert "row 4 (b) at (5.0, 5.0, -10.0) mm, scan spans x [-0.5, 9.5], y [-0.5, 9.5], z [-1.0, 9.0] mm" in message
     assert "row 6 (a) at (12.0, 1.0, 1.0) mm" in message
+
+
+@pytest.mark.parametrize("on_outside", OUTSIDE_CHOICES)
+def test_points_that_fit_the_size_in_another_order_blame_the_header(on_outside: str) -> None:
+    """DimSize written z y x: the header, not the CSV, is wrong (and the voxels would be read scrambled)."""
+    points = pd.DataFrame({"seriesuid": "a", "coordX": [1.0, 5.0, 6.0], "coordY": [1.0, 7.0, 8.0],
+                           "coordZ": [0.0, 2.0, 4.0]})
+    swapped = header(size_xyz=(10, 4, 10))  # y [-0.5, 3.5] mm: two of the three points outside
+    with pytest.raises(ScanReadError, match=r"scan\.mhd: DimSize 10 4 10 \(x y z\) puts 2 of the 3 points of "
+                                            r"labels\.csv for this scan outside it, but 10 10 4 holds them all"):
+        check_points_inside(points, {"a": swapped}, on_outside=on_outside, source="labels.csv")
+    assert len(check_points_inside(points, {"a": header(size_xyz=(10, 10, 4))}, source="labels.csv")) == 3
 
 
 def test_skip_mode_drops_unknown_and_outside_with_warnings(caplog) -> None:

@@ -8,6 +8,7 @@ subprocesses run two at a time (see ``outcomes``).
 
 from __future__ import annotations
 
+import re
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ CASES = [
     _case("scan-without-rescale", "preprocess", "@scan:stored_values", "{bad}/scans/stored_values/",
           "no air or lung", "RescaleIntercept"),
     _case("scan-constant", "preprocess", "@scan:constant", "{bad}/scans/constant/", "barely vary"),
+    _case("scan-nan-voxels", "preprocess", "@scan:nan_voxels", "{bad}/scans/nan_voxels/",
+          "3 of", "voxels are NaN or infinite"),
+    _case("mhd-spacing-zero", "preprocess", "@scan:spacing_zero", "{bad}/scans/spacing_zero/",
+          "ElementSpacing = 0 ", "expected three positive voxel sizes"),
+    _case("mhd-data-outside-folder", "preprocess", "@scan:data_outside", "{bad}/scans/data_outside/",
+          "points outside the header's folder"),
+    _case("mhd-dimsize-order", "preprocess", "@scan:dimsize_order", "{bad}/scans/dimsize_order/", "DimSize 48 96 96",
+          "but 96 96 48 holds them all"),
     # labels CSVs
     _case("csv-renamed-column", "preprocess", "@run data.labels_csv={bad}/csv/renamed.csv",
           "{bad}/csv/renamed.csv", "coordX", "did you mean 'coord_x'"),
@@ -74,6 +83,8 @@ CASES = [
     _case("dicom-missing-slice", "convert", "{bad}/dicom/gap {bad}/out", "missing slices", "1.2.3.2"),
     _case("dicom-truncated-slice", "convert", "{bad}/dicom/truncated {bad}/out",
           "{bad}/dicom/truncated/1.2.3.3-slice003.dcm"),
+    _case("dicom-slice-without-preamble", "convert", "{bad}/dicom/no_preamble {bad}/out",
+          "{bad}/dicom/no_preamble/1.2.3.5-slice003.dcm", "cannot be read"),
     _case("dicom-without-rescale", "convert", "{bad}/dicom/stored_values {bad}/out", "{bad}/dicom/stored_values",
           "RescaleIntercept (0028,1052)"),
     _case("dicom-folder-missing", "convert", "{bad}/dicom/absent {bad}/out", "{bad}/dicom/absent", "not found"),
@@ -155,8 +166,16 @@ def _broken_scans(folder: Path, source_root: Path) -> None:
     labels = pd.read_csv(source_root / "candidates_V2.csv")
     hu = np.fromfile(mhd.with_suffix(".raw"), dtype="<i2")
     header = mhd.read_text()
+    dims = next(line for line in header.splitlines() if line.startswith("DimSize = ")).removeprefix("DimSize = ")
+    nan_voxels = hu.astype("<f4")
+    nan_voxels[[10, 1000, 5000]] = np.nan
     variants = {
         "truncated": (header, hu[: hu.size // 2]),
+        "nan_voxels": (header.replace("MET_SHORT", "MET_FLOAT"), nan_voxels),
+        "spacing_zero": (re.sub(r"ElementSpacing = \S+", "ElementSpacing = 0", header), hu),
+        "data_outside": (header.replace(f"ElementDataFile = {mhd.stem}.raw", f"ElementDataFile = ../{mhd.stem}.raw"),
+                         hu),
+        "dimsize_order": (header.replace(f"DimSize = {dims}", f"DimSize = {' '.join(dims.split()[::-1])}"), hu),
         "no_element_type": ("".join(line for line in header.splitlines(True) if not line.startswith("ElementType")), hu),
         "byte_order": (header.replace("BinaryDataByteOrderMSB = False", "BinaryDataByteOrderMSB = True"), hu),
         "stored_values": (header, hu + 1024),  # CT without RescaleIntercept: air near 0
@@ -167,8 +186,10 @@ def _broken_scans(folder: Path, source_root: Path) -> None:
         case = folder / name / "subset0"
         case.mkdir(parents=True)
         (case / mhd.name).write_text(text)
-        voxels.astype("<i2").tofile(case / mhd.with_suffix(".raw").name)
+        voxels.astype(voxels.dtype.newbyteorder("<")).tofile(case / mhd.with_suffix(".raw").name)
         labels[labels["seriesuid"] == mhd.stem].to_csv(folder / name / "labels.csv", index=False)
+    (folder / "data_outside" / "subset0" / mhd.with_suffix(".raw").name).rename(
+        folder / "data_outside" / mhd.with_suffix(".raw").name)  # beside its header's folder, not in it
 
 
 def _broken_csvs(folder: Path, candidates: Path) -> None:
@@ -191,6 +212,8 @@ def _broken_dicom(folder: Path) -> None:
     files = write_dicom_series(folder / "truncated", hu, "1.2.3.3")
     data = files[2].read_bytes()
     files[2].write_bytes(data[: len(data) - 100])
+    files = write_dicom_series(folder / "no_preamble", hu, "1.2.3.5")
+    files[2].write_bytes(bytes(1000) + files[2].read_bytes()[1000:])
     # Stored values without a rescale to HU, as a series whose RescaleIntercept went missing.
     write_dicom_series(folder / "stored_values", hu + 1024, "1.2.3.4", intercept=0.0)
 

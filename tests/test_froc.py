@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_curve
 
+from lungexp.data.annotations import AnnotationError
 from lungexp.evaluation.froc import FP_RATES, FrocInputError, compute_froc
 
 ALL_RATES = len(FP_RATES)
@@ -123,11 +124,12 @@ def test_metric_names() -> None:
                                                 "test/sens_at_4_fp", "test/sens_at_8_fp"]
 
 
-@pytest.mark.parametrize("table, column", [("predictions", "probability"), ("annotations", "diameter_mm")])
-def test_missing_column_is_named(table: str, column: str) -> None:
+@pytest.mark.parametrize("table, column, error", [("predictions", "probability", FrocInputError),
+                                                  ("annotations", "diameter_mm", AnnotationError)])
+def test_missing_column_is_named(table: str, column: str, error: type[Exception]) -> None:
     tables = {"predictions": candidates(("a", 0, 0, 0, 0.9)), "annotations": nodules(("a", 0, 0, 0, 10))}
     tables[table] = tables[table].drop(columns=column)
-    with pytest.raises(FrocInputError, match=f"{table}: missing column.*{column}"):
+    with pytest.raises(error, match=f"{table}: missing column.*{column}"):
         compute_froc(tables["predictions"], tables["annotations"])
 
 
@@ -135,6 +137,35 @@ def test_non_numeric_probability_is_named_with_its_row() -> None:
     predictions = candidates(("a", 0, 0, 0, 0.9), ("a", 1, 1, 1, float("nan")))
     with pytest.raises(FrocInputError, match="'probability'.*row\\(s\\) 3 "):
         compute_froc(predictions, nodules(("a", 0, 0, 0, 10)))
+
+
+@pytest.mark.parametrize("nodule_diameter, excluded_diameter, row", [
+    (0.0, 8.0, "annotations: column 'diameter_mm' must hold a positive number.*row\\(s\\) 2 \\(0.0\\)"),
+    (10.0, -5.0, "excluded findings: column 'diameter_mm' must hold a positive number.*or -1.*row\\(s\\) 2 \\(-5.0\\)"),
+    (10.0, 0.0, "excluded findings: column 'diameter_mm'.*row\\(s\\) 2 \\(0.0\\)"),
+])
+def test_diameters_follow_the_training_reader(nodule_diameter: float, excluded_diameter: float, row: str) -> None:
+    """A nodule of diameter 0 can never be hit and only -1 means "size unknown" (10 mm), as for training."""
+    predictions = candidates(("a", 0, 0, 0, 0.9), ("a", 100, 0, 0, 0.8))
+    with pytest.raises(AnnotationError, match=row):
+        compute_froc(predictions, nodules(("a", 0, 0, 0, nodule_diameter)),
+                     excluded=nodules(("a", 100, 0, 0, excluded_diameter)))
+
+
+def test_counts_are_the_scripts() -> None:
+    truth = nodules(("a", 0, 0, 0, 10), ("a", 6, 0, 0, 10), ("a", 300, 0, 0, 5), ("b", 0, 0, 0, 6))
+    excluded = nodules(("a", 100, 0, 0, -1), ("a", 3, 0, 0, 20))  # the second overlaps the first two nodules
+    predictions = candidates(
+        ("a", 0, 0, 0, 0.9), ("a", 1, 0.5, 0, 0.8), ("a", 7, 0, 0, 0.65),  # on the first, first, second nodule
+        ("a", 3, 0, 0, 0.7),  # on both nodules: a double detection on each, not ignored on the excluded finding
+        ("a", 104, 0, 0, 0.6), ("a", 100, 1, 0, 0.5),  # two marks on the excluded finding of unknown size
+        *false_positives("a", 3, 0.4), *false_positives("b", 2, 0.3))
+    result = compute_froc(predictions, truth, excluded=excluded)
+    assert result.script_counts() == {
+        "True positives": 2, "False positives": 5, "False negatives": 2, "Total number of candidates": 11,
+        "Total number of nodules": 4, "Ignored candidates on excluded nodules": 2,
+        "Ignored candidates which were double detections on a nodule": 3,
+    }
 
 
 def random_case(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
@@ -191,6 +222,34 @@ def reference_sensitivities(predictions: pd.DataFrame, truth: pd.DataFrame, excl
     return list(np.interp(FP_RATES, fps, sens))
 
 
+def reference_counts(predictions: pd.DataFrame, truth: pd.DataFrame, excluded: pd.DataFrame,
+                     scans: list[str]) -> dict[str, int]:
+    """The script's candidate counts, candidate by candidate as it loops (its strict ``<`` radius)."""
+    counts = dict.fromkeys(["True positives", "False positives", "False negatives", "Total number of candidates",
+                            "Total number of nodules", "Ignored candidates on excluded nodules",
+                            "Ignored candidates which were double detections on a nodule"], 0)
+    for uid in scans:
+        marks = predictions[predictions["seriesuid"] == uid]
+        remaining = set(marks.index)
+        counts["Total number of candidates"] += len(marks)
+        findings = [(row, True) for _, row in truth[truth["seriesuid"] == uid].iterrows()]
+        findings += [(row, False) for _, row in excluded[excluded["seriesuid"] == uid].iterrows()]
+        for finding, included in findings:
+            counts["Total number of nodules"] += included
+            radius2 = ((finding["diameter_mm"] if finding["diameter_mm"] >= 0 else 10.0) / 2) ** 2
+            matches = [key for key, mark in marks.iterrows()
+                       if sum((mark[c] - finding[c]) ** 2 for c in ("coordX", "coordY", "coordZ")) < radius2]
+            if included:
+                remaining -= set(matches)
+                counts["Ignored candidates which were double detections on a nodule"] += max(len(matches) - 1, 0)
+                counts["True positives" if matches else "False negatives"] += 1
+            else:
+                counts["Ignored candidates on excluded nodules"] += len(remaining & set(matches))
+                remaining -= set(matches)
+        counts["False positives"] += len(remaining)
+    return counts
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_cases_match_a_port_of_the_luna16_script(seed: int) -> None:
     predictions, truth, excluded, scans = random_case(seed)
@@ -198,6 +257,7 @@ def test_random_cases_match_a_port_of_the_luna16_script(seed: int) -> None:
     expected = reference_sensitivities(predictions, truth, excluded, scans)
     np.testing.assert_allclose(list(result.sensitivities.values()), expected, rtol=0, atol=1e-12)
     assert result.cpm == pytest.approx(np.mean(expected), abs=1e-12)
+    assert result.script_counts() == reference_counts(predictions, truth, excluded, scans)
 
 
 def test_bootstrap_interval_brackets_the_cpm_and_is_seeded() -> None:

@@ -9,8 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lungexp.data.annotations import read_annotations, read_excluded_annotations
 from lungexp.evaluation.froc import FP_RATES, compute_froc
+from lungexp.froc import read_seriesuids
 from tests.helpers.config import PROJECT_ROOT
+from tests.helpers.data import shared_data_dir
 
 from .test_froc import random_case
 
@@ -45,6 +48,7 @@ def test_prints_the_cpm_and_writes_the_curve(luna_files: dict[str, Path], tmp_pa
     for rate in FP_RATES:
         assert f"FP/scan: {expected.sensitivities[rate]:.4f}" in proc.stdout
     assert f"{expected.num_scans} scans, {expected.num_nodules} nodules" in proc.stdout
+    assert "\n".join(script_lines(expected)) in proc.stdout
     assert (out / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = pd.read_csv(out / "froc.csv")
     assert list(curve.columns) == ["fps_per_scan", "sensitivity", "threshold"]
@@ -52,7 +56,7 @@ def test_prints_the_cpm_and_writes_the_curve(luna_files: dict[str, Path], tmp_pa
 
 
 @pytest.mark.parametrize("break_it, message", [
-    (lambda files: files["annotations"].with_name("missing.csv"), "missing.csv: annotations CSV not found"),
+    (lambda files: files["annotations"].with_name("missing.csv"), "missing.csv: CSV not found"),
     (lambda files: files["predictions"], "missing column(s) ['diameter_mm']"),
 ])
 def test_bad_input_is_one_line_without_traceback(luna_files: dict[str, Path], break_it, message: str) -> None:
@@ -67,3 +71,50 @@ def test_unreadable_csv(luna_files: dict[str, Path], tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00\x81" * 50)
     proc = run_froc(binary, luna_files["annotations"])
     assert proc.returncode == 2 and "not a readable CSV" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ("a,0,0,0,0", "row(s) 3 (0)"),  # a nodule that can never be hit
+    ("a,0,0,0,-5", "row(s) 3 (-5)"),  # only -1 means "size unknown", and only for excluded findings
+])
+def test_annotations_follow_the_training_reader(luna_files: dict[str, Path], tmp_path: Path, bad_row: str,
+                                                message: str) -> None:
+    annotations = tmp_path / "annotations.csv"
+    annotations.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\na,1,1,1,8\n{bad_row}\n")
+    proc = run_froc(luna_files["predictions"], annotations)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{annotations}: column 'diameter_mm' must hold a positive number" in proc.stderr and message in proc.stderr
+
+
+def script_lines(result) -> list[str]:
+    return ["Candidate detection results:", *(f"    {label}: {count}" for label, count in result.script_counts().items())]
+
+
+@pytest.mark.real_data
+def test_real_luna16_files_side_by_side_with_the_script(tmp_path: Path) -> None:
+    """The published annotations_excluded.csv (35,192 rows) and seriesuids.csv (888 series, CRLF)."""
+    luna = shared_data_dir() / "luna16"
+    uids = read_seriesuids(luna / "seriesuids.csv")
+    truth = read_annotations(luna / "annotations.csv")
+    excluded = read_excluded_annotations(luna / "annotations_excluded.csv")
+    assert len(uids) == len(set(uids)) == 888 and len(excluded) == 35_192
+    assert set(truth["seriesuid"]) <= set(uids)  # no "\r" left on a seriesuid
+    hits = truth.iloc[[0, 1, 2, 2]].assign(probability=[0.9, 0.8, 0.7, 0.6])  # the third nodule twice
+    on_excluded = excluded.iloc[[0]].assign(probability=0.95)
+    elsewhere = pd.DataFrame({"seriesuid": [uids[-1], "1.2.3.not.listed"], "coordX": 999.0, "coordY": 999.0,
+                              "coordZ": 999.0, "probability": [0.5, 0.99]})
+    predictions = pd.concat([hits, on_excluded, elsewhere])[["seriesuid", "coordX", "coordY", "coordZ",
+                                                             "probability"]]
+    predictions.to_csv(tmp_path / "predictions.csv", index=False)
+    proc = run_froc(tmp_path / "predictions.csv", luna / "annotations.csv", "--excluded",
+                    luna / "annotations_excluded.csv", "--seriesuids", luna / "seriesuids.csv", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"left out 1 prediction(s) of 1 series not in {luna / 'seriesuids.csv'}" in proc.stdout
+    expected = compute_froc(predictions.iloc[:-1], truth, excluded=excluded, seriesuids=uids)
+    assert expected.script_counts() == {
+        "True positives": 3, "False positives": 1, "False negatives": 1186 - 3, "Total number of candidates": 6,
+        "Total number of nodules": 1186, "Ignored candidates on excluded nodules": 1,
+        "Ignored candidates which were double detections on a nodule": 1,
+    }
+    assert "\n".join(script_lines(expected)) in proc.stdout
+    assert "888 scans, 1186 nodules (3 hit by a candidate)" in proc.stdout

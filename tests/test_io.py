@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from lungexp.data.io import (
     write_mhd,
 )
 from lungexp.data.scan import Scan
-from tests.helpers.data import dicom_tag, stored_pixel_values, write_dicom_series
+from tests.helpers.data import dicom_tag, shared_data_dir, stored_pixel_values, write_dicom_series
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
 ROTATE_Z = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # not symmetric: catches transposes
@@ -173,6 +176,10 @@ def test_header_that_does_not_match_raw_size(tmp_path: Path, field, value, probl
         ("DimSize", "6 5", "expected three positive sizes"),
         ("DimSize", None, "no DimSize field"),
         ("ElementDataFile", "slice%03d.raw 1 4 1", "several files"),
+        ("ElementSpacing", "0 0.8 2.5", "ElementSpacing = 0 0.8 2.5; expected three positive voxel sizes"),
+        ("ElementSpacing", "0.703125 -0.8 2.5", "ElementSpacing = 0.703125 -0.8 2.5; expected three positive"),
+        ("ElementSpacing", "0.7 0.8", "ElementSpacing = 0.7 0.8; expected three positive"),
+        ("ElementSpacing", "0.7 nan 2.5", "ElementSpacing = 0.7 nan 2.5; expected three positive"),
     ],
 )
 def test_bad_mhd_header(tmp_path: Path, field, value, message) -> None:
@@ -183,8 +190,30 @@ def test_bad_mhd_header(tmp_path: Path, field, value, message) -> None:
     else:
         fields[field] = value
     write_mhd_fields(path, fields)
-    with pytest.raises(ScanReadError, match=message):
-        read_scan(path)
+    for read in (read_scan, read_scan_header):
+        with pytest.raises(ScanReadError, match=f"{re.escape(str(path))}: .*{message}"):
+            read(path)
+
+
+@pytest.mark.parametrize("data_file", ["../data/a.raw", "sub/../../data/a.raw", "{tmp_path}/data/a.raw"])
+def test_data_file_outside_the_header_folder_is_refused(tmp_path: Path, data_file: str) -> None:
+    write_mhd(make_scan(), tmp_path / "data" / "a.mhd")
+    header = tmp_path / "headers" / "a.mhd"
+    header.parent.mkdir()
+    write_mhd_fields(header, {**mhd_fields(tmp_path / "data" / "a.mhd"),
+                              "ElementDataFile": data_file.format(tmp_path=tmp_path)})
+    for read in (read_scan, read_scan_header):
+        with pytest.raises(ScanReadError, match=rf"{re.escape(str(header))}: ElementDataFile = .* points outside the header's folder"):
+            read(header)
+
+
+def test_data_file_below_the_header_folder_is_read(tmp_path: Path) -> None:
+    scan = make_scan()
+    path = write_mhd(scan, tmp_path / "a.mhd")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "a.raw").rename(tmp_path / "raw" / "a.raw")
+    set_mhd_field(path, "ElementDataFile", "raw/../raw/a.raw")
+    np.testing.assert_array_equal(read_scan(path).array, scan.array)
 
 
 def test_mhd_with_local_data_is_checked_and_read(tmp_path: Path) -> None:
@@ -223,6 +252,21 @@ def test_other_formats_round_trip(tmp_path: Path, suffix: str) -> None:
     back = read_scan(path)
     np.testing.assert_array_equal(back.array, scan.array)
     assert_same_geometry(back, scan)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mhd"])
+def test_voxels_without_data_are_refused(tmp_path: Path, suffix: str) -> None:
+    """NaN ("no data") voxels would otherwise read as 0 HU from NIfTI (ITK zeroes them), or reach the cache."""
+    scan = make_scan()
+    hu = scan.array.astype(np.float32)
+    path = tmp_path / f"case7{suffix}"
+    sitk.WriteImage(dataclasses.replace(scan, array=hu).to_sitk(), str(path))
+    np.testing.assert_array_equal(read_scan(path).array, hu)  # finite floats read as they are
+    hu[1, 2, 3] = hu[0, 0, 0] = np.nan
+    hu[3, 4, 5] = np.inf
+    sitk.WriteImage(dataclasses.replace(scan, array=hu).to_sitk(), str(path))
+    with pytest.raises(ScanReadError, match=rf"case7{re.escape(suffix)}: 3 of 120 voxels are NaN or infinite"):
+        read_scan(path)
 
 
 def test_read_scan_header_matches_scan_without_voxels(tmp_path: Path) -> None:
@@ -303,6 +347,35 @@ def test_missing_middle_slice_names_series_and_gap(tmp_path: Path) -> None:
     with pytest.raises(ScanReadError, match=r"series 1\.2\.3\.9 .*missing slices.*5\.00 mm between "
                                             r"1\.2\.3\.9-slice003\.dcm \(at -295\.00 mm\) and 1\.2\.3\.9-slice002\.dcm"):
         read_dicom_series(tmp_path)
+
+
+CORRUPTIONS = {
+    "preamble zeroed": lambda data: bytes(2000) + data[2000:],
+    "cut to 100 bytes": lambda data: data[:100],
+    "empty": lambda data: b"",
+    "overwritten": lambda data: np.random.default_rng(0).bytes(len(data)),
+}
+
+
+def assert_names_the_corrupt_slice(folder: Path, files: list[Path], corrupt) -> None:
+    """Corrupting one middle slice is reported as that file, not as "missing slices" around it."""
+    files[2].write_bytes(corrupt(files[2].read_bytes()))
+    with pytest.raises(ScanReadError, match=rf"1 DICOM file\(s\) cannot be read.*: {re.escape(str(files[2]))};") as info:
+        read_dicom_series(folder)
+    assert "missing slices" not in str(info.value)
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
+def test_corrupt_slice_is_named(tmp_path: Path, corrupt) -> None:
+    assert_names_the_corrupt_slice(tmp_path, write_dicom_series(tmp_path, ct_volume(), "1.2.3.9"), corrupt)
+
+
+@pytest.mark.real_data
+def test_corrupt_slice_of_a_real_series_is_named(tmp_path: Path) -> None:
+    series = next((shared_data_dir() / "lidc-idri" / "LIDC-IDRI-0001").rglob("000001.dcm")).parent
+    files = [Path(shutil.copyfile(series / f"{number:06d}.dcm", tmp_path / f"{number:06d}.dcm"))
+             for number in range(60, 66)]  # copyfile: the copies must be writable
+    assert_names_the_corrupt_slice(tmp_path, files, CORRUPTIONS["preamble zeroed"])
 
 
 @pytest.mark.parametrize(

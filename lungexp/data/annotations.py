@@ -3,12 +3,15 @@
 A CSV with a renamed column, a stray empty cell or voxel indices instead of millimetres would
 otherwise surface much later as a ``KeyError`` or as patches of empty air. Every problem is an
 :class:`AnnotationError` naming the file, the column, the rows (numbered as in a spreadsheet: the
-header is row 1) and what is expected. Extra columns are kept untouched.
+header is row 1) and what is expected. Extra columns are kept untouched. Points that fit their scan
+only once its size is reordered blame the scan's header instead (a ``ScanReadError`` naming it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import itertools
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungexp.data.io.errors import ScanReadError
 from lungexp.data.io.reader import ScanHeader
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.utils.errors import LungexpError, look_up_option
@@ -23,6 +27,9 @@ from lungexp.utils.errors import LungexpError, look_up_option
 log = logging.getLogger(__name__)
 
 OUTSIDE_CHOICES = ("error", "skip")
+# annotations_excluded.csv marks a finding of unknown size (e.g. < 3 mm) by exactly this diameter_mm;
+# LUNA16's evaluation then uses 10 mm. Any other diameter must be positive: 0 could never be hit.
+UNKNOWN_DIAMETER = -1.0
 
 # Rows listed in an error before "and N more".
 _SHOWN = 5
@@ -65,6 +72,11 @@ def _present(column: pd.Series) -> tuple[pd.Series, pd.Series]:
     return column, column.isna()
 
 
+def _diameter_or_unknown(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    values, bad = _number(column)
+    return values, bad | ((values <= 0) & (values != UNKNOWN_DIAMETER))
+
+
 # What each rule expects, for error messages.
 _EXPECTED: dict[Rule, str] = {
     _text: "a non-empty series UID",
@@ -73,6 +85,7 @@ _EXPECTED: dict[Rule, str] = {
     _class01: "0 or 1",
     _true_false: "True or False",
     _present: "a value in every row",
+    _diameter_or_unknown: f"a positive number (mm), or {UNKNOWN_DIAMETER:g} for a size unknown",
 }
 
 _POINT_RULES: dict[str, Rule] = {"seriesuid": _text, **dict.fromkeys(COORD_COLUMNS, _number)}
@@ -80,21 +93,30 @@ _ANNOTATION_RULES = {**_POINT_RULES, "diameter_mm": _positive}
 _CANDIDATE_RULES = {**_POINT_RULES, "class": _class01}
 _MALIGNANCY_RULES = {**_ANNOTATION_RULES, "mal_bool": _true_false}
 _WORLD_POINT_RULES = {**_POINT_RULES, "label": _present}
-# annotations_excluded.csv marks findings with unknown size (e.g. < 3 mm) by diameter_mm = -1.
-_EXCLUDED_RULES = {**_POINT_RULES, "diameter_mm": _number}
+_EXCLUDED_RULES = {**_POINT_RULES, "diameter_mm": _diameter_or_unknown}
 
 
 def read_annotations(path: str | Path) -> pd.DataFrame:
-    """LUNA16 ``annotations.csv``: ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (world mm)."""
+    """LUNA16 ``annotations.csv``: ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (world mm, > 0)."""
     return _read_csv(path, _ANNOTATION_RULES)
 
 
 def read_excluded_annotations(path: str | Path) -> pd.DataFrame:
     """LUNA16 ``annotations_excluded.csv``: findings that are neither nodules nor false positives.
 
-    Same columns as ``annotations.csv``; ``diameter_mm`` may be -1 (size unknown).
+    Same columns as ``annotations.csv``; ``diameter_mm`` is positive or :data:`UNKNOWN_DIAMETER` (-1).
     """
     return _read_csv(path, _EXCLUDED_RULES)
+
+
+def check_annotations(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A table already in memory checked by the rules of :func:`read_annotations`; ``source`` names it."""
+    return _parsed(table.copy(), _ANNOTATION_RULES, source)
+
+
+def check_excluded_annotations(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A table already in memory checked by the rules of :func:`read_excluded_annotations`."""
+    return _parsed(table.copy(), _EXCLUDED_RULES, source)
 
 
 def read_candidates(path: str | Path) -> pd.DataFrame:
@@ -124,7 +146,7 @@ def read_points(path: str | Path, with_seriesuid: bool = True) -> pd.DataFrame:
 
 
 def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
-    """Read ``path`` and parse the columns named in ``rules``; raise on the first broken column."""
+    """Read ``path`` and parse the columns named in ``rules`` (:func:`_parsed`)."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: CSV not found; check the path")
@@ -137,17 +159,22 @@ def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
                               "followed by one row per point") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise AnnotationError(f"{path}: not a readable CSV ({error}); expected columns {header}") from None
-    _check_columns(path, table, list(rules))
+    return _parsed(table, rules, path)
+
+
+def _parsed(table: pd.DataFrame, rules: Mapping[str, Rule], source: str | Path) -> pd.DataFrame:
+    """``table`` with the columns named in ``rules`` parsed; raise on the first broken column."""
+    _check_columns(source, table, list(rules))
     for name, rule in rules.items():
         values, bad = rule(table[name])
         if bad.any():
-            raise AnnotationError(f"{path}: column '{name}' must hold {_EXPECTED[rule]}, but "
+            raise AnnotationError(f"{source}: column '{name}' must hold {_EXPECTED[rule]}, but "
                                   f"{_describe_rows(bad, table[name])}")
         table[name] = values
     return table
 
 
-def _check_columns(path: Path, table: pd.DataFrame, required: list[str]) -> None:
+def _check_columns(path: str | Path, table: pd.DataFrame, required: list[str]) -> None:
     """Raise if required columns are missing, suggesting the closest found name for each."""
     found = [str(name) for name in table.columns]
     missing = [name for name in required if name not in found]
@@ -212,6 +239,7 @@ def check_points_inside(
         inside[rows] = headers[uid].contains_world(points.loc[rows, COORD_COLUMNS].to_numpy(np.float64))
     outside = ~unknown & ~inside
     if outside.any():
+        _check_size_order(points[~unknown], outside[~unknown], headers, name)
         if on_outside == "error":
             raise AnnotationError(
                 f"{name}: {int(outside.sum())} point(s) lie outside their scan: "
@@ -220,6 +248,27 @@ def check_points_inside(
             )
         log.warning("%s: skipping %d point(s) outside their scan", name, int(outside.sum()))
     return points[inside]
+
+
+def _check_size_order(points: pd.DataFrame, outside: pd.Series, headers: Mapping[str, ScanHeader],
+                      name: str | Path) -> None:
+    """Raise :class:`ScanReadError` naming the header when a scan's points lie outside it but would all lie
+    inside were its size in another order (e.g. DimSize written z y x): then the header is wrong, not the
+    CSV, and the voxels would be read scrambled."""
+    for uid, count in points.loc[outside, "seriesuid"].value_counts().items():
+        if count < 2:  # a single stray point says more about its row than about the header
+            continue
+        scan = headers[uid]
+        world = points.loc[points["seriesuid"] == uid, COORD_COLUMNS].to_numpy(np.float64)
+        size = tuple(int(n) for n in scan.size_xyz)
+        for order in sorted(set(itertools.permutations(size)) - {size}):
+            if dataclasses.replace(scan, size_xyz=np.array(order)).contains_world(world).all():
+                field = "DimSize" if scan.path.suffix.lower() == ".mhd" else "the image size"
+                raise ScanReadError(
+                    f"{scan.path}: {field} {' '.join(map(str, size))} (x y z) puts {count} of the {len(world)} points "
+                    f"of {name} for this scan outside it, but {' '.join(map(str, order))} holds them all: the header "
+                    "lists the sizes in the wrong order (a .mhd's DimSize is x y z); fix the header or re-convert "
+                    "the scan")
 
 
 def _describe_outside(rows: pd.DataFrame, headers: Mapping[str, ScanHeader]) -> str:

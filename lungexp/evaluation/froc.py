@@ -7,7 +7,10 @@ The rules are those of LUNA16's evaluation script (``noduleCADEvaluationLUNA16.p
   the sphere), with a 1e-6 mm tolerance so that rounding cannot decide a hit;
 * several hits on one nodule count once, with the highest probability among them;
 * a candidate hitting a finding of ``annotations_excluded.csv`` (and no nodule) is ignored: neither a
-  true nor a false positive. A negative diameter (``-1``: size unknown) counts as 10 mm, as in the script;
+  true nor a false positive. A diameter of ``-1`` (size unknown) counts as 10 mm, as in the script;
+* diameters are read by the rules of :mod:`lungexp.data.annotations`, as for training: a nodule's must
+  be positive (0 could never be hit) and an excluded finding's positive or exactly ``-1`` (the script
+  would also read -5 as 10 mm); other values are an error naming the rows;
 * every other candidate is a false positive; false positives per scan divide by the number of
   scans evaluated, including scans without nodules or candidates;
 * a nodule that no candidate hits stays in the denominator, so sensitivity can top out below 1;
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lungexp.data.annotations import UNKNOWN_DIAMETER, check_annotations, check_excluded_annotations
 from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,8 @@ class FrocResult:
         num_candidates: candidates of the scans evaluated.
         num_false_positives: candidates that hit neither a nodule nor an excluded finding.
         num_ignored: candidates on excluded findings only.
+        num_double_detections: hits on a found nodule beyond its best one (the script's "double
+            detections on a nodule"; a candidate on two nodules counts for each).
         cpm_ci: 95 % bootstrap interval of the CPM, when bootstrapped.
         sensitivity_ci: 95 % bootstrap interval of each sensitivity, when bootstrapped.
     """
@@ -83,8 +89,21 @@ class FrocResult:
     num_candidates: int
     num_false_positives: int
     num_ignored: int
+    num_double_detections: int
     cpm_ci: tuple[float, float] | None = None
     sensitivity_ci: dict[float, tuple[float, float]] | None = None
+
+    def script_counts(self) -> dict[str, int]:
+        """The candidate counts, labelled as LUNA16's script prints them under "Candidate detection results"."""
+        return {
+            "True positives": self.num_found,
+            "False positives": self.num_false_positives,
+            "False negatives": self.num_nodules - self.num_found,
+            "Total number of candidates": self.num_candidates,
+            "Total number of nodules": self.num_nodules,
+            "Ignored candidates on excluded nodules": self.num_ignored,
+            "Ignored candidates which were double detections on a nodule": self.num_double_detections,
+        }
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         """``{prefix}cpm`` and ``{prefix}sens_at_{rate}_fp`` (e.g. ``test/sens_at_0.125_fp``), plus
@@ -108,8 +127,10 @@ def compute_froc(
 
     Args:
         predictions: ``seriesuid, coordX, coordY, coordZ, probability`` (world mm; extra columns ignored).
-        annotations: the nodules, ``seriesuid, coordX, coordY, coordZ, diameter_mm``.
-        excluded: findings to ignore (``annotations_excluded.csv``), same columns.
+        annotations: the nodules, ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (checked by
+            :func:`~lungexp.data.annotations.check_annotations`).
+        excluded: findings to ignore (``annotations_excluded.csv``), same columns (checked by
+            :func:`~lungexp.data.annotations.check_excluded_annotations`).
         seriesuids: the scans evaluated; default: the series in ``predictions``. Predictions and
             annotations of other series are left out.
         bootstrap: number of scan resamplings for the 95 % intervals (0: none).
@@ -118,7 +139,7 @@ def compute_froc(
     predictions = validated_table(predictions, PREDICTION_COLUMNS, "predictions")
     scans = _scans(predictions, seriesuids)
     predictions, candidate_scan = _on_scans(predictions, scans, "predictions", warn=True)
-    annotations, nodule_scan = _on_scans(validated_table(annotations, ANNOTATION_COLUMNS, "annotations"), scans)
+    annotations, nodule_scan = _on_scans(_findings(check_annotations(annotations, "annotations")), scans)
     candidate_xyz = predictions[list(COORDINATES)].to_numpy()
     probability = predictions["probability"].to_numpy()
 
@@ -131,7 +152,8 @@ def compute_froc(
     np.maximum.at(best, hit_nodule, probability[hit_candidate])
     ignored = np.zeros(len(predictions), dtype=bool)
     if excluded is not None:
-        excluded, excluded_scan = _on_scans(validated_table(excluded, ANNOTATION_COLUMNS, "excluded findings"), scans)
+        excluded, excluded_scan = _on_scans(
+            _findings(check_excluded_annotations(excluded, "excluded findings")), scans)
         ignored[_hits(candidate_scan, candidate_xyz, excluded, excluded_scan)[0]] = True
     ignored &= ~on_nodule
     false_positive = ~on_nodule & ~ignored
@@ -161,6 +183,7 @@ def compute_froc(
         num_candidates=len(predictions),
         num_false_positives=int(false_positive.sum()),
         num_ignored=int(ignored.sum()),
+        num_double_detections=int(np.maximum(np.bincount(hit_nodule, minlength=num_nodules) - 1, 0).sum()),
         cpm_ci=cpm_ci,
         sensitivity_ci=sensitivity_ci,
     )
@@ -183,6 +206,11 @@ def validated_table(table: pd.DataFrame, required: Sequence[str], name: str) -> 
                                  f"row(s) do not: row(s) {rows} (the header is row 1)")
         checked[column] = values
     return checked
+
+
+def _findings(table: pd.DataFrame) -> pd.DataFrame:
+    """The checked annotation columns, ``seriesuid`` as text to match the predictions'."""
+    return table[list(ANNOTATION_COLUMNS)].astype({"seriesuid": str})
 
 
 def _scans(predictions: pd.DataFrame, seriesuids: Sequence[str] | None) -> pd.Index:
@@ -219,7 +247,7 @@ def _hits(
     first_pair = np.repeat(np.cumsum(counts) - counts, counts)
     candidate = order[np.repeat(start, counts) + np.arange(counts.sum()) - first_pair]
     diameter = findings["diameter_mm"].to_numpy(np.float64)
-    radius = np.where(diameter < 0, UNKNOWN_DIAMETER_MM, diameter) / 2 + HIT_TOLERANCE_MM
+    radius = np.where(diameter == UNKNOWN_DIAMETER, UNKNOWN_DIAMETER_MM, diameter) / 2 + HIT_TOLERANCE_MM
     centre = findings[list(COORDINATES)].to_numpy(np.float64)
     squared = ((candidate_xyz[candidate] - centre[finding]) ** 2).sum(axis=1)
     inside = squared <= radius[finding] ** 2

@@ -12,9 +12,11 @@ slow work instead of failing deep inside the logger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,7 +162,27 @@ def open_tracking_store(uri: str, experiment_name: str) -> None:
                                      "and reachable from here? Check the address (logger.mlflow.tracking_uri, "
                                      "MLFLOW_TRACKING_URI)") from None
         where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
+        if uri.startswith("sqlite:///") and _is_sound_sqlite(Path(where)):
+            # Typically two first runs creating the store at once: one of them loses the race on the
+            # schema migrations ("table ... already exists"), and the file is fine.
+            raise TrackingStoreError(
+                f"{where}: the MLflow tracking store cannot be opened ({reason}), but the file is a sound SQLite "
+                "database: most likely another run is creating or upgrading the store at this moment; wait until "
+                "that run has started, then retry (if it keeps failing, the file is no MLflow store: point "
+                "paths.mlflow_uri somewhere else)"
+            ) from None
         raise TrackingStoreError(
             f"{where}: the MLflow tracking store cannot be opened ({reason}); if the file is damaged, move it "
             "aside (a new store is created) or point paths.mlflow_uri somewhere else"
         ) from None
+
+
+def _is_sound_sqlite(path: Path) -> bool:
+    """Whether ``path`` is an undamaged SQLite database (waiting a while for another writer's lock)."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)) as db:
+            return db.execute("PRAGMA quick_check").fetchone() == ("ok",)
+    except sqlite3.Error:
+        return False

@@ -24,6 +24,8 @@ from lungexp.data.scan import Scan
 _TAG_POSITION = "0020|0032"  # ImagePositionPatient
 _TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient
 
+# The usual name ending of DICOM files (LIDC-IDRI's); such a file that is in no series is a damaged slice.
+DICOM_SUFFIX = ".dcm"
 # Slices closer than this (mm) are at the same position: a duplicate or a second acquisition.
 _SAME_POSITION_MM = 0.01
 # A step between slices larger than this many median steps means slices are missing.
@@ -80,15 +82,20 @@ def find_dicom_series(folder: str | Path) -> dict[str, list[str]]:
 
 
 def _unreadable_dicom_files(folder: Path, listed: set[str]) -> list[Path]:
-    """Files with the DICOM preamble that GDCM left out of every series because it cannot parse them.
+    """DICOM files that GDCM left out of every series because it cannot parse them: files with the
+    DICOM preamble whose header does not read, and ``.dcm`` files whose preamble is damaged.
 
-    A truncated slice is silently skipped by the series scan, which would show up as a gap in the
+    A corrupt slice is silently skipped by the series scan, which would show up as a gap in the
     stack, or not at all for the first or last slice.
     """
     reader = sitk.ImageFileReader()
     unreadable = []
     for path in sorted(folder.rglob("*")):
-        if str(path) in listed or not path.is_file() or not _has_dicom_preamble(path):
+        if str(path) in listed or not path.is_file():
+            continue
+        if not _has_dicom_preamble(path):
+            if path.suffix.lower() == DICOM_SUFFIX:
+                unreadable.append(path)
             continue
         reader.SetFileName(str(path))
         try:

@@ -8,6 +8,7 @@ size mismatch".
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def check_mhd(path: Path) -> None:
     if element_type not in _MET_ELEMENT_SIZES:
         raise ScanReadError(f"{path}: unsupported ElementType {element_type}; expected one of "
                             f"{', '.join(_MET_ELEMENT_SIZES)} (LUNA16 scans are MET_SHORT)")
+    _check_spacing(path, fields.get("ElementSpacing", "1 1 1"))
     channels = fields.get("ElementNumberOfChannels", "1")
     if channels != "1":
         raise ScanReadError(f"{path}: ElementNumberOfChannels = {channels}; a CT volume has one channel")
@@ -59,7 +61,7 @@ def check_mhd(path: Path) -> None:
     if data_name == "LIST" or "%" in data_name or " " in data_name:
         raise ScanReadError(f"{path}: ElementDataFile = {data_name} spreads the volume over several files; "
                             "only a single data file (or LOCAL) is supported; re-save the scan as one .mhd/.raw")
-    data_path, data_start = (path, local_offset) if data_name == "LOCAL" else (path.parent / data_name, 0)
+    data_path, data_start = (path, local_offset) if data_name == "LOCAL" else (_data_file(path, data_name), 0)
     if not data_path.is_file():
         raise ScanReadError(f"{path}: its data file {data_path} (ElementDataFile = {data_name}) is missing; "
                             "copy the .raw next to the .mhd (a partial download?)")
@@ -76,6 +78,28 @@ def check_mhd(path: Path) -> None:
             f"(+ HeaderSize {header_size}), i.e. {expected + header_size} bytes, but the data has {actual} "
             "bytes; re-download the scan or fix DimSize/ElementType in the .mhd"
         )
+
+
+def _check_spacing(path: Path, text: str) -> None:
+    """ElementSpacing must be three positive sizes: ITK refuses 0 with an unrelated message and reads a
+    negative size as positive, while the header alone (the coordinate checks) would take it as it is."""
+    try:
+        spacing = [float(v) for v in text.split()]
+    except ValueError:
+        spacing = []
+    if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise ScanReadError(f"{path}: ElementSpacing = {text}; expected three positive voxel sizes in mm (x y z); "
+                            "fix ElementSpacing in the .mhd or re-convert the scan")
+
+
+def _data_file(path: Path, data_name: str) -> Path:
+    """The data file named by ElementDataFile, which must lie in the header's folder or below it: a header
+    from elsewhere must not make lungexp read any other file."""
+    relative = Path(os.path.normpath(data_name))
+    if relative.is_absolute() or relative.parts[0] == "..":
+        raise ScanReadError(f"{path}: ElementDataFile = {data_name} points outside the header's folder "
+                            f"{path.parent}; put the data file next to the .mhd and name it relative to it")
+    return path.parent / relative
 
 
 def _parse_mhd(path: Path) -> tuple[dict[str, str], int]:

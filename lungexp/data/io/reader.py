@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import SimpleITK as sitk
 
@@ -22,6 +23,7 @@ from lungexp.data.io.metaimage import check_mhd
 from lungexp.data.scan import Scan
 
 SCAN_SUFFIXES = (".mhd", ".nii.gz", ".nii", ".nrrd")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +63,8 @@ class ScanHeader:
 def read_scan(path: str | Path) -> Scan:
     """Read a ``.mhd``/``.nii``/``.nii.gz``/``.nrrd`` volume with its geometry.
 
-    Values are returned as stored (LUNA16 and converted DICOM: int16 HU).
+    Values are returned as stored (LUNA16 and converted DICOM: int16 HU). A file with NaN or infinite
+    voxels ("no data") is refused rather than filled with a guessed value.
     """
     path = _check_scan_file(path)
     try:
@@ -70,9 +73,29 @@ def read_scan(path: str | Path) -> Scan:
         raise ScanReadError(f"{path}: SimpleITK could not read it ({itk_message(error)}); "
                             "check that the file is a complete, uncorrupted scan") from None
     try:
-        return Scan.from_sitk(image, source=path)
+        scan = Scan.from_sitk(image, source=path)
     except ValueError as error:
         raise ScanReadError(f"{error}; lungexp needs a 3D CT volume") from None
+    non_finite = _non_finite_voxels(path, scan.array)
+    if non_finite:
+        raise ScanReadError(f"{path}: {non_finite} of {scan.array.size} voxels are NaN or infinite (no data); "
+                            "lungexp does not guess values for them: fill them (e.g. with -1000 HU, air) and "
+                            "save the scan again")
+    return scan
+
+
+def _non_finite_voxels(path: Path, array: np.ndarray) -> int:
+    """The NaN and infinite voxels as the file stores them. ITK's NIfTI reader turns them into 0 (which
+    reads as water, 0 HU), so a NIfTI of a floating-point datatype is read again with nibabel, which
+    keeps them."""
+    if scan_suffix(path) in _NIFTI_SUFFIXES:
+        image = nibabel.load(path)
+        if not np.issubdtype(image.header.get_data_dtype(), np.floating):
+            return 0
+        array = np.asanyarray(image.dataobj)
+    elif not np.issubdtype(array.dtype, np.floating):
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def read_scan_header(path: str | Path) -> ScanHeader:
