@@ -34,6 +34,9 @@ from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import LungexpError
 
 RECIPE_KEY = "lungexp"
+# The run's config as composed (interpolations unresolved), compared on resume (lungexp.training.resume);
+# kept apart from the recipe: it is only ever compared, never resolved or built.
+RUN_CONFIG_KEY = "lungexp_run_config"
 FORMAT_VERSION = 1
 
 # A value built only from other data.* or paths.* keys (e.g. labels_csv: ${data.root}/candidates_V2.csv)
@@ -205,10 +208,11 @@ def _keep_relocatable(resolved: Any, raw: Any) -> Any:
 
 
 class SaveRecipe(pl.Callback):
-    """Adds the :class:`ModelRecipe` and the MLflow run id to every checkpoint the Trainer writes."""
+    """Adds the :class:`ModelRecipe`, the MLflow run id and the run's config to every checkpoint the Trainer writes."""
 
-    def __init__(self, recipe: ModelRecipe) -> None:
+    def __init__(self, recipe: ModelRecipe, run_config: dict[str, Any]) -> None:
         self.recipe = recipe
+        self.run_config = run_config
         self._run: dict[str, str] | None = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -222,6 +226,7 @@ class SaveRecipe(pl.Callback):
                              "experiment_name": client.get_experiment(mlflow.experiment_id).name,
                              "tracking_uri": client.tracking_uri}
         checkpoint[RECIPE_KEY] = {**self.recipe.to_dict(), "mlflow": self._run}
+        checkpoint[RUN_CONFIG_KEY] = self.run_config
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,17 @@ from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
 from lungexp.tracking.stale_runs import instantiate_loggers
-from lungexp.training.checkpoint import ModelRecipe, SaveRecipe, best_checkpoint_callback
+from lungexp.training.checkpoint import ModelRecipe, SaveRecipe, best_checkpoint_callback, read_checkpoint
 from lungexp.training.devices import drop_unsupported_sync_batchnorm
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
-from lungexp.training.resume import EpochSeed, checkpoint_run_id, resolve_checkpoint
+from lungexp.training.resume import (
+    EpochSeed,
+    check_resumable,
+    checkpoint_run_id,
+    resolve_checkpoint,
+    run_config,
+)
 from lungexp.utils.config import instantiate_dict
 from lungexp.utils.errors import ConfigError
 
@@ -51,10 +57,11 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     ``run_id``: continue this MLflow run (resume) instead of starting a new one.
     """
     pl.seed_everything(cfg.seed, workers=True)
+    save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg))  # the config as composed, as resume reads it
     drop_unsupported_sync_batchnorm(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), SaveRecipe(ModelRecipe.from_config(cfg)), EpochSeed(cfg.seed)]
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed)]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
@@ -78,7 +85,9 @@ def train(cfg: DictConfig) -> RunResult:
     resume_from = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / str(cfg.task_name))
     run_id = None
     if resume_from is not None:
-        run_id = _resumable_run(resume_from, cfg)
+        state = read_checkpoint(resume_from)
+        check_resumable(resume_from, state, cfg)
+        run_id = _resumable_run(resume_from, checkpoint_run_id(state), cfg)
         _checkpoint_next_to(cfg, resume_from)
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
@@ -120,13 +129,12 @@ def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> None:
                 node.dirpath = str(checkpoint.parent)
 
 
-def _resumable_run(checkpoint: Path, cfg: DictConfig) -> str | None:
-    """The checkpoint's MLflow run if it is in this run's tracking store, else None (a new run, tagged
-    ``resumed_from``)."""
+def _resumable_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> str | None:
+    """The checkpoint's MLflow run ``run_id`` if it is in this run's tracking store, else None (a new run,
+    tagged ``resumed_from``)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    run_id = checkpoint_run_id(checkpoint)
     uri = cfg.get("logger", {}).get("mlflow", {}).get("tracking_uri")
     if run_id is None or uri is None:
         return None
