@@ -56,6 +56,12 @@ def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
     return next((callback for callback in trainer.checkpoint_callbacks if callback.monitor is not None), None)
 
 
+def last_checkpoint_path(trainer: pl.Trainer) -> str | None:
+    """The newest checkpoint of the callback that saves every epoch (``callbacks.last_checkpoint``), if any."""
+    return next((callback.best_model_path for callback in trainer.checkpoint_callbacks
+                 if callback.monitor is None and callback.best_model_path), None)
+
+
 class CheckpointError(LungexpError):
     """A checkpoint file that is missing, unreadable or not written by lungexp; the message names it."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +14,20 @@ import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lungexp.tracking.callback import MLflowTracking
 from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
-from lungexp.tracking.stale_runs import instantiate_loggers
-from lungexp.training.checkpoint import ModelRecipe, SaveRecipe, best_checkpoint_callback, read_checkpoint
+from lungexp.tracking.stale_runs import ENDED_BY_TAG, instantiate_loggers
+from lungexp.training.checkpoint import (
+    ModelRecipe,
+    SaveRecipe,
+    best_checkpoint_callback,
+    last_checkpoint_path,
+    read_checkpoint,
+)
 from lungexp.training.devices import drop_unsupported_sync_batchnorm
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
@@ -31,7 +39,7 @@ from lungexp.training.resume import (
     run_config,
 )
 from lungexp.utils.config import instantiate_dict
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.errors import ConfigError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +99,7 @@ def train(cfg: DictConfig) -> RunResult:
         _checkpoint_next_to(cfg, resume_from)
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
-    with sweep_job_ranks(trainer):  # checks first that this job can start its ranks, before the MLflow run exists
+    with stopped_by_sigterm(trainer), sweep_job_ranks(trainer):  # checks first that this job can start its ranks, before the MLflow run exists
         if run_id is None:  # a continued run keeps the params of its first start
             log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
         if resume_from is not None:
@@ -118,6 +126,26 @@ def train(cfg: DictConfig) -> RunResult:
     )
     _print_summary(result)
     return result
+
+
+@contextmanager
+def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[None]:
+    """End a run that SIGTERM stopped (a batch system pre-empting the job) as a failure, not a success.
+
+    Lightning finishes the current batch and raises ``SIGTERMException``, a ``SystemExit`` with status 0,
+    after marking the MLflow run FAILED; here the run is marked KILLED instead and :class:`Terminated`
+    (exit status 143) says where it stopped and how to resume.
+    """
+    try:
+        yield
+    except SIGTERMException:
+        for logger in mlflow_loggers(trainer.loggers):
+            logger.experiment.set_tag(logger.run_id, ENDED_BY_TAG, "SIGTERM; marked KILLED by the run itself")
+            logger.experiment.set_terminated(logger.run_id, status="KILLED")
+        last = last_checkpoint_path(trainer)
+        resume = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last)" if last else
+                  "no checkpoint was saved yet: run it again")
+        raise Terminated(f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step}); {resume}") from None
 
 
 def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> None:
