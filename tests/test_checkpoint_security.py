@@ -18,6 +18,7 @@ from lungexp.data.patches import PatchSpec
 from lungexp.inference.evaluation import data_config, evaluate_checkpoint
 from lungexp.models import CNN3D
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, ModelRecipe, load_checkpoint
+from tests.helpers.cli import run_entry_point
 from tests.helpers.config import compose_config
 
 NET = {"_target_": "lungexp.models.CNN3D", "in_channels": 1, "num_classes": 1, "widths": [4, 8]}
@@ -138,3 +139,15 @@ def test_damaged_files_are_named_without_unsafe_advice(tmp_path: Path) -> None:
     for path in (truncated, random):
         message = refused(path, "not a readable PyTorch checkpoint")
         assert "weights_only" not in message and "will likely succeed" not in message
+
+
+def test_predict_refuses_a_hostile_checkpoint_with_one_line(tmp_path: Path) -> None:
+    written = tmp_path / "site-packages" / "evil.pth"
+    written.parent.mkdir()
+    path = write_checkpoint(tmp_path / "hostile.ckpt", net=savetxt(written))
+    proc = run_entry_point("predict", [f"ckpt_path={path}", f"scans={tmp_path}", f"candidates={tmp_path}/c.csv",
+                                       f"out={tmp_path}/out.csv", "device=cpu"], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert str(path) in line and "'lungexp.data.cache.np.savetxt'" in line, line
+    assert not written.exists()
