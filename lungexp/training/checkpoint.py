@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import hydra
@@ -149,10 +150,10 @@ def check_buildable(config: Mapping[str, Any], allowed: frozenset[type], where: 
     """
     for key, target in _targets(config):
         built = _locate_own(target)
-        if key == "_target_" and built in allowed:
+        if key == "_target_" and any(built is cls for cls in allowed):  # identity: what it resolves to may not hash
             continue
-        resolved = f" (resolves to {built.__module__}.{built.__qualname__})" if built is not None else ""
-        names = ", ".join(sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in allowed))
+        resolved = f" (resolves to {_dotted(built)})" if built is not None else ""
+        names = ", ".join(sorted(map(_dotted, allowed)))
         raise CheckpointError(f"{source}: its {where} config sets {key}={target!r}{resolved}; a lungexp checkpoint "
                               f"builds only {names}, so the file is refused")
 
@@ -163,8 +164,18 @@ def _locate_own(target: Any) -> Any:
         return None
     try:
         return _locate(target)
-    except Exception:  # noqa: BLE001 - any failure to resolve means: not one of ours
+    except Exception:  # any failure to resolve means: not one of ours
         return None
+
+
+def _dotted(obj: Any) -> str:
+    """``module.name`` of a class or function, the name of a module, else the type of the object."""
+    if isinstance(obj, ModuleType):
+        return obj.__name__
+    name = getattr(obj, "__qualname__", None)
+    if not isinstance(name, str):
+        return f"a {_dotted(type(obj))} object"
+    return f"{getattr(obj, '__module__', None) or '?'}.{name}"
 
 
 def _targets(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
