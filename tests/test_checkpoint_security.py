@@ -146,7 +146,7 @@ def test_predict_refuses_a_hostile_checkpoint_with_one_line(tmp_path: Path) -> N
     written.parent.mkdir()
     path = write_checkpoint(tmp_path / "hostile.ckpt", net=savetxt(written))
     proc = run_entry_point("predict", [f"ckpt_path={path}", f"scans={tmp_path}", f"candidates={tmp_path}/c.csv",
-                                       f"out={tmp_path}/out.csv", "device=cpu"], tmp_path)
+                                       f"out={tmp_path}/out.csv", "device=cpu", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert str(path) in line and "'lungexp.data.cache.np.savetxt'" in line, line
