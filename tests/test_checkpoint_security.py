@@ -53,7 +53,8 @@ def refused(path: Path, *names: str) -> str:
 
 
 def test_a_checkpoint_of_our_own_classes_loads(tmp_path: Path) -> None:
-    trained = load_checkpoint(write_checkpoint(tmp_path / "ok.ckpt", net={**NET, "_target_": "lungexp.models.cnn3d.CNN3D"}))
+    path = write_checkpoint(tmp_path / "ok.ckpt", net={**NET, "_target_": "lungexp.models.cnn3d.CNN3D"})
+    trained = load_checkpoint(path)
     assert isinstance(trained.net, CNN3D)  # another path to the same class is the same class
 
 

@@ -65,7 +65,8 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     ``run_id``: continue this MLflow run (resume) instead of starting a new one.
     """
     pl.seed_everything(cfg.seed, workers=True)
-    save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg))  # the config as composed, as resume reads it
+    # The config as composed, before the device checks below adapt it: what a resume compares.
+    save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg))
     drop_unsupported_sync_batchnorm(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
@@ -99,7 +100,8 @@ def train(cfg: DictConfig) -> RunResult:
         _checkpoint_next_to(cfg, resume_from)
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
-    with stopped_by_sigterm(trainer), sweep_job_ranks(trainer):  # checks first that this job can start its ranks, before the MLflow run exists
+    # sweep_job_ranks checks first that this job can start its ranks, before the MLflow run exists.
+    with stopped_by_sigterm(trainer), sweep_job_ranks(trainer):
         if run_id is None:  # a continued run keeps the params of its first start
             log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
         if resume_from is not None:
@@ -145,7 +147,8 @@ def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[None]:
         last = last_checkpoint_path(trainer)
         resume = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last)" if last else
                   "no checkpoint was saved yet: run it again")
-        raise Terminated(f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step}); {resume}") from None
+        raise Terminated(f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step}); "
+                         f"{resume}") from None
 
 
 def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> None:
