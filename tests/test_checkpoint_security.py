@@ -110,6 +110,7 @@ def test_a_target_in_the_stored_data_config_is_refused_by_evaluate(tmp_path: Pat
 @pytest.mark.parametrize(("where", "replace"), [
     ("data", lambda value: {"data": {**DATA, "root": value}}),
     ("data", lambda value: {"data": {**DATA, "labels_csv": "${data.${oc.env:LUNGEXP_TEST_SECRET}}"}}),
+    ("data", lambda value: {"data": {**DATA, "root": "${paths.mlflow_uri}"}}),  # a server URI may hold a password
     ("network", lambda value: {"net": {**NET, "widths": value}}),
     ("eval", lambda value: {"evaluation": {"threshold": value}}),
 ])

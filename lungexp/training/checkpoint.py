@@ -40,9 +40,10 @@ RECIPE_KEY = "lungexp"
 RUN_CONFIG_KEY = "lungexp_run_config"
 FORMAT_VERSION = 1
 
-# A value built only from other data.* or paths.* keys (e.g. labels_csv: ${data.root}/candidates_V2.csv)
-# is stored as the interpolation, so it follows data.root=... or another project folder on evaluation.
-_RELOCATABLE = re.compile(r"\$\{(?:data|paths)\.[\w.]+\}")
+# A value built only from other data.* keys or the project's data folders (e.g. labels_csv:
+# ${data.root}/candidates_V2.csv) is stored as the interpolation, so it follows data.root=... or another
+# project folder on evaluation. Nothing else: paths.mlflow_uri, say, may hold a server's password.
+_RELOCATABLE = re.compile(r"\$\{(?:data\.[\w.]+|paths\.(?:root_dir|data_dir|cache_dir))\}")
 
 # What a checkpoint file may build, compared as the objects its `_target_`s resolve to: Hydra resolves a
 # dotted path through module attributes, so `lungexp.models.pretrained.os.write` is `os.write`. These take
@@ -78,7 +79,7 @@ class ModelRecipe:
         hu_window: ``(low, high)`` HU clipped before normalising.
         normalize: the :class:`~lungexp.data.dataset.HUWindow` normalisation.
         precision: the Trainer precision it was trained and tested with (e.g. ``32-true``, ``bf16-mixed``).
-        data: the data config, plain values except paths derived from ``data.*``/``paths.*`` keys.
+        data: the data config, plain values except paths derived from ``data.*`` keys and the data folders.
         mlflow: ``{run_id, experiment_id, tracking_uri}`` of the training run, empty without MLflow.
     """
 
@@ -205,7 +206,7 @@ def check_plain(config: Any, where: str, source: Path, keep: re.Pattern[str] | N
 
 
 def relocatable_data_config(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg.data`` as plain values, keeping interpolations of other ``data.*``/``paths.*`` keys.
+    """``cfg.data`` as plain values, keeping interpolations of other ``data.*`` keys and the data folders.
 
     The training augmentation is dropped: evaluation never augments.
     """
