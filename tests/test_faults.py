@@ -1,4 +1,4 @@
-"""Faults, in real subprocesses with timeouts: SIGKILL and Ctrl-C mid-work, and the runs they leave behind."""
+"""Faults, in real subprocesses with timeouts: SIGKILL, SIGTERM and Ctrl-C mid-work, and the runs they leave behind."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from lungexp.tracking.stale_runs import ENDED_BY_TAG, PID_TAG, end_stale_runs, owner_is_gone, process_tags
@@ -183,3 +184,24 @@ def test_a_run_killed_mid_training_is_marked_killed_by_the_next_run(synthetic_ro
     statuses = {r.info.run_name.split()[0]: r.info.status for r in client.search_runs([experiment_id])}
     assert statuses["next"] == "FINISHED"  # run names: task_name + overrides
     client.set_terminated(live)
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_fails_the_job_and_marks_the_run_killed(synthetic_root: Path, tmp_path: Path) -> None:
+    """What a batch system's pre-emption sends: the job must not count as a success."""
+    mlflow = tmp_path / "mlflow"
+    client = MlflowClient(f"sqlite:///{mlflow}/mlflow.db")
+    args = [*tiny_run_args(synthetic_root, synthetic_root.parent / "cache", mlflow), "trainer.max_epochs=500",
+            "callbacks.early_stopping=null", "task_name=preempted"]
+    proc = _start("run", args, tmp_path)
+    (last,) = _wait_for(lambda: list(tmp_path.glob("logs/preempted/runs/*/checkpoints/last.ckpt")), 300,
+                        "the first epoch", proc)
+    os.kill(proc.pid, signal.SIGTERM)  # SLURM signals the job's processes, not a process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out + err)[-4000:]
+    assert "Traceback" not in out + err, (out + err)[-4000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert "by SIGTERM" in line and f"ckpt_path={last}" in line, line
+    assert torch.load(last, weights_only=True)["epoch"] >= 0  # a whole checkpoint to resume from
+    (run,) = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
+    assert run.info.status == "KILLED"

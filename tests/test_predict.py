@@ -138,7 +138,7 @@ def _truncated_checkpoint(path: Path, source: Path) -> Path:
     ("objects", "holds objects other than tensors"),
     ("truncated", "not a readable PyTorch checkpoint"),
     ("missing", "checkpoint not found"),
-    ("foreign_target", "network config names 'os.system'; a lungexp checkpoint only builds lungexp.models"),
+    ("foreign_target", "network config sets _target_='os.system'; a lungexp checkpoint builds only"),
 ])
 def test_checkpoints_that_are_not_ours_are_refused_naming_the_file(trained_run, tmp_path: Path, case: str,
                                                                    expected: str) -> None:

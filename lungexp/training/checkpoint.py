@@ -14,34 +14,54 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from hydra._internal.utils import _locate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from lungexp.data.datamodule import NoduleDataModule
 from lungexp.data.dataset import HUWindow
 from lungexp.data.patches import PatchSpec
+from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
 from lungexp.tracking.mlflow import mlflow_loggers
 from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import LungexpError
 
 RECIPE_KEY = "lungexp"
+# The run's config as composed (interpolations unresolved), compared on resume (lungexp.training.resume);
+# kept apart from the recipe: it is only ever compared, never resolved or built.
+RUN_CONFIG_KEY = "lungexp_run_config"
 FORMAT_VERSION = 1
 
-# A value built only from other data.* or paths.* keys (e.g. labels_csv: ${data.root}/candidates_V2.csv)
-# is stored as the interpolation, so it follows data.root=... or another project folder on evaluation.
-_RELOCATABLE = re.compile(r"\$\{(?:data|paths)\.[\w.]+\}")
+# A value built only from other data.* keys or the project's data folders (e.g. labels_csv:
+# ${data.root}/candidates_V2.csv) is stored as the interpolation, so it follows data.root=... or another
+# project folder on evaluation. Nothing else: paths.mlflow_uri, say, may hold a server's password.
+_RELOCATABLE = re.compile(r"\$\{(?:data\.[\w.]+|paths\.(?:root_dir|data_dir|cache_dir))\}")
+
+# What a checkpoint file may build, compared as the objects its `_target_`s resolve to: Hydra resolves a
+# dotted path through module attributes, so `lungexp.models.pretrained.os.write` is `os.write`. These take
+# only plain values, so a `_target_` below the top of a stored node is refused too.
+NETWORKS: frozenset[type] = frozenset({CNN3D, ResNet3D, SEResNet3D, CBAMResNet3D, DenseNet3D})
+DATAMODULES: frozenset[type] = frozenset({NoduleDataModule})
 
 
 def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
     """The checkpoint callback that keeps the best epoch by a monitored metric (``callbacks.model_checkpoint``),
     not ``callbacks.last_checkpoint``, which Lightning's ``Trainer.checkpoint_callback`` may return."""
     return next((callback for callback in trainer.checkpoint_callbacks if callback.monitor is not None), None)
+
+
+def last_checkpoint_path(trainer: pl.Trainer) -> str | None:
+    """The newest checkpoint of the callback that saves every epoch (``callbacks.last_checkpoint``), if any."""
+    return next((callback.best_model_path for callback in trainer.checkpoint_callbacks
+                 if callback.monitor is None and callback.best_model_path), None)
 
 
 class CheckpointError(LungexpError):
@@ -59,7 +79,7 @@ class ModelRecipe:
         hu_window: ``(low, high)`` HU clipped before normalising.
         normalize: the :class:`~lungexp.data.dataset.HUWindow` normalisation.
         precision: the Trainer precision it was trained and tested with (e.g. ``32-true``, ``bf16-mixed``).
-        data: the data config, plain values except paths derived from ``data.*``/``paths.*`` keys.
+        data: the data config, plain values except paths derived from ``data.*`` keys and the data folders.
         mlflow: ``{run_id, experiment_id, tracking_uri}`` of the training run, empty without MLflow.
     """
 
@@ -113,30 +133,80 @@ class ModelRecipe:
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{source}: its lungexp recipe is incomplete or damaged ({error!r}); "
                                   "use a checkpoint written by `python -m lungexp.run`") from None
-        for where, config, package in (("network", built.net, "lungexp.models."),
-                                       ("data", built.data, "lungexp.data.")):
-            foreign = [target for target in _targets(config) if not str(target).startswith(package)]
-            if foreign:  # instantiating a _target_ runs it: only the project's own classes, never a file's choice
-                raise CheckpointError(f"{source}: its {where} config names {foreign[0]!r}; a lungexp checkpoint "
-                                      f"only builds {package}* classes, so the file is refused")
+        check_buildable(built.net, NETWORKS, "network", source)
+        check_buildable(built.data, DATAMODULES, "data", source)
+        check_plain({**recipe, "data": {}}, "recipe", source)
+        check_plain(built.data, "data", source, keep=_RELOCATABLE)
         if recipe.get("in_channels", built.in_channels) != built.in_channels:
             raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
                                   f"{built.in_channels} channel(s); the file is damaged")
         return built
 
 
-def _targets(config: Any) -> list[Any]:
-    """Every ``_target_`` value in a nested config."""
+def check_buildable(config: Mapping[str, Any], allowed: frozenset[type], where: str, source: Path) -> None:
+    """Refuse a stored config unless its only ``_target_`` is at its top and resolves to one of ``allowed``.
+
+    Checked before anything is instantiated: instantiating runs the target. Only ``lungexp.*`` paths are
+    resolved at all, since importing a module runs it.
+    """
+    for key, target in _targets(config):
+        built = _locate_own(target)
+        if key == "_target_" and any(built is cls for cls in allowed):  # identity: what it resolves to may not hash
+            continue
+        resolved = f" (resolves to {_dotted(built)})" if built is not None else ""
+        names = ", ".join(sorted(map(_dotted, allowed)))
+        raise CheckpointError(f"{source}: its {where} config sets {key}={target!r}{resolved}; a lungexp checkpoint "
+                              f"builds only {names}, so the file is refused")
+
+
+def _locate_own(target: Any) -> Any:
+    """The object a project ``_target_`` names, as Hydra resolves it; None for anything else."""
+    if not isinstance(target, str) or not target.startswith("lungexp."):
+        return None
+    try:
+        return _locate(target)
+    except Exception:  # any failure to resolve means: not one of ours
+        return None
+
+
+def _dotted(obj: Any) -> str:
+    """``module.name`` of a class or function, the name of a module, else the type of the object."""
+    if isinstance(obj, ModuleType):
+        return obj.__name__
+    name = getattr(obj, "__qualname__", None)
+    if not isinstance(name, str):
+        return f"a {_dotted(type(obj))} object"
+    return f"{getattr(obj, '__module__', None) or '?'}.{name}"
+
+
+def _targets(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every ``_target_`` in a nested config."""
     if isinstance(config, Mapping):
-        own = [config["_target_"]] if "_target_" in config else []
-        return own + [target for value in config.values() for target in _targets(value)]
+        own = [(f"{prefix}_target_", config["_target_"])] if "_target_" in config else []
+        return own + [found for key, value in config.items() for found in _targets(value, f"{prefix}{key}.")]
     if isinstance(config, list | tuple):
-        return [target for value in config for target in _targets(value)]
+        return [found for index, value in enumerate(config) for found in _targets(value, f"{prefix}{index}.")]
     return []
 
 
+def check_plain(config: Any, where: str, source: Path, keep: re.Pattern[str] | None = None, key: str = "") -> None:
+    """Refuse interpolations in a stored config (``${oc.env:...}`` would read the environment into MLflow),
+    except those wholly made of ``keep`` (references to other data or paths keys)."""
+    if isinstance(config, Mapping):
+        for name, value in config.items():
+            check_plain(name, where, source, keep, key)
+            check_plain(value, where, source, keep, f"{key}.{name}" if key else str(name))
+    elif isinstance(config, list | tuple):
+        for index, value in enumerate(config):
+            check_plain(value, where, source, keep, f"{key}.{index}" if key else str(index))
+    elif isinstance(config, str) and "${" in (keep.sub("", config) if keep else config):
+        raise CheckpointError(f"{source}: its {where} config has {key or 'a key'}={config!r}, an interpolation that "
+                              "reaches outside the stored values; a lungexp checkpoint stores plain values, so the "
+                              "file is refused")
+
+
 def relocatable_data_config(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg.data`` as plain values, keeping interpolations of other ``data.*``/``paths.*`` keys.
+    """``cfg.data`` as plain values, keeping interpolations of other ``data.*`` keys and the data folders.
 
     The training augmentation is dropped: evaluation never augments.
     """
@@ -156,10 +226,11 @@ def _keep_relocatable(resolved: Any, raw: Any) -> Any:
 
 
 class SaveRecipe(pl.Callback):
-    """Adds the :class:`ModelRecipe` and the MLflow run id to every checkpoint the Trainer writes."""
+    """Adds the :class:`ModelRecipe`, the MLflow run id and the run's config to every checkpoint the Trainer writes."""
 
-    def __init__(self, recipe: ModelRecipe) -> None:
+    def __init__(self, recipe: ModelRecipe, run_config: dict[str, Any]) -> None:
         self.recipe = recipe
+        self.run_config = run_config
         self._run: dict[str, str] | None = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -173,6 +244,7 @@ class SaveRecipe(pl.Callback):
                              "experiment_name": client.get_experiment(mlflow.experiment_id).name,
                              "tracking_uri": client.tracking_uri}
         checkpoint[RECIPE_KEY] = {**self.recipe.to_dict(), "mlflow": self._run}
+        checkpoint[RUN_CONFIG_KEY] = self.run_config
 
 
 @dataclass(frozen=True)
@@ -197,7 +269,7 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
     checkpoint (e.g. a plain Lightning checkpoint of another project) or its weights do not fit.
     """
     path = Path(path)
-    checkpoint = _read(path)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get(RECIPE_KEY), Mapping):
         keys = f" (it holds {sorted(map(str, checkpoint))[:8]})" if isinstance(checkpoint, Mapping) else ""
         raise CheckpointError(f"{path}: not a lungexp checkpoint: it has no '{RECIPE_KEY}' recipe{keys}; it comes "
@@ -210,33 +282,39 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
     if not weights:
         raise CheckpointError(f"{path}: has a lungexp recipe but no network weights (state_dict 'net.*'); "
                               "the file is damaged")
-    try:
+    evaluation = (checkpoint.get("hyper_parameters") or {}).get("evaluation")
+    check_plain(evaluation, "eval", path)
+    try:  # an allowed class (ModelRecipe.from_dict checked it) with arguments it does not take
         net: nn.Module = hydra.utils.instantiate(recipe.net, _convert_="partial")
-    except Exception as error:  # an unknown _target_: e.g. a network class this lungexp lacks
-        raise CheckpointError(f"{path}: cannot rebuild its network {recipe.net.get('_target_')!r} ({error}); "
-                              "is this lungexp version older than the one that trained it?") from None
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot rebuild its network {recipe.net['_target_']!r} from the stored "
+                              f"arguments ({str(error).strip().splitlines()[-1]}); the file is damaged or from "
+                              "another lungexp version") from None
     try:
         net.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: its weights do not fit its own network config: {error}") from None
     validation = checkpoint.get(VALIDATION_PREDICTIONS)
     return TrainedNetwork(
-        net=net.eval(), recipe=recipe, path=path,
-        evaluation=(checkpoint.get("hyper_parameters") or {}).get("evaluation"),
+        net=net.eval(), recipe=recipe, path=path, evaluation=evaluation,
         validation_predictions=None if validation is None else pd.DataFrame(
             {column: values.numpy() for column, values in validation.items()}),
     )
 
 
-def _read(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
+    """A checkpoint's contents, loaded with ``weights_only=True``; :class:`CheckpointError` naming the file when
+    it is missing, damaged or holds objects (never the advice to load it unsafely)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; check ckpt_path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: holds objects other than tensors and plain containers, so it is not a "
-                              "lungexp checkpoint and is not loaded (unpickling it could run code)") from None
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):
+            raise CheckpointError(f"{path}: holds objects other than tensors and plain containers, so it is not a "
+                                  "lungexp checkpoint and is not loaded (unpickling it could run code)") from None
+        reason = "its contents are not a PyTorch pickle"  # torch's own text here advises loading unsafely
     except Exception as error:  # torch.load fails on other files with anything from EOFError to IndexError
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); is it complete? "
-                              "copy it again or pick another .ckpt") from None
+    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); is it complete? "
+                          "copy it again or pick another .ckpt")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,20 +14,32 @@ import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lungexp.tracking.callback import MLflowTracking
 from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
-from lungexp.tracking.stale_runs import instantiate_loggers
-from lungexp.training.checkpoint import ModelRecipe, SaveRecipe, best_checkpoint_callback
+from lungexp.tracking.stale_runs import ENDED_BY_TAG, instantiate_loggers
+from lungexp.training.checkpoint import (
+    ModelRecipe,
+    SaveRecipe,
+    best_checkpoint_callback,
+    last_checkpoint_path,
+    read_checkpoint,
+)
 from lungexp.training.devices import drop_unsupported_sync_batchnorm
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
-from lungexp.training.resume import EpochSeed, checkpoint_run_id, resolve_checkpoint
+from lungexp.training.resume import (
+    EpochSeed,
+    check_resumable,
+    checkpoint_run_id,
+    resolve_checkpoint,
+    run_config,
+)
 from lungexp.utils.config import instantiate_dict
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.errors import ConfigError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +65,12 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     ``run_id``: continue this MLflow run (resume) instead of starting a new one.
     """
     pl.seed_everything(cfg.seed, workers=True)
+    # The config as composed, before the device checks below adapt it: what a resume compares.
+    save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg))
     drop_unsupported_sync_batchnorm(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), SaveRecipe(ModelRecipe.from_config(cfg)), EpochSeed(cfg.seed)]
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed)]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
@@ -78,11 +94,14 @@ def train(cfg: DictConfig) -> RunResult:
     resume_from = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / str(cfg.task_name))
     run_id = None
     if resume_from is not None:
-        run_id = _resumable_run(resume_from, cfg)
+        state = read_checkpoint(resume_from)
+        check_resumable(resume_from, state, cfg)
+        run_id = _resumable_run(resume_from, checkpoint_run_id(state), cfg)
         _checkpoint_next_to(cfg, resume_from)
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
-    with sweep_job_ranks(trainer):  # checks first that this job can start its ranks, before the MLflow run exists
+    # sweep_job_ranks checks first that this job can start its ranks, before the MLflow run exists.
+    with stopped_by_sigterm(trainer), sweep_job_ranks(trainer):
         if run_id is None:  # a continued run keeps the params of its first start
             log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
         if resume_from is not None:
@@ -111,6 +130,27 @@ def train(cfg: DictConfig) -> RunResult:
     return result
 
 
+@contextmanager
+def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[None]:
+    """End a run that SIGTERM stopped (a batch system pre-empting the job) as a failure, not a success.
+
+    Lightning finishes the current batch and raises ``SIGTERMException``, a ``SystemExit`` with status 0,
+    after marking the MLflow run FAILED; here the run is marked KILLED instead and :class:`Terminated`
+    (exit status 143) says where it stopped and how to resume.
+    """
+    try:
+        yield
+    except SIGTERMException:
+        for logger in mlflow_loggers(trainer.loggers):
+            logger.experiment.set_tag(logger.run_id, ENDED_BY_TAG, "SIGTERM; marked KILLED by the run itself")
+            logger.experiment.set_terminated(logger.run_id, status="KILLED")
+        last = last_checkpoint_path(trainer)
+        resume = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last)" if last else
+                  "no checkpoint was saved yet: run it again")
+        raise Terminated(f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step}); "
+                         f"{resume}") from None
+
+
 def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> None:
     """Point every checkpoint callback at ``checkpoint``'s folder: Lightning restores a callback's
     best-so-far only when its folder is unchanged."""
@@ -120,13 +160,12 @@ def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> None:
                 node.dirpath = str(checkpoint.parent)
 
 
-def _resumable_run(checkpoint: Path, cfg: DictConfig) -> str | None:
-    """The checkpoint's MLflow run if it is in this run's tracking store, else None (a new run, tagged
-    ``resumed_from``)."""
+def _resumable_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> str | None:
+    """The checkpoint's MLflow run ``run_id`` if it is in this run's tracking store, else None (a new run,
+    tagged ``resumed_from``)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    run_id = checkpoint_run_id(checkpoint)
     uri = cfg.get("logger", {}).get("mlflow", {}).get("tracking_uri")
     if run_id is None or uri is None:
         return None

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 DEBUG_VARIABLES = ("LUNGEXP_DEBUG", "HYDRA_FULL_ERROR")
 # Exit status of a run stopped with Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_STATUS = 130
+# Exit status of a run stopped by SIGTERM (128 + SIGTERM), e.g. a batch system pre-empting the job.
+TERMINATED_STATUS = 143
 
 Main = TypeVar("Main", bound=Callable[..., Any])
 
@@ -33,6 +35,10 @@ class LungexpError(ValueError):
 
 class ConfigError(LungexpError):
     """A config key or value that cannot work; the message names the key as it is set on the command line."""
+
+
+class Terminated(Exception):
+    """The run was stopped by SIGTERM (not bad input); the message says where it stopped and how to resume."""
 
 
 def look_up_option(key: str, value: Any, choices: Iterable[Any]) -> Any:
@@ -120,6 +126,8 @@ def report_user_errors(main: Main) -> Main:
     * a :class:`LungexpError` (also one wrapped by Hydra's ``instantiate`` or re-raised by the
       Lightning ``Trainer``) prints ``error: <message>`` on stderr and exits with status 1;
     * Ctrl-C (``KeyboardInterrupt``) prints one line and exits with status 130;
+    * :class:`Terminated` (a SIGTERM that training turned into a clean stop) prints ``stopped: <message>``
+      and exits with status 143, so batch systems and ``&&`` chains see a failure;
     * any other exception is a program bug and keeps its traceback;
     * ``LUNGEXP_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) re-raises user errors with their traceback.
 
@@ -143,6 +151,9 @@ def report_user_errors(main: Main) -> Main:
         except KeyboardInterrupt:
             print("interrupted (Ctrl-C)", file=sys.stderr)
             raise SystemExit(INTERRUPTED_STATUS) from None
+        except Terminated as stop:
+            print(f"stopped: {stop}", file=sys.stderr)
+            raise SystemExit(TERMINATED_STATUS) from None
         except Exception as error:
             user_error = user_error_in(error)
             if user_error is None or debug_requested():
