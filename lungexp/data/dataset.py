@@ -25,14 +25,18 @@ class HUWindow:
         self.low, self.high, self.normalize = check_hu_window((low, high), normalize)
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
-        scaled = (np.asarray(hu, dtype=np.float32) - self.low) / (self.high - self.low)
-        np.clip(scaled, 0.0, 1.0, out=scaled)
+        return self.tensor(torch.from_numpy(np.asarray(hu, dtype=np.float32)))
+
+    def tensor(self, hu: torch.Tensor) -> torch.Tensor:
+        """The window of a patch ``(C, D, H, W)`` or a batch ``(N, C, D, H, W)`` of HU, on its own device."""
+        scaled = ((hu.float() - self.low) / (self.high - self.low)).clamp_(0.0, 1.0)
         if self.normalize == "symmetric":
             scaled = scaled * 2.0 - 1.0
-        elif self.normalize == "zscore":
-            axes = tuple(range(1, scaled.ndim))
-            scaled = (scaled - scaled.mean(axis=axes, keepdims=True)) / (scaled.std(axis=axes, keepdims=True) + 1e-6)
-        return torch.from_numpy(scaled)
+        elif self.normalize == "zscore":  # per patch and channel, over (D, H, W)
+            spatial = (-3, -2, -1)
+            scaled = (scaled - scaled.mean(dim=spatial, keepdim=True)) / (
+                scaled.std(dim=spatial, correction=0, keepdim=True) + 1e-6)
+        return scaled
 
 
 class PatchDataset(Dataset):
@@ -45,6 +49,8 @@ class PatchDataset(Dataset):
         window: clips HU to the window, then normalises (``unit``, ``symmetric`` or ``zscore``).
         transform: optional callable on the normalised ``(C, D, H, W)`` tensor, e.g. a TorchIO
             ``Compose``; applied in DataLoader workers.
+        patches: the array to read, in cache row order (``data.cache_memory=ram``: the cache read into
+            memory); default the cache's memory map.
     """
 
     def __init__(
@@ -53,8 +59,10 @@ class PatchDataset(Dataset):
         rows: Sequence[int],
         window: HUWindow,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        patches: np.ndarray | None = None,
     ) -> None:
         self.cache = cache
+        self.patches = patches
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = cache.index["label"].to_numpy()[self.rows].astype(np.float32)
         self.window = window
@@ -64,7 +72,8 @@ class PatchDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image = self.window(self.cache.patches[self.rows[i]])
+        patches = self.cache.patches if self.patches is None else self.patches
+        image = self.window(patches[self.rows[i]])
         if self.transform is not None:
             image = self.transform(image)
         return {IMAGE_KEY: image, LABEL_KEY: torch.tensor(self.labels[i]), INDEX_KEY: torch.tensor(self.rows[i])}
