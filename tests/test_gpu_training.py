@@ -41,7 +41,8 @@ def test_gpu_options_train_in_a_sweep_from_the_cli(synthetic_root: Path, mlflow_
     finished = run_entry_point("run", args, tmp_path, timeout=900)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
+    runs = [run for run in client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
+            if "mlflow.parentRunId" in run.data.tags]  # the sweep's jobs, nested in its parent run
     assert sorted((r.data.params["aug"], r.data.params["data.cache_memory"]) for r in runs) == [
         ("batch_light", "device"), ("batch_light", "ram"), ("batch_strong", "device"), ("batch_strong", "ram")]
     assert all(r.info.status == "FINISHED" and "test/auroc" in r.data.metrics for r in runs)
