@@ -25,15 +25,20 @@ class HUWindow:
         self.low, self.high, self.normalize = check_hu_window((low, high), normalize)
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
-        return self.tensor(torch.from_numpy(np.asarray(hu, dtype=np.float32)))
+        """One patch, ``(C, ...)`` HU."""
+        return self._normalised(torch.from_numpy(np.asarray(hu, dtype=np.float32)), first_spatial_dim=1)
 
-    def tensor(self, hu: torch.Tensor) -> torch.Tensor:
-        """The window of a patch ``(C, D, H, W)`` or a batch ``(N, C, D, H, W)`` of HU, on its own device."""
-        scaled = ((hu.float() - self.low) / (self.high - self.low)).clamp_(0.0, 1.0)
+    def batch(self, hu: torch.Tensor) -> torch.Tensor:
+        """A batch, ``(N, C, ...)`` HU of any dtype, on its own device (``data.cache_memory=device``)."""
+        return self._normalised(hu.float(), first_spatial_dim=2)
+
+    def _normalised(self, hu: torch.Tensor, first_spatial_dim: int) -> torch.Tensor:
+        # The same float32 operations on both paths, so a patch comes out bit for bit the same from either.
+        scaled = ((hu - self.low) / (self.high - self.low)).clamp_(0.0, 1.0)
         if self.normalize == "symmetric":
             scaled = scaled * 2.0 - 1.0
-        elif self.normalize == "zscore":  # per patch and channel, over (D, H, W)
-            spatial = (-3, -2, -1)
+        elif self.normalize == "zscore":  # per patch and channel
+            spatial = tuple(range(first_spatial_dim, scaled.ndim))
             scaled = (scaled - scaled.mean(dim=spatial, keepdim=True)) / (
                 scaled.std(dim=spatial, correction=0, keepdim=True) + 1e-6)
         return scaled
