@@ -7,7 +7,7 @@ For each network and patch size, in bf16-mixed at batch 256 (halved until it fit
     (b) the full loop: memory-mapped cache, TorchIO aug=light in --workers DataLoader workers;
     (c) data.cache_memory=ram, aug=batch_light on the device (DataLoader workers only read patches);
     (d) data.cache_memory=device, aug=batch_light: batches gathered on the device, no workers;
-    (e) (d) with torch.compile (model.compile=true);
+    (e) (d) with torch.compile (model.compile=true), at one patch size (--compile-size, default the first);
     (f) (d) with cudnn.benchmark (+trainer.benchmark=true);
     (g) (d) in channels-last-3D (model.channels_last=true);
 
@@ -76,6 +76,7 @@ class Settings:
     patches: int
     peak_tflops: float
     compile_backend: str
+    compile_size: int
     tiny: bool
 
 
@@ -217,6 +218,8 @@ def bench(models: list[str], sizes: list[int], variants: list[str], settings: Se
             flops = count_flops(MODELS[name](**(TINY[name] if settings.tiny else {})), (1, 1, size, size, size))
             row = {"model": name, "patch": f"{size}³", "GFLOPs": f"{flops / 1e9:.3g}"}
             for variant in variants:
+                if variant == "e" and size != settings.compile_size:
+                    continue  # compiling takes a minute or more per network and shape
                 print(f"{name} {size}³ ({variant}) {VARIANTS[variant]} ...", file=sys.stderr, flush=True)
                 throughput, batch = fitting(partial(samples_per_second, name, variant, cache, settings), settings)
                 row[f"({variant}) samples/s"] = f"{throughput:,.0f}" + ("" if batch == settings.batch_size else
@@ -224,6 +227,7 @@ def bench(models: list[str], sizes: list[int], variants: list[str], settings: Se
                 if variant == "a":
                     row["(a) of peak"] = f"{3 * flops * throughput / (settings.peak_tflops * 1e12):.1%}"
             rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)  # kept if the run is cut short
     return rows
 
 
@@ -248,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patches", type=int, default=8192, help="patches in the generated cache")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="the device's dense bf16 peak")
     parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile-size", type=int, default=None, help="the one patch size of (e); default the first")
     parser.add_argument("--profile-model", default="resnet3d-18")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -259,9 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    settings = Settings(device, args.batch_size, args.warmup, args.steps, args.workers, args.patches,
-                        args.peak_tflops, args.compile_backend, tiny=args.smoke)
     models, sizes, variants = args.models.split(","), [int(s) for s in args.sizes.split(",")], args.variants.split(",")
+    settings = Settings(device, args.batch_size, args.warmup, args.steps, args.workers, args.patches,
+                        args.peak_tflops, args.compile_backend, args.compile_size or sizes[0], tiny=args.smoke)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as workdir:
         rows = bench(models, sizes, variants, settings, Path(workdir))
