@@ -15,7 +15,7 @@ from tests.helpers.cli import run_entry_point
 from tests.helpers.config import FAST_OVERRIDES, TINY_NETS
 
 # Deterministic and exercising every random draw: balanced sampler, augmentation, dropout.
-RUN = ["trainer.max_epochs=3", "trainer.deterministic=true", "aug=light", "task_name=resume",
+RUN = ["trainer.max_epochs=3", "trainer.deterministic=true", "task_name=resume",
        "callbacks.early_stopping=null", *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
 KILL_AT_STEP = 13  # 9 steps per epoch on the tiny data: mid-way through the second epoch
 
@@ -29,8 +29,13 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_unbroken_result(make_config, synthetic_root: Path, tmp_path: Path) -> None:
-    data = [f"data.root={synthetic_root}", "data.synthetic=null", f"data.cache_dir={synthetic_root.parent / 'cache'}"]
+# TorchIO in the DataLoader path; the batch augmentation on the device from the device cache.
+@pytest.mark.parametrize("augmentation", [["aug=light"], ["aug=batch_strong", "data.cache_memory=device"]],
+                         ids=["torchio", "batch_on_device"])
+def test_killed_run_resumes_to_the_unbroken_result(make_config, synthetic_root: Path, tmp_path: Path,
+                                                   augmentation: list[str]) -> None:
+    data = [f"data.root={synthetic_root}", "data.synthetic=null", f"data.cache_dir={synthetic_root.parent / 'cache'}",
+            *augmentation]
     killed = _run(tmp_path, *data, "+callbacks.kill._target_=tests.helpers.kill.KillAtStep",
                   f"+callbacks.kill.step={KILL_AT_STEP}")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]
@@ -43,7 +48,7 @@ def test_killed_run_resumes_to_the_unbroken_result(make_config, synthetic_root: 
     resumed = _run(tmp_path, *data, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
 
-    unbroken = train(make_config(*RUN, "~logger", "callbacks.lr_monitor=null"))
+    unbroken = train(make_config(*RUN, *augmentation, "~logger", "callbacks.lr_monitor=null"))
     final = _weights(checkpoint)  # the resumed run keeps writing next to the checkpoint it resumed
     reference = _weights(Path(unbroken.best_checkpoint).with_name("last.ckpt"))
     assert final.keys() == reference.keys()

@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 from lungexp.data.cache import PatchCache, build_patch_cache, find_patch_cache
 from lungexp.data.dataset import HUWindow, PatchDataset
 from lungexp.data.io.scan_index import index_scans
+from lungexp.data.memory_cache import DeviceBatches, check_fits, free_bytes, patch_bytes, read_into_memory
 from lungexp.data.options import DataOptions
 from lungexp.data.samples import build_samples, limit_negatives, limit_training_negatives, task_labels
 from lungexp.data.splits import check_splits, split_samples
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import ConfigError, LungexpError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class NoduleDataModule(pl.LightningDataModule):
         balance: :meth:`BalanceSpec.from_config` arguments: ``{sampler: none|balanced, positive_fraction,
             samples_per_epoch}``.
         batch_size, num_workers, pin_memory: DataLoader arguments.
+        cache_memory: ``mmap`` | ``ram`` | ``device``: where training reads the patches from, see
+            :mod:`lungexp.data.memory_cache`; ``device`` gathers training and validation batches on the
+            training device (no workers, no TorchIO ``train_transform``: use a batch augmentation).
         preprocess_workers: processes building the patch cache.
         synthetic: if given, keyword arguments of
             :func:`lungexp.data.synthetic.generate_luna16_dataset`, run when ``root`` holds no dataset.
@@ -90,6 +94,7 @@ class NoduleDataModule(pl.LightningDataModule):
         excluded_csv: str | None = None,
         negatives: dict[str, Any] | None = None,
         max_negatives_per_scan: int | None = None,
+        cache_memory: str = "mmap",
     ) -> None:
         super().__init__()
         self.options = DataOptions.from_config({
@@ -98,12 +103,17 @@ class NoduleDataModule(pl.LightningDataModule):
             "batch_size": batch_size, "num_workers": num_workers, "preprocess_workers": preprocess_workers,
             "pin_memory": pin_memory, "synthetic": synthetic, "missing_scans": missing_scans, "outside": outside,
             "in_channels": in_channels, "annotations_csv": annotations_csv, "excluded_csv": excluded_csv,
-            "negatives": negatives, "max_negatives_per_scan": max_negatives_per_scan,
+            "negatives": negatives, "max_negatives_per_scan": max_negatives_per_scan, "cache_memory": cache_memory,
         })
+        if cache_memory == "device" and train_transform is not None:
+            raise ConfigError("data.cache_memory=device gathers each batch on the device, where the per-patch "
+                              "TorchIO augmentation cannot run: use aug=batch_light or aug=batch_strong (the same "
+                              "transforms on the batch), aug=none, or data.cache_memory=ram")
         self.window = HUWindow(*self.options.hu_window, normalize=self.options.normalize)
         self.train_transform = train_transform
         self.cache: PatchCache | None = None
         self.datasets: dict[str, PatchDataset] = {}
+        self.device_batches: dict[str, DeviceBatches] = {}  # data.cache_memory=device: train and val
 
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if configured and absent, and build the patch cache.
@@ -153,13 +163,44 @@ class NoduleDataModule(pl.LightningDataModule):
         # A no-op on a cache built with the cap; on a cache of every sample, the same seeded choice.
         splits["train"] = limit_negatives(splits["train"], self.options.max_negatives_per_scan, self.options.split.seed)
         check_splits(splits, group_by=self.options.split.group_by)
+        patches = self._read_into_ram() if self.options.cache_memory == "ram" else None
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None
-            self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform)
+            self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform, patches)
+        if self.options.cache_memory == "device":
+            self.device_batches = self._load_onto_device(("train", "val"))
         for name, dataset in self.datasets.items():
             negatives, positives = dataset.class_counts()
             log.info("%s: %d patches (%d positive, %d negative) from %d series", name, len(dataset), positives,
                      negatives, splits[name]["seriesuid"].nunique())
+
+    def _read_into_ram(self) -> np.ndarray:
+        """``data.cache_memory=ram``: the whole cache in host memory, once it is known to fit."""
+        trainer = self.trainer
+        ranks = trainer.num_devices if trainer is not None and trainer.world_size > 1 else 1
+        check_fits(patch_bytes(len(self.cache), self.options.patch.shape), free_bytes(torch.device("cpu")),
+                   what=f"data.cache_memory=ram ({len(self.cache):,} patches, the whole cache)", where="host memory",
+                   alternative="use data.cache_memory=mmap (read from disk as needed)", copies=ranks)
+        return read_into_memory(self.cache)
+
+    def _load_onto_device(self, names: tuple[str, ...]) -> dict[str, DeviceBatches]:
+        """``data.cache_memory=device``: the patches of the splits ``names`` on the training device, once they
+        are known to fit (under DDP every rank holds all of them on its own device)."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        count = sum(len(self.datasets[name]) for name in names)
+        ranks = trainer.world_size if trainer is not None else 1
+        held = f" on each of the {ranks} DDP ranks' devices" if ranks > 1 else ""
+        # CPU "devices" of one machine share its memory; GPUs each have their own.
+        copies = trainer.num_devices if device.type == "cpu" and ranks > 1 else 1
+        check_fits(patch_bytes(count, self.options.patch.shape), free_bytes(device),
+                   what=f"data.cache_memory=device ({count:,} {' and '.join(names)} patches{held})",
+                   where=str(device), copies=copies,
+                   alternative="use data.cache_memory=ram (host memory) or mmap, or fewer training patches "
+                               "(data.max_negatives_per_scan)")
+        log.info("data.cache_memory=device: %d patches on %s", count, device)
+        return {name: DeviceBatches.load(self.cache.patches, self.datasets[name].rows, self.datasets[name].labels,
+                                         self.window, device) for name in names}
 
     def setup_all(self) -> None:
         """Add the dataset ``all``: every sample, unsplit (an external test set, or the pooled test folds of a
@@ -185,6 +226,12 @@ class NoduleDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, **kwargs: Any) -> DataLoader:
         options = self.options
+        batches = self.device_batches.get(name)
+        if batches is not None:
+            # Positions in the split, drawn by the same samplers; the batch is gathered on the device in this
+            # process, so there is nothing for workers to do and nothing to pin.
+            return DataLoader(range(len(self.datasets[name])), batch_size=options.batch_size, collate_fn=batches,
+                              **kwargs)
         return DataLoader(self.datasets[name], batch_size=options.batch_size, num_workers=options.num_workers,
                           pin_memory=options.pin_memory, persistent_workers=options.num_workers > 0, **kwargs)
 

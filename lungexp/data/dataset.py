@@ -25,14 +25,23 @@ class HUWindow:
         self.low, self.high, self.normalize = check_hu_window((low, high), normalize)
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
-        scaled = (np.asarray(hu, dtype=np.float32) - self.low) / (self.high - self.low)
-        np.clip(scaled, 0.0, 1.0, out=scaled)
+        """One patch, ``(C, ...)`` HU."""
+        return self._normalised(torch.from_numpy(np.asarray(hu, dtype=np.float32)), first_spatial_dim=1)
+
+    def batch(self, hu: torch.Tensor) -> torch.Tensor:
+        """A batch, ``(N, C, ...)`` HU of any dtype, on its own device (``data.cache_memory=device``)."""
+        return self._normalised(hu.float(), first_spatial_dim=2)
+
+    def _normalised(self, hu: torch.Tensor, first_spatial_dim: int) -> torch.Tensor:
+        # The same float32 operations on both paths, so a patch comes out bit for bit the same from either.
+        scaled = ((hu - self.low) / (self.high - self.low)).clamp_(0.0, 1.0)
         if self.normalize == "symmetric":
             scaled = scaled * 2.0 - 1.0
-        elif self.normalize == "zscore":
-            axes = tuple(range(1, scaled.ndim))
-            scaled = (scaled - scaled.mean(axis=axes, keepdims=True)) / (scaled.std(axis=axes, keepdims=True) + 1e-6)
-        return torch.from_numpy(scaled)
+        elif self.normalize == "zscore":  # per patch and channel
+            spatial = tuple(range(first_spatial_dim, scaled.ndim))
+            scaled = (scaled - scaled.mean(dim=spatial, keepdim=True)) / (
+                scaled.std(dim=spatial, correction=0, keepdim=True) + 1e-6)
+        return scaled
 
 
 class PatchDataset(Dataset):
@@ -45,6 +54,8 @@ class PatchDataset(Dataset):
         window: clips HU to the window, then normalises (``unit``, ``symmetric`` or ``zscore``).
         transform: optional callable on the normalised ``(C, D, H, W)`` tensor, e.g. a TorchIO
             ``Compose``; applied in DataLoader workers.
+        patches: the array to read, in cache row order (``data.cache_memory=ram``: the cache read into
+            memory); default the cache's memory map.
     """
 
     def __init__(
@@ -53,8 +64,10 @@ class PatchDataset(Dataset):
         rows: Sequence[int],
         window: HUWindow,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        patches: np.ndarray | None = None,
     ) -> None:
         self.cache = cache
+        self.patches = patches
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = cache.index["label"].to_numpy()[self.rows].astype(np.float32)
         self.window = window
@@ -64,7 +77,8 @@ class PatchDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image = self.window(self.cache.patches[self.rows[i]])
+        patches = self.cache.patches if self.patches is None else self.patches
+        image = self.window(patches[self.rows[i]])
         if self.transform is not None:
             image = self.transform(image)
         return {IMAGE_KEY: image, LABEL_KEY: torch.tensor(self.labels[i]), INDEX_KEY: torch.tensor(self.rows[i])}

@@ -27,6 +27,7 @@ from lungexp.utils.errors import ConfigError, check_int, check_number, look_up_o
 
 DATAMODULE_TARGET = "lungexp.data.datamodule.NoduleDataModule"
 NORMALIZATIONS = ("unit", "symmetric", "zscore")
+CACHE_MEMORY = ("mmap", "ram", "device")  # see lungexp.data.memory_cache
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class DataOptions:
     num_workers: int
     preprocess_workers: int
     pin_memory: bool
+    cache_memory: str
     missing_scans: str
     outside: str
     max_negatives_per_scan: int | None
@@ -94,6 +96,7 @@ class DataOptions:
             num_workers=check_int("data.num_workers", data["num_workers"], minimum=0),
             preprocess_workers=check_int("data.preprocess_workers", data["preprocess_workers"], minimum=0),
             pin_memory=data["pin_memory"],
+            cache_memory=look_up_option("data.cache_memory", data["cache_memory"], CACHE_MEMORY),
             missing_scans=look_up_option("data.missing_scans", data["missing_scans"], MISSING_SCANS_CHOICES),
             outside=look_up_option("data.outside", data["outside"], OUTSIDE_CHOICES),
             max_negatives_per_scan=check_int("data.max_negatives_per_scan", data["max_negatives_per_scan"],

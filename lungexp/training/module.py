@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,10 @@ from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 
 log = logging.getLogger(__name__)
 
+# Lightning warns whenever a module overrides this hook and a datamodule is given, even one that does not override
+# it (NoduleDataModule does not): the module's hook is the one meant.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
+
 VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the decision threshold is chosen on
 
 
@@ -48,6 +53,10 @@ class NoduleClassifier(pl.LightningModule):
             by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
         evaluation: the ``eval`` config group (:class:`~lungexp.evaluation.options.EvaluationOptions`): how the
             test stage judges and pictures the model.
+        augmentation: applied to each training batch on its device, after the HU window
+            (:mod:`lungexp.data.batch_augmentation`, ``aug=batch_light|batch_strong``); never to validation or test.
+        compile: ``torch.compile`` the network (in place: its weights keep their names in checkpoints).
+        channels_last: the network and its input batches in the channels-last-3D memory format.
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
     checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's.
@@ -63,10 +72,15 @@ class NoduleClassifier(pl.LightningModule):
         pretrained: dict[str, Any] | None = None,
         finetune: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
+        augmentation: nn.Module | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss"])
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss", "augmentation"])
         self.net = net
+        self.augmentation = augmentation
+        self._net_compiled = False
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.finetune = {"freeze_backbone_epochs": 0, "freeze_bn": False, "head_lr_mult": 1.0, **(finetune or {})}
@@ -93,6 +107,22 @@ class NoduleClassifier(pl.LightningModule):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).squeeze(-1)
+
+    def configure_model(self) -> None:
+        # Called by every stage of the trainer; the network is converted and compiled once.
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last_3d)
+        if self.hparams.compile and not self._net_compiled:
+            self.net.compile()
+            self._net_compiled = True
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        image = batch[IMAGE_KEY]
+        if self.augmentation is not None and self.trainer.training:
+            image = self.augmentation(image)
+        if self.hparams.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return {**batch, IMAGE_KEY: image}
 
     def on_train_epoch_start(self) -> None:
         # Runs after the callbacks' hooks (so also after BackboneFreeze unfreezes); Lightning restores
