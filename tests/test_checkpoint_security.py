@@ -132,6 +132,18 @@ def test_evaluate_writes_its_cache_where_the_users_config_says(tmp_path: Path) -
     assert data.data.cache_dir == "/mine" and data.data.labels_csv == "/data/luna16/candidates_V2.csv"
 
 
+def test_evaluate_generates_demo_data_only_in_the_users_root(tmp_path: Path) -> None:
+    """A stored ``data.synthetic`` with a root of the file's choosing would write the demo dataset there."""
+    hostile = {**DATA, "root": str(tmp_path / "chosen"), "synthetic": {"num_scans": 2}}
+    checkpoint = write_checkpoint(tmp_path / "gen.ckpt", data=hostile)
+    recipe = ModelRecipe.from_dict(torch.load(checkpoint, weights_only=True)[RECIPE_KEY], checkpoint)
+    cfg = compose_config(["ckpt_path=x.ckpt"], tmp_path, config_name="evaluate")
+    assert data_config(cfg, recipe, [])["synthetic"] is None
+    own_root = OmegaConf.to_container(cfg.data, resolve=False)["root"]
+    mine = ModelRecipe.from_dict({**recipe.to_dict(), "data": {**hostile, "root": own_root}}, checkpoint)
+    assert data_config(cfg, mine, [])["synthetic"] == OmegaConf.to_container(cfg.data, resolve=False)["synthetic"]
+
+
 def test_damaged_files_are_named_without_unsafe_advice(tmp_path: Path) -> None:
     truncated = write_checkpoint(tmp_path / "last.ckpt")
     truncated.write_bytes(truncated.read_bytes()[:3000])

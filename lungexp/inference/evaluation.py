@@ -76,7 +76,8 @@ def group_config(cfg: DictConfig, group: str, stored: dict[str, Any] | None, ove
 def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) -> dict[str, Any]:
     """The data to evaluate on: the checkpoint's data config with the command line's changes, and always the
     checkpoint's preprocessing (patch geometry, HU window, normalisation): that is what the network knows.
-    Where the patch cache is written (``data.cache_dir``) is this config's, never the file's."""
+    Where files are written is this config's, never the file's: the patch cache (``data.cache_dir``), and the
+    generated demo dataset, made only in the ``data.root`` this config names, with its ``data.synthetic``."""
     preprocessing = {"patch": {"size": recipe.patch.size, "size_mm": None, "spacing_mm": list(recipe.patch.spacing_mm),
                                "pad_hu": recipe.patch.pad_hu},
                      "hu_window": list(recipe.hu_window), "normalize": recipe.normalize,
@@ -88,9 +89,10 @@ def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) 
         raise ConfigError(f"{', '.join(fixed)}: the checkpoint fixes the preprocessing its network was trained "
                           f"with ({', '.join(f'{k}={v}' for k, v in preprocessing.items())}); evaluate without "
                           "overriding it")
-    cache_dir = OmegaConf.to_container(cfg.data, resolve=False)["cache_dir"]
-    return {**group_config(cfg, "data", recipe.data, overrides), **preprocessing, "cache_dir": cache_dir,
-            "train_transform": None}
+    own = OmegaConf.to_container(cfg.data, resolve=False)
+    data = group_config(cfg, "data", recipe.data, overrides)
+    synthetic = own.get("synthetic") if data.get("root") == own.get("root") else None
+    return {**data, **preprocessing, "cache_dir": own["cache_dir"], "synthetic": synthetic, "train_transform": None}
 
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> EvaluationResult:
