@@ -30,6 +30,7 @@ private() {
 }
 
 private "$ENV_FILE" "set LUNGEXP_SERVER_ENV to the server's env file"
+case $ENV_FILE in */*) ;; *) ENV_FILE=./$ENV_FILE ;; esac  # `.` looks up a bare name on PATH
 set -a
 # shellcheck disable=SC1090
 . "$ENV_FILE"
@@ -47,4 +48,5 @@ private "$PGPASSFILE" "PGPASSFILE in $ENV_FILE"
 # The checkout's venv (`make install`) if there is one, else the mlflow on PATH.
 MLFLOW=$(dirname "$0")/../.venv/bin/mlflow
 [ -x "$MLFLOW" ] || MLFLOW=mlflow
+command -v "$MLFLOW" >/dev/null || fail "no mlflow: \`make install\` in this checkout, or put a venv's bin on PATH"
 exec "$MLFLOW" server --app-name basic-auth --host 127.0.0.1 --port 5000 --workers 4 "$@"

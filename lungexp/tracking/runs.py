@@ -88,7 +88,7 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
     ``artifact_location`` applies to a store on this machine (SQLite); a tracking server keeps a new
     experiment's artifacts where it was told (its ``--artifacts-destination``), since a folder of this
-    machine would hide a team's artifacts from everyone else. A server that refuses this user to write
+    machine would hide a team's artifacts from everyone else. A server that does not let this user write
     there is one message (:func:`~lungexp.tracking.server.check_server_access`).
     """
     if is_tracking_server(client.tracking_uri):

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.server.auth.permissions import get_permission
 from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
@@ -23,8 +22,10 @@ from lungexp.utils.errors import ConfigError, LungexpError
 
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 CREDENTIALS_FILE = "~/.mlflow/credentials"
-# mlflow.server.auth.routes.GET_USER_PERMISSION; importing that module loads the whole server.
+# mlflow.server.auth.routes.GET_USER_PERMISSION, and the permissions there that can_update: importing
+# mlflow.server.auth loads the whole server (seconds, and Flask apps) into every run.
 USER_PERMISSION_ENDPOINT = "/api/3.0/mlflow/users/permissions/get"
+WRITE_PERMISSIONS = ("EDIT", "MANAGE")
 REFUSED = (401, 403)
 NOT_FOUND = 404
 
@@ -90,4 +91,4 @@ def _may_write(client: MlflowClient, experiment_name: str) -> bool:
                                     "resource_id": experiment.experiment_id})
     if response.status_code == NOT_FOUND:
         return True
-    return get_permission(verify_rest_response(response, USER_PERMISSION_ENDPOINT).json()["permission"]).can_update
+    return verify_rest_response(response, USER_PERMISSION_ENDPOINT).json()["permission"] in WRITE_PERMISSIONS
