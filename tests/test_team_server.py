@@ -115,6 +115,9 @@ def test_a_team_server_takes_logins_and_keeps_runs_in_postgresql(make_config, tm
                 assert client.get_experiment(run.info.experiment_id).artifact_location.startswith("mlflow-artifacts:")
                 assert list(shared_root.rglob("config.yaml"))
 
+                login(monkeypatch, "admin", password["admin"])  # admins write anywhere, without grants
+                open_tracking_store(address, client.get_experiment(run.info.experiment_id).name)
+
                 # A read-only user reads, but cannot write: lungexp says so before any work, the server refuses.
                 login(monkeypatch, "reader", password["reader"])
                 assert client.get_run(run.info.run_id).info.status == "FINISHED"

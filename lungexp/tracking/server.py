@@ -22,8 +22,9 @@ from lungexp.utils.errors import ConfigError, LungexpError
 
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 CREDENTIALS_FILE = "~/.mlflow/credentials"
-# mlflow.server.auth.routes.GET_USER_PERMISSION, and the permissions there that can_update: importing
-# mlflow.server.auth loads the whole server (seconds, and Flask apps) into every run.
+# mlflow.server.auth.routes.GET_CURRENT_USER and GET_USER_PERMISSION, and the permissions that can_update
+# (mlflow.server.auth.permissions): importing mlflow.server.auth loads the whole server into every run.
+CURRENT_USER_ENDPOINT = "/api/2.0/mlflow/users/current"
 USER_PERMISSION_ENDPOINT = "/api/3.0/mlflow/users/permissions/get"
 WRITE_PERMISSIONS = ("EDIT", "MANAGE")
 REFUSED = (401, 403)
@@ -83,12 +84,20 @@ def check_server_access(client: MlflowClient, experiment_name: str) -> None:
 
 def _may_write(client: MlflowClient, experiment_name: str) -> bool:
     experiment = client.get_experiment_by_name(experiment_name)  # a 401 surfaces here
-    user = read_mlflow_creds().username
-    if experiment is None or not user:
+    if experiment is None:
         return True
-    response = http_request(get_default_host_creds(client.tracking_uri), USER_PERMISSION_ENDPOINT, "GET",
-                            params={"username": user, "resource_type": "experiment",
-                                    "resource_id": experiment.experiment_id})
+    current = _auth_request(client.tracking_uri, CURRENT_USER_ENDPOINT, {})
+    if current is None or current["user"]["is_admin"]:  # admins are not subject to grants
+        return True
+    permission = _auth_request(client.tracking_uri, USER_PERMISSION_ENDPOINT,
+                               {"username": current["user"]["username"], "resource_type": "experiment",
+                                "resource_id": experiment.experiment_id})
+    return permission is None or permission["permission"] in WRITE_PERMISSIONS
+
+
+def _auth_request(uri: str, endpoint: str, params: dict[str, str]) -> dict | None:
+    """GET one of the basic-auth app's endpoints; None from a server without it (404)."""
+    response = http_request(get_default_host_creds(uri), endpoint, "GET", params=params)
     if response.status_code == NOT_FOUND:
-        return True
-    return verify_rest_response(response, USER_PERMISSION_ENDPOINT).json()["permission"] in WRITE_PERMISSIONS
+        return None
+    return verify_rest_response(response, endpoint).json()
