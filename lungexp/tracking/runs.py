@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
+from lungexp.tracking.server import check_server_access, is_tracking_server
 from lungexp.tracking.stale_runs import process_tags
 
 # Set by lungexp.tracking.sweep.MLflowSweepCallback for the jobs of a `-m` sweep.
@@ -87,10 +88,12 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
     ``artifact_location`` applies to a store on this machine (SQLite); a tracking server keeps a new
     experiment's artifacts where it was told (its ``--artifacts-destination``), since a folder of this
-    machine would hide a team's artifacts from everyone else.
+    machine would hide a team's artifacts from everyone else. A server that does not let this user write
+    there is one message (:func:`~lungexp.tracking.server.check_server_access`).
     """
-    if client.tracking_uri.startswith(("http://", "https://")):
+    if is_tracking_server(client.tracking_uri):
         artifact_location = None
+        check_server_access(client, name)  # a sweep's or cross-validation's parent run is created next
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
         experiment_id = client.create_experiment(name, artifact_location=artifact_location,

@@ -6,8 +6,8 @@ the same host and PID namespace that no longer exists (or whose PID now belongs 
 process) are marked KILLED. Runs of live processes (a parallel sweep job, another terminal),
 of other hosts and of older versions without these tags are never touched.
 
-Opening the tracking store happens here first, so a damaged ``mlflow.db`` is named before any
-slow work instead of failing deep inside the logger.
+Opening the tracking store happens here first, so a damaged ``mlflow.db``, or a tracking server that
+refuses this user, is named before any slow work instead of failing deep inside the logger.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger
 from pytorch_lightning.loggers.logger import DummyLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from lungexp.tracking.server import access_error, check_server_access, is_refusal, is_tracking_server
 from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
@@ -152,12 +153,21 @@ def _is_mlflow_logger(node: DictConfig) -> bool:
 
 
 def open_tracking_store(uri: str, experiment_name: str) -> None:
-    """Open the store at ``uri`` (naming it if that fails) and end the stale runs of ``experiment_name``."""
+    """Open the store at ``uri`` (naming it if that fails), check that a tracking server lets this user
+    write there (:func:`~lungexp.tracking.server.check_server_access`) and end the stale runs of
+    ``experiment_name``."""
     try:
-        end_stale_runs(MlflowClient(uri), experiment_name, ended_by="when a new run started")
+        client = MlflowClient(uri)
+        if is_tracking_server(uri):
+            check_server_access(client, experiment_name)
+        end_stale_runs(client, experiment_name, ended_by="when a new run started")
+    except LungexpError:
+        raise
     except Exception as error:  # noqa: BLE001  SQLAlchemy, sqlite3 and MLflow all raise their own types
+        if is_refusal(error):  # e.g. a stale run of someone else's that this user may not end
+            raise access_error(uri, error.get_http_status_code(), experiment_name) from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if uri.startswith(("http://", "https://")):
+        if is_tracking_server(uri):
             raise TrackingStoreError(f"{uri}: the MLflow tracking server does not answer ({reason}); is it running "
                                      "and reachable from here? Check the address (logger.mlflow.tracking_uri, "
                                      "MLFLOW_TRACKING_URI)") from None

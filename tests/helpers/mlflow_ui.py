@@ -61,12 +61,14 @@ class MlflowServer:
 
 
 @contextlib.contextmanager
-def mlflow_server(tracking_uri: str, log_file: Path, options: Sequence[str] = ()) -> Iterator[MlflowServer]:
+def mlflow_server(tracking_uri: str, log_file: Path, options: Sequence[str] = (),
+                  program: Sequence[str] = ()) -> Iterator[MlflowServer]:
     """``mlflow server`` (one worker, more ``options`` if given) on a free loopback port for the duration of
-    the block."""
+    the block; ``program``: a command that passes its options on to ``mlflow server`` (a start script)."""
     port = free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", tracking_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *options]
+    command = [*(program or [str(Path(sys.executable).with_name("mlflow")), "server"]),
+               "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               *options]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     with open(log_file, "w") as log:
         # Its own process group: the server starts uvicorn and job-queue workers that must end with it.

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server: Debian's binaries, a new cluster in a temporary folder, loopback only.
+"""A throwaway PostgreSQL server: Debian's binaries, a new cluster in a temporary folder, loopback only, logins
+by password (as a team server's database has them).
 
 ``make postgres`` installs the package. PostgreSQL refuses to run as root, so as root the cluster belongs to
 the ``postgres`` user the package creates.
@@ -12,7 +13,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,8 @@ from tests.helpers.mlflow_ui import free_port
 
 SERVICE_USER = "postgres"
 DATABASE = "mlflow"
+USER = "mlflow"
+HOST = "127.0.0.1"
 
 
 def postgres_bin_or_skip() -> Path:
@@ -40,16 +44,38 @@ def postgres_bin_or_skip() -> Path:
     pytest.skip("PostgreSQL is not installed: `make postgres` installs it (Debian/Ubuntu: apt-get install postgresql)")
 
 
+@dataclass(frozen=True)
+class Postgres:
+    """A running cluster whose superuser ``mlflow`` logs in with ``password``."""
+
+    port: int
+    password: str
+
+    def uri(self, database: str = DATABASE) -> str:
+        """SQLAlchemy URI (psycopg2: SQLAlchemy 2.1 defaults to psycopg 3) without the password, which libpq
+        reads from PGPASSFILE."""
+        return f"postgresql+psycopg2://{USER}@{HOST}:{self.port}/{database}"
+
+    def write_pgpass(self, path: Path) -> Path:
+        """A .pgpass for this cluster, readable by its owner only (libpq ignores one that others can read)."""
+        path.write_text(f"{HOST}:{self.port}:*:{USER}:{self.password}\n")
+        path.chmod(0o600)
+        return path
+
+
 @contextlib.contextmanager
-def postgres_server(bin_dir: Path) -> Iterator[str]:
-    """A running cluster with database ``mlflow`` on a free loopback port: yields its SQLAlchemy URI (psycopg2
-    driver). Stopped (``pg_ctl stop`` waits for every server process) and deleted afterwards."""
+def postgres_server(bin_dir: Path, password: str, databases: Sequence[str] = (DATABASE,)) -> Iterator[Postgres]:
+    """A running cluster with ``databases`` on a free loopback port, password logins only (scram-sha-256).
+    Stopped (``pg_ctl stop`` waits for every server process) and deleted afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="lungexp-postgres-"))  # outside pytest's root-only tmp folders
-    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PGPASSWORD": password}  # for createdb; never on a command line
     user = {}
+    password_file = folder / "password"
+    password_file.write_text(password)
     if os.geteuid() == 0:
         account = pwd.getpwnam(SERVICE_USER)
-        os.chown(folder, account.pw_uid, account.pw_gid)
+        for path in (folder, password_file):
+            os.chown(path, account.pw_uid, account.pw_gid)
         user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
     data, port = folder / "data", free_port()
 
@@ -58,11 +84,14 @@ def postgres_server(bin_dir: Path) -> Iterator[str]:
                        timeout=120, **user)
 
     try:
-        run(bin_dir / "initdb", "-D", data, "-U", DATABASE, "--auth=trust", "-E", "UTF8", "--no-sync")
+        run(bin_dir / "initdb", "-D", data, "-U", USER, "--auth=scram-sha-256", f"--pwfile={password_file}",
+            "-E", "UTF8", "--no-sync")
+        password_file.unlink()
         run(bin_dir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w", "-t", "60", "start",
-            "-o", f"-h 127.0.0.1 -p {port} -k {folder}")
-        run(bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", DATABASE, DATABASE)
-        yield f"postgresql+psycopg2://{DATABASE}@127.0.0.1:{port}/{DATABASE}"  # SQLAlchemy 2.1 defaults to psycopg 3
+            "-o", f"-h {HOST} -p {port} -k {folder}")
+        for database in databases:
+            run(bin_dir / "createdb", "-h", HOST, "-p", str(port), "-U", USER, database)
+        yield Postgres(port, password)
     except subprocess.CalledProcessError as error:
         raise RuntimeError(f"{error.cmd[0]} failed: {error.stderr.decode(errors='replace')[-2000:]}") from None
     finally:
