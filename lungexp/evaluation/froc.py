@@ -25,7 +25,6 @@ and the curve is one sort plus cumulative sums (``scripts/bench_eval.py``).
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lungexp.evaluation.bootstrap import ClusterResampling, percentile_interval
 from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ HIT_TOLERANCE_MM = 1e-6
 COORDINATES = ("coordX", "coordY", "coordZ")
 PREDICTION_COLUMNS = ("seriesuid", *COORDINATES, "probability")
 ANNOTATION_COLUMNS = ("seriesuid", *COORDINATES, "diameter_mm")
-CONFIDENCE = 0.95
 
 
 class FrocInputError(LungexpError):
@@ -103,6 +102,7 @@ def compute_froc(
     seriesuids: Sequence[str] | None = None,
     bootstrap: int = 0,
     seed: int = 0,
+    resampling: ClusterResampling | None = None,
 ) -> FrocResult:
     """FROC curve, the sensitivities at :data:`FP_RATES` and the CPM, by LUNA16's rules (module docstring).
 
@@ -114,6 +114,8 @@ def compute_froc(
             annotations of other series are left out.
         bootstrap: number of scan resamplings for the 95 % intervals (0: none).
         seed: seed of the resampling.
+        resampling: draws of the scans (or their patients) to use instead of ``bootstrap`` new ones, so
+            that the CPM is resampled with the run's other metrics (:mod:`lungexp.evaluation.bootstrap`).
     """
     predictions = validated_table(predictions, PREDICTION_COLUMNS, "predictions")
     scans = _scans(predictions, seriesuids)
@@ -148,9 +150,11 @@ def compute_froc(
     fps, sens, thresholds = curve.points(np.ones(num_scans), num_scans, num_nodules)
     sensitivities = dict(zip(FP_RATES, _sensitivities_at_rates(fps, sens), strict=True))
     cpm_ci = sensitivity_ci = None
-    if bootstrap > 0:
+    if resampling is None and bootstrap > 0:
+        resampling = ClusterResampling.draw(scans, bootstrap, seed)
+    if resampling is not None:
         nodules_per_scan = np.bincount(nodule_scan, minlength=num_scans)
-        cpm_ci, sensitivity_ci = _bootstrap(curve, nodules_per_scan, bootstrap, seed)
+        cpm_ci, sensitivity_ci = _bootstrap(curve, nodules_per_scan, resampling.weights(scans))
     return FrocResult(
         cpm=float(np.mean(list(sensitivities.values()))),
         sensitivities=sensitivities,
@@ -268,29 +272,15 @@ def _sensitivities_at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> list[fl
 
 
 def _bootstrap(
-    curve: _Curve, nodules_per_scan: np.ndarray, samples: int, seed: int
+    curve: _Curve, nodules_per_scan: np.ndarray, scan_weights: np.ndarray
 ) -> tuple[tuple[float, float], dict[float, tuple[float, float]]]:
-    """95 % intervals of the CPM and each sensitivity over ``samples`` resamplings of the scans."""
-    rng = np.random.default_rng(seed)
-    num_scans = len(nodules_per_scan)
-    resampled = np.empty((samples, len(FP_RATES)))
-    for i in range(samples):
-        drawn = np.bincount(rng.integers(num_scans, size=num_scans), minlength=num_scans).astype(np.float64)
-        fps, sens, _ = curve.points(drawn, num_scans, float(drawn @ nodules_per_scan))
-        resampled[i] = _sensitivities_at_rates(fps, sens) if drawn @ nodules_per_scan else np.nan
-    resampled = resampled[~np.isnan(resampled).any(axis=1)]
-    if not len(resampled):
-        nan = (math.nan, math.nan)
-        return nan, dict.fromkeys(FP_RATES, nan)
-    return _interval(resampled.mean(axis=1)), {
-        rate: _interval(resampled[:, i]) for i, rate in enumerate(FP_RATES)
+    """95 % intervals of the CPM and each sensitivity over the draws ``scan_weights`` (draws x scans)."""
+    num_scans = scan_weights.shape[1]
+    resampled = np.full((len(scan_weights), len(FP_RATES)), np.nan)
+    for i, drawn in enumerate(scan_weights):
+        num_nodules = float(drawn @ nodules_per_scan)
+        if num_nodules:
+            resampled[i] = _sensitivities_at_rates(*curve.points(drawn, num_scans, num_nodules)[:2])
+    return percentile_interval(resampled.mean(axis=1)), {
+        rate: percentile_interval(resampled[:, i]) for i, rate in enumerate(FP_RATES)
     }
-
-
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    """The script's order statistics: sorted[floor(0.025 n)] and sorted[floor(0.975 n)]."""
-    ordered = np.sort(values)
-    tail = (1.0 - CONFIDENCE) / 2.0
-    low = ordered[int(math.floor(tail * len(ordered)))]
-    high = ordered[min(int(math.floor((1.0 - tail) * len(ordered))), len(ordered) - 1)]
-    return float(low), float(high)

@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.data.splits import SplitSpec, check_splits, split_samples
 from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
+from lungexp.evaluation.report import evaluate_predictions, evaluation_settings, with_interval
 from lungexp.tracking.folds import FoldRuns
 from lungexp.tracking.mlflow import log_config, log_figure, log_table
 from lungexp.tracking.runs import run_name
@@ -232,8 +232,7 @@ def _pooled_report(cfg: DictConfig, datamodule: Any, pooled: pd.DataFrame, resul
     thresholds = [r.metrics[THRESHOLD] for r in results if np.isfinite(r.metrics.get(THRESHOLD, np.nan))]
     options = EvaluationOptions.from_config(cfg.get("eval"))
     datamodule.setup_all()  # every series is in exactly one fold's test set
-    settings = EvaluationSettings(threshold=float(np.mean(thresholds)) if thresholds else 0.5,
-                                  froc=froc_reference(datamodule, "all"), froc_bootstrap=options.froc_bootstrap)
+    settings = evaluation_settings(datamodule, "all", float(np.mean(thresholds)) if thresholds else 0.5, options)
     report = evaluate_predictions(pooled, settings, prefix="test/", title=f"Pooled test ({len(results)} folds)",
                                   figures=runs is not None)
     if runs is not None:
@@ -258,9 +257,8 @@ def _print_summary(result: CrossValidationResult) -> None:
         lines.append(f"  fold {row['fold']}  {values}  {'(reused)' if row['reused'] else ''}".rstrip())
     for name in names:
         mean, std = result.metrics.get(f"cv_mean/{name}"), result.metrics.get(f"cv_std/{name}")
-        pooled = result.metrics.get(name)
-        lines.append(f"  {name:<24} mean {mean:.4f} ± {std:.4f}" + (f"   pooled {pooled:.4f}" if pooled is not None
-                                                                           else ""))
+        pooled = with_interval(result.metrics, name)
+        lines.append(f"  {name:<24} mean {mean:.4f} ± {std:.4f}" + (f"   pooled {pooled}" if pooled else ""))
     if result.parent_run_id:
         lines.append(f"  MLflow parent run id   {result.parent_run_id}")
     lines.append("=" * 72)
