@@ -5,9 +5,9 @@ the unit of resampling is the series, or the patient with ``data.split.group_by`
 :class:`ClusterResampling` is drawn per evaluation and every metric is computed on the same draws
 (paired comparisons use the same draws for both runs, :mod:`lungexp.evaluation.comparison`).
 
-A draw is a vector of how often each cluster was picked; a patch weighs as much as its cluster. The
-table is ranked once, so each draw costs weighted cumulative sums, done for many draws at a time
-(``scripts/bench_bootstrap.py``).
+A draw is a vector of how often each cluster was picked; a patch weighs as much as its cluster. Each
+metric is reduced once to per-cluster sufficient statistics (:class:`ClusterStatistics`), so all
+draws together cost a few matrix products (``scripts/bench_bootstrap.py``).
 """
 
 from __future__ import annotations
@@ -82,22 +82,34 @@ class ClusterResampling:
         return self.counts[:, self.cluster_index(seriesuids)]
 
 
-class RankedScores:
-    """One run's predictions ranked once, for weighted metrics under many draws at a time."""
+class ClusterStatistics:
+    """One run's predictions reduced to per-cluster sufficient statistics, so that a draw's metrics are small
+    matrix products in the cluster counts (exact, ties included):
+
+    * AUROC: ``w' A w / (P N)`` with ``A[c, d]`` the positive-negative pairs of clusters c and d ranked
+      right (ties one half), ``P``, ``N`` the drawn positives and negatives;
+    * average precision (step-wise, as torchmetrics): the mean over drawn positives of the precision at
+      their score, from the positives and negatives of each cluster scoring at least as high;
+    * thresholded metrics and ECE: each cluster's confusion counts and calibration-bin sums.
+    """
 
     def __init__(self, labels: np.ndarray, probabilities: np.ndarray, cluster: np.ndarray, threshold: float,
                  num_clusters: int) -> None:
         labels = np.asarray(labels).astype(bool)
         probabilities = np.asarray(probabilities, dtype=np.float64)
-        order = np.argsort(-probabilities, kind="stable")
-        ranked = probabilities[order]
-        self.positive = labels[order]
-        self.cluster = np.asarray(cluster)[order]
-        self.starts = np.r_[0, np.flatnonzero(np.diff(ranked)) + 1] if len(ranked) else np.zeros(0, np.int64)
-        # Per-cluster sufficient statistics of the thresholded and calibration metrics.
+        cluster = np.asarray(cluster, dtype=np.int64)
+        positive_score, self.positive_cluster = probabilities[labels], cluster[labels]
+        below_neg, equal_neg = _ranked_against(positive_score, probabilities[~labels], cluster[~labels], num_clusters)
+        below_pos, equal_pos = _ranked_against(positive_score, positive_score, self.positive_cluster, num_clusters)
+        self.pairs = np.zeros((num_clusters, num_clusters))
+        np.add.at(self.pairs, self.positive_cluster, below_neg + 0.5 * equal_neg)
+        negatives = np.bincount(cluster[~labels], minlength=num_clusters).astype(np.float64)
+        positives = np.bincount(self.positive_cluster, minlength=num_clusters).astype(np.float64)
+        # Per positive and cluster: the positives and negatives scoring at least as high as it.
+        self.positives_above = positives - below_pos
+        self.negatives_above = negatives - below_neg
         predicted = probabilities > threshold
-        kind = labels * 2 + predicted  # tn, fp, fn, tp
-        self.confusion = _per_cluster(cluster * 4 + kind, num_clusters, 4)
+        self.confusion = _per_cluster(cluster * 4 + labels * 2 + predicted, num_clusters, 4)  # tn, fp, fn, tp
         width = CALIBRATION_BINS + 1  # torchmetrics' bins and one for probability 1
         binned = cluster * width + calibration_bin(probabilities)
         self.bin_count = _per_cluster(binned, num_clusters, width)
@@ -106,39 +118,48 @@ class RankedScores:
 
     def metrics(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         """Each metric of :data:`RESAMPLED` under each draw (rows of ``counts``); NaN where undefined."""
-        values = self._ranking(counts)
         tn, fp, fn, tp = (counts @ self.confusion).T
+        num_pos, num_neg = fn + tp, tn + fp
         with np.errstate(invalid="ignore", divide="ignore"):
-            values.update({
-                "at_threshold/accuracy": (tp + tn) / (tp + tn + fp + fn),
-                "at_threshold/precision": tp / (tp + fp),
-                "at_threshold/sensitivity": tp / (tp + fn),
-                "at_threshold/specificity": tn / (tn + fp),
-                "at_threshold/f1": 2 * tp / (2 * tp + fp + fn),
+            return {
+                "auroc": np.einsum("bc,cd,bd->b", counts, self.pairs, counts) / (num_pos * num_neg),
+                "average_precision": self._average_precision(counts) / num_pos,
                 "ece": np.abs(counts @ self.bin_probability - counts @ self.bin_positive).sum(axis=1)
                 / (counts @ self.bin_count).sum(axis=1),
-            })
-        return values
+                "at_threshold/accuracy": (tp + tn) / (tp + tn + fp + fn),
+                "at_threshold/precision": tp / (tp + fp),
+                "at_threshold/sensitivity": tp / num_pos,
+                "at_threshold/specificity": tn / num_neg,
+                "at_threshold/f1": 2 * tp / (2 * tp + fp + fn),
+            }
 
-    def _ranking(self, counts: np.ndarray) -> dict[str, np.ndarray]:
-        """AUROC (ties count one half) and average precision (step-wise, as torchmetrics) per draw."""
-        auroc, average_precision = np.empty(len(counts)), np.empty(len(counts))
-        step = max(1, CHUNK_ELEMENTS // max(len(self.cluster), 1))
+    def _average_precision(self, counts: np.ndarray) -> np.ndarray:
+        """Sum over drawn positives of the precision at their score, per draw (in blocks of draws)."""
+        total = np.zeros(len(counts))
+        step = max(1, CHUNK_ELEMENTS // max(len(self.positive_cluster), 1))
         for start in range(0, len(counts), step):
-            weight = counts[start:start + step][:, self.cluster]
-            positive = np.add.reduceat(weight * self.positive, self.starts, axis=1)
-            negative = np.add.reduceat(weight * ~self.positive, self.starts, axis=1)
-            true_positives, false_positives = np.cumsum(positive, axis=1), np.cumsum(negative, axis=1)
-            num_pos, num_neg = true_positives[:, -1], false_positives[:, -1]
-            below = num_neg[:, None] - false_positives  # negatives scored strictly lower
+            block = counts[start:start + step]
+            above_pos, above_neg = block @ self.positives_above.T, block @ self.negatives_above.T
             with np.errstate(invalid="ignore", divide="ignore"):
-                auroc[start:start + step] = (positive * (below + 0.5 * negative)).sum(axis=1) / (num_pos * num_neg)
-                precision = true_positives / (true_positives + false_positives)
-                average_precision[start:start + step] = np.where(positive > 0, positive * precision, 0).sum(axis=1) / num_pos
-            undefined = (num_pos == 0) | (num_neg == 0)
-            auroc[start:start + step][undefined] = np.nan
-            average_precision[start:start + step][undefined] = np.nan
-        return {"auroc": auroc, "average_precision": average_precision}
+                precision = np.where(above_pos > 0, above_pos / (above_pos + above_neg), 0.0)
+            total[start:start + step] = (block[:, self.positive_cluster] * precision).sum(axis=1)
+        return total
+
+
+def _ranked_against(scores: np.ndarray, others: np.ndarray, other_cluster: np.ndarray, num_clusters: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(len(scores), clusters)``: how many of each cluster's ``others`` score below, and equal to, each score."""
+    below = np.zeros((len(scores), num_clusters))
+    equal = np.zeros((len(scores), num_clusters))
+    order = np.lexsort((others, other_cluster))
+    sorted_scores, sorted_cluster = others[order], other_cluster[order]
+    bounds = np.searchsorted(sorted_cluster, np.arange(num_clusters + 1))
+    for c in np.flatnonzero(np.diff(bounds)):
+        cluster_scores = sorted_scores[bounds[c]:bounds[c + 1]]
+        left = np.searchsorted(cluster_scores, scores, side="left")
+        below[:, c] = left
+        equal[:, c] = np.searchsorted(cluster_scores, scores, side="right") - left
+    return below, equal
 
 
 def _per_cluster(code: np.ndarray, num_clusters: int, width: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -150,9 +171,10 @@ def resampled_metrics(predictions: pd.DataFrame, threshold: float, resampling: C
                       ) -> dict[str, np.ndarray]:
     """Each metric of :data:`RESAMPLED` of a predictions table (``seriesuid, label, probability``) under
     every draw of ``resampling``."""
-    ranked = RankedScores(predictions["label"].to_numpy(), predictions["probability"].to_numpy(),
-                          resampling.cluster_index(predictions["seriesuid"]), threshold, resampling.counts.shape[1])
-    return ranked.metrics(resampling.counts)
+    statistics = ClusterStatistics(predictions["label"].to_numpy(), predictions["probability"].to_numpy(),
+                                   resampling.cluster_index(predictions["seriesuid"]), threshold,
+                                   resampling.counts.shape[1])
+    return statistics.metrics(resampling.counts)
 
 
 def interval_metrics(resampled: dict[str, np.ndarray], prefix: str) -> dict[str, float]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,8 @@ class FrocResult:
         num_ignored: candidates on excluded findings only.
         cpm_ci: 95 % bootstrap interval of the CPM, when bootstrapped.
         sensitivity_ci: 95 % bootstrap interval of each sensitivity, when bootstrapped.
+        cpm_draws: the CPM under each draw of the bootstrap (NaN for a draw without nodules), for paired
+            comparisons (:mod:`lungexp.evaluation.comparison`).
     """
 
     cpm: float
@@ -84,6 +86,7 @@ class FrocResult:
     num_ignored: int
     cpm_ci: tuple[float, float] | None = None
     sensitivity_ci: dict[float, tuple[float, float]] | None = None
+    cpm_draws: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         """``{prefix}cpm`` and ``{prefix}sens_at_{rate}_fp`` (e.g. ``test/sens_at_0.125_fp``), plus
@@ -149,12 +152,15 @@ def compute_froc(
                       stacklevel=2)
     fps, sens, thresholds = curve.points(np.ones(num_scans), num_scans, num_nodules)
     sensitivities = dict(zip(FP_RATES, _sensitivities_at_rates(fps, sens), strict=True))
-    cpm_ci = sensitivity_ci = None
+    cpm_ci = sensitivity_ci = cpm_draws = None
     if resampling is None and bootstrap > 0:
         resampling = ClusterResampling.draw(scans, bootstrap, seed)
     if resampling is not None:
         nodules_per_scan = np.bincount(nodule_scan, minlength=num_scans)
-        cpm_ci, sensitivity_ci = _bootstrap(curve, nodules_per_scan, resampling.weights(scans))
+        resampled = _resampled_sensitivities(curve, nodules_per_scan, resampling.weights(scans))
+        cpm_draws = resampled.mean(axis=1)
+        cpm_ci = percentile_interval(cpm_draws)
+        sensitivity_ci = {rate: percentile_interval(resampled[:, i]) for i, rate in enumerate(FP_RATES)}
     return FrocResult(
         cpm=float(np.mean(list(sensitivities.values()))),
         sensitivities=sensitivities,
@@ -167,6 +173,7 @@ def compute_froc(
         num_ignored=int(ignored.sum()),
         cpm_ci=cpm_ci,
         sensitivity_ci=sensitivity_ci,
+        cpm_draws=cpm_draws,
     )
 
 
@@ -271,16 +278,13 @@ def _sensitivities_at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> list[fl
     return [float(v) for v in sensitivity[left] + step * (sensitivity[right] - sensitivity[left])]
 
 
-def _bootstrap(
-    curve: _Curve, nodules_per_scan: np.ndarray, scan_weights: np.ndarray
-) -> tuple[tuple[float, float], dict[float, tuple[float, float]]]:
-    """95 % intervals of the CPM and each sensitivity over the draws ``scan_weights`` (draws x scans)."""
+def _resampled_sensitivities(curve: _Curve, nodules_per_scan: np.ndarray, scan_weights: np.ndarray) -> np.ndarray:
+    """``(draws, rates)``: the sensitivity at each of :data:`FP_RATES` under each draw ``scan_weights``
+    (draws x scans); NaN for a draw without nodules."""
     num_scans = scan_weights.shape[1]
     resampled = np.full((len(scan_weights), len(FP_RATES)), np.nan)
     for i, drawn in enumerate(scan_weights):
         num_nodules = float(drawn @ nodules_per_scan)
         if num_nodules:
             resampled[i] = _sensitivities_at_rates(*curve.points(drawn, num_scans, num_nodules)[:2])
-    return percentile_interval(resampled.mean(axis=1)), {
-        rate: percentile_interval(resampled[:, i]) for i, rate in enumerate(FP_RATES)
-    }
+    return resampled
