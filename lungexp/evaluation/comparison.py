@@ -90,8 +90,8 @@ def sample_keys(predictions: pd.DataFrame, name: str) -> pd.MultiIndex:
 def align(runs: Sequence[ScoredRun], intersect: bool = False) -> AlignedRuns:
     """The runs on their common samples, in the first run's order; without ``intersect`` every run must have
     exactly the same samples with the same labels (:class:`ComparisonError` naming the first differing rows)."""
-    if len(runs) < 2:
-        raise ComparisonError(f"compare needs two or more runs, got {len(runs)}")
+    if not runs:
+        raise ComparisonError("no runs to align")
     names = [run.name for run in runs]
     if len(set(names)) < len(names):
         raise ComparisonError(f"two inputs have the same name {names}; give each run once")
@@ -162,6 +162,8 @@ class Comparison:
 def compare(aligned: AlignedRuns, bootstrap: int = 1000, seed: int = 0, group_by: str = "seriesuid",
             froc: FrocReference | None = None) -> Comparison:
     """Every pairwise test of the aligned runs (see the module docstring)."""
+    if len(aligned.runs) < 2:
+        raise ComparisonError(f"compare needs two or more runs (a --baseline counts), got {len(aligned.runs)}")
     labels = aligned.labels
     if labels.min() == labels.max():
         raise ComparisonError("the compared samples hold one class only: AUROC and its tests need both")
