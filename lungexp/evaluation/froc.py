@@ -41,6 +41,8 @@ FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)
 UNKNOWN_DIAMETER_MM = 10.0
 HIT_TOLERANCE_MM = 1e-6
 COORDINATES = ("coordX", "coordY", "coordZ")
+HEAD_FACTOR = 3  # bootstrap: the head of the curve read first, in multiples of the last rate's FPs
+CHUNK_ENTRIES = 4_000_000  # bootstrap: draws x curve entries per block
 PREDICTION_COLUMNS = ("seriesuid", *COORDINATES, "probability")
 ANNOTATION_COLUMNS = ("seriesuid", *COORDINATES, "diameter_mm")
 
@@ -239,7 +241,7 @@ def _hits(
 
 class _Curve:
     """The scored entries sorted once by descending probability, so that (re)weighting them by scan
-    (the bootstrap) costs only cumulative sums."""
+    (the bootstrap) costs only cumulative sums, for many weightings at a time."""
 
     def __init__(self, scores: np.ndarray, is_nodule: np.ndarray, entry_scan: np.ndarray) -> None:
         order = np.argsort(-scores, kind="stable")
@@ -250,41 +252,69 @@ class _Curve:
         self.cuts = np.r_[np.flatnonzero(np.diff(self.scores)), len(self.scores) - 1].astype(np.int64)
         if not len(self.scores):
             self.cuts = self.cuts[:0]
+        self.false_positives = np.cumsum(~self.is_nodule)[self.cuts]  # unweighted, at each cut
 
     def points(
         self, scan_weight: np.ndarray, num_scans: int, num_nodules: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(FPs per scan, sensitivity, threshold) at every distinct probability, from (0, 0, inf)."""
-        weight = scan_weight[self.entry_scan]
-        true_positives = np.cumsum(weight * self.is_nodule)[self.cuts]
-        false_positives = np.cumsum(weight * ~self.is_nodule)[self.cuts]
-        if num_nodules:
-            sensitivity = np.r_[0.0, true_positives / num_nodules]
-        else:
-            sensitivity = np.full(len(self.cuts) + 1, np.nan)
-        return np.r_[0.0, false_positives / num_scans], sensitivity, np.r_[np.inf, self.scores[self.cuts]]
+        fps, sensitivity = self.weighted_points(scan_weight[None], num_scans, np.array([num_nodules], float))
+        return fps[0], sensitivity[0], np.r_[np.inf, self.scores[self.cuts]]
+
+    def weighted_points(self, scan_weights: np.ndarray, num_scans: int, num_nodules: np.ndarray,
+                        num_cuts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """FPs per scan and sensitivity (NaN without nodules) under each row of ``scan_weights`` (draws x
+        scans), at the first ``num_cuts`` distinct probabilities (default: all), from (0, 0)."""
+        cuts = self.cuts[:num_cuts]
+        end = int(cuts[-1]) + 1 if len(cuts) else 0
+        weight = scan_weights[:, self.entry_scan[:end]]
+        true_positives = np.cumsum(weight * self.is_nodule[:end], axis=1)[:, cuts]
+        false_positives = np.cumsum(weight * ~self.is_nodule[:end], axis=1)[:, cuts]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sensitivity = np.where(num_nodules[:, None] > 0, true_positives / num_nodules[:, None], np.nan)
+        zeros = np.zeros((len(scan_weights), 1))
+        return np.hstack([zeros, false_positives / num_scans]), np.hstack([zeros, sensitivity])
 
 
 def _sensitivities_at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> list[float]:
     """Linear interpolation at :data:`FP_RATES`, as ``np.interp`` on the curve: between the last point at
     or below the rate and the next one (so of several points at one FP rate the highest sensitivity
     counts from that rate on); flat beyond the last point."""
+    return [float(v) for v in _rows_at_rates(fps[None], sensitivity[None])[0]]
+
+
+def _rows_at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> np.ndarray:
+    """:func:`_sensitivities_at_rates` of each row of ``fps`` and ``sensitivity`` (draws x points)."""
     rates = np.asarray(FP_RATES, dtype=np.float64)
-    left = np.searchsorted(fps, rates, side="right") - 1
-    right = np.minimum(left + 1, len(fps) - 1)
-    span = fps[right] - fps[left]
+    left = np.stack([(fps <= rate).sum(axis=1) - 1 for rate in rates], axis=1)  # rows are non-decreasing
+    right = np.minimum(left + 1, fps.shape[1] - 1)
+    fps_left, fps_right = np.take_along_axis(fps, left, 1), np.take_along_axis(fps, right, 1)
+    sens_left, sens_right = np.take_along_axis(sensitivity, left, 1), np.take_along_axis(sensitivity, right, 1)
+    span = fps_right - fps_left
     with np.errstate(invalid="ignore", divide="ignore"):
-        step = np.where(span > 0, (rates - fps[left]) / span, 0.0)
-    return [float(v) for v in sensitivity[left] + step * (sensitivity[right] - sensitivity[left])]
+        step = np.where(span > 0, (rates - fps_left) / span, 0.0)
+    return sens_left + step * (sens_right - sens_left)
 
 
 def _resampled_sensitivities(curve: _Curve, nodules_per_scan: np.ndarray, scan_weights: np.ndarray) -> np.ndarray:
     """``(draws, rates)``: the sensitivity at each of :data:`FP_RATES` under each draw ``scan_weights``
-    (draws x scans); NaN for a draw without nodules."""
+    (draws x scans); NaN for a draw without nodules.
+
+    The sensitivities up to 8 FPs per scan need only the head of the curve: first the entries down to
+    :data:`HEAD_FACTOR` times that many (unweighted) false positives, then the whole curve for the draws
+    whose head does not reach past the last rate."""
     num_scans = scan_weights.shape[1]
+    num_nodules = scan_weights @ nodules_per_scan.astype(np.float64)
     resampled = np.full((len(scan_weights), len(FP_RATES)), np.nan)
-    for i, drawn in enumerate(scan_weights):
-        num_nodules = float(drawn @ nodules_per_scan)
-        if num_nodules:
-            resampled[i] = _sensitivities_at_rates(*curve.points(drawn, num_scans, num_nodules)[:2])
+    head = int(np.searchsorted(curve.false_positives, HEAD_FACTOR * FP_RATES[-1] * num_scans)) + 1
+    todo = num_nodules > 0
+    for num_cuts in (head, None):
+        rows = np.flatnonzero(todo)
+        step = max(1, CHUNK_ENTRIES // max(len(curve.scores), 1))
+        for start in range(0, len(rows), step):
+            block = rows[start:start + step]
+            fps, sensitivity = curve.weighted_points(scan_weights[block], num_scans, num_nodules[block], num_cuts)
+            done = fps[:, -1] > FP_RATES[-1] if num_cuts is not None else np.ones(len(block), bool)
+            resampled[block[done]] = _rows_at_rates(fps[done], sensitivity[done])
+            todo[block[done]] = False
     return resampled

@@ -151,7 +151,9 @@ def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
         positions = np.arange(len(rows))[::-1]
         excludes_zero = (low > 0) | (high < 0)
         ax.axvline(0, color="grey", lw=1)
-        ax.errorbar(values, positions, xerr=[values - low, high - values], fmt="none", ecolor="black", capsize=3)
+        # A percentile interval need not contain its estimate: lines from bound to bound, not error bars.
+        ax.hlines(positions, low, high, color="black", lw=1.5)
+        ax.plot(np.r_[low, high], np.r_[positions, positions], "|", color="black", ms=8)
         ax.scatter(values, positions, color=np.where(excludes_zero, THRESHOLD_COLOR, "tab:blue"), zorder=3)
         ax.set_yticks(positions, labels)
         ax.set(xlabel=metric, ylim=(-0.7, len(rows) - 0.3))
