@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> Comparison:
     from lungexp.evaluation.plots import forest_figure
     from lungexp.evaluation.report import FrocReference
 
-    client = MlflowClient(args.tracking_uri or default_tracking_uri())
+    # A store is opened (a SQLite one created) only for run ids or to log the comparison.
+    needs_mlflow = not args.no_mlflow or any(not _is_csv(source) for source in args.inputs)
+    client = MlflowClient(args.tracking_uri or default_tracking_uri()) if needs_mlflow else None
     runs = [_scored_input(client, source) for source in args.inputs]
     runs = _unique_names(runs)
     first_run = next((client.get_run(r.run_id) for r in runs if r.run_id), None)
@@ -128,16 +130,20 @@ def run(args: argparse.Namespace) -> Comparison:
     return comparison
 
 
-def _scored_input(client: MlflowClient, source: str) -> ScoredRun:
+def _scored_input(client: MlflowClient | None, source: str) -> ScoredRun:
     from lungexp.evaluation.comparison import ComparisonError, ScoredRun
     from lungexp.tracking.run_predictions import scored_run
 
-    path = Path(source)
-    if path.suffix.lower() == ".csv" or path.exists():
+    if _is_csv(source):
+        path = Path(source)
         return ScoredRun(name=path.stem, predictions=read_csv(path, "predictions CSV"), threshold=CSV_THRESHOLD)
     if RUN_ID.match(source):
         return scored_run(client, source)
     raise ComparisonError(f"{source!r} is neither a predictions CSV file nor an MLflow run id (32 hex digits)")
+
+
+def _is_csv(source: str) -> bool:
+    return Path(source).suffix.lower() == ".csv" or Path(source).exists()
 
 
 def _unique_names(runs: list[ScoredRun]) -> list[ScoredRun]:

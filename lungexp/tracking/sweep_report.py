@@ -69,10 +69,11 @@ def results_figure(table: pd.DataFrame, metric_column: str, title: str) -> Figur
     return fig
 
 
-def not_worse_column(client: MlflowClient, table: pd.DataFrame, best: str) -> pd.Series | None:
-    """Per finished job, whether its test AUROC is not significantly below that of the job best by ``best``
-    (the table's first); ``None`` (with a warning) when the jobs' test predictions cannot be compared."""
-    finished = table.index[table["status"].eq("FINISHED") & table[best].notna()]
+def not_worse_column(client: MlflowClient, table: pd.DataFrame) -> pd.Series | None:
+    """Per finished job, whether its test AUROC is not significantly below that of the best one (the first
+    finished job of the table, sorted by ``best``); ``None`` (with a warning) when the jobs' test predictions
+    cannot be compared. A cross-validation job brings its pooled test predictions."""
+    finished = table.index[table["status"].eq("FINISHED")]
     if len(finished) < 2:
         return None
     try:
@@ -144,7 +145,7 @@ def report_sweep(client: MlflowClient, experiment_id: str, run_id: str, keys: li
     """Log the results table and best child to the sweep's parent run and print the table."""
     table = sweep_results(client, experiment_id, run_id, keys, metric, mode)
     best = best_metric_name(metric)
-    not_worse = not_worse_column(client, table, best)
+    not_worse = not_worse_column(client, table)
     if not_worse is not None:
         table.insert(table.columns.get_loc("status"), "not_worse", not_worse)
     title = f"Sweep results: {len(table)} runs, sorted by {best}"
