@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lungexp.froc import read_csv
-from lungexp.utils.errors import LungexpError, report_user_errors
+from lungexp.utils.errors import exit_status, report_user_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,12 +81,7 @@ def default_tracking_uri() -> str:
 @report_user_errors  # Ctrl-C: one line, status 130
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except LungexpError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> Comparison:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.data.splits import SplitSpec, check_splits, split_samples
+from lungexp.evaluation.bootstrap import CI_HIGH, CI_LOW
 from lungexp.evaluation.options import EvaluationOptions
 from lungexp.evaluation.report import evaluate_predictions, evaluation_settings, with_interval
 from lungexp.tracking.folds import FoldRuns
@@ -169,8 +170,10 @@ def command_hash(cfg: DictConfig) -> str:
 
 
 def fold_statistics(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
-    """``cv_mean/<name>`` and ``cv_std/<name>`` (sample standard deviation) of every test metric."""
-    names = sorted({name for metrics in fold_metrics for name in metrics if name.startswith("test/")})
+    """``cv_mean/<name>`` and ``cv_std/<name>`` (sample standard deviation) of every test metric (not of the
+    bounds of its interval: the pooled report has those)."""
+    names = sorted({name for metrics in fold_metrics for name in metrics
+                    if name.startswith("test/") and not name.endswith((CI_LOW, CI_HIGH))})
     statistics = {}
     for name in names:
         values = np.array([metrics.get(name, np.nan) for metrics in fold_metrics], dtype=np.float64)
