@@ -189,10 +189,11 @@ def cluster_resampling(predictions: pd.DataFrame, samples: int, seed: int = 0, g
                        seriesuids: Sequence[str] | None = None) -> ClusterResampling:
     """The draws of a predictions table's clusters: its series (and ``seriesuids``, e.g. the FROC's scans
     without candidates), grouped by the ``group_by`` column when the table has it."""
-    series = predictions["seriesuid"].astype(str).to_numpy()
+    first = predictions.drop_duplicates("seriesuid")  # one row per series (hashing, not sorting, the uids)
+    series = first["seriesuid"].astype(str).to_numpy()
     clusters = None
     if group_by != "seriesuid" and group_by in predictions:
-        clusters = predictions[group_by].astype(str).to_numpy()
+        clusters = first[group_by].astype(str).to_numpy()
     if seriesuids is not None:
         extra = np.setdiff1d(np.asarray(seriesuids, dtype=str), series)
         series = np.concatenate([series, extra])
