@@ -25,14 +25,14 @@ and the curve is one sort plus cumulative sums (``scripts/bench_eval.py``).
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from lungexp.evaluation.bootstrap import ClusterResampling, percentile_interval
 from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,10 @@ FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)
 UNKNOWN_DIAMETER_MM = 10.0
 HIT_TOLERANCE_MM = 1e-6
 COORDINATES = ("coordX", "coordY", "coordZ")
+HEAD_FACTOR = 3  # bootstrap: the head of the curve read first, in multiples of the last rate's FPs
+CHUNK_ENTRIES = 4_000_000  # bootstrap: draws x curve entries per block
 PREDICTION_COLUMNS = ("seriesuid", *COORDINATES, "probability")
 ANNOTATION_COLUMNS = ("seriesuid", *COORDINATES, "diameter_mm")
-CONFIDENCE = 0.95
 
 
 class FrocInputError(LungexpError):
@@ -72,6 +73,8 @@ class FrocResult:
         num_ignored: candidates on excluded findings only.
         cpm_ci: 95 % bootstrap interval of the CPM, when bootstrapped.
         sensitivity_ci: 95 % bootstrap interval of each sensitivity, when bootstrapped.
+        cpm_draws: the CPM under each draw of the bootstrap (NaN for a draw without nodules), for paired
+            comparisons (:mod:`lungexp.evaluation.comparison`).
     """
 
     cpm: float
@@ -85,6 +88,7 @@ class FrocResult:
     num_ignored: int
     cpm_ci: tuple[float, float] | None = None
     sensitivity_ci: dict[float, tuple[float, float]] | None = None
+    cpm_draws: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         """``{prefix}cpm`` and ``{prefix}sens_at_{rate}_fp`` (e.g. ``test/sens_at_0.125_fp``), plus
@@ -103,6 +107,7 @@ def compute_froc(
     seriesuids: Sequence[str] | None = None,
     bootstrap: int = 0,
     seed: int = 0,
+    resampling: ClusterResampling | None = None,
 ) -> FrocResult:
     """FROC curve, the sensitivities at :data:`FP_RATES` and the CPM, by LUNA16's rules (module docstring).
 
@@ -114,6 +119,8 @@ def compute_froc(
             annotations of other series are left out.
         bootstrap: number of scan resamplings for the 95 % intervals (0: none).
         seed: seed of the resampling.
+        resampling: draws of the scans (or their patients) to use instead of ``bootstrap`` new ones, so
+            that the CPM is resampled with the run's other metrics (:mod:`lungexp.evaluation.bootstrap`).
     """
     predictions = validated_table(predictions, PREDICTION_COLUMNS, "predictions")
     scans = _scans(predictions, seriesuids)
@@ -147,10 +154,15 @@ def compute_froc(
                       stacklevel=2)
     fps, sens, thresholds = curve.points(np.ones(num_scans), num_scans, num_nodules)
     sensitivities = dict(zip(FP_RATES, _sensitivities_at_rates(fps, sens), strict=True))
-    cpm_ci = sensitivity_ci = None
-    if bootstrap > 0:
+    cpm_ci = sensitivity_ci = cpm_draws = None
+    if resampling is None and bootstrap > 0:
+        resampling = ClusterResampling.draw(scans, bootstrap, seed)
+    if resampling is not None:
         nodules_per_scan = np.bincount(nodule_scan, minlength=num_scans)
-        cpm_ci, sensitivity_ci = _bootstrap(curve, nodules_per_scan, bootstrap, seed)
+        resampled = _resampled_sensitivities(curve, nodules_per_scan, resampling.weights(scans))
+        cpm_draws = resampled.mean(axis=1)
+        cpm_ci = percentile_interval(cpm_draws)
+        sensitivity_ci = {rate: percentile_interval(resampled[:, i]) for i, rate in enumerate(FP_RATES)}
     return FrocResult(
         cpm=float(np.mean(list(sensitivities.values()))),
         sensitivities=sensitivities,
@@ -163,6 +175,7 @@ def compute_froc(
         num_ignored=int(ignored.sum()),
         cpm_ci=cpm_ci,
         sensitivity_ci=sensitivity_ci,
+        cpm_draws=cpm_draws,
     )
 
 
@@ -228,7 +241,7 @@ def _hits(
 
 class _Curve:
     """The scored entries sorted once by descending probability, so that (re)weighting them by scan
-    (the bootstrap) costs only cumulative sums."""
+    (the bootstrap) costs only cumulative sums, for many weightings at a time."""
 
     def __init__(self, scores: np.ndarray, is_nodule: np.ndarray, entry_scan: np.ndarray) -> None:
         order = np.argsort(-scores, kind="stable")
@@ -239,58 +252,69 @@ class _Curve:
         self.cuts = np.r_[np.flatnonzero(np.diff(self.scores)), len(self.scores) - 1].astype(np.int64)
         if not len(self.scores):
             self.cuts = self.cuts[:0]
+        self.false_positives = np.cumsum(~self.is_nodule)[self.cuts]  # unweighted, at each cut
 
     def points(
         self, scan_weight: np.ndarray, num_scans: int, num_nodules: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(FPs per scan, sensitivity, threshold) at every distinct probability, from (0, 0, inf)."""
-        weight = scan_weight[self.entry_scan]
-        true_positives = np.cumsum(weight * self.is_nodule)[self.cuts]
-        false_positives = np.cumsum(weight * ~self.is_nodule)[self.cuts]
-        if num_nodules:
-            sensitivity = np.r_[0.0, true_positives / num_nodules]
-        else:
-            sensitivity = np.full(len(self.cuts) + 1, np.nan)
-        return np.r_[0.0, false_positives / num_scans], sensitivity, np.r_[np.inf, self.scores[self.cuts]]
+        fps, sensitivity = self.weighted_points(scan_weight[None], num_scans, np.array([num_nodules], float))
+        return fps[0], sensitivity[0], np.r_[np.inf, self.scores[self.cuts]]
+
+    def weighted_points(self, scan_weights: np.ndarray, num_scans: int, num_nodules: np.ndarray,
+                        num_cuts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """FPs per scan and sensitivity (NaN without nodules) under each row of ``scan_weights`` (draws x
+        scans), at the first ``num_cuts`` distinct probabilities (default: all), from (0, 0)."""
+        cuts = self.cuts[:num_cuts]
+        end = int(cuts[-1]) + 1 if len(cuts) else 0
+        weight = scan_weights[:, self.entry_scan[:end]]
+        true_positives = np.cumsum(weight * self.is_nodule[:end], axis=1)[:, cuts]
+        false_positives = np.cumsum(weight * ~self.is_nodule[:end], axis=1)[:, cuts]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sensitivity = np.where(num_nodules[:, None] > 0, true_positives / num_nodules[:, None], np.nan)
+        zeros = np.zeros((len(scan_weights), 1))
+        return np.hstack([zeros, false_positives / num_scans]), np.hstack([zeros, sensitivity])
 
 
 def _sensitivities_at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> list[float]:
     """Linear interpolation at :data:`FP_RATES`, as ``np.interp`` on the curve: between the last point at
     or below the rate and the next one (so of several points at one FP rate the highest sensitivity
     counts from that rate on); flat beyond the last point."""
+    return [float(v) for v in _rows_at_rates(fps[None], sensitivity[None])[0]]
+
+
+def _rows_at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> np.ndarray:
+    """:func:`_sensitivities_at_rates` of each row of ``fps`` and ``sensitivity`` (draws x points)."""
     rates = np.asarray(FP_RATES, dtype=np.float64)
-    left = np.searchsorted(fps, rates, side="right") - 1
-    right = np.minimum(left + 1, len(fps) - 1)
-    span = fps[right] - fps[left]
+    left = np.stack([(fps <= rate).sum(axis=1) - 1 for rate in rates], axis=1)  # rows are non-decreasing
+    right = np.minimum(left + 1, fps.shape[1] - 1)
+    fps_left, fps_right = np.take_along_axis(fps, left, 1), np.take_along_axis(fps, right, 1)
+    sens_left, sens_right = np.take_along_axis(sensitivity, left, 1), np.take_along_axis(sensitivity, right, 1)
+    span = fps_right - fps_left
     with np.errstate(invalid="ignore", divide="ignore"):
-        step = np.where(span > 0, (rates - fps[left]) / span, 0.0)
-    return [float(v) for v in sensitivity[left] + step * (sensitivity[right] - sensitivity[left])]
+        step = np.where(span > 0, (rates - fps_left) / span, 0.0)
+    return sens_left + step * (sens_right - sens_left)
 
 
-def _bootstrap(
-    curve: _Curve, nodules_per_scan: np.ndarray, samples: int, seed: int
-) -> tuple[tuple[float, float], dict[float, tuple[float, float]]]:
-    """95 % intervals of the CPM and each sensitivity over ``samples`` resamplings of the scans."""
-    rng = np.random.default_rng(seed)
-    num_scans = len(nodules_per_scan)
-    resampled = np.empty((samples, len(FP_RATES)))
-    for i in range(samples):
-        drawn = np.bincount(rng.integers(num_scans, size=num_scans), minlength=num_scans).astype(np.float64)
-        fps, sens, _ = curve.points(drawn, num_scans, float(drawn @ nodules_per_scan))
-        resampled[i] = _sensitivities_at_rates(fps, sens) if drawn @ nodules_per_scan else np.nan
-    resampled = resampled[~np.isnan(resampled).any(axis=1)]
-    if not len(resampled):
-        nan = (math.nan, math.nan)
-        return nan, dict.fromkeys(FP_RATES, nan)
-    return _interval(resampled.mean(axis=1)), {
-        rate: _interval(resampled[:, i]) for i, rate in enumerate(FP_RATES)
-    }
+def _resampled_sensitivities(curve: _Curve, nodules_per_scan: np.ndarray, scan_weights: np.ndarray) -> np.ndarray:
+    """``(draws, rates)``: the sensitivity at each of :data:`FP_RATES` under each draw ``scan_weights``
+    (draws x scans); NaN for a draw without nodules.
 
-
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    """The script's order statistics: sorted[floor(0.025 n)] and sorted[floor(0.975 n)]."""
-    ordered = np.sort(values)
-    tail = (1.0 - CONFIDENCE) / 2.0
-    low = ordered[int(math.floor(tail * len(ordered)))]
-    high = ordered[min(int(math.floor((1.0 - tail) * len(ordered))), len(ordered) - 1)]
-    return float(low), float(high)
+    The sensitivities up to 8 FPs per scan need only the head of the curve: first the entries down to
+    :data:`HEAD_FACTOR` times that many (unweighted) false positives, then the whole curve for the draws
+    whose head does not reach past the last rate."""
+    num_scans = scan_weights.shape[1]
+    num_nodules = scan_weights @ nodules_per_scan.astype(np.float64)
+    resampled = np.full((len(scan_weights), len(FP_RATES)), np.nan)
+    head = int(np.searchsorted(curve.false_positives, HEAD_FACTOR * FP_RATES[-1] * num_scans)) + 1
+    todo = num_nodules > 0
+    for num_cuts in (head, None):
+        rows = np.flatnonzero(todo)
+        step = max(1, CHUNK_ENTRIES // max(len(curve.scores), 1))
+        for start in range(0, len(rows), step):
+            block = rows[start:start + step]
+            fps, sensitivity = curve.weighted_points(scan_weights[block], num_scans, num_nodules[block], num_cuts)
+            done = fps[:, -1] > FP_RATES[-1] if num_cuts is not None else np.ones(len(block), bool)
+            resampled[block[done]] = _rows_at_rates(fps[done], sensitivity[done])
+            todo[block[done]] = False
+    return resampled

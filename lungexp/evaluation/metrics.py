@@ -94,9 +94,15 @@ def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean probability, fraction of positives and count per equal-width bin (NaN for empty bins)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    index = np.clip(np.searchsorted(np.linspace(0, 1, bins + 1), probabilities, side="right") - 1, 0, bins - 1)
+    index = np.clip(calibration_bin(probabilities, bins), 0, bins - 1)
     counts = np.bincount(index, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         confidence = np.bincount(index, weights=probabilities, minlength=bins) / counts
         observed = np.bincount(index, weights=np.asarray(labels, dtype=np.float64), minlength=bins) / counts
     return confidence, observed, counts
+
+
+def calibration_bin(probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """The ECE's bin of each probability as torchmetrics bins it: ``k`` for [k/bins, (k+1)/bins), and a
+    bin ``bins`` of its own for a probability of exactly 1."""
+    return np.searchsorted(np.linspace(0, 1, bins + 1), np.asarray(probabilities, dtype=np.float64), side="right") - 1

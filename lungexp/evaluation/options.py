@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lungexp.evaluation.threshold import check_threshold_rule
 from lungexp.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,8 @@ class EvaluationOptions:
 
     Args:
         threshold: decision-threshold rule, see :mod:`lungexp.evaluation.threshold`.
-        froc_bootstrap: scan resamplings for the CPM's 95 % interval (0: none).
+        bootstrap: resamplings of whole series (patients with ``data.split.group_by``) for the 95 %
+            interval of every test metric, the CPM's included (0: none); see :mod:`lungexp.evaluation.bootstrap`.
         montage_k: worst errors shown per kind (false positives, false negatives); 0: no montage.
         gradcam_samples: test positives, and as many negatives, shown with Grad-CAM; 0: none.
         gradcam_layer: the network's module (dotted name) whose output Grad-CAM explains; ``None``: the
@@ -24,24 +28,28 @@ class EvaluationOptions:
     """
 
     threshold: str | float = "youden"
-    froc_bootstrap: int = 0
+    bootstrap: int = 1000
     montage_k: int = 4
     gradcam_samples: int = 3
     gradcam_layer: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", check_threshold_rule(self.threshold))
-        for key in ("froc_bootstrap", "montage_k", "gradcam_samples"):
+        for key in ("bootstrap", "montage_k", "gradcam_samples"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"eval.{_config_key(key)}={value!r} must be a whole number >= 0")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> EvaluationOptions:
-        """From the ``eval`` group: ``{threshold, froc_bootstrap, montage_k, gradcam: {samples, target_layer}}``."""
+        """From the ``eval`` group: ``{threshold, bootstrap, montage_k, gradcam: {samples, target_layer}}``."""
         config = dict(config or {})
+        if "froc_bootstrap" in config:  # the eval config of checkpoints saved before eval.bootstrap
+            log.warning("froc_bootstrap=%s (a key of older eval configs) is ignored: eval.bootstrap now "
+                        "resamples every test metric",
+                        config.pop("froc_bootstrap"))
         gradcam = dict(config.pop("gradcam", None) or {})
-        unknown = sorted(set(config) - {"threshold", "froc_bootstrap", "montage_k"})
+        unknown = sorted(set(config) - {"threshold", "bootstrap", "montage_k"})
         unknown += sorted(f"gradcam.{key}" for key in set(gradcam) - {"samples", "target_layer"})
         if unknown:
             raise ConfigError(f"unknown eval option(s) {['eval.' + key for key in unknown]}; "

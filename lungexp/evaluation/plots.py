@@ -136,3 +136,27 @@ def _log_counts(ax: Axes) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
+                  title: str = "Paired differences (95 % intervals)") -> Figure:
+    """One panel per metric (``{"ΔAUROC (DeLong)": [(pair, difference, low, high), ...]}``): each pair's
+    difference with its interval, and the zero line of no difference."""
+    fig, axes = plt.subplots(1, len(differences), figsize=(3.2 * len(differences) + 1.5,
+                                                           0.5 * max(map(len, differences.values())) + 1.4),
+                             sharey=True, layout="constrained", squeeze=False)
+    for ax, (metric, rows) in zip(axes[0], differences.items(), strict=True):
+        labels = [row[0] for row in rows]
+        values, low, high = (np.array([row[i] for row in rows], dtype=np.float64) for i in (1, 2, 3))
+        positions = np.arange(len(rows))[::-1]
+        excludes_zero = (low > 0) | (high < 0)
+        ax.axvline(0, color="grey", lw=1)
+        # A percentile interval need not contain its estimate: lines from bound to bound, not error bars.
+        ax.hlines(positions, low, high, color="black", lw=1.5)
+        ax.plot(np.r_[low, high], np.r_[positions, positions], "|", color="black", ms=8)
+        ax.scatter(values, positions, color=np.where(excludes_zero, THRESHOLD_COLOR, "tab:blue"), zorder=3)
+        ax.set_yticks(positions, labels)
+        ax.set(xlabel=metric, ylim=(-0.7, len(rows) - 0.3))
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title + ": red where the interval excludes 0")
+    return fig

@@ -8,7 +8,7 @@ A predictions table has one row per patch: ``label`` (0/1), ``probability`` and,
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,14 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 
 from lungexp.data.annotations import read_annotations, read_excluded_annotations
 from lungexp.data.dataset import HUWindow
+from lungexp.evaluation.bootstrap import (
+    CI_HIGH,
+    CI_LOW,
+    cluster_resampling,
+    interval_metrics,
+    resampled_metrics,
+)
+from lungexp.evaluation.delong import delong
 from lungexp.evaluation.froc import FrocResult, compute_froc
 from lungexp.evaluation.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
 from lungexp.evaluation.metrics import AT_THRESHOLD, reliability_bins, table_metrics
@@ -64,13 +72,15 @@ class EvaluationSettings:
     Args:
         threshold: decision threshold, chosen on validation (:func:`~lungexp.evaluation.threshold.choose_threshold`).
         froc: nodules and scans for the LUNA16 FROC/CPM (task ``candidates``); ``None``: no FROC.
-        froc_bootstrap: scan resamplings for the CPM's 95 % interval.
+        bootstrap: resamplings of whole clusters for the 95 % interval of every metric (0: none).
+        group_by: the cluster: ``seriesuid``, or the patient column of ``data.split.group_by``.
         seed: seed of the resampling.
     """
 
     threshold: float = 0.5
     froc: FrocReference | None = None
-    froc_bootstrap: int = 0
+    bootstrap: int = 0
+    group_by: str = "seriesuid"
     seed: int = 0
 
 
@@ -89,7 +99,10 @@ def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings
 
     Metrics: ``accuracy, precision, sensitivity, specificity, f1`` at 0.5, ``auroc``,
     ``average_precision``, ``ece``, ``threshold`` and the five thresholded metrics at it as
-    ``at_threshold/<name>``; with ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``.
+    ``at_threshold/<name>``; with ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``. With
+    ``settings.bootstrap``, ``<name>_ci_low``/``_ci_high`` (cluster bootstrap, 95 %) of AUROC, average
+    precision, ECE, the thresholded metrics at ``threshold`` and the CPM; with both classes,
+    ``auroc_delong_ci_low``/``_high`` (DeLong's variance).
     Figures: ROC, precision-recall, confusion matrices at 0.5 and at the threshold, score histogram,
     reliability diagram and, with ``settings.froc``, the FROC.
     """
@@ -97,12 +110,19 @@ def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings
     probabilities = predictions["probability"].to_numpy(np.float64)
     threshold = settings.threshold
     metrics = table_metrics(labels, probabilities, prefix, threshold)
+    if 0 < labels.sum() < len(labels):
+        low, high = delong(labels, probabilities).interval()
+        metrics[f"{prefix}auroc_delong{CI_LOW}"], metrics[f"{prefix}auroc_delong{CI_HIGH}"] = low, high
+    resampling = None
+    if settings.bootstrap > 0 and "seriesuid" in predictions:
+        resampling = cluster_resampling(predictions, settings.bootstrap, settings.seed, settings.group_by,
+                                        settings.froc.seriesuids if settings.froc is not None else None)
+        metrics.update(interval_metrics(resampled_metrics(predictions, threshold, resampling), prefix))
     plots = _figures(labels, probabilities, metrics, threshold, prefix, title) if figures else {}
     froc = None
     if settings.froc is not None:
         froc = compute_froc(predictions, settings.froc.annotations, excluded=settings.froc.excluded,
-                            seriesuids=settings.froc.seriesuids, bootstrap=settings.froc_bootstrap,
-                            seed=settings.seed)
+                            seriesuids=settings.froc.seriesuids, resampling=resampling)
         metrics.update(froc.as_metrics(prefix))
         if figures:
             plots[f"{PLOTS}/froc.png"] = froc_figure(froc, title=f"{title} FROC")
@@ -132,6 +152,30 @@ def _figures(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, f
             recall, precision, metrics[f"{prefix}average_precision"], prevalence=float(labels.mean()),
             operating_point=(at["sensitivity"], at["precision"]), title=f"{title} precision-recall")
     return {f"{PLOTS}/{name}.png": figure for name, figure in figures.items()}
+
+
+def evaluation_settings(datamodule: object, split: str, threshold: float, options: EvaluationOptions
+                        ) -> EvaluationSettings:
+    """How ``split`` of a :class:`~lungexp.data.datamodule.NoduleDataModule` is judged: at ``threshold``, with
+    its FROC reference and ``eval.bootstrap`` resamplings of its ``data.split.group_by`` clusters."""
+    split_spec = getattr(getattr(datamodule, "options", None), "split", None)
+    return EvaluationSettings(threshold=threshold, froc=froc_reference(datamodule, split), bootstrap=options.bootstrap,
+                              group_by=getattr(split_spec, "group_by", "seriesuid"))
+
+
+def with_interval(metrics: Mapping[str, float], name: str, digits: int = 3) -> str:
+    """``0.845 [0.801, 0.889]``: the metric and, when logged, its 95 % interval; ``[0.801, 0.889]`` for an
+    interval alone (``test/auroc_delong``)."""
+    value, low, high = (metrics.get(key) for key in (name, f"{name}{CI_LOW}", f"{name}{CI_HIGH}"))
+    parts = [] if value is None else [f"{value:.{digits}f}"]
+    if low is not None and high is not None:
+        parts.append(f"[{low:.{digits}f}, {high:.{digits}f}]")
+    return " ".join(parts)
+
+
+def summary_names(metrics: Mapping[str, float]) -> list[str]:
+    """The metric names to show, each once: interval bounds folded into their metric (see :func:`with_interval`)."""
+    return sorted({name.removesuffix(CI_LOW).removesuffix(CI_HIGH) for name in metrics})
 
 
 def froc_reference(datamodule: object, split: str) -> FrocReference | None:

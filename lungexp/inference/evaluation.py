@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader
 
 from lungexp.data.names import IMAGE_KEY
 from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
+from lungexp.evaluation.report import (
+    evaluate_predictions,
+    evaluation_settings,
+    patch_figures,
+    summary_names,
+    with_interval,
+)
 from lungexp.inference.model import Predictor
 from lungexp.tracking.mlflow import log_config, log_figure, log_table, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
@@ -107,8 +113,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     else:
         datamodule.setup("test")
     predictions = _predict(predictor, datamodule, split)
-    settings = EvaluationSettings(threshold=predictor.decision_threshold(options.threshold),
-                                  froc=froc_reference(datamodule, split), froc_bootstrap=options.froc_bootstrap)
+    settings = evaluation_settings(datamodule, split, predictor.decision_threshold(options.threshold), options)
     report = evaluate_predictions(predictions, settings, prefix=f"{split}/", title=split.capitalize())
     report.figures.update(patch_figures(predictor.net, predictions, datamodule.cache.patches, datamodule.window,
                                         options, settings.threshold))
@@ -134,7 +139,7 @@ def print_summary(result: EvaluationResult) -> None:
     lines = ["", "=" * 72, f"Evaluation of {result.checkpoint}",
              f"  on split '{result.split}': {len(data)} patches ({int(data['label'].sum())} positive) from "
              f"{data['seriesuid'].nunique()} series"]
-    lines += [f"  {name:<34} {value:.4f}" for name, value in sorted(result.metrics.items())]
+    lines += [f"  {name:<34} {with_interval(result.metrics, name)}" for name in summary_names(result.metrics)]
     lines.append(f"  training MLflow run id   {result.training_run_id or '(none recorded)'}")
     if result.mlflow_run_id:
         lines.append(f"  MLflow run id            {result.mlflow_run_id}")

@@ -1,9 +1,14 @@
 """The results of a sweep, from its nested MLflow runs: a table (CSV, PNG, console, run description)
-and the best child, all logged to the sweep's parent run."""
+and the best child, all logged to the sweep's parent run.
+
+The test metric is shown with its 95 % interval (``0.845 [0.801, 0.889]``) when the jobs logged one, and
+``not_worse`` marks every job whose test AUROC is not significantly below the best job's (DeLong's paired
+test on their test predictions, Holm across the jobs; :mod:`lungexp.evaluation.comparison`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -13,8 +18,14 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from lungexp.evaluation.bootstrap import CI_HIGH, CI_LOW
+from lungexp.evaluation.comparison import align, not_worse_than_best
 from lungexp.tracking.callback import best_metric_name
+from lungexp.tracking.run_predictions import scored_run
 from lungexp.tracking.runs import short_keys, short_value
+from lungexp.utils.errors import LungexpError
+
+log = logging.getLogger(__name__)
 
 RESULTS_NAME = "sweep_results"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
@@ -37,10 +48,10 @@ def sweep_results(client: MlflowClient, experiment_id: str, parent_run_id: str, 
         row = {"run": run.info.run_name, **{names[k]: run.data.params.get(k) for k in keys},
                best: run.data.metrics.get(best), "best/epoch": run.data.metrics.get("best/epoch")}
         if test != metric:
-            row[test] = run.data.metrics.get(test)
+            row.update({name: run.data.metrics.get(name) for name in (test, test + CI_LOW, test + CI_HIGH)})
         rows.append({**row, "status": run.info.status, "run_id": run.info.run_id})
-    table = pd.DataFrame(rows, columns=["run", *names.values(), best, "best/epoch",
-                                        *([test] if test != metric else []), "status", "run_id"])
+    tests = [test, test + CI_LOW, test + CI_HIGH] if test != metric else []
+    table = pd.DataFrame(rows, columns=["run", *names.values(), best, "best/epoch", *tests, "status", "run_id"])
     table["best/epoch"] = table["best/epoch"].astype("Int64")
     return table.sort_values(best, ascending=mode == "min", na_position="last").reset_index(drop=True)
 
@@ -58,23 +69,53 @@ def results_figure(table: pd.DataFrame, metric_column: str, title: str) -> Figur
     return fig
 
 
+def not_worse_column(client: MlflowClient, table: pd.DataFrame) -> pd.Series | None:
+    """Per finished job, whether its test AUROC is not significantly below that of the best one (the first
+    finished job of the table, sorted by ``best``); ``None`` (with a warning) when the jobs' test predictions
+    cannot be compared. A cross-validation job brings its pooled test predictions."""
+    finished = table.index[table["status"].eq("FINISHED")]
+    if len(finished) < 2:
+        return None
+    try:
+        aligned = align([scored_run(client, table.at[row, "run_id"]) for row in finished])
+        verdict = not_worse_than_best(aligned, best=0)
+    except (LungexpError, ValueError) as error:
+        log.warning("sweep results: no significance column: %s", error)
+        return None
+    return pd.Series(pd.array(verdict, dtype="boolean"), index=finished).reindex(table.index)
+
+
 def _cell(value: object) -> str:
     if pd.isna(value):
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return f"{value:.4f}" if isinstance(value, float) else short_value(str(value))
+
+
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text cells, each test metric with its interval in one cell (``0.845 [0.801, 0.889]``)."""
+    shown = table.drop(columns="run_id").astype(object).map(_cell)
+    for low in [column for column in table.columns if column.endswith(CI_LOW)]:
+        name, high = low.removesuffix(CI_LOW), low.removesuffix(CI_LOW) + CI_HIGH
+        has = table[low].notna() & table[high].notna() & table[name].notna()
+        shown.loc[has, name] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
+                                zip(table.loc[has, name], table.loc[has, low], table.loc[has, high], strict=True)]
+        shown = shown.drop(columns=[low, high])
+    return shown
 
 
 def markdown_table(table: pd.DataFrame) -> str:
     """The table as markdown, for the parent run's description."""
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    shown = shown_table(table)
+    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines)
 
 
 def print_results(table: pd.DataFrame, title: str) -> None:
     """Plain text, so it reads the same in a terminal and in a log file."""
-    shown = table.drop(columns="run_id").map(_cell)
-    print(f"\n{title}\n{shown.to_string(index=False)}")
+    print(f"\n{title}\n{shown_table(table).to_string(index=False)}")
 
 
 def share_sweep_view(client: MlflowClient, experiment_id: str, parent_run_id: str, keys: list[str],
@@ -104,13 +145,16 @@ def report_sweep(client: MlflowClient, experiment_id: str, run_id: str, keys: li
     """Log the results table and best child to the sweep's parent run and print the table."""
     table = sweep_results(client, experiment_id, run_id, keys, metric, mode)
     best = best_metric_name(metric)
+    not_worse = not_worse_column(client, table)
+    if not_worse is not None:
+        table.insert(table.columns.get_loc("status"), "not_worse", not_worse)
     title = f"Sweep results: {len(table)} runs, sorted by {best}"
     with tempfile.TemporaryDirectory() as folder:
         csv = Path(folder) / f"{RESULTS_NAME}.csv"
         table.to_csv(csv, index=False)
         client.log_artifact(run_id, str(csv))
     client.log_figure(run_id, results_figure(table, best, f"{len(table)} runs of the sweep"), f"{RESULTS_NAME}.png")
-    client.set_tag(run_id, NOTE_TAG, f"**{title}**\n\n" + markdown_table(table.drop(columns="run_id")))
+    client.set_tag(run_id, NOTE_TAG, f"**{title}**\n\n" + markdown_table(table))
     winner = table.dropna(subset=[best]).head(1)
     if not winner.empty:
         client.set_tag(run_id, "best.run_id", winner["run_id"].iloc[0])

@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.data.splits import SplitSpec, check_splits, split_samples
+from lungexp.evaluation.bootstrap import CI_HIGH, CI_LOW
 from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference
+from lungexp.evaluation.report import evaluate_predictions, evaluation_settings, with_interval
 from lungexp.tracking.folds import FoldRuns
 from lungexp.tracking.mlflow import log_config, log_figure, log_table
 from lungexp.tracking.runs import run_name
@@ -169,8 +170,10 @@ def command_hash(cfg: DictConfig) -> str:
 
 
 def fold_statistics(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
-    """``cv_mean/<name>`` and ``cv_std/<name>`` (sample standard deviation) of every test metric."""
-    names = sorted({name for metrics in fold_metrics for name in metrics if name.startswith("test/")})
+    """``cv_mean/<name>`` and ``cv_std/<name>`` (sample standard deviation) of every test metric (not of the
+    bounds of its interval: the pooled report has those)."""
+    names = sorted({name for metrics in fold_metrics for name in metrics
+                    if name.startswith("test/") and not name.endswith((CI_LOW, CI_HIGH))})
     statistics = {}
     for name in names:
         values = np.array([metrics.get(name, np.nan) for metrics in fold_metrics], dtype=np.float64)
@@ -232,8 +235,7 @@ def _pooled_report(cfg: DictConfig, datamodule: Any, pooled: pd.DataFrame, resul
     thresholds = [r.metrics[THRESHOLD] for r in results if np.isfinite(r.metrics.get(THRESHOLD, np.nan))]
     options = EvaluationOptions.from_config(cfg.get("eval"))
     datamodule.setup_all()  # every series is in exactly one fold's test set
-    settings = EvaluationSettings(threshold=float(np.mean(thresholds)) if thresholds else 0.5,
-                                  froc=froc_reference(datamodule, "all"), froc_bootstrap=options.froc_bootstrap)
+    settings = evaluation_settings(datamodule, "all", float(np.mean(thresholds)) if thresholds else 0.5, options)
     report = evaluate_predictions(pooled, settings, prefix="test/", title=f"Pooled test ({len(results)} folds)",
                                   figures=runs is not None)
     if runs is not None:
@@ -258,9 +260,8 @@ def _print_summary(result: CrossValidationResult) -> None:
         lines.append(f"  fold {row['fold']}  {values}  {'(reused)' if row['reused'] else ''}".rstrip())
     for name in names:
         mean, std = result.metrics.get(f"cv_mean/{name}"), result.metrics.get(f"cv_std/{name}")
-        pooled = result.metrics.get(name)
-        lines.append(f"  {name:<24} mean {mean:.4f} ± {std:.4f}" + (f"   pooled {pooled:.4f}" if pooled is not None
-                                                                           else ""))
+        pooled = with_interval(result.metrics, name)
+        lines.append(f"  {name:<24} mean {mean:.4f} ± {std:.4f}" + (f"   pooled {pooled}" if pooled else ""))
     if result.parent_run_id:
         lines.append(f"  MLflow parent run id   {result.parent_run_id}")
     lines.append("=" * 72)

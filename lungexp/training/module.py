@@ -17,7 +17,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.metrics import classification_metrics
 from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions, froc_reference, patch_figures
+from lungexp.evaluation.report import evaluate_predictions, evaluation_settings, patch_figures
 from lungexp.evaluation.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
@@ -161,9 +161,7 @@ class NoduleClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         predictions = self.test_predictions = self.predictions("test")
-        settings = EvaluationSettings(threshold=self.decision_threshold(),
-                                      froc=froc_reference(self.trainer.datamodule, "test"),
-                                      froc_bootstrap=self.evaluation.froc_bootstrap)
+        settings = evaluation_settings(self.trainer.datamodule, "test", self.decision_threshold(), self.evaluation)
         report = evaluate_predictions(predictions, settings, prefix="test/", figures=self.trainer.is_global_zero)
         self.log_dict(report.metrics)
         datamodule = self.trainer.datamodule

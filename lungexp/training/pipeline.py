@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lungexp.evaluation.report import summary_names, with_interval
 from lungexp.tracking.callback import MLflowTracking
 from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
@@ -153,10 +154,10 @@ def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
 
 @rank_zero_only
 def _print_summary(result: RunResult) -> None:
-    keys = sorted(k for k in result.metrics if k.startswith("test/"))
+    keys = summary_names({k: v for k, v in result.metrics.items() if k.startswith("test/")})
     width = max([22, *map(len, keys)])
     lines = ["", "=" * 72, "Results"]
-    lines += [f"  {key:<{width}} {result.metrics[key]:.4f}" for key in keys]
+    lines += [f"  {key:<{width}} {with_interval(result.metrics, key)}" for key in keys]
     if result.optimized_metric is not None:
         lines.append(f"  {'best optimised metric':<{width}} {result.optimized_metric:.4f}")
     lines.append(f"  {'best checkpoint':<{width}} {result.best_checkpoint or '(none saved)'}")

@@ -1,0 +1,247 @@
+"""Compare runs on the same test samples, with paired tests: which differences are more than noise.
+
+``python -m lungexp.compare RUN_OR_CSV RUN_OR_CSV [...] [--baseline COLUMN] [--intersect] [--bootstrap N]
+[--out DIR] [--no-mlflow]``: MLflow run ids (training, ``evaluate`` or cross-validation parent runs) or
+predictions CSV files, two or more (or one and ``--baseline``). Prints a table of the runs (best AUROC
+first) and of every pair, writes ``comparison.csv``, ``comparison_runs.csv`` and ``forest_plot.png`` to
+``--out`` and logs them as an MLflow run tagged with the compared run ids. The tests are listed in
+:mod:`lungexp.evaluation.comparison`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lungexp.froc import read_csv
+from lungexp.utils.errors import exit_status, report_user_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from lungexp.evaluation.comparison import Comparison, ScoredRun
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+COMPARED_RUNS_TAG = "lungexp.compare.run_ids"
+INPUTS_TAG = "lungexp.compare.inputs"
+CSV_THRESHOLD = 0.5  # a predictions CSV carries no validation threshold
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lungexp.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", metavar="RUN_OR_CSV",
+                        help="MLflow run ids (training, evaluate or CV parent runs) or predictions CSV files "
+                             "(seriesuid,coordX,coordY,coordZ,label,probability; threshold 0.5)")
+    parser.add_argument("--baseline", metavar="COLUMN",
+                        help="also compare a pseudo-run scoring each sample by this column of the labels CSV "
+                             "(e.g. diameter_mm; larger = more positive)")
+    parser.add_argument("--labels", type=Path, metavar="CSV",
+                        help="the labels CSV of --baseline (default: the first run's data.labels_csv)")
+    parser.add_argument("--annotations", type=Path, metavar="CSV",
+                        help="LUNA16 annotations.csv for the CPM (default: the first run's data.annotations_csv, "
+                             "when its data.task is candidates)")
+    parser.add_argument("--excluded", type=Path, metavar="CSV",
+                        help="annotations_excluded.csv (default: the first run's data.excluded_csv)")
+    parser.add_argument("--intersect", action="store_true",
+                        help="compare on the samples all runs share (default: refuse runs tested on other samples)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="paired cluster-bootstrap resamplings (default: 1000; 0: DeLong and McNemar only)")
+    parser.add_argument("--group-by", default="seriesuid", metavar="COLUMN",
+                        help="the resampled unit: seriesuid (default) or a patient column of the predictions")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                               "sqlite:///<$LUNGEXP_ROOT or .>/mlflow.db as the runs use)")
+    parser.add_argument("--experiment", default=None,
+                        help="MLflow experiment of the comparison run (default: the first run's, else lungexp)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the CSVs and the plot (default: .)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the comparison as an MLflow run")
+    args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if len(args.inputs) + bool(args.baseline) < 2:
+        parser.error("give two or more runs, or one and --baseline COLUMN")
+    return args
+
+
+def project_root() -> Path:
+    """Where the runs' MLflow store lives by default (``paths.root_dir``)."""
+    return Path(os.environ.get("LUNGEXP_ROOT") or os.getcwd()).resolve()
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root()}/mlflow.db"
+
+
+@report_user_errors  # Ctrl-C: one line, status 130
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return exit_status(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> Comparison:
+    # Imported here so that --help answers at once.
+    from mlflow import MlflowClient
+
+    from lungexp.evaluation.comparison import align, compare, with_baseline
+    from lungexp.evaluation.plots import forest_figure
+    from lungexp.evaluation.report import FrocReference
+
+    # A store is opened (a SQLite one created) only for run ids or to log the comparison.
+    needs_mlflow = not args.no_mlflow or any(not _is_csv(source) for source in args.inputs)
+    client = MlflowClient(args.tracking_uri or default_tracking_uri()) if needs_mlflow else None
+    runs = [_scored_input(client, source) for source in args.inputs]
+    runs = _unique_names(runs)
+    first_run = next((client.get_run(r.run_id) for r in runs if r.run_id), None)
+    aligned = align(runs, intersect=args.intersect)
+    if args.baseline:
+        labels_csv = args.labels or _setting_path(first_run, "data.labels_csv", "--labels")
+        aligned = with_baseline(aligned, read_csv(labels_csv, "labels CSV"), args.baseline, str(labels_csv))
+    froc = None
+    annotations = args.annotations or _candidates_annotations(first_run)
+    if annotations is not None:
+        excluded = args.excluded or (first_run and _run_setting(first_run, "data.excluded_csv"))
+        froc = FrocReference.from_csv(annotations, excluded, sorted(aligned.samples["seriesuid"].unique()))
+    comparison = compare(aligned, bootstrap=args.bootstrap, seed=args.seed, group_by=args.group_by, froc=froc)
+
+    print_comparison(comparison)
+    args.out.mkdir(parents=True, exist_ok=True)
+    outputs = {"comparison.csv": args.out / "comparison.csv", "comparison_runs.csv": args.out / "comparison_runs.csv",
+               "forest_plot.png": args.out / "forest_plot.png"}
+    comparison.pairs.to_csv(outputs["comparison.csv"], index=False)
+    comparison.runs.to_csv(outputs["comparison_runs.csv"], index=False)
+    figure = forest_figure(forest_rows(comparison.pairs),
+                           title=f"{len(aligned.runs)} runs on {comparison.num_samples} samples")
+    figure.savefig(outputs["forest_plot.png"], dpi=120)
+    print(f"wrote {', '.join(str(path) for path in outputs.values())}")
+    if not args.no_mlflow:
+        run_id = log_comparison(client, args, runs, first_run, outputs)
+        print(f"MLflow comparison run {run_id} in {client.tracking_uri}")
+    return comparison
+
+
+def _scored_input(client: MlflowClient | None, source: str) -> ScoredRun:
+    from lungexp.evaluation.comparison import ComparisonError, ScoredRun
+    from lungexp.tracking.run_predictions import scored_run
+
+    if _is_csv(source):
+        path = Path(source)
+        return ScoredRun(name=path.stem, predictions=read_csv(path, "predictions CSV"), threshold=CSV_THRESHOLD)
+    if RUN_ID.match(source):
+        return scored_run(client, source)
+    raise ComparisonError(f"{source!r} is neither a predictions CSV file nor an MLflow run id (32 hex digits)")
+
+
+def _is_csv(source: str) -> bool:
+    return Path(source).suffix.lower() == ".csv" or Path(source).exists()
+
+
+def _unique_names(runs: list[ScoredRun]) -> list[ScoredRun]:
+    """Runs named apart: a repeated name gets its run id's first 8 digits."""
+    from dataclasses import replace
+
+    names = [run.name for run in runs]
+    return [replace(run, name=f"{run.name} {run.run_id[:8]}") if names.count(run.name) > 1 and run.run_id else run
+            for run in runs]
+
+
+def _run_setting(run: object, key: str) -> str | None:
+    from lungexp.tracking.run_predictions import run_setting
+
+    value = run_setting(run, key)
+    return None if value in (None, "None", "") else value
+
+
+def _setting_path(run: object, key: str, option: str) -> Path:
+    from lungexp.evaluation.comparison import ComparisonError
+
+    value = _run_setting(run, key) if run is not None else None
+    if value is None:
+        raise ComparisonError(f"no {key} logged with the compared runs; give {option} CSV")
+    return Path(value)
+
+
+def _candidates_annotations(run: object) -> Path | None:
+    """The first run's annotations CSV when it is a ``candidates`` run whose annotations file exists."""
+    if run is None or _run_setting(run, "data.task") != "candidates":
+        return None
+    value = _run_setting(run, "data.annotations_csv")
+    return Path(value) if value and Path(value).is_file() else None
+
+
+def forest_rows(pairs: pd.DataFrame) -> dict[str, list[tuple[str, float, float, float]]]:
+    """The forest plot's panels: ΔAUROC (DeLong) and each bootstrapped difference that was computed."""
+    panels = {"delta_auroc": "Δ AUROC (DeLong)", "delta_average_precision": "Δ average precision (bootstrap)",
+              "delta_cpm": "Δ CPM (bootstrap)", "delta_at_threshold/sensitivity": "Δ sensitivity at threshold",
+              "delta_at_threshold/specificity": "Δ specificity at threshold"}
+    rows = {}
+    for column, title in panels.items():
+        if f"{column}_ci_low" in pairs:
+            rows[title] = [(f"{a} − {b}", value, low, high) for a, b, value, low, high in zip(
+                pairs["a"], pairs["b"], pairs[column], pairs[f"{column}_ci_low"], pairs[f"{column}_ci_high"],
+                strict=True)]
+    return rows
+
+
+def print_comparison(comparison: Comparison) -> None:
+    """The runs, best AUROC first, and every pair, with 95 % intervals."""
+    import pandas as pd
+
+    from lungexp.evaluation.report import with_interval
+
+    runs = pd.DataFrame({
+        "run": comparison.runs["run"],
+        "AUROC [DeLong]": [f"{r['auroc']:.3f} {with_interval(r, 'auroc_delong')}" for _, r in comparison.runs.iterrows()],
+        **{title: [with_interval(r.dropna().to_dict(), name) for _, r in comparison.runs.iterrows()]
+           for name, title in (("average_precision", "AP"), ("cpm", "CPM"), ("at_threshold/sensitivity", "sens@thr"),
+                               ("at_threshold/specificity", "spec@thr")) if name in comparison.runs},
+        "threshold": comparison.runs["threshold"].map(lambda value: f"{value:.3g}"),
+    })
+    holm = "delong_p_holm" in comparison.pairs
+    pairs = pd.DataFrame({"pair": comparison.pairs["a"] + " − " + comparison.pairs["b"]})
+    for column, title in (("delta_auroc", "ΔAUROC"), ("delta_average_precision", "ΔAP"), ("delta_cpm", "ΔCPM")):
+        if column in comparison.pairs:
+            pairs[title] = [with_interval(r.dropna().to_dict(), column) for _, r in comparison.pairs.iterrows()]
+    pairs["p DeLong" + (" (Holm)" if holm else "")] = comparison.pairs["delong_p_holm" if holm else "delong_p"].map(
+        _p_value)
+    pairs["p McNemar" + (" (Holm)" if holm else "")] = comparison.pairs["mcnemar_p_holm" if holm else "mcnemar_p"].map(
+        _p_value)
+    dropped = "".join(f", {count} dropped from {name}" for name, count in comparison.dropped.items())
+    clusters = f" in {comparison.num_clusters} resampled clusters" if comparison.num_clusters else ""
+    print(f"\nComparison on {comparison.num_samples} samples{clusters}{dropped}")
+    print(runs.to_string(index=False))
+    print(pairs.to_string(index=False))
+
+
+def _p_value(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def log_comparison(client: MlflowClient, args: argparse.Namespace, runs: list[ScoredRun], first_run: object,
+                   outputs: dict[str, Path]) -> str:
+    """The comparison as an MLflow run: tagged with the compared run ids and inputs, the files as artifacts."""
+    from lungexp.tracking.runs import create_run, ensure_experiment
+
+    experiment = args.experiment
+    if experiment is None and first_run is not None:
+        experiment = client.get_experiment(first_run.info.experiment_id).name
+    experiment_id = ensure_experiment(client, experiment or "lungexp", str(project_root() / "mlartifacts"))
+    run_ids = [run.run_id for run in runs if run.run_id]
+    tags = {COMPARED_RUNS_TAG: ",".join(run_ids), INPUTS_TAG: " ".join(args.inputs)}
+    if args.baseline:
+        tags["lungexp.compare.baseline"] = args.baseline
+    name = "compare " + " vs ".join([run.name for run in runs] + ([f"baseline {args.baseline}"] if args.baseline else []))
+    run_id = create_run(client, experiment_id, name[:250], tags=tags)
+    for path in outputs.values():
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+if __name__ == "__main__":
+    sys.exit(main())
