@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from lungexp.data.cache import PatchCache, build_patch_cache, find_patch_cache
 from lungexp.data.dataset import HUWindow, PatchDataset
+from lungexp.data.fingerprint import labelled_key
 from lungexp.data.io.scan_index import index_scans
 from lungexp.data.memory_cache import DeviceBatches, check_fits, free_bytes, patch_bytes, read_into_memory
 from lungexp.data.options import DataOptions
@@ -65,6 +66,8 @@ class NoduleDataModule(pl.LightningDataModule):
         negatives: :meth:`NegativesSpec.from_config` arguments (count, vessel_fraction, margin_mm, seed).
         max_negatives_per_scan: keep at most this many negatives of each training scan (seeded by
             ``split.seed``); validation and test scans keep all. null keeps all.
+        label_rule: ``{column, positive, negative}``: labels from a rating column, rows matching neither
+            condition dropped (:class:`~lungexp.data.label_rules.LabelRule`); null keeps the CSV's labels.
 
     Raises:
         ConfigError: a value that cannot work, naming its key (``data.split.method``, ...).
@@ -95,6 +98,7 @@ class NoduleDataModule(pl.LightningDataModule):
         negatives: dict[str, Any] | None = None,
         max_negatives_per_scan: int | None = None,
         cache_memory: str = "mmap",
+        label_rule: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.options = DataOptions.from_config({
@@ -104,6 +108,7 @@ class NoduleDataModule(pl.LightningDataModule):
             "pin_memory": pin_memory, "synthetic": synthetic, "missing_scans": missing_scans, "outside": outside,
             "in_channels": in_channels, "annotations_csv": annotations_csv, "excluded_csv": excluded_csv,
             "negatives": negatives, "max_negatives_per_scan": max_negatives_per_scan, "cache_memory": cache_memory,
+            "label_rule": label_rule,
         })
         if cache_memory == "device" and train_transform is not None:
             raise ConfigError("data.cache_memory=device gathers each batch on the device, where the per-patch "
@@ -146,7 +151,8 @@ class NoduleDataModule(pl.LightningDataModule):
             generate_luna16_dataset(options.root, **options.synthetic)
         scans = index_scans(options.root)
         labels = task_labels(options.task, options.labels_csv, scans, options.cache_dir, options.annotations_csv,
-                             options.excluded_csv, options.negatives, num_workers=options.preprocess_workers)
+                             options.excluded_csv, options.negatives, num_workers=options.preprocess_workers,
+                             label_rule=options.label_rule)
         source = options.labels_csv or options.annotations_csv
         samples = build_samples(labels, scans, source=source, missing_scans=options.missing_scans,
                                 outside=options.outside)
@@ -216,8 +222,11 @@ class NoduleDataModule(pl.LightningDataModule):
 
     @property
     def fingerprint(self) -> str | None:
-        """The patch-cache key (hash of patch geometry, coordinates and scan files), once the data is set up."""
-        return self.cache.folder.name if self.cache is not None else None
+        """The patch-cache key (hash of patch geometry, coordinates and scan files), combined with
+        ``data.label_rule`` if one is set, once the data is set up."""
+        if self.cache is None:
+            return None
+        return labelled_key(self.cache.folder.name, self.options.label_rule)
 
     @property
     def train_class_counts(self) -> tuple[int, int]:

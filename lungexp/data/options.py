@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungexp.data.annotations import OUTSIDE_CHOICES
 from lungexp.data.candidates import NegativesSpec
+from lungexp.data.label_rules import LabelRule
 from lungexp.data.patches import PatchSpec
 from lungexp.data.samples import MISSING_SCANS_CHOICES, TASKS
 from lungexp.data.sampling import BalanceSpec
@@ -55,6 +56,7 @@ class DataOptions:
     synthetic: dict[str, Any] | None
     annotations_csv: Path | None
     excluded_csv: Path | None
+    label_rule: LabelRule | None = None
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> DataOptions:
@@ -81,6 +83,10 @@ class DataOptions:
         if data["labels_csv"] is None and (task != "candidates" or not data["annotations_csv"]):
             raise ConfigError("data.labels_csv=null (sample negatives) needs data.task=candidates and "
                               "data.annotations_csv; otherwise set data.labels_csv to the task's CSV")
+        label_rule = LabelRule.from_config(data.get("label_rule"))
+        if label_rule is not None and data["labels_csv"] is None:
+            raise ConfigError("data.label_rule labels the rows of data.labels_csv; with data.labels_csv=null "
+                              "(sampled negatives) set data.label_rule=null")
         return cls(
             root=Path(data["root"]),
             labels_csv=Path(data["labels_csv"]) if data["labels_csv"] is not None else None,
@@ -104,6 +110,7 @@ class DataOptions:
             synthetic=synthetic,
             annotations_csv=Path(data["annotations_csv"]) if data["annotations_csv"] else None,
             excluded_csv=Path(data["excluded_csv"]) if data["excluded_csv"] else None,
+            label_rule=label_rule,
         )
 
 

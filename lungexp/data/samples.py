@@ -24,6 +24,7 @@ from lungexp.data.annotations import (
 )
 from lungexp.data.candidates import NegativesSpec, drop_excluded, sampled_candidates
 from lungexp.data.io.reader import read_scan_header
+from lungexp.data.label_rules import LabelRule
 from lungexp.data.splits import SplitSpec, split_samples
 from lungexp.utils.errors import look_up_option
 
@@ -44,8 +45,10 @@ def task_labels(
     excluded_csv: Path | None = None,
     negatives: NegativesSpec | None = None,
     num_workers: int = 0,
+    label_rule: LabelRule | None = None,
 ) -> pd.DataFrame:
-    """The task's labelled points (:func:`read_labels`); for ``candidates``, where they come from:
+    """The task's labelled points (:func:`read_labels`, labelled by ``label_rule`` if given); for ``candidates``,
+    where they come from:
 
     * ``labels_csv``;
     * or, when ``labels_csv`` is None (asked for, never a fallback for a missing file), the nodules of
@@ -54,6 +57,8 @@ def task_labels(
     * then, with an ``excluded_csv`` on disk, without the negatives lying on its findings.
     """
     if labels_csv is None:
+        if label_rule is not None:
+            raise ValueError("label_rule applies to the rows of a labels_csv; sampled candidates have none")
         if task != "candidates" or annotations_csv is None:
             raise ValueError("labels_csv=None samples candidates: it needs task='candidates' and an annotations_csv")
         log.info("Positives are the nodules of %s, negatives are sampled from the lungs", annotations_csv)
@@ -64,14 +69,15 @@ def task_labels(
                 "negatives in the lungs" if task == "candidates" else "")
         raise AnnotationError(f"{labels_csv}: labels CSV not found; check the path (data.labels_csv){hint}")
     else:
-        labels = read_labels(task, labels_csv)
+        labels = read_labels(task, labels_csv, label_rule)
     if task == "candidates" and excluded_csv is not None and excluded_csv.is_file():
         labels = drop_excluded(labels, read_excluded_annotations(excluded_csv), labels_csv or annotations_csv)
     return labels
 
 
-def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
-    """Rows with world coordinates and a 0/1 ``label`` column, from the CSV layout of ``task``.
+def read_labels(task: str, labels_csv: str | Path, label_rule: LabelRule | None = None) -> pd.DataFrame:
+    """Rows with world coordinates and a 0/1 ``label`` column, from the CSV layout of ``task``, or from
+    ``label_rule`` (which drops the rows it labels neither way).
 
     * ``candidates``: LUNA16 ``candidates.csv``/``candidates_V2.csv``, label = ``class`` (nodule vs not);
     * ``malignancy``: ``annotations_with_malignancy.csv``, label = ``mal_bool`` (malignant vs benign);
@@ -85,6 +91,8 @@ def read_labels(task: str, labels_csv: str | Path) -> pd.DataFrame:
         table["label"] = table["mal_bool"].astype(int)
     else:
         table = read_world_points(labels_csv)
+    if label_rule is not None:
+        table = label_rule.apply(table, labels_csv)
     table["label"] = table["label"].astype(int)
     return drop_duplicate_points(table, labels_csv)
 
