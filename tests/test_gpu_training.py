@@ -51,7 +51,7 @@ def test_gpu_options_train_in_a_sweep_from_the_cli(synthetic_root: Path, mlflow_
 @pytest.mark.slow
 def test_bench_gpu_smoke_prints_its_table() -> None:
     finished = subprocess.run([sys.executable, "scripts/bench_gpu.py", "--smoke"], cwd=PROJECT_ROOT, capture_output=True,
-                              text=True, timeout=600)
+                              text=True, encoding="utf-8", timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     table = [line for line in finished.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| model | patch | GFLOPs | (a) samples/s | (a) of peak | (b) samples/s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import os
 import struct
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ def write_dicom_series(
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     written = []
+    process_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the C locale
     for k, z in enumerate(slice_z):
         image = sitk.GetImageFromArray(hu[k].astype(np.int16))
         image.SetSpacing(tuple(float(s) for s in spacing_xyz[:2]))
@@ -69,6 +71,7 @@ def write_dicom_series(
         writer.SetFileName(str(path))
         writer.Execute(image)
         written.append(path)
+    locale.setlocale(locale.LC_ALL, process_locale)  # else later open()s decode UTF-8 files as ASCII
     return written
 
 
