@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungexp.utils.errors import LungexpError, report_user_errors
+from lungexp.utils.errors import LungexpError, exit_status, report_user_errors
 
 
 class FrocFileError(LungexpError):
@@ -80,12 +80,7 @@ def on_listed_scans(predictions: pd.DataFrame, seriesuids: list[str], source: Pa
 @report_user_errors  # Ctrl-C: one line, status 130
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except LungexpError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> None:
