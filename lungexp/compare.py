@@ -5,7 +5,7 @@
 predictions CSV files, two or more (or one and ``--baseline``). Prints a table of the runs (best AUROC
 first) and of every pair, writes ``comparison.csv``, ``comparison_runs.csv`` and ``forest_plot.png`` to
 ``--out`` and logs them as an MLflow run tagged with the compared run ids. The tests are listed in
-:mod:`lungexp.evaluation.comparison`.
+:mod:`lungexp.metrics.comparison`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from lungexp.evaluation.comparison import Comparison, ScoredRun
+    from lungexp.metrics.comparison import Comparison, ScoredRun
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 COMPARED_RUNS_TAG = "lungexp.compare.run_ids"
@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> Comparison:
     # Imported here so that --help answers at once.
     from mlflow import MlflowClient
 
-    from lungexp.evaluation.comparison import align, compare, with_baseline
-    from lungexp.evaluation.plots import forest_figure
-    from lungexp.evaluation.report import FrocReference
+    from lungexp.metrics.comparison import align, compare, with_baseline
+    from lungexp.metrics.froc import FrocReference
+    from lungexp.visualize.plots import forest_figure
 
     # A store is opened (a SQLite one created) only for run ids or to log the comparison.
     needs_mlflow = not args.no_mlflow or any(not _is_csv(source) for source in args.inputs)
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> Comparison:
 
 
 def _scored_input(client: MlflowClient | None, source: str) -> ScoredRun:
-    from lungexp.evaluation.comparison import ComparisonError, ScoredRun
+    from lungexp.metrics.comparison import ComparisonError, ScoredRun
     from lungexp.tracking.run_predictions import scored_run
 
     if _is_csv(source):
@@ -158,7 +158,7 @@ def _run_setting(run: object, key: str) -> str | None:
 
 
 def _setting_path(run: object, key: str, option: str) -> Path:
-    from lungexp.evaluation.comparison import ComparisonError
+    from lungexp.metrics.comparison import ComparisonError
 
     value = _run_setting(run, key) if run is not None else None
     if value is None:
@@ -192,7 +192,7 @@ def print_comparison(comparison: Comparison) -> None:
     """The runs, best AUROC first, and every pair, with 95 % intervals."""
     import pandas as pd
 
-    from lungexp.evaluation.report import with_interval
+    from lungexp.metrics.bootstrap import with_interval
 
     runs = pd.DataFrame({
         "run": comparison.runs["run"],

@@ -1,7 +1,7 @@
 """Convert DICOM CT series to LUNA16-style MetaImage: ``python -m lungexp.convert DICOM_DIR OUT_DIR``.
 
 Every series under ``DICOM_DIR`` (searched recursively) becomes ``OUT_DIR/<SeriesInstanceUID>.mhd``
-+ ``.raw`` (int16 HU), the layout the LUNA16 CSVs and :func:`lungexp.data.io.scan_index.index_scans` expect, so
++ ``.raw`` (int16 HU), the layout the LUNA16 CSVs and :func:`lungexp.data.scans.scan_index.index_scans` expect, so
 LIDC-IDRI downloads can be used with the LUNA16 annotations directly. All series are checked before
 the first is written; each is then read and written in turn, to keep memory to one scan.
 """
@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lungexp.data.hu_check import check_hounsfield
-from lungexp.data.io import iter_dicom_series, write_mhd
+from lungexp.data.scans import iter_dicom_series, write_mhd
+from lungexp.data.scans.hounsfield_check import check_hounsfield
 from lungexp.utils.errors import LungexpError, report_user_errors
 
 

@@ -3,8 +3,8 @@
 ``python -m lungexp.froc PREDICTIONS_CSV ANNOTATIONS_CSV [--excluded EXCLUDED_CSV] [--seriesuids FILE]
 [--out DIR] [--bootstrap N]`` prints the candidate counts as LUNA16's script prints them, the CPM and the
 sensitivity at 1/8 ... 8 false positives per scan, and writes ``froc.png`` and ``froc.csv`` (the curve) to
-``--out``. The annotation files are read as for training (:mod:`lungexp.data.annotations`); the rules are
-listed in :mod:`lungexp.evaluation.froc`.
+``--out``. The annotation files are read as for training (:mod:`lungexp.data.labels.annotations`); the rules are
+listed in :mod:`lungexp.metrics.froc`.
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> None:
     # Imported here so that --help answers at once.
-    from lungexp.data.annotations import read_annotations, read_excluded_annotations
-    from lungexp.evaluation.froc import FP_RATES, PREDICTION_COLUMNS, compute_froc, rate_name, validated_table
-    from lungexp.evaluation.plots import froc_figure
+    from lungexp.data.labels.annotations import read_annotations, read_excluded_annotations
+    from lungexp.metrics.froc import FP_RATES, PREDICTION_COLUMNS, compute_froc, rate_name, validated_table
+    from lungexp.visualize.plots import froc_figure
 
     predictions = validated_table(read_csv(args.predictions, "predictions CSV"), PREDICTION_COLUMNS,
                                   str(args.predictions))

@@ -31,8 +31,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from lungexp.data.dataset import HUWindow, PatchDataset
-from lungexp.data.memory_cache import read_into_memory
+from lungexp.data.loading.dataset import PatchDataset
+from lungexp.data.loading.memory_cache import read_into_memory
+from lungexp.data.patches.normalization import HUWindow
 
 PROBABILITY_KEYS = ("p", "flip_probability")
 

@@ -29,13 +29,14 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from lungexp.data.cache import build_patch_cache
-from lungexp.data.dataset import HUWindow, PatchDataset
-from lungexp.data.hu_check import check_hounsfield
-from lungexp.data.io import write_mhd
+from lungexp.data.loading.dataset import PatchDataset
 from lungexp.data.names import COORD_COLUMNS, LABEL_KEY
-from lungexp.data.patches import PatchExtractor, PatchSpec
-from lungexp.data.scan import Scan
+from lungexp.data.patches.cache import build_patch_cache
+from lungexp.data.patches.extraction import PatchExtractor, PatchSpec
+from lungexp.data.patches.normalization import HUWindow
+from lungexp.data.scans import write_mhd
+from lungexp.data.scans.hounsfield_check import check_hounsfield
+from lungexp.data.scans.scan import Scan
 from lungexp.models import ResNet3D
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

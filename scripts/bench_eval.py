@@ -22,9 +22,9 @@ import torch
 from sklearn.metrics import roc_curve
 from torch import nn
 
-from lungexp.evaluation.froc import compute_froc
-from lungexp.evaluation.gradcam import gradcam_heatmaps, last_conv3d
+from lungexp.metrics.froc import compute_froc
 from lungexp.models import CNN3D, DenseNet3D, ResNet3D
+from lungexp.visualize.gradcam import gradcam_heatmaps, last_conv3d
 
 LUNA16_SCANS, LUNA16_SCANS_WITH_NODULES, LUNA16_NODULES = 888, 601, 1186
 MODELS: dict[str, Callable[[], nn.Module]] = {

@@ -41,11 +41,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lungexp.data.cache import PatchCache
-from lungexp.data.dataset import HUWindow, PatchDataset
-from lungexp.data.memory_cache import DeviceBatches, read_into_memory
+from lungexp.data.loading.balance import BalanceSpec
+from lungexp.data.loading.dataset import PatchDataset
+from lungexp.data.loading.memory_cache import DeviceBatches, read_into_memory
 from lungexp.data.names import IMAGE_KEY, LABEL_KEY
-from lungexp.data.sampling import BalanceSpec
+from lungexp.data.patches.cache import PatchCache
+from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, DenseNet3D, ResNet3D
 from lungexp.models.complexity import count_flops
 

@@ -42,8 +42,8 @@ from bench_train import StepTimer
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lungexp.data.cache import build_patch_cache
 from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, LABEL_KEY
+from lungexp.data.patches.cache import build_patch_cache
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
 from lungexp.data.synthetic.acquisition import series_uid
 from lungexp.inference.model import Predictor

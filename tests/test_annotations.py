@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungexp.data.annotations import (
+from lungexp.data.labels.annotations import (
     OUTSIDE_CHOICES,
     AnnotationError,
     check_points_inside,
@@ -18,7 +18,7 @@ from lungexp.data.annotations import (
     read_malignancy_annotations,
     read_world_points,
 )
-from lungexp.data.io import ScanHeader, ScanReadError
+from lungexp.data.scans import ScanHeader, ScanReadError
 from lungexp.utils.errors import ConfigError
 
 UID_A = "1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860"

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from kornia.augmentation import RandomDepthicalFlip3D, RandomHorizontalFlip3D, RandomVerticalFlip3D
 
-from lungexp.data.batch_augmentation import RandomAffine, RandomBlur, RandomGamma, RandomNoise
+from lungexp.data.loading.batch_augmentation import RandomAffine, RandomBlur, RandomGamma, RandomNoise
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 
 FLIPS = [(RandomDepthicalFlip3D, -3), (RandomVerticalFlip3D, -2), (RandomHorizontalFlip3D, -1)]

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungexp.data import candidates as candidates_module
-from lungexp.data.annotations import read_annotations
-from lungexp.data.candidates import NegativesSpec, drop_excluded, sampled_candidates
-from lungexp.data.io import index_scans
+from lungexp.data.labels import sampled_candidates as candidates_module
+from lungexp.data.labels.annotations import read_annotations
+from lungexp.data.labels.sampled_candidates import NegativesSpec, drop_excluded, sampled_candidates
 from lungexp.data.names import COORD_COLUMNS
+from lungexp.data.scans import index_scans
 from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT
 
 SIX_NEGATIVES = NegativesSpec(count=6, margin_mm=5.0)

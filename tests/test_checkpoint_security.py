@@ -14,15 +14,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lungexp.data.patches import PatchSpec
-from lungexp.inference.evaluation import data_config, evaluate_checkpoint
+from lungexp.data.patches.extraction import PatchSpec
+from lungexp.inference.rescoring import data_config, evaluate_checkpoint
 from lungexp.models import CNN3D
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, ModelRecipe, load_checkpoint
 from tests.helpers.cli import run_entry_point
 from tests.helpers.config import compose_config
 
 NET = {"_target_": "lungexp.models.CNN3D", "in_channels": 1, "num_classes": 1, "widths": [4, 8]}
-DATA = {"_target_": "lungexp.data.datamodule.NoduleDataModule", "root": "/data/luna16",
+DATA = {"_target_": "lungexp.data.loading.datamodule.NoduleDataModule", "root": "/data/luna16",
         "labels_csv": "${data.root}/candidates_V2.csv", "cache_dir": "/data/cache", "task": "candidates"}
 
 
@@ -39,7 +39,7 @@ def write_checkpoint(path: Path, net: dict[str, Any] = NET, data: dict[str, Any]
 
 def savetxt(target: Path) -> dict[str, Any]:
     """A node that writes ``target`` when instantiated, through a module attribute of lungexp.data."""
-    return {"_target_": "lungexp.data.cache.np.savetxt", "fname": str(target), "X": [[1.0]]}
+    return {"_target_": "lungexp.data.patches.cache.np.savetxt", "fname": str(target), "X": [[1.0]]}
 
 
 def refused(path: Path, *names: str) -> str:
@@ -78,14 +78,14 @@ def test_a_network_target_writing_a_file_is_refused_and_writes_nothing(tmp_path:
     written = tmp_path / "site-packages" / "evil.pth"
     written.parent.mkdir()
     refused(write_checkpoint(tmp_path / "savetxt.ckpt", net=savetxt(written)),
-            "'lungexp.data.cache.np.savetxt'", "numpy.savetxt")
+            "'lungexp.data.patches.cache.np.savetxt'", "numpy.savetxt")
     assert not written.exists()
 
 
 def test_a_target_nested_in_the_network_arguments_is_refused(tmp_path: Path) -> None:
     written = tmp_path / "nested.txt"
     refused(write_checkpoint(tmp_path / "nested.ckpt", net={**NET, "widths": savetxt(written)}),
-            "widths._target_='lungexp.data.cache.np.savetxt'")
+            "widths._target_='lungexp.data.patches.cache.np.savetxt'")
     assert not written.exists()
 
 
@@ -103,8 +103,8 @@ def test_a_target_in_the_stored_data_config_is_refused_by_evaluate(tmp_path: Pat
     with pytest.raises(CheckpointError, match=r"data config sets synthetic\._target_='lungexp\.data\.cache\.np"):
         evaluate_checkpoint(cfg, [f"ckpt_path={path}"])
     assert not written.exists()
-    refused(write_checkpoint(tmp_path / "data_root.ckpt", data={**DATA, "_target_": "lungexp.data.cache.np.savetxt"}),
-            "lungexp.data.datamodule.NoduleDataModule")
+    refused(write_checkpoint(tmp_path / "data_root.ckpt", data={**DATA, "_target_": "lungexp.data.patches.cache.np.savetxt"}),
+            "lungexp.data.loading.datamodule.NoduleDataModule")
 
 
 @pytest.mark.parametrize(("where", "replace"), [

@@ -80,7 +80,7 @@ def test_fast_dev_run_data(make_config, synthetic_root: Path, nifti_root: Path, 
 def test_nifti_scans_give_the_same_patches_as_mhd(make_config, synthetic_root: Path, nifti_root: Path) -> None:
     import numpy as np
 
-    from lungexp.data.io import index_scans
+    from lungexp.data.scans import index_scans
 
     assert set(index_scans(nifti_root)["subset"]) == {-1}
     patches = {}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from lungexp.data.dataset import HUWindow
 from lungexp.data.options import check_data_config
+from lungexp.data.patches.normalization import HUWindow
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import compose_config, tiny_synthetic_overrides
 

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import read_write
 
-from lungexp.inference.evaluation import evaluate_checkpoint
+from lungexp.inference.rescoring import evaluate_checkpoint
 from lungexp.training.devices import drop_unsupported_sync_batchnorm
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.utils import checks

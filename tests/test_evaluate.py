@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from lungexp.data.patches import PatchSpec
-from lungexp.inference.evaluation import TRAINING_RUN_TAG, data_config, evaluate_checkpoint
+from lungexp.data.patches.extraction import PatchSpec
+from lungexp.inference.rescoring import TRAINING_RUN_TAG, data_config, evaluate_checkpoint
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides

@@ -13,8 +13,8 @@ import torch
 from mlflow import MlflowClient
 from sklearn import metrics as sk
 
-from lungexp.evaluation.froc import FP_RATES, compute_froc, rate_name
-from lungexp.evaluation.threshold import choose_threshold
+from lungexp.metrics.froc import FP_RATES, compute_froc, rate_name
+from lungexp.metrics.threshold import choose_threshold
 from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.training.pipeline import train
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_curve
 
-from lungexp.data.annotations import AnnotationError
-from lungexp.evaluation.froc import FP_RATES, FrocInputError, compute_froc
+from lungexp.data.labels.annotations import AnnotationError
+from lungexp.metrics.froc import FP_RATES, FrocInputError, compute_froc
 
 ALL_RATES = len(FP_RATES)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lungexp.data.annotations import read_annotations, read_excluded_annotations
-from lungexp.evaluation.froc import FP_RATES, compute_froc
+from lungexp.data.labels.annotations import read_annotations, read_excluded_annotations
 from lungexp.froc import read_seriesuids
+from lungexp.metrics.froc import FP_RATES, compute_froc
 from tests.helpers.config import PROJECT_ROOT
 from tests.helpers.data import shared_data_dir
 

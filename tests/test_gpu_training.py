@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
 
-from lungexp.data.memory_cache import DeviceBatches
+from lungexp.data.loading.memory_cache import DeviceBatches
 from lungexp.data.names import IMAGE_KEY
 from tests.helpers.cli import run_entry_point, tiny_run_args
 from tests.helpers.config import PROJECT_ROOT

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from lungexp.evaluation.gradcam import gradcam_heatmaps, last_conv3d
 from lungexp.models import CNN3D
 from lungexp.utils.errors import ConfigError
+from lungexp.visualize.gradcam import gradcam_heatmaps, last_conv3d
 from tests.helpers.config import TINY_NETS
 
 SIZE = 16  # the tests' patch size (FAST_OVERRIDES)

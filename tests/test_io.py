@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from lungexp.convert import main as convert_main
-from lungexp.data.io import (
+from lungexp.data.scans import (
     ScanReadError,
     index_scans,
     read_dicom_series,
@@ -20,7 +20,7 @@ from lungexp.data.io import (
     read_scan_header,
     write_mhd,
 )
-from lungexp.data.scan import Scan
+from lungexp.data.scans.scan import Scan
 from tests.helpers.data import dicom_tag, shared_data_dir, stored_pixel_values, write_dicom_series
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])

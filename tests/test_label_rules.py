@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from lungexp.data.annotations import AnnotationError
-from lungexp.data.label_rules import LabelRule
-from lungexp.data.samples import read_labels
+from lungexp.data.labels.annotations import AnnotationError
+from lungexp.data.labels.label_rules import LabelRule
+from lungexp.data.labels.sample_table import read_labels
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import CONFIG_DIR
 
@@ -32,7 +32,7 @@ def rated_points(tmp_path: Path) -> Path:
 
 
 def test_the_rule_labels_by_rating_and_drops_and_counts_the_middle(rated_points: Path, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="lungexp.data.label_rules"):
+    with caplog.at_level(logging.INFO, logger="lungexp.data.labels.label_rules"):
         table = read_labels("points", rated_points, LabelRule.from_config(NODULEMNIST3D))
     assert table["malignancy"].tolist() == [1, 2, 4, 5]
     assert table["label"].tolist() == [0, 0, 1, 1]

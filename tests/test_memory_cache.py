@@ -7,8 +7,8 @@ import hydra
 import pytest
 import torch
 
-from lungexp.data import datamodule
-from lungexp.data.memory_cache import CacheMemoryError, check_fits
+from lungexp.data.loading import datamodule
+from lungexp.data.loading.memory_cache import CacheMemoryError, check_fits
 from lungexp.utils.errors import ConfigError
 from tests.test_datamodule import instantiate_data
 

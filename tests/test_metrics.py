@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as sk
 
-from lungexp.evaluation.metrics import reliability_bins, table_metrics
-from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import EvaluationSettings, FrocReference, evaluate_predictions
-from lungexp.evaluation.threshold import choose_threshold
+from lungexp.metrics.classification import reliability_bins, table_metrics
+from lungexp.metrics.froc import FrocReference
+from lungexp.metrics.threshold import choose_threshold
+from lungexp.reporting.options import EvaluationOptions
+from lungexp.reporting.report import EvaluationSettings, evaluate_predictions
 from lungexp.utils.errors import ConfigError
 
 # Ties within and across classes, a score exactly at 0.5 and one exactly at 0.3.

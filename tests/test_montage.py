@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lungexp.evaluation.montage import worst_errors, worst_errors_figure
-from lungexp.evaluation.views import central_slices
+from lungexp.visualize.montage import worst_errors, worst_errors_figure
+from lungexp.visualize.views import central_slices
 
 
 def predictions_table() -> pd.DataFrame:

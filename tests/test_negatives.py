@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungexp.data.io import read_dicom_series
-from lungexp.data.negatives import lung_mask, sample_negatives
-from lungexp.data.scan import Scan
+from lungexp.data.labels.negatives import lung_mask, sample_negatives
+from lungexp.data.scans import read_dicom_series
+from lungexp.data.scans.scan import Scan
 from tests.helpers.data import shared_data_dir
 
 # Phantom geometry, world mm with the volume centred on 0.

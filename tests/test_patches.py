@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungexp.data.patches import PatchExtractor, PatchSpec
-from lungexp.data.scan import Scan
+from lungexp.data.patches.extraction import PatchExtractor, PatchSpec
+from lungexp.data.scans.scan import Scan
 
 DIRECTIONS = {
     "identity": np.eye(3),

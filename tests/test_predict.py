@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from lungexp.convert import main as convert_main
-from lungexp.data.annotations import COORD_COLUMNS, read_annotations
-from lungexp.data.io import read_scan
+from lungexp.data.labels.annotations import COORD_COLUMNS, read_annotations
+from lungexp.data.scans import read_scan
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates

@@ -13,10 +13,10 @@ import pytest
 import SimpleITK as sitk
 
 from lungexp.convert import main as convert_main
-from lungexp.data.annotations import check_points_inside, read_annotations, read_malignancy_annotations
-from lungexp.data.io import ScanHeader, read_dicom_series, read_scan
+from lungexp.data.labels.annotations import check_points_inside, read_annotations, read_malignancy_annotations
 from lungexp.data.names import ANNOTATION_COLUMNS, MALIGNANCY_COLUMNS
-from lungexp.data.scan import Scan
+from lungexp.data.scans import ScanHeader, read_dicom_series, read_scan
+from lungexp.data.scans.scan import Scan
 from tests.helpers.data import dicom_numbers, dicom_tag, shared_data_dir, stored_pixel_values
 
 pytestmark = pytest.mark.real_data

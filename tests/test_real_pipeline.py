@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from lungexp.convert import main as convert
-from lungexp.data.annotations import read_annotations
-from lungexp.data.io import index_scans, read_scan
-from lungexp.data.patches import PatchExtractor, PatchSpec
+from lungexp.data.labels.annotations import read_annotations
+from lungexp.data.patches.extraction import PatchExtractor, PatchSpec
+from lungexp.data.scans import index_scans, read_scan
 from lungexp.training.pipeline import train
 from tests.helpers.data import shared_data_dir
 

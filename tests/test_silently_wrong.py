@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungexp.data.annotations import AnnotationError
-from lungexp.data.hu_check import check_hounsfield
-from lungexp.data.io import ScanReadError, iter_dicom_series, read_scan
-from lungexp.data.samples import read_labels
-from lungexp.data.scan import Scan
+from lungexp.data.labels.annotations import AnnotationError
+from lungexp.data.labels.sample_table import read_labels
+from lungexp.data.scans import ScanReadError, iter_dicom_series, read_scan
+from lungexp.data.scans.hounsfield_check import check_hounsfield
+from lungexp.data.scans.scan import Scan
 from lungexp.utils import checks
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import compose_config
@@ -53,7 +53,7 @@ def test_duplicate_rows_do_not_inflate_the_test_set(make_config, synthetic_root:
     repeated = pd.concat([table, table.iloc[[0, 5, 5]]], ignore_index=True)
     csv = tmp_path / "candidates_with_repeats.csv"
     repeated.to_csv(csv, index=False)
-    with caplog.at_level(logging.WARNING, logger="lungexp.data.samples"):
+    with caplog.at_level(logging.WARNING, logger="lungexp.data.labels.sample_table"):
         deduplicated = _datamodule(make_config, f"data.labels_csv={csv}")
     assert "dropped 3 duplicate row(s)" in caplog.text
     assert {name: len(d) for name, d in deduplicated.datasets.items()} == {

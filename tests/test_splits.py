@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lungexp.data.splits import SplitError, check_splits, split_by_series, split_by_subset
+from lungexp.data.labels.splits import SplitError, check_splits, split_by_series, split_by_subset
 
 
 def table(n_series: int = 20, per_series: int = 6) -> pd.DataFrame:
@@ -77,7 +77,7 @@ def test_patient_grouping_keeps_a_patients_scans_together() -> None:
 
 
 def test_k_folds_of_series_are_stratified_disjoint_and_seeded() -> None:
-    from lungexp.data.splits import assign_folds, split_by_folds
+    from lungexp.data.labels.splits import assign_folds, split_by_folds
 
     samples = table(n_series=30)
     folds = assign_folds(samples, num_folds=3, seed=5)
@@ -99,7 +99,7 @@ def test_k_folds_of_series_are_stratified_disjoint_and_seeded() -> None:
 
 
 def test_k_folds_keep_a_patients_scans_together() -> None:
-    from lungexp.data.splits import assign_folds
+    from lungexp.data.labels.splits import assign_folds
 
     samples = table(n_series=24).assign(patient_id=lambda t: "p" + (t["seriesuid"].str[4:].astype(int) // 3).astype(str))
     folds = assign_folds(samples, num_folds=4, seed=0, group_by="patient_id")

@@ -7,18 +7,18 @@ import pandas as pd
 import pytest
 from scipy.stats import kstest
 
-from lungexp.evaluation.bootstrap import (
+from lungexp.metrics.bootstrap import (
     RESAMPLED,
     ClusterResampling,
     cluster_resampling,
     percentile_interval,
     resampled_metrics,
 )
-from lungexp.evaluation.comparison import ComparisonError, ScoredRun, align, compare, holm, mcnemar
-from lungexp.evaluation.delong import delong, delong_test
-from lungexp.evaluation.froc import compute_froc
-from lungexp.evaluation.metrics import table_metrics
-from lungexp.evaluation.report import EvaluationSettings, evaluate_predictions
+from lungexp.metrics.classification import table_metrics
+from lungexp.metrics.comparison import ComparisonError, ScoredRun, align, compare, holm, mcnemar
+from lungexp.metrics.delong import delong, delong_test
+from lungexp.metrics.froc import compute_froc
+from lungexp.reporting.report import EvaluationSettings, evaluate_predictions
 from tests.test_froc import random_case
 
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0])

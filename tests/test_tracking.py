@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from lungexp.tracking.mlflow import figure_artifact_name
+from lungexp.tracking.artifacts import figure_artifact_name
 from lungexp.tracking.params import compact_transform, config_hash, group_choices, split_config
 from lungexp.tracking.runs import (
     EXPERIMENT_KIND_TAG,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from lungexp.data.label_rules import LabelRule
+from lungexp.data.labels.label_rules import LabelRule
 
 
 def content_key(settings: Mapping[str, Any], table: pd.DataFrame, scan_paths: Mapping[str, str | Path]) -> str:

@@ -1,6 +1,6 @@
 """Every ``data.*`` option, checked before any data is generated, read or cached.
 
-:class:`DataOptions` is what :class:`~lungexp.data.datamodule.NoduleDataModule` is made from: its
+:class:`DataOptions` is what :class:`~lungexp.data.loading.datamodule.NoduleDataModule` is made from: its
 constructor checks its arguments here. This module imports no torch or Lightning, so an entry point
 can check ``data.*`` before those slow imports (:func:`check_data_config`): a typo costs about a
 second. Every problem is a :class:`~lungexp.utils.errors.ConfigError` naming the key as it is typed
@@ -16,24 +16,24 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lungexp.data.annotations import OUTSIDE_CHOICES
-from lungexp.data.candidates import NegativesSpec
-from lungexp.data.label_rules import LabelRule
-from lungexp.data.patches import PatchSpec
-from lungexp.data.samples import MISSING_SCANS_CHOICES, TASKS
-from lungexp.data.sampling import BalanceSpec
-from lungexp.data.splits import SplitSpec
+from lungexp.data.labels.annotations import OUTSIDE_CHOICES
+from lungexp.data.labels.label_rules import LabelRule
+from lungexp.data.labels.sample_table import MISSING_SCANS_CHOICES, TASKS
+from lungexp.data.labels.sampled_candidates import NegativesSpec
+from lungexp.data.labels.splits import SplitSpec
+from lungexp.data.loading.balance import BalanceSpec
+from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.synthetic.manifest import GeneratorParams
 from lungexp.utils.errors import ConfigError, check_int, check_number, look_up_option
 
-DATAMODULE_TARGET = "lungexp.data.datamodule.NoduleDataModule"
+DATAMODULE_TARGET = "lungexp.data.loading.datamodule.NoduleDataModule"
 NORMALIZATIONS = ("unit", "symmetric", "zscore")
-CACHE_MEMORY = ("mmap", "ram", "device")  # see lungexp.data.memory_cache
+CACHE_MEMORY = ("mmap", "ram", "device")  # see lungexp.data.loading.memory_cache
 
 
 @dataclass(frozen=True)
 class DataOptions:
-    """The checked ``data.*`` options; :class:`~lungexp.data.datamodule.NoduleDataModule` says what each means."""
+    """The checked ``data.*`` options; :class:`~lungexp.data.loading.datamodule.NoduleDataModule` says what each means."""
 
     root: Path
     labels_csv: Path | None

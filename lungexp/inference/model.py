@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungexp.evaluation.threshold import threshold_from_validation
+from lungexp.metrics.threshold import threshold_from_validation
 from lungexp.training.checkpoint import ModelRecipe, load_checkpoint
 from lungexp.utils.errors import ConfigError, look_up_option
 

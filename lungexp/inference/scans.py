@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from lungexp.data.io import (
+from lungexp.data.scans import (
     SCAN_SUFFIXES,
     ScanHeader,
     ScanReadError,
@@ -20,8 +20,8 @@ from lungexp.data.io import (
     read_scan,
     read_scan_header,
 )
-from lungexp.data.io.reader import scan_suffix
-from lungexp.data.scan import Scan
+from lungexp.data.scans.reader import scan_suffix
+from lungexp.data.scans.scan import Scan
 
 
 class ScanFiles:

@@ -3,7 +3,7 @@
 Candidates are world points ``seriesuid, coordX, coordY, coordZ`` (mm); ``seriesuid`` may be left
 out when the scans are a single series. Every seriesuid and coordinate is checked before the slow
 work (scan file headers are read first; a DICOM series as it is read); each scan is then read once,
-its patches extracted with the training :class:`~lungexp.data.patches.PatchExtractor` and scored in
+its patches extracted with the training :class:`~lungexp.data.patches.extraction.PatchExtractor` and scored in
 batches. No labels, MLflow or training config are involved: the checkpoint carries the rest.
 """
 
@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungexp.data.annotations import read_points
-from lungexp.data.atomic import atomic_file
-from lungexp.data.io import ScanHeader
+from lungexp.data.labels.annotations import read_points
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
-from lungexp.data.patches import PatchExtractor
-from lungexp.data.scan import Scan
+from lungexp.data.patches.extraction import PatchExtractor
+from lungexp.data.scans import ScanHeader
+from lungexp.data.scans.scan import Scan
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import ScanSource
+from lungexp.utils.atomic import atomic_file
 from lungexp.utils.errors import LungexpError
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from lungexp.tracking.artifacts import mlflow_loggers
 from lungexp.tracking.logger import RunLogger
-from lungexp.tracking.mlflow import mlflow_loggers
 from lungexp.tracking.provenance import log_dataset
 from lungexp.training.checkpoint import best_checkpoint_callback
 

@@ -90,7 +90,7 @@ class FoldRuns:
             return pd.read_csv(local, dtype={"seriesuid": str})
 
     def parent_logger(self) -> MLFlowLogger:
-        """A Lightning logger bound to the parent run, for the helpers of :mod:`lungexp.tracking.mlflow`."""
+        """A Lightning logger bound to the parent run, for the helpers of :mod:`lungexp.tracking.artifacts`."""
         return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
                             run_id=self.parent_id)
 

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from lungexp.evaluation.comparison import ComparisonError, ScoredRun
+from lungexp.metrics.comparison import ComparisonError, ScoredRun
 
 PREDICTIONS_FOLDER = "predictions"
 # Which predictions of a run are its test predictions, in order of preference.

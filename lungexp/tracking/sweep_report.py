@@ -3,7 +3,7 @@ and the best child, all logged to the sweep's parent run.
 
 The test metric is shown with its 95 % interval (``0.845 [0.801, 0.889]``) when the jobs logged one, and
 ``not_worse`` marks every job whose test AUROC is not significantly below the best job's (DeLong's paired
-test on their test predictions, Holm across the jobs; :mod:`lungexp.evaluation.comparison`)."""
+test on their test predictions, Holm across the jobs; :mod:`lungexp.metrics.comparison`)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from lungexp.evaluation.bootstrap import CI_HIGH, CI_LOW
-from lungexp.evaluation.comparison import align, not_worse_than_best
+from lungexp.metrics.bootstrap import CI_HIGH, CI_LOW
+from lungexp.metrics.comparison import align, not_worse_than_best
 from lungexp.tracking.callback import best_metric_name
 from lungexp.tracking.run_predictions import scored_run
 from lungexp.tracking.runs import short_keys, short_value

@@ -26,11 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from lungexp.data.datamodule import NoduleDataModule
-from lungexp.data.dataset import HUWindow
-from lungexp.data.patches import PatchSpec
+from lungexp.data.loading.datamodule import NoduleDataModule
+from lungexp.data.patches.extraction import PatchSpec
+from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
-from lungexp.tracking.mlflow import mlflow_loggers
+from lungexp.tracking.artifacts import mlflow_loggers
 from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import LungexpError
 
@@ -77,7 +77,7 @@ class ModelRecipe:
         net: the network config, ``_target_`` plus its arguments (``model.net`` resolved).
         patch: the patch geometry its inputs were sampled with.
         hu_window: ``(low, high)`` HU clipped before normalising.
-        normalize: the :class:`~lungexp.data.dataset.HUWindow` normalisation.
+        normalize: the :class:`~lungexp.data.loading.dataset.HUWindow` normalisation.
         precision: the Trainer precision it was trained and tested with (e.g. ``32-true``, ``bf16-mixed``).
         data: the data config, plain values except paths derived from ``data.*`` keys and the data folders.
         mlflow: ``{run_id, experiment_id, tracking_uri}`` of the training run, empty without MLflow.
@@ -129,7 +129,8 @@ class ModelRecipe:
         try:
             built = cls(task=recipe["task"], net=dict(recipe["net"]), patch=PatchSpec(**recipe["patch"]),
                         hu_window=tuple(recipe["hu_window"]), normalize=recipe["normalize"],
-                        precision=recipe["precision"], data=dict(recipe["data"]), mlflow=dict(recipe["mlflow"]))
+                        precision=recipe["precision"], data=_moved_targets(dict(recipe["data"])),
+                        mlflow=dict(recipe["mlflow"]))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{source}: its lungexp recipe is incomplete or damaged ({error!r}); "
                                   "use a checkpoint written by `python -m lungexp.run`") from None
@@ -141,6 +142,16 @@ class ModelRecipe:
             raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
                                   f"{built.in_channels} channel(s); the file is damaged")
         return built
+
+
+# Classes a checkpoint may name that have since moved: the old dotted path and where the class is now.
+MOVED_TARGETS = {"lungexp.data.datamodule.NoduleDataModule": "lungexp.data.loading.datamodule.NoduleDataModule"}
+
+
+def _moved_targets(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored data config with a moved ``_target_`` (see :data:`MOVED_TARGETS`) renamed to the class's new path."""
+    target = data.get("_target_")
+    return {**data, "_target_": MOVED_TARGETS[target]} if target in MOVED_TARGETS else data
 
 
 def check_buildable(config: Mapping[str, Any], allowed: frozenset[type], where: str, source: Path) -> None:

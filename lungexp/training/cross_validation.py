@@ -28,12 +28,12 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from lungexp.data.splits import SplitSpec, check_splits, split_samples
-from lungexp.evaluation.bootstrap import CI_HIGH, CI_LOW
-from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import evaluate_predictions, evaluation_settings, with_interval
+from lungexp.data.labels.splits import SplitSpec, check_splits, split_samples
+from lungexp.metrics.bootstrap import CI_HIGH, CI_LOW, with_interval
+from lungexp.reporting.options import EvaluationOptions
+from lungexp.reporting.report import evaluate_predictions, evaluation_settings
+from lungexp.tracking.artifacts import log_config, log_figure, log_table
 from lungexp.tracking.folds import FoldRuns
-from lungexp.tracking.mlflow import log_config, log_figure, log_table
 from lungexp.tracking.runs import run_name
 from lungexp.tracking.stale_runs import mlflow_logger_config
 from lungexp.training.pipeline import train

@@ -16,13 +16,13 @@ from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
-from lungexp.evaluation.metrics import classification_metrics
-from lungexp.evaluation.options import EvaluationOptions
-from lungexp.evaluation.report import evaluate_predictions, evaluation_settings, patch_figures
-from lungexp.evaluation.threshold import threshold_from_validation
+from lungexp.metrics.classification import classification_metrics
+from lungexp.metrics.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
-from lungexp.tracking.mlflow import log_figure, log_params, log_table
+from lungexp.reporting.options import EvaluationOptions
+from lungexp.reporting.report import evaluate_predictions, evaluation_settings, patch_figures
+from lungexp.tracking.artifacts import log_figure, log_params, log_table
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,10 @@ class NoduleClassifier(pl.LightningModule):
         pretrained: ``{path, format, sha256}``: weights loaded into ``net`` before training.
         finetune: ``{freeze_backbone_epochs, freeze_bn, head_lr_mult}``; the freezing itself is done
             by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
-        evaluation: the ``eval`` config group (:class:`~lungexp.evaluation.options.EvaluationOptions`): how the
+        evaluation: the ``eval`` config group (:class:`~lungexp.reporting.options.EvaluationOptions`): how the
             test stage judges and pictures the model.
         augmentation: applied to each training batch on its device, after the HU window
-            (:mod:`lungexp.data.batch_augmentation`, ``aug=batch_light|batch_strong``); never to validation or test.
+            (:mod:`lungexp.data.loading.batch_augmentation`, ``aug=batch_light|batch_strong``); never to validation or test.
         compile: ``torch.compile`` the network (in place: its weights keep their names in checkpoints).
         channels_last: the network and its input batches in the channels-last-3D memory format.
 

@@ -16,9 +16,9 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lungexp.evaluation.report import summary_names, with_interval
+from lungexp.metrics.bootstrap import summary_names, with_interval
+from lungexp.tracking.artifacts import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.callback import MLflowTracking
-from lungexp.tracking.mlflow import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
 from lungexp.tracking.stale_runs import ENDED_BY_TAG, instantiate_loggers

@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lungexp.data import cache
-from lungexp.data.io import index_scans
-from lungexp.data.patches import PatchSpec
-from lungexp.data.samples import build_samples, read_labels
+from lungexp.data.patches import cache
+from lungexp.data.labels.sample_table import build_samples, read_labels
+from lungexp.data.patches.extraction import PatchSpec
+from lungexp.data.scans import index_scans
 
 WAIT_S = 120
 

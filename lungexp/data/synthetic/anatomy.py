@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from lungexp.data.hu import AIR_HU
+from lungexp.data.scans.hounsfield import AIR_HU
 from lungexp.data.synthetic.geometry import Geometry
 
 # Tissue HU: fixed values, or (low, high) ranges that each scan draws from.

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungexp.data.atomic import publish_folder, staging_folder
-from lungexp.data.io.metaimage import write_mhd
 from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, MALIGNANCY_COLUMNS
+from lungexp.data.scans.metaimage import write_mhd
 from lungexp.data.synthetic.acquisition import series_uid, simulate_acquisition
 from lungexp.data.synthetic.anatomy import build_anatomy, lung_clearance_mm
 from lungexp.data.synthetic.candidates import place_false_positives, scan_candidate_rows
@@ -26,6 +25,7 @@ from lungexp.data.synthetic.manifest import (
 )
 from lungexp.data.synthetic.nodules import malignancy_labels, malignancy_row, place_nodules, render_nodule
 from lungexp.data.synthetic.vessels import UNENHANCED_BLOOD_HU, grow_vessels, render_vessels
+from lungexp.utils.atomic import publish_folder, staging_folder
 
 LUNA_FLOAT_FORMAT = "%.10g"  # annotations.csv carries ~10 significant digits
 

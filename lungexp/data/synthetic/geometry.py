@@ -3,7 +3,7 @@
 Positions inside the generator are millimetre *offsets* from the first voxel in ``(z, y, x)`` order
 (``offset = index_zyx * spacing_zyx``), so they index arrays directly. They become world ``(x, y, z)``
 only when CSV rows are written, through :meth:`Geometry.to_world`, i.e. the one world mapping,
-:meth:`lungexp.data.scan.Scan.voxel_to_world`.
+:meth:`lungexp.data.scans.scan.Scan.voxel_to_world`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lungexp.data.scan import Scan
+from lungexp.data.scans.scan import Scan
 
 SLICE_SPACINGS_MM = (1.25, 1.5, 2.0, 2.5)
 

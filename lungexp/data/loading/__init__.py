@@ -1,0 +1,1 @@
+"""From the patch cache to training batches: the datamodule, the dataset, class balance and batch augmentation."""

@@ -1,0 +1,280 @@
+"""The LightningDataModule: scans + label CSV -> patch cache -> series-level splits -> loaders.
+
+Every option is checked when the datamodule is made (:class:`~lungexp.data.options.DataOptions`),
+before any data is generated, read or cached, so a typo in ``data.*`` fails in seconds, naming the
+key and the closest valid value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
+
+from lungexp.data.fingerprint import labelled_key
+from lungexp.data.labels.sample_table import (
+    build_samples,
+    limit_negatives,
+    limit_training_negatives,
+    task_labels,
+)
+from lungexp.data.labels.splits import check_splits, split_samples
+from lungexp.data.loading.dataset import PatchDataset
+from lungexp.data.loading.memory_cache import (
+    DeviceBatches,
+    check_fits,
+    free_bytes,
+    patch_bytes,
+    read_into_memory,
+)
+from lungexp.data.options import DataOptions
+from lungexp.data.patches.cache import PatchCache, build_patch_cache, find_patch_cache
+from lungexp.data.patches.normalization import HUWindow
+from lungexp.data.scans.scan_index import index_scans
+from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
+from lungexp.utils.errors import ConfigError, LungexpError
+
+log = logging.getLogger(__name__)
+
+
+class NoduleDataModule(pl.LightningDataModule):
+    """Candidate patches around world coordinates, for nodule / malignancy classification.
+
+    Args:
+        root: folder of scans (``subsetK/<seriesuid>.mhd`` for LUNA16; any nesting of
+            ``.mhd``/``.nii``/``.nii.gz``/``.nrrd`` files named by seriesuid otherwise).
+        labels_csv: the task's CSV (see :func:`lungexp.data.labels.sample_table.read_labels`).
+        task: ``candidates`` | ``malignancy`` | ``points``.
+        cache_dir: where patch caches live.
+        patch: :meth:`PatchSpec.from_config` arguments (size, spacing_mm, size_mm, pad_hu).
+        hu_window: ``[low, high]`` HU kept (clipped outside).
+        normalize: ``unit`` ([0, 1]), ``symmetric`` ([-1, 1]) or ``zscore`` (per patch), see :class:`HUWindow`.
+        split: :meth:`SplitSpec.from_config` arguments: ``{method: subsets, fold, val_fold}``,
+            ``{method: series, val_fraction, test_fraction, seed, group_by}`` or ``{method: folds, num_folds,
+            fold, val_fold, seed, group_by}``.
+        balance: :meth:`BalanceSpec.from_config` arguments: ``{sampler: none|balanced, positive_fraction,
+            samples_per_epoch}``.
+        batch_size, num_workers, pin_memory: DataLoader arguments.
+        cache_memory: ``mmap`` | ``ram`` | ``device``: where training reads the patches from, see
+            :mod:`lungexp.data.loading.memory_cache`; ``device`` gathers training and validation batches on the
+            training device (no workers, no TorchIO ``train_transform``: use a batch augmentation).
+        preprocess_workers: processes building the patch cache.
+        synthetic: if given, keyword arguments of
+            :func:`lungexp.data.synthetic.generate_luna16_dataset`, run when ``root`` holds no dataset.
+        train_transform: augmentation for training patches (TorchIO transform or any callable).
+        missing_scans / outside: ``error`` or ``skip``, see :func:`lungexp.data.labels.sample_table.build_samples`.
+        in_channels: if given, must equal the number of patch scales (the model's input channels).
+        annotations_csv: LUNA16 ``annotations.csv``; with ``task=candidates`` and ``labels_csv=None``,
+            positives come from it and negatives are sampled from the lungs (``negatives``).
+        excluded_csv: LUNA16 ``annotations_excluded.csv``; negatives on these findings are dropped.
+        negatives: :meth:`NegativesSpec.from_config` arguments (count, vessel_fraction, margin_mm, seed).
+        max_negatives_per_scan: keep at most this many negatives of each training scan (seeded by
+            ``split.seed``); validation and test scans keep all. null keeps all.
+        label_rule: ``{column, positive, negative}``: labels from a rating column, rows matching neither
+            condition dropped (:class:`~lungexp.data.labels.label_rules.LabelRule`); null keeps the CSV's labels.
+
+    Raises:
+        ConfigError: a value that cannot work, naming its key (``data.split.method``, ...).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        labels_csv: str | None,
+        task: str = "candidates",
+        cache_dir: str = "data/cache",
+        patch: dict[str, Any] | None = None,
+        hu_window: Sequence[float] = (-1000.0, 400.0),
+        normalize: str = "unit",
+        split: dict[str, Any] | None = None,
+        balance: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        preprocess_workers: int = 2,
+        pin_memory: bool = False,
+        synthetic: dict[str, Any] | None = None,
+        train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        missing_scans: str = "skip",
+        outside: str = "error",
+        in_channels: int | None = None,
+        annotations_csv: str | None = None,
+        excluded_csv: str | None = None,
+        negatives: dict[str, Any] | None = None,
+        max_negatives_per_scan: int | None = None,
+        cache_memory: str = "mmap",
+        label_rule: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = DataOptions.from_config({
+            "root": root, "labels_csv": labels_csv, "task": task, "cache_dir": cache_dir, "patch": patch,
+            "hu_window": hu_window, "normalize": normalize, "split": split, "balance": balance,
+            "batch_size": batch_size, "num_workers": num_workers, "preprocess_workers": preprocess_workers,
+            "pin_memory": pin_memory, "synthetic": synthetic, "missing_scans": missing_scans, "outside": outside,
+            "in_channels": in_channels, "annotations_csv": annotations_csv, "excluded_csv": excluded_csv,
+            "negatives": negatives, "max_negatives_per_scan": max_negatives_per_scan, "cache_memory": cache_memory,
+            "label_rule": label_rule,
+        })
+        if cache_memory == "device" and train_transform is not None:
+            raise ConfigError("data.cache_memory=device gathers each batch on the device, where the per-patch "
+                              "TorchIO augmentation cannot run: use aug=batch_light or aug=batch_strong (the same "
+                              "transforms on the batch), aug=none, or data.cache_memory=ram")
+        self.window = HUWindow(*self.options.hu_window, normalize=self.options.normalize)
+        self.train_transform = train_transform
+        self.cache: PatchCache | None = None
+        self.datasets: dict[str, PatchDataset] = {}
+        self.device_batches: dict[str, DeviceBatches] = {}  # data.cache_memory=device: train and val
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset if configured and absent, and build the patch cache.
+
+        Lightning runs this in one process only, so it keeps no state: :meth:`setup` finds the cache on disk.
+        """
+        self.build_cache()
+
+    def build_cache(self) -> PatchCache:
+        """This configuration's patch cache, built first (and the synthetic dataset generated) if missing.
+
+        Sets no state; fast when the cache exists (the scans are indexed and the labels read to find its key).
+        """
+        options = self.options
+        samples, scan_paths = self.sample_table()
+        complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
+        if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
+            return complete
+        samples = limit_training_negatives(samples, options.max_negatives_per_scan, options.split)
+        return build_patch_cache(samples, scan_paths, options.patch, options.cache_dir,
+                                 num_workers=options.preprocess_workers)
+
+    def sample_table(self) -> tuple[pd.DataFrame, dict[str, Path]]:
+        """Every sample of this configuration (the labels joined with the scans on disk, one row per patch) and
+        the scan file of each series; generates the synthetic dataset first if configured and absent."""
+        options = self.options
+        if options.synthetic is not None:
+            if not (options.root / MANIFEST_NAME).is_file():
+                log.info("Generating the synthetic LUNA16-format dataset in %s (once)", options.root)
+            generate_luna16_dataset(options.root, **options.synthetic)
+        scans = index_scans(options.root)
+        labels = task_labels(options.task, options.labels_csv, scans, options.cache_dir, options.annotations_csv,
+                             options.excluded_csv, options.negatives, num_workers=options.preprocess_workers,
+                             label_rule=options.label_rule)
+        source = options.labels_csv or options.annotations_csv
+        samples = build_samples(labels, scans, source=source, missing_scans=options.missing_scans,
+                                outside=options.outside)
+        if samples.empty:
+            raise LungexpError(f"no samples: none of the series in {source} has a scan under "
+                               f"{options.root}; check data.root and data.labels_csv")
+        return samples, dict(zip(scans["seriesuid"], scans["path"], strict=True))
+
+    def setup(self, stage: str | None = None) -> None:
+        if "train" in self.datasets:
+            return
+        self.cache = self.build_cache()  # built by prepare_data (in this or another process)
+        splits = split_samples(self.cache.index, self.options.split)
+        # A no-op on a cache built with the cap; on a cache of every sample, the same seeded choice.
+        splits["train"] = limit_negatives(splits["train"], self.options.max_negatives_per_scan, self.options.split.seed)
+        check_splits(splits, group_by=self.options.split.group_by)
+        patches = self._read_into_ram() if self.options.cache_memory == "ram" else None
+        for name, frame in splits.items():
+            transform = self.train_transform if name == "train" else None
+            self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform, patches)
+        if self.options.cache_memory == "device":
+            self.device_batches = self._load_onto_device(("train", "val"))
+        for name, dataset in self.datasets.items():
+            negatives, positives = dataset.class_counts()
+            log.info("%s: %d patches (%d positive, %d negative) from %d series", name, len(dataset), positives,
+                     negatives, splits[name]["seriesuid"].nunique())
+
+    def _read_into_ram(self) -> np.ndarray:
+        """``data.cache_memory=ram``: the whole cache in host memory, once it is known to fit."""
+        trainer = self.trainer
+        ranks = trainer.num_devices if trainer is not None and trainer.world_size > 1 else 1
+        check_fits(patch_bytes(len(self.cache), self.options.patch.shape), free_bytes(torch.device("cpu")),
+                   what=f"data.cache_memory=ram ({len(self.cache):,} patches, the whole cache)", where="host memory",
+                   alternative="use data.cache_memory=mmap (read from disk as needed)", copies=ranks)
+        return read_into_memory(self.cache)
+
+    def _load_onto_device(self, names: tuple[str, ...]) -> dict[str, DeviceBatches]:
+        """``data.cache_memory=device``: the patches of the splits ``names`` on the training device, once they
+        are known to fit (under DDP every rank holds all of them on its own device)."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        count = sum(len(self.datasets[name]) for name in names)
+        ranks = trainer.world_size if trainer is not None else 1
+        held = f" on each of the {ranks} DDP ranks' devices" if ranks > 1 else ""
+        # CPU "devices" of one machine share its memory; GPUs each have their own.
+        copies = trainer.num_devices if device.type == "cpu" and ranks > 1 else 1
+        check_fits(patch_bytes(count, self.options.patch.shape), free_bytes(device),
+                   what=f"data.cache_memory=device ({count:,} {' and '.join(names)} patches{held})",
+                   where=str(device), copies=copies,
+                   alternative="use data.cache_memory=ram (host memory) or mmap, or fewer training patches "
+                               "(data.max_negatives_per_scan)")
+        log.info("data.cache_memory=device: %d patches on %s", count, device)
+        return {name: DeviceBatches.load(self.cache.patches, self.datasets[name].rows, self.datasets[name].labels,
+                                         self.window, device) for name in names}
+
+    def setup_all(self) -> None:
+        """Add the dataset ``all``: every sample, unsplit (an external test set, or the pooled test folds of a
+        cross-validation, which together cover every series)."""
+        if self.cache is None:
+            self.cache = self.build_cache()
+        self.datasets["all"] = PatchDataset(self.cache, np.arange(len(self.cache)), self.window)
+
+    def split_series(self, name: str) -> list[str]:
+        """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""
+        dataset = self.datasets[name]
+        return list(dict.fromkeys(self.cache.index["seriesuid"].to_numpy()[dataset.rows]))
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The patch-cache key (hash of patch geometry, coordinates and scan files), combined with
+        ``data.label_rule`` if one is set, once the data is set up."""
+        if self.cache is None:
+            return None
+        return labelled_key(self.cache.folder.name, self.options.label_rule)
+
+    @property
+    def train_class_counts(self) -> tuple[int, int]:
+        """(negatives, positives) of the training split; used for loss weighting."""
+        return self.datasets["train"].class_counts()
+
+    def _loader(self, name: str, **kwargs: Any) -> DataLoader:
+        options = self.options
+        batches = self.device_batches.get(name)
+        if batches is not None:
+            # Positions in the split, drawn by the same samplers; the batch is gathered on the device in this
+            # process, so there is nothing for workers to do and nothing to pin.
+            return DataLoader(range(len(self.datasets[name])), batch_size=options.batch_size, collate_fn=batches,
+                              **kwargs)
+        return DataLoader(self.datasets[name], batch_size=options.batch_size, num_workers=options.num_workers,
+                          pin_memory=options.pin_memory, persistent_workers=options.num_workers > 0, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        # Per-epoch seeded order, and the loader's own generator: creating its iterator then leaves the global
+        # RNG (augmentation) alone, so epoch e draws the same after a resume (lungexp.training.resume).
+        sampler = self.options.balance.sampler_for(self.datasets["train"].labels, seed=torch.initial_seed())
+        return self._loader("train", sampler=sampler, drop_last=False, generator=torch.Generator())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", sampler=self._evaluation_sampler("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", sampler=self._evaluation_sampler("test"))
+
+    def _evaluation_sampler(self, name: str) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each rank's disjoint share of the split, unpadded: Lightning's default
+        ``DistributedSampler`` repeats patches to even out the ranks, which would count them twice in the
+        metrics reduced across ranks. Lightning predicts with the same sampler: evaluation syncs no gradients."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size < 2:
+            return None
+        return UnrepeatedDistributedSampler(self.datasets[name], num_replicas=trainer.world_size,
+                                            rank=trainer.global_rank, shuffle=False)
+

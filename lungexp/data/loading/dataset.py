@@ -1,0 +1,58 @@
+"""A PyTorch dataset over cached patches, normalised by an HU window and augmented on the fly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.data.patches.cache import PatchCache
+from lungexp.data.patches.normalization import HUWindow
+
+
+class PatchDataset(Dataset):
+    """Rows of a :class:`PatchCache` as ``{"image": (C, D, H, W) float, "label": float, "index": int}``
+    (the keys are :mod:`lungexp.data.names`' ``IMAGE_KEY``, ``LABEL_KEY``, ``INDEX_KEY``; ``index`` is the cache row).
+
+    Args:
+        cache: the patch cache.
+        rows: which cache rows form this dataset (e.g. one split).
+        window: clips HU to the window, then normalises (``unit``, ``symmetric`` or ``zscore``).
+        transform: optional callable on the normalised ``(C, D, H, W)`` tensor, e.g. a TorchIO
+            ``Compose``; applied in DataLoader workers.
+        patches: the array to read, in cache row order (``data.cache_memory=ram``: the cache read into
+            memory); default the cache's memory map.
+    """
+
+    def __init__(
+        self,
+        cache: PatchCache,
+        rows: Sequence[int],
+        window: HUWindow,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        patches: np.ndarray | None = None,
+    ) -> None:
+        self.cache = cache
+        self.patches = patches
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = cache.index["label"].to_numpy()[self.rows].astype(np.float32)
+        self.window = window
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        patches = self.cache.patches if self.patches is None else self.patches
+        image = self.window(patches[self.rows[i]])
+        if self.transform is not None:
+            image = self.transform(image)
+        return {IMAGE_KEY: image, LABEL_KEY: torch.tensor(self.labels[i]), INDEX_KEY: torch.tensor(self.rows[i])}
+
+    def class_counts(self) -> tuple[int, int]:
+        """(negatives, positives)."""
+        positives = int(self.labels.sum())
+        return len(self.labels) - positives, positives

@@ -1,0 +1,28 @@
+"""CT scans: reading and writing them, their geometry and their Hounsfield units, one job per module.
+
+* :mod:`~lungexp.data.scans.reader`: one scan file (``.mhd``, ``.nii``, ``.nii.gz``, ``.nrrd``) or its header;
+* :mod:`~lungexp.data.scans.metaimage`: MetaImage header checks and atomic ``.mhd``/``.raw`` writing;
+* :mod:`~lungexp.data.scans.dicom`: DICOM series discovery, slice-stack checks and reading (for ``convert``);
+* :mod:`~lungexp.data.scans.scan_index`: the scans under a data root (the LUNA16 ``subsetK`` layout).
+
+Every failure is a :class:`ScanReadError` naming the file or folder, the problem and the fix.
+"""
+
+from lungexp.data.scans.dicom import find_dicom_series, iter_dicom_series, read_dicom_series
+from lungexp.data.scans.errors import ScanReadError
+from lungexp.data.scans.metaimage import write_mhd
+from lungexp.data.scans.reader import SCAN_SUFFIXES, ScanHeader, read_scan, read_scan_header
+from lungexp.data.scans.scan_index import index_scans
+
+__all__ = [
+    "SCAN_SUFFIXES",
+    "ScanHeader",
+    "ScanReadError",
+    "find_dicom_series",
+    "index_scans",
+    "iter_dicom_series",
+    "read_dicom_series",
+    "read_scan",
+    "read_scan_header",
+    "write_mhd",
+]

@@ -1,1 +1,0 @@
-"""Metrics and result plots for binary nodule classification."""

@@ -1,0 +1,294 @@
+"""Paired comparison of runs scored on the same test samples: which differences are more than noise.
+
+For every pair of runs: the difference of AUROCs with DeLong's paired test; the differences of average
+precision, CPM (with a FROC reference) and every thresholded metric by a paired cluster bootstrap (the
+same resampled series for both runs, :mod:`lungexp.metrics.bootstrap`); McNemar's exact test of the
+patches one run classifies correctly and the other does not, each at its own threshold; with more than
+two runs, Holm's correction of the p-values across pairs.
+
+Runs are first aligned sample by sample on series and world position (rounded to 1e-4 mm, as the patch
+cache does) with their labels checked equal: runs tested on other samples are refused, naming the first
+rows that differ, unless ``intersect`` keeps the common ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from lungexp.data.labels.sample_table import POINT_DECIMALS
+from lungexp.metrics.bootstrap import (
+    CI_HIGH,
+    CI_LOW,
+    RESAMPLED,
+    ClusterResampling,
+    ClusterStatistics,
+    cluster_resampling,
+    percentile_interval,
+)
+from lungexp.metrics.classification import table_metrics
+from lungexp.metrics.delong import delong, delong_test
+from lungexp.metrics.froc import FrocReference, FrocResult, compute_froc
+from lungexp.metrics.threshold import YOUDEN, choose_threshold
+from lungexp.utils.errors import LungexpError
+
+KEY_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ")
+ALPHA = 0.05
+# The paired-bootstrap differences, in the order of the table and the forest plot.
+BOOTSTRAP_DIFFERENCES = ("average_precision", *(name for name in RESAMPLED if name.startswith("at_threshold/")))
+
+
+class ComparisonError(LungexpError):
+    """Runs that cannot be compared as given (other samples, other labels, too few runs)."""
+
+
+@dataclass(frozen=True)
+class ScoredRun:
+    """One run's test predictions (``seriesuid, coordX, coordY, coordZ, label, probability``) and its
+    decision threshold (chosen on its validation split)."""
+
+    name: str
+    predictions: pd.DataFrame
+    threshold: float = 0.5
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AlignedRuns:
+    """Runs on the same samples in the same order: ``samples`` (key columns and ``label``) and one row of
+    ``probabilities`` per run."""
+
+    runs: list[ScoredRun]
+    samples: pd.DataFrame
+    probabilities: np.ndarray  # (runs, samples)
+    dropped: dict[str, int] = field(default_factory=dict)  # by run name, with ``intersect``
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.samples["label"].to_numpy().astype(np.int64)
+
+
+def sample_keys(predictions: pd.DataFrame, name: str) -> pd.MultiIndex:
+    """Series, world position rounded to 1e-4 mm and, for repeated points, the repeat number."""
+    missing = [column for column in (*KEY_COLUMNS, "label", "probability") if column not in predictions]
+    if missing:
+        raise ComparisonError(f"{name}: the predictions lack column(s) {missing}; compare needs "
+                              f"{[*KEY_COLUMNS, 'label', 'probability']}")
+    keys = pd.DataFrame({"seriesuid": predictions["seriesuid"].astype(str).to_numpy()})
+    for column in KEY_COLUMNS[1:]:
+        keys[column] = pd.to_numeric(predictions[column], errors="coerce").round(POINT_DECIMALS).to_numpy()
+    keys["repeat"] = keys.groupby(list(KEY_COLUMNS)).cumcount().to_numpy()
+    return pd.MultiIndex.from_frame(keys)
+
+
+def align(runs: Sequence[ScoredRun], intersect: bool = False) -> AlignedRuns:
+    """The runs on their common samples, in the first run's order; without ``intersect`` every run must have
+    exactly the same samples with the same labels (:class:`ComparisonError` naming the first differing rows)."""
+    if not runs:
+        raise ComparisonError("no runs to align")
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):
+        raise ComparisonError(f"two inputs have the same name {names}; give each run once")
+    keys = [sample_keys(run.predictions, run.name) for run in runs]
+    labels = [pd.Series(run.predictions["label"].to_numpy().astype(np.int64), index=key)
+              for run, key in zip(runs, keys, strict=True)]
+    common = keys[0]
+    for key in keys[1:]:
+        common = common[common.isin(key)]
+    agree = np.ones(len(common), dtype=bool)
+    for label in labels[1:]:
+        agree &= label.loc[common].to_numpy() == labels[0].loc[common].to_numpy()
+    if not intersect:
+        for run, key, label in zip(runs[1:], keys[1:], labels[1:], strict=True):
+            _check_same(runs[0], keys[0], labels[0], run, key, label)
+    common = common[agree]
+    if not len(common):
+        raise ComparisonError(f"the runs {names} have no test sample in common (same series, position and label)")
+    dropped = {run.name: int(len(key) - len(common)) for run, key in zip(runs, keys, strict=True)} if intersect else {}
+    positions = [key.get_indexer(common) for key in keys]
+    # The first run's sample columns (position, label, a group_by column, ...), not its scores.
+    samples = runs[0].predictions.iloc[positions[0]].drop(columns="probability").reset_index(drop=True)
+    samples["seriesuid"] = samples["seriesuid"].astype(str)
+    samples["label"] = labels[0].loc[common].to_numpy()
+    probabilities = np.stack([run.predictions["probability"].to_numpy(np.float64)[where]
+                              for run, where in zip(runs, positions, strict=True)])
+    return AlignedRuns(list(runs), samples, probabilities, dropped)
+
+
+def _check_same(first: ScoredRun, first_keys: pd.MultiIndex, first_labels: pd.Series, other: ScoredRun,
+                other_keys: pd.MultiIndex, other_labels: pd.Series) -> None:
+    problems = []
+    for run, key, against, what in ((first, first_keys, other_keys, other), (other, other_keys, first_keys, first)):
+        extra = np.flatnonzero(~key.isin(against))
+        if len(extra):
+            problems.append(f"{len(extra)} of {run.name}'s {len(key)} samples are not in {what.name}'s (first: "
+                            f"{_describe_row(run, extra[0])})")
+    shared = first_keys.isin(other_keys)
+    differ = np.flatnonzero(shared)[first_labels[shared].to_numpy() != other_labels.loc[first_keys[shared]].to_numpy()]
+    if len(differ):
+        row = differ[0]
+        other_row = other_keys.get_loc(first_keys[row])
+        problems.append(f"{len(differ)} samples have other labels (first: {_describe_row(first, row)}: label "
+                        f"{first_labels.iloc[row]}; {other.name} row {other_row + 2}: label {other_labels.iloc[other_row]})")
+    if problems:
+        raise ComparisonError(f"{first.name} and {other.name} were not tested on the same samples: "
+                              + "; ".join(problems) + ". Were they tested on another fold, split or data? "
+                              "--intersect compares them on the samples they share")
+
+
+def _describe_row(run: ScoredRun, row: int) -> str:
+    values = run.predictions.iloc[row]
+    position = ", ".join(f"{float(values[c]):.2f}" for c in KEY_COLUMNS[1:])
+    return f"{run.name} row {row + 2} (the header is row 1), series {values['seriesuid']} at ({position}) mm"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The per-run summary (best AUROC first) and one row per pair (``a`` the better of the two by AUROC)."""
+
+    runs: pd.DataFrame
+    pairs: pd.DataFrame
+    num_samples: int
+    num_clusters: int
+    dropped: dict[str, int]
+
+
+def compare(aligned: AlignedRuns, bootstrap: int = 1000, seed: int = 0, group_by: str = "seriesuid",
+            froc: FrocReference | None = None) -> Comparison:
+    """Every pairwise test of the aligned runs (see the module docstring)."""
+    if len(aligned.runs) < 2:
+        raise ComparisonError(f"compare needs two or more runs (a --baseline counts), got {len(aligned.runs)}")
+    labels = aligned.labels
+    if labels.min() == labels.max():
+        raise ComparisonError("the compared samples hold one class only: AUROC and its tests need both")
+    resampling = cluster_resampling(aligned.samples, bootstrap, seed, group_by,
+                                    froc.seriesuids if froc is not None else None) if bootstrap > 0 else None
+    frocs = [_froc(aligned, i, froc, resampling) for i in range(len(aligned.runs))]
+    draws = [_draws(aligned, i, resampling) for i in range(len(aligned.runs))]
+    points = [table_metrics(labels, aligned.probabilities[i], "", run.threshold) for i, run in enumerate(aligned.runs)]
+    result = delong(labels, aligned.probabilities)
+    order = np.argsort(-result.aurocs, kind="stable")
+    runs = pd.DataFrame([_run_row(aligned.runs[i], result.aurocs[i], result.interval(i), points[i], draws[i], frocs[i])
+                         for i in order])
+    pairs = pd.DataFrame([_pair_row(aligned, a, b, points, draws, frocs) for a, b in itertools.combinations(order, 2)])
+    if len(aligned.runs) > 2:
+        pairs["delong_p_holm"] = holm(pairs["delong_p"].to_numpy())
+        pairs["mcnemar_p_holm"] = holm(pairs["mcnemar_p"].to_numpy())
+    num_clusters = 0 if resampling is None else resampling.counts.shape[1]
+    return Comparison(runs, pairs, len(labels), num_clusters, aligned.dropped)
+
+
+def _draws(aligned: AlignedRuns, run: int, resampling: ClusterResampling | None) -> dict[str, np.ndarray]:
+    if resampling is None:
+        return {}
+    statistics = ClusterStatistics(aligned.labels, aligned.probabilities[run],
+                                   resampling.cluster_index(aligned.samples["seriesuid"]), aligned.runs[run].threshold,
+                                   resampling.counts.shape[1])
+    return statistics.metrics(resampling.counts)
+
+
+def _froc(aligned: AlignedRuns, run: int, froc: FrocReference | None, resampling: ClusterResampling | None
+          ) -> FrocResult | None:
+    if froc is None:
+        return None
+    predictions = aligned.samples.assign(probability=aligned.probabilities[run])
+    return compute_froc(predictions, froc.annotations, excluded=froc.excluded, seriesuids=froc.seriesuids,
+                        resampling=resampling)
+
+
+def _run_row(scored: ScoredRun, auroc: float, interval: tuple[float, float], point: dict[str, float],
+             draws: dict[str, np.ndarray], froc: FrocResult | None) -> dict[str, object]:
+    row: dict[str, object] = {"run": scored.name, "run_id": scored.run_id, "threshold": scored.threshold,
+                              "auroc": auroc, f"auroc_delong{CI_LOW}": interval[0], f"auroc_delong{CI_HIGH}": interval[1]}
+    for name in RESAMPLED:
+        row[name] = point[name]
+        if name in draws:
+            row[f"{name}{CI_LOW}"], row[f"{name}{CI_HIGH}"] = percentile_interval(draws[name])
+    if froc is not None:
+        row["cpm"] = froc.cpm
+        if froc.cpm_ci is not None:
+            row[f"cpm{CI_LOW}"], row[f"cpm{CI_HIGH}"] = froc.cpm_ci
+    return row
+
+
+def _pair_row(aligned: AlignedRuns, a: int, b: int, points: list[dict[str, float]],
+              draws: list[dict[str, np.ndarray]], frocs: list[FrocResult | None]) -> dict[str, object]:
+    labels, probabilities = aligned.labels, aligned.probabilities
+    run_a, run_b = aligned.runs[a], aligned.runs[b]
+    test = delong_test(labels, probabilities[a], probabilities[b])
+    row: dict[str, object] = {"a": run_a.name, "b": run_b.name, "delta_auroc": test.difference,
+                              f"delta_auroc{CI_LOW}": test.ci[0], f"delta_auroc{CI_HIGH}": test.ci[1],
+                              "delong_p": test.p_value}
+    if draws[a]:
+        for name in BOOTSTRAP_DIFFERENCES:
+            row[f"delta_{name}"] = points[a][name] - points[b][name]
+            row[f"delta_{name}{CI_LOW}"], row[f"delta_{name}{CI_HIGH}"] = percentile_interval(draws[a][name] - draws[b][name])
+    froc_a, froc_b = frocs[a], frocs[b]
+    if froc_a is not None and froc_b is not None:
+        row["delta_cpm"] = froc_a.cpm - froc_b.cpm
+        if froc_a.cpm_draws is not None:
+            row[f"delta_cpm{CI_LOW}"], row[f"delta_cpm{CI_HIGH}"] = percentile_interval(froc_a.cpm_draws - froc_b.cpm_draws)
+    correct_a = (probabilities[a] > run_a.threshold) == labels.astype(bool)
+    correct_b = (probabilities[b] > run_b.threshold) == labels.astype(bool)
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    row.update({"mcnemar_a_only": only_a, "mcnemar_b_only": only_b, "mcnemar_p": mcnemar(only_a, only_b)})
+    return row
+
+
+def with_baseline(aligned: AlignedRuns, table: pd.DataFrame, column: str, source: str) -> AlignedRuns:
+    """``aligned`` and a pseudo-run scoring each sample by ``column`` of ``table`` (e.g. ``diameter_mm`` of the
+    labels CSV ``source``): larger is more positive, scaled to [0, 1] (ranks, so AUROC and AP, are unchanged),
+    with its threshold chosen on these samples by Youden's rule (optimistic: the baseline has no validation)."""
+    if column not in table:
+        raise ComparisonError(f"--baseline {column}: {source} has no column '{column}'; its columns are "
+                              f"{list(map(str, table.columns))}")
+    keys = sample_keys(table.assign(label=0, probability=0.0), source).droplevel("repeat")
+    values = pd.Series(pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64), index=keys)
+    values = values[~values.index.duplicated()]
+    wanted = sample_keys(aligned.samples.assign(probability=0.0), "the compared samples").droplevel("repeat")
+    scores = values.reindex(wanted).to_numpy()
+    missing = np.flatnonzero(~np.isfinite(scores))
+    if len(missing):
+        row = aligned.samples.iloc[missing[0]]
+        raise ComparisonError(f"--baseline {column}: {len(missing)} of the {len(scores)} compared samples have no "
+                              f"number in {source} (first: series {row['seriesuid']} at ({row['coordX']:.2f}, "
+                              f"{row['coordY']:.2f}, {row['coordZ']:.2f}) mm)")
+    span = scores.max() - scores.min()
+    scaled = (scores - scores.min()) / span if span > 0 else np.full(len(scores), 0.5)
+    threshold = choose_threshold(aligned.labels, scaled, YOUDEN)
+    baseline = ScoredRun(f"baseline {column}", aligned.samples.assign(probability=scaled), threshold)
+    return AlignedRuns([*aligned.runs, baseline], aligned.samples, np.vstack([aligned.probabilities, scaled]),
+                       aligned.dropped)
+
+
+def mcnemar(only_a: int, only_b: int) -> float:
+    """McNemar's exact test: of the discordant samples, are those only ``a`` gets right a binomial(½) share?"""
+    discordant = only_a + only_b
+    return 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error across the given tests)."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p_values)
+    adjusted = np.maximum.accumulate((len(p_values) - np.arange(len(p_values))) * p_values[order])
+    result = np.empty_like(adjusted)
+    result[order] = np.minimum(adjusted, 1.0)
+    return result
+
+
+def not_worse_than_best(aligned: AlignedRuns, best: int, alpha: float = ALPHA) -> np.ndarray:
+    """Per run: whether its AUROC is not significantly below ``best``'s (DeLong's paired test, Holm across the
+    runs compared with it); the best run itself is ``True``."""
+    others = [i for i in range(len(aligned.runs)) if i != best]
+    tests = [delong_test(aligned.labels, aligned.probabilities[best], aligned.probabilities[i]) for i in others]
+    adjusted = holm(np.array([t.p_value for t in tests])) if tests else np.array([])
+    verdict = np.ones(len(aligned.runs), dtype=bool)
+    for i, test, p in zip(others, tests, adjusted, strict=True):
+        verdict[i] = test.difference <= 0 or p >= alpha
+    return verdict

@@ -1,0 +1,189 @@
+"""Every metric and figure of a predictions table, the same wherever predictions come from: the test stage
+of training, ``python -m lungexp.evaluate`` and the pooled folds of a cross-validation.
+
+A predictions table has one row per patch: ``label`` (0/1), ``probability`` and, for the FROC,
+``seriesuid, coordX, coordY, coordZ`` (world mm).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+
+from lungexp.data.patches.normalization import HUWindow
+from lungexp.metrics.bootstrap import (
+    CI_HIGH,
+    CI_LOW,
+    cluster_resampling,
+    interval_metrics,
+    resampled_metrics,
+)
+from lungexp.metrics.classification import AT_THRESHOLD, reliability_bins, table_metrics
+from lungexp.metrics.delong import delong
+from lungexp.metrics.froc import FrocReference, FrocResult, compute_froc
+from lungexp.reporting.options import EvaluationOptions
+from lungexp.visualize.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
+from lungexp.visualize.montage import worst_errors_figure
+from lungexp.visualize.plots import (
+    confusion_matrix_figure,
+    froc_figure,
+    precision_recall_figure,
+    reliability_figure,
+    roc_figure,
+    score_histogram_figure,
+)
+
+log = logging.getLogger(__name__)
+
+PLOTS = "plots"
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a predictions table is judged.
+
+    Args:
+        threshold: decision threshold, chosen on validation (:func:`~lungexp.metrics.threshold.choose_threshold`).
+        froc: nodules and scans for the LUNA16 FROC/CPM (task ``candidates``); ``None``: no FROC.
+        bootstrap: resamplings of whole clusters for the 95 % interval of every metric (0: none).
+        group_by: the cluster: ``seriesuid``, or the patient column of ``data.split.group_by``.
+        seed: seed of the resampling.
+    """
+
+    threshold: float = 0.5
+    froc: FrocReference | None = None
+    bootstrap: int = 0
+    group_by: str = "seriesuid"
+    seed: int = 0
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics by name (``test/auroc``, ...) and figures by artifact path (``plots/roc_curve.png``)."""
+
+    metrics: dict[str, float]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    froc: FrocResult | None = None
+
+
+def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings, prefix: str = "test/",
+                         title: str = "Test", figures: bool = True) -> EvaluationReport:
+    """All metrics and (unless ``figures`` is false) figures of ``predictions``; names start with ``prefix``.
+
+    Metrics: ``accuracy, precision, sensitivity, specificity, f1`` at 0.5, ``auroc``,
+    ``average_precision``, ``ece``, ``threshold`` and the five thresholded metrics at it as
+    ``at_threshold/<name>``; with ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``. With
+    ``settings.bootstrap``, ``<name>_ci_low``/``_ci_high`` (cluster bootstrap, 95 %) of AUROC, average
+    precision, ECE, the thresholded metrics at ``threshold`` and the CPM; with both classes,
+    ``auroc_delong_ci_low``/``_high`` (DeLong's variance).
+    Figures: ROC, precision-recall, confusion matrices at 0.5 and at the threshold, score histogram,
+    reliability diagram and, with ``settings.froc``, the FROC.
+    """
+    labels = predictions["label"].to_numpy().astype(np.int64)
+    probabilities = predictions["probability"].to_numpy(np.float64)
+    threshold = settings.threshold
+    metrics = table_metrics(labels, probabilities, prefix, threshold)
+    if 0 < labels.sum() < len(labels):
+        low, high = delong(labels, probabilities).interval()
+        metrics[f"{prefix}auroc_delong{CI_LOW}"], metrics[f"{prefix}auroc_delong{CI_HIGH}"] = low, high
+    resampling = None
+    if settings.bootstrap > 0 and "seriesuid" in predictions:
+        resampling = cluster_resampling(predictions, settings.bootstrap, settings.seed, settings.group_by,
+                                        settings.froc.seriesuids if settings.froc is not None else None)
+        metrics.update(interval_metrics(resampled_metrics(predictions, threshold, resampling), prefix))
+    plots = _figures(labels, probabilities, metrics, threshold, prefix, title) if figures else {}
+    froc = None
+    if settings.froc is not None:
+        froc = compute_froc(predictions, settings.froc.annotations, excluded=settings.froc.excluded,
+                            seriesuids=settings.froc.seriesuids, resampling=resampling)
+        metrics.update(froc.as_metrics(prefix))
+        if figures:
+            plots[f"{PLOTS}/froc.png"] = froc_figure(froc, title=f"{title} FROC")
+    return EvaluationReport(metrics=metrics, figures=plots, froc=froc)
+
+
+def _figures(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, float], threshold: float,
+             prefix: str, title: str) -> dict[str, Figure]:
+    at = {name: metrics[f"{prefix}{AT_THRESHOLD}{name}"] for name in ("sensitivity", "specificity", "precision")}
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(_confusion(labels, probabilities, 0.5), 0.5,
+                                                    title=f"{title} confusion matrix"),
+        "confusion_matrix_at_threshold": confusion_matrix_figure(
+            _confusion(labels, probabilities, threshold), threshold, title=f"{title} confusion matrix"),
+        "score_histogram": score_histogram_figure(probabilities, labels, {"chosen": threshold, "fixed": 0.5},
+                                                  title=f"{title} score distribution"),
+        "reliability_diagram": reliability_figure(*reliability_bins(labels, probabilities),
+                                                  ece=metrics[f"{prefix}ece"], title=f"{title} reliability"),
+    }
+    if 0 < labels.sum() < len(labels):  # the curves need both classes
+        preds, target = torch.tensor(probabilities), torch.tensor(labels)
+        fpr, tpr, _ = (t.numpy() for t in binary_roc(preds, target))
+        precision, recall, _ = (t.numpy() for t in binary_precision_recall_curve(preds, target))
+        figures["roc_curve"] = roc_figure(fpr, tpr, metrics[f"{prefix}auroc"],
+                                          (1 - at["specificity"], at["sensitivity"]), title=f"{title} ROC")
+        figures["precision_recall"] = precision_recall_figure(
+            recall, precision, metrics[f"{prefix}average_precision"], prevalence=float(labels.mean()),
+            operating_point=(at["sensitivity"], at["precision"]), title=f"{title} precision-recall")
+    return {f"{PLOTS}/{name}.png": figure for name, figure in figures.items()}
+
+
+def evaluation_settings(datamodule: object, split: str, threshold: float, options: EvaluationOptions
+                        ) -> EvaluationSettings:
+    """How ``split`` of a :class:`~lungexp.data.loading.datamodule.NoduleDataModule` is judged: at ``threshold``, with
+    its FROC reference and ``eval.bootstrap`` resamplings of its ``data.split.group_by`` clusters."""
+    split_spec = getattr(getattr(datamodule, "options", None), "split", None)
+    return EvaluationSettings(threshold=threshold, froc=froc_reference(datamodule, split), bootstrap=options.bootstrap,
+                              group_by=getattr(split_spec, "group_by", "seriesuid"))
+
+
+def froc_reference(datamodule: object, split: str) -> FrocReference | None:
+    """The FROC reference of a :class:`~lungexp.data.loading.datamodule.NoduleDataModule` split: for task
+    ``candidates`` with an annotations CSV, its nodules and excluded findings and all series of ``split``;
+    otherwise ``None`` (no FROC)."""
+    options = getattr(datamodule, "options", None)  # its checked data.* options (DataOptions)
+    if options is None or options.task != "candidates" or options.annotations_csv is None:
+        return None
+    if not Path(options.annotations_csv).is_file():
+        log.warning("no FROC/CPM: the annotations CSV %s does not exist", options.annotations_csv)
+        return None
+    return FrocReference.from_csv(options.annotations_csv, options.excluded_csv, datamodule.split_series(split))
+
+
+def patch_figures(net: torch.nn.Module, predictions: pd.DataFrame, patches: np.ndarray, window: HUWindow,
+                  options: EvaluationOptions, threshold: float) -> dict[str, Figure]:
+    """The pictures on CT: the worst-errors montage and Grad-CAM of a few positives and negatives.
+
+    Args:
+        net: the network, as tested.
+        predictions: ``label, probability, seriesuid, coordX, coordY, coordZ, cache_row``.
+        patches: ``(N, C, z, y, x)`` HU patches indexed by ``cache_row`` (a patch cache's memory map).
+        window: the datamodule's HU window: grey levels of the pictures and the network's input normalisation.
+        options: ``montage_k``, ``gradcam_samples``, ``gradcam_layer``.
+        threshold: the decision threshold.
+    """
+    hu_window = (window.low, window.high)
+    figures = {}
+    if options.montage_k > 0:
+        figures[f"{PLOTS}/worst_errors.png"] = worst_errors_figure(predictions, patches, threshold, options.montage_k,
+                                                                   hu_window)
+    samples = pick_samples(predictions, options.gradcam_samples)
+    if len(samples):
+        hu = np.stack([np.asarray(patches[row]) for row in samples["cache_row"]])
+        images = torch.stack([window(volume) for volume in hu])
+        layer = options.gradcam_layer or last_conv3d(net, images.shape[1:])
+        figures[f"{PLOTS}/gradcam.png"] = gradcam_figure(hu, gradcam_heatmaps(net, images, layer), samples,
+                                                         hu_window, layer)
+    return figures
+
+
+def _confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """2x2 counts, rows = true class, columns = predicted (``probability > threshold``)."""
+    predicted = (probabilities > threshold).astype(np.int64)
+    return np.bincount(labels * 2 + predicted, minlength=4).reshape(2, 2)
