@@ -48,7 +48,7 @@ CHILD_EXIT_TIMEOUT_S = 300  # ranks > 0 finish right after rank 0; a rank still 
 def is_rank_zero() -> bool:
     """Whether this process is rank 0 (Lightning's rank: from ``RANK``, ``LOCAL_RANK`` or ``SLURM_PROCID``
     at start, then the trainer's global rank)."""
-    return rank_zero_only.rank == 0
+    return rank_zero_only.rank == 0  # type: ignore[attr-defined]  # Lightning sets it on the function
 
 
 def quiet_other_ranks() -> None:

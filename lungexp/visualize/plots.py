@@ -77,7 +77,7 @@ def score_histogram_figure(probabilities: np.ndarray, labels: np.ndarray, thresh
     the decision thresholds (``{description: value}``) as vertical lines."""
     fig = Figure(figsize=(5.5, 3.5), layout="constrained")
     ax = fig.subplots()
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41).tolist()
     for value, name in enumerate(class_names):
         ax.hist(probabilities[labels == value], bins=bins, alpha=0.6, label=f"{name} (n={int((labels == value).sum()):,})")
     for (name, threshold), style in zip(thresholds.items(), ("-", ":"), strict=False):
