@@ -29,6 +29,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import pytorch_lightning as pl
 import torch.distributed
@@ -64,9 +65,9 @@ def quiet_other_ranks() -> None:
 def starts_own_ranks(trainer: pl.Trainer) -> bool:
     """Whether fitting with ``trainer`` starts ranks 1..N-1 by re-running the command (Lightning's ``ddp``
     without torchrun or SLURM)."""
-    strategy = trainer.strategy
-    return (isinstance(strategy.launcher, _SubprocessScriptLauncher)
-            and not strategy.cluster_environment.creates_processes_externally)
+    launcher = trainer.strategy.launcher
+    return (isinstance(launcher, _SubprocessScriptLauncher)
+            and not launcher.cluster_environment.creates_processes_externally)
 
 
 @contextmanager
@@ -80,9 +81,9 @@ def sweep_job_ranks(trainer: pl.Trainer) -> Iterator[None]:
     hydra = HydraConfig.get()  # Hydra sets it anew for every job
     argv, environ = list(sys.argv), dict(os.environ)
     sys.argv = [sys.argv[0], *hydra.overrides.task]
-    with read_write(hydra.run):
+    with read_write(hydra.run):  # type: ignore[arg-type]  # typed as the HydraConf dataclass, is a DictConfig
         hydra.run.dir = hydra.runtime.output_dir  # Lightning passes it on as hydra.run.dir
-    launcher = trainer.strategy.launcher
+    launcher = cast(_SubprocessScriptLauncher, trainer.strategy.launcher)  # as starts_own_ranks checked
     try:
         yield
     except BaseException:
