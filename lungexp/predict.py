@@ -24,14 +24,14 @@ def main(cfg: DictConfig) -> None:
     from lungexp.inference.scans import open_scans
     from lungexp.inference.submission import predict_candidates, read_candidates, write_submission
 
-    predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision)
+    predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision, calibration=cfg.calibration)
     scans = open_scans(cfg.scans)
     candidates = read_candidates(cfg.candidates, scans)
     table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
     out = write_submission(table, cfg.out)
     print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.path} "
           f"({predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
-          f"{predictor.precision}) -> {out}")
+          f"{predictor.precision}, calibration {cfg.calibration}) -> {out}")
 
 
 if __name__ == "__main__":
