@@ -1,5 +1,5 @@
 """Score candidates with a trained checkpoint, an ensemble or a registered model:
-``python -m lungexp.predict ckpt_path=FILE|[A,B]|cv_run=ID|model=models:/NAME@ALIAS scans=PATH candidates=CSV out=CSV``.
+``python -m lungexp.predict ckpt_path=FILE|[A,B]|cv_run=ID|model_uri=models:/NAME@ALIAS scans=PATH candidates=CSV out=CSV``.
 
 Writes LUNA16's submission format ``seriesuid,coordX,coordY,coordZ,probability``; see ``conf/predict.yaml``.
 """

@@ -9,7 +9,7 @@ normalisation), so the model takes raw HU patches::
     probabilities = model.predict(hu_patches)  # float32 (N, C, S, S, S) in HU -> float32 (N,)
 
 ``C`` is the number of patch scales and ``S`` the patch size (the signature records both);
-``lungexp.predict model=models:/NAME@champion`` extracts such patches around candidates of new scans.
+``lungexp.predict model_uri=models:/NAME@champion`` extracts such patches around candidates of new scans.
 """
 
 from __future__ import annotations
@@ -120,11 +120,11 @@ def load_registered(uri: str, tracking_uri: str | None = None, device: str = "au
     try:
         loaded = mlflow.pyfunc.load_model(uri, model_config={"device": device})
     except mlflow.exceptions.MlflowException as error:
-        raise ConfigError(f"model={uri}: cannot load it from {mlflow.get_tracking_uri()}: "
+        raise ConfigError(f"model_uri={uri}: cannot load it from {mlflow.get_tracking_uri()}: "
                           f"{str(error).splitlines()[0]}") from None
     model = loaded.unwrap_python_model()
     if not isinstance(model, EnsembleModel):
-        raise ConfigError(f"model={uri}: not a lungexp model (it is a {type(model).__name__}); register one with "
+        raise ConfigError(f"model_uri={uri}: not a lungexp model (it is a {type(model).__name__}); register one with "
                           "`python -m lungexp.register`")
     return model.ensemble
 

@@ -69,16 +69,16 @@ def read_candidates(path: str | Path, scans: ScanSource) -> pd.DataFrame:
 
 
 def load_predictor(cfg: DictConfig) -> Ensemble:
-    """The model of a ``predict`` config: ``ckpt_path`` (one or a list), ``cv_run`` or a registered ``model``."""
-    if cfg.model is None:
+    """The model of a ``predict`` config: ``ckpt_path`` (one or a list), ``cv_run`` or a registered ``model_uri``."""
+    if cfg.model_uri is None:
         members = load_members(cfg.ckpt_path, cfg.cv_run, cfg.tracking_uri, device=cfg.device, precision=cfg.precision)
         return Ensemble(members, tta=cfg.tta or EvaluationOptions.from_config(members[0].evaluation).tta)
     if cfg.ckpt_path is not None or cfg.cv_run is not None or cfg.tta is not None or cfg.precision is not None:
-        raise ConfigError(f"model={cfg.model} carries its checkpoints, TTA and precision; drop ckpt_path, cv_run, "
+        raise ConfigError(f"model_uri={cfg.model_uri} carries its checkpoints, TTA and precision; drop ckpt_path, cv_run, "
                           "tta and precision")
     from lungexp.inference.registered import load_registered  # imports MLflow's pyfunc machinery
 
-    return load_registered(cfg.model, cfg.tracking_uri, device=cfg.device)
+    return load_registered(cfg.model_uri, cfg.tracking_uri, device=cfg.device)
 
 
 def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource, candidates: pd.DataFrame,
