@@ -5,8 +5,8 @@ The registered model is an ``mlflow.pyfunc`` model: its artifacts are the checkp
 ``model_config`` holds the TTA mode. The checkpoints carry their own preprocessing (patch geometry, HU window,
 normalisation), so the model takes raw HU patches::
 
-    model = mlflow.pyfunc.load_model("models:/NAME@champion")
-    probabilities = model.predict(hu_patches)  # float32 (N, C, S, S, S) in HU -> float32 (N,)
+    loaded = mlflow.pyfunc.load_model("models:/NAME@champion")
+    probabilities = loaded.predict(hu_patches)  # float32 (N, C, S, S, S) in HU -> float32 (N,)
 
 ``C`` is the number of patch scales and ``S`` the patch size (the signature records both);
 ``lungexp.predict model_uri=models:/NAME@champion`` extracts such patches around candidates of new scans.
