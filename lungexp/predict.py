@@ -1,5 +1,5 @@
-"""Score candidates with a trained checkpoint:
-``python -m lungexp.predict ckpt_path=FILE scans=PATH candidates=CSV out=CSV``.
+"""Score candidates with a trained checkpoint, an ensemble or a registered model:
+``python -m lungexp.predict ckpt_path=FILE|[A,B]|cv_run=ID|model_uri=models:/NAME@ALIAS scans=PATH candidates=CSV out=CSV``.
 
 Writes LUNA16's submission format ``seriesuid,coordX,coordY,coordZ,probability``; see ``conf/predict.yaml``.
 """
@@ -20,19 +20,22 @@ def main(cfg: DictConfig) -> None:
     check_required(cfg)
     check_top_level(cfg, "predict")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     # Imported here so that `--help` does not pay for torch.
-    from lungexp.inference.model import Predictor
     from lungexp.inference.scans import open_scans
-    from lungexp.inference.submission import predict_candidates, read_candidates, write_submission
+    from lungexp.inference.submission import (
+        load_predictor,
+        predict_candidates,
+        read_candidates,
+        write_submission,
+    )
 
-    predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision, calibration=cfg.calibration)
+    predictor = load_predictor(cfg)
     scans = open_scans(cfg.scans)
     candidates = read_candidates(cfg.candidates, scans)
     table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
     out = write_submission(table, cfg.out)
-    print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.path} "
+    print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.description} "
           f"({predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
           f"{predictor.precision}, calibration {cfg.calibration}) -> {out}")
-
 
 if __name__ == "__main__":
     main()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lungexp.data.patches.normalization import HUWindow
 from lungexp.metrics.calibration import Calibrator, calibrator_from_dict, check_calibration
 from lungexp.metrics.threshold import threshold_from_validation
 from lungexp.reporting.calibration import calibrate_table, fit_on_validation
@@ -63,22 +64,27 @@ class Predictor:
         return threshold_from_validation(rule, calibrate_table(self.validation_predictions, self.calibrator))
 
     @torch.inference_mode()
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Sigmoid of the logit of each patch of one normalised ``(B, C, D, H, W)`` batch (float32, on CPU)."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.net(batch.to(self.device)).squeeze(-1)
+        return torch.sigmoid(logits.float()).cpu()
+
     def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
-        """Sigmoid of the logit for each normalised ``(B, C, D, H, W)`` batch, concatenated (float32), not
-        calibrated."""
-        outputs = []
-        for batch in images:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                logits = self.net(batch.to(self.device)).squeeze(-1)
-            outputs.append(torch.sigmoid(logits.float()).cpu())
+        """:meth:`batch_probabilities` of each batch, concatenated (float32), not calibrated."""
+        outputs = [self.batch_probabilities(batch) for batch in images]
         return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
 
     def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the checkpoint's window and
         calibrated by :attr:`calibrator` when there is one."""
-        window = self.recipe.window  # per patch, as the training dataset applies it (zscore is per patch)
-        batches = (torch.stack([window(patch) for patch in hu_patches[start:start + batch_size]])
-                   for start in range(0, len(hu_patches), batch_size))
-        probabilities = self.probabilities(batches)
+        probabilities = self.probabilities(normalized_batches(self.recipe.window, hu_patches, batch_size))
         return probabilities if self.calibrator is None else self.calibrator(probabilities).astype(np.float32)
+
+
+def normalized_batches(window: HUWindow, hu_patches: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """``(B, C, D, H, W)`` batches of HU patches normalised per patch, as the training dataset does (zscore is
+    per patch)."""
+    for start in range(0, len(hu_patches), batch_size):
+        yield torch.stack([window(patch) for patch in hu_patches[start:start + batch_size]])

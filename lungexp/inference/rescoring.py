@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from lungexp.data.names import IMAGE_KEY
-from lungexp.inference.model import Predictor
+from lungexp.inference.ensemble import Ensemble, check_unseen_data, load_members
 from lungexp.metrics.bootstrap import summary_names, with_interval
 from lungexp.reporting.calibration import calibrate_table
 from lungexp.reporting.options import EvaluationOptions
@@ -100,13 +100,16 @@ def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) 
 def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> EvaluationResult:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split`` and log the report to a new MLflow run."""
     split = look_up_option("split", cfg.split, SPLITS)
-    predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision)
-    recipe = predictor.recipe
+    members = load_members(cfg.ckpt_path, cfg.cv_run, cfg.paths.mlflow_uri, device=cfg.device,
+                           precision=cfg.precision)
+    recipe = members[0].recipe
     with open_dict(cfg):  # the effective settings, so that they are what gets logged
         cfg.data = data_config(cfg, recipe, overrides)
-        cfg.eval = group_config(cfg, "eval", predictor.evaluation, overrides)
+        cfg.eval = group_config(cfg, "eval", members[0].evaluation, overrides)
         cfg.experiment_name = cfg.experiment_name or recipe.mlflow.get("experiment_name") or "lungexp"
     options = EvaluationOptions.from_config(cfg.eval)  # checked before any slow work
+    predictor = Ensemble(members, tta=options.tta)
+    check_unseen_data(predictor, cfg.data)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     datamodule.prepare_data()
     if split == "all":
@@ -120,7 +123,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     report.figures.update(patch_figures(predictor.net, predictions, datamodule.cache.patches, datamodule.window,
                                         options, settings.threshold))
 
-    training_run = recipe.mlflow.get("run_id")
+    training_run = cfg.cv_run or recipe.mlflow.get("run_id")
     loggers = instantiate_loggers(cfg.get("logger"), {"run_name": run_name(cfg), "tags": git_tags()})
     log_config(loggers, cfg)
     for logger in mlflow_loggers(loggers):
@@ -133,7 +136,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     for logger in mlflow_loggers(loggers):
         run_id = logger.run_id
         logger.finalize("success")
-    return EvaluationResult(str(predictor.path), split, report.metrics, predictions, run_id, training_run)
+    return EvaluationResult(predictor.description, split, report.metrics, predictions, run_id, training_run)
 
 
 def print_summary(result: EvaluationResult) -> None:
@@ -149,7 +152,7 @@ def print_summary(result: EvaluationResult) -> None:
     print("\n".join(lines))
 
 
-def _predict(predictor: Predictor, datamodule: Any, split: str) -> pd.DataFrame:
+def _predict(predictor: Ensemble, datamodule: Any, split: str) -> pd.DataFrame:
     """Per-patch probabilities of a split, joined with the sample table as the training test stage does."""
     dataset = datamodule.datasets[split]
     loader = DataLoader(dataset, batch_size=datamodule.options.batch_size, num_workers=datamodule.options.num_workers)

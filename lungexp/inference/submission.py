@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from lungexp.data.labels.annotations import read_points
@@ -21,10 +22,12 @@ from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
 from lungexp.data.patches.extraction import PatchExtractor
 from lungexp.data.scans import ScanHeader
 from lungexp.data.scans.scan import Scan
+from lungexp.inference.ensemble import Ensemble, load_members
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import ScanSource
+from lungexp.reporting.options import EvaluationOptions
 from lungexp.utils.atomic import atomic_file
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import ConfigError, LungexpError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,23 @@ def read_candidates(path: str | Path, scans: ScanSource) -> pd.DataFrame:
     return points
 
 
-def predict_candidates(predictor: Predictor, scans: ScanSource, candidates: pd.DataFrame,
+def load_predictor(cfg: DictConfig) -> Ensemble:
+    """The model of a ``predict`` config: ``ckpt_path`` (one or a list), ``cv_run`` or a registered ``model_uri``."""
+    if cfg.model_uri is None:
+        members = load_members(cfg.ckpt_path, cfg.cv_run, cfg.tracking_uri, device=cfg.device, precision=cfg.precision)
+        ensemble = Ensemble(members, tta=cfg.tta or EvaluationOptions.from_config(members[0].evaluation).tta)
+        ensemble.calibrate(cfg.calibration)
+        return ensemble
+    if (cfg.ckpt_path is not None or cfg.cv_run is not None or cfg.tta is not None or cfg.precision is not None
+            or cfg.calibration != "none"):
+        raise ConfigError(f"model_uri={cfg.model_uri} carries its checkpoints, TTA, calibration and precision; drop "
+                          "ckpt_path, cv_run, tta, calibration and precision")
+    from lungexp.inference.registered import load_registered  # imports MLflow's pyfunc machinery
+
+    return load_registered(cfg.model_uri, cfg.tracking_uri, device=cfg.device)
+
+
+def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource, candidates: pd.DataFrame,
                        source: str | Path = "candidates", batch_size: int = 64) -> pd.DataFrame:
     """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order."""
     groups = candidates.groupby("seriesuid", sort=False).indices

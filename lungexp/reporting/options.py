@@ -9,6 +9,7 @@ from typing import Any
 
 from lungexp.metrics.calibration import check_calibration
 from lungexp.metrics.threshold import check_threshold_rule
+from lungexp.models.tta import check_tta
 from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class EvaluationOptions:
         gradcam_samples: test positives, and as many negatives, shown with Grad-CAM; 0: none.
         gradcam_layer: the network's module (dotted name) whose output Grad-CAM explains; ``None``: the
             last 3D convolution, found automatically.
+        tta: test-time augmentation of the test stage, ``evaluate`` and ``predict``: ``none`` or ``flips``
+            (see :mod:`lungexp.models.tta`); Grad-CAM explains the plain input.
     """
 
     threshold: str | float = "youden"
@@ -36,10 +39,12 @@ class EvaluationOptions:
     montage_k: int = 4
     gradcam_samples: int = 3
     gradcam_layer: str | None = None
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", check_threshold_rule(self.threshold))
         check_calibration(self.calibration)
+        check_tta(self.tta, "eval.tta")
         for key in ("bootstrap", "montage_k", "gradcam_samples"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 0:
@@ -55,7 +60,7 @@ class EvaluationOptions:
                         "resamples every test metric",
                         config.pop("froc_bootstrap"))
         gradcam = dict(config.pop("gradcam", None) or {})
-        unknown = sorted(set(config) - {"threshold", "calibration", "bootstrap", "montage_k"})
+        unknown = sorted(set(config) - {"threshold", "calibration", "bootstrap", "montage_k", "tta"})
         unknown += sorted(f"gradcam.{key}" for key in set(gradcam) - {"samples", "target_layer"})
         if unknown:
             raise ConfigError(f"unknown eval option(s) {['eval.' + key for key in unknown]}; "

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pytorch_lightning.loggers import MLFlowLogger
 
 from lungexp.tracking.runs import create_run, ensure_experiment, sweep_parent_run_id
+from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,11 @@ CONFIG_HASH_TAG = "lungexp.cv.config_hash"
 ROLE_TAG = "lungexp.cv.role"  # parent | fold
 FOLD_TAG = "lungexp.cv.fold"
 COMPLETE_TAG = "lungexp.cv.complete"  # set once a fold's test predictions are logged
+# On the parent, per fold k: `lungexp.cv.checkpoint.fold<k>` (the file's path) and `...uri.fold<k>` (its copy, an
+# artifact of the fold run): what `predict`/`evaluate cv_run=<parent run id>` ensemble.
+CHECKPOINT_TAG = "lungexp.cv.checkpoint"
+CHECKPOINT_URI_TAG = "lungexp.cv.checkpoint_uri"
+CHECKPOINT_ARTIFACTS = "checkpoints"
 
 
 class FoldRuns:
@@ -70,6 +79,14 @@ class FoldRuns:
         return create_run(self.client, self.experiment_id, f"{self.run_name} fold{fold}", parent_run_id=self.parent_id,
                           tags={**self.tags, ROLE_TAG: "fold", FOLD_TAG: str(fold), CONFIG_HASH_TAG: self.config_hash})
 
+    def record_checkpoint(self, fold: int, run_id: str, path: str | Path) -> None:
+        """Log a fold's best checkpoint as an artifact of its run, and tag the parent with its path and URI."""
+        path = Path(path).resolve()
+        self.client.log_artifact(run_id, str(path), CHECKPOINT_ARTIFACTS)
+        self.client.set_tag(self.parent_id, f"{CHECKPOINT_TAG}.fold{fold}", str(path))
+        self.client.set_tag(self.parent_id, f"{CHECKPOINT_URI_TAG}.fold{fold}",
+                            f"runs:/{run_id}/{CHECKPOINT_ARTIFACTS}/{path.name}")
+
     def complete_fold(self, run_id: str) -> None:
         self.client.set_tag(run_id, COMPLETE_TAG, "true")
         self.client.set_terminated(run_id, "FINISHED")
@@ -97,3 +114,30 @@ class FoldRuns:
     def _search(self, filter_string: str) -> list[Run]:
         return list(self.client.search_runs([self.experiment_id], filter_string,
                                             order_by=["attributes.start_time DESC"]))
+
+
+def fold_checkpoints(tracking_uri: str, parent_run_id: str, download_to: str | Path) -> list[Path]:
+    """The fold checkpoints a CV parent run recorded, by fold: each file where it was written if it is still
+    there, else its MLflow artifact downloaded under ``download_to``.
+
+    Raises :class:`~lungexp.utils.errors.ConfigError` when the run is not a CV parent or recorded no checkpoint.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        tags = client.get_run(parent_run_id).data.tags
+    except MlflowException:
+        raise ConfigError(f"cv_run={parent_run_id}: no such MLflow run in {tracking_uri}") from None
+    folds = sorted(int(key.rsplit("fold", 1)[1]) for key in tags if key.startswith(f"{CHECKPOINT_TAG}.fold"))
+    if tags.get(ROLE_TAG) != "parent" or not folds:
+        raise ConfigError(f"cv_run={parent_run_id}: not the parent run of a cross-validation that recorded its fold "
+                          "checkpoints (tags lungexp.cv.checkpoint.fold<k>); give the parent run id printed by "
+                          "`lungexp.run cv.folds=K`, or ckpt_path=[a.ckpt,b.ckpt]")
+    paths = []
+    for fold in folds:
+        local = Path(tags[f"{CHECKPOINT_TAG}.fold{fold}"])
+        if not local.is_file():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags[f"{CHECKPOINT_URI_TAG}.fold{fold}"],
+                                                             dst_path=str(Path(download_to) / f"fold{fold}"),
+                                                             tracking_uri=tracking_uri))
+        paths.append(local)
+    return paths

@@ -209,6 +209,8 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
         raise
     if runs is not None:
         runs.client.set_tag(run_id, "lungexp.cv.optimized_metric", str(result.optimized_metric))
+        if result.best_checkpoint:
+            runs.record_checkpoint(fold.index, run_id, result.best_checkpoint)
         runs.complete_fold(run_id)
     return FoldResult(fold, {k: v for k, v in result.metrics.items() if k.startswith("test/")},
                       result.optimized_metric, result.test_predictions, run_id, reused=False)

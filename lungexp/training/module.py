@@ -20,6 +20,7 @@ from lungexp.metrics.classification import classification_metrics
 from lungexp.metrics.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
+from lungexp.models.tta import tta_probabilities
 from lungexp.reporting.calibration import calibrate_table, fit_on_validation
 from lungexp.reporting.options import EvaluationOptions
 from lungexp.reporting.report import evaluate_predictions, evaluation_settings, patch_figures
@@ -194,7 +195,11 @@ class NoduleClassifier(pl.LightningModule):
         self.validation_predictions = stored_validation_predictions(checkpoint)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._collect("test", batch, self._evaluate(batch, "test"))
+        probabilities = self._evaluate(batch, "test")  # the loss is of the plain input
+        if self.evaluation.tta != "none":
+            probabilities = tta_probabilities(lambda image: torch.sigmoid(self(image).float()), batch[IMAGE_KEY],
+                                              self.evaluation.tta)
+        self._collect("test", batch, probabilities)
 
     def on_test_epoch_end(self) -> None:
         predictions = self.test_predictions = calibrate_table(self.predictions("test"), self.calibrator())

@@ -1,0 +1,192 @@
+"""Several checkpoints (e.g. the folds of a cross-validation) scored as one predictor, with test-time augmentation.
+
+Members' **probabilities** are averaged, not their logits: members trained separately (on different folds, with
+their own early stopping) put their logits on different scales, so a mean of logits lets the most confident
+member outvote the others, while a mean of probabilities weighs each member equally and stays a probability
+(nnU-Net averages its folds' softmax probabilities the same way). Test-time flips are averaged the same way
+(:mod:`lungexp.models.tta`), and an optional calibrator maps the averaged probability last.
+
+An :class:`Ensemble` has the interface of :class:`~lungexp.inference.model.Predictor`, so ``predict`` and
+``evaluate`` use either; an ensemble of one checkpoint without TTA gives that checkpoint's probabilities exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lungexp.inference.model import Predictor, normalized_batches
+from lungexp.metrics.calibration import Calibrator
+from lungexp.metrics.threshold import threshold_from_validation
+from lungexp.models.tta import check_tta, tta_probabilities
+from lungexp.reporting.calibration import calibrate_table, fit_on_validation
+from lungexp.tracking.folds import fold_checkpoints
+from lungexp.training.checkpoint import ModelRecipe
+from lungexp.utils.errors import ConfigError
+
+
+def preprocessing(recipe: ModelRecipe) -> dict[str, object]:
+    """What a member's input is made of; every member of an ensemble must agree on all of it."""
+    return {"task": recipe.task, "patch.size": recipe.patch.size, "patch.spacing_mm": list(recipe.patch.spacing_mm),
+            "patch.pad_hu": recipe.patch.pad_hu, "hu_window": list(recipe.hu_window),
+            "normalize": recipe.normalize, "in_channels": recipe.in_channels}
+
+
+class Ensemble:
+    """The mean probability of several :class:`Predictor` members over the views of ``tta``, then calibrated.
+
+    Args:
+        members: predictors sharing their preprocessing (:func:`preprocessing`).
+        tta: ``none`` or ``flips`` (see :mod:`lungexp.models.tta`).
+        calibrator: applied to the averaged probabilities; None: none.
+
+    Raises :class:`ConfigError` naming the first member and one that differs, and the field, when the
+    members' preprocessing differs.
+    """
+
+    def __init__(self, members: Sequence[Predictor], tta: str = "none", calibrator: Calibrator | None = None) -> None:
+        if not members:
+            raise ConfigError("an ensemble needs at least one checkpoint")
+        first = preprocessing(members[0].recipe)
+        for member in members[1:]:
+            differing = {key: value for key, value in preprocessing(member.recipe).items() if first[key] != value}
+            if differing:
+                key = next(iter(differing))
+                raise ConfigError(f"the checkpoints {members[0].path} and {member.path} cannot be ensembled: their "
+                                  f"preprocessing differs in {', '.join(differing)} ({key}={first[key]} vs "
+                                  f"{differing[key]}); ensemble only models trained on the same patches")
+        self.members = list(members)
+        self.tta = check_tta(tta)
+        self.calibrator = calibrator
+
+    @property
+    def recipe(self) -> ModelRecipe:
+        """The first member's recipe: its preprocessing is every member's."""
+        return self.members[0].recipe
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    @property
+    def precision(self) -> str:
+        return self.members[0].precision
+
+    @property
+    def net(self) -> nn.Module:
+        """The first member's network: what Grad-CAM explains, on the plain input."""
+        return self.members[0].net
+
+    @property
+    def paths(self) -> list[Path]:
+        return [member.path for member in self.members]
+
+    @property
+    def evaluation(self) -> dict | None:
+        """The first member's ``eval`` config (the folds of a CV share it)."""
+        return self.members[0].evaluation
+
+    @property
+    def description(self) -> str:
+        """For the printed line: the checkpoint, or how many, and the TTA and calibration used."""
+        model = str(self.members[0].path) if len(self.members) == 1 else f"an ensemble of {len(self.members)} checkpoints"
+        extras = [f"tta={self.tta}"] if self.tta != "none" else []
+        if self.calibrator is not None:
+            extras.append(f"calibration={getattr(self.calibrator, 'method', 'custom')}")
+        return model + (f" ({', '.join(extras)})" if extras else "")
+
+    def calibrate(self, method: str) -> None:
+        """Calibrate :meth:`patch_probabilities` and :meth:`decision_threshold` with ``method`` (``eval.calibration``):
+        one member's own calibrator (the one its checkpoint stores, or fitted on its validation predictions), or
+        for several members one fitted on their validation predictions pooled (each member's on its own
+        validation split: the ensemble's own validation predictions do not exist)."""
+        if len(self.members) == 1:
+            member = self.members[0]
+            member.calibrate(method)
+            self.calibrator, member.calibrator = member.calibrator, None  # applied once, here
+        else:
+            self.calibrator = fit_on_validation(method, self.validation_predictions())
+
+    def validation_predictions(self) -> pd.DataFrame | None:
+        """The members' validation predictions (``label``, ``probability``, ...), pooled; None if none has any."""
+        tables = [member.validation_predictions for member in self.members if member.validation_predictions is not None]
+        return pd.concat(tables, ignore_index=True) if tables else None
+
+    def decision_threshold(self, rule: str | float) -> float:
+        """Uncalibrated, the mean of the members' thresholds, each chosen on its own validation predictions (as the
+        pooled report of a CV does); calibrated, the rule on the pooled validation predictions calibrated alike.
+        One member's exactly, either way."""
+        if self.calibrator is None:
+            return float(np.mean([member.decision_threshold(rule) for member in self.members]))
+        return threshold_from_validation(rule, calibrate_table(self.validation_predictions(), self.calibrator))
+
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """The members' mean TTA probability of each patch of one normalised batch (before calibration)."""
+        probabilities = [tta_probabilities(member.batch_probabilities, batch, self.tta) for member in self.members]
+        return probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities).mean(dim=0)
+
+    def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
+        """Probabilities of normalised ``(B, C, D, H, W)`` batches, concatenated (float32), not calibrated (as
+        :meth:`Predictor.probabilities`; ``evaluate`` keeps both in its table)."""
+        outputs = [self.batch_probabilities(batch) for batch in images]
+        return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
+
+    def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the members' window and
+        calibrated by :attr:`calibrator` when there is one."""
+        probabilities = self.probabilities(normalized_batches(self.recipe.window, hu_patches, batch_size))
+        if self.calibrator is None or not len(probabilities):
+            return probabilities
+        return np.asarray(self.calibrator(probabilities), dtype=np.float32)
+
+
+def load_members(ckpt_path: str | Sequence[str] | None, cv_run: str | None, tracking_uri: str,
+                 device: str = "auto", precision: str | None = None) -> list[Predictor]:
+    """The predictors of the checkpoints :func:`checkpoint_paths` names (a CV's downloaded only while read)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return [Predictor(path, device=device, precision=precision)
+                for path in checkpoint_paths(ckpt_path, cv_run, tracking_uri, folder)]
+
+
+def checkpoint_paths(ckpt_path: str | Sequence[str] | None, cv_run: str | None, tracking_uri: str,
+                     download_to: str | Path) -> list[Path]:
+    """The checkpoints ``ckpt_path`` (one, or a list) or ``cv_run`` (a CV parent run's folds) name; exactly one
+    of the two must be given."""
+    if (ckpt_path is None) == (cv_run is None):
+        raise ConfigError("give the model as ckpt_path=FILE, ckpt_path=[a.ckpt,b.ckpt] or cv_run=<MLflow run id "
+                          "of a cross-validation's parent run>, and only one of them")
+    if cv_run is not None:
+        return fold_checkpoints(tracking_uri, str(cv_run), download_to)
+    assert ckpt_path is not None  # exactly one of the two, checked above
+    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    if not paths:
+        raise ConfigError("ckpt_path=[]: name at least one checkpoint")
+    return [Path(path) for path in paths]
+
+
+def check_unseen_data(ensemble: Ensemble, data: Mapping[str, Any]) -> None:
+    """Refuse to evaluate members trained on different splits (the folds of a CV) on a dataset they trained on:
+    each fold's test scans trained the other members, so the metrics would leak. Members of one split (or
+    copies of one checkpoint) are scored on their common test split as a single checkpoint is."""
+    splits = {json.dumps(member.recipe.data.get("split"), sort_keys=True, default=str) for member in ensemble.members}
+    root = data.get("root")
+    trained_here = [member.path for member in ensemble.members if _same_root(member.recipe.data.get("root"), root)]
+    if len(splits) > 1 and trained_here:
+        raise ConfigError(f"the ensemble's members were trained on different splits of data.root={root} (e.g. "
+                          f"{trained_here[0]}), so every scan of it trained some member: evaluating them together "
+                          "there would leak. Evaluate a fold ensemble on data the folds never saw (data.root=OTHER "
+                          "split=all), or each fold checkpoint on its own test split")
+
+
+def _same_root(trained: Any, evaluated: Any) -> bool:
+    if trained is None or evaluated is None:
+        return False
+    return Path(str(trained)).expanduser().resolve() == Path(str(evaluated)).expanduser().resolve()

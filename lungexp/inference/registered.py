@@ -1,0 +1,145 @@
+"""A checkpoint, or an ensemble of them, as one model of the MLflow Model Registry (``python -m lungexp.register``).
+
+The registered model is an ``mlflow.pyfunc`` model: its artifacts are the checkpoint files (read back with
+:func:`~lungexp.training.checkpoint.load_checkpoint`, ``weights_only``: the network is never pickled), and its
+``model_config`` holds the TTA mode. The checkpoints carry their own preprocessing (patch geometry, HU window,
+normalisation), so the model takes raw HU patches::
+
+    loaded = mlflow.pyfunc.load_model("models:/NAME@champion")
+    probabilities = loaded.predict(hu_patches)  # float32 (N, C, S, S, S) in HU -> float32 (N,)
+
+``C`` is the number of patch scales and ``S`` the patch size (the signature records both);
+``lungexp.predict model_uri=models:/NAME@champion`` extracts such patches around candidates of new scans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types import Schema, TensorSpec
+
+from lungexp.inference.ensemble import Ensemble
+from lungexp.inference.model import Predictor
+from lungexp.metrics.calibration import calibrator_from_dict
+from lungexp.models.tta import check_tta
+from lungexp.tracking.runs import ensure_experiment
+from lungexp.utils.errors import ConfigError
+
+MODEL_ARTIFACT = "model"  # the name of the pyfunc model inside its MLflow run
+REGISTRY_EXPERIMENT = "lungexp-registry"  # the experiment of the runs that log registered models
+
+
+class EnsembleModel(PythonModel):
+    """The pyfunc model: an :class:`~lungexp.inference.ensemble.Ensemble` of the artifacts ``member0``, ``member1``, ...
+
+    ``model_config``: ``{"members": N, "tta": "none"|"flips", "calibration": a fitted calibrator's state or None,
+    "device": "auto"}``; ``device`` may be overridden
+    at load time (``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})``).
+    """
+
+    ensemble: Ensemble
+
+    def load_context(self, context: PythonModelContext) -> None:
+        config = context.model_config
+        members = [Predictor(context.artifacts[f"member{index}"], device=config.get("device", "auto"))
+                   for index in range(int(config["members"]))]
+        calibration = config.get("calibration")
+        self.ensemble = Ensemble(members, tta=config["tta"],
+                                 calibrator=None if calibration is None else calibrator_from_dict(calibration))
+
+    def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
+                ) -> np.ndarray:
+        """Probabilities of HU patches ``(N, C, S, S, S)``."""
+        patches = np.asarray(model_input, dtype=np.float32)
+        patch = self.ensemble.recipe.patch
+        expected = (patch.channels, patch.size, patch.size, patch.size)
+        if patches.ndim != 5 or patches.shape[1:] != expected:
+            raise ConfigError(f"this model scores HU patches of shape (N, {', '.join(map(str, expected))}); got "
+                              f"an array of shape {patches.shape}")
+        return self.ensemble.patch_probabilities(patches)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    members: int
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "champion", tta: str = "none",
+                   calibration: str = "none", tracking_uri: str | None = None, artifact_location: str | None = None,
+                   description: str | None = None) -> RegisteredVersion:
+    """Log the checkpoints as one pyfunc model to a new run and register it as a new version of ``name``,
+    pointed to by ``alias``.
+
+    ``artifact_location``: where a new registry experiment of a local store keeps the model files (as
+    ``paths.mlflow_artifacts``). The members are loaded first, so a checkpoint that is not lungexp's, or members whose preprocessing differs,
+    fail before anything is logged.
+    """
+    ensemble = Ensemble([Predictor(path, device="cpu") for path in ckpt_paths], tta=check_tta(tta))
+    ensemble.calibrate(calibration)  # fitted now, stored in the model: loading it never refits
+    if not name:
+        raise ConfigError("name=...: give the registered model a name")
+    patch = ensemble.recipe.patch
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, patch.channels, patch.size, patch.size, patch.size))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment_id = ensure_experiment(client, REGISTRY_EXPERIMENT, artifact_location)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register {name}") as run:
+        mlflow.log_params({"members": len(ensemble.members), "tta": ensemble.tta, "calibration": calibration,
+                           **{f"member{index}": str(path) for index, path in enumerate(ensemble.paths)}})
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=EnsembleModel(), signature=signature,
+            artifacts={f"member{index}": str(path) for index, path in enumerate(ensemble.paths)},
+            model_config={"members": len(ensemble.members), "tta": ensemble.tta, "device": "auto",
+                          "calibration": None if ensemble.calibrator is None else ensemble.calibrator.to_dict()},
+            pip_requirements=_requirements(), registered_model_name=name)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, alias, version)
+    if description:
+        client.update_model_version(name, version, description=description)
+    return RegisteredVersion(name, version, alias, run.info.run_id, len(ensemble.members))
+
+
+def load_registered(uri: str, tracking_uri: str | None = None, device: str = "auto") -> Ensemble:
+    """The :class:`Ensemble` inside a registered lungexp model (``models:/NAME@ALIAS``, ``runs:/...``)."""
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(uri, model_config={"device": device})
+    except mlflow.exceptions.MlflowException as error:
+        raise ConfigError(f"model_uri={uri}: cannot load it from {mlflow.get_tracking_uri()}: "
+                          f"{str(error).splitlines()[0]}") from None
+    model = loaded.unwrap_python_model()
+    if not isinstance(model, EnsembleModel):
+        raise ConfigError(f"model_uri={uri}: not a lungexp model (it is a {type(model).__name__}); register one with "
+                          "`python -m lungexp.register`")
+    return model.ensemble
+
+
+def _requirements() -> list[str]:
+    """The environment a model server needs: lungexp at this version (which pins the rest)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return [f"lungexp=={version('lungexp')}"]
+    except PackageNotFoundError:
+        return ["lungexp"]

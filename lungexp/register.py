@@ -1,0 +1,38 @@
+"""Register a model: ``python -m lungexp.register ckpt_path=FILE|[A,B]|cv_run=ID name=NAME [alias=champion]``.
+
+Logs the checkpoints as one ``mlflow.pyfunc`` model (preprocessing, TTA and calibration inside) and registers it under
+``name`` with ``alias``; see ``conf/register.yaml`` and :mod:`lungexp.inference.registered`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import hydra
+from omegaconf import DictConfig
+
+from lungexp.utils.checks import check_top_level
+from lungexp.utils.config import CONFIG_DIR, check_required
+from lungexp.utils.errors import report_user_errors
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="register")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    check_required(cfg)
+    check_top_level(cfg, "register")
+    # Imported here so that `--help` does not pay for torch and MLflow.
+    from lungexp.inference.ensemble import checkpoint_paths
+    from lungexp.inference.registered import register_model
+
+    with tempfile.TemporaryDirectory() as folder:  # a CV's checkpoints, downloaded when no longer where written
+        paths = checkpoint_paths(cfg.ckpt_path, cfg.cv_run, cfg.tracking_uri, folder)
+        registered = register_model(paths, cfg.name, alias=cfg.alias, tta=cfg.tta, calibration=cfg.calibration,
+                                    tracking_uri=cfg.tracking_uri,
+                                    artifact_location=cfg.paths.mlflow_artifacts, description=cfg.description)
+    print(f"Registered {registered.members} checkpoint(s) (tta={cfg.tta}, calibration={cfg.calibration}) as {registered.name} version "
+          f"{registered.version} -> {registered.uri} (run {registered.run_id})")
+
+
+if __name__ == "__main__":
+    main()

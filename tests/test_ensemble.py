@@ -1,0 +1,111 @@
+"""Fold ensembles: several checkpoints averaged as one predictor, their CV records, and the leak ``evaluate`` refuses."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungexp.inference.ensemble import Ensemble, check_unseen_data, checkpoint_paths
+from lungexp.inference.model import Predictor
+from lungexp.tracking.folds import FoldRuns, fold_checkpoints
+from lungexp.training.checkpoint import RECIPE_KEY
+from lungexp.utils.errors import ConfigError
+
+
+def hu_patches(predictor: Predictor, count: int = 6) -> np.ndarray:
+    patch = predictor.recipe.patch
+    generator = np.random.default_rng(0)
+    return generator.uniform(-1000, 400, (count, patch.channels, patch.size, patch.size, patch.size)).astype(np.float32)
+
+
+def with_recipe(source: str | Path, target: Path, **changes: object) -> Path:
+    """A copy of a checkpoint whose recipe has ``changes`` (``patch``, ``data``: merged into the stored dicts)."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    for key, value in changes.items():
+        checkpoint[RECIPE_KEY][key] = {**checkpoint[RECIPE_KEY][key], **value}
+    torch.save(checkpoint, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def member(trained_run) -> Predictor:
+    return Predictor(trained_run.best_checkpoint, device="cpu")
+
+
+def test_an_ensemble_of_one_checkpoint_is_that_checkpoint_exactly(member: Predictor) -> None:
+    patches = hu_patches(member)
+    alone = member.patch_probabilities(patches, batch_size=4)
+    ensemble = Ensemble([member])
+    np.testing.assert_array_equal(ensemble.patch_probabilities(patches, batch_size=4), alone)
+    assert ensemble.decision_threshold("youden") == member.decision_threshold("youden")
+    assert alone.std() > 0  # a real model, not a constant
+
+
+def test_an_ensemble_of_two_copies_is_the_checkpoint(trained_run, member: Predictor, tmp_path: Path) -> None:
+    copy = Predictor(shutil.copy(trained_run.best_checkpoint, tmp_path / "copy.ckpt"), device="cpu")
+    patches = hu_patches(member)
+    np.testing.assert_array_equal(Ensemble([member, copy]).patch_probabilities(patches),
+                                  member.patch_probabilities(patches))
+
+
+def test_an_ensemble_averages_the_members_probabilities(trained_run, member: Predictor, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained_run.best_checkpoint, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"] = {key: value * 0.5 if value.is_floating_point() else value
+                                for key, value in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    other = Predictor(tmp_path / "other.ckpt", device="cpu")
+    patches = hu_patches(member)
+    first, second = member.patch_probabilities(patches), other.patch_probabilities(patches)
+    assert np.abs(first - second).max() > 1e-3
+    np.testing.assert_allclose(Ensemble([member, other]).patch_probabilities(patches), (first + second) / 2,
+                               rtol=0, atol=1e-7)
+
+
+def test_members_with_different_patch_sizes_are_refused_naming_both(trained_run, member: Predictor,
+                                                                    tmp_path: Path) -> None:
+    bigger = Predictor(with_recipe(trained_run.best_checkpoint, tmp_path / "bigger.ckpt", patch={"size": 24}),
+                       device="cpu")
+    with pytest.raises(ConfigError, match=r"bigger\.ckpt cannot be ensembled: their preprocessing differs in "
+                                          r"patch\.size \(patch\.size=16 vs 24\)") as error:
+        Ensemble([member, bigger])
+    assert str(member.path) in str(error.value)
+
+
+def test_a_fold_ensemble_is_refused_on_its_own_data_and_allowed_on_other_data(trained_run, member: Predictor,
+                                                                              tmp_path: Path) -> None:
+    split = member.recipe.data["split"]
+    other_fold = Predictor(with_recipe(trained_run.best_checkpoint, tmp_path / "fold1.ckpt",
+                                       data={"split": {**split, "seed": split.get("seed", 0) + 1}}), device="cpu")
+    folds = Ensemble([member, other_fold])
+    own_root = member.recipe.data["root"]
+    with pytest.raises(ConfigError, match="trained on different splits of data.root=.*would leak"):
+        check_unseen_data(folds, {"root": own_root})
+    check_unseen_data(folds, {"root": str(tmp_path / "another_dataset")})  # data the folds never saw
+    check_unseen_data(Ensemble([member, member]), {"root": own_root})  # one split: its test split is unseen
+
+
+def test_a_cv_parent_records_its_fold_checkpoints_and_they_are_found_again(trained_run, mlflow_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    uri = f"sqlite:///{mlflow_dir}/mlflow.db"
+    runs = FoldRuns(uri, "ensemble-test", str(mlflow_dir / "artifacts"), config_hash="ensemble-test",
+                    run_name="cv")
+    written = []
+    for fold in range(2):
+        run_id = runs.start_fold(fold)
+        written.append(Path(shutil.copy(trained_run.best_checkpoint, tmp_path / f"fold{fold}.ckpt")))
+        runs.record_checkpoint(fold, run_id, written[-1])
+        runs.complete_fold(run_id)
+    runs.finish()
+    assert fold_checkpoints(uri, runs.parent_id, tmp_path / "downloads") == written
+    written[1].unlink()  # moved away: its MLflow artifact is downloaded instead
+    found = checkpoint_paths(None, runs.parent_id, uri, tmp_path / "downloads")
+    assert found[0] == written[0] and found[1].is_relative_to(tmp_path / "downloads")
+    assert found[1].read_bytes() == Path(trained_run.best_checkpoint).read_bytes()
+    with pytest.raises(ConfigError, match="not the parent run of a cross-validation"):
+        fold_checkpoints(uri, run_id, tmp_path)
+    with pytest.raises(ConfigError, match="only one of them"):
+        checkpoint_paths("a.ckpt", runs.parent_id, uri, tmp_path)
