@@ -52,7 +52,8 @@ def format_score_table(results: dict[str, FrocResult]) -> str:
     """The CPM and the seven sensitivities of each score column, one line each, for the terminal."""
     width = max(len("score"), *map(len, results))
     header = f"  {'score':<{width}}  {'CPM':>6}  " + " ".join(f"{rate_name(rate):>6}" for rate in FP_RATES)
-    lines = [header]
+    bootstrapped = any(result.cpm_ci for result in results.values())
+    lines = [header + ("  CPM 95% CI" if bootstrapped else "")]
     for column, result in results.items():
         interval = f"  [{result.cpm_ci[0]:.4f}, {result.cpm_ci[1]:.4f}]" if result.cpm_ci else ""
         lines.append(f"  {column:<{width}}  {result.cpm:.4f}  "
