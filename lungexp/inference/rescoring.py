@@ -155,6 +155,3 @@ def _predict(predictor: Predictor, datamodule: Any, split: str) -> pd.DataFrame:
     table = datamodule.cache.index.iloc[dataset.rows].reset_index(names="cache_row")
     return table.assign(probability=probabilities.astype("float64").round(6)).reset_index(drop=True)
 
-
-def _describe(preprocessing: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in preprocessing.items())
