@@ -4,6 +4,7 @@ FROC of the detector alone, the classifier alone and their fusion."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ from lungexp.inference.scans import open_scans
 from lungexp.metrics.froc import compute_froc
 from lungexp.utils.errors import ConfigError, LungexpError
 from tests.helpers.checkpoints import write_checkpoint
-from tests.helpers.cli import run_entry_point
+from tests.helpers.cli import entry_point_command, entry_point_env
+from tests.helpers.config import PROJECT_ROOT
 
 SIZE_COLUMNS = ["sizeX", "sizeY", "sizeZ"]
 
@@ -219,9 +221,10 @@ def test_predict_detections_writes_three_scores_and_froc_reports_each(tiny_check
     detections.write_text(json.dumps(as_monai_entries(boxes, "label_scores")))
     out = tmp_path / "predictions.csv"
 
-    done = run_entry_point("predict", [f"ckpt_path={tiny_checkpoint}", f"scans={one_scan}",
-                                       f"detections={detections}", "fuse=product", f"out={out}", "device=cpu"],
-                           tmp_path)
+    command = entry_point_command("predict", [f"ckpt_path={tiny_checkpoint}", f"scans={one_scan}",
+                                              f"detections={detections}", "fuse=product", f"out={out}", "device=cpu"])
+    done = subprocess.run(command, cwd=tmp_path, env={**entry_point_env(tmp_path), "PYTHONPATH": str(PROJECT_ROOT)},
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{len(boxes)} box(es) -> {len(expected)} candidate(s) (duplicates within 5 mm merged); " \

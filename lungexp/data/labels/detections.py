@@ -146,7 +146,8 @@ def _monai_entry(path: Path, name: str, entry: Any) -> pd.DataFrame:
     if key is None:
         raise DetectionError(f"{where} has no scores; expected one of {', '.join(map(repr, MONAI_SCORE_KEYS))}")
     image = Path(str(entry["image"]))
-    uid = image.name[: -len(scan_suffix(image))] if scan_suffix(image) else image.name
+    suffix = scan_suffix(image)
+    uid = image.name[: -len(suffix)] if suffix else image.name
     try:
         boxes = np.asarray(entry["box"], dtype=np.float64).reshape(-1, 6)
         scores = np.asarray(entry[key], dtype=np.float64).reshape(-1)
