@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     from lungexp.inference.submission import predict_candidates, read_candidates, write_submission
 
     check_candidate_options(cfg.candidates, cfg.detections, cfg.fuse, cfg.merge_radius_mm)
-    predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision)
+    predictor = Predictor(cfg.ckpt_path, device=cfg.device, precision=cfg.precision, calibration=cfg.calibration)
     scans = open_scans(cfg.scans)
     if cfg.detections is not None:
         table = score_detections(predictor, scans, cfg.detections, fuse=cfg.fuse,
@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     out = write_submission(table, cfg.out)
     print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.path} "
           f"({predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
-          f"{predictor.precision}) -> {out}")
+          f"{predictor.precision}, calibration {cfg.calibration}) -> {out}")
 
 
 if __name__ == "__main__":

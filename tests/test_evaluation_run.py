@@ -87,7 +87,7 @@ def test_val_and_test_keep_every_candidate_despite_the_training_cap(tiny_run, sy
 def test_threshold_comes_from_the_best_checkpoints_validation(tiny_run) -> None:
     result, client, _ = tiny_run
     checkpoint = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
-    stored = {key: value.numpy() for key, value in checkpoint[VALIDATION_PREDICTIONS].items()}
+    stored = {key: np.asarray(value) for key, value in checkpoint[VALIDATION_PREDICTIONS].items()}
     # these are the predictions the best checkpoint was selected on: their AUROC is its monitored score
     monitored = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"]
     assert sk.roc_auc_score(stored["label"], stored["probability"]) == pytest.approx(float(monitored), abs=1e-5)

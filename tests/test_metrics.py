@@ -11,7 +11,7 @@ from sklearn import metrics as sk
 
 from lungexp.metrics.classification import reliability_bins, table_metrics
 from lungexp.metrics.froc import FrocReference
-from lungexp.metrics.threshold import choose_threshold
+from lungexp.metrics.threshold import choose_threshold, false_positives_per_scan, threshold_from_validation
 from lungexp.reporting.options import EvaluationOptions
 from lungexp.reporting.report import EvaluationSettings, evaluate_predictions
 from lungexp.utils.errors import ConfigError
@@ -116,6 +116,36 @@ def test_one_class_validation_falls_back_to_one_half() -> None:
         assert choose_threshold(np.zeros(4), np.array([0.1, 0.2, 0.3, 0.4]), "youden") == 0.5
 
 
+def test_fp_per_scan_threshold_is_the_most_sensitive_within_the_rate() -> None:
+    # 2 scans; scores descending: 0.9 P, 0.8 N, 0.7 P, 0.6 N, 0.5 N, 0.4 P, 0.3 N (a tie of 0.6 with a positive)
+    validation = pd.DataFrame({"label": [1, 0, 1, 0, 0, 1, 0, 1],
+                               "probability": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.6],
+                               "seriesuid": ["a", "b", "a", "b", "a", "b", "a", "b"]})
+    # at most 1 FP per scan = 2 FPs: scores >= 0.6 hold 2 FPs (0.8, 0.6); 0.5 would make 3
+    threshold = threshold_from_validation("fp_per_scan@1", validation)
+    assert threshold == pytest.approx((0.6 + 0.5) / 2)
+    assert false_positives_per_scan(validation, threshold) == 1.0
+    assert threshold_from_validation("fp_per_scan@0.5", validation) == pytest.approx((0.7 + 0.6) / 2)  # 1 FP
+    assert threshold_from_validation("fp_per_scan@10", validation) == pytest.approx(0.15)  # everything positive
+    # a negative on top already exceeds the rate: the threshold sits on it, so nothing is called positive
+    top_negative = validation.assign(probability=validation["probability"].where(validation["label"] == 1, 0.95))
+    assert threshold_from_validation("fp_per_scan@1", top_negative) == 0.95
+    assert false_positives_per_scan(top_negative, 0.95) == 0.0
+
+
+def test_fp_per_scan_without_the_series_of_validation_falls_back_to_half(caplog) -> None:
+    validation = pd.DataFrame({"label": LABELS, "probability": SCORES})
+    assert threshold_from_validation("fp_per_scan@1", validation) == 0.5
+    assert "seriesuid" in caplog.text
+    assert threshold_from_validation("sensitivity@1", validation) == choose_threshold(LABELS, SCORES, "sensitivity@1")
+
+
+@pytest.mark.parametrize("bad", ["fp_per_scan@0", "fp_per_scan@-1", "fp_per_scan@x", "fp_per_scan@inf"])
+def test_bad_fp_per_scan_rates(bad: str) -> None:
+    with pytest.raises(ConfigError, match="false-positive rate"):
+        EvaluationOptions.from_config({"threshold": bad})
+
+
 def test_options_from_config_checks_keys_and_values() -> None:
     options = EvaluationOptions.from_config({"threshold": "sensitivity@0.9", "montage_k": 2,
                                              "gradcam": {"samples": 1, "target_layer": "features.1.0"}})
@@ -125,6 +155,8 @@ def test_options_from_config_checks_keys_and_values() -> None:
         EvaluationOptions.from_config({"montage": 2})
     with pytest.raises(ConfigError, match="eval.gradcam.samples"):
         EvaluationOptions.from_config({"gradcam": {"samples": -1}})
+    with pytest.raises(ConfigError, match="eval.calibration='temprature'.*did you mean 'temperature'"):
+        EvaluationOptions.from_config({"calibration": "temprature"})
 
 
 def test_reliability_bins_match_numpy() -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungexp.metrics.calibration import Calibrator, calibrator_from_dict, check_calibration
 from lungexp.metrics.threshold import threshold_from_validation
+from lungexp.reporting.calibration import calibrate_table, fit_on_validation
 from lungexp.training.checkpoint import ModelRecipe, load_checkpoint
 from lungexp.utils.errors import ConfigError, look_up_option
 
@@ -24,9 +26,11 @@ class Predictor:
         ckpt_path: a checkpoint written by ``python -m lungexp.run``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
         precision: a Lightning precision name, or None for the one the checkpoint was trained with.
+        calibration: ``none``, ``temperature`` or ``isotonic`` (see :meth:`calibrate`).
     """
 
-    def __init__(self, ckpt_path: str | Path, device: str = "auto", precision: str | None = None) -> None:
+    def __init__(self, ckpt_path: str | Path, device: str = "auto", precision: str | None = None,
+                 calibration: str = "none") -> None:
         trained = load_checkpoint(ckpt_path)
         self.recipe: ModelRecipe = trained.recipe
         self.path = trained.path
@@ -40,14 +44,28 @@ class Predictor:
         self.net = trained.net.to(self.device)
         self.evaluation = trained.evaluation
         self.validation_predictions = trained.validation_predictions
+        self._stored_calibration = trained.calibration
+        self.calibrator: Calibrator | None = None
+        self.calibrate(calibration)
+
+    def calibrate(self, method: str) -> None:
+        """Calibrate :meth:`patch_probabilities` and :meth:`decision_threshold` with ``method``: the calibrator
+        the checkpoint stores when it was trained with that ``eval.calibration``, else one fitted on its
+        validation predictions (the same fit)."""
+        stored = self._stored_calibration
+        if stored is not None and stored.get("method") == check_calibration(method, key="calibration"):
+            self.calibrator = calibrator_from_dict(stored)
+        else:
+            self.calibrator = fit_on_validation(method, self.validation_predictions)
 
     def decision_threshold(self, rule: str | float) -> float:
-        """The ``eval.threshold`` rule applied to the checkpoint's own validation predictions."""
-        return threshold_from_validation(rule, self.validation_predictions)
+        """The ``eval.threshold`` rule applied to the checkpoint's own (calibrated) validation predictions."""
+        return threshold_from_validation(rule, calibrate_table(self.validation_predictions, self.calibrator))
 
     @torch.inference_mode()
     def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
-        """Sigmoid of the logit for each normalised ``(B, C, D, H, W)`` batch, concatenated (float32)."""
+        """Sigmoid of the logit for each normalised ``(B, C, D, H, W)`` batch, concatenated (float32), not
+        calibrated."""
         outputs = []
         for batch in images:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -57,8 +75,10 @@ class Predictor:
         return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
 
     def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the checkpoint's window."""
+        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the checkpoint's window and
+        calibrated by :attr:`calibrator` when there is one."""
         window = self.recipe.window  # per patch, as the training dataset applies it (zscore is per patch)
         batches = (torch.stack([window(patch) for patch in hu_patches[start:start + batch_size]])
                    for start in range(0, len(hu_patches), batch_size))
-        return self.probabilities(batches)
+        probabilities = self.probabilities(batches)
+        return probabilities if self.calibrator is None else self.calibrator(probabilities).astype(np.float32)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from lungexp.data.names import IMAGE_KEY
 from lungexp.inference.model import Predictor
 from lungexp.metrics.bootstrap import summary_names, with_interval
+from lungexp.reporting.calibration import calibrate_table
 from lungexp.reporting.options import EvaluationOptions
 from lungexp.reporting.report import evaluate_predictions, evaluation_settings, patch_figures
 from lungexp.tracking.artifacts import log_config, log_figure, log_table, mlflow_loggers
@@ -112,7 +113,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
         datamodule.setup_all()
     else:
         datamodule.setup("test")
-    predictions = _predict(predictor, datamodule, split)
+    predictor.calibrate(options.calibration)
+    predictions = calibrate_table(_predict(predictor, datamodule, split), predictor.calibrator)
     settings = evaluation_settings(datamodule, split, predictor.decision_threshold(options.threshold), options)
     report = evaluate_predictions(predictions, settings, prefix=f"{split}/", title=split.capitalize())
     report.figures.update(patch_figures(predictor.net, predictions, datamodule.cache.patches, datamodule.window,

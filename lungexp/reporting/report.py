@@ -28,6 +28,8 @@ from lungexp.metrics.bootstrap import (
 from lungexp.metrics.classification import AT_THRESHOLD, reliability_bins, table_metrics
 from lungexp.metrics.delong import delong
 from lungexp.metrics.froc import FrocReference, FrocResult, compute_froc
+from lungexp.metrics.threshold import false_positives_per_scan
+from lungexp.reporting.calibration import calibration_metrics
 from lungexp.reporting.options import EvaluationOptions
 from lungexp.visualize.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
 from lungexp.visualize.montage import worst_errors_figure
@@ -78,18 +80,25 @@ def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings
     """All metrics and (unless ``figures`` is false) figures of ``predictions``; names start with ``prefix``.
 
     Metrics: ``accuracy, precision, sensitivity, specificity, f1`` at 0.5, ``auroc``,
-    ``average_precision``, ``ece``, ``threshold`` and the five thresholded metrics at it as
-    ``at_threshold/<name>``; with ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``. With
+    ``average_precision``, ``ece``, ``brier``, ``threshold`` and the five thresholded metrics at it as
+    ``at_threshold/<name>``, with ``seriesuid`` also ``at_threshold/fp_per_scan``; for a calibrated table
+    (:mod:`lungexp.reporting.calibration`) ``ece_uncalibrated`` and ``brier_uncalibrated``; with
+    ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``. With
     ``settings.bootstrap``, ``<name>_ci_low``/``_ci_high`` (cluster bootstrap, 95 %) of AUROC, average
     precision, ECE, the thresholded metrics at ``threshold`` and the CPM; with both classes,
     ``auroc_delong_ci_low``/``_high`` (DeLong's variance).
     Figures: ROC, precision-recall, confusion matrices at 0.5 and at the threshold, score histogram,
-    reliability diagram and, with ``settings.froc``, the FROC.
+    reliability diagram (and that of the uncalibrated probabilities, for a calibrated table) and, with
+    ``settings.froc``, the FROC.
     """
     labels = predictions["label"].to_numpy().astype(np.int64)
     probabilities = predictions["probability"].to_numpy(np.float64)
     threshold = settings.threshold
     metrics = table_metrics(labels, probabilities, prefix, threshold)
+    if "seriesuid" in predictions:
+        metrics[f"{prefix}{AT_THRESHOLD}fp_per_scan"] = false_positives_per_scan(predictions, threshold)
+    calibration, calibration_plots = calibration_metrics(predictions, prefix, title, figures)
+    metrics.update(calibration)
     if 0 < labels.sum() < len(labels):
         low, high = delong(labels, probabilities).interval()
         metrics[f"{prefix}auroc_delong{CI_LOW}"], metrics[f"{prefix}auroc_delong{CI_HIGH}"] = low, high
@@ -98,7 +107,7 @@ def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings
         resampling = cluster_resampling(predictions, settings.bootstrap, settings.seed, settings.group_by,
                                         settings.froc.seriesuids if settings.froc is not None else None)
         metrics.update(interval_metrics(resampled_metrics(predictions, threshold, resampling), prefix))
-    plots = _figures(labels, probabilities, metrics, threshold, prefix, title) if figures else {}
+    plots = {**_figures(labels, probabilities, metrics, threshold, prefix, title), **calibration_plots} if figures else {}
     froc = None
     if settings.froc is not None:
         froc = compute_froc(predictions, settings.froc.annotations, excluded=settings.froc.excluded,

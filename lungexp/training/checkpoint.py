@@ -31,7 +31,7 @@ from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
 from lungexp.tracking.artifacts import mlflow_loggers
-from lungexp.training.module import VALIDATION_PREDICTIONS
+from lungexp.training.module import CALIBRATION, stored_validation_predictions
 from lungexp.utils.errors import LungexpError
 
 RECIPE_KEY = "lungexp"
@@ -263,7 +263,9 @@ class TrainedNetwork:
     """A network rebuilt from a checkpoint (in eval mode, on CPU) with its recipe and source file.
 
     ``evaluation`` is the ``eval`` config it was trained with and ``validation_predictions`` the
-    ``label, probability`` of its own weights on validation (what its decision threshold is chosen on).
+    ``label, probability`` (and ``seriesuid``) of its own weights on validation (what its decision threshold
+    and calibration are chosen on); ``calibration`` the ``eval.calibration`` fitted on them, as
+    :meth:`~lungexp.metrics.calibration.Calibrator.to_dict` wrote it (``None``: none).
     """
 
     net: nn.Module
@@ -271,6 +273,7 @@ class TrainedNetwork:
     path: Path
     evaluation: dict[str, Any] | None = None
     validation_predictions: pd.DataFrame | None = None
+    calibration: dict[str, Any] | None = None
 
 
 def load_checkpoint(path: str | Path) -> TrainedNetwork:
@@ -305,12 +308,9 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
         net.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: its weights do not fit its own network config: {error}") from None
-    validation = checkpoint.get(VALIDATION_PREDICTIONS)
-    return TrainedNetwork(
-        net=net.eval(), recipe=recipe, path=path, evaluation=evaluation,
-        validation_predictions=None if validation is None else pd.DataFrame(
-            {column: values.numpy() for column, values in validation.items()}),
-    )
+    return TrainedNetwork(net=net.eval(), recipe=recipe, path=path, evaluation=evaluation,
+                          validation_predictions=stored_validation_predictions(checkpoint),
+                          calibration=checkpoint.get(CALIBRATION))
 
 
 def read_checkpoint(path: Path) -> Any:

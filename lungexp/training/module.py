@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,10 +15,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.metrics.calibration import Calibrator
 from lungexp.metrics.classification import classification_metrics
 from lungexp.metrics.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
+from lungexp.reporting.calibration import calibrate_table, fit_on_validation
 from lungexp.reporting.options import EvaluationOptions
 from lungexp.reporting.report import evaluate_predictions, evaluation_settings, patch_figures
 from lungexp.tracking.artifacts import log_figure, log_params, log_table
@@ -27,6 +29,14 @@ from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 log = logging.getLogger(__name__)
 
 VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the decision threshold is chosen on
+CALIBRATION = "calibration"  # checkpoint entry: the eval.calibration fitted on them (absent for none)
+
+
+def stored_validation_predictions(checkpoint: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The ``label, probability`` (and, when recorded, ``seriesuid``) validation table a checkpoint carries."""
+    stored = checkpoint.get(VALIDATION_PREDICTIONS)
+    return None if stored is None else pd.DataFrame(
+        {column: values.numpy() if isinstance(values, torch.Tensor) else values for column, values in stored.items()})
 
 
 class NoduleClassifier(pl.LightningModule):
@@ -170,22 +180,24 @@ class NoduleClassifier(pl.LightningModule):
         self.validation_predictions = self.predictions("val")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.validation_predictions is not None:
+        validation = self.validation_predictions
+        if validation is not None:
             checkpoint[VALIDATION_PREDICTIONS] = {
-                column: torch.tensor(self.validation_predictions[column].to_numpy())
-                for column in ("label", "probability")
-            }
+                column: torch.tensor(validation[column].to_numpy()) for column in ("label", "probability")}
+            if "seriesuid" in validation:  # for eval.threshold=fp_per_scan@ (plain strings: weights_only reads them)
+                checkpoint[VALIDATION_PREDICTIONS]["seriesuid"] = validation["seriesuid"].astype(str).tolist()
+        calibrator = self.calibrator()
+        if calibrator is not None:
+            checkpoint[CALIBRATION] = calibrator.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stored = checkpoint.get(VALIDATION_PREDICTIONS)
-        self.validation_predictions = None if stored is None else pd.DataFrame(
-            {column: values.numpy() for column, values in stored.items()})
+        self.validation_predictions = stored_validation_predictions(checkpoint)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._collect("test", batch, self._evaluate(batch, "test"))
 
     def on_test_epoch_end(self) -> None:
-        predictions = self.test_predictions = self.predictions("test")
+        predictions = self.test_predictions = calibrate_table(self.predictions("test"), self.calibrator())
         settings = evaluation_settings(self.trainer.datamodule, "test", self.decision_threshold(), self.evaluation)
         report = evaluate_predictions(predictions, settings, prefix="test/", figures=self.trainer.is_global_zero)
         self.log_dict(report.metrics)
@@ -199,8 +211,13 @@ class NoduleClassifier(pl.LightningModule):
             log_table(self.loggers, predictions, "predictions/test_predictions.csv")
 
     def decision_threshold(self) -> float:
-        """``eval.threshold`` applied to the validation predictions of the current weights."""
-        return threshold_from_validation(self.evaluation.threshold, self.validation_predictions)
+        """``eval.threshold`` applied to the (calibrated) validation predictions of the current weights."""
+        validation = calibrate_table(self.validation_predictions, self.calibrator())
+        return threshold_from_validation(self.evaluation.threshold, validation)
+
+    def calibrator(self) -> Calibrator | None:
+        """``eval.calibration`` fitted on the validation predictions of the current weights."""
+        return fit_on_validation(self.evaluation.calibration, self.validation_predictions)
 
     def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
         self._outputs[stage].append(

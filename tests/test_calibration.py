@@ -1,0 +1,165 @@
+"""eval.calibration: temperature scaling and isotonic regression fitted on validation, stored in the
+checkpoint, applied to the test stage, evaluate and predict, and reported before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from sklearn import metrics as sk
+
+from lungexp.metrics.calibration import (
+    CALIBRATIONS,
+    IsotonicCalibration,
+    TemperatureScaling,
+    brier_score,
+    calibrator_from_dict,
+    fit_calibrator,
+)
+from lungexp.metrics.threshold import choose_threshold
+from lungexp.reporting.calibration import UNCALIBRATED, calibrate_table
+from lungexp.reporting.report import EvaluationSettings, evaluate_predictions
+from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS
+from lungexp.utils.errors import ConfigError
+
+from .test_metrics import numpy_ece
+
+TRUE_TEMPERATURE = 2.5
+
+
+def overconfident_sample(size: int = 20_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from sigmoid(z), reported as sigmoid(z * T): over-confident by a temperature T."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 1.5, size)
+    labels = (rng.random(size) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    return 1 / (1 + np.exp(-z * TRUE_TEMPERATURE)), labels
+
+
+def test_temperature_scaling_recovers_the_temperature_keeps_auroc_and_lowers_ece() -> None:
+    probabilities, labels = overconfident_sample()
+    calibrator = fit_calibrator("temperature", probabilities, labels)
+    assert isinstance(calibrator, TemperatureScaling)
+    assert calibrator.temperature == pytest.approx(TRUE_TEMPERATURE, rel=0.05)
+    calibrated = calibrator(probabilities)
+    assert sk.roc_auc_score(labels, calibrated) == pytest.approx(sk.roc_auc_score(labels, probabilities), abs=1e-12)
+    assert numpy_ece(labels, calibrated) < numpy_ece(labels, probabilities) / 3
+    assert brier_score(labels, calibrated) < brier_score(labels, probabilities)
+
+
+def test_isotonic_is_monotone_and_lowers_ece() -> None:
+    probabilities, labels = overconfident_sample(seed=1)
+    calibrator = fit_calibrator("isotonic", probabilities, labels)
+    assert isinstance(calibrator, IsotonicCalibration)
+    grid = np.linspace(0, 1, 2001)
+    assert np.all(np.diff(calibrator(grid)) >= 0)
+    assert len(calibrator.inputs) < len(np.unique(probabilities))  # pooled blocks, not one point per score
+    held_out, held_out_labels = overconfident_sample(seed=2)  # judged on data it was not fitted on
+    assert numpy_ece(held_out_labels, calibrator(held_out)) < numpy_ece(held_out_labels, held_out) / 3
+
+
+def test_isotonic_pools_violators_by_hand() -> None:
+    # fractions of positives per distinct score: 0, 1, 0, 1 -> the middle pair is pooled to 0.5
+    calibrator = fit_calibrator("isotonic", np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    assert calibrator(np.array([0.1, 0.2, 0.25, 0.3, 0.4, 0.9])) == pytest.approx([0, 0.5, 0.5, 0.5, 1, 1])
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_a_calibrator_round_trips_through_a_weights_only_file(method: str, tmp_path: Path) -> None:
+    probabilities, labels = overconfident_sample(size=2000)
+    calibrator = fit_calibrator(method, probabilities, labels)
+    torch.save({CALIBRATION: calibrator.to_dict()}, tmp_path / "calibration.pt")
+    loaded = calibrator_from_dict(torch.load(tmp_path / "calibration.pt", weights_only=True)[CALIBRATION])
+    assert loaded == calibrator and loaded.method == method
+    assert np.array_equal(loaded(probabilities), calibrator(probabilities))
+
+
+def test_none_bad_methods_and_one_class() -> None:
+    assert CALIBRATIONS == ("none", "temperature", "isotonic")
+    assert fit_calibrator("none", np.array([0.2, 0.8]), np.array([0, 1])) is None
+    with pytest.raises(ConfigError, match="eval.calibration='platt'"):
+        fit_calibrator("platt", np.array([0.2, 0.8]), np.array([0, 1]))
+    with pytest.warns(UserWarning, match="both classes"):
+        assert fit_calibrator("temperature", np.array([0.2, 0.8]), np.array([1, 1])) is None
+    with pytest.raises(ConfigError, match="names no method"):
+        calibrator_from_dict({"method": "platt"})
+
+
+def test_report_of_a_calibrated_table_has_both_calibrations() -> None:
+    probabilities, labels = overconfident_sample(size=400)
+    table = pd.DataFrame({"label": labels, "probability": probabilities.round(6), "seriesuid": "a"})
+    calibrated = calibrate_table(table, fit_calibrator("temperature", probabilities, labels))
+    report = evaluate_predictions(calibrated, EvaluationSettings(threshold=0.5))
+    metrics = report.metrics
+    assert metrics["test/ece_uncalibrated"] == pytest.approx(numpy_ece(labels, table["probability"].to_numpy()))
+    assert metrics["test/ece"] == pytest.approx(numpy_ece(labels, calibrated["probability"].to_numpy()), abs=1e-6)
+    assert metrics["test/brier"] < metrics["test/brier_uncalibrated"]
+    assert {"plots/reliability_diagram.png", "plots/reliability_diagram_uncalibrated.png"} <= set(report.figures)
+    plain = evaluate_predictions(table, EvaluationSettings(threshold=0.5), figures=False).metrics
+    assert "test/ece_uncalibrated" not in plain and plain["test/brier"] == metrics["test/brier_uncalibrated"]
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, mlflow_dir: Path):
+    from lungexp.training.pipeline import train
+    from tests.helpers.config import TINY_NETS, compose_config, mlflow_overrides, tiny_data_overrides
+
+    root = tmp_path_factory.mktemp("calibrated_run")
+    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],
+                          *tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"),
+                          *mlflow_overrides(mlflow_dir), "trainer.max_epochs=2", "data.max_negatives_per_scan=2",
+                          "eval.montage_k=0", "eval.gradcam.samples=0", "eval.bootstrap=0",
+                          "eval.calibration=temperature", "eval.threshold=fp_per_scan@1"], root)
+    result = train(cfg)
+    client = MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
+    csv = client.download_artifacts(result.mlflow_run_id, "predictions/test_predictions.csv", str(root / "dl"))
+    return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
+
+
+@pytest.mark.slow
+def test_training_run_logs_calibration_before_and_after(calibrated_run) -> None:
+    result, client, predictions = calibrated_run
+    logged = client.get_run(result.mlflow_run_id).data.metrics
+    checkpoint = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    calibrator = calibrator_from_dict(checkpoint[CALIBRATION])
+    validation = pd.DataFrame({key: np.asarray(value) for key, value in checkpoint[VALIDATION_PREDICTIONS].items()})
+    assert calibrator == fit_calibrator("temperature", validation["probability"], validation["label"])
+
+    labels, raw = predictions["label"].to_numpy(), predictions[UNCALIBRATED].to_numpy()
+    assert predictions["probability"].to_numpy() == pytest.approx(calibrator(raw), abs=1e-6)
+    assert logged["test/ece_uncalibrated"] == pytest.approx(numpy_ece(labels, raw), abs=1e-6)
+    assert logged["test/ece"] == pytest.approx(numpy_ece(labels, predictions["probability"].to_numpy()), abs=1e-6)
+    assert logged["test/brier_uncalibrated"] == pytest.approx(brier_score(labels, raw), abs=1e-6)
+    assert logged["test/brier"] == pytest.approx(brier_score(labels, predictions["probability"]), abs=1e-6)
+    pngs = {a.path for a in client.list_artifacts(result.mlflow_run_id) if a.path.endswith(".png")}
+    assert {"reliability_diagram.png", "reliability_diagram_uncalibrated.png"} <= pngs
+
+    # fp_per_scan@1 on the calibrated validation predictions of the best checkpoint, with their series
+    assert validation["seriesuid"].nunique() > 1
+    calibrated = calibrator(validation["probability"].to_numpy())
+    threshold = choose_threshold(validation["label"], calibrated, "fp_per_scan@1", validation["seriesuid"].nunique())
+    assert logged["test/threshold"] == pytest.approx(threshold, abs=1e-6)
+    negatives = predictions["label"] == 0
+    fp_per_scan = (predictions.loc[negatives, "probability"] > threshold).sum() / predictions["seriesuid"].nunique()
+    assert logged["test/at_threshold/fp_per_scan"] == pytest.approx(fp_per_scan)
+
+
+@pytest.mark.slow
+def test_predictor_uses_the_stored_calibrator(calibrated_run) -> None:
+    from lungexp.inference.model import Predictor
+
+    result, _, _ = calibrated_run
+    stored = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)[CALIBRATION]
+    assert Predictor(result.best_checkpoint, device="cpu", calibration="temperature").calibrator.to_dict() == stored
+    assert Predictor(result.best_checkpoint, device="cpu").calibrator is None
+    isotonic = Predictor(result.best_checkpoint, device="cpu", calibration="isotonic").calibrator
+    assert isinstance(isotonic, IsotonicCalibration)
+    plain = Predictor(result.best_checkpoint, device="cpu")
+    shape = (4, plain.recipe.in_channels, *[plain.recipe.patch.size] * 3)
+    patches = np.random.default_rng(0).normal(-500, 300, shape).astype(np.float32)
+    scaled = Predictor(result.best_checkpoint, device="cpu", calibration="temperature")
+    assert scaled.patch_probabilities(patches) == pytest.approx(
+        scaled.calibrator(plain.patch_probabilities(patches)), abs=1e-6)
