@@ -1,9 +1,11 @@
 """LUNA16 FROC/CPM of a predictions CSV, like LUNA16's own evaluation script.
 
 ``python -m lungexp.froc PREDICTIONS_CSV ANNOTATIONS_CSV [--excluded EXCLUDED_CSV] [--seriesuids FILE]
-[--out DIR] [--bootstrap N]`` prints the candidate counts as LUNA16's script prints them, the CPM and the
-sensitivity at 1/8 ... 8 false positives per scan, and writes ``froc.png`` and ``froc.csv`` (the curve) to
-``--out``. The annotation files are read as for training (:mod:`lungexp.data.labels.annotations`); the rules are
+[--out DIR] [--bootstrap N] [--score-columns A,B,...]`` prints the candidate counts as LUNA16's script prints
+them, the CPM and the sensitivity at 1/8 ... 8 false positives per scan, and writes ``froc.png`` and
+``froc.csv`` (the curve) to ``--out``. With several score columns (by default those of ``predict
+detections=``: detector alone, classifier alone, fusion) it also prints their CPMs side by side and writes
+``froc_scores.csv`` (:mod:`lungexp.metrics.froc_scores`). The annotation files are read as for training (:mod:`lungexp.data.labels.annotations`); the rules are
 listed in :mod:`lungexp.metrics.froc`.
 """
 
@@ -34,6 +36,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for froc.png and froc.csv (default: .)")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
                         help="N resamplings of the scans for 95%% intervals (e.g. 1000; default: none)")
+    parser.add_argument("--score-columns", type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+                        metavar="A,B,...", help="score columns compared side by side, each as the probability "
+                        "(default: detector_score,classifier_probability,probability when all are present)")
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
@@ -87,9 +92,12 @@ def run(args: argparse.Namespace) -> None:
     # Imported here so that --help answers at once.
     from lungexp.data.labels.annotations import read_annotations, read_excluded_annotations
     from lungexp.metrics.froc import FP_RATES, PREDICTION_COLUMNS, compute_froc, rate_name, validated_table
+    from lungexp.metrics.froc_scores import default_score_columns
     from lungexp.visualize.plots import froc_figure
 
-    predictions = validated_table(read_csv(args.predictions, "predictions CSV"), PREDICTION_COLUMNS,
+    table = read_csv(args.predictions, "predictions CSV")
+    score_columns = args.score_columns or default_score_columns(list(table.columns))
+    predictions = validated_table(table, list(dict.fromkeys([*PREDICTION_COLUMNS, *score_columns])),
                                   str(args.predictions))
     annotations = read_annotations(args.annotations)
     excluded = read_excluded_annotations(args.excluded) if args.excluded is not None else None
@@ -118,6 +126,22 @@ def run(args: argparse.Namespace) -> None:
     figure = froc_figure(result)
     figure.savefig(args.out / "froc.png", dpi=120)
     print(f"wrote {args.out / 'froc.png'} and {args.out / 'froc.csv'}")
+    if score_columns != ["probability"]:
+        compare_scores(predictions, score_columns, annotations, excluded, seriesuids, args)
+
+
+def compare_scores(predictions: pd.DataFrame, score_columns: list[str], annotations: pd.DataFrame,
+                   excluded: pd.DataFrame | None, seriesuids: list[str] | None, args: argparse.Namespace) -> None:
+    """Print the CPM of each score column side by side and write them to ``froc_scores.csv``."""
+    from lungexp.metrics.froc_scores import format_score_table, froc_by_score, score_table
+
+    results = froc_by_score(predictions, score_columns, annotations, excluded=excluded, seriesuids=seriesuids,
+                            bootstrap=args.bootstrap)
+    print(f"CPM and sensitivity at 1/8 ... 8 FP/scan by score column (same candidates"
+          f"{', same bootstrap draws' if args.bootstrap else ''}):")
+    print(format_score_table(results))
+    score_table(results).to_csv(args.out / "froc_scores.csv", index=False)
+    print(f"wrote {args.out / 'froc_scores.csv'}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Score candidates with a trained checkpoint, an ensemble or a registered model:
-``python -m lungexp.predict ckpt_path=FILE|[A,B]|cv_run=ID|model_uri=models:/NAME@ALIAS scans=PATH candidates=CSV out=CSV``.
+``python -m lungexp.predict ckpt_path=FILE|[A,B]|cv_run=ID|model_uri=models:/NAME@ALIAS scans=PATH candidates=CSV out=CSV``,
+or with ``detections=FILE [fuse=product|mean|none]`` (a detector's boxes) instead of ``candidates=``.
 
-Writes LUNA16's submission format ``seriesuid,coordX,coordY,coordZ,probability``; see ``conf/predict.yaml``.
+Writes LUNA16's submission format ``seriesuid,coordX,coordY,coordZ,probability`` (with detections, plus
+``detector_score`` and ``classifier_probability``); see ``conf/predict.yaml``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def main(cfg: DictConfig) -> None:
     check_required(cfg)
     check_top_level(cfg, "predict")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     # Imported here so that `--help` does not pay for torch.
+    from lungexp.inference.detections import check_candidate_options, score_detections
     from lungexp.inference.scans import open_scans
     from lungexp.inference.submission import (
         load_predictor,
@@ -28,14 +31,20 @@ def main(cfg: DictConfig) -> None:
         write_submission,
     )
 
+    check_candidate_options(cfg.candidates, cfg.detections, cfg.fuse, cfg.merge_radius_mm)
     predictor = load_predictor(cfg)
     scans = open_scans(cfg.scans)
-    candidates = read_candidates(cfg.candidates, scans)
-    table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
+    if cfg.detections is not None:
+        table = score_detections(predictor, scans, cfg.detections, fuse=cfg.fuse,
+                                 merge_radius_mm=cfg.merge_radius_mm, batch_size=cfg.batch_size)
+    else:
+        candidates = read_candidates(cfg.candidates, scans)
+        table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
     out = write_submission(table, cfg.out)
     print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.description} "
           f"({predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
           f"{predictor.precision}, calibration {cfg.calibration}) -> {out}")
+
 
 if __name__ == "__main__":
     main()

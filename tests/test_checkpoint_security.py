@@ -14,27 +14,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lungexp.data.patches.extraction import PatchSpec
 from lungexp.inference.rescoring import data_config, evaluate_checkpoint
 from lungexp.models import CNN3D
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, ModelRecipe, load_checkpoint
+from tests.helpers.checkpoints import DATA, NET, write_checkpoint
 from tests.helpers.cli import run_entry_point
 from tests.helpers.config import compose_config
-
-NET = {"_target_": "lungexp.models.CNN3D", "in_channels": 1, "num_classes": 1, "widths": [4, 8]}
-DATA = {"_target_": "lungexp.data.loading.datamodule.NoduleDataModule", "root": "/data/luna16",
-        "labels_csv": "${data.root}/candidates_V2.csv", "cache_dir": "/data/cache", "task": "candidates"}
-
-
-def write_checkpoint(path: Path, net: dict[str, Any] = NET, data: dict[str, Any] = DATA,
-                     evaluation: dict[str, Any] | None = None) -> Path:
-    """A lungexp checkpoint of a tiny CNN3D whose recipe stores ``net`` and ``data``."""
-    recipe = ModelRecipe(task="candidates", net=net, patch=PatchSpec(size=16), hu_window=(-1000.0, 400.0),
-                         normalize="unit", data=data)
-    weights = {f"net.{key}": value for key, value in CNN3D(widths=(4, 8)).state_dict().items()}
-    torch.save({RECIPE_KEY: recipe.to_dict(), "state_dict": weights,
-                "hyper_parameters": {"evaluation": evaluation or {"threshold": "youden"}}}, path)
-    return path
 
 
 def savetxt(target: Path) -> dict[str, Any]:

@@ -57,15 +57,21 @@ def read_candidates(path: str | Path, scans: ScanSource) -> pd.DataFrame:
     points = read_points(path, with_seriesuid=has_uid)
     if not has_uid:
         points.insert(0, "seriesuid", scans.seriesuids[0])
+    check_known_series(points, scans, path)
+    return points
+
+
+def check_known_series(points: pd.DataFrame, scans: ScanSource, path: str | Path) -> None:
+    """Raise :class:`PredictionError` naming the seriesuids of ``points`` that none of the scans has, and their
+    rows (the index, from 0: spreadsheet row = index + 2)."""
     unknown = ~points["seriesuid"].isin(scans.seriesuids)
     if unknown.any():
         uids = list(dict.fromkeys(points.loc[unknown, "seriesuid"]))
-        rows = np.flatnonzero(unknown.to_numpy())[:_SHOWN] + 2
+        rows = points.index[unknown.to_numpy()][:_SHOWN] + 2
         known = ", ".join(scans.seriesuids[:3]) + (" ..." if len(scans.seriesuids) > 3 else "")
         raise PredictionError(f"{path}: unknown seriesuid {', '.join(uids[:3])}"
                               f"{f' and {len(uids) - 3} more' if len(uids) > 3 else ''} (row(s) "
                               f"{', '.join(map(str, rows))}); the scans are {known}")
-    return points
 
 
 def load_predictor(cfg: DictConfig) -> Ensemble:

@@ -1,11 +1,21 @@
-"""MedicalNet-style checkpoint files, built from MedicalNet's own naming (``models/resnet.py``,
-``train.py``), independently of :class:`lungexp.models.ResNet3D`; nothing is downloaded."""
+"""Checkpoint files for tests: tiny untrained lungexp checkpoints, and MedicalNet-style ones built from
+MedicalNet's own naming (``models/resnet.py``, ``train.py``), independently of
+:class:`lungexp.models.ResNet3D`; nothing is downloaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from lungexp.data.patches.extraction import PatchSpec
+from lungexp.models import CNN3D
+from lungexp.training.checkpoint import RECIPE_KEY, ModelRecipe
+
+NET = {"_target_": "lungexp.models.CNN3D", "in_channels": 1, "num_classes": 1, "widths": [4, 8]}
+DATA = {"_target_": "lungexp.data.loading.datamodule.NoduleDataModule", "root": "/data/luna16",
+        "labels_csv": "${data.root}/candidates_V2.csv", "cache_dir": "/data/cache", "task": "candidates"}
 
 MEDICALNET_STAGE_WIDTHS = (64, 128, 256, 512)
 MEDICALNET_BASIC_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2)}
@@ -62,4 +72,15 @@ def save_medicalnet_checkpoint(path: Path, tensors: dict[str, torch.Tensor]) -> 
     torch.save(
         {"ecpoch": 200, "batch_id": 0, "state_dict": {f"module.{k}": v for k, v in tensors.items()}}, path
     )
+    return path
+
+
+def write_checkpoint(path: Path, net: dict[str, Any] = NET, data: dict[str, Any] = DATA,
+                     evaluation: dict[str, Any] | None = None) -> Path:
+    """A lungexp checkpoint of a tiny untrained CNN3D (16³ patches) whose recipe stores ``net`` and ``data``."""
+    recipe = ModelRecipe(task="candidates", net=net, patch=PatchSpec(size=16), hu_window=(-1000.0, 400.0),
+                         normalize="unit", data=data)
+    weights = {f"net.{key}": value for key, value in CNN3D(widths=(4, 8)).state_dict().items()}
+    torch.save({RECIPE_KEY: recipe.to_dict(), "state_dict": weights,
+                "hyper_parameters": {"evaluation": evaluation or {"threshold": "youden"}}}, path)
     return path

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +145,12 @@ def read_points(path: str | Path, with_seriesuid: bool = True) -> pd.DataFrame:
     return _read_csv(path, _POINT_RULES if with_seriesuid else dict.fromkeys(COORD_COLUMNS, _number))
 
 
+def read_number_columns(path: str | Path, numbers: Sequence[str], texts: Sequence[str] = ()) -> pd.DataFrame:
+    """Any CSV whose ``texts`` columns hold non-empty text and ``numbers`` columns finite numbers (e.g. a
+    detector's boxes, :mod:`lungexp.data.labels.detections`); checked and reported as the readers above."""
+    return _read_csv(path, {**dict.fromkeys(texts, _text), **dict.fromkeys(numbers, _number)})
+
+
 def _read_csv(path: str | Path, rules: Mapping[str, Rule]) -> pd.DataFrame:
     """Read ``path`` and parse the columns named in ``rules`` (:func:`_parsed`)."""
     path = Path(path)
@@ -169,7 +175,7 @@ def _parsed(table: pd.DataFrame, rules: Mapping[str, Rule], source: str | Path) 
         values, bad = rule(table[name])
         if bad.any():
             raise AnnotationError(f"{source}: column '{name}' must hold {_EXPECTED[rule]}, but "
-                                  f"{_describe_rows(bad, table[name])}")
+                                  f"{describe_rows(bad, table[name])}")
         table[name] = values
     return table
 
@@ -191,7 +197,7 @@ def _check_columns(path: str | Path, table: pd.DataFrame, required: list[str]) -
                           f"Expected at least {required} (extra columns are kept)")
 
 
-def _describe_rows(bad: pd.Series, raw: pd.Series) -> str:
+def describe_rows(bad: pd.Series, raw: pd.Series) -> str:
     """'row(s) 3 ('abc'), 7 (empty) and 2 more' with spreadsheet row numbers (header = row 1)."""
     positions = np.flatnonzero(bad.to_numpy())
     shown = ", ".join(f"{p + 2} ({_show(raw.iloc[p])})" for p in positions[:_SHOWN])
