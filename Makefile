@@ -28,8 +28,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Style, the layer contract (no import up the floors) and the types; configured in pyproject.toml.
 lint: install
 	$(BIN)/ruff check lungexp scripts tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
@@ -62,5 +65,5 @@ bench: install
 	$(BIN)/python scripts/bench_models.py
 
 clean:
-	rm -rf logs mlartifacts mlflow.db data/cache .pytest_cache .ruff_cache
+	rm -rf logs mlartifacts mlflow.db data/cache .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

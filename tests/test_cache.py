@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungexp.utils import atomic
-from lungexp.data.patches import cache as cache_module
 from lungexp.data.labels.sample_table import build_samples, read_labels
+from lungexp.data.patches import cache as cache_module
 from lungexp.data.patches.cache import CacheError, PatchCache, build_patch_cache
 from lungexp.data.patches.extraction import PatchExtractor, PatchSpec
 from lungexp.data.scans import index_scans, read_scan
+from lungexp.utils import atomic
 from lungexp.utils.atomic import DiskFullError
 from lungexp.utils.errors import LungexpError
 from tests.helpers.config import PROJECT_ROOT

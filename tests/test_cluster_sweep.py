@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from lungexp.tracking.stale_runs import PID_TAG
-from tests.helpers.cli import entry_point_command, entry_point_env, tiny_run_args
-from tests.helpers.config import PROJECT_ROOT
+from tests.helpers.cli import entry_point_command, entry_point_env
+from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
 from tests.helpers.processes import run_process_tree
 
 
@@ -21,7 +21,7 @@ def test_submitit_local_sweep_runs_each_job_as_its_own_process(synthetic_root: P
                         reason="hydra-submitit-launcher is not installed (pip install -e '.[cluster]')")
     command = entry_point_command("run", ["-m", "hydra/launcher=submitit_local", "seed=1,2", "trainer.max_epochs=1",
                                           "task_name=submitit",
-                                          *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path)])
+                                          *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path)])
     finished = run_process_tree(command, cwd=PROJECT_ROOT, env={**entry_point_env(tmp_path), "OMP_NUM_THREADS": "1"},
                                 timeout=600)
     assert finished.returncode == 0, finished.output[-6000:]

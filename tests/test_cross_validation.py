@@ -13,7 +13,13 @@ from sklearn.metrics import roc_auc_score
 from lungexp.training import cross_validation
 from lungexp.training.cross_validation import FoldFailedError, cross_validate, plan_folds
 from lungexp.utils.errors import ConfigError
-from tests.helpers.config import FAST_OVERRIDES, TINY_NETS, TINY_SYNTHETIC, compose_config, mlflow_overrides
+from tests.helpers.config import (
+    TINY_NETS,
+    TINY_SYNTHETIC,
+    compose_config,
+    mlflow_overrides,
+    tiny_data_overrides,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +34,7 @@ def three_subsets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cv_config(root: Path, data: Path, *overrides: str):
-    return compose_config([*TINY_NETS["cnn3d"], f"data.root={data}", "data.synthetic=null",
-                           f"data.cache_dir={data.parent / 'cache'}", *FAST_OVERRIDES, *overrides], root)
+    return compose_config([*TINY_NETS["cnn3d"], *tiny_data_overrides(data, data.parent / "cache"), *overrides], root)
 
 
 def test_cv_options_are_checked_before_any_work(tmp_path: Path, three_subsets: Path) -> None:

@@ -30,8 +30,8 @@ from lungexp.training.devices import drop_unsupported_sync_batchnorm
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.utils import checks
 from lungexp.utils.errors import ConfigError
-from tests.helpers.cli import entry_point_command, entry_point_env, tiny_run_args
-from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides
+from tests.helpers.cli import entry_point_command, entry_point_env
+from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides, tiny_run_overrides
 from tests.helpers.mlflow_ui import free_port
 from tests.helpers.processes import Finished, run_process_tree
 
@@ -56,7 +56,7 @@ def runs_of(store: Path) -> list:
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_test(synthetic_root: Path, tmp_path: Path) -> None:
     finished = run_ddp(entry_point_command("run", [*DDP_ON_CPU, "task_name=ddp",
-                                                   *tiny_run_args(synthetic_root, synthetic_root.parent / "cache",
+                                                   *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache",
                                                                   tmp_path)]), tmp_path)
     assert "distributed_backend=gloo" in finished.output
     assert "All distributed processes registered. Starting with 2 processes" in finished.output
@@ -79,7 +79,7 @@ def test_ddp_two_cpu_processes_train_and_test(synthetic_root: Path, tmp_path: Pa
 @pytest.mark.slow
 def test_ddp_inside_a_sweep_trains_each_job_once_with_both_processes(synthetic_root: Path, tmp_path: Path) -> None:
     finished = run_ddp(entry_point_command("run", ["-m", *DDP_ON_CPU, "seed=1,2", "task_name=ddp_sweep",
-                                                   *tiny_run_args(synthetic_root, synthetic_root.parent / "cache",
+                                                   *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache",
                                                                   tmp_path)]), tmp_path)
     assert finished.output.count("Starting with 2 processes") == 2  # one process group per job
 
@@ -108,7 +108,7 @@ def test_torchrun_logs_one_run_whose_metrics_equal_one_process(synthetic_root: P
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nnodes", "1", "--nproc-per-node", "2",
                 "--master-port", str(free_port()), "-m", "lungexp.run"]
     finished = run_ddp([*torchrun, *DDP_ON_CPU, "trainer.num_nodes=1", "task_name=torchrun", f"hydra.run.dir={run_dir}",
-                        *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path)], tmp_path)
+                        *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path)], tmp_path)
     assert "Starting with 2 processes" in finished.output
     assert not (run_dir / "train_ddp_process_1.log").exists(), "torchrun starts the ranks, not Lightning"
     assert finished.output.count("best checkpoint") == 1, "only rank 0 prints the summary"

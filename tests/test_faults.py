@@ -15,8 +15,8 @@ import torch
 from mlflow import MlflowClient
 
 from lungexp.tracking.stale_runs import ENDED_BY_TAG, PID_TAG, end_stale_runs, owner_is_gone, process_tags
-from tests.helpers.cli import entry_point_command, entry_point_env, tiny_run_args
-from tests.helpers.config import PROJECT_ROOT
+from tests.helpers.cli import entry_point_command, entry_point_env
+from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
 
 COPIES = 40  # of each tiny scan, so a cache build takes long enough to be interrupted
 
@@ -88,7 +88,7 @@ def _building(cache_dir: Path) -> bool:
 
 
 def _preprocess_args(root: Path, cache_dir: Path) -> list[str]:
-    return [*tiny_run_args(root, cache_dir, cache_dir / "mlflow"), "data.preprocess_workers=2", "data.patch.size=32"]
+    return [*tiny_run_overrides(root, cache_dir, cache_dir / "mlflow"), "data.preprocess_workers=2", "data.patch.size=32"]
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_ctrl_c_during_preprocessing_ends_with_one_line(many_scans: Path, tmp_pa
 
 @pytest.mark.slow
 def test_ctrl_c_during_training_ends_with_one_line(synthetic_root: Path, mlflow_dir: Path, tmp_path: Path) -> None:
-    args = [*tiny_run_args(synthetic_root, synthetic_root.parent / "cache", mlflow_dir), "trainer.max_epochs=500",
+    args = [*tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", mlflow_dir), "trainer.max_epochs=500",
             "callbacks.early_stopping=null", "task_name=interrupted"]
     proc = _start("run", args, tmp_path)
     _wait_for(lambda: list(tmp_path.glob("logs/interrupted/runs/*/checkpoints/*.ckpt")), 240, "the first epoch", proc)
@@ -151,7 +151,7 @@ def _exited_pid() -> int:
 @pytest.mark.slow
 def test_a_run_killed_mid_training_is_marked_killed_by_the_next_run(synthetic_root: Path, tmp_path: Path) -> None:
     mlflow = tmp_path / "mlflow"  # its own store: the killed run must be the only stale one
-    base = tiny_run_args(synthetic_root, synthetic_root.parent / "cache", mlflow)
+    base = tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", mlflow)
     client = MlflowClient(f"sqlite:///{mlflow}/mlflow.db")
 
     proc = _start("run", [*base, "trainer.max_epochs=500", "callbacks.early_stopping=null", "task_name=killed"],
@@ -191,7 +191,7 @@ def test_sigterm_during_training_fails_the_job_and_marks_the_run_killed(syntheti
     """What a batch system's pre-emption sends: the job must not count as a success."""
     mlflow = tmp_path / "mlflow"
     client = MlflowClient(f"sqlite:///{mlflow}/mlflow.db")
-    args = [*tiny_run_args(synthetic_root, synthetic_root.parent / "cache", mlflow), "trainer.max_epochs=500",
+    args = [*tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", mlflow), "trainer.max_epochs=500",
             "callbacks.early_stopping=null", "task_name=preempted"]
     proc = _start("run", args, tmp_path)
     (last,) = _wait_for(lambda: list(tmp_path.glob("logs/preempted/runs/*/checkpoints/last.ckpt")), 300,

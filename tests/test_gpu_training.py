@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 
 from lungexp.data.loading.memory_cache import DeviceBatches
 from lungexp.data.names import IMAGE_KEY
-from tests.helpers.cli import run_entry_point, tiny_run_args
-from tests.helpers.config import PROJECT_ROOT
+from tests.helpers.cli import run_entry_point
+from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -37,7 +37,7 @@ def test_compile_and_channels_last_keep_the_checkpoint_names(make_config) -> Non
 def test_gpu_options_train_in_a_sweep_from_the_cli(synthetic_root: Path, mlflow_dir: Path, tmp_path: Path) -> None:
     args = ["-m", "aug=batch_light,batch_strong", "data.cache_memory=ram,device", "trainer.max_epochs=1",
             "trainer.limit_train_batches=3", "task_name=gpu_options",
-            *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path)]
+            *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path)]
     finished = run_entry_point("run", args, tmp_path, timeout=900)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -84,7 +84,7 @@ def test_device_cache_on_the_gpu_serves_the_dataloader_batches(make_config) -> N
 def test_every_gpu_option_trains_on_the_gpu(synthetic_root: Path, tmp_path: Path) -> None:
     args = ["trainer=gpu", "aug=batch_strong", "data.cache_memory=device", "model.compile=true",
             "model.channels_last=true", "+trainer.benchmark=true", "trainer.max_epochs=2",
-            *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path)]
+            *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path)]
     finished = run_entry_point("run", args, tmp_path, timeout=600)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
     assert "data.cache_memory=device" in finished.stdout + finished.stderr and "cuda:0" in finished.stdout + finished.stderr

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from lungexp.training.pipeline import train
 from tests.helpers.cli import run_entry_point
-from tests.helpers.config import FAST_OVERRIDES, TINY_NETS
+from tests.helpers.config import FAST_OVERRIDES, TINY_NETS, tiny_data_overrides
 
 # Deterministic and exercising every random draw: balanced sampler, augmentation, dropout.
 RUN = ["trainer.max_epochs=3", "trainer.deterministic=true", "task_name=resume",
@@ -34,8 +34,7 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
                          ids=["torchio", "batch_on_device"])
 def test_killed_run_resumes_to_the_unbroken_result(make_config, synthetic_root: Path, tmp_path: Path,
                                                    augmentation: list[str]) -> None:
-    data = [f"data.root={synthetic_root}", "data.synthetic=null", f"data.cache_dir={synthetic_root.parent / 'cache'}",
-            *augmentation]
+    data = [*tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"), *augmentation]
     killed = _run(tmp_path, *data, "+callbacks.kill._target_=tests.helpers.kill.KillAtStep",
                   f"+callbacks.kill.step={KILL_AT_STEP}")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]

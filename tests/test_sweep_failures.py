@@ -10,7 +10,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from tests.helpers.cli import run_entry_point, tiny_run_args
+from tests.helpers.cli import run_entry_point
+from tests.helpers.config import tiny_run_overrides
 
 BAD_LR = "error: model.optimizer.lr=0 must be positive"
 QUICK = ["trainer.max_epochs=1", "test_after_fit=false"]
@@ -40,7 +41,7 @@ def _check_one_failed(root: Path, output: str, failed_lr: str, good_lr: str) -> 
 def test_a_failed_job_ends_only_itself(synthetic_root: Path, tmp_path: Path) -> None:
     """The bad job runs first; the good one still runs after it."""
     args = ["-m", "model.optimizer.lr=0,0.001", "task_name=failing", *QUICK,
-            *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path / "mlflow")]
+            *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path / "mlflow")]
     proc = run_entry_point("run", args, tmp_path, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]
@@ -54,7 +55,7 @@ def test_optuna_goes_on_after_a_failed_trial(synthetic_root: Path, tmp_path: Pat
     # Searching only lr, over {0, 0.001}: with this seed the first trial draws the bad 0, the second 0.001.
     args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "seed=10", "model.optimizer.lr=0,0.001",
             "model.optimizer.weight_decay=0", "model.net.dropout=0", "task_name=search", *QUICK,
-            *tiny_run_args(synthetic_root, synthetic_root.parent / "cache", tmp_path / "mlflow")]
+            *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path / "mlflow")]
     proc = run_entry_point("run", args, tmp_path, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]

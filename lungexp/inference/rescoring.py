@@ -151,6 +151,3 @@ def _predict(predictor: Predictor, datamodule: Any, split: str) -> pd.DataFrame:
     probabilities = predictor.probabilities(batch[IMAGE_KEY] for batch in loader)
     return predictions_table(dataset.rows, probabilities, samples=datamodule.cache.index)
 
-
-def _describe(preprocessing: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in preprocessing.items())

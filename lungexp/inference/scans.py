@@ -70,10 +70,11 @@ def open_scans(path: str | Path) -> ScanSource:
     """The scans at ``path``: a scan file, a folder searched recursively for scan files, else a DICOM folder."""
     path = Path(path)
     if path.is_file():
-        if scan_suffix(path) is None:
+        suffix = scan_suffix(path)
+        if suffix is None:
             raise ScanReadError(f"scans={path}: not a scan file; give a {', '.join(SCAN_SUFFIXES)} file, a folder "
                                 "of them (e.g. a LUNA16 folder) or a folder of DICOM slices")
-        return ScanFiles({path.name[: -len(scan_suffix(path))]: path})
+        return ScanFiles({path.name[: -len(suffix)]: path})
     if not path.is_dir():
         raise ScanReadError(f"scans={path}: no such file or folder")
     files = index_scans(path)

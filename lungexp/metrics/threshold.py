@@ -72,10 +72,11 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, rule: str | 
 def threshold_from_validation(rule: str | float, validation: pd.DataFrame | None) -> float:
     """The threshold ``rule`` picks on a validation table (``label``, ``probability``); 0.5 with a warning when
     a rule needs validation predictions and there are none (e.g. a checkpoint saved without validation)."""
-    if isinstance(rule, str) and validation is None:
-        log.warning("eval.threshold=%s needs validation predictions, but none ran on these weights; using 0.5", rule)
-        return 0.5
     if isinstance(rule, str):
+        if validation is None:
+            log.warning("eval.threshold=%s needs validation predictions, but none ran on these weights; using 0.5",
+                        rule)
+            return 0.5
         return choose_threshold(validation["label"].to_numpy(), validation["probability"].to_numpy(), rule)
     return float(rule)
 

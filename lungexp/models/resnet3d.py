@@ -14,7 +14,7 @@ exactly MedicalNet's and the attention variants only *add* keys.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -234,7 +234,7 @@ class SEResNet3D(ResNet3D):
     """:class:`ResNet3D` with squeeze-and-excitation (`Hu et al. 2018 <https://arxiv.org/abs/1709.01507>`_)
     in every residual block; the other arguments are :class:`ResNet3D`'s."""
 
-    def __init__(self, depth: int = 18, **kwargs: object) -> None:
+    def __init__(self, depth: int = 18, **kwargs: Any) -> None:
         super().__init__(depth=depth, attention="se", **kwargs)
 
 
@@ -242,5 +242,5 @@ class CBAMResNet3D(ResNet3D):
     """:class:`ResNet3D` with CBAM, channel + spatial attention (`Woo et al. 2018
     <https://arxiv.org/abs/1807.06521>`_), in every residual block; the other arguments are :class:`ResNet3D`'s."""
 
-    def __init__(self, depth: int = 18, **kwargs: object) -> None:
+    def __init__(self, depth: int = 18, **kwargs: Any) -> None:
         super().__init__(depth=depth, attention="cbam", **kwargs)

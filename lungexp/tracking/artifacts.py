@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.entities import Param, RunTag
@@ -81,11 +80,9 @@ def figure_artifact_name(artifact_file: str) -> str:
 
 
 def log_figure(loggers: Iterable[Logger], figure: Figure, artifact_file: str) -> None:
-    """Save a figure as a PNG artifact at the artifact root (see :func:`figure_artifact_name`), then close
-    it (figures are large and plt keeps them alive)."""
+    """Save a figure as a PNG artifact at the artifact root (see :func:`figure_artifact_name`)."""
     for logger in mlflow_loggers(loggers):
         logger.experiment.log_figure(logger.run_id, figure, figure_artifact_name(artifact_file))
-    plt.close(figure)
 
 
 def log_table(loggers: Iterable[Logger], table: pd.DataFrame, artifact_file: str) -> None:

@@ -53,7 +53,7 @@ class RunLogger(MLFlowLogger):
         if not self._resumed:
             self._experiment_id = ensure_experiment(self._mlflow_client, self._experiment_name,
                                                     self._artifact_location)
-        client = MLFlowLogger.experiment.fget(self)
+        client = super().experiment
         if self._resumed:
             client.update_run(self._run_id, status="RUNNING")
             for key, value in process_tags().items():

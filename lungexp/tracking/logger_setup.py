@@ -45,7 +45,7 @@ def instantiate_loggers(config: DictConfig | None, run_kwargs: Mapping[str, Any]
         if not _is_mlflow_logger(node):
             loggers.append(hydra.utils.instantiate(node, _convert_="partial"))
             continue
-        if rank_zero_only.rank != 0:
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # Lightning sets it on the function
             # DDP ranks > 0 log nothing (Lightning's loggers act on rank 0 only), and they must not even open
             # the store: processes that start together would each create a new SQLite store's tables.
             loggers.append(DummyLogger())

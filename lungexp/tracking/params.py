@@ -20,7 +20,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from lungexp.utils.config import to_dict
 
 NOT_LOGGED = ("logger", "hydra")
 TAG_KEYS = ("paths", "task_name", "experiment_name", "ckpt_path")  # where and under which name, not how
@@ -82,8 +84,8 @@ def _leaves(raw: Any, resolved: Mapping[str, Any], prefix: str = "") -> Iterator
 
 def split_config(cfg: DictConfig) -> tuple[dict[str, str], dict[str, str]]:
     """``(params, tags)`` of a composed config, as strings (see the module docstring for the rules)."""
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    raw = to_dict(cfg, resolve=False)
+    resolved = to_dict(cfg, resolve=True)
     params: dict[str, str] = {}
     tags: dict[str, str] = {}
     for key, value in _leaves(raw, resolved):

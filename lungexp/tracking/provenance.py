@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow.data
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -54,7 +54,7 @@ def log_dataset(client: MlflowClient, run_id: str, datamodule: Any, context: str
     options = datamodule.options
     with warnings.catch_warnings():  # MLflow's hints on integer columns and on two local-source classes
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(samples, source=str(Path(options.root).resolve()), targets="label",
+        dataset = from_pandas(samples, source=str(Path(options.root).resolve()), targets="label",
                                           name=f"{Path(options.root).name} ({options.task})")
         entity = dataset._to_mlflow_entity()  # the public client API takes entities
     tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]

@@ -29,6 +29,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import pytorch_lightning as pl
 import torch.distributed
@@ -48,7 +49,7 @@ CHILD_EXIT_TIMEOUT_S = 300  # ranks > 0 finish right after rank 0; a rank still 
 def is_rank_zero() -> bool:
     """Whether this process is rank 0 (Lightning's rank: from ``RANK``, ``LOCAL_RANK`` or ``SLURM_PROCID``
     at start, then the trainer's global rank)."""
-    return rank_zero_only.rank == 0
+    return rank_zero_only.rank == 0  # type: ignore[attr-defined]  # Lightning sets it on the function
 
 
 def quiet_other_ranks() -> None:
@@ -64,9 +65,9 @@ def quiet_other_ranks() -> None:
 def starts_own_ranks(trainer: pl.Trainer) -> bool:
     """Whether fitting with ``trainer`` starts ranks 1..N-1 by re-running the command (Lightning's ``ddp``
     without torchrun or SLURM)."""
-    strategy = trainer.strategy
-    return (isinstance(strategy.launcher, _SubprocessScriptLauncher)
-            and not strategy.cluster_environment.creates_processes_externally)
+    launcher = trainer.strategy.launcher
+    return (isinstance(launcher, _SubprocessScriptLauncher)
+            and not launcher.cluster_environment.creates_processes_externally)
 
 
 @contextmanager
@@ -80,9 +81,9 @@ def sweep_job_ranks(trainer: pl.Trainer) -> Iterator[None]:
     hydra = HydraConfig.get()  # Hydra sets it anew for every job
     argv, environ = list(sys.argv), dict(os.environ)
     sys.argv = [sys.argv[0], *hydra.overrides.task]
-    with read_write(hydra.run):
+    with read_write(hydra.run):  # type: ignore[arg-type]  # typed as the HydraConf dataclass, is a DictConfig
         hydra.run.dir = hydra.runtime.output_dir  # Lightning passes it on as hydra.run.dir
-    launcher = trainer.strategy.launcher
+    launcher = cast(_SubprocessScriptLauncher, trainer.strategy.launcher)  # as starts_own_ranks checked
     try:
         yield
     except BaseException:

@@ -31,7 +31,7 @@ def parameter_groups(net: nn.Module, lr: float, head_lr_mult: float) -> list[dic
     and empty groups are omitted. Each group carries ``name`` (shown by Lightning's LearningRateMonitor)
     and ``lr_mult``, which :class:`BackboneFreeze` uses to recover the scheduled base learning rate.
     """
-    head_ids = {id(parameter) for parameter in net.head.parameters()}
+    head_ids = {id(parameter) for parameter in net.get_submodule("head").parameters()}
     trainable = [parameter for parameter in net.parameters() if parameter.requires_grad]
     groups = [
         {
@@ -101,16 +101,16 @@ class BackboneFreeze(BaseFinetuning):
         self.backbone_lr_mult = backbone_lr_mult
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        self.freeze(backbone_modules(pl_module.net), train_bn=False)
+        self.freeze(backbone_modules(pl_module.get_submodule("net")), train_bn=False)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         # ">=" and the frozen check also cover resuming from a checkpoint written after the unfreeze epoch:
         # setup() froze the backbone again and the restored optimizer already holds its group.
-        if epoch < self.unfreeze_at_epoch or not self._backbone_frozen(pl_module.net):
+        if epoch < self.unfreeze_at_epoch or not self._backbone_frozen(pl_module.get_submodule("net")):
             return
         groups_before = len(optimizer.param_groups)
         self.unfreeze_and_add_param_group(
-            modules=backbone_modules(pl_module.net),
+            modules=backbone_modules(pl_module.get_submodule("net")),
             optimizer=optimizer,
             lr=self._base_lr(optimizer) * self.backbone_lr_mult,
             train_bn=self.train_bn,

@@ -32,6 +32,7 @@ class BinaryFocalLoss(nn.Module):
                               f"gamma={gamma}, alpha={alpha}")
         self.gamma = gamma
         self.alpha = alpha
+        self.pos_weight: torch.Tensor  # a buffer: moves with the module and is saved with it
         self.register_buffer("pos_weight", torch.ones(()) if pos_weight is None else pos_weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,10 +24,6 @@ from lungexp.tracking.artifacts import log_params
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 
 log = logging.getLogger(__name__)
-
-# Lightning warns whenever a module overrides this hook and a datamodule is given, even one that does not override
-# it (NoduleDataModule does not): the module's hook is the one meant.
-warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
 
 VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the decision threshold is chosen on
 

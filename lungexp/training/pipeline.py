@@ -47,9 +47,6 @@ from lungexp.utils.errors import ConfigError, Terminated
 
 log = logging.getLogger(__name__)
 
-# pytorch_lightning 2.6 on torch 2.13 warns about its own use of torch's pytree API on every fit.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
-
 
 @dataclass(frozen=True)
 class RunResult:
@@ -105,7 +102,7 @@ def train(cfg: DictConfig) -> RunResult:
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
     # sweep_job_ranks checks first that this job can start its ranks, before the MLflow run exists.
-    with stopped_by_sigterm(trainer), sweep_job_ranks(trainer):
+    with stopped_by_sigterm(trainer), sweep_job_ranks(trainer), lightning_noise_silenced():
         if run_id is None:  # a continued run keeps the params of its first start
             log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
         if resume_from is not None:
@@ -132,6 +129,19 @@ def train(cfg: DictConfig) -> RunResult:
     )
     _print_summary(result)
     return result
+
+
+@contextmanager
+def lightning_noise_silenced() -> Iterator[None]:
+    """Inside: two warnings Lightning gives on every fit and test that say nothing about this run. Scoped
+    here, not process-wide, so a notebook or another library keeps its own warnings."""
+    with warnings.catch_warnings():
+        # pytorch_lightning 2.6 on torch 2.13: its own use of torch's pytree API.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+        # Given whenever a module overrides this hook and a datamodule is given, even one that does not
+        # override it (NoduleDataModule does not): the module's hook is the one meant.
+        warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
+        yield
 
 
 @contextmanager

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.seed import seed_everything
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
 from lungexp.training.checkpoint import RECIPE_KEY, RUN_CONFIG_KEY
+from lungexp.utils.config import to_dict
 from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def checkpoint_run_id(state: Mapping[str, Any]) -> str | None:
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The :data:`COMPARED` part of a composed config, unresolved, as a checkpoint stores it."""
-    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw = to_dict(cfg, resolve=False)
     return {key: raw[key] for key in COMPARED if key in raw}
 
 

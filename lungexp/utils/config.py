@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -60,6 +60,11 @@ def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> No
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(f"[bold]{key}[/bold]").add(Syntax(text, "yaml", background_color="default"))
     Console(soft_wrap=True).print(tree)
+
+
+def to_dict(cfg: DictConfig, resolve: bool) -> dict[str, Any]:
+    """A config mapping as plain dicts and lists (``OmegaConf.to_container``, typed as what a ``DictConfig`` gives)."""
+    return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=resolve))
 
 
 def instantiate_dict(cfg: DictConfig | None) -> list[Any]:

@@ -15,7 +15,7 @@ import numbers
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,14 @@ def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@overload
+def check_int(key: str, value: Any, minimum: int | None = None, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_int(key: str, value: Any, minimum: int | None = None, *, allow_none: bool) -> int | None: ...
 
 
 def check_int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:

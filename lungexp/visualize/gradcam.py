@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -88,7 +87,7 @@ def gradcam_figure(hu: np.ndarray, heatmaps: np.ndarray, samples: pd.DataFrame, 
         hu_window: grey-level window.
         layer: the explained module, named in the title.
     """
-    fig = plt.figure(figsize=(6.0, 2.2 * len(samples) + 0.6), layout="constrained")
+    fig = Figure(figsize=(6.0, 2.2 * len(samples) + 0.6), layout="constrained")
     fig.suptitle(f"Grad-CAM of the nodule score at {layer}", fontsize=10)
     rows = fig.subfigures(len(samples), 1, squeeze=False)[:, 0]
     for row, volume, heat, sample in zip(rows, hu, heatmaps, samples.itertuples(index=False), strict=True):

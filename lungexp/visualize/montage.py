@@ -7,7 +7,6 @@ through the candidate with its probability, series and world position.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -36,7 +35,7 @@ def worst_errors_figure(predictions: pd.DataFrame, patches: np.ndarray, threshol
     """
     columns = dict(zip(("false positives", "false negatives"), worst_errors(predictions, threshold, k), strict=True))
     rows = max(1, max(len(errors) for errors in columns.values()))
-    fig = plt.figure(figsize=(10.5, 2.3 * rows + 0.5), layout="constrained")
+    fig = Figure(figsize=(10.5, 2.3 * rows + 0.5), layout="constrained")
     fig.suptitle(f"Worst errors at threshold {threshold:.3g}: highest-scoring false positives, "
                  f"lowest-scoring false negatives", fontsize=11)
     cells = fig.subfigures(rows, 2, squeeze=False)

@@ -1,20 +1,18 @@
 """Matplotlib figures of results computed from a predictions table: ROC, precision-recall, confusion
 matrices, score distributions, reliability diagram and FROC. Images of CT patches live in
-:mod:`lungexp.visualize.montage` and :mod:`lungexp.visualize.gradcam`."""
+:mod:`lungexp.visualize.montage` and :mod:`lungexp.visualize.gradcam`.
+
+Figures are built as :class:`~matplotlib.figure.Figure` objects, not through pyplot: they need no
+backend (a notebook's stays as it is) and are freed when dropped, as pyplot's are not."""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
-matplotlib.use("Agg")  # headless: figures are only ever saved
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
-
-from lungexp.metrics.froc import FP_RATES, FrocResult, rate_name  # noqa: E402
+from lungexp.metrics.froc import FP_RATES, FrocResult, rate_name
 
 CLASS_NAMES = ("negative", "positive")
 THRESHOLD_COLOR = "tab:red"
@@ -23,7 +21,8 @@ THRESHOLD_COLOR = "tab:red"
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auroc: float, operating_point: tuple[float, float] | None = None,
                title: str = "ROC") -> Figure:
     """ROC curve; ``operating_point`` = (1 - specificity, sensitivity) at the decision threshold."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
     ax.plot(fpr, tpr, lw=2, label=f"AUROC = {auroc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     if operating_point is not None:
@@ -39,7 +38,8 @@ def precision_recall_figure(recall: np.ndarray, precision: np.ndarray, average_p
                             prevalence: float, operating_point: tuple[float, float] | None = None,
                             title: str = "Precision-recall") -> Figure:
     """Precision against sensitivity; the chance level is the prevalence of positives."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
     ax.step(recall, precision, where="post", lw=2, label=f"AP = {average_precision:.3f}")
     ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"chance (prevalence {prevalence:.3f})")
     if operating_point is not None:
@@ -55,7 +55,8 @@ def confusion_matrix_figure(matrix: np.ndarray, threshold: float, class_names: t
     """Counts and row-normalised fractions side by side; rows are true classes, columns predictions."""
     matrix = np.asarray(matrix)
     fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), layout="constrained")
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, values, text, name in (
         (axes[0], fractions, [f"{count:,}" for count in matrix.ravel()], "counts"),
         (axes[1], fractions, [f"{fraction:.1%}" for fraction in fractions.ravel()], "row-normalised"),
@@ -74,8 +75,9 @@ def score_histogram_figure(probabilities: np.ndarray, labels: np.ndarray, thresh
                            class_names: tuple[str, str] = CLASS_NAMES, title: str = "Score distribution") -> Figure:
     """Predicted probability per true class on a log count axis (candidates are mostly negatives), with
     the decision thresholds (``{description: value}``) as vertical lines."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
-    bins = np.linspace(0, 1, 41)
+    fig = Figure(figsize=(5.5, 3.5), layout="constrained")
+    ax = fig.subplots()
+    bins = np.linspace(0, 1, 41).tolist()
     for value, name in enumerate(class_names):
         ax.hist(probabilities[labels == value], bins=bins, alpha=0.6, label=f"{name} (n={int((labels == value).sum()):,})")
     for (name, threshold), style in zip(thresholds.items(), ("-", ":"), strict=False):
@@ -90,8 +92,8 @@ def reliability_figure(confidence: np.ndarray, observed: np.ndarray, counts: np.
                        title: str = "Reliability diagram") -> Figure:
     """Observed fraction of positives against mean predicted probability per bin (bins with patches
     only), with the patches per bin below: a calibrated model lies on the diagonal."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), height_ratios=(3, 1), sharex=True,
-                                      layout="constrained")
+    fig = Figure(figsize=(4.5, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     used = counts > 0
     top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     top.plot(confidence[used], observed[used], "o-", lw=2, label=f"model (ECE = {ece:.3f})")
@@ -108,7 +110,8 @@ def reliability_figure(confidence: np.ndarray, observed: np.ndarray, counts: np.
 def froc_figure(result: FrocResult, title: str = "FROC") -> Figure:
     """Sensitivity against false positives per scan (log axis, 1/8 to 8), the seven LUNA16 operating
     points marked (with their 95 % bootstrap intervals when computed) and the CPM."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
+    fig = Figure(figsize=(5.5, 4.2), layout="constrained")
+    ax = fig.subplots()
     curve = result.curve
     ax.plot(curve["fps_per_scan"], curve["sensitivity"], lw=2, drawstyle="default",
             label=f"CPM = {result.cpm:.3f}" + (f" [{result.cpm_ci[0]:.3f}, {result.cpm_ci[1]:.3f}]"
@@ -142,9 +145,9 @@ def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
                   title: str = "Paired differences (95 % intervals)") -> Figure:
     """One panel per metric (``{"ΔAUROC (DeLong)": [(pair, difference, low, high), ...]}``): each pair's
     difference with its interval, and the zero line of no difference."""
-    fig, axes = plt.subplots(1, len(differences), figsize=(3.2 * len(differences) + 1.5,
-                                                           0.5 * max(map(len, differences.values())) + 1.4),
-                             sharey=True, layout="constrained", squeeze=False)
+    fig = Figure(figsize=(3.2 * len(differences) + 1.5, 0.5 * max(map(len, differences.values())) + 1.4),
+                 layout="constrained")
+    axes = fig.subplots(1, len(differences), sharey=True, squeeze=False)
     for ax, (metric, rows) in zip(axes[0], differences.items(), strict=True):
         labels = [row[0] for row in rows]
         values, low, high = (np.array([row[i] for row in rows], dtype=np.float64) for i in (1, 2, 3))

@@ -9,6 +9,7 @@ superior up, sagittal with anterior on the left. Grey levels are the HU window.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -54,7 +55,7 @@ def _mark_centre(ax: Axes, shape: tuple[int, ...], rows_flipped: bool) -> None:
     rows, columns = shape
     row, column = (rows - 1 - rows // 2 if rows_flipped else rows // 2), columns // 2
     length = max(2, rows // 8)
-    style = {"color": CENTRE_COLOR, "lw": 1.5}
+    style: dict[str, Any] = {"color": CENTRE_COLOR, "lw": 1.5}
     ax.plot([column, column], [-0.5, length - 0.5], **style)
     ax.plot([column, column], [rows - length - 0.5, rows - 0.5], **style)
     ax.plot([-0.5, length - 0.5], [row, row], **style)

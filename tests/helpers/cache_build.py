@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lungexp.data.patches import cache
 from lungexp.data.labels.sample_table import build_samples, read_labels
+from lungexp.data.patches import cache
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.scans import index_scans
 

@@ -8,10 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS
-
-# Debug switches would turn the one-line messages under test into tracebacks.
-_DEBUG_VARIABLES = ("LUNGEXP_DEBUG", "HYDRA_FULL_ERROR")
+from lungexp.utils.errors import DEBUG_VARIABLES
+from tests.helpers.config import PROJECT_ROOT
 
 
 def entry_point_command(name: str, args: Sequence[str]) -> list[str]:
@@ -20,7 +18,7 @@ def entry_point_command(name: str, args: Sequence[str]) -> list[str]:
 
 def entry_point_env(root: Path) -> dict[str, str]:
     """The environment of a user's shell, with outputs (logs, default MLflow store) under ``root``."""
-    env = {key: value for key, value in os.environ.items() if key not in _DEBUG_VARIABLES}
+    env = {key: value for key, value in os.environ.items() if key not in DEBUG_VARIABLES}  # they would turn messages into tracebacks
     return {**env, "LUNGEXP_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
 
 
@@ -29,10 +27,3 @@ def run_entry_point(name: str, args: Sequence[str], root: Path, timeout: float =
     """Run ``python -m lungexp.<name> *args`` from the project root; outputs go under ``root``."""
     return subprocess.run(entry_point_command(name, args), cwd=PROJECT_ROOT, env={**entry_point_env(root), **(env or {})},
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
-
-
-def tiny_run_args(data_root: Path, cache_dir: Path, mlflow_dir: Path) -> list[str]:
-    """Overrides for a fast run on a tiny dataset that is already on disk."""
-    return [f"data.root={data_root}", "data.synthetic=null", f"data.cache_dir={cache_dir}", *FAST_OVERRIDES,
-            *TINY_NETS["cnn3d"], f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db",
-            f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]

@@ -11,9 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import lungexp  # noqa: F401  (registers the config resolvers)
+from lungexp.utils import config
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+CONFIG_DIR = Path(config.CONFIG_DIR)  # the folder the entry points read
+PROJECT_ROOT = CONFIG_DIR.parent
 
 # A few tiny scans, 2 per LUNA16-style subset, so every split has both classes.
 TINY_SYNTHETIC = {
@@ -56,6 +57,11 @@ def tiny_data_overrides(root: Path, cache_dir: Path) -> list[str]:
 def mlflow_overrides(mlflow_dir: Path) -> list[str]:
     """Log to the MLflow store in ``mlflow_dir`` (tests share one per session)."""
     return [f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db", f"paths.mlflow_artifacts={mlflow_dir}/artifacts"]
+
+
+def tiny_run_overrides(data_root: Path, cache_dir: Path, mlflow_dir: Path, model: str = "cnn3d") -> list[str]:
+    """A fast run of a tiny ``model`` on a tiny dataset already on disk, logging to ``mlflow_dir``."""
+    return [*TINY_NETS[model], *tiny_data_overrides(data_root, cache_dir), *mlflow_overrides(mlflow_dir)]
 
 
 def compose_config(overrides: Sequence[str], root_dir: Path, config_name: str = "config") -> DictConfig:

@@ -79,7 +79,8 @@ class RandomIntensity(nn.Module):
         """One row of parameters per transformed sample, drawn on the CPU."""
         raise NotImplementedError
 
-    def apply(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
+    def transform(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
+        """The chosen samples changed by their parameters (not ``apply``: that is ``nn.Module.apply(fn)``)."""
         raise NotImplementedError
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,7 @@ class RandomIntensity(nn.Module):
             return batch
         chosen = chosen.to(batch.device)
         parameters = self.sample_parameters(len(chosen)).to(batch.device, batch.dtype)
-        return batch.index_copy(0, chosen, self.apply(batch.index_select(0, chosen), parameters))
+        return batch.index_copy(0, chosen, self.transform(batch.index_select(0, chosen), parameters))
 
 
 def _uniform(count: int, columns: int, low: float, high: float) -> torch.Tensor:
@@ -105,7 +106,7 @@ class RandomNoise(RandomIntensity):
     def sample_parameters(self, count: int) -> torch.Tensor:
         return _uniform(count, 1, *self.std)
 
-    def apply(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
+    def transform(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
         return batch + torch.randn_like(batch) * parameters.view(-1, 1, 1, 1, 1)
 
 
@@ -119,7 +120,7 @@ class RandomGamma(RandomIntensity):
     def sample_parameters(self, count: int) -> torch.Tensor:
         return _uniform(count, 1, *self.log_gamma).exp()
 
-    def apply(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
+    def transform(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
         return batch.sign() * batch.abs().pow(parameters.view(-1, 1, 1, 1, 1))
 
 
@@ -135,7 +136,7 @@ class RandomBlur(RandomIntensity):
     def sample_parameters(self, count: int) -> torch.Tensor:
         return _uniform(count, 3, *self.std)
 
-    def apply(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
+    def transform(self, batch: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
         count, channels = batch.shape[:2]
         radius = max(1, math.ceil(3 * self.std[1]))
         offsets = torch.arange(-radius, radius + 1, device=batch.device, dtype=batch.dtype)

@@ -35,6 +35,8 @@ class EpochSeededRandomSampler(_EpochSeeded, RandomSampler):
 class EpochSeededWeightedSampler(_EpochSeeded, WeightedRandomSampler):
     """Weighted sampling with replacement (``WeightedRandomSampler``) seeded with ``seed + epoch``."""
 
-    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
-        super().__init__(*args, generator=torch.Generator(), **kwargs)
+    def __init__(self, weights: torch.Tensor, num_samples: int, *, seed: int, replacement: bool = True) -> None:
+        # torch's stub says Sequence[float]; the sampler reads any tensor-like through torch.as_tensor.
+        super().__init__(weights, num_samples, replacement=replacement,  # type: ignore[arg-type]
+                         generator=torch.Generator())
         self._init_seed(seed)

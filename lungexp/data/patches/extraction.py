@@ -136,9 +136,10 @@ class PatchExtractor:
         """Patch ``(channels, z, y, x)`` in HU (float32) centred on a world point in mm."""
         center = np.asarray(center_xyz, dtype=np.float64)
         out = np.empty(self.spec.shape, dtype=np.float32)
+        permutation = self._permutation
         for channel, spacing in enumerate(self.spec.spacing_mm):
-            sample = self._separable if self._permutation else self._resampled
-            out[channel] = sample(center, spacing)
+            out[channel] = (self._separable(center, spacing, permutation) if permutation
+                            else self._resampled(center, spacing))
         return out
 
     def extract_many(self, centers_xyz: np.ndarray) -> np.ndarray:
@@ -148,8 +149,8 @@ class PatchExtractor:
             np.rint(self.extract(center), out=out[i], casting="unsafe")
         return out
 
-    def _separable(self, center: np.ndarray, spacing: float) -> np.ndarray:
-        index_axis, sign = self._permutation
+    def _separable(self, center: np.ndarray, spacing: float, permutation: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        index_axis, sign = permutation
         scan = self.scan
         offsets = self.spec.offsets_mm(spacing)
         matrices, blocks = [], []
@@ -161,8 +162,8 @@ class PatchExtractor:
             matrices.append(weights)
             blocks.append((2 - axis, slice(start, start + weights.shape[1])))  # array axis of index axis
         slices = [slice(None)] * 3
-        for array_axis, block in blocks:
-            slices[array_axis] = block
+        for array_axis, index_range in blocks:
+            slices[array_axis] = index_range
         block = scan.array[tuple(slices)].astype(np.float32) - self.spec.pad_hu
         block = block.transpose([array_axis for array_axis, _ in blocks])  # to patch axis order z, y, x
         weights_z, weights_y, weights_x = matrices

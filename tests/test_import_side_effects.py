@@ -1,0 +1,43 @@
+"""Importing lungexp leaves the process as it was: the matplotlib backend and the warning filters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.helpers.config import PROJECT_ROOT
+
+# In a fresh interpreter: a notebook's backend chosen first, every module imported, and any
+# filterwarnings/simplefilter/matplotlib.use called from a file under lungexp/ recorded.
+PROBE = """
+import importlib, pkgutil, sys, warnings
+from pathlib import Path
+import matplotlib
+import lungexp
+
+matplotlib.use("svg")
+package = str(Path(lungexp.__file__).parent)
+calls = []
+
+def recording(function):
+    def recorded(*args, **kwargs):
+        caller = sys._getframe(1).f_code.co_filename
+        if caller.startswith(package):
+            calls.append(f"{function.__name__} from {caller}")
+        return function(*args, **kwargs)
+    return recorded
+
+warnings.filterwarnings = recording(warnings.filterwarnings)
+warnings.simplefilter = recording(warnings.simplefilter)
+matplotlib.use = recording(matplotlib.use)
+for module in pkgutil.walk_packages(lungexp.__path__, "lungexp."):
+    importlib.import_module(module.name)
+print(matplotlib.get_backend(), calls)
+"""
+
+
+def test_importing_every_module_changes_no_backend_and_no_warning_filter() -> None:
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["svg", "[]"], proc.stdout
