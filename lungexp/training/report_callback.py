@@ -30,9 +30,12 @@ class TestReport(Callback):
         self.datamodule = datamodule
         self.predictions: pd.DataFrame | None = None  # of the last test, joined with the sample table
 
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: NoduleClassifier) -> None:
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not isinstance(pl_module, NoduleClassifier):
+            raise TypeError(f"TestReport reports a NoduleClassifier's test, not a {type(pl_module).__name__}'s")
         scored = pl_module.predictions("test")  # a collective under DDP: every rank gets all patches
         cache = self.datamodule.cache
+        assert cache is not None, "the datamodule's setup() opens its patch cache before any test"
         predictions = self.predictions = predictions_table(scored["cache_row"].to_numpy(),
                                                            scored["probability"].to_numpy(), samples=cache.index)
         options = pl_module.evaluation
