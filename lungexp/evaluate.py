@@ -21,9 +21,9 @@ def main(cfg: DictConfig) -> None:
     check_required(cfg)
     check_top_level(cfg, "evaluate")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     # Imported here so that `--help` does not pay for torch/Lightning.
-    from lungexp.inference.rescoring import evaluate_checkpoint, print_summary
+    from lungexp.inference.rescoring import evaluate_checkpoint, print_evaluation
 
-    print_summary(evaluate_checkpoint(cfg, overrides=HydraConfig.get().overrides.task))
+    print_evaluation(evaluate_checkpoint(cfg, overrides=HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from lungexp.tracking.logger_setup import open_tracking_store
 from lungexp.tracking.server import CREDENTIAL_VARIABLES, ServerAccessError
-from lungexp.tracking.stale_runs import open_tracking_store
 from lungexp.training.pipeline import train
 from lungexp.utils.errors import ConfigError
 from tests.helpers.mlflow_ui import mlflow_server

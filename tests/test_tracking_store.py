@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lungexp.tracking.stale_runs import TrackingStoreError, open_tracking_store
+from lungexp.tracking.logger_setup import TrackingStoreError, open_tracking_store
 
 
 def test_a_store_being_created_by_another_run_is_retried_not_moved_aside(tmp_path: Path) -> None:

@@ -22,14 +22,16 @@ from torch.utils.data import DataLoader
 
 from lungexp.data.names import IMAGE_KEY
 from lungexp.inference.ensemble import Ensemble, check_unseen_data, load_members
-from lungexp.metrics.bootstrap import summary_names, with_interval
 from lungexp.reporting.calibration import calibrate_table
 from lungexp.reporting.options import EvaluationOptions
-from lungexp.reporting.report import evaluate_predictions, evaluation_settings, patch_figures
-from lungexp.tracking.artifacts import log_config, log_figure, log_table, mlflow_loggers
+from lungexp.reporting.report import evaluation_settings, predictions_table
+from lungexp.reporting.run_report import PatchPictures, report_split
+from lungexp.reporting.summary import metric_lines, print_summary
+from lungexp.tracking.artifacts import log_config, mlflow_loggers
+from lungexp.tracking.logger_setup import instantiate_loggers
 from lungexp.tracking.provenance import git_tags
+from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
-from lungexp.tracking.stale_runs import instantiate_loggers
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError, look_up_option
 
@@ -119,19 +121,16 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     predictor.calibrate(options.calibration)
     predictions = calibrate_table(_predict(predictor, datamodule, split), predictor.calibrator)
     settings = evaluation_settings(datamodule, split, predictor.decision_threshold(options.threshold), options)
-    report = evaluate_predictions(predictions, settings, prefix=f"{split}/", title=split.capitalize())
-    report.figures.update(patch_figures(predictor.net, predictions, datamodule.cache.patches, datamodule.window,
-                                        options, settings.threshold))
 
     training_run = cfg.cv_run or recipe.mlflow.get("run_id")
     loggers = instantiate_loggers(cfg.get("logger"), {"run_name": run_name(cfg), "tags": git_tags()})
     log_config(loggers, cfg)
+    pictures = PatchPictures(predictor.net, datamodule.cache.patches, datamodule.window, options)
+    report = report_split(predictions, settings, loggers, prefix=f"{split}/", title=split.capitalize(),
+                          artifact=predictions_artifact(split), pictures=pictures)
     for logger in mlflow_loggers(loggers):
         logger.experiment.set_tag(logger.run_id, TRAINING_RUN_TAG, training_run or "unknown")
         logger.log_metrics(report.metrics)
-    for path, figure in report.figures.items():
-        log_figure(loggers, figure, path)
-    log_table(loggers, predictions, f"predictions/{split}_predictions.csv")
     run_id = None
     for logger in mlflow_loggers(loggers):
         run_id = logger.run_id
@@ -139,17 +138,15 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     return EvaluationResult(predictor.description, split, report.metrics, predictions, run_id, training_run)
 
 
-def print_summary(result: EvaluationResult) -> None:
+def print_evaluation(result: EvaluationResult) -> None:
+    """The console summary of an evaluation: the split, every metric and both MLflow runs."""
     data = result.predictions
-    lines = ["", "=" * 72, f"Evaluation of {result.checkpoint}",
-             f"  on split '{result.split}': {len(data)} patches ({int(data['label'].sum())} positive) from "
-             f"{data['seriesuid'].nunique()} series"]
-    lines += [f"  {name:<34} {with_interval(result.metrics, name)}" for name in summary_names(result.metrics)]
-    lines.append(f"  training MLflow run id   {result.training_run_id or '(none recorded)'}")
+    lines = [f"  on split '{result.split}': {len(data)} patches ({int(data['label'].sum())} positive) from "
+             f"{data['seriesuid'].nunique()} series", *metric_lines(result.metrics, 34),
+             f"  training MLflow run id   {result.training_run_id or '(none recorded)'}"]
     if result.mlflow_run_id:
         lines.append(f"  MLflow run id            {result.mlflow_run_id}")
-    lines.append("=" * 72)
-    print("\n".join(lines))
+    print_summary(f"Evaluation of {result.checkpoint}", lines)
 
 
 def _predict(predictor: Ensemble, datamodule: Any, split: str) -> pd.DataFrame:
@@ -157,6 +154,5 @@ def _predict(predictor: Ensemble, datamodule: Any, split: str) -> pd.DataFrame:
     dataset = datamodule.datasets[split]
     loader = DataLoader(dataset, batch_size=datamodule.options.batch_size, num_workers=datamodule.options.num_workers)
     probabilities = predictor.probabilities(batch[IMAGE_KEY] for batch in loader)
-    table = datamodule.cache.index.iloc[dataset.rows].reset_index(names="cache_row")
-    return table.assign(probability=probabilities.astype("float64").round(6)).reset_index(drop=True)
+    return predictions_table(dataset.rows, probabilities, samples=datamodule.cache.index)
 

@@ -1,8 +1,8 @@
 """Every metric and figure of a predictions table, the same wherever predictions come from: the test stage
 of training, ``python -m lungexp.evaluate`` and the pooled folds of a cross-validation.
 
-A predictions table has one row per patch: ``label`` (0/1), ``probability`` and, for the FROC,
-``seriesuid, coordX, coordY, coordZ`` (world mm).
+A predictions table (:func:`predictions_table`) has one row per patch: ``label`` (0/1), ``probability`` and,
+for the FROC, ``seriesuid, coordX, coordY, coordZ`` (world mm).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ from lungexp.visualize.plots import (
     score_histogram_figure,
 )
 
+if TYPE_CHECKING:
+    from lungexp.data.loading.datamodule import NoduleDataModule
+
 log = logging.getLogger(__name__)
 
 PLOTS = "plots"
@@ -73,6 +77,26 @@ class EvaluationReport:
     metrics: dict[str, float]
     figures: dict[str, Figure] = field(default_factory=dict)
     froc: FrocResult | None = None
+
+
+def predictions_table(rows: np.ndarray, probabilities: np.ndarray, samples: pd.DataFrame | None = None,
+                      labels: np.ndarray | None = None) -> pd.DataFrame:
+    """The predictions table of scored patches, one row per patch in cache order (repeats dropped: a sampler
+    that pads DDP ranks to equal lengths scores some patches twice).
+
+    Args:
+        rows: each patch's row of the sample table (``cache_row``).
+        probabilities: each patch's probability, kept to 6 decimals (what the logged CSV holds).
+        samples: the sample table (a patch cache's index: ``label``, ``seriesuid``, world coordinates, ...),
+            whose rows the table takes; without it, only ``cache_row``, ``labels`` and ``probability``.
+        labels: each patch's label, used only without ``samples``.
+    """
+    if samples is not None:
+        table = samples.iloc[rows].reset_index(names="cache_row")
+    else:
+        table = pd.DataFrame({"cache_row": rows, "label": labels})
+    table = table.assign(probability=np.round(np.asarray(probabilities, dtype=np.float64), 6))
+    return table.drop_duplicates("cache_row").sort_values("cache_row").reset_index(drop=True)
 
 
 def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings, prefix: str = "test/",
@@ -143,21 +167,19 @@ def _figures(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, f
     return {f"{PLOTS}/{name}.png": figure for name, figure in figures.items()}
 
 
-def evaluation_settings(datamodule: object, split: str, threshold: float, options: EvaluationOptions
+def evaluation_settings(datamodule: NoduleDataModule, split: str, threshold: float, options: EvaluationOptions
                         ) -> EvaluationSettings:
-    """How ``split`` of a :class:`~lungexp.data.loading.datamodule.NoduleDataModule` is judged: at ``threshold``, with
-    its FROC reference and ``eval.bootstrap`` resamplings of its ``data.split.group_by`` clusters."""
-    split_spec = getattr(getattr(datamodule, "options", None), "split", None)
+    """How ``split`` of a datamodule is judged: at ``threshold``, with its FROC reference and ``eval.bootstrap``
+    resamplings of its ``data.split.group_by`` clusters."""
     return EvaluationSettings(threshold=threshold, froc=froc_reference(datamodule, split), bootstrap=options.bootstrap,
-                              group_by=getattr(split_spec, "group_by", "seriesuid"))
+                              group_by=datamodule.options.split.group_by)
 
 
-def froc_reference(datamodule: object, split: str) -> FrocReference | None:
-    """The FROC reference of a :class:`~lungexp.data.loading.datamodule.NoduleDataModule` split: for task
-    ``candidates`` with an annotations CSV, its nodules and excluded findings and all series of ``split``;
-    otherwise ``None`` (no FROC)."""
-    options = getattr(datamodule, "options", None)  # its checked data.* options (DataOptions)
-    if options is None or options.task != "candidates" or options.annotations_csv is None:
+def froc_reference(datamodule: NoduleDataModule, split: str) -> FrocReference | None:
+    """The FROC reference of a datamodule's split: for task ``candidates`` with an annotations CSV, its nodules
+    and excluded findings and all series of ``split``; otherwise ``None`` (no FROC)."""
+    options = datamodule.options  # its checked data.* options (DataOptions)
+    if options.task != "candidates" or options.annotations_csv is None:
         return None
     if not Path(options.annotations_csv).is_file():
         log.warning("no FROC/CPM: the annotations CSV %s does not exist", options.annotations_csv)

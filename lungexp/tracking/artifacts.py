@@ -30,6 +30,17 @@ def mlflow_loggers(loggers: Iterable[Logger]) -> list[MLFlowLogger]:
     return [logger for logger in loggers if isinstance(logger, MLFlowLogger)]
 
 
+def mlflow_run_reference(loggers: Iterable[Logger]) -> dict[str, str]:
+    """``run_id, experiment_id, experiment_name, tracking_uri`` of the first MLflow logger's run, or ``{}``
+    without one (under DDP only rank 0 has a run)."""
+    logger = next(iter(mlflow_loggers(loggers)), None)
+    if logger is None or not logger.run_id:
+        return {}
+    client = logger.experiment
+    return {"run_id": logger.run_id, "experiment_id": logger.experiment_id,
+            "experiment_name": client.get_experiment(logger.experiment_id).name, "tracking_uri": client.tracking_uri}
+
+
 def log_params(loggers: Iterable[Logger], params: Mapping[str, Any]) -> None:
     """Params as given (no re-flattening of lists), values as strings, in MLflow-sized batches."""
     entries = [Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in params.items()]

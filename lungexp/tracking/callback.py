@@ -11,12 +11,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from lungexp.tracking.artifacts import mlflow_loggers
 from lungexp.tracking.logger import RunLogger
 from lungexp.tracking.provenance import log_dataset
-from lungexp.training.checkpoint import best_checkpoint_callback
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,14 @@ class MLflowTracking(Callback):
 
     Args:
         monitor: the metric to track (``optimized_metric``).
-        mode: ``max`` or ``min``; taken from the checkpoint callback when it monitors the same metric.
+        mode: ``max`` or ``min``; taken from ``checkpoint`` when it monitors the same metric.
+        checkpoint: the checkpoint callback that keeps the best epoch, whose best checkpoint is the model logged.
     """
 
-    def __init__(self, monitor: str, mode: str = "max") -> None:
+    def __init__(self, monitor: str, mode: str = "max", checkpoint: ModelCheckpoint | None = None) -> None:
         self.monitor = monitor
-        self.mode = mode
+        self.mode = checkpoint.mode if checkpoint is not None and checkpoint.monitor == monitor else mode
+        self.checkpoint = checkpoint
         self.best: float | None = None
         self.best_epoch: int | None = None
 
@@ -51,9 +52,6 @@ class MLflowTracking(Callback):
         return self._generate_state_key(monitor=self.monitor)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        checkpoint = best_checkpoint_callback(trainer)
-        if checkpoint is not None and checkpoint.monitor == self.monitor:
-            self.mode = checkpoint.mode
         for logger in mlflow_loggers(trainer.loggers):
             log_dataset(logger.experiment, logger.run_id, trainer.datamodule)
 
@@ -76,8 +74,7 @@ class MLflowTracking(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         targets = [lg for lg in mlflow_loggers(trainer.loggers) if isinstance(lg, RunLogger) and lg.log_best_model]
-        best = best_checkpoint_callback(trainer)
-        checkpoint = best.best_model_path if best else ""
+        checkpoint = self.checkpoint.best_model_path if self.checkpoint is not None else ""
         if not targets or not checkpoint:
             return
         model = _load_best(pl_module, checkpoint)

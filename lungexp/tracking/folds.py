@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,21 @@ CONFIG_HASH_TAG = "lungexp.cv.config_hash"
 ROLE_TAG = "lungexp.cv.role"  # parent | fold
 FOLD_TAG = "lungexp.cv.fold"
 COMPLETE_TAG = "lungexp.cv.complete"  # set once a fold's test predictions are logged
+OPTIMIZED_METRIC_TAG = "lungexp.cv.optimized_metric"  # the fold's optimized_metric, for a re-run that reuses it
 # On the parent, per fold k: `lungexp.cv.checkpoint.fold<k>` (the file's path) and `...uri.fold<k>` (its copy, an
 # artifact of the fold run): what `predict`/`evaluate cv_run=<parent run id>` ensemble.
 CHECKPOINT_TAG = "lungexp.cv.checkpoint"
 CHECKPOINT_URI_TAG = "lungexp.cv.checkpoint_uri"
 CHECKPOINT_ARTIFACTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class FinishedFold:
+    """A fold that finished in an earlier invocation: its run, its logged metrics and its optimised metric."""
+
+    run_id: str
+    metrics: dict[str, float]
+    optimized_metric: float | None
 
 
 class FoldRuns:
@@ -68,11 +79,15 @@ class FoldRuns:
                                         parent_run_id=sweep_parent_run_id(),
                                         tags={**self.tags, ROLE_TAG: "parent", CONFIG_HASH_TAG: config_hash})
 
-    def finished_fold(self, fold: int) -> Run | None:
+    def finished_fold(self, fold: int) -> FinishedFold | None:
         """The completed, FINISHED run of ``fold`` under this parent, if any."""
         runs = self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}' and tags.`{FOLD_TAG}` = '{fold}' "
                             f"and tags.`{COMPLETE_TAG}` = 'true' and attributes.status = 'FINISHED'")
-        return runs[0] if runs else None
+        if not runs:
+            return None
+        optimized = runs[0].data.tags.get(OPTIMIZED_METRIC_TAG)
+        return FinishedFold(runs[0].info.run_id, dict(runs[0].data.metrics),
+                            float(optimized) if optimized not in (None, "None") else None)
 
     def start_fold(self, fold: int) -> str:
         """A new nested run for ``fold``; returns its id for ``MLFlowLogger(run_id=...)``."""
@@ -87,7 +102,9 @@ class FoldRuns:
         self.client.set_tag(self.parent_id, f"{CHECKPOINT_URI_TAG}.fold{fold}",
                             f"runs:/{run_id}/{CHECKPOINT_ARTIFACTS}/{path.name}")
 
-    def complete_fold(self, run_id: str) -> None:
+    def complete_fold(self, run_id: str, optimized_metric: float | None) -> None:
+        """Record the fold's optimised metric and mark its run complete and FINISHED: a re-run reuses it."""
+        self.client.set_tag(run_id, OPTIMIZED_METRIC_TAG, str(optimized_metric))
         self.client.set_tag(run_id, COMPLETE_TAG, "true")
         self.client.set_terminated(run_id, "FINISHED")
 

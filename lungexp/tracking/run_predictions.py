@@ -24,6 +24,11 @@ PREFERRED = ("pooled_test_predictions.csv", "test_predictions.csv")
 SUFFIX = "_predictions.csv"
 
 
+def predictions_artifact(split: str) -> str:
+    """Where a run keeps the predictions table of ``split``: ``predictions/test_predictions.csv``, ..."""
+    return f"{PREDICTIONS_FOLDER}/{split}{SUFFIX}"
+
+
 def get_run(client: MlflowClient, run_id: str) -> Run:
     """The run, or a :class:`ComparisonError` naming the id and the tracking store."""
     try:

@@ -37,6 +37,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
+from lungexp.tracking.logger_setup import mlflow_logger_config
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import (
     SWEEP_KEYS_ENV,
@@ -49,13 +50,7 @@ from lungexp.tracking.runs import (
     split_override,
     sweep_parent_run_id,
 )
-from lungexp.tracking.stale_runs import (
-    HOST_TAG,
-    PID_TAG,
-    PROCESS_START_TAG,
-    mlflow_logger_config,
-    process_tags,
-)
+from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, PROCESS_START_TAG, process_tags
 from lungexp.tracking.sweep_report import NOTE_TAG, report_sweep
 from lungexp.utils.errors import user_error_in
 

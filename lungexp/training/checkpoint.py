@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -23,14 +23,14 @@ import pytorch_lightning as pl
 import torch
 from hydra._internal.utils import _locate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
-from lungexp.tracking.artifacts import mlflow_loggers
+from lungexp.tracking.artifacts import mlflow_run_reference
 from lungexp.training.module import CALIBRATION, stored_validation_predictions
 from lungexp.utils.errors import LungexpError
 
@@ -52,10 +52,11 @@ NETWORKS: frozenset[type] = frozenset({CNN3D, ResNet3D, SEResNet3D, CBAMResNet3D
 DATAMODULES: frozenset[type] = frozenset({NoduleDataModule})
 
 
-def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
+def best_checkpoint_callback(callbacks: Iterable[Callback]) -> ModelCheckpoint | None:
     """The checkpoint callback that keeps the best epoch by a monitored metric (``callbacks.model_checkpoint``),
     not ``callbacks.last_checkpoint``, which Lightning's ``Trainer.checkpoint_callback`` may return."""
-    return next((callback for callback in trainer.checkpoint_callbacks if callback.monitor is not None), None)
+    return next((callback for callback in callbacks
+                 if isinstance(callback, ModelCheckpoint) and callback.monitor is not None), None)
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> str | None:
@@ -246,14 +247,8 @@ class SaveRecipe(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self._run is None:
-            mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
-            self._run = {}
-            if mlflow is not None and mlflow.run_id:  # under DDP only rank 0 has a run (and writes the file)
-                client = mlflow.experiment
-                self._run = {"run_id": mlflow.run_id, "experiment_id": mlflow.experiment_id,
-                             "experiment_name": client.get_experiment(mlflow.experiment_id).name,
-                             "tracking_uri": client.tracking_uri}
+        if self._run is None:  # under DDP only rank 0 has a run (and writes the file)
+            self._run = mlflow_run_reference(trainer.loggers)
         checkpoint[RECIPE_KEY] = {**self.recipe.to_dict(), "mlflow": self._run}
         checkpoint[RUN_CONFIG_KEY] = self.run_config
 

@@ -26,23 +26,24 @@ import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.data.labels.splits import SplitSpec, check_splits, split_samples
 from lungexp.metrics.bootstrap import CI_HIGH, CI_LOW, with_interval
 from lungexp.reporting.options import EvaluationOptions
-from lungexp.reporting.report import evaluate_predictions, evaluation_settings
-from lungexp.tracking.artifacts import log_config, log_figure, log_table
+from lungexp.reporting.report import evaluation_settings
+from lungexp.reporting.run_report import report_split
+from lungexp.reporting.summary import print_summary
+from lungexp.tracking.artifacts import log_config, log_table
 from lungexp.tracking.folds import FoldRuns
+from lungexp.tracking.logger_setup import mlflow_logger_config
+from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
-from lungexp.tracking.stale_runs import mlflow_logger_config
 from lungexp.training.pipeline import train
 from lungexp.utils.errors import ConfigError, LungexpError
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_ARTIFACT = "predictions/test_predictions.csv"
-POOLED_ARTIFACT = "predictions/pooled_test_predictions.csv"
+POOLED_ARTIFACT = predictions_artifact("pooled_test")
 THRESHOLD = "test/threshold"  # each fold's decision threshold, chosen on its validation split
 
 
@@ -101,7 +102,6 @@ def cross_validate(cfg: DictConfig) -> CrossValidationResult:
         logger = runs.parent_logger()
         logger.log_metrics(metrics)
         log_table([logger], _fold_table(results), "cv/folds.csv")
-        log_table([logger], pooled, POOLED_ARTIFACT)
         runs.finish()
     result = CrossValidationResult(folds=results, metrics=metrics, parent_run_id=runs.parent_id if runs else None)
     _print_summary(result)
@@ -188,12 +188,10 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
         finished = runs.finished_fold(fold.index)
         if finished is not None:
             log.info("Fold %d/%d (%s): already FINISHED in run %s, not retrained", fold.index + 1, num_folds,
-                     fold.description, finished.info.run_id)
-            optimized = finished.data.tags.get("lungexp.cv.optimized_metric")
-            return FoldResult(fold, {k: v for k, v in finished.data.metrics.items() if k.startswith("test/")},
-                              float(optimized) if optimized not in (None, "None") else None,
-                              runs.table_artifact(finished.info.run_id, PREDICTIONS_ARTIFACT),
-                              finished.info.run_id, reused=True)
+                     fold.description, finished.run_id)
+            return FoldResult(fold, {k: v for k, v in finished.metrics.items() if k.startswith("test/")},
+                              finished.optimized_metric, runs.table_artifact(finished.run_id, predictions_artifact("test")),
+                              finished.run_id, reused=True)
     run_id = runs.start_fold(fold.index) if runs is not None else None
     log.info("Fold %d/%d (%s)", fold.index + 1, num_folds, fold.description)
     try:
@@ -208,10 +206,9 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
         log.error(message)
         raise
     if runs is not None:
-        runs.client.set_tag(run_id, "lungexp.cv.optimized_metric", str(result.optimized_metric))
         if result.best_checkpoint:
             runs.record_checkpoint(fold.index, run_id, result.best_checkpoint)
-        runs.complete_fold(run_id)
+        runs.complete_fold(run_id, result.optimized_metric)
     return FoldResult(fold, {k: v for k, v in result.metrics.items() if k.startswith("test/")},
                       result.optimized_metric, result.test_predictions, run_id, reused=False)
 
@@ -232,18 +229,16 @@ def _fold_runs(cfg: DictConfig) -> FoldRuns | None:
 
 def _pooled_report(cfg: DictConfig, datamodule: Any, pooled: pd.DataFrame, results: list[FoldResult],
                    runs: FoldRuns | None) -> dict[str, float]:
-    """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports), logged to the
-    parent run. Thresholded metrics use the mean of the folds' validation-chosen thresholds."""
+    """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports), its figures and the
+    pooled table logged to the parent run. Thresholded metrics use the mean of the folds' validation-chosen
+    thresholds."""
     thresholds = [r.metrics[THRESHOLD] for r in results if np.isfinite(r.metrics.get(THRESHOLD, np.nan))]
     options = EvaluationOptions.from_config(cfg.get("eval"))
     datamodule.setup_all()  # every series is in exactly one fold's test set
     settings = evaluation_settings(datamodule, "all", float(np.mean(thresholds)) if thresholds else 0.5, options)
-    report = evaluate_predictions(pooled, settings, prefix="test/", title=f"Pooled test ({len(results)} folds)",
-                                  figures=runs is not None)
-    if runs is not None:
-        logger = runs.parent_logger()
-        for path, figure in report.figures.items():
-            log_figure([logger], figure, path)
+    loggers = [runs.parent_logger()] if runs is not None else []
+    report = report_split(pooled, settings, loggers, title=f"Pooled test ({len(results)} folds)",
+                          artifact=POOLED_ARTIFACT, figures=runs is not None)
     return report.metrics
 
 
@@ -252,11 +247,10 @@ def _fold_table(results: list[FoldResult]) -> pd.DataFrame:
                           "reused": r.reused, **r.metrics} for r in results])
 
 
-@rank_zero_only
 def _print_summary(result: CrossValidationResult) -> None:
     table = _fold_table(result.folds)
     names = [n for n in ("test/auroc", "test/cpm", "test/average_precision", "test/accuracy") if n in table]
-    lines = ["", "=" * 72, f"Cross-validation: {len(result.folds)} folds"]
+    lines = []
     for _, row in table.iterrows():
         values = "  ".join(f"{name.removeprefix('test/')} {row[name]:.4f}" for name in names)
         lines.append(f"  fold {row['fold']}  {values}  {'(reused)' if row['reused'] else ''}".rstrip())
@@ -266,5 +260,4 @@ def _print_summary(result: CrossValidationResult) -> None:
         lines.append(f"  {name:<24} mean {mean:.4f} ± {std:.4f}" + (f"   pooled {pooled}" if pooled else ""))
     if result.parent_run_id:
         lines.append(f"  MLflow parent run id   {result.parent_run_id}")
-    lines.append("=" * 72)
-    print("\n".join(lines))
+    print_summary(f"Cross-validation: {len(result.folds)} folds", lines)

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -23,8 +22,8 @@ from lungexp.models.pretrained import PretrainedReport, load_pretrained
 from lungexp.models.tta import tta_probabilities
 from lungexp.reporting.calibration import calibrate_table, fit_on_validation
 from lungexp.reporting.options import EvaluationOptions
-from lungexp.reporting.report import evaluate_predictions, evaluation_settings, patch_figures
-from lungexp.tracking.artifacts import log_figure, log_params, log_table
+from lungexp.reporting.report import predictions_table
+from lungexp.tracking.artifacts import log_params
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -58,14 +57,15 @@ class NoduleClassifier(pl.LightningModule):
         finetune: ``{freeze_backbone_epochs, freeze_bn, head_lr_mult}``; the freezing itself is done
             by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
         evaluation: the ``eval`` config group (:class:`~lungexp.reporting.options.EvaluationOptions`): how the
-            test stage judges and pictures the model.
+            test stage judges and pictures the model (saved with its checkpoints).
         augmentation: applied to each training batch on its device, after the HU window
             (:mod:`lungexp.data.loading.batch_augmentation`, ``aug=batch_light|batch_strong``); never to validation or test.
         compile: ``torch.compile`` the network (in place: its weights keep their names in checkpoints).
         channels_last: the network and its input batches in the channels-last-3D memory format.
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
-    checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's.
+    checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's. The test
+    stage only scores patches; :class:`~lungexp.training.report_callback.TestReport` reports them.
     """
 
     def __init__(
@@ -100,7 +100,6 @@ class NoduleClassifier(pl.LightningModule):
         self.val_metrics = classification_metrics("val/")
         self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.validation_predictions: pd.DataFrame | None = None  # of the current weights
-        self.test_predictions: pd.DataFrame | None = None  # of the last test run, e.g. for cross-validation
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
 
     @staticmethod
@@ -194,26 +193,15 @@ class NoduleClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.validation_predictions = stored_validation_predictions(checkpoint)
 
+    def on_test_epoch_start(self) -> None:
+        self._outputs["test"].clear()  # a test whose report did not run leaves its outputs behind
+
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probabilities = self._evaluate(batch, "test")  # the loss is of the plain input
         if self.evaluation.tta != "none":
             probabilities = tta_probabilities(lambda image: torch.sigmoid(self(image).float()), batch[IMAGE_KEY],
                                               self.evaluation.tta)
         self._collect("test", batch, probabilities)
-
-    def on_test_epoch_end(self) -> None:
-        predictions = self.test_predictions = calibrate_table(self.predictions("test"), self.calibrator())
-        settings = evaluation_settings(self.trainer.datamodule, "test", self.decision_threshold(), self.evaluation)
-        report = evaluate_predictions(predictions, settings, prefix="test/", figures=self.trainer.is_global_zero)
-        self.log_dict(report.metrics)
-        datamodule = self.trainer.datamodule
-        if self.trainer.is_global_zero and getattr(datamodule, "cache", None) is not None:
-            report.figures.update(patch_figures(self.net, predictions, datamodule.cache.patches, datamodule.window,
-                                                self.evaluation, settings.threshold))
-        for path, figure in report.figures.items():
-            log_figure(self.loggers, figure, path)
-        if self.trainer.is_global_zero:
-            log_table(self.loggers, predictions, "predictions/test_predictions.csv")
 
     def decision_threshold(self) -> float:
         """``eval.threshold`` applied to the (calibrated) validation predictions of the current weights."""
@@ -229,24 +217,17 @@ class NoduleClassifier(pl.LightningModule):
             (batch[INDEX_KEY].cpu(), probabilities.detach().float().cpu(), batch[LABEL_KEY].detach().cpu()))
 
     def predictions(self, stage: str) -> pd.DataFrame:
-        """This epoch's per-patch probabilities of ``stage`` on all ranks, joined with the sample table
-        (``seriesuid``, world coordinates, ...) when the datamodule has one; clears the collected outputs."""
+        """This epoch's ``cache_row, label, probability`` of every patch of ``stage`` on all ranks (a
+        :func:`~lungexp.reporting.report.predictions_table`); clears the collected outputs."""
         outputs, self._outputs[stage] = self._outputs[stage], []
         columns = list(zip(*outputs, strict=True)) or [(), (), ()]
         rows, probabilities, labels = (torch.cat(parts) if parts else torch.empty(0) for parts in columns)
         if self.trainer.world_size > 1:
             # Each rank scored its own part of the split (of unequal lengths, see NoduleDataModule); a
-            # datamodule whose sampler pads ranks to equal lengths repeats rows, dropped below.
+            # datamodule whose sampler pads ranks to equal lengths repeats rows, which the table drops.
             rows, probabilities, labels = (torch.cat(gather_all_tensors(t.to(self.device))).cpu()
                                            for t in (rows, probabilities, labels))
-        rows = rows.long().numpy()
-        cache = getattr(self.trainer.datamodule, "cache", None)
-        if cache is not None:
-            table = cache.index.iloc[rows].reset_index(names="cache_row")
-        else:
-            table = pd.DataFrame({"cache_row": rows, "label": labels.long().numpy()})
-        table = table.assign(probability=np.round(probabilities.numpy().astype(np.float64), 6))
-        return table.drop_duplicates("cache_row").sort_values("cache_row").reset_index(drop=True)
+        return predictions_table(rows.long().numpy(), probabilities.numpy(), labels=labels.long().numpy())
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(

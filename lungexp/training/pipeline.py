@@ -16,12 +16,14 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lungexp.metrics.bootstrap import summary_names, with_interval
+from lungexp.metrics.bootstrap import summary_names
+from lungexp.reporting.summary import metric_lines, print_summary
 from lungexp.tracking.artifacts import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.callback import MLflowTracking
+from lungexp.tracking.logger_setup import instantiate_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
-from lungexp.tracking.stale_runs import ENDED_BY_TAG, instantiate_loggers
+from lungexp.tracking.stale_runs import ENDED_BY_TAG
 from lungexp.training.checkpoint import (
     ModelRecipe,
     SaveRecipe,
@@ -32,6 +34,7 @@ from lungexp.training.checkpoint import (
 from lungexp.training.devices import drop_unsupported_sync_batchnorm
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
+from lungexp.training.report_callback import TestReport
 from lungexp.training.resume import (
     EpochSeed,
     check_resumable,
@@ -68,7 +71,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     drop_unsupported_sync_batchnorm(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed)]
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed), TestReport(datamodule)]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
@@ -76,7 +79,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
         "run_name": run_name(cfg), "run_id": run_id,
         "tags": {**git_tags(), "task_name": cfg.task_name, "overrides": " ".join(job_overrides())}})
     if mlflow_loggers(loggers):
-        callbacks.append(MLflowTracking(monitor=cfg.optimized_metric))
+        callbacks.append(MLflowTracking(monitor=cfg.optimized_metric, checkpoint=best_checkpoint_callback(callbacks)))
     # Built from a partial: Hydra would try to merge the loggers and callbacks into a config first.
     make_trainer = hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="partial")
     try:
@@ -108,7 +111,7 @@ def train(cfg: DictConfig) -> RunResult:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         optimized = _optimized_metric(trainer, cfg.optimized_metric)
         metrics = _scalars(trainer)
-        best = best_checkpoint_callback(trainer)
+        best = best_checkpoint_callback(trainer.checkpoint_callbacks)
         checkpoint = best.best_model_path if best else ""
         if cfg.test_after_fit:
             trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
@@ -122,7 +125,7 @@ def train(cfg: DictConfig) -> RunResult:
         mlflow_run_id=run_id,
         # The logger's MlflowClient; only rank 0 has an MLflow logger (see instantiate_loggers).
         mlflow_tracking_uri=mlflow.experiment.tracking_uri if run_id else None,
-        test_predictions=getattr(model, "test_predictions", None) if cfg.test_after_fit else None,
+        test_predictions=_test_report(trainer).predictions if cfg.test_after_fit else None,
     )
     _print_summary(result)
     return result
@@ -188,13 +191,17 @@ def _resumable_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> str
     return run_id
 
 
+def _test_report(trainer: pl.Trainer) -> TestReport:
+    return next(callback for callback in trainer.callbacks if isinstance(callback, TestReport))
+
+
 def _scalars(trainer: pl.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
 def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
     """Best monitored value if a checkpoint callback tracked it, else the last logged value."""
-    callback = best_checkpoint_callback(trainer)
+    callback = best_checkpoint_callback(trainer.checkpoint_callbacks)
     if callback is not None and callback.monitor == name and callback.best_model_score is not None:
         return float(callback.best_model_score)
     value = trainer.callback_metrics.get(name)
@@ -203,10 +210,9 @@ def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
 
 @rank_zero_only
 def _print_summary(result: RunResult) -> None:
-    keys = summary_names({k: v for k, v in result.metrics.items() if k.startswith("test/")})
-    width = max([22, *map(len, keys)])
-    lines = ["", "=" * 72, "Results"]
-    lines += [f"  {key:<{width}} {with_interval(result.metrics, key)}" for key in keys]
+    tested = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+    width = max([22, *map(len, summary_names(tested))])
+    lines = metric_lines(tested, width)
     if result.optimized_metric is not None:
         lines.append(f"  {'best optimised metric':<{width}} {result.optimized_metric:.4f}")
     lines.append(f"  {'best checkpoint':<{width}} {result.best_checkpoint or '(none saved)'}")
@@ -214,7 +220,6 @@ def _print_summary(result: RunResult) -> None:
         lines.append(f"  {'MLflow run id':<{width}} {result.mlflow_run_id}")
         lines.append(f"  {'MLflow tracking URI':<{width}} {result.mlflow_tracking_uri}")
         lines.append(f"  {'Open the MLflow UI:':<{width}} make mlflow-ui   (then http://127.0.0.1:5000)")
-    lines.append("=" * 72)
-    print("\n".join(lines))
+    print_summary("Results", lines)
     if result.best_checkpoint:
         log.info("Best checkpoint: %s", Path(result.best_checkpoint).resolve())

@@ -1,0 +1,57 @@
+"""The test stage's report as a Lightning callback: the module scores the test patches, this reports them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from lungexp.data.loading.datamodule import NoduleDataModule
+from lungexp.reporting.calibration import calibrate_table
+from lungexp.reporting.report import evaluation_settings, predictions_table
+from lungexp.reporting.run_report import PatchPictures, report_split
+from lungexp.tracking.run_predictions import predictions_artifact
+from lungexp.training.module import NoduleClassifier
+
+
+class TestReport(Callback):
+    """At the end of each test, the report of the module's test predictions
+    (:func:`~lungexp.reporting.run_report.report_split`): its metrics logged through the module (``test/auroc``,
+    ...: the trainer's callback metrics), its figures, the pictures on CT and ``predictions/test_predictions.csv``
+    logged to the trainer's loggers. The decision threshold is the module's, chosen on its own validation
+    predictions; the ``eval`` options are those the module was built (and checkpointed) with.
+
+    Args:
+        datamodule: the datamodule tested: its sample table and patches, HU window and FROC reference.
+    """
+
+    __test__ = False  # a callback, not a pytest test class
+
+    def __init__(self, datamodule: NoduleDataModule) -> None:
+        self.datamodule = datamodule
+        self.predictions: pd.DataFrame | None = None  # of the last test, joined with the sample table
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The module's validation predictions joined with the sample table before a checkpoint stores them
+        (Lightning runs checkpoint callbacks after all others): their ``seriesuid`` is what
+        ``eval.threshold=fp_per_scan@`` counts scans by."""
+        validation = pl_module.validation_predictions if isinstance(pl_module, NoduleClassifier) else None
+        cache = self.datamodule.cache
+        if validation is not None and cache is not None and "seriesuid" not in validation:
+            pl_module.validation_predictions = predictions_table(
+                validation["cache_row"].to_numpy(), validation["probability"].to_numpy(), samples=cache.index)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not isinstance(pl_module, NoduleClassifier):
+            raise TypeError(f"TestReport reports a NoduleClassifier's test, not a {type(pl_module).__name__}'s")
+        scored = pl_module.predictions("test")  # a collective under DDP: every rank gets all patches
+        cache = self.datamodule.cache
+        assert cache is not None, "the datamodule's setup() opens its patch cache before any test"
+        table = predictions_table(scored["cache_row"].to_numpy(), scored["probability"].to_numpy(), samples=cache.index)
+        predictions = self.predictions = calibrate_table(table, pl_module.calibrator())
+        options = pl_module.evaluation
+        settings = evaluation_settings(self.datamodule, "test", pl_module.decision_threshold(), options)
+        pictures = PatchPictures(pl_module.net, cache.patches, self.datamodule.window, options)
+        report = report_split(predictions, settings, trainer.loggers, artifact=predictions_artifact("test"),
+                              pictures=pictures, figures=trainer.is_global_zero)
+        pl_module.log_dict(report.metrics)
