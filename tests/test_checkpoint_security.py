@@ -100,7 +100,7 @@ def test_a_target_in_the_stored_data_config_is_refused_by_evaluate(tmp_path: Pat
     written = tmp_path / "from_data.txt"
     path = write_checkpoint(tmp_path / "data.ckpt", data={**DATA, "synthetic": savetxt(written)})
     cfg = compose_config([f"ckpt_path={path}", "device=cpu", "~logger"], tmp_path, config_name="evaluate")
-    with pytest.raises(CheckpointError, match=r"data config sets synthetic\._target_='lungexp\.data\.cache\.np"):
+    with pytest.raises(CheckpointError, match=r"data config sets synthetic\._target_='lungexp\.data\.patches\.cache\.np"):
         evaluate_checkpoint(cfg, [f"ckpt_path={path}"])
     assert not written.exists()
     refused(write_checkpoint(tmp_path / "data_root.ckpt", data={**DATA, "_target_": "lungexp.data.patches.cache.np.savetxt"}),
