@@ -15,7 +15,7 @@ for what Hydra instantiates later.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -98,7 +98,9 @@ def data_options(cfg: DictConfig) -> DataOptions | None:
     when it is made); a problem names its ``data.*`` key."""
     if cfg.data.get("_target_") != DATAMODULE_TARGET:
         return None
-    options = {key: value for key, value in resolve(cfg)["data"].items() if key not in ("_target_", "train_transform")}
+    # An unknown key is left to check_config, which names the closest option.
+    declared = {item.name for item in fields(DataOptions)}
+    options = {key: value for key, value in resolve(cfg)["data"].items() if key in declared}
     with named_under("data", ConfigError):
         return DataOptions(**options)
 
