@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lungexp.froc import read_csv
 from lungexp.utils.errors import exit_status, report_user_errors
+from lungexp.utils.tables import read_csv
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -10,20 +10,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lungexp.utils.checks import check_top_level
-from lungexp.utils.config import CONFIG_DIR, check_required
-from lungexp.utils.errors import report_user_errors
+from lungexp.config.keys import report_user_errors
+from lungexp.utils.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    check_required(cfg)
-    check_top_level(cfg, "evaluate")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
-    # Imported here so that `--help` does not pay for torch/Lightning.
+    # Imported here so that `--help` does not pay for the checks' imports or torch/Lightning.
+    from lungexp.config.check import check
+
+    checked = check(cfg, "evaluate")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     from lungexp.inference.rescoring import evaluate_checkpoint, print_evaluation
 
-    print_evaluation(evaluate_checkpoint(cfg, overrides=HydraConfig.get().overrides.task))
+    print_evaluation(evaluate_checkpoint(checked.config, overrides=HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungexp.utils.errors import LungexpError, exit_status, report_user_errors
-
-
-class FrocFileError(LungexpError):
-    """A file given to ``python -m lungexp.froc`` that cannot be read."""
+from lungexp.utils.errors import exit_status, report_user_errors
+from lungexp.utils.tables import CsvFileError, read_csv
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -45,31 +42,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def read_csv(path: Path, what: str) -> pd.DataFrame:
-    """A CSV as a table (``seriesuid`` as text), or one :class:`FrocFileError` naming the file."""
-    if not path.is_file():
-        raise FrocFileError(f"{path}: {what} not found; check the path")
-    try:
-        return pd.read_csv(path, dtype={"seriesuid": str})
-    except pd.errors.EmptyDataError:
-        raise FrocFileError(f"{path}: the {what} file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise FrocFileError(f"{path}: not a readable CSV ({error})") from None
-
-
 def read_seriesuids(path: Path) -> list[str]:
     """One seriesuid per line (LUNA16's ``seriesuids.csv``); a ``seriesuid`` header, extra columns and
     blank lines are skipped."""
     if not path.is_file():
-        raise FrocFileError(f"{path}: seriesuids file not found; check the path")
+        raise CsvFileError(f"{path}: seriesuids file not found; check the path")
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
-        raise FrocFileError(f"{path}: not a text file of seriesuids") from None
+        raise CsvFileError(f"{path}: not a text file of seriesuids") from None
     uids = [line.split(",")[0].strip() for line in lines]
     uids = [uid for uid in uids if uid and uid != "seriesuid"]
     if not uids:
-        raise FrocFileError(f"{path}: no seriesuids in the file; write one per line")
+        raise CsvFileError(f"{path}: no seriesuids in the file; write one per line")
     return uids
 
 

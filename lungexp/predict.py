@@ -11,17 +11,17 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.utils.checks import check_top_level
-from lungexp.utils.config import CONFIG_DIR, check_required
-from lungexp.utils.errors import report_user_errors
+from lungexp.config.keys import report_user_errors
+from lungexp.utils.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    check_required(cfg)
-    check_top_level(cfg, "predict")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
-    # Imported here so that `--help` does not pay for torch.
+    # Imported here so that `--help` does not pay for the checks' imports or torch.
+    from lungexp.config.check import check
+
+    cfg = check(cfg, "predict").config  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     from lungexp.inference.detections import check_candidate_options, score_detections
     from lungexp.inference.scans import open_scans
     from lungexp.inference.submission import (

@@ -10,21 +10,18 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.utils.config import CONFIG_DIR, check_required
-from lungexp.utils.errors import report_user_errors
+from lungexp.config.keys import report_user_errors
+from lungexp.utils.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     # Imported here, as in lungexp.run: data.* is checked before torch/Lightning are imported.
-    from lungexp.data.options import check_data_config
-    from lungexp.utils.checks import check_config
+    from lungexp.config.check import check
 
-    check_required(cfg)
-    check_data_config(cfg)
-    check_config(cfg, sections=("data", "aug", "paths"))
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    checked = check(cfg, "preprocess")
+    datamodule = hydra.utils.instantiate(checked.config.data, _convert_="partial")
     cache = datamodule.build_cache()
     labels = cache.index["label"]
     print(f"Patch cache: {cache.folder}\n  {len(cache)} patches of shape {tuple(cache.patches.shape[1:])} "

@@ -11,16 +11,16 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
-from lungexp.utils.checks import check_top_level
-from lungexp.utils.config import CONFIG_DIR, check_required
+from lungexp.utils.config import CONFIG_DIR
 from lungexp.utils.errors import report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="register")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    check_required(cfg)
-    check_top_level(cfg, "register")
+    from lungexp.config.check import check
+
+    cfg = check(cfg, "register").config  # an unknown key is an error, not ignored
     # Imported here so that `--help` does not pay for torch and MLflow.
     from lungexp.inference.ensemble import checkpoint_paths
     from lungexp.inference.registered import register_model

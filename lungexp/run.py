@@ -10,8 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lungexp.utils.config import CONFIG_DIR, check_required, print_config_tree
-from lungexp.utils.errors import report_user_errors
+from lungexp.config.keys import report_user_errors
+from lungexp.utils.config import CONFIG_DIR, print_config_tree
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -21,22 +21,19 @@ def main(cfg: DictConfig) -> float | None:
     # Imported here so that `--cfg job`, `--help` and tab completion pay for neither the data stack nor
     # torch/Lightning (~4 s); data.* and most other values are checked in between, so a typo there fails
     # in about a second.
-    from lungexp.data.options import check_data_config
-    from lungexp.utils.checks import check_config
+    from lungexp.config.check import check
 
-    check_required(cfg)
-    check_data_config(cfg)
-    check_config(cfg)
+    checked = check(cfg, "run")
     from lungexp.training.cross_validation import cross_validate
     from lungexp.training.distributed import is_rank_zero, quiet_other_ranks
     from lungexp.training.pipeline import train
 
     quiet_other_ranks()
     if HydraConfig.get().mode != RunMode.MULTIRUN and is_rank_zero():  # a sweep's jobs differ only in their overrides
-        print_config_tree(cfg)
-    if cfg.cv.folds:
-        return cross_validate(cfg).optimized_metric
-    return train(cfg).optimized_metric
+        print_config_tree(checked.config)
+    if checked.cv is not None:
+        return cross_validate(checked.config).optimized_metric
+    return train(checked.config).optimized_metric
 
 
 if __name__ == "__main__":

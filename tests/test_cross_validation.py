@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
+from lungexp.config.check import CrossValidationOptions
 from lungexp.training import cross_validation
 from lungexp.training.cross_validation import FoldFailedError, cross_validate, plan_folds
 from lungexp.utils.errors import ConfigError
@@ -40,9 +41,9 @@ def cv_config(root: Path, data: Path, *overrides: str):
 def test_cv_options_are_checked_before_any_work(tmp_path: Path, three_subsets: Path) -> None:
     for folds in (1, "true", 2.5):
         with pytest.raises(ConfigError, match="cv.folds="):
-            cross_validate(cv_config(tmp_path, three_subsets, f"cv.folds={folds}"))
+            CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, f"cv.folds={folds}"))
     with pytest.raises(ConfigError, match="test_after_fit=true"):
-        cross_validate(cv_config(tmp_path, three_subsets, "cv.folds=3", "test_after_fit=false"))
+        CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, "cv.folds=3", "test_after_fit=false"))
 
 
 def test_subset_folds_must_be_the_subsets_present(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from lungexp.data.options import check_data_config
+from lungexp.config.check import data_options
 from lungexp.data.patches.normalization import HUWindow
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.errors import ArgumentError, ConfigError
 from tests.helpers.config import compose_config, tiny_synthetic_overrides
 
 
@@ -44,7 +44,7 @@ def test_hu_window_normalisations() -> None:
     torch.testing.assert_close(HUWindow(-1000, 400, "symmetric")(hu), torch.tensor([[-1.0, -1.0, 0.0, 1.0, 1.0]]))
     z = HUWindow(-1000, 400, "zscore")(hu)
     assert abs(float(z.mean())) < 1e-5 and abs(float(z.std(unbiased=False)) - 1) < 1e-3
-    with pytest.raises(ConfigError, match="data.normalize='minmax' is not a valid choice"):
+    with pytest.raises(ArgumentError, match="^normalize='minmax' is not a valid choice"):
         HUWindow(normalize="minmax")
 
 
@@ -121,13 +121,17 @@ def test_max_negatives_per_scan_keeps_random_series_splits(datamodule) -> None:
 
 @pytest.mark.parametrize(("override", "suggestion"), [("data.split.method=subset", "subsets"),
                                                       ("data.balance.sampler=balance", "balanced")])
-@pytest.mark.parametrize("check", [check_data_config, instantiate_data], ids=["entry_point", "constructor"])
+# The entry point's check names the config key; the datamodule, like any library call, its own parameter.
+@pytest.mark.parametrize(("check", "prefix", "error"), [(data_options, "data.", ConfigError),
+                                                        (instantiate_data, "", ArgumentError)],
+                         ids=["entry_point", "constructor"])
 def test_bad_choice_fails_before_generation_or_caching(tmp_path: Path, override: str, suggestion: str,
-                                                       check) -> None:
+                                                       check, prefix: str, error: type) -> None:
     root, cache_dir = tmp_path / "synthetic_luna16", tmp_path / "cache"
     cfg = compose_config([f"data.root={root}", f"data.cache_dir={cache_dir}", *tiny_synthetic_overrides(),
                           override], tmp_path)
-    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}=.*did you mean '{suggestion}'"):
+    key = prefix + override.split("=")[0].removeprefix("data.")
+    with pytest.raises(error, match=rf"^{key}=.*did you mean '{suggestion}'"):
         check(cfg)
     assert not root.exists() and not cache_dir.exists()
 
@@ -174,7 +178,7 @@ def test_data_options_are_checked_without_importing_torch() -> None:
 )
 def test_every_option_is_checked_naming_its_key(make_config, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        instantiate_data(make_config(*overrides))
+        data_options(make_config(*overrides))
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -185,7 +189,7 @@ def test_synthetic_settings_are_checked_before_generating(tmp_path: Path, overri
     root = tmp_path / "synthetic_luna16"
     cfg = compose_config([f"data.root={root}", *tiny_synthetic_overrides(), override], tmp_path)
     with pytest.raises(ConfigError, match=message):
-        instantiate_data(cfg)
+        data_options(cfg)
     assert not root.exists()
 
 

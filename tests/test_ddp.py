@@ -25,10 +25,10 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import read_write
 
+from lungexp.config import checks
 from lungexp.inference.rescoring import evaluate_checkpoint
-from lungexp.training.devices import drop_unsupported_sync_batchnorm
+from lungexp.training.devices import log_unsupported, supported_trainer
 from lungexp.training.distributed import sweep_job_ranks
-from lungexp.utils import checks
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import entry_point_command, entry_point_env
 from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides, tiny_run_overrides
@@ -151,8 +151,7 @@ def test_slurm_script_matches_lightnings_slurm_environment(make_config, monkeypa
                         "SLURM_JOB_NAME": "lungexp", "SLURM_NODELIST": "gpu[01-02]"}.items():
         monkeypatch.setenv(name, str(value))
     cfg = make_config("trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={tasks}", f"trainer.num_nodes={nodes}")
-    drop_unsupported_sync_batchnorm(cfg)
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer = hydra.utils.instantiate(supported_trainer(cfg.trainer), logger=False, callbacks=[])
     environment = trainer.strategy.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and environment.creates_processes_externally
     environment.validate_settings(num_devices=tasks, num_nodes=nodes)  # raises when they disagree
@@ -169,8 +168,9 @@ def test_sync_batchnorm_goes_off_without_cuda_and_says_so(make_config, caplog: p
     cfg = make_config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
     assert cfg.trainer.sync_batchnorm
     with caplog.at_level(logging.INFO, logger="lungexp.training.devices"):
-        drop_unsupported_sync_batchnorm(cfg)
-    assert cfg.trainer.sync_batchnorm is False
+        log_unsupported(cfg.trainer)
+    assert supported_trainer(cfg.trainer).sync_batchnorm is False
+    assert cfg.trainer.sync_batchnorm, "the composed config stays as it was composed"
     assert "sync_batchnorm=true needs CUDA GPUs" in caplog.text
 
 
@@ -178,8 +178,7 @@ def test_a_sweep_job_hands_lightning_its_own_command_then_restores_the_environme
         make_config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The mechanics behind the sweep test above, without starting processes."""
     cfg = make_config(*DDP_ON_CPU, "seed=3")
-    drop_unsupported_sync_batchnorm(cfg)
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer = hydra.utils.instantiate(supported_trainer(cfg.trainer), logger=False, callbacks=[])
     job = copy.deepcopy(HydraConfig.instance().cfg)  # this job of a -m sweep
     with read_write(job.hydra):
         job.hydra.mode = RunMode.MULTIRUN

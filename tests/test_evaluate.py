@@ -118,7 +118,7 @@ def test_evaluate_command_prints_the_summary_and_one_line_errors(trained_run, ml
 
 
 def test_an_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
-    from lungexp.utils.checks import check_top_level
+    from lungexp.config.checks import check_top_level
 
     cfg = compose_config(["ckpt_path=x.ckpt", "+ckpt_paht=y.ckpt"], tmp_path, config_name="evaluate")
     with pytest.raises(ConfigError, match="unknown top-level key 'ckpt_paht' \\(did you mean 'ckpt_path'\\?\\)"):

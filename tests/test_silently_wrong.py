@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lungexp.config import checks
 from lungexp.data.labels.annotations import AnnotationError
 from lungexp.data.labels.sample_table import read_labels
 from lungexp.data.scans import ScanReadError, iter_dicom_series, read_scan
 from lungexp.data.scans.hounsfield_check import check_hounsfield
 from lungexp.data.scans.scan import Scan
-from lungexp.utils import checks
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import compose_config
 from tests.helpers.data import shared_data_dir

@@ -1,20 +1,24 @@
-"""Every ``data.*`` option, checked before any data is generated, read or cached.
+"""Every ``data.*`` option, declared once and checked before any data is generated, read or cached.
 
-:class:`DataOptions` is what :class:`~lungexp.data.loading.datamodule.NoduleDataModule` is made from: its
-constructor checks its arguments here. This module imports no torch or Lightning, so an entry point
-can check ``data.*`` before those slow imports (:func:`check_data_config`): a typo costs about a
-second. Every problem is a :class:`~lungexp.utils.errors.ConfigError` naming the key as it is typed
-on the command line, with the closest valid choice or the range the value must lie in.
+:class:`DataOptions` is what :class:`~lungexp.data.loading.datamodule.NoduleDataModule` is made from: each
+field is one option (its name, type, default and line of doc, and the check that turns a given value into
+the field's type), and the datamodule takes exactly these as its arguments. This module imports no torch or
+Lightning, so an entry point checks ``data.*`` before those slow imports: a typo costs about a second.
+
+A problem is an :class:`~lungexp.utils.errors.ArgumentError` naming the option as the datamodule's
+parameter (``split.method``), with the closest valid choice or the range the value must lie in; where the
+``data`` config meets the code, :func:`lungexp.config.check` names the key (``data.split.method``).
+
+Adding an option: one field below (``option(default, doc, check)``) and its row in README's data table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 from lungexp.data.labels.annotations import OUTSIDE_CHOICES
 from lungexp.data.labels.label_rules import LabelRule
@@ -24,119 +28,155 @@ from lungexp.data.labels.splits import SplitSpec
 from lungexp.data.loading.balance import BalanceSpec
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.synthetic.manifest import GeneratorParams
-from lungexp.utils.errors import ConfigError, check_int, check_number, look_up_option
+from lungexp.utils.errors import ArgumentError, check_int, check_number, look_up_option, named_under
 
-DATAMODULE_TARGET = "lungexp.data.loading.datamodule.NoduleDataModule"
 NORMALIZATIONS = ("unit", "symmetric", "zscore")
 CACHE_MEMORY = ("mmap", "ram", "device")  # see lungexp.data.loading.memory_cache
 
-
-@dataclass(frozen=True)
-class DataOptions:
-    """The checked ``data.*`` options; :class:`~lungexp.data.loading.datamodule.NoduleDataModule` says what each means."""
-
-    root: Path
-    labels_csv: Path | None
-    task: str
-    cache_dir: Path
-    patch: PatchSpec
-    hu_window: tuple[float, float]
-    normalize: str
-    split: SplitSpec
-    balance: BalanceSpec
-    negatives: NegativesSpec
-    batch_size: int
-    num_workers: int
-    preprocess_workers: int
-    pin_memory: bool
-    cache_memory: str
-    missing_scans: str
-    outside: str
-    max_negatives_per_scan: int | None
-    synthetic: dict[str, Any] | None
-    annotations_csv: Path | None
-    excluded_csv: Path | None
-    label_rule: LabelRule | None = None
-
-    @classmethod
-    def from_config(cls, data: Mapping[str, Any]) -> DataOptions:
-        """Check ``data``: the resolved ``data`` config node, or the datamodule's arguments.
-
-        ``_target_`` and ``train_transform`` are not checked here (Hydra and TorchIO check them).
-        """
-        split = SplitSpec.from_config(**(data["split"] or {}))
-        balance = BalanceSpec.from_config(**(data["balance"] or {}))
-        patch = PatchSpec.from_config(**(data["patch"] or {}))
-        in_channels = data["in_channels"]
-        if in_channels is not None and in_channels != patch.channels:
-            raise ConfigError(f"data.in_channels={in_channels} but the patch has {patch.channels} "
-                              f"channel(s) (one per data.patch.spacing_mm entry)")
-        if not isinstance(data["pin_memory"], bool):
-            raise ConfigError(f"data.pin_memory={data['pin_memory']!r} must be true or false")
-        synthetic = data["synthetic"]
-        if synthetic is not None:
-            _check_synthetic(synthetic)
-        elif not Path(data["root"]).is_dir():
-            raise ConfigError(f"data.root={data['root']} does not exist; point data.root at your scans")
-        low, high, normalize = check_hu_window(data["hu_window"], data["normalize"])
-        task = look_up_option("data.task", data["task"], TASKS)
-        if data["labels_csv"] is None and (task != "candidates" or not data["annotations_csv"]):
-            raise ConfigError("data.labels_csv=null (sample negatives) needs data.task=candidates and "
-                              "data.annotations_csv; otherwise set data.labels_csv to the task's CSV")
-        label_rule = LabelRule.from_config(data.get("label_rule"))
-        if label_rule is not None and data["labels_csv"] is None:
-            raise ConfigError("data.label_rule labels the rows of data.labels_csv; with data.labels_csv=null "
-                              "(sampled negatives) set data.label_rule=null")
-        return cls(
-            root=Path(data["root"]),
-            labels_csv=Path(data["labels_csv"]) if data["labels_csv"] is not None else None,
-            task=task,
-            cache_dir=Path(data["cache_dir"]),
-            patch=patch,
-            hu_window=(low, high),
-            normalize=normalize,
-            split=split,
-            balance=balance,
-            negatives=NegativesSpec.from_config(**(data["negatives"] or {})),
-            batch_size=check_int("data.batch_size", data["batch_size"], minimum=1),
-            num_workers=check_int("data.num_workers", data["num_workers"], minimum=0),
-            preprocess_workers=check_int("data.preprocess_workers", data["preprocess_workers"], minimum=0),
-            pin_memory=data["pin_memory"],
-            cache_memory=look_up_option("data.cache_memory", data["cache_memory"], CACHE_MEMORY),
-            missing_scans=look_up_option("data.missing_scans", data["missing_scans"], MISSING_SCANS_CHOICES),
-            outside=look_up_option("data.outside", data["outside"], OUTSIDE_CHOICES),
-            max_negatives_per_scan=check_int("data.max_negatives_per_scan", data["max_negatives_per_scan"],
-                                             minimum=0, allow_none=True),
-            synthetic=synthetic,
-            annotations_csv=Path(data["annotations_csv"]) if data["annotations_csv"] else None,
-            excluded_csv=Path(data["excluded_csv"]) if data["excluded_csv"] else None,
-            label_rule=label_rule,
-        )
+Check = Callable[[str, Any], Any]
+REQUIRED = object()  # an option without a default
 
 
-def check_data_config(cfg: DictConfig) -> None:
-    """Check ``cfg.data`` now, before the slow imports, if it makes a :class:`NoduleDataModule`
-    (which checks the same options again when it is made)."""
-    if cfg.data.get("_target_") == DATAMODULE_TARGET:
-        DataOptions.from_config(OmegaConf.to_container(cfg.data, resolve=True))
+def option(default: Any, doc: str, check: Check | None = None) -> Any:
+    """One option: its ``default`` as given (before ``check``), its line of ``doc``, and ``check(name, value)``,
+    which raises an :class:`ArgumentError` naming ``name`` or returns the value as the field's type."""
+    metadata = {"doc": doc, "check": check}
+    return field(metadata=metadata) if default is REQUIRED else field(default=default, metadata=metadata)
 
 
-def check_hu_window(hu_window: Sequence[float], normalize: str) -> tuple[float, float, str]:
-    """``(low, high, normalize)`` from ``data.hu_window`` (``[low, high]``, low < high) and ``data.normalize``."""
+def _path(name: str, value: Any) -> Path:
+    return Path(value)
+
+
+def _optional_path(name: str, value: Any) -> Path | None:
+    return Path(value) if value else None
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{name}={value!r} must be true or false")
+    return value
+
+
+def _whole(minimum: int, allow_none: bool = False) -> Check:
+    return lambda name, value: check_int(name, value, minimum=minimum, allow_none=allow_none, error=ArgumentError)
+
+
+def _choice(choices: Sequence[str]) -> Check:
+    return lambda name, value: look_up_option(name, value, choices, error=ArgumentError)
+
+
+def _spec(from_config: Callable[..., Any]) -> Check:
+    """A nested option (``patch``, ``split``, ...) checked by ``from_config``, its errors named ``name.key``."""
+    def check(name: str, value: Any) -> Any:
+        if not isinstance(value, Mapping | None):
+            return value  # already checked (e.g. a PatchSpec)
+        with named_under(name):
+            return from_config(**(value or {}))
+    return check
+
+
+def _label_rule(name: str, rule: Any) -> LabelRule | None:
+    return rule if isinstance(rule, LabelRule) else LabelRule.from_config(rule)
+
+
+def check_hu_window(name: str, hu_window: Any) -> tuple[float, float]:
+    """``(low, high)`` from ``[low, high]`` in HU, low < high."""
     if isinstance(hu_window, str) or not isinstance(hu_window, Sequence) or len(hu_window) != 2:
-        raise ConfigError(f"data.hu_window={hu_window!r} must be [low, high] in HU, e.g. [-1000, 400]")
-    low, high = (check_number("data.hu_window", value) for value in hu_window)
+        raise ArgumentError(f"{name}={hu_window!r} must be [low, high] in HU, e.g. [-1000, 400]")
+    low, high = (check_number(name, value, error=ArgumentError) for value in hu_window)
     if high <= low:
-        raise ConfigError(f"data.hu_window=[{low:g}, {high:g}] must be [low, high] with low < high")
-    return low, high, look_up_option("data.normalize", normalize, NORMALIZATIONS)
+        raise ArgumentError(f"{name}=[{low:g}, {high:g}] must be [low, high] with low < high")
+    return low, high
 
 
-def _check_synthetic(synthetic: Mapping[str, Any]) -> None:
-    """``data.synthetic`` as :func:`~lungexp.data.synthetic.generate_luna16_dataset` will check it."""
+def _synthetic(name: str, synthetic: Any) -> dict[str, Any] | None:
+    """The keyword arguments of :func:`~lungexp.data.synthetic.generate_luna16_dataset`, as it will check them."""
+    if synthetic is None:
+        return None
     settings = {key: value for key, value in synthetic.items() if key != "overwrite"}
     try:
         GeneratorParams.from_arguments(**settings)
     except TypeError as error:  # a key the generator does not take
-        raise ConfigError(f"data.synthetic: {error}") from None
+        raise ArgumentError(f"{name}: {error}") from None
     except ValueError as error:  # the message starts with the argument's name
-        raise ConfigError(f"data.synthetic.{error}") from None
+        raise ArgumentError(f"{name}.{error}") from None
+    return dict(synthetic)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The checked ``data.*`` options (``conf/shared/datamodule.yaml`` sets them for a run).
+
+    Made from the options as given (each checked by its field's ``check``, then in combination);
+    :func:`doc` gives each one's line of documentation.
+    """
+
+    root: Path = option(REQUIRED, "folder of scans (LUNA16 subsetK/<seriesuid>.mhd, or any nesting of "
+                        ".mhd/.nii/.nii.gz/.nrrd files named by seriesuid)", _path)
+    labels_csv: Path | None = option(REQUIRED, "the task's CSV (see lungexp.data.labels.sample_table.read_labels); "
+                                     "null: sample negatives (task=candidates with annotations_csv)", _optional_path)
+    task: str = option("candidates", "candidates | malignancy | points", _choice(TASKS))
+    cache_dir: Path = option("data/cache", "where patch caches live", _path)
+    patch: PatchSpec = option(None, "patch geometry: {size, size_mm, spacing_mm, pad_hu} (PatchSpec.from_config)",
+                              _spec(PatchSpec.from_config))
+    hu_window: tuple[float, float] = option((-1000.0, 400.0), "[low, high] HU kept (clipped outside)",
+                                            check_hu_window)
+    normalize: str = option("unit", "unit ([0, 1]) | symmetric ([-1, 1]) | zscore (per patch), see HUWindow",
+                            _choice(NORMALIZATIONS))
+    split: SplitSpec = option(None, "how series are split: {method: subsets|series|folds, ...} "
+                              "(SplitSpec.from_config)", _spec(SplitSpec.from_config))
+    balance: BalanceSpec = option(None, "training sampler: {sampler: none|balanced, positive_fraction, "
+                                  "samples_per_epoch} (BalanceSpec.from_config)", _spec(BalanceSpec.from_config))
+    batch_size: int = option(32, "patches per batch", _whole(1))
+    num_workers: int = option(2, "DataLoader workers (the per-patch augmentation runs there)", _whole(0))
+    preprocess_workers: int = option(2, "processes building the patch cache", _whole(0))
+    pin_memory: bool = option(False, "DataLoader pin_memory", _flag)
+    synthetic: dict[str, Any] | None = option(None, "keyword arguments of generate_luna16_dataset, run when root "
+                                              "holds no dataset; null: real data", _synthetic)
+    missing_scans: str = option("skip", "rows whose scan is not under root: skip | error (build_samples)",
+                                _choice(MISSING_SCANS_CHOICES))
+    outside: str = option("error", "coordinates outside their scan: error | skip (build_samples)",
+                          _choice(OUTSIDE_CHOICES))
+    in_channels: int | None = option(None, "if given, must equal the number of patch scales (the model's input "
+                                     "channels)")
+    annotations_csv: Path | None = option(None, "LUNA16 annotations.csv: with task=candidates and labels_csv=null, "
+                                          "the positives (negatives sampled from the lungs)", _optional_path)
+    excluded_csv: Path | None = option(None, "LUNA16 annotations_excluded.csv: negatives on these findings are "
+                                       "dropped", _optional_path)
+    negatives: NegativesSpec = option(None, "sampled negatives: {count, vessel_fraction, margin_mm, seed} "
+                                      "(NegativesSpec.from_config)", _spec(NegativesSpec.from_config))
+    max_negatives_per_scan: int | None = option(None, "keep at most this many negatives of each training scan "
+                                                "(seeded by split.seed); null keeps all", _whole(0, allow_none=True))
+    cache_memory: str = option("mmap", "where training reads patches from: mmap | ram | device "
+                               "(lungexp.data.loading.memory_cache)", _choice(CACHE_MEMORY))
+    label_rule: LabelRule | None = option(None, "{column, positive, negative}: labels from a rating column "
+                                          "(LabelRule); null keeps the CSV's labels", _label_rule)
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            check = item.metadata["check"]
+            if check is not None:
+                object.__setattr__(self, item.name, check(item.name, getattr(self, item.name)))
+        if self.in_channels is not None and self.in_channels != self.patch.channels:
+            raise ArgumentError(f"in_channels={self.in_channels} but the patch has {self.patch.channels} "
+                                f"channel(s) (one per patch.spacing_mm entry)", "patch.spacing_mm")
+        if self.synthetic is None and not self.root.is_dir():
+            raise ArgumentError(f"root={self.root} does not exist; point root at your scans")
+        if self.labels_csv is None and (self.task != "candidates" or self.annotations_csv is None):
+            raise ArgumentError("labels_csv=null (sample negatives) needs task=candidates and annotations_csv; "
+                                "otherwise set labels_csv to the task's CSV", "task", "annotations_csv")
+        if self.label_rule is not None and self.labels_csv is None:
+            raise ArgumentError("label_rule labels the rows of labels_csv; with labels_csv=null (sampled "
+                                "negatives) set label_rule=null", "labels_csv")
+
+    @classmethod
+    def doc(cls, name: str) -> str:
+        """The line of documentation of option ``name``."""
+        return next(item.metadata["doc"] for item in fields(cls) if item.name == name)
+
+    @classmethod
+    def parameters(cls) -> list[inspect.Parameter]:
+        """The options as keyword-only parameters with their defaults (the datamodule's signature)."""
+        return [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                for parameter in inspect.signature(cls).parameters.values()]

@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lungexp.data.names import IMAGE_KEY
@@ -33,6 +33,7 @@ from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
 from lungexp.training.checkpoint import ModelRecipe
+from lungexp.utils.config import with_values
 from lungexp.utils.errors import ConfigError, look_up_option
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,10 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     members = load_members(cfg.ckpt_path, cfg.cv_run, cfg.paths.mlflow_uri, device=cfg.device,
                            precision=cfg.precision)
     recipe = members[0].recipe
-    with open_dict(cfg):  # the effective settings, so that they are what gets logged
-        cfg.data = data_config(cfg, recipe, overrides)
-        cfg.eval = group_config(cfg, "eval", members[0].evaluation, overrides)
-        cfg.experiment_name = cfg.experiment_name or recipe.mlflow.get("experiment_name") or "lungexp"
+    # The effective settings, in a copy (``cfg`` stays as composed), so that they are what gets logged.
+    cfg = with_values(cfg, {"data": data_config(cfg, recipe, overrides),
+                            "eval": group_config(cfg, "eval", members[0].evaluation, overrides),
+                            "experiment_name": cfg.experiment_name or recipe.mlflow.get("experiment_name") or "lungexp"})
     options = EvaluationOptions.from_config(cfg.eval)  # checked before any slow work
     predictor = Ensemble(members, tta=options.tta)
     check_unseen_data(predictor, cfg.data)

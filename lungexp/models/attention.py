@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lungexp.utils.errors import ConfigError, did_you_mean
+from lungexp.utils.errors import ArgumentError, did_you_mean
 
 AttentionKind = Literal["none", "se", "cbam"]
 ATTENTION_KINDS: tuple[str, ...] = ("none", "se", "cbam")
@@ -88,5 +88,5 @@ def build_attention(kind: AttentionKind, channels: int, reduction: int = 16) -> 
         return SqueezeExcitation3D(channels, reduction)
     if kind == "cbam":
         return CBAM3D(channels, reduction)
-    raise ConfigError(f"model.net.attention={kind!r} is not a valid choice{did_you_mean(kind, ATTENTION_KINDS)}; "
-                      f"choose one of: {', '.join(ATTENTION_KINDS)}")
+    raise ArgumentError(f"attention={kind!r} is not a valid choice{did_you_mean(kind, ATTENTION_KINDS)}; "
+                        f"choose one of: {', '.join(ATTENTION_KINDS)}")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lungexp.models.layers import classifier_head, kaiming_init_
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.errors import ArgumentError
 
 
 class ConvBlock(nn.Sequential):
@@ -46,7 +46,7 @@ class CNN3D(nn.Module):
         convs_per_block: conv-BN-ReLU layers per block before its pool (2 = VGG-style).
 
     Raises:
-        ValueError: ``widths`` is empty.
+        ArgumentError: (a ``ValueError``) ``widths`` is empty.
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class CNN3D(nn.Module):
     ) -> None:
         super().__init__()
         if not widths:
-            raise ConfigError("model.net.widths is empty: CNN3D needs at least one width")
+            raise ArgumentError("widths is empty: CNN3D needs at least one width")
         channels = [in_channels, *widths]
         self.features = nn.Sequential(
             *(ConvBlock(channels[i], channels[i + 1], convs_per_block) for i in range(len(widths)))

@@ -22,7 +22,7 @@ from torch import nn
 
 from lungexp.models.attention import AttentionKind, build_attention
 from lungexp.models.layers import StemNetwork, classifier_head, kaiming_init_
-from lungexp.utils.errors import ConfigError, look_up_option
+from lungexp.utils.errors import ArgumentError, look_up_option
 
 ShortcutType = Literal["A", "B"]
 
@@ -179,8 +179,8 @@ class ResNet3D(StemNetwork):
         attention_reduction: channel reduction of the attention MLP.
 
     Raises:
-        ValueError: ``depth`` is not in :data:`RESNET_SPECS`, ``widths`` has not 4 entries, or
-            ``shortcut_type`` is not ``"A"``, ``"B"`` or ``None``.
+        ArgumentError: (a ``ValueError``) naming the parameter: ``depth`` is not in :data:`RESNET_SPECS`,
+            ``widths`` has not 4 entries, or ``shortcut_type`` is not ``"A"``, ``"B"`` or ``None``.
     """
 
     def __init__(
@@ -195,11 +195,12 @@ class ResNet3D(StemNetwork):
         attention: AttentionKind = "none",
         attention_reduction: int = 16,
     ) -> None:
-        look_up_option("model.net.depth", depth, sorted(RESNET_SPECS))
+        look_up_option("depth", depth, sorted(RESNET_SPECS), error=ArgumentError)
         if len(widths) != 4:
-            raise ConfigError(f"model.net.widths={list(widths)}: ResNet3D needs 4 stage widths")
+            raise ArgumentError(f"widths={list(widths)}: ResNet3D needs 4 stage widths")
         block, blocks_per_stage, medicalnet_shortcut = RESNET_SPECS[depth]
-        shortcut = look_up_option("model.net.shortcut_type", shortcut_type or medicalnet_shortcut, ["A", "B"])
+        shortcut = look_up_option("shortcut_type", shortcut_type or medicalnet_shortcut, ["A", "B"],
+                                  error=ArgumentError)
         strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if dilated else ((1, 2, 2, 2), (1, 1, 1, 1))
 
         super().__init__(in_channels, widths[0])

@@ -15,7 +15,6 @@ over all ten folds. Running the same command again skips the folds that already 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from lungexp.tracking.logger_setup import mlflow_logger_config
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
 from lungexp.training.pipeline import train
+from lungexp.utils.config import with_values
 from lungexp.utils.errors import ConfigError, LungexpError
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ class CrossValidationResult:
 
 
 def cross_validate(cfg: DictConfig) -> CrossValidationResult:
-    """Run (or continue) the ``cfg.cv.folds``-fold cross-validation of the composed run config ``cfg``."""
-    num_folds = check_cv_options(cfg)
+    """Run (or continue) the ``cfg.cv.folds``-fold cross-validation of the composed run config ``cfg``
+    (checked by :func:`lungexp.config.check`: ``cv.folds`` is a whole number >= 2)."""
+    num_folds = int(cfg.cv.folds)
     # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
     # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
     datamodule = hydra.utils.instantiate(cfg.data, max_negatives_per_scan=None, _convert_="partial")
@@ -106,20 +107,6 @@ def cross_validate(cfg: DictConfig) -> CrossValidationResult:
     result = CrossValidationResult(folds=results, metrics=metrics, parent_run_id=runs.parent_id if runs else None)
     _print_summary(result)
     return result
-
-
-def check_cv_options(cfg: DictConfig) -> int:
-    """``cv.folds`` as an int >= 2, checked with the options it needs before any slow work."""
-    folds = cfg.cv.folds
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ConfigError(f"cv.folds={folds!r}: give a whole number >= 2 (e.g. cv.folds=10 for LUNA16's ten "
-                          "subsets), or null for a single run")
-    if not cfg.test_after_fit:
-        raise ConfigError("cv.folds needs test_after_fit=true: the folds' test predictions are what CV pools")
-    if "ddp" in str(cfg.trainer.get("strategy", "")):
-        raise ConfigError("cv.folds does not run with a ddp strategy (Lightning re-launches the whole command "
-                          "per device); use one device per fold, e.g. trainer=gpu")
-    return folds
 
 
 def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list[Fold]:
@@ -148,12 +135,11 @@ def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list
 
 def fold_config(cfg: DictConfig, fold: Fold, run_id: str | None) -> DictConfig:
     """The run config of one fold: its ``data.split``, its own output folder and (with MLflow) its nested run."""
-    fold_cfg = copy.deepcopy(cfg)
-    with open_dict(fold_cfg):
-        fold_cfg.data.split.update(fold.split)
-        fold_cfg.paths.output_dir = f"{cfg.paths.output_dir}/fold{fold.index}"
-        logger = mlflow_logger_config(fold_cfg)
-        if logger is not None:
+    fold_cfg = with_values(cfg, {**{f"data.split.{key}": value for key, value in fold.split.items()},
+                                 "paths.output_dir": f"{cfg.paths.output_dir}/fold{fold.index}"})
+    logger = mlflow_logger_config(fold_cfg)
+    if logger is not None:
+        with open_dict(logger):
             logger.run_id = run_id
     return fold_cfg
 
@@ -162,9 +148,7 @@ def command_hash(cfg: DictConfig) -> str:
     """Hash of the composed config, blind to the per-invocation output folder: "the same command". Unlike the
     ``config.hash`` tag (settings only, see :func:`lungexp.tracking.params.config_hash`) it covers paths too:
     folds of a CV on other data are never reused."""
-    frozen = copy.deepcopy(cfg)
-    with open_dict(frozen):
-        frozen.paths.output_dir = "<output_dir>"
+    frozen = with_values(cfg, {"paths.output_dir": "<output_dir>"})
     container = OmegaConf.to_container(frozen, resolve=True)
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,10 +1,9 @@
 """Which hardware a ``trainer`` config lands on, and the settings that only work on some of it.
 
-fp16 (``trainer.precision=16-mixed``) and SyncBatchNorm need CUDA. A precision that cannot run is a
-:class:`~lungexp.utils.errors.ConfigError` before any slow work (:func:`check_precision`, called by
-:func:`lungexp.utils.checks.check_config`); SyncBatchNorm, which ``trainer=ddp`` asks for, is switched
-off with a log line where it cannot work (:func:`drop_unsupported_sync_batchnorm`), so the same
-``trainer=ddp`` trains on GPUs and, for a test, on CPU processes.
+fp16 (``trainer.precision=16-mixed``) and SyncBatchNorm need CUDA. A precision that cannot run is refused
+before any slow work (:func:`lungexp.config.checks.check_precision`); SyncBatchNorm, which ``trainer=ddp``
+asks for, is switched off where it cannot work (:func:`supported_trainer`), so the same ``trainer=ddp``
+trains on GPUs and, for a test, on CPU processes.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.config import with_values
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +30,17 @@ def selects_cuda(trainer: Mapping[str, Any]) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and CUDAAccelerator.is_available()
 
 
-def check_precision(trainer: Mapping[str, Any]) -> None:
-    """fp16 only on CUDA: Lightning would start it on CPU too, where fp16 convolutions are slow or missing."""
-    precision = str(trainer.get("precision", "32-true"))
-    if precision in FP16_PRECISIONS and not selects_cuda(trainer):
-        where = (f"trainer.accelerator={trainer.get('accelerator')}" if trainer.get("accelerator") != "auto"
-                 else "no CUDA GPU here (trainer.accelerator=auto picks the CPU)")
-        raise ConfigError(f"trainer.precision={precision} (fp16) needs a CUDA GPU, but {where}; use "
-                          "trainer.precision=bf16-mixed or 32-true, or run on a GPU (trainer=gpu)")
+def supported_trainer(trainer: DictConfig) -> DictConfig:
+    """``trainer`` as it runs here: a copy with ``sync_batchnorm`` off unless the run uses CUDA (torch's
+    SyncBatchNorm only runs there); ``trainer`` itself is left as composed. What is logged to MLflow says
+    what ran."""
+    if trainer.get("sync_batchnorm") and not selects_cuda(trainer):
+        return with_values(trainer, {"sync_batchnorm": False})
+    return trainer
 
 
-def drop_unsupported_sync_batchnorm(cfg: DictConfig) -> None:
-    """``trainer.sync_batchnorm`` off, with a log line, unless the run uses CUDA (torch's SyncBatchNorm
-    only runs there); what is logged to MLflow then says what ran."""
-    if cfg.trainer.get("sync_batchnorm") and not selects_cuda(cfg.trainer):
+def log_unsupported(trainer: DictConfig) -> None:
+    """Say which of ``trainer``'s settings :func:`supported_trainer` switches off here."""
+    if trainer.get("sync_batchnorm") and not selects_cuda(trainer):
         log.info("trainer.sync_batchnorm=true needs CUDA GPUs (accelerator=%s here): each process keeps its own "
-                 "BatchNorm statistics", cfg.trainer.get("accelerator"))
-        with open_dict(cfg):
-            cfg.trainer.sync_batchnorm = False
+                 "BatchNorm statistics", trainer.get("accelerator"))

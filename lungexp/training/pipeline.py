@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -31,7 +31,7 @@ from lungexp.training.checkpoint import (
     last_checkpoint_path,
     read_checkpoint,
 )
-from lungexp.training.devices import drop_unsupported_sync_batchnorm
+from lungexp.training.devices import log_unsupported, supported_trainer
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.report_callback import TestReport
@@ -42,7 +42,7 @@ from lungexp.training.resume import (
     resolve_checkpoint,
     run_config,
 )
-from lungexp.utils.config import instantiate_dict
+from lungexp.utils.config import instantiate_dict, with_values
 from lungexp.utils.errors import ConfigError, Terminated
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,9 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     ``run_id``: continue this MLflow run (resume) instead of starting a new one.
     """
     pl.seed_everything(cfg.seed, workers=True)
-    # The config as composed, before the device checks below adapt it: what a resume compares.
+    # The config as composed, not as adapted to this machine's devices: what a resume compares.
     save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg))
-    drop_unsupported_sync_batchnorm(cfg)
+    log_unsupported(cfg.trainer)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
     callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed), TestReport(datamodule)]
@@ -81,7 +81,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     if mlflow_loggers(loggers):
         callbacks.append(MLflowTracking(monitor=cfg.optimized_metric, checkpoint=best_checkpoint_callback(callbacks)))
     # Built from a partial: Hydra would try to merge the loggers and callbacks into a config first.
-    make_trainer = hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="partial")
+    make_trainer = hydra.utils.instantiate(supported_trainer(cfg.trainer), _partial_=True, _convert_="partial")
     try:
         trainer: pl.Trainer = make_trainer(callbacks=callbacks, logger=loggers)
     except (MisconfigurationException, ValueError, ModuleNotFoundError) as error:  # Lightning's own argument checks
@@ -98,13 +98,14 @@ def train(cfg: DictConfig) -> RunResult:
         state = read_checkpoint(resume_from)
         check_resumable(resume_from, state, cfg)
         run_id = _resumable_run(resume_from, checkpoint_run_id(state), cfg)
-        _checkpoint_next_to(cfg, resume_from)
+        cfg = _checkpoint_next_to(cfg, resume_from)
         log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
     datamodule, model, trainer = build(cfg, run_id)
     # sweep_job_ranks checks first that this job can start its ranks, before the MLflow run exists.
     with stopped_by_sigterm(trainer), sweep_job_ranks(trainer), lightning_noise_silenced():
         if run_id is None:  # a continued run keeps the params of its first start
-            log_config(trainer.loggers, cfg)  # trainer.loggers: fast_dev_run swaps loggers for a no-op one
+            # trainer.loggers: fast_dev_run swaps loggers for a no-op one
+            log_config(trainer.loggers, with_values(cfg, {"trainer": supported_trainer(cfg.trainer)}))
         if resume_from is not None:
             log_tags(trainer.loggers, {"resumed_from": resume_from, "resume.overrides": " ".join(job_overrides())})
         # weights_only: our checkpoints hold only tensors and plain containers.
@@ -165,13 +166,12 @@ def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[None]:
                          f"{resume}") from None
 
 
-def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> None:
-    """Point every checkpoint callback at ``checkpoint``'s folder: Lightning restores a callback's
-    best-so-far only when its folder is unchanged."""
-    with open_dict(cfg):
-        for node in (cfg.get("callbacks") or {}).values():
-            if isinstance(node, DictConfig) and "dirpath" in node:
-                node.dirpath = str(checkpoint.parent)
+def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> DictConfig:
+    """``cfg`` with every checkpoint callback pointed at ``checkpoint``'s folder: Lightning restores a
+    callback's best-so-far only when its folder is unchanged."""
+    return with_values(cfg, {f"callbacks.{name}.dirpath": str(checkpoint.parent)
+                             for name, node in (cfg.get("callbacks") or {}).items()
+                             if isinstance(node, DictConfig) and "dirpath" in node})
 
 
 def _resumable_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> str | None:

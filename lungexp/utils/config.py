@@ -1,14 +1,15 @@
-"""OmegaConf resolvers, config printing and instantiation of config-defined object lists."""
+"""OmegaConf resolvers, config printing, changed copies and instantiation of config-defined object lists."""
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
@@ -73,3 +74,15 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
         return []
     return [hydra.utils.instantiate(node, _convert_="partial") for node in cfg.values()
             if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def with_values(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with ``values`` set (dotted keys, added where missing); ``cfg`` is left unchanged, so
+    which config a step used never depends on the order of the steps. The copy is writable (``cfg`` may be the
+    read-only config of :func:`lungexp.config.check`)."""
+    changed = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(changed, False)
+    with open_dict(changed):
+        for key, value in values.items():
+            OmegaConf.update(changed, key, value, merge=False, force_add=True)
+    return changed

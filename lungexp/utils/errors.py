@@ -13,8 +13,10 @@ import logging
 import math
 import numbers
 import os
+import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar, overload
 
 log = logging.getLogger(__name__)
@@ -37,17 +39,39 @@ class ConfigError(LungexpError):
     """A config key or value that cannot work; the message names the key as it is set on the command line."""
 
 
+class ArgumentError(LungexpError):
+    """An argument of a library call that cannot work; the message starts with the parameter (``depth=11 ...``),
+    as the caller typed it. Where a config meets the code, :func:`named_under` prefixes the config key.
+
+    Args:
+        message: starts with the parameter's name.
+        named: other parameters the message names (``"task"`` in ``labels_csv=null needs task=candidates``),
+            prefixed too.
+    """
+
+    def __init__(self, message: str, *named: str) -> None:
+        super().__init__(message)
+        leading = re.match(r"[A-Za-z_][\w.]*", message)
+        self.named = tuple(dict.fromkeys([leading.group(0), *named] if leading else named))
+
+    def prefixed(self, prefix: str) -> str:
+        """The message with every parameter it names as ``prefix.<parameter>``."""
+        names = "|".join(re.escape(name) for name in sorted(self.named, key=len, reverse=True))
+        return re.sub(rf"(?<![\w.])({names})(?=[=.;,:)\s]|$)", rf"{prefix}.\1", str(self))
+
+
 class Terminated(Exception):
     """The run was stopped by SIGTERM (not bad input); the message says where it stopped and how to resume."""
 
 
-def look_up_option(key: str, value: Any, choices: Iterable[Any]) -> Any:
-    """Return ``value`` if it is one of ``choices``, else raise :class:`ConfigError` naming ``key``
-    and the closest valid choice (``data.split.method='subset'``: did you mean 'subsets'?)."""
+def look_up_option(key: str, value: Any, choices: Iterable[Any], error: type[LungexpError] = ConfigError) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise ``error`` (a config key's :class:`ConfigError`;
+    :class:`ArgumentError` where ``key`` is a parameter) naming ``key`` and the closest valid choice
+    (``data.split.method='subset'``: did you mean 'subsets'?)."""
     choices = list(choices)
     if value in choices:
         return value
-    raise ConfigError(f"{key}={value!r} is not a valid choice{did_you_mean(value, choices)}; "
+    raise error(f"{key}={value!r} is not a valid choice{did_you_mean(value, choices)}; "
                       f"choose one of: {', '.join(map(str, choices))}")
 
 
@@ -58,23 +82,26 @@ def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
 
 
 @overload
-def check_int(key: str, value: Any, minimum: int | None = None, allow_none: Literal[False] = False) -> int: ...
+def check_int(key: str, value: Any, minimum: int | None = None, allow_none: Literal[False] = False,
+              error: type[LungexpError] = ...) -> int: ...
 
 
 @overload
-def check_int(key: str, value: Any, minimum: int | None = None, *, allow_none: bool) -> int | None: ...
+def check_int(key: str, value: Any, minimum: int | None = None, *, allow_none: bool,
+              error: type[LungexpError] = ...) -> int | None: ...
 
 
-def check_int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
+def check_int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False,
+              error: type[LungexpError] = ConfigError) -> int | None:
     """Return ``value`` as an int if it is a whole number ``>= minimum`` (or None, with ``allow_none``);
-    else raise :class:`ConfigError` naming ``key`` and what it must be."""
+    else raise ``error`` (see :func:`look_up_option`) naming ``key`` and what it must be."""
     if value is None and allow_none:
         return None
     whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not whole or (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
         null = " or null" if allow_none else ""
-        raise ConfigError(f"{key}={value!r} must be a whole number{bound}{null}")
+        raise error(f"{key}={value!r} must be a whole number{bound}{null}")
     return int(value)
 
 
@@ -85,16 +112,29 @@ def check_number(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    error: type[LungexpError] = ConfigError,
 ) -> float:
     """Return ``value`` as a float if it is a number in the interval from ``low`` to ``high``
     (open at an end with ``low_open``/``high_open``; unbounded where None); else raise
-    :class:`ConfigError` naming ``key`` and the interval."""
+    ``error`` (see :func:`look_up_option`) naming ``key`` and the interval."""
     number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     too_low = number and low is not None and (value <= low if low_open else value < low)
     too_high = number and high is not None and (value >= high if high_open else value > high)
     if not number or too_low or too_high:
-        raise ConfigError(f"{key}={value!r} must be a number {_interval(low, high, low_open, high_open)}")
+        raise error(f"{key}={value!r} must be a number {_interval(low, high, low_open, high_open)}")
     return float(value)
+
+
+@contextmanager
+def named_under(prefix: str, error: type[LungexpError] = ArgumentError) -> Iterator[None]:
+    """Raise an :class:`ArgumentError` of the code inside as ``error`` naming ``prefix.<parameter>``: where the
+    arguments of that code are one node of a larger config (``patch`` of the datamodule, ``data`` of a run)."""
+    try:
+        yield
+    except ArgumentError as problem:
+        if issubclass(error, ArgumentError):
+            raise error(problem.prefixed(prefix), *(f"{prefix}.{name}" for name in problem.named)) from None
+        raise error(problem.prefixed(prefix)) from None
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

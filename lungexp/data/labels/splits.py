@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lungexp.utils.errors import ConfigError, LungexpError, check_int, check_number, look_up_option
+from lungexp.utils.errors import (
+    ArgumentError,
+    LungexpError,
+    check_int,
+    check_number,
+    look_up_option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +71,29 @@ class SplitSpec:
         group_by: str = "seriesuid",
         num_folds: int | None = None,
     ) -> SplitSpec:
-        """Check ``data.split``; :class:`ConfigError` names the key of a value that cannot work."""
-        method = look_up_option("data.split.method", method, SPLIT_METHODS)
-        val_fraction = check_number("data.split.val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
-        test_fraction = check_number("data.split.test_fraction", test_fraction, 0, 1, low_open=True, high_open=True)
+        """Check the split options; :class:`~lungexp.utils.errors.ArgumentError` names the parameter of a value
+        that cannot work."""
+        method = look_up_option("method", method, SPLIT_METHODS, error=ArgumentError)
+        val_fraction = check_number("val_fraction", val_fraction, 0, 1, True, True, error=ArgumentError)
+        test_fraction = check_number("test_fraction", test_fraction, 0, 1, True, True, error=ArgumentError)
         if val_fraction + test_fraction >= 1:
-            raise ConfigError(f"data.split.val_fraction={val_fraction:g} + data.split.test_fraction="
-                              f"{test_fraction:g} must be less than 1 (the rest is training)")
+            raise ArgumentError(f"val_fraction={val_fraction:g} + test_fraction="
+                                f"{test_fraction:g} must be less than 1 (the rest is training)", "test_fraction")
         if method == "folds":
-            num_folds = check_int("data.split.num_folds", num_folds, minimum=2)
+            num_folds = check_int("num_folds", num_folds, minimum=2, error=ArgumentError)
             for key, value in (("fold", fold), ("val_fold", val_fold)):
                 if isinstance(value, int) and not 0 <= value < num_folds:
-                    raise ConfigError(f"data.split.{key}={value} but data.split.num_folds={num_folds}; "
-                                      f"pick 0..{num_folds - 1}")
+                    raise ArgumentError(f"{key}={value} but num_folds={num_folds}; pick 0..{num_folds - 1}",
+                                        "num_folds")
         if not isinstance(group_by, str) or not group_by:
-            raise ConfigError(f"data.split.group_by={group_by!r} must be a column name, e.g. seriesuid")
+            raise ArgumentError(f"group_by={group_by!r} must be a column name, e.g. seriesuid")
         return cls(
             method=method,
-            fold=check_int("data.split.fold", fold, minimum=0),
-            val_fold=check_int("data.split.val_fold", val_fold, minimum=0),
+            fold=check_int("fold", fold, minimum=0, error=ArgumentError),
+            val_fold=check_int("val_fold", val_fold, minimum=0, error=ArgumentError),
             val_fraction=val_fraction,
             test_fraction=test_fraction,
-            seed=check_int("data.split.seed", seed, minimum=0),
+            seed=check_int("seed", seed, minimum=0, error=ArgumentError),
             group_by=group_by,
             num_folds=num_folds,
         )

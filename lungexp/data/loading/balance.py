@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lungexp.utils.errors import check_int, check_number, look_up_option
+from lungexp.utils.errors import ArgumentError, check_int, check_number, look_up_option
 
 if TYPE_CHECKING:
     from torch.utils.data import Sampler
@@ -39,13 +39,14 @@ class BalanceSpec:
     def from_config(
         cls, sampler: str = "none", positive_fraction: float = 0.5, samples_per_epoch: int | None = None
     ) -> BalanceSpec:
-        """Check ``data.balance``; :class:`~lungexp.utils.errors.ConfigError` names the key of a bad value."""
+        """Check the balance options; :class:`~lungexp.utils.errors.ArgumentError` names the parameter of a bad
+        value."""
         return cls(
-            sampler=look_up_option("data.balance.sampler", sampler, SAMPLERS),
-            positive_fraction=check_number("data.balance.positive_fraction", positive_fraction, 0, 1,
-                                           low_open=True, high_open=True),
-            samples_per_epoch=check_int("data.balance.samples_per_epoch", samples_per_epoch, minimum=1,
-                                        allow_none=True),
+            sampler=look_up_option("sampler", sampler, SAMPLERS, error=ArgumentError),
+            positive_fraction=check_number("positive_fraction", positive_fraction, 0, 1,
+                                           low_open=True, high_open=True, error=ArgumentError),
+            samples_per_epoch=check_int("samples_per_epoch", samples_per_epoch, minimum=1,
+                                        allow_none=True, error=ArgumentError),
         )
 
     def sampler_for(self, labels: np.ndarray, seed: int) -> Sampler:

@@ -1,14 +1,15 @@
 """The LightningDataModule: scans + label CSV -> patch cache -> series-level splits -> loaders.
 
-Every option is checked when the datamodule is made (:class:`~lungexp.data.options.DataOptions`),
-before any data is generated, read or cached, so a typo in ``data.*`` fails in seconds, naming the
-key and the closest valid value.
+Every option is declared and checked by :class:`~lungexp.data.options.DataOptions` when the datamodule is
+made, before any data is generated, read or cached, so a typo in ``data.*`` fails in seconds, naming the
+option and the closest valid value.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,80 +50,19 @@ class NoduleDataModule(pl.LightningDataModule):
     """Candidate patches around world coordinates, for nodule / malignancy classification.
 
     Args:
-        root: folder of scans (``subsetK/<seriesuid>.mhd`` for LUNA16; any nesting of
-            ``.mhd``/``.nii``/``.nii.gz``/``.nrrd`` files named by seriesuid otherwise).
-        labels_csv: the task's CSV (see :func:`lungexp.data.labels.sample_table.read_labels`).
-        task: ``candidates`` | ``malignancy`` | ``points``.
-        cache_dir: where patch caches live.
-        patch: :meth:`PatchSpec.from_config` arguments (size, spacing_mm, size_mm, pad_hu).
-        hu_window: ``[low, high]`` HU kept (clipped outside).
-        normalize: ``unit`` ([0, 1]), ``symmetric`` ([-1, 1]) or ``zscore`` (per patch), see :class:`HUWindow`.
-        split: :meth:`SplitSpec.from_config` arguments: ``{method: subsets, fold, val_fold}``,
-            ``{method: series, val_fraction, test_fraction, seed, group_by}`` or ``{method: folds, num_folds,
-            fold, val_fold, seed, group_by}``.
-        balance: :meth:`BalanceSpec.from_config` arguments: ``{sampler: none|balanced, positive_fraction,
-            samples_per_epoch}``.
-        batch_size, num_workers, pin_memory: DataLoader arguments.
-        cache_memory: ``mmap`` | ``ram`` | ``device``: where training reads the patches from, see
-            :mod:`lungexp.data.loading.memory_cache`; ``device`` gathers training and validation batches on the
-            training device (no workers, no TorchIO ``train_transform``: use a batch augmentation).
-        preprocess_workers: processes building the patch cache.
-        synthetic: if given, keyword arguments of
-            :func:`lungexp.data.synthetic.generate_luna16_dataset`, run when ``root`` holds no dataset.
         train_transform: augmentation for training patches (TorchIO transform or any callable).
-        missing_scans / outside: ``error`` or ``skip``, see :func:`lungexp.data.labels.sample_table.build_samples`.
-        in_channels: if given, must equal the number of patch scales (the model's input channels).
-        annotations_csv: LUNA16 ``annotations.csv``; with ``task=candidates`` and ``labels_csv=None``,
-            positives come from it and negatives are sampled from the lungs (``negatives``).
-        excluded_csv: LUNA16 ``annotations_excluded.csv``; negatives on these findings are dropped.
-        negatives: :meth:`NegativesSpec.from_config` arguments (count, vessel_fraction, margin_mm, seed).
-        max_negatives_per_scan: keep at most this many negatives of each training scan (seeded by
-            ``split.seed``); validation and test scans keep all. null keeps all.
-        label_rule: ``{column, positive, negative}``: labels from a rating column, rows matching neither
-            condition dropped (:class:`~lungexp.data.labels.label_rules.LabelRule`); null keeps the CSV's labels.
+        **options: the ``data.*`` options, by name: the fields of :class:`~lungexp.data.options.DataOptions`,
+            which declares each (type, default, line of doc) and checks it; the signature lists them.
 
     Raises:
-        ConfigError: a value that cannot work, naming its key (``data.split.method``, ...).
+        ArgumentError: an option that cannot work, naming it (``split.method``, ...).
     """
 
-    def __init__(
-        self,
-        root: str,
-        labels_csv: str | None,
-        task: str = "candidates",
-        cache_dir: str = "data/cache",
-        patch: dict[str, Any] | None = None,
-        hu_window: Sequence[float] = (-1000.0, 400.0),
-        normalize: str = "unit",
-        split: dict[str, Any] | None = None,
-        balance: dict[str, Any] | None = None,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        preprocess_workers: int = 2,
-        pin_memory: bool = False,
-        synthetic: dict[str, Any] | None = None,
-        train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        missing_scans: str = "skip",
-        outside: str = "error",
-        in_channels: int | None = None,
-        annotations_csv: str | None = None,
-        excluded_csv: str | None = None,
-        negatives: dict[str, Any] | None = None,
-        max_negatives_per_scan: int | None = None,
-        cache_memory: str = "mmap",
-        label_rule: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 **options: Any) -> None:
         super().__init__()
-        self.options = DataOptions.from_config({
-            "root": root, "labels_csv": labels_csv, "task": task, "cache_dir": cache_dir, "patch": patch,
-            "hu_window": hu_window, "normalize": normalize, "split": split, "balance": balance,
-            "batch_size": batch_size, "num_workers": num_workers, "preprocess_workers": preprocess_workers,
-            "pin_memory": pin_memory, "synthetic": synthetic, "missing_scans": missing_scans, "outside": outside,
-            "in_channels": in_channels, "annotations_csv": annotations_csv, "excluded_csv": excluded_csv,
-            "negatives": negatives, "max_negatives_per_scan": max_negatives_per_scan, "cache_memory": cache_memory,
-            "label_rule": label_rule,
-        })
-        if cache_memory == "device" and train_transform is not None:
+        self.options = DataOptions(**options)
+        if self.options.cache_memory == "device" and train_transform is not None:
             raise ConfigError("data.cache_memory=device gathers each batch on the device, where the per-patch "
                               "TorchIO augmentation cannot run: use aug=batch_light or aug=batch_strong (the same "
                               "transforms on the batch), aug=none, or data.cache_memory=ram")
@@ -278,3 +218,12 @@ class NoduleDataModule(pl.LightningDataModule):
         return UnrepeatedDistributedSampler(self.datasets[name], num_replicas=trainer.world_size,
                                             rank=trainer.global_rank, shuffle=False)
 
+
+# The options' names and defaults in the signature: for Hydra's argument check (a typo'd data.* key names the
+# closest option), for help() and for editors; DataOptions is where they are declared.
+NoduleDataModule.__init__.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("train_transform", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation="Callable[[torch.Tensor], torch.Tensor] | None"),
+    *DataOptions.parameters(),
+], return_annotation=None)

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from lungexp.data.scans.hounsfield import AIR_HU
 from lungexp.data.scans.scan import Scan
-from lungexp.utils.errors import ConfigError, check_int, check_number
+from lungexp.utils.errors import ArgumentError, check_int, check_number
 
 MIN_SIZE = 4  # voxels per side; below this a patch holds no context around the candidate
 
@@ -53,24 +53,24 @@ class PatchSpec:
         cls, size: int | None = 32, spacing_mm: Sequence[float] = (1.0,), size_mm: float | None = None,
         pad_hu: float = AIR_HU,
     ) -> PatchSpec:
-        """Build from ``data.patch``, where the size may be given in mm (of the finest channel) instead.
+        """Build from the patch options, where the size may be given in mm (of the finest channel) instead.
 
-        Raises :class:`ConfigError` naming the ``data.patch.*`` key of a value that cannot work.
+        Raises :class:`~lungexp.utils.errors.ArgumentError` naming the parameter of a value that cannot work.
         """
         if isinstance(spacing_mm, str) or not isinstance(spacing_mm, Sequence) or not spacing_mm:
-            raise ConfigError(f"data.patch.spacing_mm={spacing_mm!r} must be a list of voxel sizes in mm, "
-                              "e.g. [1.0] or [1.0, 2.0] for two scales")
-        spacing = tuple(check_number("data.patch.spacing_mm", s, low=0, low_open=True) for s in spacing_mm)
-        check_number("data.patch.pad_hu", pad_hu)
+            raise ArgumentError(f"spacing_mm={spacing_mm!r} must be a list of voxel sizes in mm, "
+                                "e.g. [1.0] or [1.0, 2.0] for two scales")
+        spacing = tuple(check_number("spacing_mm", s, low=0, low_open=True, error=ArgumentError) for s in spacing_mm)
+        check_number("pad_hu", pad_hu, error=ArgumentError)
         if size_mm is not None:
-            size_mm = check_number("data.patch.size_mm", size_mm, low=0, low_open=True)
+            size_mm = check_number("size_mm", size_mm, low=0, low_open=True, error=ArgumentError)
             size = int(round(size_mm / min(spacing)))
             if size < MIN_SIZE:
-                raise ConfigError(f"data.patch.size_mm={size_mm:g} is {size} voxel(s) at {min(spacing):g} mm; "
-                                  f"a patch needs at least {MIN_SIZE} per side")
+                raise ArgumentError(f"size_mm={size_mm:g} is {size} voxel(s) at {min(spacing):g} mm; "
+                                    f"a patch needs at least {MIN_SIZE} per side")
         elif size is None:
-            raise ConfigError("give the patch size in voxels (data.patch.size) or millimetres (data.patch.size_mm)")
-        return cls(size=check_int("data.patch.size", size, minimum=MIN_SIZE), spacing_mm=spacing, pad_hu=pad_hu)
+            raise ArgumentError("size=None: give the patch size in voxels (size) or millimetres (size_mm)", "size_mm")
+        return cls(size=check_int("size", size, minimum=MIN_SIZE, error=ArgumentError), spacing_mm=spacing, pad_hu=pad_hu)
 
     @property
     def channels(self) -> int:

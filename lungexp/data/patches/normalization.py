@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lungexp.data.options import check_hu_window
+from lungexp.data.options import NORMALIZATIONS
+from lungexp.utils.errors import ArgumentError, check_number, look_up_option
 
 
 class HUWindow:
@@ -14,10 +15,18 @@ class HUWindow:
     ``unit`` scales the window to ``[0, 1]`` (air -> 0 for the default window), ``symmetric`` to
     ``[-1, 1]``, ``zscore`` standardises each patch to zero mean and unit variance per channel (the
     normalisation MedicalNet's weights were trained with).
+
+    Raises:
+        ArgumentError: (a ``ValueError``) naming the parameter: ``low``/``high`` not numbers with
+            ``low < high``, or ``normalize`` not one of :data:`NORMALIZATIONS`.
     """
 
     def __init__(self, low: float = -1000.0, high: float = 400.0, normalize: str = "unit") -> None:
-        self.low, self.high, self.normalize = check_hu_window((low, high), normalize)
+        self.low = check_number("low", low, error=ArgumentError)
+        self.high = check_number("high", high, error=ArgumentError)
+        if self.high <= self.low:
+            raise ArgumentError(f"high={high:g} must be more than low={low:g}")
+        self.normalize = look_up_option("normalize", normalize, NORMALIZATIONS, error=ArgumentError)
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
         """One patch, ``(C, ...)`` HU."""

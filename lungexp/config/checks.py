@@ -1,4 +1,4 @@
-"""Config checks that run before any slow work, so a typo costs seconds rather than a cache build.
+"""The application's config schema: checks that run before any slow work, so a typo costs seconds.
 
 Every problem is a :class:`~lungexp.utils.errors.ConfigError` naming the key as it is typed on the
 command line. Checked here:
@@ -12,9 +12,9 @@ command line. Checked here:
 * interpolations resolve;
 * values and combinations that would run, exit 0 and be wrong (:func:`check_training_values`,
   :func:`check_monitoring`);
-* a precision the hardware cannot run (:func:`lungexp.training.devices.check_precision`).
+* a precision the hardware cannot run (:func:`check_precision`).
 
-``data.*`` values are checked by the datamodule's constructor.
+``data.*``, ``eval`` and ``cv`` are checked by their typed options (:func:`lungexp.config.check`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lungexp.training.devices import FP16_PRECISIONS, selects_cuda
 from lungexp.utils.config import CONFIG_DIR
 from lungexp.utils.errors import ConfigError, check_number, did_you_mean, look_up_option
 
@@ -58,9 +59,17 @@ def check_config(cfg: DictConfig, primary: str = "config", sections: Sequence[st
     check_targets({key: value for key, value in raw.items() if key in used})
     if training:
         check_monitoring(resolved)
-        from lungexp.training.devices import check_precision
-
         check_precision(resolved["trainer"])
+
+
+def check_precision(trainer: Mapping[str, Any]) -> None:
+    """fp16 only on CUDA: Lightning would start it on CPU too, where fp16 convolutions are slow or missing."""
+    precision = str(trainer.get("precision", "32-true"))
+    if precision in FP16_PRECISIONS and not selects_cuda(trainer):
+        where = (f"trainer.accelerator={trainer.get('accelerator')}" if trainer.get("accelerator") != "auto"
+                 else "no CUDA GPU here (trainer.accelerator=auto picks the CPU)")
+        raise ConfigError(f"trainer.precision={precision} (fp16) needs a CUDA GPU, but {where}; use "
+                          "trainer.precision=bf16-mixed or 32-true, or run on a GPU (trainer=gpu)")
 
 
 def declared_top_level(primary: str = "config") -> tuple[dict[str, Any], set[str]]:
