@@ -81,11 +81,12 @@ def test_a_fold_ensemble_is_refused_on_its_own_data_and_allowed_on_other_data(tr
     other_fold = Predictor(with_recipe(trained_run.best_checkpoint, tmp_path / "fold1.ckpt",
                                        data={"split": {**split, "seed": split.get("seed", 0) + 1}}), device="cpu")
     folds = Ensemble([member, other_fold])
-    own_root = member.recipe.data["root"]
+    own = {key: member.recipe.data.get(key) for key in ("root", "labels_csv")}
     with pytest.raises(ConfigError, match="trained on different splits of data.root=.*would leak"):
-        check_unseen_data(folds, {"root": own_root})
-    check_unseen_data(folds, {"root": str(tmp_path / "another_dataset")})  # data the folds never saw
-    check_unseen_data(Ensemble([member, member]), {"root": own_root})  # one split: its test split is unseen
+        check_unseen_data(folds, own)
+    check_unseen_data(folds, {**own, "root": str(tmp_path / "another_dataset")})  # data the folds never saw
+    check_unseen_data(folds, {**own, "labels_csv": str(tmp_path / "heldout.csv")})  # patients set aside before
+    check_unseen_data(Ensemble([member, member]), own)  # one split: its test split is unseen
 
 
 def test_a_cv_parent_records_its_fold_checkpoints_and_they_are_found_again(trained_run, mlflow_dir: Path,
@@ -98,7 +99,7 @@ def test_a_cv_parent_records_its_fold_checkpoints_and_they_are_found_again(train
         run_id = runs.start_fold(fold)
         written.append(Path(shutil.copy(trained_run.best_checkpoint, tmp_path / f"fold{fold}.ckpt")))
         runs.record_checkpoint(fold, run_id, written[-1])
-        runs.complete_fold(run_id)
+        runs.complete_fold(run_id, None)
     runs.finish()
     assert fold_checkpoints(uri, runs.parent_id, tmp_path / "downloads") == written
     written[1].unlink()  # moved away: its MLflow artifact is downloaded instead

@@ -173,20 +173,24 @@ def checkpoint_paths(ckpt_path: str | Sequence[str] | None, cv_run: str | None, 
 
 
 def check_unseen_data(ensemble: Ensemble, data: Mapping[str, Any]) -> None:
-    """Refuse to evaluate members trained on different splits (the folds of a CV) on a dataset they trained on:
-    each fold's test scans trained the other members, so the metrics would leak. Members of one split (or
-    copies of one checkpoint) are scored on their common test split as a single checkpoint is."""
+    """Refuse to evaluate members trained on different splits (the folds of a CV) on the dataset they trained on
+    (the same ``root`` and ``labels_csv``): each fold's test scans trained the other members, so the metrics would
+    leak. Members of one split (or copies of one checkpoint) are scored on their common test split as a single
+    checkpoint is. Other scans, or another labels CSV of the same scans (e.g. patients set aside before the CV),
+    are the user's word that the folds never saw them."""
     splits = {json.dumps(member.recipe.data.get("split"), sort_keys=True, default=str) for member in ensemble.members}
-    root = data.get("root")
-    trained_here = [member.path for member in ensemble.members if _same_root(member.recipe.data.get("root"), root)]
+    trained_here = [member.path for member in ensemble.members
+                    if all(_same_path(member.recipe.data.get(key), data.get(key)) for key in ("root", "labels_csv"))]
     if len(splits) > 1 and trained_here:
-        raise ConfigError(f"the ensemble's members were trained on different splits of data.root={root} (e.g. "
-                          f"{trained_here[0]}), so every scan of it trained some member: evaluating them together "
-                          "there would leak. Evaluate a fold ensemble on data the folds never saw (data.root=OTHER "
-                          "split=all), or each fold checkpoint on its own test split")
+        raise ConfigError(f"the ensemble's members were trained on different splits of data.root={data.get('root')} "
+                          f"with data.labels_csv={data.get('labels_csv')} (e.g. {trained_here[0]}), so every sample of "
+                          "it trained some member: evaluating them together there would leak. Evaluate a fold "
+                          "ensemble on data the folds never saw (data.root=OTHER, or data.labels_csv=a CSV of "
+                          "patients set aside before the CV, with split=all), or each fold checkpoint on its own "
+                          "test split")
 
 
-def _same_root(trained: Any, evaluated: Any) -> bool:
+def _same_path(trained: Any, evaluated: Any) -> bool:
     if trained is None or evaluated is None:
-        return False
+        return trained is evaluated
     return Path(str(trained)).expanduser().resolve() == Path(str(evaluated)).expanduser().resolve()
