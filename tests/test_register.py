@@ -64,7 +64,7 @@ def test_register_and_predict_by_name_and_by_list_end_to_end(trained_run, synthe
     done = run_entry_point("register", [f"ckpt_path={trained_run.best_checkpoint}", "name=fpr",
                                         f"tracking_uri={store}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Registered 1 checkpoint(s) (tta=none) as fpr version 1 -> models:/fpr@champion" in done.stdout
+    assert "Registered 1 checkpoint(s) (tta=none, calibration=none) as fpr version 1 -> models:/fpr@champion" in done.stdout
 
     points = pd.read_csv(synthetic_root / "candidates_V2.csv", dtype={"seriesuid": str})
     candidates = tmp_path / "points.csv"

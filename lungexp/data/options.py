@@ -9,26 +9,30 @@ A problem is an :class:`~lungexp.utils.errors.ArgumentError` naming the option a
 parameter (``split.method``), with the closest valid choice or the range the value must lie in; where the
 ``data`` config meets the code, :func:`lungexp.config.check` names the key (``data.split.method``).
 
-Adding an option: one field below (``option(default, doc, check)``) and its row in README's data table.
+Adding an option: one field below (``option(default, doc, check)``) and its row in README's data table. The
+``data`` config starts from these defaults (:meth:`DataOptions.config_defaults`), so no YAML file repeats them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
-from lungexp.data.labels.annotations import OUTSIDE_CHOICES
-from lungexp.data.labels.label_rules import LabelRule
-from lungexp.data.labels.sample_table import MISSING_SCANS_CHOICES, TASKS
-from lungexp.data.labels.sampled_candidates import NegativesSpec
-from lungexp.data.labels.splits import SplitSpec
-from lungexp.data.loading.balance import BalanceSpec
-from lungexp.data.patches.extraction import PatchSpec
-from lungexp.data.synthetic.manifest import GeneratorParams
 from lungexp.utils.errors import ArgumentError, check_int, check_number, look_up_option, named_under
+
+if TYPE_CHECKING:  # imported when an option is checked, so that declaring the options (and composing the
+    # config, whose defaults are these) imports none of the data layer: pandas, scipy, SimpleITK
+    from lungexp.data.labels.label_rules import LabelRule
+    from lungexp.data.labels.sampled_candidates import NegativesSpec
+    from lungexp.data.labels.splits import SplitSpec
+    from lungexp.data.loading.balance import BalanceSpec
+    from lungexp.data.patches.extraction import PatchSpec
 
 NORMALIZATIONS = ("unit", "symmetric", "zscore")
 CACHE_MEMORY = ("mmap", "ram", "device")  # see lungexp.data.loading.memory_cache
@@ -37,11 +41,20 @@ Check = Callable[[str, Any], Any]
 REQUIRED = object()  # an option without a default
 
 
+def _frozen(**defaults: Any) -> Mapping[str, Any]:
+    """The defaults of a nested option, read-only (a dataclass default is shared by every instance)."""
+    return MappingProxyType(defaults)
+
+
 def option(default: Any, doc: str, check: Check | None = None) -> Any:
     """One option: its ``default`` as given (before ``check``), its line of ``doc``, and ``check(name, value)``,
     which raises an :class:`ArgumentError` naming ``name`` or returns the value as the field's type."""
     metadata = {"doc": doc, "check": check}
-    return field(metadata=metadata) if default is REQUIRED else field(default=default, metadata=metadata)
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    if isinstance(default, Mapping):  # a nested option's defaults: read-only, so every instance may share them
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _path(name: str, value: Any) -> Path:
@@ -62,22 +75,41 @@ def _whole(minimum: int, allow_none: bool = False) -> Check:
     return lambda name, value: check_int(name, value, minimum=minimum, allow_none=allow_none, error=ArgumentError)
 
 
-def _choice(choices: Sequence[str]) -> Check:
-    return lambda name, value: look_up_option(name, value, choices, error=ArgumentError)
+def _imported(dotted: str) -> Any:
+    """``module.NAME`` of the data layer, imported when first needed."""
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
-def _spec(from_config: Callable[..., Any]) -> Check:
-    """A nested option (``patch``, ``split``, ...) checked by ``from_config``, its errors named ``name.key``."""
+def _choice(choices: Sequence[str] | str) -> Check:
+    """One of ``choices``, or of the tuple a dotted name (``module.NAME``) names."""
+    return lambda name, value: look_up_option(name, value, _imported(choices) if isinstance(choices, str) else choices,
+                                              error=ArgumentError)
+
+
+def _spec(spec: str) -> Check:
+    """A nested option (``patch``, ``split``, ...) checked by the ``from_config`` of the class ``spec`` names
+    (``module.Class``), its errors named ``name.key``."""
     def check(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping | None):
             return value  # already checked (e.g. a PatchSpec)
         with named_under(name):
-            return from_config(**(value or {}))
+            return _imported(spec).from_config(**(value or {}))
     return check
 
 
 def _label_rule(name: str, rule: Any) -> LabelRule | None:
-    return rule if isinstance(rule, LabelRule) else LabelRule.from_config(rule)
+    label_rule = _imported("lungexp.data.labels.label_rules.LabelRule")
+    return rule if isinstance(rule, label_rule) else label_rule.from_config(rule)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` in OmegaConf's types: mappings as dicts, tuples as lists, paths as text."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def check_hu_window(name: str, hu_window: Any) -> tuple[float, float]:
@@ -96,7 +128,7 @@ def _synthetic(name: str, synthetic: Any) -> dict[str, Any] | None:
         return None
     settings = {key: value for key, value in synthetic.items() if key != "overwrite"}
     try:
-        GeneratorParams.from_arguments(**settings)
+        _imported("lungexp.data.synthetic.manifest.GeneratorParams").from_arguments(**settings)
     except TypeError as error:  # a key the generator does not take
         raise ArgumentError(f"{name}: {error}") from None
     except ValueError as error:  # the message starts with the argument's name
@@ -116,18 +148,20 @@ class DataOptions:
                         ".mhd/.nii/.nii.gz/.nrrd files named by seriesuid)", _path)
     labels_csv: Path | None = option(REQUIRED, "the task's CSV (see lungexp.data.labels.sample_table.read_labels); "
                                      "null: sample negatives (task=candidates with annotations_csv)", _optional_path)
-    task: str = option("candidates", "candidates | malignancy | points", _choice(TASKS))
+    task: str = option("candidates", "candidates | malignancy | points", _choice("lungexp.data.labels.sample_table.TASKS"))
     cache_dir: Path = option("data/cache", "where patch caches live", _path)
-    patch: PatchSpec = option(None, "patch geometry: {size, size_mm, spacing_mm, pad_hu} (PatchSpec.from_config)",
-                              _spec(PatchSpec.from_config))
-    hu_window: tuple[float, float] = option((-1000.0, 400.0), "[low, high] HU kept (clipped outside)",
+    patch: PatchSpec = option(_frozen(size=32, size_mm=None, spacing_mm=(1.0,), pad_hu=-1000), "patch geometry: {size, size_mm, spacing_mm, pad_hu} (PatchSpec.from_config)",
+                              _spec("lungexp.data.patches.extraction.PatchSpec"))
+    hu_window: tuple[float, float] = option((-1000, 400), "[low, high] HU kept (clipped outside)",
                                             check_hu_window)
     normalize: str = option("unit", "unit ([0, 1]) | symmetric ([-1, 1]) | zscore (per patch), see HUWindow",
                             _choice(NORMALIZATIONS))
-    split: SplitSpec = option(None, "how series are split: {method: subsets|series|folds, ...} "
-                              "(SplitSpec.from_config)", _spec(SplitSpec.from_config))
-    balance: BalanceSpec = option(None, "training sampler: {sampler: none|balanced, positive_fraction, "
-                                  "samples_per_epoch} (BalanceSpec.from_config)", _spec(BalanceSpec.from_config))
+    split: SplitSpec = option(_frozen(method="subsets", fold=0, val_fold=1, num_folds=None, val_fraction=0.15,
+                                      test_fraction=0.15, group_by="seriesuid"), "how series are split: {method: subsets|series|folds, ...} "
+                              "(SplitSpec.from_config)", _spec("lungexp.data.labels.splits.SplitSpec"))
+    balance: BalanceSpec = option(_frozen(sampler="balanced", positive_fraction=0.5, samples_per_epoch=None),
+                                  "training sampler: {sampler: none|balanced, positive_fraction, "
+                                  "samples_per_epoch} (BalanceSpec.from_config)", _spec("lungexp.data.loading.balance.BalanceSpec"))
     batch_size: int = option(32, "patches per batch", _whole(1))
     num_workers: int = option(2, "DataLoader workers (the per-patch augmentation runs there)", _whole(0))
     preprocess_workers: int = option(2, "processes building the patch cache", _whole(0))
@@ -135,17 +169,17 @@ class DataOptions:
     synthetic: dict[str, Any] | None = option(None, "keyword arguments of generate_luna16_dataset, run when root "
                                               "holds no dataset; null: real data", _synthetic)
     missing_scans: str = option("skip", "rows whose scan is not under root: skip | error (build_samples)",
-                                _choice(MISSING_SCANS_CHOICES))
+                                _choice("lungexp.data.labels.sample_table.MISSING_SCANS_CHOICES"))
     outside: str = option("error", "coordinates outside their scan: error | skip (build_samples)",
-                          _choice(OUTSIDE_CHOICES))
+                          _choice("lungexp.data.labels.annotations.OUTSIDE_CHOICES"))
     in_channels: int | None = option(None, "if given, must equal the number of patch scales (the model's input "
                                      "channels)")
     annotations_csv: Path | None = option(None, "LUNA16 annotations.csv: with task=candidates and labels_csv=null, "
                                           "the positives (negatives sampled from the lungs)", _optional_path)
     excluded_csv: Path | None = option(None, "LUNA16 annotations_excluded.csv: negatives on these findings are "
                                        "dropped", _optional_path)
-    negatives: NegativesSpec = option(None, "sampled negatives: {count, vessel_fraction, margin_mm, seed} "
-                                      "(NegativesSpec.from_config)", _spec(NegativesSpec.from_config))
+    negatives: NegativesSpec = option(_frozen(count=30, vessel_fraction=0.5, margin_mm=10.0), "sampled negatives: {count, vessel_fraction, margin_mm, seed} "
+                                      "(NegativesSpec.from_config)", _spec("lungexp.data.labels.sampled_candidates.NegativesSpec"))
     max_negatives_per_scan: int | None = option(None, "keep at most this many negatives of each training scan "
                                                 "(seeded by split.seed); null keeps all", _whole(0, allow_none=True))
     cache_memory: str = option("mmap", "where training reads patches from: mmap | ram | device "
@@ -169,6 +203,15 @@ class DataOptions:
         if self.label_rule is not None and self.labels_csv is None:
             raise ArgumentError("label_rule labels the rows of labels_csv; with labels_csv=null (sampled "
                                 "negatives) set label_rule=null", "labels_csv")
+
+    @classmethod
+    def config_defaults(cls) -> dict[str, Any]:
+        """Every option with a default, as the ``data`` config holds it (:mod:`lungexp.config.store` puts it in
+        Hydra's ConfigStore as ``shared/data_options``, which ``conf/shared/datamodule.yaml`` starts from)."""
+        defaults = {item.name: item.default if item.default is not dataclasses.MISSING else item.default_factory()
+                    for item in fields(cls)
+                    if item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING}
+        return {name: _plain(value) for name, value in defaults.items()}
 
     @classmethod
     def doc(cls, name: str) -> str:

@@ -105,14 +105,13 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str, client
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    import lungexp
 
     with torch.no_grad():
         output = model(example).numpy()
     info = mlflow.pytorch.log_model(
         model, name=MODEL_NAME, run_id=run_id, input_example=example.numpy(),
         signature=infer_signature(example.numpy(), output),
-        code_paths=[str(Path(lungexp.__file__).parent)], pip_requirements=_requirements(),
+        code_paths=[str(Path(__file__).parents[1])], pip_requirements=_requirements(),
         serialization_format="pickle",  # the module itself (any batch size); "pt2" would fix the example's shape
     )
     client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
