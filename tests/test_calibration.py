@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mlflow import MlflowClient
 from sklearn import metrics as sk
 
 from lungexp.metrics.calibration import (
@@ -104,19 +103,11 @@ def test_report_of_a_calibrated_table_has_both_calibrations() -> None:
 
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, mlflow_dir: Path):
-    from lungexp.training.pipeline import train
-    from tests.helpers.config import TINY_NETS, compose_config, mlflow_overrides, tiny_data_overrides
+    from tests.helpers.config import train_tiny
 
-    root = tmp_path_factory.mktemp("calibrated_run")
-    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],
-                          *tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"),
-                          *mlflow_overrides(mlflow_dir), "trainer.max_epochs=2", "data.max_negatives_per_scan=2",
-                          "eval.montage_k=0", "eval.gradcam.samples=0", "eval.bootstrap=0",
-                          "eval.calibration=temperature", "eval.threshold=fp_per_scan@1"], root)
-    result = train(cfg)
-    client = MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
-    csv = client.download_artifacts(result.mlflow_run_id, "predictions/test_predictions.csv", str(root / "dl"))
-    return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
+    return train_tiny(tmp_path_factory.mktemp("calibrated_run"), synthetic_root, mlflow_dir,
+                      ["trainer.max_epochs=2", "eval.montage_k=0", "eval.gradcam.samples=0", "eval.bootstrap=0",
+                       "eval.calibration=temperature", "eval.threshold=fp_per_scan@1"])
 
 
 @pytest.mark.slow

@@ -10,13 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mlflow import MlflowClient
 from sklearn import metrics as sk
 
 from lungexp.metrics.froc import FP_RATES, compute_froc, rate_name
 from lungexp.metrics.threshold import choose_threshold
 from lungexp.training.module import VALIDATION_PREDICTIONS
-from lungexp.training.pipeline import train
 
 from .test_metrics import numpy_ece
 
@@ -27,19 +25,11 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, mlflow_dir: Path):
-    from tests.helpers.config import TINY_NETS, compose_config, tiny_data_overrides
+    from tests.helpers.config import train_tiny
 
-    root = tmp_path_factory.mktemp("evaluation_run")
-    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],
-                          *tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"),
-                          f"paths.mlflow_uri=sqlite:///{mlflow_dir}/mlflow.db",
-                          f"paths.mlflow_artifacts={mlflow_dir}/artifacts",
-                          "trainer.max_epochs=3", "data.max_negatives_per_scan=2", "eval.montage_k=2",
-                          "eval.gradcam.samples=2", "eval.threshold=sensitivity@0.9"], root)
-    result = train(cfg)
-    client = MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
-    csv = client.download_artifacts(result.mlflow_run_id, "predictions/test_predictions.csv", str(root / "dl"))
-    return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
+    return train_tiny(tmp_path_factory.mktemp("evaluation_run"), synthetic_root, mlflow_dir,
+                      ["trainer.max_epochs=3", "eval.montage_k=2", "eval.gradcam.samples=2",
+                       "eval.threshold=sensitivity@0.9"])
 
 
 @pytest.mark.slow

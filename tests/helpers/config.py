@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -76,3 +78,19 @@ def compose_config(overrides: Sequence[str], root_dir: Path, config_name: str = 
         cfg.paths.output_dir = str(root_dir / f"output{runs}")  # one folder per run, as Hydra's timestamps
         del cfg.hydra
     return cfg
+
+
+def train_tiny(root: Path, data_root: Path, mlflow_dir: Path, overrides: list[str]) -> tuple[Any, Any, pd.DataFrame]:
+    """``train()`` of a tiny cnn3d (two negatives per training scan) on ``data_root`` with ``overrides``: its
+    result, an MLflow client of its store and the test predictions it logged."""
+    from mlflow import MlflowClient
+
+    from lungexp.training.pipeline import train
+
+    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], *tiny_data_overrides(data_root, data_root.parent / "cache"),
+                          *mlflow_overrides(mlflow_dir), "data.max_negatives_per_scan=2", *overrides], root)
+    result = train(cfg)
+    client = MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
+    csv = client.download_artifacts(result.mlflow_run_id, "predictions/test_predictions.csv", str(root / "dl"))
+    return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
+
