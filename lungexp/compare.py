@@ -24,6 +24,7 @@ from lungexp.utils.tables import read_csv
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from lungexp.metrics.comparison import Comparison, ScoredRun
 
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> Comparison:
     client = MlflowClient(args.tracking_uri or default_tracking_uri()) if needs_mlflow else None
     runs = [_scored_input(client, source) for source in args.inputs]
     runs = _unique_names(runs)
-    first_run = next((client.get_run(r.run_id) for r in runs if r.run_id), None)
+    # Only runs read from MLflow have a run id, and those need the client.
+    first_run = next((client.get_run(r.run_id) for r in runs if r.run_id), None) if client is not None else None
     aligned = align(runs, intersect=args.intersect)
     if args.baseline:
         labels_csv = args.labels or _setting_path(first_run, "data.labels_csv", "--labels")
@@ -105,7 +107,8 @@ def run(args: argparse.Namespace) -> Comparison:
     froc = None
     annotations = args.annotations or _candidates_annotations(first_run)
     if annotations is not None:
-        excluded = args.excluded or (first_run and _run_setting(first_run, "data.excluded_csv"))
+        logged_excluded = _run_setting(first_run, "data.excluded_csv") if first_run is not None else None
+        excluded = args.excluded or logged_excluded
         froc = FrocReference.from_csv(annotations, excluded, sorted(aligned.samples["seriesuid"].unique()))
     comparison = compare(aligned, bootstrap=args.bootstrap, seed=args.seed, group_by=args.group_by, froc=froc)
 
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> Comparison:
     figure.savefig(outputs["forest_plot.png"], dpi=120)
     print(f"wrote {', '.join(str(path) for path in outputs.values())}")
     if not args.no_mlflow:
+        assert client is not None  # needs_mlflow
         run_id = log_comparison(client, args, runs, first_run, outputs)
         print(f"MLflow comparison run {run_id} in {client.tracking_uri}")
     return comparison
@@ -133,6 +137,7 @@ def _scored_input(client: MlflowClient | None, source: str) -> ScoredRun:
         path = Path(source)
         return ScoredRun(name=path.stem, predictions=read_csv(path, "predictions CSV"), threshold=CSV_THRESHOLD)
     if RUN_ID.match(source):
+        assert client is not None  # run() opens the store when an input is not a CSV
         return scored_run(client, source)
     raise ComparisonError(f"{source!r} is neither a predictions CSV file nor an MLflow run id (32 hex digits)")
 
@@ -150,14 +155,14 @@ def _unique_names(runs: list[ScoredRun]) -> list[ScoredRun]:
             for run in runs]
 
 
-def _run_setting(run: object, key: str) -> str | None:
+def _run_setting(run: Run, key: str) -> str | None:
     from lungexp.tracking.run_predictions import run_setting
 
     value = run_setting(run, key)
     return None if value in (None, "None", "") else value
 
 
-def _setting_path(run: object, key: str, option: str) -> Path:
+def _setting_path(run: Run | None, key: str, option: str) -> Path:
     from lungexp.metrics.comparison import ComparisonError
 
     value = _run_setting(run, key) if run is not None else None
@@ -166,7 +171,7 @@ def _setting_path(run: object, key: str, option: str) -> Path:
     return Path(value)
 
 
-def _candidates_annotations(run: object) -> Path | None:
+def _candidates_annotations(run: Run | None) -> Path | None:
     """The first run's annotations CSV when it is a ``candidates`` run whose annotations file exists."""
     if run is None or _run_setting(run, "data.task") != "candidates":
         return None
@@ -222,7 +227,7 @@ def _p_value(p: float) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def log_comparison(client: MlflowClient, args: argparse.Namespace, runs: list[ScoredRun], first_run: object,
+def log_comparison(client: MlflowClient, args: argparse.Namespace, runs: list[ScoredRun], first_run: Run | None,
                    outputs: dict[str, Path]) -> str:
     """The comparison as an MLflow run: tagged with the compared run ids and inputs, the files as artifacts."""
     from lungexp.tracking.runs import create_run, ensure_experiment

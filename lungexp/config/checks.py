@@ -23,14 +23,14 @@ import inspect
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lungexp.training.devices import FP16_PRECISIONS, selects_cuda
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.config import CONFIG_DIR, to_dict
 from lungexp.utils.errors import ConfigError, check_number, did_you_mean, look_up_option
 
 # Keys of a `_target_` node that Hydra's instantiate consumes itself.
@@ -55,7 +55,7 @@ def check_config(cfg: DictConfig, primary: str = "config", sections: Sequence[st
     training = {"trainer", "model"} <= used.keys()
     if training:
         check_training_values(resolved)
-    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw = to_dict(cfg, resolve=False)
     check_targets({key: value for key, value in raw.items() if key in used})
     if training:
         check_monitoring(resolved)
@@ -74,7 +74,11 @@ def check_precision(trainer: Mapping[str, Any]) -> None:
 
 def declared_top_level(primary: str = "config") -> tuple[dict[str, Any], set[str]]:
     """The top-level keys of ``conf/<primary>.yaml`` with their defaults, and the names of its config groups."""
-    raw = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / f"{primary}.yaml"), resolve=False)
+    path = Path(CONFIG_DIR) / f"{primary}.yaml"
+    loaded = OmegaConf.load(path)
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: a primary config must be a mapping of keys, not a list")
+    raw = to_dict(loaded, resolve=False)
     groups = {"hydra"}
     for entry in raw.pop("defaults", []):
         if isinstance(entry, Mapping):
@@ -89,13 +93,13 @@ def check_top_level(cfg: DictConfig, primary: str = "config") -> None:
     """Unknown top-level keys and top-level values of the wrong type."""
     defaults, groups = declared_top_level(primary)
     known = set(defaults) | groups
-    for key in cfg:
+    for key in map(str, cfg):  # config keys are strings
         if key not in known:
             named = sorted(groups - {"hydra"})
             raise ConfigError(f"unknown top-level key '{key}'{did_you_mean(key, sorted(known))}: nothing reads it, "
                               f"so it would be ignored; the top-level keys are {', '.join(sorted(defaults))}"
                               + (f" and the groups {', '.join(named)}" if named else ""))
-    values = OmegaConf.to_container(cfg, resolve=False)
+    values = to_dict(cfg, resolve=False)
     for key, default in defaults.items():
         if key in values and not _same_kind(values[key], default):
             raise ConfigError(f"{key}={cfg[key]!r} must be {_KINDS.get(type(default), 'a string')}, like its "
@@ -118,7 +122,7 @@ def _same_kind(value: Any, default: Any) -> bool:
 def resolve(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain containers, every interpolation resolved; a broken one names its key."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        return to_dict(cfg, resolve=True)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(error).splitlines()[0]}") from None
@@ -293,6 +297,6 @@ def _is_checkpoint(node: Mapping[str, Any]) -> bool:
     return isinstance(factory, type) and issubclass(factory, ModelCheckpoint)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 

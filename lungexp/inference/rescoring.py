@@ -33,7 +33,7 @@ from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
 from lungexp.training.checkpoint import ModelRecipe
-from lungexp.utils.config import with_values
+from lungexp.utils.config import to_dict, with_values
 from lungexp.utils.errors import ConfigError, look_up_option
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def group_config(cfg: DictConfig, group: str, stored: dict[str, Any] | None, ove
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
               if o.key_or_group == group or o.key_or_group.startswith(f"{group}.")]
     if stored is None or any(o.key_or_group == group for o in parsed):
-        return OmegaConf.to_container(cfg[group], resolve=False)
+        return to_dict(cfg[group], resolve=False)
     config = OmegaConf.create(stored)
     for override in parsed:
         key = override.key_or_group.removeprefix(f"{group}.")
@@ -75,7 +75,7 @@ def group_config(cfg: DictConfig, group: str, stored: dict[str, Any] | None, ove
                 del node[leaf]
         else:
             OmegaConf.update(config, key, override.value(), force_add=True)
-    return OmegaConf.to_container(config, resolve=False)
+    return to_dict(config, resolve=False)
 
 
 def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) 
         raise ConfigError(f"{', '.join(fixed)}: the checkpoint fixes the preprocessing its network was trained "
                           f"with ({', '.join(f'{k}={v}' for k, v in preprocessing.items())}); evaluate without "
                           "overriding it")
-    own = OmegaConf.to_container(cfg.data, resolve=False)
+    own = to_dict(cfg.data, resolve=False)
     data = group_config(cfg, "data", recipe.data, overrides)
     synthetic = own.get("synthetic") if data.get("root") == own.get("root") else None
     return {**data, **preprocessing, "cache_dir": own["cache_dir"], "synthetic": synthetic, "train_transform": None}

@@ -109,6 +109,7 @@ def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource, candi
 
 
 def _header_of(scan: Scan) -> ScanHeader:
+    assert scan.source is not None  # the scans here are read from their files
     return ScanHeader(size_xyz=scan.size_xyz, origin=scan.origin, spacing=scan.spacing, direction=scan.direction,
                       path=scan.source)
 

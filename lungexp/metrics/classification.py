@@ -71,7 +71,7 @@ def table_metrics(labels: np.ndarray, probabilities: np.ndarray, prefix: str, th
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchmetrics' own one-class warnings: replaced by the one below
         metrics = classification_metrics(prefix)(preds, target)
-        at_threshold = MetricCollection(thresholded_metrics(threshold), prefix=f"{prefix}{AT_THRESHOLD}")(preds, target)
+        at_threshold = MetricCollection({**thresholded_metrics(threshold)}, prefix=f"{prefix}{AT_THRESHOLD}")(preds, target)
     values = {name: float(value) for name, value in {**metrics, **at_threshold}.items()}
     values[f"{prefix}threshold"] = float(threshold)
     if undefined:

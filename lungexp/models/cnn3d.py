@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -69,7 +70,8 @@ class CNN3D(nn.Module):
 
     @property
     def stem_conv(self) -> nn.Conv3d:
-        return self.features[0][0]
+        first_block = cast(ConvBlock, self.features[0])  # nn.Sequential's items are typed as nn.Module
+        return cast(nn.Conv3d, first_block[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

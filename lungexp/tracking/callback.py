@@ -12,6 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
 
 from lungexp.tracking.artifacts import mlflow_loggers
 from lungexp.tracking.logger import RunLogger
@@ -53,15 +54,17 @@ class MLflowTracking(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in mlflow_loggers(trainer.loggers):
-            log_dataset(logger.experiment, logger.run_id, trainer.datamodule)
+            datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning when fit starts, undeclared
+            log_dataset(logger.experiment, _run_id(logger), datamodule)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None or math.isnan(float(value)):
+        metric = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or metric is None or math.isnan(float(metric)):
             return
-        value = float(value)
+        value = float(metric)
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best, self.best_epoch = value, trainer.current_epoch
+        assert self.best is not None and self.best_epoch is not None  # set together, at the latest just above
         for logger in mlflow_loggers(trainer.loggers):
             logger.log_metrics({best_metric_name(self.monitor): round(self.best, 6), "best/epoch": self.best_epoch},
                                step=trainer.global_step)  # rounded: the runs table prints every digit
@@ -80,7 +83,14 @@ class MLflowTracking(Callback):
         model = _load_best(pl_module, checkpoint)
         example = _input_example(trainer)
         for logger in targets:
-            log_model(model, example, logger.run_id, logger.experiment)
+            log_model(model, example, _run_id(logger), logger.experiment)
+
+
+def _run_id(logger: MLFlowLogger) -> str:
+    """The logger's run id: Lightning types it optional, but opening the experiment (which it does) sets it."""
+    run_id = logger.run_id
+    assert run_id is not None
+    return run_id
 
 
 def _load_best(pl_module: pl.LightningModule, checkpoint: str) -> pl.LightningModule:
@@ -94,6 +104,8 @@ def _load_best(pl_module: pl.LightningModule, checkpoint: str) -> pl.LightningMo
 def _input_example(trainer: pl.Trainer) -> torch.Tensor:
     """One validation patch, ``(1, C, D, H, W)``: documents the input and lets MLflow infer the signature."""
     loader = trainer.val_dataloaders
+    if loader is None:
+        raise RuntimeError("no validation dataloader to take the logged model's input example from")
     batch = next(iter(loader[0] if isinstance(loader, list) else loader))
     return batch["image"][:1].float().cpu()
 

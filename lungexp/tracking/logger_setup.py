@@ -16,13 +16,14 @@ from typing import Any
 import hydra
 from hydra.utils import get_object
 from mlflow import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 from pytorch_lightning.loggers.logger import DummyLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.tracking.server import access_error, check_server_access, is_refusal, is_tracking_server
 from lungexp.tracking.stale_runs import end_stale_runs, process_tags
+from lungexp.utils.config import to_dict
 from lungexp.utils.errors import LungexpError
 
 
@@ -55,7 +56,7 @@ def instantiate_loggers(config: DictConfig | None, run_kwargs: Mapping[str, Any]
         extra = {key: value for key, value in run_kwargs.items() if key != "tags" and node.get(key) is None}
         configured = node.get("tags")  # the config's own tags win over the run's on the same key
         extra["tags"] = {**run_kwargs.get("tags", {}),
-                         **(OmegaConf.to_container(configured, resolve=True) if configured else {})}
+                         **(to_dict(configured, resolve=True) if configured else {})}
         loggers.append(hydra.utils.instantiate(node, **extra, _convert_="partial"))
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):

@@ -11,6 +11,7 @@ are loaded.
 
 from __future__ import annotations
 
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
@@ -48,7 +49,7 @@ def check_no_credentials_in(uri: str) -> None:
                           f"in {' and '.join(CREDENTIAL_VARIABLES)} or {CREDENTIALS_FILE} instead")
 
 
-def is_refusal(error: BaseException) -> bool:
+def is_refusal(error: BaseException) -> TypeGuard[MlflowException]:
     return isinstance(error, MlflowException) and error.get_http_status_code() in REFUSED
 
 

@@ -52,6 +52,7 @@ from lungexp.tracking.runs import (
 )
 from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, PROCESS_START_TAG, process_tags
 from lungexp.tracking.sweep_report import NOTE_TAG, report_sweep
+from lungexp.utils.config import to_dict
 from lungexp.utils.errors import user_error_in
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ class MLflowSweepCallback(Callback):
         self._job_started_ms = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        node = mlflow_logger_config(config)
-        if node is None:
+        configured = mlflow_logger_config(config)
+        if configured is None:
             return
-        node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+        node = OmegaConf.create(to_dict(configured, resolve=True))
         swept = swept_overrides(config)
         name = sweep_name(config, swept)
         client = MlflowClient(node.tracking_uri)
@@ -116,13 +117,14 @@ class MLflowSweepCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Runs in the job's process (with any launcher): a failed job's run is FAILED, created if need be."""
         node = mlflow_logger_config(config)
-        if job_return.status != JobStatus.FAILED or not sweep_parent_run_id() or node is None:
+        parent_run_id = sweep_parent_run_id()
+        if job_return.status != JobStatus.FAILED or not parent_run_id or node is None:
             return
         error = job_return._return_value  # the job's exception; `return_value` would raise it
         user_error = user_error_in(error)
         message = str(user_error) if user_error is not None else f"{type(error).__name__}: {error}"
-        record_failed_job(MlflowClient(OmegaConf.to_container(node, resolve=True)["tracking_uri"]),
-                          sweep_parent_run_id(), self._job_started_ms, run_name(config), message)
+        record_failed_job(MlflowClient(to_dict(node, resolve=True)["tracking_uri"]),
+                          parent_run_id, self._job_started_ms, run_name(config), message)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         atexit.unregister(self._finish)

@@ -32,6 +32,7 @@ from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
 from lungexp.tracking.artifacts import mlflow_run_reference
 from lungexp.training.module import CALIBRATION, stored_validation_predictions
+from lungexp.utils.config import to_dict
 from lungexp.utils.errors import LungexpError
 
 RECIPE_KEY = "lungexp"
@@ -62,7 +63,8 @@ def best_checkpoint_callback(callbacks: Iterable[Callback]) -> ModelCheckpoint |
 def last_checkpoint_path(trainer: pl.Trainer) -> str | None:
     """The newest checkpoint of the callback that saves every epoch (``callbacks.last_checkpoint``), if any."""
     return next((callback.best_model_path for callback in trainer.checkpoint_callbacks
-                 if callback.monitor is None and callback.best_model_path), None)
+                 if isinstance(callback, ModelCheckpoint) and callback.monitor is None and callback.best_model_path),
+                None)
 
 
 class CheckpointError(LungexpError):
@@ -104,11 +106,12 @@ class ModelRecipe:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> ModelRecipe:
         """The recipe of a composed ``lungexp.run`` config."""
+        low, high = cfg.data.hu_window  # a pair (lungexp.config.check)
         return cls(
             task=cfg.data.task,
-            net=OmegaConf.to_container(cfg.model.net, resolve=True),
-            patch=PatchSpec.from_config(**OmegaConf.to_container(cfg.data.patch, resolve=True)),
-            hu_window=tuple(float(v) for v in cfg.data.hu_window),
+            net=to_dict(cfg.model.net, resolve=True),
+            patch=PatchSpec.from_config(**to_dict(cfg.data.patch, resolve=True)),
+            hu_window=(float(low), float(high)),
             normalize=cfg.data.normalize,
             precision=str(cfg.trainer.get("precision", "32-true")),
             data=relocatable_data_config(cfg),

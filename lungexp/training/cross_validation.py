@@ -38,7 +38,7 @@ from lungexp.tracking.logger_setup import mlflow_logger_config
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
 from lungexp.training.pipeline import train
-from lungexp.utils.config import with_values
+from lungexp.utils.config import to_dict, with_values
 from lungexp.utils.errors import ConfigError, LungexpError
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list
                  for k in range(num_folds)]
     for fold in folds:
         try:
-            spec = SplitSpec.from_config(**{**OmegaConf.to_container(split, resolve=True), **fold.split})
+            spec = SplitSpec.from_config(**{**to_dict(split, resolve=True), **fold.split})
             check_splits(split_samples(samples, spec), group_by=spec.group_by)
         except LungexpError as error:
             raise FoldFailedError(f"cross-validation fold {fold.index} ({fold.description}): {error}") from None
@@ -189,7 +189,7 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
             raise FoldFailedError(message) from error
         log.error(message)
         raise
-    if runs is not None:
+    if runs is not None and run_id is not None:  # run_id is None exactly when runs is
         if result.best_checkpoint:
             runs.record_checkpoint(fold.index, run_id, result.best_checkpoint)
         runs.complete_fold(run_id, result.optimized_metric)
@@ -205,7 +205,7 @@ def _fold_runs(cfg: DictConfig) -> FoldRuns | None:
     runs = FoldRuns(tracking_uri=logger.tracking_uri, experiment_name=logger.experiment_name,
                     artifact_location=logger.get("artifact_location"), config_hash=command_hash(cfg),
                     run_name=logger.get("run_name") or run_name(cfg),
-                    tags=OmegaConf.to_container(logger.tags, resolve=True) if logger.get("tags") else None)
+                    tags=to_dict(logger.tags, resolve=True) if logger.get("tags") else None)
     if not runs.resumed:
         log_config([runs.parent_logger()], cfg)
     return runs

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.types import OptimizerLRScheduler
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
@@ -115,9 +116,9 @@ class NoduleClassifier(pl.LightningModule):
 
     def configure_model(self) -> None:
         # Called by every stage of the trainer; the network is converted and compiled once.
-        if self.hparams.channels_last:
-            self.net.to(memory_format=torch.channels_last_3d)
-        if self.hparams.compile and not self._net_compiled:
+        if self.hparams["channels_last"]:
+            self.net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch's overloads omit it
+        if self.hparams["compile"] and not self._net_compiled:
             self.net.compile()
             self._net_compiled = True
 
@@ -125,7 +126,7 @@ class NoduleClassifier(pl.LightningModule):
         image = batch[IMAGE_KEY]
         if self.augmentation is not None and self.trainer.training:
             image = self.augmentation(image)
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             image = image.contiguous(memory_format=torch.channels_last_3d)
         return {**batch, IMAGE_KEY: image}
 
@@ -136,21 +137,23 @@ class NoduleClassifier(pl.LightningModule):
             freeze_batchnorm(self.net)
 
     def setup(self, stage: str) -> None:
-        weight = self.hparams.pos_weight
+        weight = self.hparams["pos_weight"]
         if weight == "auto":
-            negatives, positives = self.trainer.datamodule.train_class_counts
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared
+            negatives, positives = datamodule.train_class_counts
             weight = negatives / max(positives, 1)
             log.info("pos_weight=auto: %.2f (%d negatives / %d positives)", weight, negatives, positives)
         if weight is not None:
-            self.criterion.pos_weight.fill_(float(weight))
+            cast(torch.Tensor, self.criterion.pos_weight).fill_(float(weight))  # the buffer made in __init__
 
     def on_fit_start(self) -> None:
-        summary = model_summary(self.net, self.net.stem_conv.in_channels)
+        stem_conv = cast(nn.Conv3d, self.net.stem_conv)  # every network has one (see lungexp.models)
+        summary = model_summary(self.net, stem_conv.in_channels)
         params: dict[str, Any] = {f"model_info.{k}": v for k, v in summary.items()}
         if self.pretrained_report is not None:
             params.update(self.pretrained_report.as_params())
         log.info("Model: %s", ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items()))
-        log_params(self.loggers, params)
+        log_params(self.trainer.loggers, params)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits.float(), labels)
@@ -165,8 +168,9 @@ class NoduleClassifier(pl.LightningModule):
         logits = self(batch[IMAGE_KEY]).float()
         # A torchmetrics mean, exact across DDP ranks holding unequal numbers of patches (Lightning's sync_dist
         # averages the ranks' patch counts as integers, rounding 11.5 down to 11).
-        self.mean_loss[stage].update(self._loss(logits, batch[LABEL_KEY]), weight=len(batch[LABEL_KEY]))
-        self.log(f"{stage}/loss", self.mean_loss[stage], on_epoch=True)
+        mean_loss = cast(MeanMetric, self.mean_loss[stage])  # nn.ModuleDict's items are typed as nn.Module
+        mean_loss.update(self._loss(logits, batch[LABEL_KEY]), weight=len(batch[LABEL_KEY]))
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True)
         return torch.sigmoid(logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -229,7 +233,7 @@ class NoduleClassifier(pl.LightningModule):
                                            for t in (rows, probabilities, labels))
         return predictions_table(rows.long().numpy(), probabilities.numpy(), labels=labels.long().numpy())
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         optimizer = self.optimizer_factory(
             params=parameter_groups(self.net, self._base_lr(), self.finetune["head_lr_mult"])
         )

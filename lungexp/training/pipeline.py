@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.metrics.bootstrap import summary_names
 from lungexp.reporting.summary import metric_lines, print_summary
 from lungexp.tracking.artifacts import log_config, log_tags, mlflow_loggers
@@ -69,7 +70,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
     # The config as composed, not as adapted to this machine's devices: what a resume compares.
     save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg))
     log_unsupported(cfg.trainer)
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
     callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed), TestReport(datamodule)]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
@@ -125,7 +126,7 @@ def train(cfg: DictConfig) -> RunResult:
         best_checkpoint=checkpoint or None,
         mlflow_run_id=run_id,
         # The logger's MlflowClient; only rank 0 has an MLflow logger (see instantiate_loggers).
-        mlflow_tracking_uri=mlflow.experiment.tracking_uri if run_id else None,
+        mlflow_tracking_uri=mlflow.experiment.tracking_uri if mlflow is not None and run_id else None,
         test_predictions=_test_report(trainer).predictions if cfg.test_after_fit else None,
     )
     _print_summary(result)
@@ -192,7 +193,8 @@ def _resumable_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> str
 
 
 def _test_report(trainer: pl.Trainer) -> TestReport:
-    return next(callback for callback in trainer.callbacks if isinstance(callback, TestReport))
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector, undeclared
+    return next(callback for callback in callbacks if isinstance(callback, TestReport))
 
 
 def _scalars(trainer: pl.Trainer) -> dict[str, float]:

@@ -55,7 +55,7 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
 def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> None:
     """The composed config as a tree, one branch per group, in a stable order."""
     tree = Tree("config", guide_style="dim")
-    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    keys = [k for k in order if k in cfg] + [str(k) for k in cfg if k not in order]  # config keys are strings
     for key in keys:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)

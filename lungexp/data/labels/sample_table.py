@@ -62,6 +62,7 @@ def task_labels(
         if task != "candidates" or annotations_csv is None:
             raise ValueError("labels_csv=None samples candidates: it needs task='candidates' and an annotations_csv")
         log.info("Positives are the nodules of %s, negatives are sampled from the lungs", annotations_csv)
+        source = annotations_csv
         labels = sampled_candidates(annotations_csv, scans, cache_dir, negatives or NegativesSpec(),
                                     num_workers=num_workers).rename(columns={"class": "label"})
     elif not labels_csv.is_file():
@@ -70,8 +71,9 @@ def task_labels(
         raise AnnotationError(f"{labels_csv}: labels CSV not found; check the path (data.labels_csv){hint}")
     else:
         labels = read_labels(task, labels_csv, label_rule)
+        source = labels_csv
     if task == "candidates" and excluded_csv is not None and excluded_csv.is_file():
-        labels = drop_excluded(labels, read_excluded_annotations(excluded_csv), labels_csv or annotations_csv)
+        labels = drop_excluded(labels, read_excluded_annotations(excluded_csv), source)
     return labels
 
 

@@ -104,6 +104,8 @@ def split_samples(samples: pd.DataFrame, spec: SplitSpec) -> dict[str, pd.DataFr
     if spec.method == "subsets":
         return split_by_subset(samples, test_fold=spec.fold, val_fold=spec.val_fold)
     if spec.method == "folds":
+        if spec.num_folds is None:  # a SplitSpec made without from_config
+            raise ArgumentError("method=folds needs num_folds (the K of the folds), e.g. num_folds=5", "num_folds")
         return split_by_folds(samples, spec.num_folds, spec.fold, spec.val_fold, spec.seed, group_by=spec.group_by)
     return split_by_series(samples, spec.val_fraction, spec.test_fraction, spec.seed, group_by=spec.group_by)
 

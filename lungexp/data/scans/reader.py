@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel
 import numpy as np
@@ -89,7 +90,7 @@ def _non_finite_voxels(path: Path, array: np.ndarray) -> int:
     reads as water, 0 HU), so a NIfTI of a floating-point datatype is read again with nibabel, which
     keeps them."""
     if scan_suffix(path) in _NIFTI_SUFFIXES:
-        image = nibabel.load(path)
+        image = cast(nibabel.Nifti1Image, nibabel.load(path))  # load is typed as any image; NIfTI 1 or 2 here
         if not np.issubdtype(image.header.get_data_dtype(), np.floating):
             return 0
         array = np.asanyarray(image.dataobj)

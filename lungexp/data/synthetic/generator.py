@@ -59,12 +59,16 @@ def generate_luna16_dataset(
         _write_dataset(staging, params)
         # False when another process (e.g. a second DDP rank) published the same dataset first: use theirs.
         publish_folder(staging, root, replace_existing=overwrite)
-    return existing_dataset(root, params)
+    published = existing_dataset(root, params)
+    assert published is not None, f"{root}: no dataset right after publishing it"
+    return published
 
 
 def _write_dataset(directory: Path, params: GeneratorParams) -> None:
     """Write every scan, the three CSVs and, last, the manifest that marks the dataset complete."""
-    manifest_scans, malignancy_rows, candidate_rows = [], [], []
+    manifest_scans: list[dict] = []
+    malignancy_rows: list[dict] = []
+    candidate_rows: list[dict] = []
     for index in range(params.num_scans):
         scan = _generate_scan(params, index, directory, first_nodule=len(malignancy_rows))
         manifest_scans.append(scan.manifest_entry)
