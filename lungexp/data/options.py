@@ -208,10 +208,13 @@ class DataOptions:
     def config_defaults(cls) -> dict[str, Any]:
         """Every option with a default, as the ``data`` config holds it (:mod:`lungexp.config.store` puts it in
         Hydra's ConfigStore as ``shared/data_options``, which ``conf/shared/datamodule.yaml`` starts from)."""
-        defaults = {item.name: item.default if item.default is not dataclasses.MISSING else item.default_factory()
-                    for item in fields(cls)
-                    if item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING}
-        return {name: _plain(value) for name, value in defaults.items()}
+        defaults: dict[str, Any] = {}
+        for item in fields(cls):
+            if item.default is not dataclasses.MISSING:
+                defaults[item.name] = _plain(item.default)
+            elif callable(item.default_factory):  # a nested option's read-only mapping
+                defaults[item.name] = _plain(item.default_factory())
+        return defaults
 
     @classmethod
     def doc(cls, name: str) -> str:

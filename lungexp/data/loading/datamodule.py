@@ -106,6 +106,7 @@ class NoduleDataModule(pl.LightningDataModule):
                              options.excluded_csv, options.negatives, num_workers=options.preprocess_workers,
                              label_rule=options.label_rule)
         source = options.labels_csv or options.annotations_csv
+        assert source is not None, "DataOptions requires labels_csv, or annotations_csv for sampled negatives"
         samples = build_samples(labels, scans, source=source, missing_scans=options.missing_scans,
                                 outside=options.outside)
         if samples.empty:
@@ -134,12 +135,12 @@ class NoduleDataModule(pl.LightningDataModule):
 
     def _read_into_ram(self) -> np.ndarray:
         """``data.cache_memory=ram``: the whole cache in host memory, once it is known to fit."""
-        trainer = self.trainer
+        trainer, cache = self.trainer, self.opened_cache
         ranks = trainer.num_devices if trainer is not None and trainer.world_size > 1 else 1
-        check_fits(patch_bytes(len(self.cache), self.options.patch.shape), free_bytes(torch.device("cpu")),
-                   what=f"data.cache_memory=ram ({len(self.cache):,} patches, the whole cache)", where="host memory",
+        check_fits(patch_bytes(len(cache), self.options.patch.shape), free_bytes(torch.device("cpu")),
+                   what=f"data.cache_memory=ram ({len(cache):,} patches, the whole cache)", where="host memory",
                    alternative="use data.cache_memory=mmap (read from disk as needed)", copies=ranks)
-        return read_into_memory(self.cache)
+        return read_into_memory(cache)
 
     def _load_onto_device(self, names: tuple[str, ...]) -> dict[str, DeviceBatches]:
         """``data.cache_memory=device``: the patches of the splits ``names`` on the training device, once they
@@ -150,14 +151,14 @@ class NoduleDataModule(pl.LightningDataModule):
         ranks = trainer.world_size if trainer is not None else 1
         held = f" on each of the {ranks} DDP ranks' devices" if ranks > 1 else ""
         # CPU "devices" of one machine share its memory; GPUs each have their own.
-        copies = trainer.num_devices if device.type == "cpu" and ranks > 1 else 1
+        copies = trainer.num_devices if trainer is not None and device.type == "cpu" and ranks > 1 else 1
         check_fits(patch_bytes(count, self.options.patch.shape), free_bytes(device),
                    what=f"data.cache_memory=device ({count:,} {' and '.join(names)} patches{held})",
                    where=str(device), copies=copies,
                    alternative="use data.cache_memory=ram (host memory) or mmap, or fewer training patches "
                                "(data.max_negatives_per_scan)")
         log.info("data.cache_memory=device: %d patches on %s", count, device)
-        return {name: DeviceBatches.load(self.cache.patches, self.datasets[name].rows, self.datasets[name].labels,
+        return {name: DeviceBatches.load(self.opened_cache.patches, self.datasets[name].rows, self.datasets[name].labels,
                                          self.window, device) for name in names}
 
     def setup_all(self) -> None:
@@ -170,7 +171,14 @@ class NoduleDataModule(pl.LightningDataModule):
     def split_series(self, name: str) -> list[str]:
         """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""
         dataset = self.datasets[name]
-        return list(dict.fromkeys(self.cache.index["seriesuid"].to_numpy()[dataset.rows]))
+        return list(dict.fromkeys(self.opened_cache.index["seriesuid"].to_numpy()[dataset.rows]))
+
+    @property
+    def opened_cache(self) -> PatchCache:
+        """The patch cache :meth:`setup` opened; an error naming what to call before it is open."""
+        if self.cache is None:
+            raise LungexpError("the datamodule's patch cache is not open: call prepare_data() and setup() first")
+        return self.cache
 
     @property
     def fingerprint(self) -> str | None:
@@ -191,7 +199,8 @@ class NoduleDataModule(pl.LightningDataModule):
         if batches is not None:
             # Positions in the split, drawn by the same samplers; the batch is gathered on the device in this
             # process, so there is nothing for workers to do and nothing to pin.
-            return DataLoader(range(len(self.datasets[name])), batch_size=options.batch_size, collate_fn=batches,
+            positions = range(len(self.datasets[name]))  # map-style: len() and [i], all a DataLoader needs
+            return DataLoader(positions, batch_size=options.batch_size, collate_fn=batches,  # type: ignore[arg-type]
                               **kwargs)
         return DataLoader(self.datasets[name], batch_size=options.batch_size, num_workers=options.num_workers,
                           pin_memory=options.pin_memory, persistent_workers=options.num_workers > 0, **kwargs)

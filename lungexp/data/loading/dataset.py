@@ -30,7 +30,7 @@ class PatchDataset(Dataset):
     def __init__(
         self,
         cache: PatchCache,
-        rows: Sequence[int],
+        rows: Sequence[int] | np.ndarray,
         window: HUWindow,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         patches: np.ndarray | None = None,
