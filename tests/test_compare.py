@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mlflow import MlflowClient
 
 from lungexp.compare import COMPARED_RUNS_TAG, main
 from lungexp.tracking.runs import create_run, ensure_experiment
 from lungexp.tracking.sweep_report import report_sweep
 from lungexp.training.pipeline import _print_summary
+from lungexp.visualize.plots import forest_figure
 from tests.test_statistics import positions
 
 
@@ -140,3 +142,16 @@ def test_a_trained_run_logs_intervals_and_compares_with_its_csv(trained_run, tmp
                  "--bootstrap", "50", "--no-mlflow", "--out", str(tmp_path)]) == 0
     pairs = pd.read_csv(tmp_path / "comparison.csv")
     assert "delta_cpm" in pairs  # task candidates: the CPM is compared, from the run's annotations CSV
+
+
+def test_the_forest_plot_makes_room_for_long_run_names() -> None:
+    long_name = "evaluate cv_run=154d404087f849fcb22ffa4ea6e5706c data.root=data/heldout eval.tta=flips eval.calibration=temperature"
+    pairs = [(f"{long_name} − evaluate ckpt_path=logs/demo/runs/2026-12-02_06-52-40/fold0/epoch011.ckpt", 0.05, 0.01, 0.1),
+             ("a − b", -0.02, -0.05, 0.01)]
+    figure = forest_figure({"Δ AUROC (DeLong)": pairs, "Δ CPM (bootstrap)": pairs})
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # lays it out, as savefig does
+    labels = [label.get_window_extent(renderer) for label in figure.axes[0].get_yticklabels()]
+    assert min(box.x0 for box in labels) >= 0  # the longest name starts inside the figure, not cut off
+    panel_inches = [ax.get_window_extent(renderer).width / figure.dpi for ax in figure.axes]
+    assert min(panel_inches) > 2  # and the panels keep their width

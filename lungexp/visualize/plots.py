@@ -16,6 +16,7 @@ from lungexp.metrics.froc import FP_RATES, FrocResult, rate_name
 
 CLASS_NAMES = ("negative", "positive")
 THRESHOLD_COLOR = "tab:red"
+LABEL_INCHES_PER_CHARACTER = 0.075  # tick labels at matplotlib's default 10 pt
 
 
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auroc: float, operating_point: tuple[float, float] | None = None,
@@ -145,8 +146,10 @@ def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
                   title: str = "Paired differences (95 % intervals)") -> Figure:
     """One panel per metric (``{"ΔAUROC (DeLong)": [(pair, difference, low, high), ...]}``): each pair's
     difference with its interval, and the zero line of no difference."""
-    fig = Figure(figsize=(3.2 * len(differences) + 1.5, 0.5 * max(map(len, differences.values())) + 1.4),
-                 layout="constrained")
+    longest_label = max(len(row[0]) for rows in differences.values() for row in rows)
+    # The pair names sit left of the first panel: room for the longest, or constrained layout clips it.
+    fig = Figure(figsize=(3.2 * len(differences) + 0.5 + LABEL_INCHES_PER_CHARACTER * longest_label,
+                          0.5 * max(map(len, differences.values())) + 1.4), layout="constrained")
     axes = fig.subplots(1, len(differences), sharey=True, squeeze=False)
     for ax, (metric, rows) in zip(axes[0], differences.items(), strict=True):
         labels = [row[0] for row in rows]
@@ -160,6 +163,7 @@ def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
         ax.scatter(values, positions, color=np.where(excludes_zero, THRESHOLD_COLOR, "tab:blue"), zorder=3)
         ax.set_yticks(positions, labels)
         ax.set(xlabel=metric, ylim=(-0.7, len(rows) - 0.3))
+        ax.locator_params(axis="x", nbins=5)  # signed three-decimal ticks collide at the default density
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title + ": red where the interval excludes 0")
     return fig
