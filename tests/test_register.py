@@ -47,6 +47,7 @@ def test_a_registered_model_round_trips_and_scores_patches_as_predict_does(train
     probabilities = loaded.predict(patches)
     np.testing.assert_array_equal(probabilities, predictor.patch_probabilities(patches))
     assert loaded.metadata.get_input_schema().inputs[0].shape == (-1, 1, 16, 16, 16)
+    np.testing.assert_array_equal(loaded.input_example, np.full((1, 1, 16, 16, 16), -1000, np.float32))  # air
     with pytest.raises(Exception, match="shape"):  # MLflow's signature check or the model's own
         loaded.predict(patches[:, :, :8])
 
