@@ -96,7 +96,6 @@ def train_tiny(root: Path, data_root: Path, mlflow_dir: Path, overrides: list[st
     return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
 
 
-
 @dataclass(frozen=True)
 class TinyCrossValidation:
     """A finished tiny cross-validation: its result (``parent_run_id``: what ``cv_run=`` takes), each fold's best
