@@ -73,3 +73,12 @@ def trained_run(synthetic_root: Path, mlflow_dir: Path, tmp_path_factory: pytest
                           *mlflow_overrides(mlflow_dir), "trainer.max_epochs=2", "callbacks.lr_monitor=null",
                           "task_name=trained_for_inference"], tmp_path_factory.mktemp("trained"))
     return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_cv(synthetic_root: Path, mlflow_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A 3-fold cross-validation (1 epoch a fold) logged to the session's MLflow store, with its fold checkpoints
+    recorded on the parent run, on the tiny dataset less subset 4, held out for the fold ensemble's tests."""
+    from tests.helpers.config import cross_validate_tiny
+
+    return cross_validate_tiny(tmp_path_factory.mktemp("tiny_cv"), synthetic_root, mlflow_dir)

@@ -11,6 +11,10 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
+from lungexp.data.names import POINT_COLUMNS
+from lungexp.inference.model import Predictor
+from lungexp.inference.scans import open_scans
+from lungexp.inference.submission import predict_candidates, read_candidates
 from lungexp.metrics.calibration import (
     CALIBRATIONS,
     IsotonicCalibration,
@@ -24,6 +28,7 @@ from lungexp.reporting.calibration import UNCALIBRATED, calibrate_table
 from lungexp.reporting.report import EvaluationSettings, evaluate_predictions
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError
+from tests.helpers.cli import run_entry_point
 
 from .test_metrics import numpy_ece
 
@@ -140,8 +145,6 @@ def test_training_run_logs_calibration_before_and_after(calibrated_run) -> None:
 
 @pytest.mark.slow
 def test_predictor_uses_the_stored_calibrator(calibrated_run) -> None:
-    from lungexp.inference.model import Predictor
-
     result, _, _ = calibrated_run
     stored = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)[CALIBRATION]
     assert Predictor(result.best_checkpoint, device="cpu", calibration="temperature").calibrator.to_dict() == stored
@@ -154,3 +157,38 @@ def test_predictor_uses_the_stored_calibrator(calibrated_run) -> None:
     scaled = Predictor(result.best_checkpoint, device="cpu", calibration="temperature")
     assert scaled.patch_probabilities(patches) == pytest.approx(
         scaled.calibrator(plain.patch_probabilities(patches)), abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_predict_command_applies_the_checkpoints_calibrator_to_its_plain_probabilities(
+        calibrated_run, synthetic_root: Path, tmp_path: Path, method: str) -> None:
+    """``lungexp.predict calibration=METHOD``: the stored temperature (trained with it), or isotonic regression
+    fitted on the stored validation predictions, applied to what the checkpoint scores without calibration."""
+    result, _, tested = calibrated_run
+    candidates = tmp_path / "points.csv"
+    tested[POINT_COLUMNS].to_csv(candidates, index=False)  # the test split: both classes, labels known
+    out = tmp_path / "calibrated.csv"
+    done = run_entry_point("predict", [f"ckpt_path={result.best_checkpoint}", f"scans={synthetic_root}",
+                                       f"candidates={candidates}", f"out={out}", "device=cpu",
+                                       f"calibration={method}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"calibration {method})" in done.stdout
+    calibrated = pd.read_csv(out, dtype={"seriesuid": str})["probability"].to_numpy()
+
+    source = open_scans(synthetic_root)
+    plain = predict_candidates(Predictor(result.best_checkpoint, device="cpu"), source,
+                               read_candidates(candidates, source))["probability"].to_numpy()
+    np.testing.assert_allclose(plain, tested[UNCALIBRATED], atol=1e-6)  # the test stage's own raw scores
+    checkpoint = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    validation = {key: np.asarray(value) for key, value in checkpoint[VALIDATION_PREDICTIONS].items()}
+    calibrator = (calibrator_from_dict(checkpoint[CALIBRATION]) if method == "temperature"
+                  else fit_calibrator("isotonic", validation["probability"], validation["label"]))
+    np.testing.assert_allclose(calibrated, calibrator(plain), atol=1e-6)
+    assert np.abs(calibrated - plain).max() > 1e-3  # the calibration changed the scores
+
+    labels = tested["label"].to_numpy()
+    if method == "temperature":  # monotone: the ranking, hence the AUROC, is the plain scores'
+        assert sk.roc_auc_score(labels, calibrated) == pytest.approx(sk.roc_auc_score(labels, plain), abs=1e-9)
+    else:  # non-decreasing: ties may merge, never reorder
+        assert np.all(np.diff(calibrated[np.argsort(plain, kind="stable")]) >= -1e-7)

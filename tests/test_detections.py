@@ -151,7 +151,11 @@ def test_corners_and_monai_json_give_the_same_points_as_centres(detector, tmp_pa
     ("no_box.json", json.dumps({"validation": [{"boxes": [], "score": [], "image": "a.mhd"}]}),
      "'validation'[0] is not an image's detections (its keys are ['boxes', 'image', 'score'])"),
     ("logits.json", json.dumps([{"box": [[1, 2, 3, 4, 4, 4]] * 2, "label_scores": [0.5, -3], "image": "a.mhd"}]),
-     "entry 0 (a): 'label_scores' must hold detector scores in [0, 1]; rescale them to [0, 1], but box(es) 1"),
+     "entry 0 (a): 'label_scores' must hold detector scores in [0, 1], but 1 box(es) do not: entry 0, box 1; rescale"),
+    ("nan_box.json", json.dumps({"validation": [{"box": [[1, 2, 3, 4, 4, 4]], "score": [0.5], "image": "a.mhd"},
+                                                {"box": [[1, 2, 3, 4, -4, 4]], "score": [0.5], "image": "b.mhd"}]}),
+     "'validation'[1] (b): 'box' must hold finite cccwhd boxes with sizes >= 0, but 1 box(es) do not: "
+     "'validation'[1], box 0"),
     ("broken.json", "[{", "not a readable JSON file"),
 ])
 def test_a_bad_detections_file_is_one_message_naming_it(tmp_path: Path, name: str, content: str,
@@ -210,6 +214,24 @@ def test_a_box_outside_its_scan_is_named_with_its_row(tiny_checkpoint: Path, one
     with pytest.raises(LungexpError, match=rf"boxes.csv: 1 candidate\(s\) of {one_scan.stem} lie outside its scan "
                                            rf".*: row 3 at \(9000.0, {y:.1f}, {z:.1f}\) mm"):
         score_detections(Predictor(tiny_checkpoint, device="cpu"), open_scans(one_scan), path)
+
+
+@pytest.mark.parametrize(("image", "expected"), [
+    ("scan", r"1 candidate\(s\) of {uid} lie outside its scan .*: entry 1, box 1 at \(9000\.0, "),
+    ("/data/1.2.3.other.nii.gz", r"unknown seriesuid 1\.2\.3\.other \(entry 1, box 0; entry 1, box 1\)"),
+], ids=["outside", "unknown"])
+def test_a_json_box_that_cannot_be_scored_is_named_by_entry_and_box(tiny_checkpoint: Path, one_scan: Path,
+                                                                     tmp_path: Path, image: str, expected: str) -> None:
+    low, high = read_scan_header(one_scan).world_extent()
+    centre = ((low + high) / 2).tolist()
+    entries = [{"box": [[*centre, 4, 4, 4]], "label_scores": [0.5], "image": str(one_scan)},
+               {"box": [[*centre, 4, 4, 4], [9000.0, *centre[1:], 4, 4, 4]], "label_scores": [0.5, 0.6],
+                "image": str(one_scan) if image == "scan" else image}]
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(LungexpError, match=expected.format(uid=one_scan.stem)) as error:
+        score_detections(Predictor(tiny_checkpoint, device="cpu"), open_scans(one_scan), path, merge_radius_mm=0)
+    assert "row " not in str(error.value)  # not spreadsheet rows: a JSON has none
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
@@ -16,6 +17,7 @@ from lungexp.data.patches.extraction import PatchSpec
 from lungexp.inference.rescoring import TRAINING_RUN_TAG, data_config, evaluate_checkpoint
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
+from tests.helpers.cli import printed, run_entry_point
 from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides
 
 
@@ -123,3 +125,34 @@ def test_an_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
     cfg = compose_config(["ckpt_path=x.ckpt", "+ckpt_paht=y.ckpt"], tmp_path, config_name="evaluate")
     with pytest.raises(ConfigError, match="unknown top-level key 'ckpt_paht' \\(did you mean 'ckpt_path'\\?\\)"):
         check_top_level(cfg, "evaluate")
+
+
+@pytest.mark.slow
+def test_evaluate_a_cv_by_its_run_id_only_on_unseen_data_as_its_fold_checkpoints(tiny_cv, mlflow_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    """``evaluate cv_run=ID``: refused on the CV's own data (every sample trained some fold), allowed with
+    ``split=all`` on patients set aside before it, where it scores as ``ckpt_path=[the fold checkpoints]``."""
+    common = ["split=all", "device=cpu", *mlflow_overrides(mlflow_dir)]
+    parent = tiny_cv.result.parent_run_id
+
+    leak = run_entry_point("evaluate", [f"cv_run={parent}", *common], tmp_path)
+    assert leak.returncode == 1
+    assert leak.stderr.startswith("error: the ensemble's members were trained on different splits of data.root=")
+    assert f"data.labels_csv={tiny_cv.labels_csv}" in leak.stderr and "would leak" in leak.stderr
+
+    heldout = f"data.labels_csv={tiny_cv.heldout_csv}"
+    by_run = run_entry_point("evaluate", [f"cv_run={parent}", heldout, *common], tmp_path)
+    assert by_run.returncode == 0, by_run.stderr[-3000:]
+    assert "Evaluation of an ensemble of 3 checkpoints" in by_run.stdout
+    heldout_rows = len(pd.read_csv(tiny_cv.heldout_csv))  # all of them: the folds' training cap does not apply
+    assert f"on split 'all': {heldout_rows} patches" in by_run.stdout and "from 2 series" in by_run.stdout
+    assert f"training MLflow run id   {parent}" in by_run.stdout
+    by_files = run_entry_point("evaluate", [f"ckpt_path=[{','.join(map(str, tiny_cv.checkpoints))}]", heldout, *common],
+                               tmp_path)
+    assert by_files.returncode == 0, by_files.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri=tiny_cv.tracking_uri)
+    metrics = [client.get_run(printed(r"\n  MLflow run id\s+([0-9a-f]{32})", done.stdout)).data.metrics
+               for done in (by_run, by_files)]
+    assert {"all/auroc", "all/cpm", "all/threshold"} <= metrics[0].keys()
+    assert metrics[0] == pytest.approx(metrics[1], abs=1e-9)

@@ -12,23 +12,30 @@ import pandas as pd
 import pytest
 
 from lungexp.data.names import COORD_COLUMNS
+from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
 from lungexp.inference.registered import register_model
 from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
-from tests.helpers.cli import run_entry_point
+from tests.helpers.cli import printed, run_entry_point
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[str]:
-    """A temporary SQLite store; MLflow's process-wide tracking URI is put back afterwards."""
+def restored_uris() -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs are put back after the test."""
     previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield f"sqlite:///{tmp_path}/registry.db"
+    yield
     mlflow.set_tracking_uri(previous)
     mlflow.set_registry_uri(previous_registry)
 
 
-def hu_patches(predictor: Predictor, count: int = 5) -> np.ndarray:
+@pytest.fixture
+def store(tmp_path: Path, restored_uris: None) -> str:
+    """A temporary SQLite store."""
+    return f"sqlite:///{tmp_path}/registry.db"
+
+
+def hu_patches(predictor: Predictor | Ensemble, count: int = 5) -> np.ndarray:
     patch = predictor.recipe.patch
     shape = (count, patch.channels, patch.size, patch.size, patch.size)
     return np.random.default_rng(1).uniform(-1000, 400, shape).astype(np.float32)
@@ -47,6 +54,7 @@ def test_a_registered_model_round_trips_and_scores_patches_as_predict_does(train
     probabilities = loaded.predict(patches)
     np.testing.assert_array_equal(probabilities, predictor.patch_probabilities(patches))
     assert loaded.metadata.get_input_schema().inputs[0].shape == (-1, 1, 16, 16, 16)
+    np.testing.assert_array_equal(loaded.input_example, np.full((1, 1, 16, 16, 16), -1000, np.float32))  # air
     with pytest.raises(Exception, match="shape"):  # MLflow's signature check or the model's own
         loaded.predict(patches[:, :, :8])
 
@@ -90,3 +98,25 @@ def test_register_and_predict_by_name_and_by_list_end_to_end(trained_run, synthe
     both = run_entry_point("predict", ["model_uri=models:/fpr@champion", f"ckpt_path={ckpt}", f"out={tmp_path}/x.csv",
                                        *common], tmp_path)
     assert both.returncode == 1 and both.stderr.startswith("error: model_uri=models:/fpr@champion carries its")
+
+
+@pytest.mark.slow
+def test_register_a_cv_by_its_run_id_as_the_ensemble_of_its_fold_checkpoints(tiny_cv, mlflow_dir: Path,
+                                                                             restored_uris: None,
+                                                                             tmp_path: Path) -> None:
+    done = run_entry_point("register", [f"cv_run={tiny_cv.result.parent_run_id}", "name=cv-folds",
+                                        f"tracking_uri={tiny_cv.tracking_uri}",
+                                        f"paths.mlflow_artifacts={mlflow_dir}/artifacts"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Registered 3 checkpoint(s) (tta=none, calibration=none) as cv-folds version" in done.stdout
+    uri = printed(r"-> (models:/cv-folds@champion) ", done.stdout)
+
+    mlflow.set_tracking_uri(tiny_cv.tracking_uri)
+    mlflow.set_registry_uri(tiny_cv.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})
+    folds = Ensemble([Predictor(path, device="cpu") for path in tiny_cv.checkpoints])
+    patches = hu_patches(folds)
+    probabilities = loaded.predict(patches)
+    np.testing.assert_array_equal(probabilities, folds.patch_probabilities(patches))
+    alone = [member.patch_probabilities(patches) for member in folds.members]
+    assert min(np.abs(fold - probabilities).max() for fold in alone) > 1e-3  # no fold is the mean: a real average

@@ -9,6 +9,9 @@ COORD_COLUMNS = ["coordX", "coordY", "coordZ"]
 POINT_COLUMNS = ["seriesuid", *COORD_COLUMNS]
 # annotations.csv: one row per nodule >= 3 mm.
 ANNOTATION_COLUMNS = [*POINT_COLUMNS, "diameter_mm"]
+# Optional in a table of points: how messages name each row in its file when spreadsheet row numbers (index + 2)
+# would be wrong (a detector's JSON: "entry 1, box 0").
+ROW_NAME_COLUMN = "row_name"
 # candidates_V2.csv: detector candidates, class 1 = nodule.
 CANDIDATE_COLUMNS = [*POINT_COLUMNS, "class"]
 # annotations_with_malignancy.csv: annotations with the LIDC readers' malignancy (mal_bool: mean rating > 3).

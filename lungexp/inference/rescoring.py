@@ -106,8 +106,11 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     members = load_members(cfg.ckpt_path, cfg.cv_run, cfg.paths.mlflow_uri, device=cfg.device,
                            precision=cfg.precision)
     recipe = members[0].recipe
+    data = data_config(cfg, recipe, overrides)
+    if split == "all":  # every sample is scored: none is a training negative to leave out of the cache
+        data["max_negatives_per_scan"] = None
     # The effective settings, in a copy (``cfg`` stays as composed), so that they are what gets logged.
-    cfg = with_values(cfg, {"data": data_config(cfg, recipe, overrides),
+    cfg = with_values(cfg, {"data": data,
                             "eval": group_config(cfg, "eval", members[0].evaluation, overrides),
                             "experiment_name": cfg.experiment_name or recipe.mlflow.get("experiment_name") or "lungexp"})
     options = EvaluationOptions.from_config(cfg.eval)  # checked before any slow work

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from lungexp.data.labels.annotations import read_points
-from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
+from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS, ROW_NAME_COLUMN
 from lungexp.data.patches.extraction import PatchExtractor
 from lungexp.data.scans import ScanHeader
 from lungexp.data.scans.scan import Scan
@@ -63,15 +63,24 @@ def read_candidates(path: str | Path, scans: ScanSource) -> pd.DataFrame:
 
 def check_known_series(points: pd.DataFrame, scans: ScanSource, path: str | Path) -> None:
     """Raise :class:`PredictionError` naming the seriesuids of ``points`` that none of the scans has, and their
-    rows (the index, from 0: spreadsheet row = index + 2)."""
+    rows (see :func:`row_names`)."""
     unknown = ~points["seriesuid"].isin(scans.seriesuids)
     if unknown.any():
         uids = list(dict.fromkeys(points.loc[unknown, "seriesuid"]))
-        rows = points.index[unknown.to_numpy()][:_SHOWN] + 2
+        shown = points[unknown.to_numpy()].head(_SHOWN)
+        rows = ("; ".join(row_names(shown)) if ROW_NAME_COLUMN in points
+                else f"row(s) {', '.join(str(index + 2) for index in shown.index)}")
         known = ", ".join(scans.seriesuids[:3]) + (" ..." if len(scans.seriesuids) > 3 else "")
         raise PredictionError(f"{path}: unknown seriesuid {', '.join(uids[:3])}"
-                              f"{f' and {len(uids) - 3} more' if len(uids) > 3 else ''} (row(s) "
-                              f"{', '.join(map(str, rows))}); the scans are {known}")
+                              f"{f' and {len(uids) - 3} more' if len(uids) > 3 else ''} ({rows}); the scans are {known}")
+
+
+def row_names(points: pd.DataFrame) -> list[str]:
+    """How messages name the rows of ``points`` in their file: the ``row_name`` column where there is one (a
+    detector's JSON names its entries and boxes), else spreadsheet rows (index + 2: the header is row 1)."""
+    if ROW_NAME_COLUMN in points:
+        return points[ROW_NAME_COLUMN].astype(str).tolist()
+    return [f"row {index + 2}" for index in points.index]
 
 
 def load_predictor(cfg: DictConfig) -> Ensemble:
@@ -120,9 +129,9 @@ def _check_inside(points: pd.DataFrame, header: ScanHeader, source: str | Path) 
         return
     low, high = header.world_extent()
     extent = ", ".join(f"{axis} [{lo:.1f}, {hi:.1f}]" for axis, lo, hi in zip("xyz", low, high, strict=True))
-    outside = points[~inside]
-    shown = "; ".join(f"row {index + 2} at ({', '.join(f'{row[c]:.1f}' for c in COORD_COLUMNS)}) mm"
-                      for index, row in outside.head(_SHOWN).iterrows())
+    outside, first = points[~inside], points[~inside].head(_SHOWN)
+    shown = "; ".join(f"{name} at ({', '.join(f'{value:.1f}' for value in point)}) mm"
+                      for name, point in zip(row_names(first), first[COORD_COLUMNS].to_numpy(), strict=True))
     more = f" and {len(outside) - _SHOWN} more" if len(outside) > _SHOWN else ""
     raise PredictionError(f"{source}: {len(outside)} candidate(s) of {points['seriesuid'].iloc[0]} lie outside "
                           f"its scan {header.path} (which spans {extent} mm): {shown}{more}. Coordinates must be "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -27,3 +28,11 @@ def run_entry_point(name: str, args: Sequence[str], root: Path, timeout: float =
     """Run ``python -m lungexp.<name> *args`` from the project root; outputs go under ``root``."""
     return subprocess.run(entry_point_command(name, args), cwd=PROJECT_ROOT, env={**entry_point_env(root), **(env or {})},
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
+
+
+def printed(pattern: str, output: str) -> str:
+    """The first group of ``pattern`` in a command's ``output`` (e.g. the MLflow run id a summary prints); fails
+    showing the output's end when it is not there."""
+    found = re.search(pattern, output)
+    assert found, f"{pattern!r} not in the output:\n{output[-3000:]}"
+    return found.group(1)

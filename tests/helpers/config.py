@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,35 @@ def train_tiny(root: Path, data_root: Path, mlflow_dir: Path, overrides: list[st
     csv = client.download_artifacts(result.mlflow_run_id, "predictions/test_predictions.csv", str(root / "dl"))
     return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
 
+
+@dataclass(frozen=True)
+class TinyCrossValidation:
+    """A finished tiny cross-validation: its result (``parent_run_id``: what ``cv_run=`` takes), each fold's best
+    checkpoint as its output folder holds it, the labels CSV it ran on and one of scans it never saw."""
+
+    result: Any
+    checkpoints: list[Path]
+    labels_csv: Path
+    heldout_csv: Path
+    tracking_uri: str
+
+
+def cross_validate_tiny(root: Path, data_root: Path, mlflow_dir: Path, heldout_subset: int = 4,
+                        folds: int = 3) -> TinyCrossValidation:
+    """``cross_validate()`` of a tiny cnn3d, 1 epoch per fold, ``folds`` folds of series, on the candidates of
+    ``data_root`` outside ``heldout_subset``; the held-out subset's candidates are written to a CSV of their own."""
+    from lungexp.training.cross_validation import cross_validate
+
+    candidates = pd.read_csv(data_root / "candidates_V2.csv", dtype={"seriesuid": str})
+    heldout = candidates["seriesuid"].isin([p.stem for p in (data_root / f"subset{heldout_subset}").glob("*.mhd")])
+    labels_csv, heldout_csv = root / "cv_candidates.csv", root / "heldout_candidates.csv"
+    candidates[~heldout].to_csv(labels_csv, index=False)
+    candidates[heldout].to_csv(heldout_csv, index=False)
+    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], *tiny_data_overrides(data_root, data_root.parent / "cache"),
+                          *mlflow_overrides(mlflow_dir), f"data.labels_csv={labels_csv}", "data.split.method=series",
+                          "data.max_negatives_per_scan=2", f"cv.folds={folds}", "trainer.max_epochs=1",
+                          "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0", "eval.gradcam.samples=0",
+                          "task_name=tiny_cv"], root)
+    result = cross_validate(cfg)
+    checkpoints = [next(Path(cfg.paths.output_dir, f"fold{k}", "checkpoints").glob("epoch*.ckpt")) for k in range(folds)]
+    return TinyCrossValidation(result, checkpoints, labels_csv, heldout_csv, cfg.paths.mlflow_uri)

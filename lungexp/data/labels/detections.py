@@ -22,7 +22,9 @@ Three forms are read, all in world millimetres ``(x, y, z)``, the frame of LUNA1
 A CSV is read as corners when it has all six corner columns and no ``coordX``. Scores must lie in
 [0, 1] (MONAI's and nnDetection's do: they are probabilities), so that they can be fused with a
 classifier's probability. Each problem is one :class:`DetectionError` naming the file and the rows
-(numbered as in a spreadsheet: the header is row 1) or the JSON entry and box.
+(numbered as in a spreadsheet: the header is row 1) or the JSON entry and box (``entry 1, box 0``, both counted
+from 0); a JSON's boxes keep that name in ``row_name`` (:data:`~lungexp.data.names.ROW_NAME_COLUMN`), so that
+``predict``'s checks of the points (unknown series, outside the scan) name the box too.
 
 :func:`merge_duplicates` then merges boxes of one series whose centres lie within ``radius_mm`` of a
 higher-scoring one (greedy, as non-maximum suppression on points).
@@ -39,7 +41,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from lungexp.data.labels.annotations import AnnotationError, describe_rows, read_number_columns
-from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
+from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS, ROW_NAME_COLUMN
 from lungexp.data.scans.reader import scan_suffix
 
 DETECTOR_SCORE = "detector_score"
@@ -59,14 +61,16 @@ class DetectionError(AnnotationError):
 
 
 def read_detections(path: str | Path, seriesuid: str | None = None) -> pd.DataFrame:
-    """``seriesuid, coordX, coordY, coordZ, detector_score``: one row per box, in file order.
+    """``seriesuid, coordX, coordY, coordZ, detector_score`` (and a JSON's ``row_name``): one row per box, in file
+    order.
 
     Args:
         path: a ``.json`` file in MONAI's detection form, else a CSV of centres or corners (module docstring).
         seriesuid: the series of every box of a CSV without a ``seriesuid`` column (a single scan); without
             it such a CSV is an error.
 
-    The index numbers the boxes: a CSV's rows from 0 (spreadsheet row = index + 2), a JSON's boxes in order.
+    The index numbers the boxes: a CSV's rows from 0 (spreadsheet row = index + 2), a JSON's boxes in order
+    (named in ``row_name``: ``entry 1, box 0``).
     """
     path = Path(path)
     if not path.is_file():
@@ -159,14 +163,16 @@ def _monai_entry(path: Path, name: str, entry: Any) -> pd.DataFrame:
                              "each box needs its score")
     bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 3:] < 0).any(axis=1)
     bad_score = ~((scores >= 0) & (scores <= 1))
-    for problem, mask, expected in (("'box'", bad, f"finite {MONAI_BOX_MODE} boxes with sizes >= 0"),
-                                    (f"'{key}'", bad_score, "detector scores in [0, 1]; rescale them to [0, 1]")):
+    names = [f"{name}, box {index}" for index in range(len(boxes))]
+    for problem, mask, expected, hint in (
+            ("'box'", bad, f"finite {MONAI_BOX_MODE} boxes with sizes >= 0", ""),
+            (f"'{key}'", bad_score, "detector scores in [0, 1]", "; rescale them to [0, 1]")):
         if mask.any():
-            shown = ", ".join(str(i) for i in np.flatnonzero(mask)[:5])
-            raise DetectionError(f"{where} ({uid}): {problem} must hold {expected}, but box(es) {shown} "
-                                 f"({int(mask.sum())} in all, counted from 0) do not")
+            shown = "; ".join(names[index] for index in np.flatnonzero(mask)[:5])
+            raise DetectionError(f"{where} ({uid}): {problem} must hold {expected}, but {int(mask.sum())} box(es) "
+                                 f"do not: {shown}{' ...' if mask.sum() > 5 else ''}{hint}")
     return pd.DataFrame({"seriesuid": uid, **dict(zip(COORD_COLUMNS, boxes[:, :3].T, strict=True)),
-                         DETECTOR_SCORE: scores})
+                         DETECTOR_SCORE: scores, ROW_NAME_COLUMN: names})
 
 
 def merge_duplicates(detections: pd.DataFrame, radius_mm: float = DEFAULT_MERGE_RADIUS_MM) -> pd.DataFrame:
