@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lungexp.inference.ensemble import Ensemble, check_unseen_data, checkpoint_paths
 from lungexp.inference.model import Predictor
+from lungexp.inference.rescoring import data_location
 from lungexp.tracking.folds import FoldRuns, fold_checkpoints
 from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.utils.errors import ConfigError
@@ -87,6 +89,20 @@ def test_a_fold_ensemble_is_refused_on_its_own_data_and_allowed_on_other_data(tr
     check_unseen_data(folds, {**own, "root": str(tmp_path / "another_dataset")})  # data the folds never saw
     check_unseen_data(folds, {**own, "labels_csv": str(tmp_path / "heldout.csv")})  # patients set aside before
     check_unseen_data(Ensemble([member, member]), own)  # one split: its test split is unseen
+
+
+def test_the_leak_is_found_through_the_interpolations_a_checkpoint_stores(trained_run, tmp_path: Path) -> None:
+    """Checkpoints keep ``${paths.data_dir}/...`` unresolved (the demo's root): the check resolves them as the
+    evaluating command does, so the CV's own dataset is recognised, and another root is not."""
+    stored = {"root": "${paths.data_dir}/synthetic_luna16", "labels_csv": "${data.root}/candidates_V2.csv"}
+    folds = Ensemble([Predictor(with_recipe(trained_run.best_checkpoint, tmp_path / f"fold{fold}.ckpt",
+                                            data={**stored, "split": {"method": "subsets", "fold": fold}}),
+                                device="cpu") for fold in (0, 1)])
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path / "data")}, "data": stored})
+    with pytest.raises(ConfigError, match=f"data.root={tmp_path}/data/synthetic_luna16 .*would leak"):
+        check_unseen_data(folds, data_location(cfg, cfg.data), lambda data: data_location(cfg, data))
+    elsewhere = OmegaConf.merge(cfg, {"data": {"root": str(tmp_path / "heldout")}})
+    check_unseen_data(folds, data_location(elsewhere, elsewhere.data), lambda data: data_location(elsewhere, data))
 
 
 def test_a_cv_parent_records_its_fold_checkpoints_and_they_are_found_again(trained_run, mlflow_dir: Path,

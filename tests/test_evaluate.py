@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -94,6 +95,15 @@ def test_a_data_option_replaces_the_stored_data_but_not_the_preprocessing(evalua
     data = data_config(evaluate_cfg(*overrides), RECIPE, overrides)
     assert (data["root"], data["task"], data["labels_csv"]) == ("/mine", "points", "${data.root}/points.csv")
     assert data["patch"]["size"] == 16 and data["train_transform"] is None
+
+
+def test_the_demo_data_is_generated_only_where_the_command_does_not_name_another_root(evaluate_cfg) -> None:
+    generated = {"root": "${paths.data_dir}/synthetic_luna16"}  # the stored root is the demo's: its generator runs
+    assert data_config(evaluate_cfg(), replace(RECIPE, data={**RECIPE.data, **generated}), [])["synthetic"]
+    moved = ["data.root=/data/LUNA16"]  # the user's dataset: never generated into, manifest or not
+    assert data_config(evaluate_cfg(*moved), RECIPE, moved)["synthetic"] is None
+    asked = ["data.root=data/heldout", "data.synthetic.seed=1"]  # unless the command sets up the generator itself
+    assert data_config(evaluate_cfg(*asked), RECIPE, asked)["synthetic"]["seed"] == 1
 
 
 def test_overriding_the_preprocessing_of_a_checkpoint_is_refused(evaluate_cfg) -> None:

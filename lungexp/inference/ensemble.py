@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from lungexp.reporting.calibration import calibrate_table, fit_on_validation
 from lungexp.tracking.folds import fold_checkpoints
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
+
+DATA_LOCATION_KEYS = ("root", "labels_csv")  # which dataset a data config means, for the leak check
 
 
 def preprocessing(recipe: ModelRecipe) -> dict[str, object]:
@@ -172,18 +174,24 @@ def checkpoint_paths(ckpt_path: str | Sequence[str] | None, cv_run: str | None, 
     return [Path(path) for path in paths]
 
 
-def check_unseen_data(ensemble: Ensemble, data: Mapping[str, Any]) -> None:
+def check_unseen_data(ensemble: Ensemble, evaluated: Mapping[str, Any],
+                      locate: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict) -> None:
     """Refuse to evaluate members trained on different splits (the folds of a CV) on the dataset they trained on
     (the same ``root`` and ``labels_csv``): each fold's test scans trained the other members, so the metrics would
     leak. Members of one split (or copies of one checkpoint) are scored on their common test split as a single
     checkpoint is. Other scans, or another labels CSV of the same scans (e.g. patients set aside before the CV),
-    are the user's word that the folds never saw them."""
+    are the user's word that the folds never saw them.
+
+    ``evaluated``: the evaluated data's files (:data:`DATA_LOCATION_KEYS`), resolved; ``locate`` resolves a
+    member's stored data config to its files the same way (its interpolations are stored unresolved).
+    """
     splits = {json.dumps(member.recipe.data.get("split"), sort_keys=True, default=str) for member in ensemble.members}
     trained_here = [member.path for member in ensemble.members
-                    if all(_same_path(member.recipe.data.get(key), data.get(key)) for key in ("root", "labels_csv"))]
+                    if all(_same_path(locate(member.recipe.data).get(key), evaluated.get(key))
+                           for key in DATA_LOCATION_KEYS)]
     if len(splits) > 1 and trained_here:
-        raise ConfigError(f"the ensemble's members were trained on different splits of data.root={data.get('root')} "
-                          f"with data.labels_csv={data.get('labels_csv')} (e.g. {trained_here[0]}), so every sample of "
+        raise ConfigError(f"the ensemble's members were trained on different splits of data.root={evaluated.get('root')} "
+                          f"with data.labels_csv={evaluated.get('labels_csv')} (e.g. {trained_here[0]}), so every sample of "
                           "it trained some member: evaluating them together there would leak. Evaluate a fold "
                           "ensemble on data the folds never saw (data.root=OTHER, or data.labels_csv=a CSV of "
                           "patients set aside before the CV, with split=all), or each fold checkpoint on its own "

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lungexp.data.names import IMAGE_KEY
-from lungexp.inference.ensemble import Ensemble, check_unseen_data, load_members
+from lungexp.inference.ensemble import DATA_LOCATION_KEYS, Ensemble, check_unseen_data, load_members
 from lungexp.reporting.calibration import calibrate_table
 from lungexp.reporting.options import EvaluationOptions
 from lungexp.reporting.report import evaluation_settings, predictions_table
@@ -96,8 +96,19 @@ def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) 
                           "overriding it")
     own = to_dict(cfg.data, resolve=False)
     data = group_config(cfg, "data", recipe.data, overrides)
-    synthetic = own.get("synthetic") if data.get("root") == own.get("root") else None
+    # A data.root of the command line is the user's dataset, never a place to generate the demo data in (a real
+    # LUNA16 folder lacks the generator's manifest), unless the same command asks for the generator itself.
+    asked_for_generator = any(key == "data" or key.startswith("data.synthetic") for key in keys)
+    generates = data.get("root") == own.get("root") and ("data.root" not in keys or asked_for_generator)
+    synthetic = own.get("synthetic") if generates else None
     return {**data, **preprocessing, "cache_dir": own["cache_dir"], "synthetic": synthetic, "train_transform": None}
+
+
+def data_location(cfg: DictConfig, data: Any) -> dict[str, Any]:
+    """The files a data config names (``root``, ``labels_csv``), resolved as ``cfg`` resolves them: a checkpoint
+    stores ``${paths.data_dir}/...`` and ``${data.root}/...`` unresolved, and they mean what this command finds."""
+    view = with_values(cfg, {"data": data})
+    return {key: OmegaConf.select(view, f"data.{key}") for key in DATA_LOCATION_KEYS}
 
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> EvaluationResult:
@@ -115,7 +126,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
                             "experiment_name": cfg.experiment_name or recipe.mlflow.get("experiment_name") or "lungexp"})
     options = EvaluationOptions.from_config(cfg.eval)  # checked before any slow work
     predictor = Ensemble(members, tta=options.tta)
-    check_unseen_data(predictor, cfg.data)
+    check_unseen_data(predictor, data_location(cfg, cfg.data), lambda stored: data_location(cfg, stored))
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     datamodule.prepare_data()
     if split == "all":
