@@ -65,6 +65,25 @@ def test_a_registered_model_round_trips_and_scores_patches_as_predict_does(train
     np.testing.assert_array_equal(mlflow.pyfunc.load_model("models:/nodule-fpr/1").predict(patches), probabilities)
 
 
+@pytest.mark.parametrize("method", ["none", "temperature", "isotonic"])
+def test_a_calibrated_model_carries_its_calibrator_and_logs_no_conflicting_params(
+        method: str, trained_run, store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    calibrated = Predictor(trained_run.best_checkpoint, device="cpu")
+    calibrated.calibrate(method)
+    patches = hu_patches(calibrated)
+
+    registered = register_model([trained_run.best_checkpoint], "calibrated", calibration=method, tracking_uri=store,
+                                artifact_location=str(tmp_path / "artifacts"))
+    params = mlflow.MlflowClient().get_run(registered.run_id).data.params
+    assert (params["calibration"], params["tta"], params["device"]) == (method, "none", "auto")
+    # MLflow logs the model_config as params too: a value clashing with ours is a warning on every registration.
+    assert not [record for record in caplog.records if "Failed to log model config" in record.getMessage()]
+    loaded = mlflow.pyfunc.load_model("models:/calibrated@champion", model_config={"device": "cpu"})
+    np.testing.assert_allclose(loaded.predict(patches), calibrated.patch_probabilities(patches), rtol=0, atol=1e-7)
+    plain = Predictor(trained_run.best_checkpoint, device="cpu").patch_probabilities(patches)
+    assert (np.abs(loaded.predict(patches) - plain).max() > 1e-4) == (method != "none")  # applied, not dropped
+
+
 @pytest.mark.slow
 def test_register_and_predict_by_name_and_by_list_end_to_end(trained_run, synthetic_root: Path,
                                                               tmp_path: Path) -> None:

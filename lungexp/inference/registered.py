@@ -1,8 +1,9 @@
 """A checkpoint, or an ensemble of them, as one model of the MLflow Model Registry (``python -m lungexp.register``).
 
 The registered model is an ``mlflow.pyfunc`` model: its artifacts are the checkpoint files (read back with
-:func:`~lungexp.training.checkpoint.load_checkpoint`, ``weights_only``: the network is never pickled), and its
-``model_config`` holds the TTA mode. The checkpoints carry their own preprocessing (patch geometry, HU window,
+:func:`~lungexp.training.checkpoint.load_checkpoint`, ``weights_only``: the network is never pickled) and, when
+calibrated, its fitted calibrator (JSON); its ``model_config`` holds the TTA mode. The checkpoints carry their own
+preprocessing (patch geometry, HU window,
 normalisation), so the model takes raw HU patches::
 
     loaded = mlflow.pyfunc.load_model("models:/NAME@champion")
@@ -14,6 +15,8 @@ normalisation), so the model takes raw HU patches::
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +36,15 @@ from lungexp.tracking.runs import ensure_experiment
 from lungexp.utils.errors import ConfigError
 
 MODEL_ARTIFACT = "model"  # the name of the pyfunc model inside its MLflow run
+CALIBRATOR_ARTIFACT = "calibrator"  # the fitted calibrator of a calibrated model
 REGISTRY_EXPERIMENT = "lungexp-registry"  # the experiment of the runs that log registered models
 
 
 class EnsembleModel(PythonModel):
     """The pyfunc model: an :class:`~lungexp.inference.ensemble.Ensemble` of the artifacts ``member0``, ``member1``, ...
 
-    ``model_config``: ``{"members": N, "tta": "none"|"flips", "calibration": a fitted calibrator's state or None,
-    "device": "auto"}``; ``device`` may be overridden
+    ``model_config``: ``{"members": N, "tta": "none"|"flips", "device": "auto"}``, and the artifact ``calibrator``
+    (the fitted calibrator's state as JSON) when there is one; ``device`` may be overridden
     at load time (``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})``).
     """
 
@@ -50,9 +54,9 @@ class EnsembleModel(PythonModel):
         config = context.model_config
         members = [Predictor(context.artifacts[f"member{index}"], device=config.get("device", "auto"))
                    for index in range(int(config["members"]))]
-        calibration = config.get("calibration")
-        self.ensemble = Ensemble(members, tta=config["tta"],
-                                 calibrator=None if calibration is None else calibrator_from_dict(calibration))
+        calibrator = context.artifacts.get(CALIBRATOR_ARTIFACT)
+        self.ensemble = Ensemble(members, tta=config["tta"], calibrator=None if calibrator is None else
+                                 calibrator_from_dict(json.loads(Path(calibrator).read_text())))
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
                 ) -> np.ndarray:
@@ -105,14 +109,16 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
         mlflow.set_registry_uri(tracking_uri)
     client = mlflow.MlflowClient()
     experiment_id = ensure_experiment(client, REGISTRY_EXPERIMENT, artifact_location)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register {name}") as run:
-        mlflow.log_params({"members": len(ensemble.members), "tta": ensemble.tta, "calibration": calibration,
-                           **{f"member{index}": str(path) for index, path in enumerate(ensemble.paths)}})
+    artifacts = {f"member{index}": str(path) for index, path in enumerate(ensemble.paths)}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register {name}") as run, \
+            tempfile.TemporaryDirectory() as folder:
+        mlflow.log_params({"calibration": calibration, **artifacts})  # MLflow logs the model_config's own
+        if ensemble.calibrator is not None:  # a file, not model_config: an isotonic fit has a value per probability
+            artifacts[CALIBRATOR_ARTIFACT] = str(Path(folder) / "calibrator.json")
+            Path(artifacts[CALIBRATOR_ARTIFACT]).write_text(json.dumps(ensemble.calibrator.to_dict()))
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT, python_model=EnsembleModel(), signature=signature, input_example=example,
-            artifacts={f"member{index}": str(path) for index, path in enumerate(ensemble.paths)},
-            model_config={"members": len(ensemble.members), "tta": ensemble.tta, "device": "auto",
-                          "calibration": None if ensemble.calibrator is None else ensemble.calibrator.to_dict()},
+            artifacts=artifacts, model_config={"members": len(ensemble.members), "tta": ensemble.tta, "device": "auto"},
             pip_requirements=_requirements(), registered_model_name=name)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, alias, version)
