@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lungexp.data.labels.annotations import read_annotations, read_candidates
+from lungexp.data.labels.annotations import read_annotations
 from lungexp.data.labels.detections import (
     DETECTOR_SCORE,
     DetectionError,
@@ -20,6 +21,7 @@ from lungexp.data.labels.detections import (
 )
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
 from lungexp.data.scans import read_scan_header
+from lungexp.data.synthetic.detections import SIZE_COLUMNS, monai_entries, simulate_detections
 from lungexp.froc import main as froc_main
 from lungexp.inference.detections import (
     DETECTION_SUBMISSION_COLUMNS,
@@ -35,37 +37,11 @@ from tests.helpers.checkpoints import write_checkpoint
 from tests.helpers.cli import entry_point_command, entry_point_env
 from tests.helpers.config import PROJECT_ROOT
 
-SIZE_COLUMNS = ["sizeX", "sizeY", "sizeZ"]
 
-
-def synthetic_detector(root: Path, seriesuids: list[str] | None = None, seed: int = 0
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A detector's boxes on the generated scans, and the points they must become.
-
-    Every nodule gets a box centred within 0.5 mm of it (score 0.6-0.95, sized by its diameter) plus a
-    duplicate 2 mm off with a lower score; two negatives of each scan that lie > 10 mm from every nodule get
-    a false mark (score 0.05-0.5). The expected points are the nodule boxes and the false marks.
-    """
-    rng = np.random.default_rng(seed)
-    nodules = read_annotations(root / "annotations.csv").astype({"seriesuid": str})
-    negatives = read_candidates(root / "candidates_V2.csv").astype({"seriesuid": str})
-    if seriesuids is not None:
-        nodules = nodules[nodules["seriesuid"].isin(seriesuids)]
-        negatives = negatives[negatives["seriesuid"].isin(seriesuids)]
-    negatives = negatives[negatives["class"] == 0]
-    far = [np.linalg.norm(nodules.loc[nodules["seriesuid"] == row.seriesuid, COORD_COLUMNS].to_numpy()
-                          - row[COORD_COLUMNS].to_numpy(np.float64), axis=1).min(initial=np.inf) > 10
-           for _, row in negatives.iterrows()]
-    negatives = negatives[far].groupby("seriesuid").head(2)
-    hits = nodules[POINT_COLUMNS].assign(**{c: nodules[c] + rng.uniform(-0.5, 0.5, len(nodules)) for c in COORD_COLUMNS})
-    hits[SIZE_COLUMNS] = np.repeat(nodules[["diameter_mm"]].to_numpy(), 3, axis=1)
-    hits["score"] = rng.uniform(0.6, 0.95, len(hits))
-    duplicates = hits.assign(coordX=hits["coordX"] + 2.0, score=hits["score"] - 0.1)
-    false = negatives[POINT_COLUMNS].assign(sizeX=6.0, sizeY=6.0, sizeZ=6.0,
-                                            score=rng.uniform(0.05, 0.5, len(negatives)))
-    boxes = pd.concat([hits, duplicates, false], ignore_index=True).sample(frac=1.0, random_state=seed)
-    expected = pd.concat([hits, false])[POINT_COLUMNS + ["score"]].rename(columns={"score": DETECTOR_SCORE})
-    return boxes.reset_index(drop=True), expected
+def synthetic_detector(root: Path, seriesuids: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The simulated detector's boxes (two false marks a scan) and the points they must become."""
+    detections = simulate_detections(root, seriesuids, false_marks_per_scan=2)
+    return detections.boxes, detections.expected
 
 
 def canonical(points: pd.DataFrame) -> pd.DataFrame:
@@ -78,13 +54,6 @@ def as_corners(boxes: pd.DataFrame) -> pd.DataFrame:
         corners[f"{axis}_min"] = boxes[centre] - boxes[size] / 2
         corners[f"{axis}_max"] = boxes[centre] + boxes[size] / 2
     return corners.assign(score=boxes["score"])
-
-
-def as_monai_entries(boxes: pd.DataFrame, score_key: str) -> list[dict]:
-    """MONAI's DetectionSaver entries: cccwhd boxes per image, the image named by its seriesuid."""
-    return [{"box": group[[*COORD_COLUMNS, *SIZE_COLUMNS]].to_numpy().tolist(), "label": [0] * len(group),
-             score_key: group["score"].tolist(), "image": f"/data/LUNA16_Images_resample/{uid}/{uid}.nii.gz"}
-            for uid, group in boxes.groupby("seriesuid", sort=False)]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +90,8 @@ def test_corners_and_monai_json_give_the_same_points_as_centres(detector, tmp_pa
     boxes, _ = detector
     boxes.to_csv(tmp_path / "centres.csv", index=False)
     as_corners(boxes).to_csv(tmp_path / "corners.csv", index=False)
-    (tmp_path / "bundle.json").write_text(json.dumps(as_monai_entries(boxes, "label_scores")))
-    (tmp_path / "tutorial.json").write_text(json.dumps({"validation": as_monai_entries(boxes, "score")}))
+    (tmp_path / "bundle.json").write_text(json.dumps(monai_entries(boxes, "label_scores")))
+    (tmp_path / "tutorial.json").write_text(json.dumps({"validation": monai_entries(boxes, "score")}))
     submission = boxes[POINT_COLUMNS].assign(probability=boxes["score"])  # a detector's LUNA16 submission
     submission.to_csv(tmp_path / "submission.csv", index=False)
 
@@ -240,7 +209,7 @@ def test_predict_detections_writes_three_scores_and_froc_reports_each(tiny_check
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     boxes, expected = synthetic_detector(synthetic_root, [one_scan.stem])
     detections = tmp_path / "boxes.json"
-    detections.write_text(json.dumps(as_monai_entries(boxes, "label_scores")))
+    detections.write_text(json.dumps(monai_entries(boxes, "label_scores")))
     out = tmp_path / "predictions.csv"
 
     command = entry_point_command("predict", [f"ckpt_path={tiny_checkpoint}", f"scans={one_scan}",
@@ -266,7 +235,20 @@ def test_predict_detections_writes_three_scores_and_froc_reports_each(tiny_check
             for column in (DETECTOR_SCORE, "classifier_probability", "probability")}
     for column, cpm in cpms.items():
         assert any(line.split()[:2] == [column, f"{cpm:.4f}"] for line in printed.splitlines()), printed
-    assert cpms[DETECTOR_SCORE] == pytest.approx(1.0)  # every nodule's box outscores every false mark
     written = pd.read_csv(tmp_path / "froc" / "froc_scores.csv")
     assert written["score"].tolist() == list(cpms)
     np.testing.assert_allclose(written["cpm"], list(cpms.values()))
+
+
+def test_the_simulation_script_writes_monai_json_of_one_subset(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result_fold0.json"
+    script = [sys.executable, str(PROJECT_ROOT / "scripts" / "simulate_detections.py"), str(synthetic_root)]
+    done = subprocess.run([*script, "--subset", "0", "--out", str(out)], capture_output=True, text=True, check=True)
+    subset = sorted(path.stem for path in (synthetic_root / "subset0").glob("*.mhd"))
+    expected = simulate_detections(synthetic_root, subset).expected
+    points = merge_duplicates(read_detections(out))
+    pd.testing.assert_frame_equal(canonical(points), canonical(expected), check_exact=False, rtol=1e-12)
+    assert set(points["seriesuid"]) == set(subset)
+    assert f"({len(expected)} after merging duplicates)" in done.stdout
+    missing = subprocess.run([*script, "--subset", "9", "--out", str(out)], capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "subset9 holds no .mhd" in missing.stderr
