@@ -41,9 +41,9 @@ def main(cfg: DictConfig) -> None:
         candidates = read_candidates(cfg.candidates, scans)
         table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
     out = write_submission(table, cfg.out)
-    print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.description} "
-          f"({predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
-          f"{predictor.precision}, calibration {cfg.calibration}) -> {out}")
+    print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.description}: "
+          f"{predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
+          f"{predictor.precision} -> {out}")
 
 
 if __name__ == "__main__":

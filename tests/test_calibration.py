@@ -173,7 +173,7 @@ def test_predict_command_applies_the_checkpoints_calibrator_to_its_plain_probabi
                                        f"candidates={candidates}", f"out={out}", "device=cpu",
                                        f"calibration={method}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"calibration {method})" in done.stdout
+    assert f"(calibration={method})" in done.stdout
     calibrated = pd.read_csv(out, dtype={"seriesuid": str})["probability"].to_numpy()
 
     source = open_scans(synthetic_root)

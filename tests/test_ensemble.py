@@ -13,8 +13,10 @@ from omegaconf import OmegaConf
 from lungexp.inference.ensemble import Ensemble, check_unseen_data, checkpoint_paths
 from lungexp.inference.model import Predictor
 from lungexp.inference.rescoring import data_location
+from lungexp.reporting.calibration import fit_on_validation
 from lungexp.tracking.folds import FoldRuns, fold_checkpoints
 from lungexp.training.checkpoint import RECIPE_KEY
+from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError
 
 
@@ -65,6 +67,31 @@ def test_an_ensemble_averages_the_members_probabilities(trained_run, member: Pre
     assert np.abs(first - second).max() > 1e-3
     np.testing.assert_allclose(Ensemble([member, other]).patch_probabilities(patches), (first + second) / 2,
                                rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_a_calibrated_ensemble_averages_each_members_own_calibrated_probabilities(
+        trained_run, tmp_path: Path, method: str) -> None:
+    """Members are calibrated apart: each by the calibrator fitted on its own validation predictions, then averaged
+    (one calibrator of their pooled validation predictions would fit neither)."""
+    checkpoint = torch.load(trained_run.best_checkpoint, map_location="cpu", weights_only=True)
+    validation = checkpoint[VALIDATION_PREDICTIONS]
+    validation["probability"] = validation["probability"] ** 4  # another member: far less confident of positives
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    members = [Predictor(path, device="cpu") for path in (trained_run.best_checkpoint, tmp_path / "other.ckpt")]
+    patches = -1000 + np.linspace(0, 1, 12)[:, None, None, None, None] * (hu_patches(members[0], 12) + 1000)
+    plain = [member.patch_probabilities(patches) for member in members]  # from air to tissue: a range of scores
+
+    ensemble = Ensemble(members)
+    ensemble.calibrate(method)
+    own = [fit_on_validation(method, member.validation_predictions) for member in members]
+    expected = np.mean([calibrator(p.astype(np.float64)) for calibrator, p in zip(own, plain, strict=True)], axis=0)
+    np.testing.assert_allclose(ensemble.patch_probabilities(patches), expected, rtol=0, atol=1e-7)
+    pooled = fit_on_validation(method, ensemble.validation_predictions())(np.mean(plain, axis=0, dtype=np.float64))
+    assert np.abs(expected - pooled).max() > 1e-3  # not one calibrator of the pooled validation predictions
+    assert ensemble.calibration == method and f"calibration={method}" in ensemble.description
+    assert ensemble.decision_threshold("youden") == pytest.approx(
+        np.mean([member.decision_threshold("youden") for member in members]))
 
 
 def test_members_with_different_patch_sizes_are_refused_naming_both(trained_run, member: Predictor,

@@ -4,7 +4,9 @@ Members' **probabilities** are averaged, not their logits: members trained separ
 their own early stopping) put their logits on different scales, so a mean of logits lets the most confident
 member outvote the others, while a mean of probabilities weighs each member equally and stays a probability
 (nnU-Net averages its folds' softmax probabilities the same way). Test-time flips are averaged the same way
-(:mod:`lungexp.models.tta`), and an optional calibrator maps the averaged probability last.
+(:mod:`lungexp.models.tta`). Calibrated, each member's probability goes through that member's own calibrator
+(fitted on its own validation predictions) before the mean: members trained apart are calibrated apart, and one
+calibrator fitted on their validation predictions pooled fits none of them (README "The same on the demo data").
 
 An :class:`Ensemble` has the interface of :class:`~lungexp.inference.model.Predictor`, so ``predict`` and
 ``evaluate`` use either; an ensemble of one checkpoint without TTA gives that checkpoint's probabilities exactly.
@@ -16,7 +18,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -25,9 +27,7 @@ from torch import nn
 
 from lungexp.inference.model import Predictor, normalized_batches
 from lungexp.metrics.calibration import Calibrator
-from lungexp.metrics.threshold import threshold_from_validation
 from lungexp.models.tta import check_tta, tta_probabilities
-from lungexp.reporting.calibration import calibrate_table, fit_on_validation
 from lungexp.tracking.folds import fold_checkpoints
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
@@ -43,18 +43,18 @@ def preprocessing(recipe: ModelRecipe) -> dict[str, object]:
 
 
 class Ensemble:
-    """The mean probability of several :class:`Predictor` members over the views of ``tta``, then calibrated.
+    """The mean probability of several :class:`Predictor` members over the views of ``tta``; calibrated
+    (:meth:`calibrate`), the mean of the members' calibrated probabilities.
 
     Args:
-        members: predictors sharing their preprocessing (:func:`preprocessing`).
+        members: predictors sharing their preprocessing (:func:`preprocessing`), each with its calibrator or none.
         tta: ``none`` or ``flips`` (see :mod:`lungexp.models.tta`).
-        calibrator: applied to the averaged probabilities; None: none.
 
     Raises :class:`ConfigError` naming the first member and one that differs, and the field, when the
     members' preprocessing differs.
     """
 
-    def __init__(self, members: Sequence[Predictor], tta: str = "none", calibrator: Calibrator | None = None) -> None:
+    def __init__(self, members: Sequence[Predictor], tta: str = "none") -> None:
         if not members:
             raise ConfigError("an ensemble needs at least one checkpoint")
         first = preprocessing(members[0].recipe)
@@ -67,7 +67,6 @@ class Ensemble:
                                   f"{differing[key]}); ensemble only models trained on the same patches")
         self.members = list(members)
         self.tta = check_tta(tta)
-        self.calibrator = calibrator
 
     @property
     def recipe(self) -> ModelRecipe:
@@ -97,25 +96,35 @@ class Ensemble:
         return self.members[0].evaluation
 
     @property
+    def calibrators(self) -> list[Calibrator] | None:
+        """Each member's calibrator, or None when the ensemble is not calibrated."""
+        calibrators = [member.calibrator for member in self.members]
+        return None if any(calibrator is None for calibrator in calibrators) else cast(list[Calibrator], calibrators)
+
+    @property
+    def calibration(self) -> str:
+        """The calibration method (``none`` when uncalibrated)."""
+        calibrators = self.calibrators
+        return "none" if calibrators is None else getattr(calibrators[0], "method", "custom")
+
+    @property
     def description(self) -> str:
         """For the printed line: the checkpoint, or how many, and the TTA and calibration used."""
         model = str(self.members[0].path) if len(self.members) == 1 else f"an ensemble of {len(self.members)} checkpoints"
         extras = [f"tta={self.tta}"] if self.tta != "none" else []
-        if self.calibrator is not None:
-            extras.append(f"calibration={getattr(self.calibrator, 'method', 'custom')}")
+        if self.calibration != "none":
+            extras.append(f"calibration={self.calibration}")
         return model + (f" ({', '.join(extras)})" if extras else "")
 
     def calibrate(self, method: str) -> None:
-        """Calibrate :meth:`patch_probabilities` and :meth:`decision_threshold` with ``method`` (``eval.calibration``):
-        one member's own calibrator (the one its checkpoint stores, or fitted on its validation predictions), or
-        for several members one fitted on their validation predictions pooled (each member's on its own
-        validation split: the ensemble's own validation predictions do not exist)."""
-        if len(self.members) == 1:
-            member = self.members[0]
+        """Calibrate every member with ``method`` (``eval.calibration``): the calibrator its checkpoint stores, or
+        one fitted on its own validation predictions. Members without validation predictions leave the ensemble
+        uncalibrated (with a warning)."""
+        for member in self.members:
             member.calibrate(method)
-            self.calibrator, member.calibrator = member.calibrator, None  # applied once, here
-        else:
-            self.calibrator = fit_on_validation(method, self.validation_predictions())
+        if method != "none" and self.calibrators is None:
+            for member in self.members:
+                member.calibrator = None  # all or none: a mean of calibrated and raw probabilities means neither
 
     def validation_predictions(self) -> pd.DataFrame | None:
         """The members' validation predictions (``label``, ``probability``, ...), pooled; None if none has any."""
@@ -123,31 +132,38 @@ class Ensemble:
         return pd.concat(tables, ignore_index=True) if tables else None
 
     def decision_threshold(self, rule: str | float) -> float:
-        """Uncalibrated, the mean of the members' thresholds, each chosen on its own validation predictions (as the
-        pooled report of a CV does); calibrated, the rule on the pooled validation predictions calibrated alike.
-        One member's exactly, either way."""
-        if self.calibrator is None:
-            return float(np.mean([member.decision_threshold(rule) for member in self.members]))
-        return threshold_from_validation(rule, calibrate_table(self.validation_predictions(), self.calibrator))
+        """The mean of the members' thresholds, each chosen on its own (calibrated, when calibrated) validation
+        predictions, as the pooled report of a CV does; one member's exactly."""
+        return float(np.mean([member.decision_threshold(rule) for member in self.members]))
 
-    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """The members' mean TTA probability of each patch of one normalised batch (before calibration)."""
-        probabilities = [tta_probabilities(member.batch_probabilities, batch, self.tta) for member in self.members]
-        return probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities).mean(dim=0)
+    def member_probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
+        """Each member's TTA probability of normalised ``(B, C, D, H, W)`` batches, uncalibrated:
+        ``(members, patches)`` float32."""
+        outputs = [torch.stack([tta_probabilities(member.batch_probabilities, batch, self.tta)
+                                for member in self.members]) for batch in images]
+        return torch.cat(outputs, dim=1).numpy() if outputs else np.zeros((len(self.members), 0), dtype=np.float32)
+
+    def scores(self, images: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The uncalibrated mean probability of each patch (float32, as :meth:`Predictor.probabilities`) and the
+        calibrated one (float64; None when uncalibrated)."""
+        members = self.member_probabilities(images)
+        plain = members[0] if len(members) == 1 else members.mean(axis=0, dtype=np.float32)
+        calibrators = self.calibrators
+        if calibrators is None or not members.shape[1]:
+            return plain, None
+        calibrated = [calibrator(probabilities.astype(np.float64))
+                      for calibrator, probabilities in zip(calibrators, members, strict=True)]
+        return plain, np.mean(calibrated, axis=0)
 
     def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
-        """Probabilities of normalised ``(B, C, D, H, W)`` batches, concatenated (float32), not calibrated (as
-        :meth:`Predictor.probabilities`; ``evaluate`` keeps both in its table)."""
-        outputs = [self.batch_probabilities(batch) for batch in images]
-        return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
+        """The uncalibrated mean probabilities of normalised batches, concatenated (float32)."""
+        return self.scores(images)[0]
 
     def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the members' window and
-        calibrated by :attr:`calibrator` when there is one."""
-        probabilities = self.probabilities(normalized_batches(self.recipe.window, hu_patches, batch_size))
-        if self.calibrator is None or not len(probabilities):
-            return probabilities
-        return np.asarray(self.calibrator(probabilities), dtype=np.float32)
+        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the members' window, calibrated
+        when the ensemble is (float32)."""
+        plain, calibrated = self.scores(normalized_batches(self.recipe.window, hu_patches, batch_size))
+        return plain if calibrated is None else calibrated.astype(np.float32)
 
 
 def load_members(ckpt_path: str | Sequence[str] | None, cv_run: str | None, tracking_uri: str,

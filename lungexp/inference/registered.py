@@ -2,7 +2,7 @@
 
 The registered model is an ``mlflow.pyfunc`` model: its artifacts are the checkpoint files (read back with
 :func:`~lungexp.training.checkpoint.load_checkpoint`, ``weights_only``: the network is never pickled) and, when
-calibrated, its fitted calibrator (JSON); its ``model_config`` holds the TTA mode. The checkpoints carry their own
+calibrated, each member's fitted calibrator (JSON); its ``model_config`` holds the TTA mode. The checkpoints carry their own
 preprocessing (patch geometry, HU window,
 normalisation), so the model takes raw HU patches::
 
@@ -36,15 +36,15 @@ from lungexp.tracking.runs import ensure_experiment
 from lungexp.utils.errors import ConfigError
 
 MODEL_ARTIFACT = "model"  # the name of the pyfunc model inside its MLflow run
-CALIBRATOR_ARTIFACT = "calibrator"  # the fitted calibrator of a calibrated model
+CALIBRATOR_ARTIFACT = "calibrator"  # + member index: the fitted calibrators of a calibrated model
 REGISTRY_EXPERIMENT = "lungexp-registry"  # the experiment of the runs that log registered models
 
 
 class EnsembleModel(PythonModel):
     """The pyfunc model: an :class:`~lungexp.inference.ensemble.Ensemble` of the artifacts ``member0``, ``member1``, ...
 
-    ``model_config``: ``{"members": N, "tta": "none"|"flips", "device": "auto"}``, and the artifact ``calibrator``
-    (the fitted calibrator's state as JSON) when there is one; ``device`` may be overridden
+    ``model_config``: ``{"members": N, "tta": "none"|"flips", "device": "auto"}``, and the artifacts
+    ``calibrator0``, ``calibrator1``, ... (each member's fitted calibrator as JSON) when calibrated; ``device`` may be overridden
     at load time (``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})``).
     """
 
@@ -54,9 +54,10 @@ class EnsembleModel(PythonModel):
         config = context.model_config
         members = [Predictor(context.artifacts[f"member{index}"], device=config.get("device", "auto"))
                    for index in range(int(config["members"]))]
-        calibrator = context.artifacts.get(CALIBRATOR_ARTIFACT)
-        self.ensemble = Ensemble(members, tta=config["tta"], calibrator=None if calibrator is None else
-                                 calibrator_from_dict(json.loads(Path(calibrator).read_text())))
+        for index, member in enumerate(members):
+            calibrator = context.artifacts.get(f"{CALIBRATOR_ARTIFACT}{index}")
+            member.calibrator = None if calibrator is None else calibrator_from_dict(json.loads(Path(calibrator).read_text()))
+        self.ensemble = Ensemble(members, tta=config["tta"])
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
                 ) -> np.ndarray:
@@ -113,9 +114,10 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"register {name}") as run, \
             tempfile.TemporaryDirectory() as folder:
         mlflow.log_params({"calibration": calibration, **artifacts})  # MLflow logs the model_config's own
-        if ensemble.calibrator is not None:  # a file, not model_config: an isotonic fit has a value per probability
-            artifacts[CALIBRATOR_ARTIFACT] = str(Path(folder) / "calibrator.json")
-            Path(artifacts[CALIBRATOR_ARTIFACT]).write_text(json.dumps(ensemble.calibrator.to_dict()))
+        # Files, not model_config (whose values MLflow logs as params): an isotonic fit has a value per probability.
+        for index, calibrator in enumerate(ensemble.calibrators or []):
+            artifacts[f"{CALIBRATOR_ARTIFACT}{index}"] = str(Path(folder) / f"calibrator{index}.json")
+            Path(artifacts[f"{CALIBRATOR_ARTIFACT}{index}"]).write_text(json.dumps(calibrator.to_dict()))
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT, python_model=EnsembleModel(), signature=signature, input_example=example,
             artifacts=artifacts, model_config={"members": len(ensemble.members), "tta": ensemble.tta, "device": "auto"},

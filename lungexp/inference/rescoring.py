@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from lungexp.data.names import IMAGE_KEY
 from lungexp.inference.ensemble import DATA_LOCATION_KEYS, Ensemble, check_unseen_data, load_members
-from lungexp.reporting.calibration import calibrate_table
+from lungexp.reporting.calibration import with_calibrated
 from lungexp.reporting.options import EvaluationOptions
 from lungexp.reporting.report import evaluation_settings, predictions_table
 from lungexp.reporting.run_report import PatchPictures, report_split
@@ -134,7 +134,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
     else:
         datamodule.setup("test")
     predictor.calibrate(options.calibration)
-    predictions = calibrate_table(_predict(predictor, datamodule, split), predictor.calibrator)
+    predictions = _predict(predictor, datamodule, split)
     settings = evaluation_settings(datamodule, split, predictor.decision_threshold(options.threshold), options)
 
     training_run = cfg.cv_run or recipe.mlflow.get("run_id")
@@ -168,6 +168,7 @@ def _predict(predictor: Ensemble, datamodule: Any, split: str) -> pd.DataFrame:
     """Per-patch probabilities of a split, joined with the sample table as the training test stage does."""
     dataset = datamodule.datasets[split]
     loader = DataLoader(dataset, batch_size=datamodule.options.batch_size, num_workers=datamodule.options.num_workers)
-    probabilities = predictor.probabilities(batch[IMAGE_KEY] for batch in loader)
-    return predictions_table(dataset.rows, probabilities, samples=datamodule.cache.index)
+    plain, calibrated = predictor.scores(batch[IMAGE_KEY] for batch in loader)
+    table = predictions_table(dataset.rows, plain, samples=datamodule.cache.index)
+    return table if calibrated is None else with_calibrated(table, calibrated)
 

@@ -46,8 +46,14 @@ def calibrate_table(table: pd.DataFrame | None, calibrator: Calibrator | None) -
     without a calibrator (and ``None`` stays ``None``)."""
     if table is None or calibrator is None:
         return table
-    probabilities = table["probability"].to_numpy(np.float64)
-    return table.assign(**{UNCALIBRATED: probabilities, "probability": calibrator(probabilities).round(6)})
+    return with_calibrated(table, calibrator(table["probability"].to_numpy(np.float64)))
+
+
+def with_calibrated(table: pd.DataFrame, calibrated: np.ndarray) -> pd.DataFrame:
+    """``table`` with ``probability`` replaced by ``calibrated`` (one per row) and the original kept in
+    :data:`UNCALIBRATED`."""
+    return table.assign(**{UNCALIBRATED: table["probability"].to_numpy(np.float64),
+                           "probability": np.asarray(calibrated, dtype=np.float64).round(6)})
 
 
 def calibration_metrics(predictions: pd.DataFrame, prefix: str, title: str, figures: bool
