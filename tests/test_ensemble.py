@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -87,7 +88,8 @@ def test_a_calibrated_ensemble_averages_each_members_own_calibrated_probabilitie
     own = [fit_on_validation(method, member.validation_predictions) for member in members]
     expected = np.mean([calibrator(p.astype(np.float64)) for calibrator, p in zip(own, plain, strict=True)], axis=0)
     np.testing.assert_allclose(ensemble.patch_probabilities(patches), expected, rtol=0, atol=1e-7)
-    pooled = fit_on_validation(method, ensemble.validation_predictions())(np.mean(plain, axis=0, dtype=np.float64))
+    pooled_validation = pd.concat([member.validation_predictions for member in members], ignore_index=True)
+    pooled = fit_on_validation(method, pooled_validation)(np.mean(plain, axis=0, dtype=np.float64))
     assert np.abs(expected - pooled).max() > 1e-3  # not one calibrator of the pooled validation predictions
     assert ensemble.calibration == method and f"calibration={method}" in ensemble.description
     assert ensemble.decision_threshold("youden") == pytest.approx(

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -125,11 +124,6 @@ class Ensemble:
         if method != "none" and self.calibrators is None:
             for member in self.members:
                 member.calibrator = None  # all or none: a mean of calibrated and raw probabilities means neither
-
-    def validation_predictions(self) -> pd.DataFrame | None:
-        """The members' validation predictions (``label``, ``probability``, ...), pooled; None if none has any."""
-        tables = [member.validation_predictions for member in self.members if member.validation_predictions is not None]
-        return pd.concat(tables, ignore_index=True) if tables else None
 
     def decision_threshold(self, rule: str | float) -> float:
         """The mean of the members' thresholds, each chosen on its own (calibrated, when calibrated) validation
