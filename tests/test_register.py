@@ -55,6 +55,9 @@ def test_a_registered_model_round_trips_and_scores_patches_as_predict_does(train
     np.testing.assert_array_equal(probabilities, predictor.patch_probabilities(patches))
     assert loaded.metadata.get_input_schema().inputs[0].shape == (-1, 1, 16, 16, 16)
     np.testing.assert_array_equal(loaded.input_example, np.full((1, 1, 16, 16, 16), -1000, np.float32))  # air
+    stored = Path(mlflow.artifacts.download_artifacts(registered.uri, dst_path=str(tmp_path / "model")))
+    files = {path.name for path in stored.rglob("*")}
+    assert "lungexp_model.py" in files and "python_model.pkl" not in files  # its code as source, no pickle to run
     with pytest.raises(Exception, match="shape"):  # MLflow's signature check or the model's own
         loaded.predict(patches[:, :, :8])
 

@@ -36,6 +36,14 @@ from lungexp.tracking.runs import ensure_experiment
 from lungexp.utils.errors import ConfigError
 
 MODEL_ARTIFACT = "model"  # the name of the pyfunc model inside its MLflow run
+# MLflow's "models from code": the model is this source, run at load time, instead of a pickled EnsembleModel (a
+# pickle from a shared registry could run anything, and MLflow warns of it); what it runs is lungexp's own class.
+MODEL_CODE = """import mlflow
+
+from lungexp.inference.registered import EnsembleModel
+
+mlflow.models.set_model(EnsembleModel())
+"""
 CALIBRATOR_ARTIFACT = "calibrator"  # + member index: the fitted calibrators of a calibrated model
 REGISTRY_EXPERIMENT = "lungexp-registry"  # the experiment of the runs that log registered models
 
@@ -118,8 +126,10 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
         for index, calibrator in enumerate(ensemble.calibrators or []):
             artifacts[f"{CALIBRATOR_ARTIFACT}{index}"] = str(Path(folder) / f"calibrator{index}.json")
             Path(artifacts[f"{CALIBRATOR_ARTIFACT}{index}"]).write_text(json.dumps(calibrator.to_dict()))
+        code = Path(folder) / "lungexp_model.py"
+        code.write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT, python_model=EnsembleModel(), signature=signature, input_example=example,
+            name=MODEL_ARTIFACT, python_model=str(code), signature=signature, input_example=example,
             artifacts=artifacts, model_config={"members": len(ensemble.members), "tta": ensemble.tta, "device": "auto"},
             pip_requirements=_requirements(), registered_model_name=name)
     version = str(info.registered_model_version)
