@@ -1,6 +1,6 @@
 """A team tracking server: ``scripts/team_server.sh`` (``mlflow server`` with MLflow's basic-auth app, on
 PostgreSQL, secrets from an env file and a .pgpass) and runs that log through it with ``logger=mlflow_server``
-(README "A team tracking server")."""
+(README "A team tracking server"), and a model registered through it and loaded by name."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import sys
 import uuid
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
 
+from lungexp.inference.model import Predictor
+from lungexp.inference.registered import register_model
 from lungexp.tracking.logger_setup import open_tracking_store
 from lungexp.tracking.server import CREDENTIAL_VARIABLES, ServerAccessError
 from lungexp.training.pipeline import train
@@ -114,6 +118,21 @@ def test_a_team_server_takes_logins_and_keeps_runs_in_postgresql(make_config, tm
                 # the artifacts went through the server to its shared root, not to a folder of this machine
                 assert client.get_experiment(run.info.experiment_id).artifact_location.startswith("mlflow-artifacts:")
                 assert list(shared_root.rglob("config.yaml"))
+
+                # A model a colleague loads by name, registered through the same server (artifacts by its proxy).
+                previous_uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+                try:
+                    registered = register_model([result.best_checkpoint], "team-fpr", tracking_uri=address)
+                    loaded = mlflow.pyfunc.load_model(registered.uri, model_config={"device": "cpu"})
+                finally:
+                    mlflow.set_tracking_uri(previous_uris[0])
+                    mlflow.set_registry_uri(previous_uris[1])
+                predictor = Predictor(result.best_checkpoint, device="cpu")
+                patch = predictor.recipe.patch
+                patches = np.random.default_rng(0).uniform(
+                    -1000, 400, (3, patch.channels, patch.size, patch.size, patch.size)).astype(np.float32)
+                np.testing.assert_array_equal(loaded.predict(patches), predictor.patch_probabilities(patches))
+                assert client.get_model_version_by_alias("team-fpr", "champion").version == registered.version
 
                 login(monkeypatch, "admin", password["admin"])  # admins write anywhere, without grants
                 open_tracking_store(address, client.get_experiment(run.info.experiment_id).name)
