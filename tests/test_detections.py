@@ -21,7 +21,7 @@ from lungexp.data.labels.detections import (
 )
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
 from lungexp.data.scans import read_scan_header
-from lungexp.data.synthetic.detections import SIZE_COLUMNS, monai_entries, simulate_detections
+from lungexp.data.synthetic.detections import BOX_SIZE_COLUMNS, monai_entries, simulate_detections
 from lungexp.froc import main as froc_main
 from lungexp.inference.detections import (
     DETECTION_SUBMISSION_COLUMNS,
@@ -50,7 +50,7 @@ def canonical(points: pd.DataFrame) -> pd.DataFrame:
 
 def as_corners(boxes: pd.DataFrame) -> pd.DataFrame:
     corners = boxes[["seriesuid"]].copy()
-    for axis, centre, size in zip("xyz", COORD_COLUMNS, SIZE_COLUMNS, strict=True):
+    for axis, centre, size in zip("xyz", COORD_COLUMNS, BOX_SIZE_COLUMNS, strict=True):
         corners[f"{axis}_min"] = boxes[centre] - boxes[size] / 2
         corners[f"{axis}_max"] = boxes[centre] + boxes[size] / 2
     return corners.assign(score=boxes["score"])

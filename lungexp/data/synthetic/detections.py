@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from lungexp.data.labels.annotations import read_annotations, read_candidates
-from lungexp.data.labels.detections import DETECTOR_SCORE
+from lungexp.data.labels.detections import DETECTOR_SCORE, SIZE_COLUMNS
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
 from lungexp.utils.atomic import atomic_file
 
-SIZE_COLUMNS = ["sizeX", "sizeY", "sizeZ"]
+BOX_SIZE_COLUMNS = SIZE_COLUMNS[1]  # sizeX, sizeY, sizeZ: the form read_detections reads
 FALSE_MARK_SIZE_MM = 6.0
 DUPLICATE_OFFSET_MM = 2.0
 # False marks keep this far from every nodule and from each other, so no 5 mm merge can swallow one.
@@ -51,11 +51,11 @@ def simulate_detections(root: str | Path, seriesuids: list[str] | None = None,
         nodules = nodules[nodules["seriesuid"].isin(seriesuids)]
         negatives = negatives[negatives["seriesuid"].isin(seriesuids)]
     hits = nodules[POINT_COLUMNS].assign(**{c: nodules[c] + rng.uniform(-0.5, 0.5, len(nodules)) for c in COORD_COLUMNS})
-    hits[SIZE_COLUMNS] = np.repeat(nodules[["diameter_mm"]].to_numpy(), 3, axis=1)
+    hits[BOX_SIZE_COLUMNS] = np.repeat(nodules[["diameter_mm"]].to_numpy(), 3, axis=1)
     hits["score"] = rng.uniform(0.3, 0.95, len(hits))
     duplicates = hits.assign(coordX=hits["coordX"] + DUPLICATE_OFFSET_MM, score=hits["score"] - 0.1)
     marks = _false_mark_sites(nodules, negatives[negatives["class"] == 0], false_marks_per_scan)
-    false = marks[POINT_COLUMNS].assign(**dict.fromkeys(SIZE_COLUMNS, FALSE_MARK_SIZE_MM),
+    false = marks[POINT_COLUMNS].assign(**dict.fromkeys(BOX_SIZE_COLUMNS, FALSE_MARK_SIZE_MM),
                                         score=rng.uniform(0.05, 0.8, len(marks)))
     boxes = pd.concat([hits, duplicates, false], ignore_index=True).sample(frac=1.0, random_state=seed)
     expected = pd.concat([hits, false])[POINT_COLUMNS + ["score"]].rename(columns={"score": DETECTOR_SCORE})
@@ -81,7 +81,7 @@ def _false_mark_sites(nodules: pd.DataFrame, negatives: pd.DataFrame, per_scan: 
 def monai_entries(boxes: pd.DataFrame, score_key: str = "label_scores") -> list[dict]:
     """The boxes as MONAI's detection bundle writes them: per image, ``cccwhd`` boxes in world mm and their scores;
     the image is named by its seriesuid, as ``read_detections`` expects."""
-    return [{"box": group[[*COORD_COLUMNS, *SIZE_COLUMNS]].to_numpy().tolist(), "label": [0] * len(group),
+    return [{"box": group[[*COORD_COLUMNS, *BOX_SIZE_COLUMNS]].to_numpy().tolist(), "label": [0] * len(group),
              score_key: group["score"].tolist(), "image": f"{uid}/{uid}.nii.gz"}
             for uid, group in boxes.groupby("seriesuid", sort=False)]
 
