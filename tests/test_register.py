@@ -14,9 +14,10 @@ import pytest
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
-from lungexp.inference.registered import register_model
+from lungexp.inference.registered import MODEL_CODE_FILE, load_registered, register_model
 from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
+from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import printed, run_entry_point
 
 
@@ -66,6 +67,24 @@ def test_a_registered_model_round_trips_and_scores_patches_as_predict_does(train
     flipped = mlflow.pyfunc.load_model("models:/nodule-fpr@champion", model_config={"device": "cpu"})
     assert np.abs(flipped.predict(patches) - probabilities).max() > 1e-6
     np.testing.assert_array_equal(mlflow.pyfunc.load_model("models:/nodule-fpr/1").predict(patches), probabilities)
+
+
+@pytest.mark.parametrize("tamper", ["edited code", "extra module"])
+def test_a_registered_model_whose_code_was_changed_is_refused_before_it_runs(trained_run, store: str,
+                                                                             tmp_path: Path, tamper: str) -> None:
+    artifacts = tmp_path / "artifacts"
+    register_model([trained_run.best_checkpoint], "shared", tracking_uri=store, artifact_location=str(artifacts))
+    load_registered("models:/shared@champion", tracking_uri=store, device="cpu")  # as registered: it loads
+    code = next(artifacts.rglob(MODEL_CODE_FILE))
+    marker = tmp_path / "ran"
+    payload = f"open({str(marker)!r}, 'w').close()\n"
+    if tamper == "edited code":
+        code.write_text(payload + code.read_text())
+    else:
+        (code.parent / "helper.py").write_text(payload)
+    with pytest.raises(ConfigError, match="its code is not the one lungexp.register writes.*refused"):
+        load_registered("models:/shared@champion", tracking_uri=store, device="cpu")
+    assert not marker.exists()  # refused before MLflow ran any of it
 
 
 @pytest.mark.parametrize("method", ["none", "temperature", "isotonic"])

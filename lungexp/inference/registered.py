@@ -38,6 +38,7 @@ from lungexp.utils.errors import ConfigError
 MODEL_ARTIFACT = "model"  # the name of the pyfunc model inside its MLflow run
 # MLflow's "models from code": the model is this source, run at load time, instead of a pickled EnsembleModel (a
 # pickle from a shared registry could run anything, and MLflow warns of it); what it runs is lungexp's own class.
+MODEL_CODE_FILE = "lungexp_model.py"
 MODEL_CODE = """import mlflow
 
 from lungexp.inference.registered import EnsembleModel
@@ -126,7 +127,7 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
         for index, calibrator in enumerate(ensemble.calibrators or []):
             artifacts[f"{CALIBRATOR_ARTIFACT}{index}"] = str(Path(folder) / f"calibrator{index}.json")
             Path(artifacts[f"{CALIBRATOR_ARTIFACT}{index}"]).write_text(json.dumps(calibrator.to_dict()))
-        code = Path(folder) / "lungexp_model.py"
+        code = Path(folder) / MODEL_CODE_FILE
         code.write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT, python_model=str(code), signature=signature, input_example=example,
@@ -144,16 +145,29 @@ def load_registered(uri: str, tracking_uri: str | None = None, device: str = "au
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
-    try:
-        loaded = mlflow.pyfunc.load_model(uri, model_config={"device": device})
-    except mlflow.exceptions.MlflowException as error:
-        raise ConfigError(f"model_uri={uri}: cannot load it from {mlflow.get_tracking_uri()}: "
-                          f"{str(error).splitlines()[0]}") from None
-    model = loaded.unwrap_python_model()
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=folder))
+        except mlflow.exceptions.MlflowException as error:
+            raise ConfigError(f"model_uri={uri}: cannot load it from {mlflow.get_tracking_uri()}: "
+                              f"{str(error).splitlines()[0]}") from None
+        _check_runs_only_lungexp(uri, local)
+        model = mlflow.pyfunc.load_model(str(local), model_config={"device": device}).unwrap_python_model()
     if not isinstance(model, EnsembleModel):
         raise ConfigError(f"model_uri={uri}: not a lungexp model (it is a {type(model).__name__}); register one with "
                           "`python -m lungexp.register`")
     return model.ensemble
+
+
+def _check_runs_only_lungexp(uri: str, model: Path) -> None:
+    """Loading a pyfunc model runs its code (its source, a pickle, or modules of its ``code_paths`` put first on
+    ``sys.path``): a model from a shared registry may hold only the source :func:`register_model` wrote."""
+    code = [path for path in model.rglob("*") if path.suffix in {".py", ".pkl", ".pickle", ".cloudpickle"}]
+    if [path.name for path in code] != [MODEL_CODE_FILE] or code[0].read_text() != MODEL_CODE:
+        raise ConfigError(f"model_uri={uri}: its code is not the one lungexp.register writes "
+                          f"({', '.join(sorted(str(path.relative_to(model)) for path in code)) or 'none'}); "
+                          "loading it would run that code, so it is refused. Register the checkpoints again with "
+                          "`python -m lungexp.register`")
 
 
 def _requirements() -> list[str]:
