@@ -132,7 +132,8 @@ def test_a_team_server_takes_logins_and_keeps_runs_in_postgresql(make_config, tm
                 patches = np.random.default_rng(0).uniform(
                     -1000, 400, (3, patch.channels, patch.size, patch.size, patch.size)).astype(np.float32)
                 np.testing.assert_array_equal(loaded.predict(patches), predictor.patch_probabilities(patches))
-                assert client.get_model_version_by_alias("team-fpr", "champion").version == registered.version
+                registry = MlflowClient(tracking_uri=address, registry_uri=address)  # not the process-wide one
+                assert registry.get_model_version_by_alias("team-fpr", "champion").version == registered.version
 
                 login(monkeypatch, "admin", password["admin"])  # admins write anywhere, without grants
                 open_tracking_store(address, client.get_experiment(run.info.experiment_id).name)
