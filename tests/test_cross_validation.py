@@ -44,6 +44,18 @@ def test_cv_options_are_checked_before_any_work(tmp_path: Path, three_subsets: P
             CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, f"cv.folds={folds}"))
     with pytest.raises(ConfigError, match="test_after_fit=true"):
         CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, "cv.folds=3", "test_after_fit=false"))
+    # ckpt_path would resume one checkpoint in every fold: a CV continues its own folds instead
+    with pytest.raises(ConfigError, match="ckpt_path=last with cv.folds: .* run the same command again without"):
+        CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, "cv.folds=3", "ckpt_path=last"))
+
+
+def test_a_wrong_number_of_subset_folds_fails_before_the_patch_cache_is_built(tmp_path: Path,
+                                                                              three_subsets: Path) -> None:
+    cache_dir = tmp_path / "fresh_cache"
+    cfg = cv_config(tmp_path, three_subsets, "cv.folds=5", f"data.cache_dir={cache_dir}")
+    with pytest.raises(ConfigError, match=r"scans are in 3 subset\(s\) \[0, 1, 2\]; set cv.folds=3"):
+        cross_validate(cfg)
+    assert not list(cache_dir.glob("**/*.npy")), "patches were extracted before the folds were checked"
 
 
 def test_subset_folds_must_be_the_subsets_present(tmp_path: Path) -> None:

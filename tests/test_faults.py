@@ -205,3 +205,44 @@ def test_sigterm_during_training_fails_the_job_and_marks_the_run_killed(syntheti
     assert torch.load(last, weights_only=True)["epoch"] >= 0  # a whole checkpoint to resume from
     (run,) = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
     assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_a_preempted_cross_validation_continues_its_fold_from_its_last_checkpoint(synthetic_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    """SIGTERM in fold 0: one line saying how to go on; the same command again continues fold 0 in its own
+    MLflow run from its last.ckpt (not from scratch, not in a second run), then trains the other folds."""
+    mlflow = tmp_path / "mlflow"
+    client = MlflowClient(f"sqlite:///{mlflow}/mlflow.db")
+    args = [*tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", mlflow), "cv.folds=3",
+            "data.split.method=series", "data.max_negatives_per_scan=2", "trainer.max_epochs=6",
+            "callbacks.early_stopping=null", "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0",
+            "eval.gradcam.samples=0", "task_name=preempted_cv"]
+    proc = _start("run", args, tmp_path)
+    (last,) = _wait_for(lambda: list(tmp_path.glob("logs/preempted_cv/runs/*/fold0/checkpoints/last.ckpt")), 300,
+                        "fold 0's first epoch", proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out + err)[-4000:]
+    assert "Traceback" not in out + err, (out + err)[-4000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert "by SIGTERM in epoch" in line and "in cross-validation fold 0 (" in line, line
+    assert f"run the same command again (without ckpt_path) and fold 0 continues from {last}" in line, line
+    experiment = client.get_experiment_by_name("lungexp").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`lungexp.cv.role` = 'parent'")
+    (stopped,) = client.search_runs([experiment], "tags.`lungexp.cv.role` = 'fold'")
+    assert (parent.info.status, stopped.info.status) == ("KILLED", "KILLED")
+    stopped_at = torch.load(last, weights_only=True)["epoch"]
+    assert stopped_at < 5  # stopped before its last epoch: what follows is a resume, not a re-test
+
+    proc = _start("run", args, tmp_path)  # the same command
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (out + err)[-4000:]
+    assert f"continues its run {stopped.info.run_id} from {last}" in out + err
+    folds = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(run.data.tags["lungexp.cv.fold"] for run in folds) == ["0", "1", "2"]  # no second run of fold 0
+    assert all(run.info.status == "FINISHED" for run in folds)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    fold0 = client.get_run(stopped.info.run_id)
+    assert fold0.data.tags["resumed_from"] == str(last)
+    assert torch.load(last, weights_only=True)["epoch"] == 5  # trained on to its sixth and last epoch

@@ -51,6 +51,10 @@ class CrossValidationOptions:
                               "subsets), or null for a single run")
         if not cfg.test_after_fit:
             raise ConfigError("cv.folds needs test_after_fit=true: the folds' test predictions are what CV pools")
+        if cfg.get("ckpt_path") is not None:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} with cv.folds: a cross-validation continues by itself; run "
+                              "the same command again without ckpt_path (finished folds are kept, and a fold that "
+                              "was stopped continues from its last.ckpt)")
         if "ddp" in str(cfg.trainer.get("strategy", "")):
             raise ConfigError("cv.folds does not run with a ddp strategy (Lightning re-launches the whole command "
                               "per device); use one device per fold, e.g. trainer=gpu")

@@ -2,7 +2,7 @@
 
 The parent is tagged with a hash of the composed config; running the same command again continues
 that parent, and a fold whose run under it FINISHED (and was marked complete) is reused instead of
-retrained. Fold runs are created here, with the ``mlflow.parentRunId`` tag MLflow nests runs by, and
+retrained; one whose run ended unfinished is found with the folder it wrote its checkpoints to. Fold runs are created here, with the ``mlflow.parentRunId`` tag MLflow nests runs by, and
 handed to Lightning's ``MLFlowLogger`` through its ``run_id`` argument.
 """
 
@@ -23,6 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pytorch_lightning.loggers import MLFlowLogger
 
 from lungexp.tracking.runs import create_run, ensure_experiment, sweep_parent_run_id
+from lungexp.tracking.stale_runs import owner_is_gone
 from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,21 @@ ROLE_TAG = "lungexp.cv.role"  # parent | fold
 FOLD_TAG = "lungexp.cv.fold"
 COMPLETE_TAG = "lungexp.cv.complete"  # set once a fold's test predictions are logged
 OPTIMIZED_METRIC_TAG = "lungexp.cv.optimized_metric"  # the fold's optimized_metric, for a re-run that reuses it
+OUTPUT_DIR_TAG = "lungexp.cv.output_dir"  # a fold run's folder (its checkpoints): where a re-run finds its last.ckpt
 # On the parent, per fold k: `lungexp.cv.checkpoint.fold<k>` (the file's path) and `...uri.fold<k>` (its copy, an
 # artifact of the fold run): what `predict`/`evaluate cv_run=<parent run id>` ensemble.
 CHECKPOINT_TAG = "lungexp.cv.checkpoint"
 CHECKPOINT_URI_TAG = "lungexp.cv.checkpoint_uri"
 CHECKPOINT_ARTIFACTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class InterruptedFold:
+    """A fold whose run ended before it finished (pre-empted, killed or failed), and the folder it wrote to."""
+
+    run_id: str
+    status: str
+    output_dir: Path
 
 
 @dataclass(frozen=True)
@@ -89,10 +100,24 @@ class FoldRuns:
         return FinishedFold(runs[0].info.run_id, dict(runs[0].data.metrics),
                             float(optimized) if optimized not in (None, "None") else None)
 
-    def start_fold(self, fold: int) -> str:
-        """A new nested run for ``fold``; returns its id for ``MLFlowLogger(run_id=...)``."""
+    def interrupted_fold(self, fold: int) -> InterruptedFold | None:
+        """The newest run of ``fold`` under this parent if it ended unfinished: KILLED, FAILED, or RUNNING while
+        the process that ran it is gone. None when it finished, is still running, or was never started."""
+        runs = self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}' and tags.`{FOLD_TAG}` = '{fold}'")
+        if not runs:
+            return None
+        newest = runs[0]
+        tags, status = newest.data.tags, newest.info.status
+        ended = status in ("KILLED", "FAILED") or (status == "RUNNING" and owner_is_gone(tags))
+        if tags.get(COMPLETE_TAG) == "true" or not ended or not tags.get(OUTPUT_DIR_TAG):
+            return None
+        return InterruptedFold(newest.info.run_id, status, Path(tags[OUTPUT_DIR_TAG]))
+
+    def start_fold(self, fold: int, output_dir: str | Path) -> str:
+        """A new nested run for ``fold``, writing to ``output_dir``; returns its id for ``MLFlowLogger(run_id=...)``."""
         return create_run(self.client, self.experiment_id, f"{self.run_name} fold{fold}", parent_run_id=self.parent_id,
-                          tags={**self.tags, ROLE_TAG: "fold", FOLD_TAG: str(fold), CONFIG_HASH_TAG: self.config_hash})
+                          tags={**self.tags, ROLE_TAG: "fold", FOLD_TAG: str(fold), CONFIG_HASH_TAG: self.config_hash,
+                                OUTPUT_DIR_TAG: str(Path(output_dir).resolve())})
 
     def record_checkpoint(self, fold: int, run_id: str, path: str | Path) -> None:
         """Log a fold's best checkpoint as an artifact of its run, and tag the parent with its path and URI."""
@@ -113,6 +138,10 @@ class FoldRuns:
         for failed in (run_id, self.parent_id):
             if failed is not None:
                 self.client.set_terminated(failed, "FAILED")
+
+    def kill(self) -> None:
+        """Mark the parent KILLED: a fold was pre-empted (its run marked itself KILLED); a re-run continues."""
+        self.client.set_terminated(self.parent_id, "KILLED")
 
     def finish(self) -> None:
         self.client.set_terminated(self.parent_id, "FINISHED")

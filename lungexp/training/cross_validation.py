@@ -10,7 +10,8 @@ only in ``data.split`` and its output folder. In MLflow the folds are nested run
 run that holds the mean and standard deviation of every test metric over the folds
 (``cv_mean/test/auroc``, ``cv_std/test/auroc``, ...) and the report of the pooled test predictions
 of all folds under the usual names (``test/cpm``, ``froc.png``, ...): LUNA16 reports one FROC
-over all ten folds. Running the same command again skips the folds that already finished.
+over all ten folds. Running the same command again skips the folds that already finished and continues a
+fold that was stopped (pre-empted by SIGTERM, killed, or failed) from its ``last.ckpt``, in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -37,9 +39,11 @@ from lungexp.tracking.folds import FoldRuns
 from lungexp.tracking.logger_setup import mlflow_logger_config
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
+from lungexp.training.checkpoint import read_checkpoint
 from lungexp.training.pipeline import train
+from lungexp.training.resume import LAST, check_resumable, resolve_checkpoint
 from lungexp.utils.config import to_dict, with_values
-from lungexp.utils.errors import ConfigError, LungexpError
+from lungexp.utils.errors import ConfigError, LungexpError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,9 @@ def cross_validate(cfg: DictConfig) -> CrossValidationResult:
     # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
     # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
     datamodule = hydra.utils.instantiate(cfg.data, max_negatives_per_scan=None, _convert_="partial")
-    folds = plan_folds(cfg.data.split, num_folds, datamodule.build_cache().index)
+    samples, _ = datamodule.sample_table()  # the rows the cache will serve: a wrong cv.folds fails before the build
+    folds = plan_folds(cfg.data.split, num_folds, samples)
+    datamodule.build_cache()
     runs = _fold_runs(cfg)
     results: list[FoldResult] = []
     for fold in folds:
@@ -133,10 +139,12 @@ def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list
     return folds
 
 
-def fold_config(cfg: DictConfig, fold: Fold, run_id: str | None) -> DictConfig:
-    """The run config of one fold: its ``data.split``, its own output folder and (with MLflow) its nested run."""
+def fold_config(cfg: DictConfig, fold: Fold, run_id: str | None, resume_from: Path | None = None) -> DictConfig:
+    """The run config of one fold: its ``data.split``, its own output folder, (with MLflow) its nested run and,
+    continuing a stopped fold, the ``last.ckpt`` it resumes."""
     fold_cfg = with_values(cfg, {**{f"data.split.{key}": value for key, value in fold.split.items()},
-                                 "paths.output_dir": f"{cfg.paths.output_dir}/fold{fold.index}"})
+                                 "paths.output_dir": f"{cfg.paths.output_dir}/fold{fold.index}",
+                                 "ckpt_path": str(resume_from) if resume_from is not None else None})
     logger = mlflow_logger_config(fold_cfg)
     if logger is not None:
         with open_dict(logger):
@@ -176,10 +184,27 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
             return FoldResult(fold, {k: v for k, v in finished.metrics.items() if k.startswith("test/")},
                               finished.optimized_metric, runs.table_artifact(finished.run_id, predictions_artifact("test")),
                               finished.run_id, reused=True)
-    run_id = runs.start_fold(fold.index) if runs is not None else None
-    log.info("Fold %d/%d (%s)", fold.index + 1, num_folds, fold.description)
+    stopped = _resumable_fold(cfg, fold, runs) if runs is not None else None
+    if stopped is not None:
+        run_id, resume_from = stopped
+        log.info("Fold %d/%d (%s): continues its run %s from %s", fold.index + 1, num_folds, fold.description,
+                 run_id, resume_from)
+    else:
+        run_id, resume_from = None, None
+        if runs is not None:
+            run_id = runs.start_fold(fold.index, fold_config(cfg, fold, None).paths.output_dir)
+        log.info("Fold %d/%d (%s)", fold.index + 1, num_folds, fold.description)
     try:
-        result = train(fold_config(cfg, fold, run_id))
+        result = train(fold_config(cfg, fold, run_id, resume_from))
+    except Terminated as stop:  # pre-empted: the fold's run marked itself KILLED
+        if runs is None:
+            then = "this cross-validation logs to no MLflow store, so it cannot continue: run it again from the start"
+        else:
+            runs.kill()
+            then = (f"finished folds are kept: run the same command again (without ckpt_path) and fold {fold.index} "
+                    + (f"continues from {stop.checkpoint}" if stop.checkpoint else "starts again (it saved no checkpoint)"))
+        raise Terminated(f"{stop.where} in cross-validation fold {fold.index} ({fold.description})", then,
+                         stop.checkpoint) from None
     except BaseException as error:
         if runs is not None:
             runs.fail(run_id)
@@ -195,6 +220,23 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
         runs.complete_fold(run_id, result.optimized_metric)
     return FoldResult(fold, {k: v for k, v in result.metrics.items() if k.startswith("test/")},
                       result.optimized_metric, result.test_predictions, run_id, reused=False)
+
+
+def _resumable_fold(cfg: DictConfig, fold: Fold, runs: FoldRuns) -> tuple[str, Path] | None:
+    """The run of ``fold`` that an earlier invocation left unfinished and the ``last.ckpt`` it can resume from;
+    None (the fold trains anew) when there is none, or the checkpoint cannot be resumed."""
+    stopped = runs.interrupted_fold(fold.index)
+    if stopped is None:
+        return None
+    try:
+        last = resolve_checkpoint(LAST, stopped.output_dir)
+        assert last is not None  # resolve_checkpoint returns a file for `last`, or raises
+        check_resumable(last, read_checkpoint(last), fold_config(cfg, fold, stopped.run_id, last))
+    except LungexpError as error:  # no last.ckpt yet, a damaged one, or its run had finished (stopped in testing)
+        log.warning("Fold %d: its %s run %s is not continued, the fold trains anew: %s", fold.index,
+                    stopped.status, stopped.run_id, error)
+        return None
+    return stopped.run_id, last
 
 
 def _fold_runs(cfg: DictConfig) -> FoldRuns | None:

@@ -163,8 +163,8 @@ def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[None]:
         last = last_checkpoint_path(trainer)
         resume = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last)" if last else
                   "no checkpoint was saved yet: run it again")
-        raise Terminated(f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step}); "
-                         f"{resume}") from None
+        raise Terminated(f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step})", resume,
+                         last) from None
 
 
 def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> DictConfig:

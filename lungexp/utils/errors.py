@@ -61,7 +61,18 @@ class ArgumentError(LungexpError):
 
 
 class Terminated(Exception):
-    """The run was stopped by SIGTERM (not bad input); the message says where it stopped and how to resume."""
+    """The run was stopped by SIGTERM (not bad input); the message says where it stopped and how to resume.
+
+    Args:
+        where: where it stopped (``by SIGTERM in epoch 3 (step 120)``).
+        resume: what to run to go on from there.
+        checkpoint: the ``last.ckpt`` it can be resumed from, if one was saved.
+    """
+
+    def __init__(self, where: str, resume: str, checkpoint: str | None = None) -> None:
+        super().__init__(f"{where}; {resume}")
+        self.where = where
+        self.checkpoint = checkpoint
 
 
 def look_up_option(key: str, value: Any, choices: Iterable[Any], error: type[LungexpError] = ConfigError) -> Any:
