@@ -230,9 +230,14 @@ def _resumable_fold(cfg: DictConfig, fold: Fold, runs: FoldRuns) -> tuple[str, P
         return None
     try:
         last = resolve_checkpoint(LAST, stopped.output_dir)
-        assert last is not None  # resolve_checkpoint returns a file for `last`, or raises
+    except ConfigError:
+        log.info("Fold %d: its %s run %s saved no last.ckpt; the fold trains anew", fold.index, stopped.status,
+                 stopped.run_id)
+        return None
+    assert last is not None  # resolve_checkpoint returns a file for `last`, or raises
+    try:
         check_resumable(last, read_checkpoint(last), fold_config(cfg, fold, stopped.run_id, last))
-    except LungexpError as error:  # no last.ckpt yet, a damaged one, or its run had finished (stopped in testing)
+    except LungexpError as error:  # a damaged checkpoint, or its run had finished (stopped while testing)
         log.warning("Fold %d: its %s run %s is not continued, the fold trains anew: %s", fold.index,
                     stopped.status, stopped.run_id, error)
         return None
