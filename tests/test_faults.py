@@ -242,7 +242,9 @@ def test_a_preempted_cross_validation_continues_its_fold_from_its_last_checkpoin
     folds = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(run.data.tags["lungexp.cv.fold"] for run in folds) == ["0", "1", "2"]  # no second run of fold 0
     assert all(run.info.status == "FINISHED" for run in folds)
-    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    continued = client.get_run(parent.info.run_id)
+    assert continued.info.status == "FINISHED" and continued.data.tags[PID_TAG] == str(proc.pid)
+    assert ENDED_BY_TAG not in continued.data.tags  # never taken for a stale run while it ran again
     fold0 = client.get_run(stopped.info.run_id)
     assert fold0.data.tags["resumed_from"] == str(last)
     assert torch.load(last, weights_only=True)["epoch"] == 5  # trained on to its sixth and last epoch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ from mlflow import MlflowClient
 
 from lungexp.tracking.artifacts import figure_artifact_name
 from lungexp.tracking.params import compact_transform, config_hash, group_choices, split_config
+from lungexp.tracking.run_predictions import read_table_artifact
 from lungexp.tracking.runs import (
     EXPERIMENT_KIND_TAG,
     MAX_NAME_LENGTH,
@@ -103,3 +105,21 @@ def test_sweep_report_logs_table_best_child_and_view(mlflow_dir: Path, capsys: p
     assert view["selectedColumns"][0] == "params.`aug`" and parent in view["searchFilter"]
     out = capsys.readouterr().out
     assert "train aug=light" in out and "0.7200" in out and f"viewStateShareKey={parent}" in out
+
+
+def test_a_table_artifact_is_read_back_as_logged_without_a_progress_bar(
+        mlflow_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's table reads one CSV per job: MLflow's progress bar for each buried the results table."""
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name("tables") or client.get_experiment(client.create_experiment(
+        "tables", artifact_location=str(mlflow_dir / "artifacts" / "tables")))
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    table = pd.DataFrame({"seriesuid": ["1.3.6.1.4.1.14519.5.2.1.6279.6001.10", "007"], "probability": [0.25, 0.5]})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    client.log_artifact(run_id, str(tmp_path / "t.csv"), "predictions")
+    capfd.readouterr()
+    read = read_table_artifact(client, run_id, "predictions/t.csv")
+    pd.testing.assert_frame_equal(read, table)  # series ids stay text: "007" and long UIDs unchanged
+    assert "Downloading artifacts" not in capfd.readouterr().err
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # put back as it was

@@ -9,7 +9,6 @@ handed to Lightning's ``MLFlowLogger`` through its ``run_id`` argument.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pytorch_lightning.loggers import MLFlowLogger
 
+from lungexp.tracking.run_predictions import read_table_artifact
 from lungexp.tracking.runs import create_run, ensure_experiment, sweep_parent_run_id
-from lungexp.tracking.stale_runs import owner_is_gone
+from lungexp.tracking.stale_runs import owner_is_gone, process_tags
 from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class FoldRuns:
         if previous:
             self.parent_id = previous[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
+            for key, value in process_tags().items():  # this process owns it now: not a stale run to end
+                self.client.set_tag(self.parent_id, key, value)
             log.info("Continuing cross-validation run %s (same config hash %s)", self.parent_id, config_hash)
         else:
             # Inside a `-m` sweep job, the CV's parent nests under the sweep's run.
@@ -148,9 +150,7 @@ class FoldRuns:
 
     def table_artifact(self, run_id: str, artifact_path: str) -> pd.DataFrame:
         """A CSV artifact of a run (e.g. a finished fold's test predictions) as a DataFrame."""
-        with tempfile.TemporaryDirectory() as folder:
-            local = self.client.download_artifacts(run_id, artifact_path, folder)
-            return pd.read_csv(local, dtype={"seriesuid": str})
+        return read_table_artifact(self.client, run_id, artifact_path)
 
     def parent_logger(self) -> MLFlowLogger:
         """A Lightning logger bound to the parent run, for the helpers of :mod:`lungexp.tracking.artifacts`."""

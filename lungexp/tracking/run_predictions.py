@@ -8,12 +8,16 @@ their folds (``predictions/pooled_test_predictions.csv``); the threshold is the 
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 
 from lungexp.metrics.comparison import ComparisonError, ScoredRun
@@ -27,6 +31,26 @@ SUFFIX = "_predictions.csv"
 def predictions_artifact(split: str) -> str:
     """Where a run keeps the predictions table of ``split``: ``predictions/test_predictions.csv``, ..."""
     return f"{PREDICTIONS_FOLDER}/{split}{SUFFIX}"
+
+
+def read_table_artifact(client: MlflowClient, run_id: str, artifact_path: str) -> pd.DataFrame:
+    """A CSV artifact of a run (series ids kept as text), read without MLflow's progress bar: a sweep's table or
+    a continued CV reads one small file per run, and a bar for each buried the results on the console."""
+    with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
+        return pd.read_csv(client.download_artifacts(run_id, artifact_path, folder), dtype={"seriesuid": str})
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    name, previous = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[name] = "false"  # MLflow reads it when a download starts
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
@@ -48,9 +72,7 @@ def scored_run(client: MlflowClient, run_id: str) -> ScoredRun:
         raise ComparisonError(f"MLflow run {run_id} ({run.info.run_name}) has no {PREDICTIONS_FOLDER}/*{SUFFIX} "
                               "artifact: was it tested (test_after_fit=true), or is it a sweep's parent run?")
     split = chosen.removesuffix(SUFFIX).removeprefix("pooled_")
-    with tempfile.TemporaryDirectory() as folder:
-        local = client.download_artifacts(run_id, f"{PREDICTIONS_FOLDER}/{chosen}", folder)
-        predictions = pd.read_csv(local, dtype={"seriesuid": str})
+    predictions = read_table_artifact(client, run_id, f"{PREDICTIONS_FOLDER}/{chosen}")
     threshold = run.data.metrics.get(f"{split}/threshold", 0.5)
     return ScoredRun(name=run.info.run_name or run_id[:8], predictions=predictions, threshold=float(threshold),
                      run_id=run_id)
