@@ -181,3 +181,25 @@ def test_folds_share_one_cache_and_cap_training_negatives_as_a_single_run_does(t
     assert (alone.cache.index.groupby("seriesuid")["label"].apply(lambda x: (x == 0).sum()) <= 8).all()
     negatives = fold.cache.index.loc[fold.datasets["train"].rows].query("label == 0").groupby("seriesuid").size()
     assert negatives.max() <= 2
+
+
+def test_a_fold_is_continued_only_when_its_run_ended_unfinished(mlflow_dir: Path, tmp_path: Path) -> None:
+    """What a re-run continues: a KILLED or FAILED fold run, or a RUNNING one whose process is gone (SIGKILL, the
+    OOM killer); never one that finished, nor one still running in a live process."""
+    from lungexp.tracking.folds import FoldRuns
+    from lungexp.tracking.stale_runs import PROCESS_START_TAG
+
+    runs = FoldRuns(f"sqlite:///{mlflow_dir}/mlflow.db", "interrupted-folds", str(mlflow_dir / "artifacts"),
+                    config_hash=tmp_path.name, run_name="interrupted")
+    assert runs.interrupted_fold(0) is None  # never started
+    live = runs.start_fold(0, tmp_path / "fold0")
+    assert runs.interrupted_fold(0) is None  # this process runs it
+    runs.client.set_tag(live, PROCESS_START_TAG, "a process started earlier under the same pid")  # its owner is gone
+    stale = runs.interrupted_fold(0)
+    assert stale is not None and (stale.run_id, stale.status, stale.output_dir) == (live, "RUNNING",
+                                                                                  (tmp_path / "fold0").resolve())
+    killed = runs.start_fold(1, tmp_path / "fold1")
+    runs.client.set_terminated(killed, "KILLED")
+    assert runs.interrupted_fold(1).run_id == killed
+    runs.complete_fold(killed, 0.5)  # continued later, and finished
+    assert runs.interrupted_fold(1) is None
