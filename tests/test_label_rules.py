@@ -1,5 +1,5 @@
 """``data.label_rule``: labels from a rating column, the rows it labels neither way dropped and counted, the rule
-part of the data fingerprint; a malformed rule is one ConfigError naming ``data.label_rule``."""
+part of the data fingerprint; a malformed rule is one error naming ``data.label_rule``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
+from lungexp.config.check import data_options
 from lungexp.data.labels.annotations import AnnotationError
 from lungexp.data.labels.label_rules import LabelRule
 from lungexp.data.labels.sample_table import read_labels
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.errors import ArgumentError, ConfigError
 from tests.helpers.config import CONFIG_DIR
 
 NODULEMNIST3D = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "label_rule" / "nodulemnist3d.yaml"))
@@ -53,9 +54,14 @@ def test_the_named_rule_is_nodulemnist3d() -> None:
     {"column": "malignancy", "positive": ">=4", "negative": True},
     {"column": "", "positive": ">=4", "negative": "<=2"},
 ])
-def test_a_malformed_rule_is_a_config_error_naming_the_key(rule) -> None:
-    with pytest.raises(ConfigError, match=r"^data\.label_rule"):
+def test_a_malformed_rule_is_an_error_naming_the_key(make_config, rule) -> None:
+    with pytest.raises(ArgumentError, match=r"^label_rule"):  # the library's parameter
         LabelRule.from_config(rule)
+    cfg = make_config()
+    with open_dict(cfg):
+        cfg.data.label_rule = rule
+    with pytest.raises(ConfigError, match=r"^data\.label_rule"):  # the key the user typed
+        data_options(cfg)
 
 
 @pytest.mark.parametrize(("rule", "message"), [

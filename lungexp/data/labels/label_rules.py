@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from lungexp.data.labels.annotations import AnnotationError
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.errors import ArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ class Condition:
 
     @classmethod
     def parse(cls, part: str, text: Any) -> Condition:
-        """``text`` as the ``part`` (``positive`` or ``negative``) of ``data.label_rule``."""
+        """``text`` as the ``part`` (``positive`` or ``negative``) of a ``label_rule``."""
         match = _CONDITION.match(str(text)) if isinstance(text, (str, int, float)) else None
         if match is None or isinstance(text, bool):
-            raise ConfigError(f"data.label_rule: {part}={text!r} must be a comparison with a number: one of "
+            raise ArgumentError(f"label_rule: {part}={text!r} must be a comparison with a number: one of "
                               f"{', '.join(OPERATORS)} and a value, e.g. \">=4\"; {EXAMPLE}")
         return cls(match.group(1), float(match.group(2)))
 
@@ -67,17 +67,17 @@ class LabelRule:
 
     @classmethod
     def from_config(cls, rule: Mapping[str, Any] | None) -> LabelRule | None:
-        """The rule of ``data.label_rule`` (None: the labels as the CSV gives them); a malformed one is a
-        :class:`ConfigError` naming ``data.label_rule``."""
+        """The rule of a ``label_rule`` mapping (None: the labels as the CSV gives them); a malformed one is an
+        :class:`ArgumentError` naming ``label_rule`` (the datamodule's options add ``data.``)."""
         if rule is None:
             return None
         if not isinstance(rule, Mapping) or set(rule) != set(KEYS):
             given = sorted(rule) if isinstance(rule, Mapping) else rule
-            raise ConfigError(f"data.label_rule={given!r} must be null or a mapping with exactly the keys "
+            raise ArgumentError(f"label_rule={given!r} must be null or a mapping with exactly the keys "
                               f"{', '.join(KEYS)}, e.g. {EXAMPLE}")
         column = rule["column"]
         if not isinstance(column, str) or not column:
-            raise ConfigError(f"data.label_rule: column={column!r} must name a column of the labels CSV")
+            raise ArgumentError(f"label_rule: column={column!r} must name a column of the labels CSV")
         return cls(column, Condition.parse("positive", rule["positive"]),
                    Condition.parse("negative", rule["negative"]))
 

@@ -23,7 +23,7 @@ from lungexp.data.labels.negatives import sample_negatives
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.data.scans.hounsfield_check import read_ct_scan
 from lungexp.utils.atomic import atomic_file
-from lungexp.utils.errors import check_int, check_number
+from lungexp.utils.errors import ArgumentError, check_int, check_number
 from lungexp.utils.parallel import map_scans
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,13 @@ class NegativesSpec:
     def from_config(
         cls, count: int = 30, vessel_fraction: float = 0.5, margin_mm: float = 10.0, seed: int = 0
     ) -> NegativesSpec:
-        """Check ``data.negatives``; :class:`~lungexp.utils.errors.ConfigError` names the key of a bad value."""
+        """Check the sampling options; :class:`~lungexp.utils.errors.ArgumentError` names the parameter of a bad
+        value (the datamodule's options add ``data.negatives.``)."""
         return cls(
-            count=check_int("data.negatives.count", count, minimum=0),
-            vessel_fraction=check_number("data.negatives.vessel_fraction", vessel_fraction, 0, 1),
-            margin_mm=check_number("data.negatives.margin_mm", margin_mm, low=0),
-            seed=check_int("data.negatives.seed", seed, minimum=0),
+            count=check_int("count", count, minimum=0, error=ArgumentError),
+            vessel_fraction=check_number("vessel_fraction", vessel_fraction, 0, 1, error=ArgumentError),
+            margin_mm=check_number("margin_mm", margin_mm, low=0, error=ArgumentError),
+            seed=check_int("seed", seed, minimum=0, error=ArgumentError),
         )
 
 
