@@ -94,9 +94,9 @@ def cross_validate(cfg: DictConfig) -> CrossValidationResult:
     # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
     # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
     datamodule = hydra.utils.instantiate(cfg.data, max_negatives_per_scan=None, _convert_="partial")
-    samples, _ = datamodule.sample_table()  # the rows the cache will serve: a wrong cv.folds fails before the build
-    folds = plan_folds(cfg.data.split, num_folds, samples)
-    datamodule.build_cache()
+    table = datamodule.sample_table()  # the rows the cache will serve: a wrong cv.folds fails before the build
+    folds = plan_folds(cfg.data.split, num_folds, table[0])
+    datamodule.build_cache(table)
     runs = _fold_runs(cfg)
     results: list[FoldResult] = []
     for fold in folds:

@@ -79,13 +79,14 @@ class NoduleDataModule(pl.LightningDataModule):
         """
         self.build_cache()
 
-    def build_cache(self) -> PatchCache:
+    def build_cache(self, table: tuple[pd.DataFrame, dict[str, Path]] | None = None) -> PatchCache:
         """This configuration's patch cache, built first (and the synthetic dataset generated) if missing.
 
         Sets no state; fast when the cache exists (the scans are indexed and the labels read to find its key).
+        ``table``: :meth:`sample_table`'s result, where the caller has it already.
         """
         options = self.options
-        samples, scan_paths = self.sample_table()
+        samples, scan_paths = table if table is not None else self.sample_table()
         complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
         if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
             return complete
