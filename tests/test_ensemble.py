@@ -141,7 +141,7 @@ def test_a_cv_parent_records_its_fold_checkpoints_and_they_are_found_again(train
                     run_name="cv")
     written = []
     for fold in range(2):
-        run_id = runs.start_fold(fold)
+        run_id = runs.start_fold(fold, tmp_path / f"fold{fold}")
         written.append(Path(shutil.copy(trained_run.best_checkpoint, tmp_path / f"fold{fold}.ckpt")))
         runs.record_checkpoint(fold, run_id, written[-1])
         runs.complete_fold(run_id, None)
