@@ -2,8 +2,9 @@
 
 The parent is tagged with a hash of the composed config; running the same command again continues
 that parent, and a fold whose run under it FINISHED (and was marked complete) is reused instead of
-retrained; one whose run ended unfinished is found with the folder it wrote its checkpoints to. Fold runs are created here, with the ``mlflow.parentRunId`` tag MLflow nests runs by, and
-handed to Lightning's ``MLFlowLogger`` through its ``run_id`` argument.
+retrained; one whose run ended unfinished is found with the folder it wrote its checkpoints to. Fold
+runs are created here, with the ``mlflow.parentRunId`` tag MLflow nests runs by, and handed to
+Lightning's ``MLFlowLogger`` through its ``run_id`` argument.
 """
 
 from __future__ import annotations

@@ -143,13 +143,18 @@ def fold_config(cfg: DictConfig, fold: Fold, run_id: str | None, resume_from: Pa
     """The run config of one fold: its ``data.split``, its own output folder, (with MLflow) its nested run and,
     continuing a stopped fold, the ``last.ckpt`` it resumes."""
     fold_cfg = with_values(cfg, {**{f"data.split.{key}": value for key, value in fold.split.items()},
-                                 "paths.output_dir": f"{cfg.paths.output_dir}/fold{fold.index}",
+                                 "paths.output_dir": fold_output_dir(cfg, fold),
                                  "ckpt_path": str(resume_from) if resume_from is not None else None})
     logger = mlflow_logger_config(fold_cfg)
     if logger is not None:
         with open_dict(logger):
             logger.run_id = run_id
     return fold_cfg
+
+
+def fold_output_dir(cfg: DictConfig, fold: Fold) -> str:
+    """Where this invocation writes ``fold``'s run (a continued fold keeps writing checkpoints in its first one)."""
+    return f"{cfg.paths.output_dir}/fold{fold.index}"
 
 
 def command_hash(cfg: DictConfig) -> str:
@@ -192,7 +197,7 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
     else:
         run_id, resume_from = None, None
         if runs is not None:
-            run_id = runs.start_fold(fold.index, fold_config(cfg, fold, None).paths.output_dir)
+            run_id = runs.start_fold(fold.index, fold_output_dir(cfg, fold))
         log.info("Fold %d/%d (%s)", fold.index + 1, num_folds, fold.description)
     try:
         result = train(fold_config(cfg, fold, run_id, resume_from))
