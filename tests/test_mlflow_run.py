@@ -15,7 +15,9 @@ from lungexp.training.pipeline import train
 
 @pytest.mark.slow
 def test_run_records_best_metric_provenance_dataset_and_loadable_model(make_config, monkeypatch) -> None:
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    # Sampled often and logged at once: a 2-epoch tiny run can end within a second on a quiet machine.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     cfg = make_config("trainer.max_epochs=2", "logger.mlflow.log_model=true", "logger.mlflow.log_system_metrics=true",
                       "aug=none")
     result = train(cfg)
