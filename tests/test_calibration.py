@@ -17,6 +17,7 @@ from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import predict_candidates, read_candidates
 from lungexp.metrics.calibration import (
     CALIBRATIONS,
+    MIN_PER_CLASS,
     IsotonicCalibration,
     TemperatureScaling,
     brier_score,
@@ -67,8 +68,55 @@ def test_isotonic_is_monotone_and_lowers_ece() -> None:
 
 def test_isotonic_pools_violators_by_hand() -> None:
     # fractions of positives per distinct score: 0, 1, 0, 1 -> the middle pair is pooled to 0.5
-    calibrator = fit_calibrator("isotonic", np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    calibrator = IsotonicCalibration.fit(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
     assert calibrator(np.array([0.1, 0.2, 0.25, 0.3, 0.4, 0.9])) == pytest.approx([0, 0.5, 0.5, 0.5, 1, 1])
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_too_few_validation_predictions_leave_the_probabilities_uncalibrated(method: str) -> None:
+    """Two samples would make isotonic a 0/1 step; four positives are still below the minimum of each class."""
+    with pytest.warns(UserWarning, match=f"calibration={method}: .* 1 positive.* at least {MIN_PER_CLASS} of each"):
+        assert fit_calibrator(method, np.array([0.3, 0.6]), np.array([0, 1]), key="calibration") is None
+    probabilities, labels = overconfident_sample(size=200)
+    labels[np.flatnonzero(labels)[MIN_PER_CLASS - 1:]] = 0
+    with pytest.warns(UserWarning, match=f"{MIN_PER_CLASS - 1} positive"):
+        assert fit_calibrator(method, probabilities, labels) is None
+    probabilities, labels = overconfident_sample(size=200)
+    probabilities[0] = np.nan  # a diverged network's validation output
+    with pytest.warns(UserWarning, match="1 probabilities that are not finite"):
+        assert fit_calibrator(method, probabilities, labels) is None
+
+
+def test_few_predictions_or_separable_ones_fit_with_a_warning() -> None:
+    probabilities, labels = overconfident_sample(size=300)
+    with pytest.warns(UserWarning, match="isotonic on 300 validation predictions: isotonic regression overfits"):
+        assert isinstance(fit_calibrator("isotonic", probabilities, labels), IsotonicCalibration)
+    separable = np.r_[np.linspace(0.01, 0.4, 10), np.linspace(0.6, 0.99, 10)]
+    with pytest.warns(UserWarning, match="temperature 0.01 is at the end of its range"):
+        fit_calibrator("temperature", separable, np.r_[np.zeros(10), np.ones(10)])
+
+
+@pytest.mark.parametrize("state, problem", [
+    ({"method": "temperature", "temperature": float("nan")}, "temperature=nan must be a number > 0"),
+    ({"method": "temperature", "temperature": -1.0}, "temperature=-1.0 must be a number > 0"),
+    ({"method": "temperature", "temperature": 0.0}, "temperature=0.0 must be a number > 0"),
+    ({"method": "temperature"}, "no 'temperature'"),
+    ({"method": "isotonic", "inputs": [0.1, 0.9], "outputs": [0.2, 1.28]}, "outputs must be non-decreasing "
+     "probabilities in [0, 1]; got [0.2, 1.28]"),
+    ({"method": "isotonic", "inputs": [0.1, 0.9], "outputs": [0.8, 0.2]}, "outputs must be non-decreasing"),
+    ({"method": "isotonic", "inputs": [float("nan"), 0.9], "outputs": [0.1, 0.2]}, "inputs must be increasing "
+     "probabilities in [0, 1]; got [nan, 0.9]"),
+    ({"method": "isotonic", "inputs": [0.9, 0.1], "outputs": [0.1, 0.2]}, "inputs must be increasing"),
+    ({"method": "isotonic", "inputs": [0.1, 0.9], "outputs": [0.1]}, "got 2 input(s) and 1 output(s)"),
+    ({"method": "isotonic", "inputs": [], "outputs": []}, "non-zero length"),
+])
+def test_a_damaged_stored_calibrator_is_refused_naming_where_it_was_stored(state: dict, problem: str) -> None:
+    """A NaN temperature gave an empty probability column, -1 reversed the ranking, outputs above 1 gave 1.28."""
+    with pytest.raises(ConfigError) as refused:
+        calibrator_from_dict(state, source="best.ckpt (its stored calibration)")
+    message = str(refused.value)
+    assert message.startswith(f"best.ckpt (its stored calibration): the stored {state['method']} calibration "
+                              "is damaged (") and problem in message and "calibration=none" in message
 
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])

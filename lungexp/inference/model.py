@@ -55,9 +55,9 @@ class Predictor:
         validation predictions (the same fit)."""
         stored = self._stored_calibration
         if stored is not None and stored.get("method") == check_calibration(method, key="calibration"):
-            self.calibrator = calibrator_from_dict(stored)
+            self.calibrator = calibrator_from_dict(stored, source=f"{self.path} (its stored calibration)")
         else:
-            self.calibrator = fit_on_validation(method, self.validation_predictions)
+            self.calibrator = fit_on_validation(method, self.validation_predictions, key="calibration")
 
     def decision_threshold(self, rule: str | float) -> float:
         """The ``eval.threshold`` rule applied to the checkpoint's own (calibrated) validation predictions."""

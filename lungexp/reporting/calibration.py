@@ -29,16 +29,18 @@ log = logging.getLogger(__name__)
 UNCALIBRATED = "probability_uncalibrated"  # column of a calibrated table: the network's own probabilities
 
 
-def fit_on_validation(method: str, validation: pd.DataFrame | None) -> Calibrator | None:
+def fit_on_validation(method: str, validation: pd.DataFrame | None, key: str = "eval.calibration"
+                      ) -> Calibrator | None:
     """The ``method`` calibrator fitted on a validation table (``label``, ``probability``); ``None`` for
-    ``none`` and, with a warning, when there are no validation predictions."""
-    if check_calibration(method) == "none":
+    ``none`` and, with a warning naming ``key`` (the option that chose it), when there are no validation
+    predictions or too few (:func:`~lungexp.metrics.calibration.fit_calibrator`)."""
+    if check_calibration(method, key) == "none":
         return None
     if validation is None:
-        log.warning("eval.calibration=%s needs validation predictions, but none ran on these weights; "
-                    "the probabilities are left uncalibrated", method)
+        log.warning("%s=%s needs validation predictions, but none ran on these weights; "
+                    "the probabilities are left uncalibrated", key, method)
         return None
-    return fit_calibrator(method, validation["probability"].to_numpy(), validation["label"].to_numpy())
+    return fit_calibrator(method, validation["probability"].to_numpy(), validation["label"].to_numpy(), key)
 
 
 def calibrate_table(table: pd.DataFrame | None, calibrator: Calibrator | None) -> pd.DataFrame | None:
