@@ -151,3 +151,29 @@ def test_predict_refuses_a_hostile_checkpoint_with_one_line(tmp_path: Path) -> N
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert str(path) in line and "'lungexp.models.pretrained.torch.save'" in line, line
     assert not written.exists()
+
+
+def _first_weight_not_a_tensor(state: dict[str, Any]) -> None:
+    state["state_dict"][next(iter(state["state_dict"]))] = [0.0]
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (lambda state: state[RECIPE_KEY]["net"].update(_partial_=True), "its network config sets _partial_=True"),
+    (lambda state: state[RECIPE_KEY]["net"].update(_args_=[1]), "its network config sets _args_=[1]"),
+    (lambda state: state[RECIPE_KEY]["data"].update(_partial_=True), "its data config sets _partial_=True"),
+    (lambda state: state[RECIPE_KEY]["net"].update(widths={"_recursive_": False}), "widths._recursive_=False"),
+    (lambda state: state.update(state_dict=[1, 2]), "its 'state_dict' is damaged"),
+    (lambda state: state["state_dict"].update({1: torch.zeros(1)}), "its 'state_dict' is damaged"),
+    (lambda state: state.update(hyper_parameters=["evaluation"]), "its 'hyper_parameters' is damaged"),
+    (lambda state: state.update(validation_predictions={"label": [1, 0], "probability": [0.5]}),
+     "its 'validation_predictions' is damaged"),
+    (_first_weight_not_a_tensor, "its weights do not fit its own network config"),
+], ids=["partial", "args", "data_partial", "nested_recursive", "state_dict_list", "weight_key_not_a_string",
+        "hyper_parameters_list", "uneven_validation_columns", "weight_not_a_tensor"])
+def test_a_checkpoint_built_otherwise_or_damaged_in_any_part_is_one_error_naming_file_and_key(tmp_path: Path, damage,
+                                                                                               named: str) -> None:
+    path = write_checkpoint(tmp_path / "hand_made.ckpt")
+    state = torch.load(path, weights_only=True)
+    damage(state)
+    torch.save(state, path)
+    refused(path, named)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +22,7 @@ import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from hydra._internal.instantiate._instantiate2 import _Keys
 from hydra._internal.utils import _locate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -31,7 +33,7 @@ from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
 from lungexp.tracking.artifacts import mlflow_run_reference
-from lungexp.training.module import CALIBRATION, stored_validation_predictions
+from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_validation_predictions
 from lungexp.utils.config import to_dict
 from lungexp.utils.errors import LungexpError
 
@@ -51,6 +53,9 @@ _RELOCATABLE = re.compile(r"\$\{(?:data\.[\w.]+|paths\.(?:root_dir|data_dir|cach
 # only plain values, so a `_target_` below the top of a stored node is refused too.
 NETWORKS: frozenset[type] = frozenset({CNN3D, ResNet3D, SEResNet3D, CBAMResNet3D, DenseNet3D})
 DATAMODULES: frozenset[type] = frozenset({NoduleDataModule})
+# Hydra's keys that change what instantiating a node builds (a partial, positional arguments, ...): a stored config
+# is the class and its keyword arguments, nothing else.
+_BUILD_KEYS = frozenset(key.value for key in _Keys) - {_Keys.TARGET.value}
 
 
 def best_checkpoint_callback(callbacks: Iterable[Callback]) -> ModelCheckpoint | None:
@@ -162,9 +167,10 @@ def check_buildable(config: Mapping[str, Any], allowed: frozenset[type], where: 
     """Refuse a stored config unless its only ``_target_`` is at its top and resolves to one of ``allowed``.
 
     Checked before anything is instantiated: instantiating runs the target. Only ``lungexp.*`` paths are
-    resolved at all, since importing a module runs it.
+    resolved at all, since importing a module runs it. Hydra's other instantiate keys (``_partial_``, ``_args_``,
+    ...) are refused anywhere in it: they would build something else than the class from its arguments.
     """
-    for key, target in _targets(config):
+    for key, target in _keys_named(config, frozenset({_Keys.TARGET.value})):
         built = _locate_own(target)
         if key == "_target_" and any(built is cls for cls in allowed):  # identity: what it resolves to may not hash
             continue
@@ -172,6 +178,12 @@ def check_buildable(config: Mapping[str, Any], allowed: frozenset[type], where: 
         names = ", ".join(sorted(map(_dotted, allowed)))
         raise CheckpointError(f"{source}: its {where} config sets {key}={target!r}{resolved}; a lungexp checkpoint "
                               f"builds only {names}, so the file is refused")
+    build_keys = _keys_named(config, _BUILD_KEYS)
+    if build_keys:
+        key, value = build_keys[0]
+        raise CheckpointError(f"{source}: its {where} config sets {key}={value!r}; a lungexp checkpoint stores a "
+                              "class and its keyword arguments only (no Hydra instantiate key but _target_), so the "
+                              "file is refused")
 
 
 def _locate_own(target: Any) -> Any:
@@ -194,13 +206,13 @@ def _dotted(obj: Any) -> str:
     return f"{getattr(obj, '__module__', None) or '?'}.{name}"
 
 
-def _targets(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted key, value)`` of every ``_target_`` in a nested config."""
+def _keys_named(config: Any, names: frozenset[str], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every key in ``names`` anywhere in a nested config."""
     if isinstance(config, Mapping):
-        own = [(f"{prefix}_target_", config["_target_"])] if "_target_" in config else []
-        return own + [found for key, value in config.items() for found in _targets(value, f"{prefix}{key}.")]
+        own = [(f"{prefix}{key}", value) for key, value in config.items() if key in names]
+        return own + [found for key, value in config.items() for found in _keys_named(value, names, f"{prefix}{key}.")]
     if isinstance(config, list | tuple):
-        return [found for index, value in enumerate(config) for found in _targets(value, f"{prefix}{index}.")]
+        return [found for index, value in enumerate(config) for found in _keys_named(value, names, f"{prefix}{index}.")]
     return []
 
 
@@ -289,12 +301,14 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
                               ".ckpt written by `python -m lungexp.run` (to start from other weights, train with "
                               "model.pretrained.path=...)")
     recipe = ModelRecipe.from_dict(checkpoint[RECIPE_KEY], path)
-    state = checkpoint.get("state_dict")
-    weights = {key.removeprefix("net."): value for key, value in (state or {}).items() if key.startswith("net.")}
+    with _damaged_part(path, "state_dict"):
+        weights = {key.removeprefix("net."): value for key, value in (checkpoint.get("state_dict") or {}).items()
+                   if key.startswith("net.")}
     if not weights:
         raise CheckpointError(f"{path}: has a lungexp recipe but no network weights (state_dict 'net.*'); "
                               "the file is damaged")
-    evaluation = (checkpoint.get("hyper_parameters") or {}).get("evaluation")
+    with _damaged_part(path, "hyper_parameters"):
+        evaluation = (checkpoint.get("hyper_parameters") or {}).get("evaluation")
     check_plain(evaluation, "eval", path)
     try:  # an allowed class (ModelRecipe.from_dict checked it) with arguments it does not take
         net: nn.Module = hydra.utils.instantiate(recipe.net, _convert_="partial")
@@ -304,11 +318,28 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
                               "another lungexp version") from None
     try:
         net.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: its weights do not fit its own network config: {error}") from None
+    except Exception as error:  # RuntimeError for shapes and names; anything else for values that are no tensors
+        raise CheckpointError(f"{path}: its weights do not fit its own network config: {_one_line(error)}") from None
+    with _damaged_part(path, VALIDATION_PREDICTIONS):
+        validation = stored_validation_predictions(checkpoint)
     return TrainedNetwork(net=net.eval(), recipe=recipe, path=path, evaluation=evaluation,
-                          validation_predictions=stored_validation_predictions(checkpoint),
-                          calibration=checkpoint.get(CALIBRATION))
+                          validation_predictions=validation, calibration=checkpoint.get(CALIBRATION))
+
+
+@contextmanager
+def _damaged_part(path: Path, key: str) -> Iterator[None]:
+    """Reading the part ``key`` of a loaded checkpoint inside: whatever fails there (a list where a mapping belongs,
+    a key that is no string, columns of unequal length, ...) is one :class:`CheckpointError` naming the file and
+    the key, not a traceback."""
+    try:
+        yield
+    except Exception as error:  # the shapes a damaged or hand-made file can take are not enumerable
+        raise CheckpointError(f"{path}: its '{key}' is damaged or not what lungexp writes ({_one_line(error)}); use "
+                              "a checkpoint written by `python -m lungexp.run`") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def read_checkpoint(path: Path) -> Any:
