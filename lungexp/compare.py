@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lungexp.utils.errors import exit_status, report_user_errors
+from lungexp.utils.errors import ConfigError, check_int, report_user_errors
 from lungexp.utils.tables import read_csv
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from lungexp.metrics.comparison import Comparison, ScoredRun
+    from lungexp.metrics.froc import FrocReference
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 COMPARED_RUNS_TAG = "lungexp.compare.run_ids"
@@ -63,10 +64,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the CSVs and the plot (default: .)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the comparison as an MLflow run")
     args = parser.parse_args(argv)
-    if args.bootstrap < 0:
-        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    check_int("--bootstrap", args.bootstrap, minimum=0)
     if len(args.inputs) + bool(args.baseline) < 2:
-        parser.error("give two or more runs, or one and --baseline COLUMN")
+        raise ConfigError("give two or more runs, or one and --baseline COLUMN")
     return args
 
 
@@ -79,10 +79,10 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root()}/mlflow.db"
 
 
-@report_user_errors  # Ctrl-C: one line, status 130
+@report_user_errors  # bad input: one line, status 1; Ctrl-C: one line, status 130
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return exit_status(lambda: run(args))
+    run(parse_args(argv))
+    return 0
 
 
 def run(args: argparse.Namespace) -> Comparison:
@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> Comparison:
         logged_excluded = _run_setting(first_run, "data.excluded_csv") if first_run is not None else None
         excluded = args.excluded or logged_excluded
         froc = FrocReference.from_csv(annotations, excluded, sorted(aligned.samples["seriesuid"].unique()))
+        froc = _with_nodules(froc, annotations, asked=args.annotations is not None)
     comparison = compare(aligned, bootstrap=args.bootstrap, seed=args.seed, group_by=args.group_by, froc=froc)
 
     print_comparison(comparison)
@@ -135,7 +136,8 @@ def _scored_input(client: MlflowClient | None, source: str) -> ScoredRun:
 
     if _is_csv(source):
         path = Path(source)
-        return ScoredRun(name=path.stem, predictions=read_csv(path, "predictions CSV"), threshold=CSV_THRESHOLD)
+        return ScoredRun(name=path.stem, predictions=read_csv(path, "predictions CSV"), threshold=CSV_THRESHOLD,
+                         source=str(path))
     if RUN_ID.match(source):
         assert client is not None  # run() opens the store when an input is not a CSV
         return scored_run(client, source)
@@ -177,6 +179,22 @@ def _candidates_annotations(run: Run | None) -> Path | None:
         return None
     value = _run_setting(run, "data.annotations_csv")
     return Path(value) if value and Path(value).is_file() else None
+
+
+def _with_nodules(froc: FrocReference, annotations: Path, asked: bool) -> FrocReference | None:
+    """``froc`` if the compared series hold a nodule of it. Without one the CPM is undefined: an error for
+    ``--annotations``, and no CPM (with a note) for the annotations of the first run."""
+    from lungexp.metrics.froc import FrocInputError, check_nodules_in_scope
+
+    assert froc.seriesuids is not None  # the compared samples' series
+    try:
+        check_nodules_in_scope(froc.annotations, froc.seriesuids, str(annotations), "the compared samples' series")
+    except FrocInputError as problem:
+        if asked:
+            raise
+        print(f"no CPM: {problem}")
+        return None
+    return froc
 
 
 def forest_rows(pairs: pd.DataFrame) -> dict[str, list[tuple[str, float, float, float]]]:

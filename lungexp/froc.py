@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungexp.utils.errors import exit_status, report_user_errors
+from lungexp.utils.errors import check_int, report_user_errors
 from lungexp.utils.tables import CsvFileError, read_csv
 
 
@@ -37,8 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         metavar="A,B,...", help="score columns compared side by side, each as the probability "
                         "(default: detector_score,classifier_probability,probability when all are present)")
     args = parser.parse_args(argv)
-    if args.bootstrap < 0:
-        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    check_int("--bootstrap", args.bootstrap, minimum=0)
     return args
 
 
@@ -67,29 +66,41 @@ def on_listed_scans(predictions: pd.DataFrame, seriesuids: list[str], source: Pa
     return predictions[listed].reset_index(drop=True)
 
 
-@report_user_errors  # Ctrl-C: one line, status 130
+@report_user_errors  # bad input: one line, status 1; Ctrl-C: one line, status 130
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return exit_status(lambda: run(args))
+    run(parse_args(argv))
+    return 0
 
 
 def run(args: argparse.Namespace) -> None:
     # Imported here so that --help answers at once.
     from lungexp.data.labels.annotations import read_annotations, read_excluded_annotations
-    from lungexp.metrics.froc import FP_RATES, PREDICTION_COLUMNS, compute_froc, rate_name, validated_table
+    from lungexp.data.labels.sample_table import drop_duplicate_points
+    from lungexp.metrics.froc import (
+        FP_RATES,
+        PREDICTION_COLUMNS,
+        check_nodules_in_scope,
+        compute_froc,
+        rate_name,
+        validated_table,
+    )
     from lungexp.metrics.froc_scores import default_score_columns
     from lungexp.visualize.plots import froc_figure
 
     table = read_csv(args.predictions, "predictions CSV")
     score_columns = args.score_columns or default_score_columns(list(table.columns))
-    predictions = validated_table(table, list(dict.fromkeys([*PREDICTION_COLUMNS, *score_columns])),
-                                  str(args.predictions))
+    predictions = drop_duplicate_points(
+        validated_table(table, list(dict.fromkeys([*PREDICTION_COLUMNS, *score_columns])), str(args.predictions)),
+        args.predictions, values=score_columns)
     annotations = read_annotations(args.annotations)
     excluded = read_excluded_annotations(args.excluded) if args.excluded is not None else None
     seriesuids = None
     if args.seriesuids is not None:
         seriesuids = read_seriesuids(args.seriesuids)
         predictions = on_listed_scans(predictions, seriesuids, args.seriesuids)
+    scans, scans_source = ((seriesuids, f"listed in {args.seriesuids}") if seriesuids is not None
+                           else (list(predictions["seriesuid"].unique()), f"those of {args.predictions}"))
+    check_nodules_in_scope(annotations, scans, str(args.annotations), scans_source)
     result = compute_froc(predictions, annotations, excluded=excluded, seriesuids=seriesuids,
                           bootstrap=args.bootstrap)
 

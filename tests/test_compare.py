@@ -48,8 +48,7 @@ def test_compare_refuses_other_test_sets_naming_rows(tmp_path: Path, capsys: pyt
     first = write(predictions(2.0, 0), tmp_path / "fold0.csv")
     other = predictions(1.0, 1).drop(index=[0, 7])
     second = write(other, tmp_path / "fold1.csv")
-    assert main([first, second, "--no-mlflow", "--out", str(tmp_path)]) == 2
-    error = capsys.readouterr().err
+    error = refused([first, second, "--no-mlflow", "--out", str(tmp_path)], capsys)
     assert "fold0 and fold1 were not tested on the same samples: 2 of fold0's 400 samples" in error
     assert "fold0 row 2 (the header is row 1)" in error and "--intersect" in error
 
@@ -73,7 +72,59 @@ def test_baseline_scores_samples_by_a_labels_column(tmp_path: Path, capsys: pyte
     assert runs["run"].iloc[0] == "baseline diameter_mm"  # the better ranking, so first
     assert runs["auroc"].iloc[0] == pytest.approx(placement_auroc(table["label"], diameter), abs=1e-6)
     assert "baseline diameter_mm − net" in capsys.readouterr().out
-    assert main([run, "--baseline", "malignancy", "--labels", labels, "--no-mlflow"]) == 2
+    assert "has no column 'malignancy'" in refused([run, "--baseline", "malignancy", "--labels", labels, "--no-mlflow"],
+                                                   capsys)
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one ``error:`` line of a compare that must exit 1, as the other tools do for bad input."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    error = capsys.readouterr().err
+    assert exited.value.code == 1 and error.startswith("error: ") and "Traceback" not in error
+    return error
+
+
+@pytest.mark.parametrize("row, column, value, expected", [
+    (2, "probability", np.nan, "probabilities in [0, 1], but 1 row(s) do not: row(s) 4 (nan)"),
+    (2, "probability", 1.7, "probabilities in [0, 1], but 1 row(s) do not: row(s) 4 (1.7)"),
+    (5, "label", "yes", "'label' must hold 0 or 1, but 1 row(s) do not: row(s) 7 (yes)"),
+    (5, "coordX", "", "'coordX' must hold finite numbers, but 1 row(s) do not: row(s) 7 (nan)"),
+])
+def test_every_input_table_is_checked_naming_the_file_row_and_column(
+        tmp_path: Path, capsys: pytest.CaptureFixture, row: int, column: str, value: object, expected: str) -> None:
+    """A NaN probability moved sens@thr from 0.50 to 1.00 and left DeLong's p blank; 1.7 was accepted; a label
+    that is not a number was an astype(int64) traceback."""
+    good = write(predictions(2.0, 0), tmp_path / "good.csv")
+    table = predictions(1.0, 1).astype({column: object})
+    table.loc[row, column] = value
+    bad = write(table, tmp_path / "bad.csv")
+    error = refused([good, bad, "--no-mlflow", "--out", str(tmp_path)], capsys)
+    assert error.startswith(f"error: {bad}: column '{column}' must hold ") and expected in error
+
+
+def test_a_constant_score_is_refused_naming_the_run_or_the_baseline_column(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A constant --baseline column gave AUROC 0.5 [0.500, 0.500] as if it were a result."""
+    table = predictions(1.0, 0)
+    run, constant = write(table, tmp_path / "net.csv"), write(table.assign(probability=0.3), tmp_path / "flat.csv")
+    assert "flat.csv scores all 400 compared samples alike (0.3)" in refused(
+        [run, constant, "--no-mlflow", "--out", str(tmp_path)], capsys)
+    labels = write(table.drop(columns=["probability", "label"]).assign(size=4.0), tmp_path / "labels.csv")
+    assert f"--baseline size of {labels} scores all 400 compared samples alike" in refused(
+        [run, "--baseline", "size", "--labels", labels, "--no-mlflow", "--out", str(tmp_path)], capsys)
+
+
+def test_repeated_rows_count_once_and_a_point_scored_twice_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    table = predictions(1.0, 0)
+    run, twice = write(table, tmp_path / "net.csv"), write(pd.concat([table, table]), tmp_path / "twice.csv")
+    assert main([run, twice, "--bootstrap", "0", "--no-mlflow", "--out", str(tmp_path)]) == 0
+    assert "Comparison on 400 samples" in capsys.readouterr().out
+    assert f"{twice}: dropped 400 duplicate row(s)" in caplog.text
+    rescored = write(pd.concat([table, table.iloc[[3]].assign(probability=0.99)]), tmp_path / "rescored.csv")
+    assert "1 point(s) are given different label, probability: lines 5, 402" in refused(
+        [run, rescored, "--no-mlflow", "--out", str(tmp_path)], capsys)
 
 
 def placement_auroc(labels: pd.Series, scores: np.ndarray) -> float:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from lungexp.data.labels.annotations import read_annotations, read_excluded_annotations
+from lungexp.froc import main as froc_main
 from lungexp.froc import read_seriesuids
 from lungexp.metrics.froc import FP_RATES, compute_froc
 from tests.helpers.config import PROJECT_ROOT
@@ -61,7 +62,7 @@ def test_prints_the_cpm_and_writes_the_curve(luna_files: dict[str, Path], tmp_pa
 ])
 def test_bad_input_is_one_line_without_traceback(luna_files: dict[str, Path], break_it, message: str) -> None:
     proc = run_froc(luna_files["predictions"], break_it(luna_files))
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -70,7 +71,7 @@ def test_unreadable_csv(luna_files: dict[str, Path], tmp_path: Path) -> None:
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 50)
     proc = run_froc(binary, luna_files["annotations"])
-    assert proc.returncode == 2 and "not a readable CSV" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "not a readable CSV" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("bad_row, message", [
@@ -82,8 +83,43 @@ def test_annotations_follow_the_training_reader(luna_files: dict[str, Path], tmp
     annotations = tmp_path / "annotations.csv"
     annotations.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\na,1,1,1,8\n{bad_row}\n")
     proc = run_froc(luna_files["predictions"], annotations)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{annotations}: column 'diameter_mm' must hold a positive number" in proc.stderr and message in proc.stderr
+
+
+def froc_refused(argv: list[str | Path], capsys: pytest.CaptureFixture) -> str:
+    """The one ``error:`` line of a froc that must exit 1, as the other tools do for bad input."""
+    with pytest.raises(SystemExit) as exited:
+        froc_main(list(map(str, argv)))
+    error = capsys.readouterr().err
+    assert exited.value.code == 1 and error.startswith("error: ") and "Traceback" not in error
+    return error
+
+
+def test_repeated_rows_count_once_and_a_point_scored_twice_is_refused(
+        luna_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every row twice doubled the false positives (CPM 0.121 -> 0.086) without a word."""
+    predictions = pd.read_csv(luna_files["predictions"])
+    twice = tmp_path / "twice.csv"
+    pd.concat([predictions, predictions]).to_csv(twice, index=False)
+    assert froc_main([str(twice), str(luna_files["annotations"]), "--out", str(tmp_path)]) == 0
+    expected = compute_froc(predictions, pd.read_csv(luna_files["annotations"]))
+    assert f"CPM: {expected.cpm:.4f}" in capsys.readouterr().out
+    assert f"{twice}: dropped {len(predictions)} duplicate row(s)" in caplog.text
+    rescored = tmp_path / "rescored.csv"
+    pd.concat([predictions, predictions.iloc[[0]].assign(probability=0.01)]).to_csv(rescored, index=False)
+    error = froc_refused([rescored, luna_files["annotations"]], capsys)
+    assert f"{rescored}: 1 point(s) are given different probability: lines 2, {len(predictions) + 2}" in error
+
+
+def test_scans_without_a_nodule_of_the_annotations_are_an_error(luna_files: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """A --seriesuids file of other scans exited 0 with "0 nodules" and CPM 0.0000."""
+    other = tmp_path / "other_seriesuids.csv"
+    other.write_text("1.2.3.other\n1.2.3.another\n")
+    error = froc_refused([luna_files["predictions"], luna_files["annotations"], "--seriesuids", other], capsys)
+    assert f"{luna_files['annotations']}: none of its " in error and f"2 scan(s) evaluated (listed in {other})" in error
 
 
 def script_lines(result) -> list[str]:
@@ -99,7 +135,8 @@ def test_real_luna16_files_side_by_side_with_the_script(tmp_path: Path) -> None:
     excluded = read_excluded_annotations(luna / "annotations_excluded.csv")
     assert len(uids) == len(set(uids)) == 888 and len(excluded) == 35_192
     assert set(truth["seriesuid"]) <= set(uids)  # no "\r" left on a seriesuid
-    hits = truth.iloc[[0, 1, 2, 2]].assign(probability=[0.9, 0.8, 0.7, 0.6])  # the third nodule twice
+    hits = truth.iloc[[0, 1, 2, 2]].assign(probability=[0.9, 0.8, 0.7, 0.6])  # the third nodule twice,
+    hits.iloc[3, hits.columns.get_loc("coordX")] += 0.5  # 0.5 mm apart (one point scored twice is an error)
     on_excluded = excluded.iloc[[0]].assign(probability=0.95)
     elsewhere = pd.DataFrame({"seriesuid": [uids[-1], "1.2.3.not.listed"], "coordX": 999.0, "coordY": 999.0,
                               "coordZ": 999.0, "probability": [0.5, 0.99]})

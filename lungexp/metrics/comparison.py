@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from lungexp.data.labels.sample_table import POINT_DECIMALS
+from lungexp.data.labels.sample_table import POINT_DECIMALS, drop_duplicate_points
 from lungexp.metrics.bootstrap import (
     CI_HIGH,
     CI_LOW,
@@ -33,7 +33,7 @@ from lungexp.metrics.bootstrap import (
 )
 from lungexp.metrics.classification import table_metrics
 from lungexp.metrics.delong import delong, delong_test
-from lungexp.metrics.froc import FrocReference, FrocResult, compute_froc
+from lungexp.metrics.froc import FrocReference, FrocResult, compute_froc, validated_table
 from lungexp.metrics.threshold import YOUDEN, choose_threshold
 from lungexp.utils.errors import LungexpError
 
@@ -50,12 +50,38 @@ class ComparisonError(LungexpError):
 @dataclass(frozen=True)
 class ScoredRun:
     """One run's test predictions (``seriesuid, coordX, coordY, coordZ, label, probability``) and its
-    decision threshold (chosen on its validation split)."""
+    decision threshold (chosen on its validation split); ``source`` says where the predictions were read
+    (a CSV file) for messages, which otherwise name the run."""
 
     name: str
     predictions: pd.DataFrame
     threshold: float = 0.5
     run_id: str | None = None
+    source: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """How messages name the run's predictions: their file, else the run."""
+        return self.source or self.name
+
+
+def checked_predictions(predictions: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``predictions`` with finite coordinates, 0/1 labels and probabilities in [0, 1] (as numbers), each point
+    once: a bad value is a :class:`~lungexp.metrics.froc.FrocInputError` naming ``source``, the column and the
+    rows; repeated rows are dropped with a warning, the same point with other labels or probabilities refused
+    (:func:`~lungexp.data.labels.sample_table.drop_duplicate_points`). Other columns (a patient column) are kept."""
+    _require_columns(predictions, source)
+    checked = validated_table(predictions, [*KEY_COLUMNS, "label", "probability"], source,
+                              probabilities=["probability"], binary=["label"])
+    checked = predictions.assign(**{column: checked[column].to_numpy() for column in checked})
+    return drop_duplicate_points(checked, source, values=["label", "probability"])
+
+
+def _require_columns(predictions: pd.DataFrame, name: str) -> None:
+    missing = [column for column in (*KEY_COLUMNS, "label", "probability") if column not in predictions]
+    if missing:
+        raise ComparisonError(f"{name}: the predictions lack column(s) {missing}; compare needs "
+                              f"{[*KEY_COLUMNS, 'label', 'probability']}")
 
 
 @dataclass(frozen=True)
@@ -75,10 +101,7 @@ class AlignedRuns:
 
 def sample_keys(predictions: pd.DataFrame, name: str) -> pd.MultiIndex:
     """Series, world position rounded to 1e-4 mm and, for repeated points, the repeat number."""
-    missing = [column for column in (*KEY_COLUMNS, "label", "probability") if column not in predictions]
-    if missing:
-        raise ComparisonError(f"{name}: the predictions lack column(s) {missing}; compare needs "
-                              f"{[*KEY_COLUMNS, 'label', 'probability']}")
+    _require_columns(predictions, name)
     keys = pd.DataFrame({"seriesuid": predictions["seriesuid"].astype(str).to_numpy()})
     for column in KEY_COLUMNS[1:]:
         keys[column] = pd.to_numeric(predictions[column], errors="coerce").round(POINT_DECIMALS).to_numpy()
@@ -88,12 +111,14 @@ def sample_keys(predictions: pd.DataFrame, name: str) -> pd.MultiIndex:
 
 def align(runs: Sequence[ScoredRun], intersect: bool = False) -> AlignedRuns:
     """The runs on their common samples, in the first run's order; without ``intersect`` every run must have
-    exactly the same samples with the same labels (:class:`ComparisonError` naming the first differing rows)."""
+    exactly the same samples with the same labels (:class:`ComparisonError` naming the first differing rows).
+    Each run's predictions are checked first (:func:`checked_predictions`)."""
     if not runs:
         raise ComparisonError("no runs to align")
     names = [run.name for run in runs]
     if len(set(names)) < len(names):
         raise ComparisonError(f"two inputs have the same name {names}; give each run once")
+    runs = [replace(run, predictions=checked_predictions(run.predictions, run.origin)) for run in runs]
     keys = [sample_keys(run.predictions, run.name) for run in runs]
     labels = [pd.Series(run.predictions["label"].to_numpy().astype(np.int64), index=key)
               for run, key in zip(runs, keys, strict=True)]
@@ -166,6 +191,11 @@ def compare(aligned: AlignedRuns, bootstrap: int = 1000, seed: int = 0, group_by
     labels = aligned.labels
     if labels.min() == labels.max():
         raise ComparisonError("the compared samples hold one class only: AUROC and its tests need both")
+    for run, scores in zip(aligned.runs, aligned.probabilities, strict=True):
+        if scores.min() == scores.max():
+            raise ComparisonError(f"{run.origin} scores all {len(scores)} compared samples alike ({scores[0]:g}): "
+                                  "its AUROC would be 0.5 with an interval of zero width, which says nothing; "
+                                  "check that it is the right run, file or column")
     resampling = cluster_resampling(aligned.samples, bootstrap, seed, group_by,
                                     froc.seriesuids if froc is not None else None) if bootstrap > 0 else None
     frocs = [_froc(aligned, i, froc, resampling) for i in range(len(aligned.runs))]
@@ -261,7 +291,8 @@ def with_baseline(aligned: AlignedRuns, table: pd.DataFrame, column: str, source
     span = scores.max() - scores.min()
     scaled = (scores - scores.min()) / span if span > 0 else np.full(len(scores), 0.5)
     threshold = choose_threshold(aligned.labels, scaled, YOUDEN)
-    baseline = ScoredRun(f"baseline {column}", aligned.samples.assign(probability=scaled), threshold)
+    baseline = ScoredRun(f"baseline {column}", aligned.samples.assign(probability=scaled), threshold,
+                         source=f"--baseline {column} of {source}")
     return AlignedRuns([*aligned.runs, baseline], aligned.samples, np.vstack([aligned.probabilities, scaled]),
                        aligned.dropped)
 

@@ -11,6 +11,9 @@ The rules are those of LUNA16's evaluation script (``noduleCADEvaluationLUNA16.p
 * diameters are read by the rules of :mod:`lungexp.data.labels.annotations`, as for training: a nodule's must
   be positive (0 could never be hit) and an excluded finding's positive or exactly ``-1`` (the script
   would also read -5 as 10 mm); other values are an error naming the rows;
+* candidates at the same point of a scan (to 1e-4 mm) are one: repeated rows are dropped with a warning
+  counting them (a table concatenated twice would double every false positive), and the same point with two
+  scores is an error naming both rows;
 * every other candidate is a false positive; false positives per scan divide by the number of
   scans evaluated, including scans without nodules or candidates;
 * a nodule that no candidate hits stays in the denominator, so sensitivity can top out below 1;
@@ -43,6 +46,7 @@ from lungexp.data.labels.annotations import (
     read_annotations,
     read_excluded_annotations,
 )
+from lungexp.data.labels.sample_table import drop_duplicate_points
 from lungexp.metrics.bootstrap import ClusterResampling, percentile_interval
 from lungexp.utils.errors import LungexpError
 
@@ -150,7 +154,8 @@ def compute_froc(
         resampling: draws of the scans (or their patients) to use instead of ``bootstrap`` new ones, so
             that the CPM is resampled with the run's other metrics (:mod:`lungexp.metrics.bootstrap`).
     """
-    predictions = validated_table(predictions, PREDICTION_COLUMNS, "predictions")
+    predictions = drop_duplicate_points(validated_table(predictions, PREDICTION_COLUMNS, "predictions"),
+                                        "predictions", values=["probability"])
     scans = _scans(predictions, seriesuids)
     predictions, candidate_scan = _on_scans(predictions, scans, "predictions", warn=True)
     annotations, nodule_scan = _on_scans(_findings(check_annotations(annotations, "annotations")), scans)
@@ -209,9 +214,11 @@ def compute_froc(
     )
 
 
-def validated_table(table: pd.DataFrame, required: Sequence[str], name: str) -> pd.DataFrame:
-    """The ``required`` columns: ``seriesuid`` as text, the others as finite float64; a missing column or a
-    bad value is a :class:`FrocInputError` naming ``name`` (e.g. the file) and the rows."""
+def validated_table(table: pd.DataFrame, required: Sequence[str], name: str, probabilities: Sequence[str] = (),
+                    binary: Sequence[str] = ()) -> pd.DataFrame:
+    """The ``required`` columns: ``seriesuid`` as text, the others as finite float64, those of ``probabilities``
+    in [0, 1] and those of ``binary`` 0 or 1; a missing column or a bad value is a :class:`FrocInputError`
+    naming ``name`` (e.g. the file), the column and the rows."""
     missing = [column for column in required if column not in table.columns]
     if missing:
         raise FrocInputError(f"{name}: missing column(s) {missing}; found {list(map(str, table.columns))}. "
@@ -219,13 +226,28 @@ def validated_table(table: pd.DataFrame, required: Sequence[str], name: str) -> 
     checked = pd.DataFrame({"seriesuid": table["seriesuid"].astype(str).to_numpy()})
     for column in required[1:]:
         values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
-        bad = ~np.isfinite(values)
+        bad, expected = ~np.isfinite(values), "finite numbers"
+        with np.errstate(invalid="ignore"):
+            if column in binary:
+                bad, expected = (values != 0) & (values != 1), "0 or 1"
+            elif column in probabilities:
+                bad, expected = bad | (values < 0) | (values > 1), "probabilities in [0, 1]"
         if bad.any():
-            rows = ", ".join(str(row + 2) for row in np.flatnonzero(bad)[:5])
-            raise FrocInputError(f"{name}: column '{column}' must hold finite numbers, but {int(bad.sum())} "
-                                 f"row(s) do not: row(s) {rows} (the header is row 1)")
+            rows = ", ".join(f"{row + 2} ({table[column].iloc[row]})" for row in np.flatnonzero(bad)[:5])
+            raise FrocInputError(f"{name}: column '{column}' must hold {expected}, but {int(bad.sum())} row(s) do "
+                                 f"not: row(s) {rows} (the header is row 1)")
         checked[column] = values
     return checked
+
+
+def check_nodules_in_scope(annotations: pd.DataFrame, scans: Sequence[str], annotations_source: str,
+                           scans_source: str) -> None:
+    """A :class:`FrocInputError` when none of ``scans`` has a nodule of ``annotations``: the sensitivity and
+    CPM would be undefined, and a CPM of such scans is a mistake in the files (other data sets), not a result."""
+    if not annotations["seriesuid"].astype(str).isin(np.asarray(scans, dtype=str)).any():
+        raise FrocInputError(f"{annotations_source}: none of its {len(annotations)} nodule(s) lies on the "
+                             f"{len(scans)} scan(s) evaluated ({scans_source}), so sensitivity and CPM are "
+                             "undefined; the annotations and the scans must be of the same data set")
 
 
 def _findings(table: pd.DataFrame) -> pd.DataFrame:

@@ -222,17 +222,6 @@ def report_user_errors(main: Main) -> Main:
     return guarded  # type: ignore[return-value]
 
 
-def exit_status(run: Callable[[], object]) -> int:
-    """An argparse command's exit status: 0 after ``run()``, or 2 after ``error: <message>`` on stderr when
-    it raises a :class:`LungexpError` (bad input named by the message)."""
-    try:
-        run()
-    except LungexpError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def _exit_with_message(message: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

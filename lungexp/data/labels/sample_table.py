@@ -7,6 +7,7 @@ so the cache, splits and datasets below never need to know which task produced t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,34 +100,40 @@ def read_labels(task: str, labels_csv: str | Path, label_rule: LabelRule | None 
     return drop_duplicate_points(table, labels_csv)
 
 
-def drop_duplicate_points(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+def drop_duplicate_points(table: pd.DataFrame, source: str | Path, values: Sequence[str] = ("label",)) -> pd.DataFrame:
     """Rows at the same point of the same series are one sample: repeats are dropped, with a warning counting them.
 
-    A repeated row would otherwise count twice in the test metrics. The same point labelled both 0
-    and 1 is an :class:`AnnotationError` naming the CSV lines (header = line 1), as ``table``'s index
-    is the CSV's row order. Points are the same when their coordinates agree to 1e-4 mm.
+    A repeated row would otherwise count twice in the metrics. The same point with other ``values`` (labelled
+    both 0 and 1, or two scores) is an :class:`AnnotationError` naming the CSV lines (header = line 1), as
+    ``table``'s index is the CSV's row order. Points are the same when their coordinates agree to 1e-4 mm.
     """
     points = table[["seriesuid", *COORD_COLUMNS]].copy()
     points[COORD_COLUMNS] = points[COORD_COLUMNS].round(POINT_DECIMALS)
     repeated = points.duplicated(keep=False)
     if not repeated.any():
         return table
-    labels = table.loc[repeated, "label"].groupby([points.loc[repeated, c] for c in points.columns])
-    contradictions = [rows for rows in labels.groups.values() if table.loc[rows, "label"].nunique() > 1]
+    groups = table.loc[repeated].groupby([points.loc[repeated, c] for c in points.columns]).groups.values()
+    contradictions = [rows for rows in groups if len(table.loc[rows, list(values)].drop_duplicates()) > 1]
     if contradictions:
         shown = "; ".join(
             f"lines {', '.join(str(i + 2) for i in rows)} ({table.at[rows[0], 'seriesuid']} at "
-            f"({', '.join(f'{table.at[rows[0], c]:g}' for c in COORD_COLUMNS)}) mm: labels "
-            f"{', '.join(str(v) for v in table.loc[rows, 'label'])})"
+            f"({', '.join(f'{table.at[rows[0], c]:g}' for c in COORD_COLUMNS)}) mm: "
+            + "; ".join(f"{_plural(column)} {', '.join(str(v) for v in table.loc[rows, column])}" for column in values)
+            + ")"
             for rows in contradictions[:5]
         )
         more = f"; and {len(contradictions) - 5} more" if len(contradictions) > 5 else ""
-        raise AnnotationError(f"{source}: {len(contradictions)} point(s) are labelled both 0 and 1: {shown}{more}; "
-                              "keep the row with the right label")
+        conflict = "labelled both 0 and 1" if list(values) == ["label"] else f"given different {', '.join(values)}"
+        raise AnnotationError(f"{source}: {len(contradictions)} point(s) are {conflict}: {shown}{more}; "
+                              f"keep the row with the right {' and '.join(values)}")
     duplicates = points.duplicated(keep="first")
-    log.warning("%s: dropped %d duplicate row(s) (same seriesuid and coordinates as an earlier row, same label)",
-                source, int(duplicates.sum()))
+    log.warning("%s: dropped %d duplicate row(s) (same seriesuid and coordinates as an earlier row, same %s)",
+                source, int(duplicates.sum()), " and ".join(values))
     return table[~duplicates]
+
+
+def _plural(noun: str) -> str:
+    return f"{noun[:-1]}ies" if noun.endswith("y") else f"{noun}s"
 
 
 def limit_training_negatives(samples: pd.DataFrame, per_scan: int | None, split: SplitSpec) -> pd.DataFrame:
