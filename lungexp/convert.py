@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lungexp.data.scans import iter_dicom_series, write_mhd
-from lungexp.data.scans.hounsfield_check import check_hounsfield
 from lungexp.utils.errors import LungexpError, report_user_errors
 
 
@@ -34,7 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out_dir / f"subset{args.subset}" if args.subset is not None else args.out_dir
     count = 0
     for uid, scan in iter_dicom_series(args.dicom_dir):
-        check_hounsfield(scan)
         try:
             path = write_mhd(scan, out_dir / f"{uid}.mhd")
         except OSError as error:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import struct
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -195,25 +197,60 @@ def test_bad_mhd_header(tmp_path: Path, field, value, message) -> None:
             read(path)
 
 
-@pytest.mark.parametrize("data_file", ["../data/a.raw", "sub/../../data/a.raw", "{tmp_path}/data/a.raw"])
-def test_data_file_outside_the_header_folder_is_refused(tmp_path: Path, data_file: str) -> None:
-    write_mhd(make_scan(), tmp_path / "data" / "a.mhd")
-    header = tmp_path / "headers" / "a.mhd"
-    header.parent.mkdir()
-    write_mhd_fields(header, {**mhd_fields(tmp_path / "data" / "a.mhd"),
-                              "ElementDataFile": data_file.format(tmp_path=tmp_path)})
+# Headers that name their data file: MetaImage (.mhd, or .mha) and NRRD (a detached .nhdr, or a .nrrd).
+DETACHED_HEADERS = {".mhd": ".mhd", ".mha": ".mhd", ".nrrd": ".nhdr", ".nhdr": ".nhdr"}
+DATA_FILE_FIELD = r"(ElementDataFile = |data file: ).*"
+
+
+def write_detached_header(scan: Scan, header: Path, data_file: str, written_in: Path) -> None:
+    """Write ``scan`` in ``written_in`` as its format's header + ``a.raw``, then a copy of that header as
+    ``header``, naming ``data_file`` as its data."""
+    written_in.mkdir(parents=True, exist_ok=True)
+    original = written_in / f"a{DETACHED_HEADERS[header.suffix]}"
+    sitk.WriteImage(scan.to_sitk(), str(original), useCompression=False)
+    header.parent.mkdir(parents=True, exist_ok=True)
+    header.write_text(re.sub(DATA_FILE_FIELD, lambda field: field.group(1) + data_file, original.read_text()))
+
+
+@pytest.mark.parametrize("suffix", DETACHED_HEADERS)
+@pytest.mark.parametrize("data_file", ["../data/a.raw", "sub/../../data/a.raw", "{tmp_path}/data/a.raw", "link.raw"])
+def test_data_file_outside_the_header_folder_is_refused(tmp_path: Path, suffix: str, data_file: str) -> None:
+    """Also through a link: a header from elsewhere must not make lungexp read any other file."""
+    header = tmp_path / "headers" / f"a{suffix}"
+    write_detached_header(make_scan(), header, data_file.format(tmp_path=tmp_path), written_in=tmp_path / "data")
+    (tmp_path / "headers" / "link.raw").symlink_to(tmp_path / "data" / "a.raw")
     for read in (read_scan, read_scan_header):
-        with pytest.raises(ScanReadError, match=rf"{re.escape(str(header))}: ElementDataFile = .* points outside the header's folder"):
+        with pytest.raises(ScanReadError, match=rf"{re.escape(str(header))}: (ElementDataFile = |data file: ).* points "
+                                                r"outside the header's folder"):
             read(header)
 
 
-def test_data_file_below_the_header_folder_is_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".nrrd", ".nhdr"])
+@pytest.mark.parametrize("data_file", ["LIST\na.raw", "a%d.raw 1 4 1 2"])
+def test_nrrd_data_spread_over_several_files_is_refused(tmp_path: Path, suffix: str, data_file: str) -> None:
+    """Each named file could lie anywhere; lungexp reads scans whose data is in one file."""
+    header = tmp_path / f"a{suffix}"
+    write_detached_header(make_scan(), header, data_file, written_in=tmp_path)
+    with pytest.raises(ScanReadError, match=rf"{re.escape(str(header))}: data file: .* spreads the volume over several"):
+        read_scan_header(header)
+
+
+@pytest.mark.parametrize("suffix", DETACHED_HEADERS)
+def test_data_file_below_the_header_folder_is_read(tmp_path: Path, suffix: str) -> None:
     scan = make_scan()
-    path = write_mhd(scan, tmp_path / "a.mhd")
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "a.raw").rename(tmp_path / "raw" / "a.raw")
-    set_mhd_field(path, "ElementDataFile", "raw/../raw/a.raw")
-    np.testing.assert_array_equal(read_scan(path).array, scan.array)
+    write_detached_header(scan, tmp_path / f"b{suffix}", "raw/../raw/a.raw", written_in=tmp_path / "raw")
+    np.testing.assert_array_equal(read_scan(tmp_path / f"b{suffix}").array, scan.array)
+
+
+def test_scan_linked_from_another_folder_is_read(tmp_path: Path) -> None:
+    """A folder of links to the header and data of a scan stored elsewhere (e.g. a LUNA16 subset assembled
+    from a shared store): the data file stays next to the header the link points at."""
+    scan = make_scan()
+    write_mhd(scan, tmp_path / "store" / "a.mhd")
+    (tmp_path / "subset0").mkdir()
+    for name in ("a.mhd", "a.raw"):
+        (tmp_path / "subset0" / name).symlink_to(tmp_path / "store" / name)
+    np.testing.assert_array_equal(read_scan(tmp_path / "subset0" / "a.mhd").array, scan.array)
 
 
 def test_mhd_with_local_data_is_checked_and_read(tmp_path: Path) -> None:
@@ -236,7 +273,7 @@ def test_unreadable_and_unsupported_files(tmp_path: Path) -> None:
         read_scan(tmp_path / "scan.dcm")
     garbage = tmp_path / "broken.nii.gz"
     garbage.write_bytes(b"not a nifti file at all")
-    with pytest.raises(ScanReadError, match=r"broken\.nii\.gz.*SimpleITK could not read"):
+    with pytest.raises(ScanReadError, match=r"broken\.nii\.gz: .*check that the file is a complete, uncorrupted scan"):
         read_scan(garbage)
 
 
@@ -244,7 +281,7 @@ def test_unreadable_and_unsupported_files(tmp_path: Path) -> None:
 # NIfTI / NRRD and headers
 
 
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha"])
 def test_other_formats_round_trip(tmp_path: Path, suffix: str) -> None:
     scan = make_scan(FLIP_YZ)
     path = tmp_path / f"case7{suffix}"
@@ -252,6 +289,57 @@ def test_other_formats_round_trip(tmp_path: Path, suffix: str) -> None:
     back = read_scan(path)
     np.testing.assert_array_equal(back.array, scan.array)
     assert_same_geometry(back, scan)
+
+
+# Byte patches of a NIfTI-1 header (little-endian, as ITK writes it here): pixdim is float32[8] at 76
+# (pixdim[0] is qfac; 1-3 are the voxel sizes), magic char[4] at 344.
+DAMAGED_NIFTI_HEADERS = {
+    "negative pixdim": (76 + 4 * 2, struct.pack("<f", -0.8), r"pixdim = \(0\.703125, -0\.8, 2\.5\) \(the voxel sizes in mm\) must be positive"),
+    "zero pixdim": (76 + 4 * 3, struct.pack("<f", 0.0), r"pixdim = \(0\.703125, 0\.8, 0\) .* must be positive"),
+    "NaN pixdim": (76 + 4 * 1, struct.pack("<f", np.nan), r"pixdim = \(nan, 0\.8, 2\.5\) .* must be positive"),
+    "pair header": (344, b"ni1\0", r"magic b'ni1'.* is not a single-file NIfTI"),
+}
+
+
+@pytest.mark.parametrize(("offset", "patch", "message"), DAMAGED_NIFTI_HEADERS.values(), ids=DAMAGED_NIFTI_HEADERS)
+def test_damaged_nifti_header_is_refused(tmp_path: Path, offset: int, patch: bytes, message: str) -> None:
+    """ITK reads a voxel size of -0.8 as 0.8 with the axis flipped (its header-only reader keeps -0.8, then
+    fails far away), 0 or NaN as 1, and a pair header's voxels from the .img beside it."""
+    path = tmp_path / "a.nii"
+    sitk.WriteImage(make_scan(ROTATE_Z).to_sitk(), str(path))
+    header = bytearray(path.read_bytes())
+    header[offset : offset + len(patch)] = patch
+    path.write_bytes(header)
+    for read in (read_scan, read_scan_header):
+        with pytest.raises(ScanReadError, match=rf"{re.escape(str(path))}: .*{message}"):
+            read(path)
+
+
+def test_nifti_whose_qform_and_sform_disagree_is_refused(tmp_path: Path) -> None:
+    """ITK reads one of the two transforms; lungexp refuses to guess which is right, naming both."""
+    scan = make_scan(ROTATE_Z)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)  # NIfTI's world is RAS, ITK's (and lungexp's) LPS
+    affine[:3, :3] = lps_to_ras @ scan.direction * scan.spacing
+    affine[:3, 3] = lps_to_ras @ scan.origin
+    image = nibabel.Nifti1Image(scan.array.transpose(2, 1, 0), affine)  # nibabel indexes (x, y, z)
+    image.set_qform(affine, code=1)
+    shifted = affine.copy()
+    shifted[0, 3] += 30
+    cases = {"agree": (affine, 1), "disagree": (shifted, 2), "sform only": (shifted, 2)}
+    for case, (sform, code) in cases.items():
+        if case == "sform only":
+            image.set_qform(None, code=0)
+        image.set_sform(sform, code=code)
+        image.to_filename(tmp_path / f"{case}.nii")
+    back = read_scan(tmp_path / "agree.nii")
+    np.testing.assert_array_equal(back.array, scan.array)
+    assert_same_geometry(back, scan)
+    with pytest.raises(ScanReadError, match=r"disagree\.nii: its qform \(qform_code 1\) and sform \(sform_code 2\) disagree: "
+                                            r"the first voxel at \(12\.5, -30\.25, -300\.125\) vs \(42\.5, -30\.25, "
+                                            r"-300\.125\) mm \(RAS, 30\.000 mm apart\)"):
+        read_scan_header(tmp_path / "disagree.nii")
+    np.testing.assert_allclose(read_scan_header(tmp_path / "sform only.nii").origin, scan.origin - [30, 0, 0])
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mhd"])
@@ -388,6 +476,16 @@ def test_corrupt_slice_of_a_real_series_is_named(tmp_path: Path) -> None:
 def test_uneven_slices_are_rejected(tmp_path: Path, slice_z: list[float], message: str) -> None:
     write_dicom_series(tmp_path, ct_volume(), "1.2.3.9", slice_z=slice_z)
     with pytest.raises(ScanReadError, match=message):
+        read_dicom_series(tmp_path)
+
+
+@pytest.mark.parametrize("tilt", [15.0, 0.5])
+def test_gantry_tilted_series_is_refused(tmp_path: Path, tilt: float) -> None:
+    """ITK stacks the slices along their normal: a tilted stack would be read sheared, with a wrong z spacing."""
+    write_dicom_series(tmp_path / "tilted", ct_volume(), "1.2.3.9", tilt_degrees=tilt)
+    with pytest.raises(ScanReadError, match=rf"series 1\.2\.3\.9 in {re.escape(str(tmp_path / 'tilted'))}: its slices "
+                                            rf"are not stacked along their normal \(a gantry tilt of about {tilt:.1f} "
+                                            r"degrees\?\): 1\.2\.3\.9-slice001\.dcm lies .* mm sideways .*dcm2niix"):
         read_dicom_series(tmp_path)
 
 

@@ -12,14 +12,16 @@ import pandas as pd
 import pytest
 
 from lungexp.config import checks
+from lungexp.convert import main as convert_main
 from lungexp.data.labels.annotations import AnnotationError
 from lungexp.data.labels.sample_table import read_labels
-from lungexp.data.scans import ScanReadError, iter_dicom_series, read_scan
+from lungexp.data.scans import ScanReadError, iter_dicom_series, read_scan, write_mhd
 from lungexp.data.scans.hounsfield_check import check_hounsfield
 from lungexp.data.scans.scan import Scan
+from lungexp.inference.scans import open_scans
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import compose_config
-from tests.helpers.data import shared_data_dir
+from tests.helpers.data import shared_data_dir, write_dicom_series
 
 
 def _datamodule(make_config, *overrides: str):
@@ -122,7 +124,7 @@ def synthetic_hu(synthetic_root: Path) -> np.ndarray:
 
 def test_synthetic_scans_are_plausible_hu(synthetic_root: Path) -> None:
     for path in synthetic_root.glob("subset*/*.mhd"):
-        check_hounsfield(read_scan(path))
+        read_scan(path)  # checks the values
 
 
 @pytest.mark.parametrize(("broken", "problem", "field"), [
@@ -137,6 +139,23 @@ def test_implausible_voxel_values_name_the_file_and_header_field(synthetic_hu: n
     with pytest.raises(ScanReadError, match="/data/scan.mhd") as error:
         check_hounsfield(_scan(broken(synthetic_hu)))
     assert problem in str(error.value) and field in str(error.value)
+
+
+def test_stored_values_without_rescale_are_refused_on_every_read_path(tmp_path: Path, capsys) -> None:
+    """DICOM values without RescaleSlope/RescaleIntercept (air near 0, not -1000 HU) are refused by ``predict``'s
+    readers too, not only by the cache and ``convert``: the check is inside the one function that reads scan
+    files and the one that reads DICOM series."""
+    stored = np.random.default_rng(0).integers(0, 2500, size=(3, 8, 8)).astype(np.int16)  # HU + 1024
+    (tmp_path / "files").mkdir()
+    write_mhd(_scan(stored), tmp_path / "files" / "1.2.3.mhd")
+    write_dicom_series(tmp_path / "dicom", stored, "1.2.3.4", intercept=0)
+    for folder in ("files", "dicom"):
+        scans = open_scans(tmp_path / folder)
+        with pytest.raises(ScanReadError, match="no air or lung.*RescaleIntercept"):
+            list(scans.read(scans.seriesuids))
+    with pytest.raises(SystemExit):
+        convert_main([str(tmp_path / "dicom"), str(tmp_path / "out")])
+    assert capsys.readouterr().err.startswith(f"error: DICOM series in {tmp_path / 'dicom'}: no air or lung")
 
 
 @pytest.mark.real_data

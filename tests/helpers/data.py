@@ -33,6 +33,7 @@ def write_dicom_series(
     slope: float = 1.0,
     intercept: float = -1024.0,
     slice_z: Sequence[float] | None = None,
+    tilt_degrees: float = 0.0,
 ) -> list[Path]:
     """Write ``hu`` ``(z, y, x)`` as one CT slice file per z, like SimpleITK's DicomSeriesFromArray example.
 
@@ -40,7 +41,8 @@ def write_dicom_series(
     scanners do. ``slice_z`` (mm from the origin, one per slice) defaults to even steps of
     ``spacing_xyz[2]``; give others to make gaps or uneven spacing. Files are named in reverse
     slice order so readers must sort by position, not by name; the series UID prefix lets
-    several series share a folder.
+    several series share a folder. ``tilt_degrees`` shifts each slice in y by ``z * tan(tilt)``, as a
+    tilted gantry does (the slices stay axial).
     """
     if slice_z is None:
         slice_z = np.arange(hu.shape[0]) * spacing_xyz[2]
@@ -53,7 +55,7 @@ def write_dicom_series(
     for k, z in enumerate(slice_z):
         image = sitk.GetImageFromArray(hu[k].astype(np.int16))
         image.SetSpacing(tuple(float(s) for s in spacing_xyz[:2]))
-        position = (origin_xyz[0], origin_xyz[1], origin_xyz[2] + z)
+        position = (origin_xyz[0], origin_xyz[1] + z * np.tan(np.radians(tilt_degrees)), origin_xyz[2] + z)
         tags = {
             "0008|0060": "CT",
             "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",

@@ -21,7 +21,7 @@ from lungexp.data.fingerprint import content_key
 from lungexp.data.labels.annotations import read_annotations
 from lungexp.data.labels.negatives import sample_negatives
 from lungexp.data.names import COORD_COLUMNS
-from lungexp.data.scans.hounsfield_check import read_ct_scan
+from lungexp.data.scans.reader import read_scan
 from lungexp.utils.atomic import atomic_file
 from lungexp.utils.errors import ArgumentError, check_int, check_number
 from lungexp.utils.parallel import map_scans
@@ -34,7 +34,7 @@ EXCLUDED_MIN_RADIUS_MM = 2.5
 
 def _negatives_for_scan(task: tuple[str, str, np.ndarray, np.ndarray, dict]) -> pd.DataFrame:
     uid, path, centres, diameters, options = task
-    points = sample_negatives(read_ct_scan(path), centres, diameters, **options)
+    points = sample_negatives(read_scan(path), centres, diameters, **options)
     return pd.DataFrame({"seriesuid": uid, **dict(zip(COORD_COLUMNS, points.T, strict=True)), "class": 0})
 
 

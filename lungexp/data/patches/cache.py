@@ -37,7 +37,7 @@ import pandas as pd
 from lungexp.data.fingerprint import content_key
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.data.patches.extraction import PatchExtractor, PatchSpec
-from lungexp.data.scans.hounsfield_check import read_ct_scan
+from lungexp.data.scans.reader import read_scan
 from lungexp.utils.atomic import (
     DiskFullError,
     allocate_npy,
@@ -129,7 +129,7 @@ def cache_key(samples: pd.DataFrame, scan_paths: Mapping[str, Path], spec: Patch
 def _extract_scan(task: tuple[str, str, np.ndarray, PatchSpec, str]) -> str:
     """Worker: read one scan, extract its patches, write the shard atomically."""
     uid, scan_path, centers, spec, shard_path = task
-    scan = read_ct_scan(scan_path)
+    scan = read_scan(scan_path)
     patches = PatchExtractor(scan, spec).extract_many(centers)
     with atomic_file(shard_path) as temporary:
         shard = allocate_npy(temporary, patches.shape, patches.dtype)

@@ -1,9 +1,12 @@
 """DICOM CT series: finding every series under a folder, checking its slice stack, reading it in HU.
 
 Used by ``python -m lungexp.convert`` to bring DICOM downloads (e.g. LIDC-IDRI) into the LUNA16
-layout. Every series is checked before any voxels are read: ITK reads a stack with a missing slice
-using one average spacing and only prints a warning, silently misplacing every annotation beyond
-the gap.
+layout, and by ``predict`` to read them in memory. Every series is checked before any voxels are
+read: ITK reads a stack with a missing slice using one average spacing and only prints a warning,
+silently misplacing every annotation beyond the gap, and reads a gantry-tilted stack (slices shifted
+sideways from one to the next) as if it were straight. The voxels of each series must then be
+plausibly CT in Hounsfield units (:func:`~lungexp.data.scans.hounsfield_check.check_hounsfield`),
+as for every scan read from a file.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import SimpleITK as sitk
 
 from lungexp.data.scans.errors import ScanReadError, itk_message
 from lungexp.data.scans.hounsfield import as_int16_hu
+from lungexp.data.scans.hounsfield_check import check_hounsfield
 from lungexp.data.scans.scan import Scan
 
 # DICOM tags, as SimpleITK names them.
@@ -32,6 +36,10 @@ _SAME_POSITION_MM = 0.01
 _GAP_FACTOR = 1.5
 # Steps that differ from the median by more than this fraction make the spacing inconsistent.
 _STEP_TOLERANCE = 0.1
+# A slice whose position lies farther than this (mm) from the line through the first slice along the
+# slice normal is sheared sideways (a gantry tilt): ITK would place it on that line. Far below a voxel
+# (CT pixels are 0.5-1 mm), far above the rounding of positions in the headers.
+_OFF_NORMAL_MM = 0.05
 
 
 def read_dicom_series(folder: str | Path) -> dict[str, Scan]:
@@ -122,7 +130,8 @@ def _itk_warnings_off() -> Iterator[None]:
 
 
 def _read_series(uid: str, files: list[str]) -> Scan:
-    """One (checked) series as int16 HU with the geometry ITK derives from the slice headers."""
+    """One (checked) series as int16 HU with the geometry ITK derives from the slice headers, after
+    checking that the values are plausibly HU."""
     folder = Path(files[0]).parent
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -138,8 +147,10 @@ def _read_series(uid: str, files: list[str]) -> Scan:
         array = as_int16_hu(sitk.GetArrayViewFromImage(image), f"series {uid} in {folder}")
     except ValueError as error:
         raise ScanReadError(str(error)) from None
-    return Scan(array=array, origin=image.GetOrigin(), spacing=image.GetSpacing(),
+    scan = Scan(array=array, origin=image.GetOrigin(), spacing=image.GetSpacing(),
                 direction=image.GetDirection(), source=folder)
+    check_hounsfield(scan)
+    return scan
 
 
 def _slice_tags(uid: str, file: str, reader: sitk.ImageFileReader) -> np.ndarray:
@@ -164,7 +175,8 @@ def _slice_tags(uid: str, file: str, reader: sitk.ImageFileReader) -> np.ndarray
 
 
 def _check_slice_stack(uid: str, files: list[str]) -> None:
-    """Reject single slices, mixed orientations, missing slices and uneven slice spacing."""
+    """Reject single slices, mixed orientations, slices off the normal (gantry tilt), missing slices and
+    uneven slice spacing."""
     folder = Path(files[0]).parent
     if len(files) < 2:
         raise ScanReadError(f"series {uid} in {folder} has a single slice (a localizer?); a CT volume "
@@ -177,7 +189,9 @@ def _check_slice_stack(uid: str, files: list[str]) -> None:
         raise ScanReadError(f"series {uid} in {folder}: {odd.size} slice(s), e.g. {Path(files[odd[0]]).name}, "
                             f"have orientation {orientations[odd[0]].tolist()} unlike {orientations[0].tolist()} "
                             "of the first slice; split the series or remove the odd slices")
-    distances = positions @ np.cross(orientations[0, :3], orientations[0, 3:])
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    _check_on_normal(uid, folder, files, positions, normal)
+    distances = positions @ normal
     steps = np.diff(distances)
     shared = np.flatnonzero(steps < _SAME_POSITION_MM)
     if shared.size:
@@ -197,3 +211,20 @@ def _check_slice_stack(uid: str, files: list[str]) -> None:
         raise ScanReadError(f"series {uid} in {folder} has inconsistent slice spacing: {steps[i]:.3f} mm between "
                             f"{Path(files[i]).name} and {Path(files[i + 1]).name} vs the usual {median:.3f} mm "
                             f"({uneven.size} uneven step(s)); remove duplicate or extra slices")
+
+
+def _check_on_normal(uid: str, folder: Path, files: list[str], positions: np.ndarray, normal: np.ndarray) -> None:
+    """Every slice must lie on the line through the first one along the slice normal: ITK stacks the slices
+    along that line, so a series acquired with a tilted gantry (each slice shifted sideways) would be
+    sheared, every voxel away from the first slice misplaced."""
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    worst = int(np.argmax(sideways))
+    if sideways[worst] > _OFF_NORMAL_MM:
+        tilt = np.degrees(np.arctan2(sideways[worst], abs(along[worst])))
+        raise ScanReadError(f"series {uid} in {folder}: its slices are not stacked along their normal (a gantry tilt "
+                            f"of about {tilt:.1f} degrees?): {Path(files[worst]).name} lies {sideways[worst]:.2f} mm "
+                            f"sideways of {Path(files[0]).name}, and lungexp would read the stack as if it were "
+                            "straight; resample the series to straight slices first (e.g. dcm2niix corrects gantry "
+                            "tilt; then read its NIfTI) or leave the series out")

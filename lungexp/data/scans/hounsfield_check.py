@@ -1,4 +1,5 @@
-"""Is a scan plausibly CT in Hounsfield units? Checked on every scan before its patches are cached.
+"""Is a scan plausibly CT in Hounsfield units? Checked on every scan as it is read, from a file
+(:func:`~lungexp.data.scans.reader.read_scan`) or a DICOM series (:mod:`~lungexp.data.scans.dicom`).
 
 A header can be wrong in ways its byte size does not reveal: a wrong byte order or a signed type
 read as unsigned turns air into +6000 or +64000, a DICOM series without its RescaleIntercept gives
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lungexp.data.scans.errors import ScanReadError
-from lungexp.data.scans.reader import read_scan
+from lungexp.data.scans.formats import scan_format
 from lungexp.data.scans.scan import Scan
 
 # Percentiles of about this many voxels (an even grid of them) describe a scan well and cost ~20 ms.
@@ -31,22 +32,8 @@ HU_RANGE = (-3100.0, 4000.0)
 AIR_OR_LUNG_MAX_HU = -500.0
 MIN_AIR_FRACTION = 0.01
 
-# Where to look when the values are off, by file type.
-_HEADER_FIELDS = {
-    ".mhd": "ElementType and BinaryDataByteOrderMSB in the .mhd (LUNA16 scans are MET_SHORT, little-endian, in HU)",
-    ".nii": "the NIfTI datatype and scl_slope/scl_inter",
-    ".nii.gz": "the NIfTI datatype and scl_slope/scl_inter",
-    ".nrrd": "the NRRD type and endian fields",
-}
 _DICOM_FIELDS = ("RescaleSlope (0028,1053), RescaleIntercept (0028,1052) and PixelRepresentation (0028,0103) "
                  "of the DICOM slices")
-
-
-def read_ct_scan(path: str | Path) -> Scan:
-    """:func:`~lungexp.data.scans.reader.read_scan`, then :func:`check_hounsfield`."""
-    scan = read_scan(path)
-    check_hounsfield(scan)
-    return scan
 
 
 def check_hounsfield(scan: Scan) -> None:
@@ -78,8 +65,7 @@ def check_hounsfield(scan: Scan) -> None:
 def _describe(source: object) -> tuple[str, str]:
     """The scan's name for messages and the header fields that decide how its values are read."""
     path = Path(str(source))
-    name = path.name.lower()
-    suffix = next((s for s in (".nii.gz", ".mhd", ".nii", ".nrrd") if name.endswith(s)), None)
-    if suffix is None:
+    found = scan_format(path)
+    if found is None:
         return f"DICOM series in {path}", _DICOM_FIELDS
-    return str(path), _HEADER_FIELDS[suffix]
+    return str(path), found[1].value_fields

@@ -1,4 +1,4 @@
-"""MetaImage (``.mhd`` + ``.raw``, the LUNA16 format): checking a header against its data, and writing.
+"""MetaImage (``.mhd`` + ``.raw``, the LUNA16 format, or ``.mha``): checking a header against its data, and writing.
 
 A header is checked before SimpleITK reads it, so that a missing, truncated or oversized ``.raw``
 is reported with the file, the expected and actual sizes, and the fix, instead of ITK's "Buffer
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from lungexp.data.scans.data_files import data_file_in_header_folder
 from lungexp.data.scans.errors import ScanReadError
 from lungexp.data.scans.hounsfield import as_int16_hu
 from lungexp.data.scans.scan import Scan
@@ -32,9 +33,18 @@ _MET_ELEMENT_SIZES = {
     "MET_DOUBLE": 8,
 }
 
+# MetaImage geometry fields (with MetaIO's synonyms): how many numbers each holds, and whether they are
+# voxel sizes (positive).
+_GEOMETRY_FIELDS = {
+    "ElementSpacing": (3, True),
+    **dict.fromkeys(("Offset", "Origin", "Position"), (3, False)),
+    **dict.fromkeys(("TransformMatrix", "Rotation", "Orientation"), (9, False)),
+}
+
 
 def check_mhd(path: Path) -> None:
-    """Check a MetaImage header against its data file; :class:`ScanReadError` saying what is wrong."""
+    """Check a MetaImage header (``.mhd`` or ``.mha``) against its data file, which must lie in the header's
+    folder; :class:`ScanReadError` saying what is wrong."""
     fields, local_offset = _parse_mhd(path)
     for key in ("DimSize", "ElementType", "ElementDataFile"):
         if key not in fields:
@@ -52,7 +62,7 @@ def check_mhd(path: Path) -> None:
     if element_type not in _MET_ELEMENT_SIZES:
         raise ScanReadError(f"{path}: unsupported ElementType {element_type}; expected one of "
                             f"{', '.join(_MET_ELEMENT_SIZES)} (LUNA16 scans are MET_SHORT)")
-    _check_spacing(path, fields.get("ElementSpacing", "1 1 1"))
+    _check_geometry_fields(path, fields)
     channels = fields.get("ElementNumberOfChannels", "1")
     if channels != "1":
         raise ScanReadError(f"{path}: ElementNumberOfChannels = {channels}; a CT volume has one channel")
@@ -61,7 +71,10 @@ def check_mhd(path: Path) -> None:
     if data_name == "LIST" or "%" in data_name or " " in data_name:
         raise ScanReadError(f"{path}: ElementDataFile = {data_name} spreads the volume over several files; "
                             "only a single data file (or LOCAL) is supported; re-save the scan as one .mhd/.raw")
-    data_path, data_start = (path, local_offset) if data_name == "LOCAL" else (_data_file(path, data_name), 0)
+    if data_name == "LOCAL":
+        data_path, data_start = path, local_offset
+    else:
+        data_path, data_start = data_file_in_header_folder(path, data_name, f"ElementDataFile = {data_name}"), 0
     if not data_path.is_file():
         raise ScanReadError(f"{path}: its data file {data_path} (ElementDataFile = {data_name}) is missing; "
                             "copy the .raw next to the .mhd (a partial download?)")
@@ -80,26 +93,21 @@ def check_mhd(path: Path) -> None:
         )
 
 
-def _check_spacing(path: Path, text: str) -> None:
-    """ElementSpacing must be three positive sizes: ITK refuses 0 with an unrelated message and reads a
-    negative size as positive, while the header alone (the coordinate checks) would take it as it is."""
-    try:
-        spacing = [float(v) for v in text.split()]
-    except ValueError:
-        spacing = []
-    if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-        raise ScanReadError(f"{path}: ElementSpacing = {text}; expected three positive voxel sizes in mm (x y z); "
-                            "fix ElementSpacing in the .mhd or re-convert the scan")
-
-
-def _data_file(path: Path, data_name: str) -> Path:
-    """The data file named by ElementDataFile, which must lie in the header's folder or below it: a header
-    from elsewhere must not make lungexp read any other file."""
-    relative = Path(os.path.normpath(data_name))
-    if relative.is_absolute() or relative.parts[0] == "..":
-        raise ScanReadError(f"{path}: ElementDataFile = {data_name} points outside the header's folder "
-                            f"{path.parent}; put the data file next to the .mhd and name it relative to it")
-    return path.parent / relative
+def _check_geometry_fields(path: Path, fields: dict[str, str]) -> None:
+    """The geometry fields present must hold their count of finite numbers, voxel sizes positive: ITK reads
+    what it can of a damaged one without a word (``nan`` as 0, a negative size as positive), while the
+    header alone (the coordinate checks) would take it as it is."""
+    for key, (count, positive) in _GEOMETRY_FIELDS.items():
+        if key not in fields:
+            continue
+        try:
+            numbers = [float(v) for v in fields[key].split()]
+        except ValueError:
+            numbers = []
+        if len(numbers) != count or not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
+            expected = "three positive voxel sizes in mm (x y z)" if positive else f"{count} finite numbers"
+            raise ScanReadError(f"{path}: {key} = {fields[key]}; expected {expected}; "
+                                f"fix {key} in the header or re-convert the scan")
 
 
 def _parse_mhd(path: Path) -> tuple[dict[str, str], int]:

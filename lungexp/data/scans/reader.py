@@ -1,10 +1,15 @@
-"""Reading one scan file (``.mhd``, ``.nii``, ``.nii.gz``, ``.nrrd``), or only its header.
+"""Reading one scan file (``.mhd``/``.mha``, ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``), or only its header.
+
+Every scan lungexp reads from a file comes through here (the patch cache, negative sampling,
+``predict``, sample tables), so every check sits here once: the file's suffix decides its format,
+the format's header check runs first (:mod:`~lungexp.data.scans.formats`: a missing or truncated
+``.raw``, a damaged header, a data file outside the header's folder), then only that format's ITK
+reader opens it, its geometry must be sound, and the voxels must be finite and plausibly CT in
+Hounsfield units (:func:`~lungexp.data.scans.hounsfield_check.check_hounsfield`).
 
 SimpleITK does the decoding, but its error messages ("Could not create IO object", "Buffer size
 mismatch") rarely say which file is at fault or what to do, so every failure here is a
 :class:`~lungexp.data.scans.errors.ScanReadError` that names the file, the problem and the fix.
-MetaImage headers are checked first (:func:`~lungexp.data.scans.metaimage.check_mhd`), because a
-missing or truncated ``.raw`` is by far the most common problem with a partial LUNA16 download.
 
 Arrays are indexed ``(z, y, x)`` and geometry is ``(x, y, z)``, as in :mod:`lungexp.data.scans.scan`.
 """
@@ -13,18 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
-import nibabel
 import numpy as np
 import SimpleITK as sitk
 
 from lungexp.data.scans.errors import ScanReadError, itk_message
-from lungexp.data.scans.metaimage import check_mhd
+from lungexp.data.scans.formats import SCAN_SUFFIXES, ScanFormat, scan_format
+from lungexp.data.scans.hounsfield_check import check_hounsfield
+from lungexp.data.scans.nifti import count_non_finite_voxels
 from lungexp.data.scans.scan import Scan
 
-SCAN_SUFFIXES = (".mhd", ".nii.gz", ".nii", ".nrrd")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+__all__ = ["SCAN_SUFFIXES", "ScanHeader", "read_scan", "read_scan_header", "scan_suffix"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,54 +66,41 @@ class ScanHeader:
 
 
 def read_scan(path: str | Path) -> Scan:
-    """Read a ``.mhd``/``.nii``/``.nii.gz``/``.nrrd`` volume with its geometry.
+    """Read a scan file with its geometry, after every check (see module doc).
 
     Values are returned as stored (LUNA16 and converted DICOM: int16 HU). A file with NaN or infinite
     voxels ("no data") is refused rather than filled with a guessed value.
     """
-    path = _check_scan_file(path)
+    path = Path(path)
+    reader, file_format = _read_header(path)
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as error:
         raise ScanReadError(f"{path}: SimpleITK could not read it ({itk_message(error)}); "
                             "check that the file is a complete, uncorrupted scan") from None
-    try:
-        scan = Scan.from_sitk(image, source=path)
-    except ValueError as error:
-        raise ScanReadError(f"{error}; lungexp needs a 3D CT volume") from None
-    non_finite = _non_finite_voxels(path, scan.array)
+    scan = Scan.from_sitk(image, source=path)
+    non_finite = _non_finite_voxels(path, scan.array, file_format)
     if non_finite:
         raise ScanReadError(f"{path}: {non_finite} of {scan.array.size} voxels are NaN or infinite (no data); "
                             "lungexp does not guess values for them: fill them (e.g. with -1000 HU, air) and "
                             "save the scan again")
+    check_hounsfield(scan)
     return scan
 
 
-def _non_finite_voxels(path: Path, array: np.ndarray) -> int:
-    """The NaN and infinite voxels as the file stores them. ITK's NIfTI reader turns them into 0 (which
-    reads as water, 0 HU), so a NIfTI of a floating-point datatype is read again with nibabel, which
-    keeps them."""
-    if scan_suffix(path) in _NIFTI_SUFFIXES:
-        image = cast(nibabel.Nifti1Image, nibabel.load(path))  # load is typed as any image; NIfTI 1 or 2 here
-        if not np.issubdtype(image.header.get_data_dtype(), np.floating):
-            return 0
-        array = np.asanyarray(image.dataobj)
-    elif not np.issubdtype(array.dtype, np.floating):
+def _non_finite_voxels(path: Path, array: np.ndarray, file_format: ScanFormat) -> int:
+    """The NaN and infinite voxels as the file stores them (ITK's NIfTI reader turns them into 0)."""
+    if file_format.image_io == "NiftiImageIO":
+        return count_non_finite_voxels(path)
+    if not np.issubdtype(array.dtype, np.floating):
         return 0
     return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def read_scan_header(path: str | Path) -> ScanHeader:
-    """Read only the geometry of a scan file, not its voxels."""
-    path = _check_scan_file(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise ScanReadError(f"{path}: SimpleITK could not read the header ({itk_message(error)})") from None
-    if reader.GetDimension() != 3:
-        raise ScanReadError(f"{path}: expected a 3D volume, got {reader.GetDimension()}D")
+    """Read only the geometry of a scan file, not its voxels (after the same header checks as :func:`read_scan`)."""
+    path = Path(path)
+    reader, _ = _read_header(path)
     return ScanHeader(
         size_xyz=np.array(reader.GetSize(), dtype=np.int64),
         origin=np.array(reader.GetOrigin(), dtype=np.float64),
@@ -121,18 +112,43 @@ def read_scan_header(path: str | Path) -> ScanHeader:
 
 def scan_suffix(path: Path) -> str | None:
     """The scan-format suffix of ``path`` (``.nii.gz`` counts as one), or None for other files."""
-    name = path.name.lower()
-    return next((suffix for suffix in SCAN_SUFFIXES if name.endswith(suffix)), None)
+    found = scan_format(path)
+    return found[0] if found else None
 
 
-def _check_scan_file(path: str | Path) -> Path:
-    """The path, after checking it exists, has a supported suffix and (``.mhd``) a sound header."""
-    path = Path(path)
+def _read_header(path: Path) -> tuple[sitk.ImageFileReader, ScanFormat]:
+    """A reader of ``path`` that has read and checked the header, and the file's format: the file exists,
+    has a supported suffix, passes its format's header check, and ITK finds a 3D volume of sound geometry in it."""
     if not path.is_file():
         raise ScanReadError(f"{path}: scan file not found; check the path (and data.root)")
-    if scan_suffix(path) is None:
+    found = scan_format(path)
+    if found is None:
         raise ScanReadError(f"{path}: unsupported scan format; expected one of {', '.join(SCAN_SUFFIXES)} "
                             "(convert DICOM series with `python -m lungexp.convert`)")
-    if path.suffix.lower() == ".mhd":
-        check_mhd(path)
-    return path
+    _, file_format = found
+    file_format.check_header(path)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(file_format.image_io)  # ITK would otherwise try every reader it has
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ScanReadError(f"{path}: SimpleITK could not read the header ({itk_message(error)}); "
+                            "check that the file is a complete, uncorrupted scan") from None
+    if reader.GetDimension() != 3:
+        raise ScanReadError(f"{path}: a {reader.GetDimension()}D image; lungexp needs a 3D CT volume")
+    _check_geometry(path, reader)
+    return reader, file_format
+
+
+def _check_geometry(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Voxel sizes must be positive and origin and axes finite and independent, else world coordinates
+    would land nowhere (or fail later, far from the file)."""
+    spacing, origin = np.array(reader.GetSpacing()), np.array(reader.GetOrigin())
+    direction = np.array(reader.GetDirection()).reshape(3, 3)
+    if not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ScanReadError(f"{path}: voxel spacing {spacing.tolist()} must be three positive sizes in mm; "
+                            "fix the header or save the scan again")
+    if not np.all(np.isfinite(origin)) or not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
+        raise ScanReadError(f"{path}: origin {origin.tolist()} or direction {direction.ravel().tolist()} is damaged "
+                            "(not finite, or axes that coincide); fix the header or save the scan again")
