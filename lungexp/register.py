@@ -23,8 +23,9 @@ def main(cfg: DictConfig) -> None:
     cfg = check(cfg, "register").config  # an unknown key is an error, not ignored
     # Imported here so that `--help` does not pay for torch and MLflow.
     from lungexp.inference.ensemble import checkpoint_paths
-    from lungexp.inference.registered import register_model
+    from lungexp.inference.registered import check_registration, register_model
 
+    check_registration(cfg.name, cfg.alias, cfg.tta, cfg.calibration)  # before a CV's checkpoints are downloaded
     with tempfile.TemporaryDirectory() as folder:  # a CV's checkpoints, downloaded when no longer where written
         paths = checkpoint_paths(cfg.ckpt_path, cfg.cv_run, cfg.tracking_uri, folder)
         registered = register_model(paths, cfg.name, alias=cfg.alias, tta=cfg.tta, calibration=cfg.calibration,

@@ -3,20 +3,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import pickle
+import py_compile
+import shutil
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
-from lungexp.inference.registered import MODEL_CODE_FILE, load_registered, register_model
+from lungexp.inference.registered import (
+    MODEL_CODE,
+    MODEL_CODE_FILE,
+    load_registered,
+    register_model,
+    write_manifest,
+)
 from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
+from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import printed, run_entry_point
 
@@ -69,22 +82,125 @@ def test_a_registered_model_round_trips_and_scores_patches_as_predict_does(train
     np.testing.assert_array_equal(mlflow.pyfunc.load_model("models:/nodule-fpr/1").predict(patches), probabilities)
 
 
-@pytest.mark.parametrize("tamper", ["edited code", "extra module"])
-def test_a_registered_model_whose_code_was_changed_is_refused_before_it_runs(trained_run, store: str,
-                                                                             tmp_path: Path, tamper: str) -> None:
-    artifacts = tmp_path / "artifacts"
-    register_model([trained_run.best_checkpoint], "shared", tracking_uri=store, artifact_location=str(artifacts))
-    load_registered("models:/shared@champion", tracking_uri=store, device="cpu")  # as registered: it loads
-    code = next(artifacts.rglob(MODEL_CODE_FILE))
+@pytest.fixture(scope="module")
+def registered_folder(trained_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files of a registered, calibrated model as its store keeps them (once per module: registering takes
+    seconds)."""
+    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    root = tmp_path_factory.mktemp("registered")
+    register_model([trained_run.best_checkpoint], "stored", calibration="temperature",
+                   tracking_uri=f"sqlite:///{root}/registry.db", artifact_location=str(root / "artifacts"))
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous_registry)
+    return next((root / "artifacts").rglob("MLmodel")).parent
+
+
+def payload(marker: Path) -> str:
+    """Python that leaves ``marker`` behind when it runs."""
+    return f"open({str(marker)!r}, 'w').close()\n"
+
+
+def edit_mlmodel(model: Path, edit: Callable[[dict], None]) -> None:
+    mlmodel = yaml.safe_load((model / "MLmodel").read_text())
+    edit(mlmodel["flavors"]["python_function"])
+    (model / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+
+def pyc_model_code(model: Path, marker: Path) -> None:
+    """Compiled model code (MLflow runs a .pyc named by model_code_path as readily as a .py)."""
+    py_compile.compile(str(write(model / "payload.py", payload(marker))), cfile=str(model / "lungexp_model.pyc"))
+    (model / "payload.py").unlink()
+    edit_mlmodel(model, lambda flavor: flavor.update(model_code_path="lungexp_model.pyc"))
+
+
+def code_folder_loader(model: Path, marker: Path) -> None:
+    """A code/ folder put on sys.path with a compiled loader_module of its own, as MLflow's pyfunc format allows."""
+    source = write(model / "evil_loader.py", payload(marker) + "def _load_pyfunc(path, config=None):\n    pass\n")
+    (model / "code").mkdir()
+    py_compile.compile(str(source), cfile=str(model / "code" / "evil_loader.pyc"))
+    source.unlink()
+    edit_mlmodel(model, lambda flavor: flavor.update(code="code", loader_module="evil_loader"))
+
+
+def cached_bytecode(model: Path, marker: Path) -> None:
+    """A __pycache__ .pyc of the model code that Python runs instead of the (unchanged) source."""
+    cache = model / "__pycache__" / f"lungexp_model.{sys.implementation.cache_tag}.pyc"
+    cache.parent.mkdir()
+    py_compile.compile(str(write(model / "payload.py", payload(marker))), cfile=str(cache),
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    (model / "payload.py").unlink()
+
+
+def pickled_model(model: Path, marker: Path) -> None:
+    """A python_model pickle next to the model code."""
+    write(model / "python_model.pkl", "").write_bytes(pickle.dumps(Runs(payload(marker))))
+    edit_mlmodel(model, lambda flavor: flavor.update(python_model="python_model.pkl"))
+
+
+class Runs:
+    """Unpickled, it runs ``source``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __reduce__(self) -> tuple:
+        return exec, (self.source,)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# Each way to make a stored model run code, or score with other weights, and what the refusal names. With
+# `+manifest` the attacker also rewrote the manifest, so only the check of what lungexp writes stands.
+TAMPERING = {
+    "edited code": (lambda model, marker: write(model / MODEL_CODE_FILE, payload(marker) + MODEL_CODE),
+                    r"changed since registration lungexp_model\.py.*lungexp_model\.py is not lungexp's model code"),
+    "extra module": (lambda model, marker: write(model / "helper.py", payload(marker)), r"extra helper\.py"),
+    "pyc model code": (pyc_model_code, r"extra lungexp_model\.pyc; changed since registration MLmodel"),
+    "pyc model code +manifest": (pyc_model_code, r"model_code_path: lungexp_model\.pyc"),
+    "code folder +manifest": (code_folder_loader, r"never writes: code/evil_loader\.pyc.*loader_module: evil_loader; "
+                                                  r"MLmodel code: code"),
+    "cached bytecode +manifest": (cached_bytecode, r"never writes: __pycache__/lungexp_model\."),
+    "pickled model +manifest": (pickled_model, r"python_function\.python_model"),
+    "second member in the config": (lambda model, marker: edit_mlmodel(model, lambda f: f["config"].update(members=2)),
+                                    r"changed since registration MLmodel.*config members: 2 with the artifacts calibrator0, member0"),
+    "missing member": (lambda model, marker: next((model / "artifacts").glob("*.ckpt")).unlink(),
+                       r"missing artifacts/epoch\d+\.ckpt.*MLmodel artifact member0"),
+    "extra file": (lambda model, marker: write(model / "artifacts" / "notes.txt", "hi"), r"extra artifacts/notes\.txt"),
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPERING))
+def test_a_stored_model_that_is_not_what_register_wrote_is_refused_before_any_of_it_runs(
+        registered_folder: Path, tmp_path: Path, tamper: str) -> None:
+    model = Path(shutil.copytree(registered_folder, tmp_path / "model"))
     marker = tmp_path / "ran"
-    payload = f"open({str(marker)!r}, 'w').close()\n"
-    if tamper == "edited code":
-        code.write_text(payload + code.read_text())
-    else:
-        (code.parent / "helper.py").write_text(payload)
-    with pytest.raises(ConfigError, match="its code is not the one lungexp.register writes.*refused"):
-        load_registered("models:/shared@champion", tracking_uri=store, device="cpu")
+    change, refusal = TAMPERING[tamper]
+    change(model, marker)
+    if tamper.endswith("+manifest"):
+        write_manifest(model)
+    with pytest.raises(ConfigError, match=f"refused before loading it: .*{refusal}"):
+        load_registered(str(model), device="cpu")
     assert not marker.exists()  # refused before MLflow ran any of it
+
+
+def test_a_swapped_member_is_refused_and_one_that_disagrees_with_the_signature_too(
+        registered_folder: Path, trained_run, tmp_path: Path) -> None:
+    model = Path(shutil.copytree(registered_folder, tmp_path / "model"))
+    load_registered(str(model), device="cpu")  # as registered: it loads
+    member = next((model / "artifacts").glob("*.ckpt"))
+    checkpoint = torch.load(trained_run.best_checkpoint, map_location="cpu", weights_only=True)
+    checkpoint[RECIPE_KEY]["patch"] = {**checkpoint[RECIPE_KEY]["patch"], "size": 24}  # another model's patches
+    torch.save(checkpoint, member)
+    with pytest.raises(ConfigError, match=f"changed since registration artifacts/{member.name}"):
+        load_registered(str(model), device="cpu")
+    write_manifest(model)  # consistent again, but not with the signature register wrote
+    with pytest.raises(ConfigError, match=r"members take patches of shape \(-1, 1, 24, 24, 24\) but its signature "
+                                          r"says \(-1, 1, 16, 16, 16\)"):
+        load_registered(str(model), device="cpu")
 
 
 @pytest.mark.parametrize("method", ["none", "temperature", "isotonic"])

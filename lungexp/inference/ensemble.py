@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lungexp.data.labels.label_rules import LabelRule
 from lungexp.inference.model import Predictor, normalized_batches
 from lungexp.metrics.calibration import Calibrator
 from lungexp.models.tta import check_tta, tta_probabilities
@@ -36,9 +37,24 @@ DATA_LOCATION_KEYS = ("root", "labels_csv")  # which dataset a data config means
 
 def preprocessing(recipe: ModelRecipe) -> dict[str, object]:
     """What a member's input is made of; every member of an ensemble must agree on all of it."""
-    return {"task": recipe.task, "patch.size": recipe.patch.size, "patch.spacing_mm": list(recipe.patch.spacing_mm),
+    return {"patch.size": recipe.patch.size, "patch.spacing_mm": list(recipe.patch.spacing_mm),
             "patch.pad_hu": recipe.patch.pad_hu, "hu_window": list(recipe.hu_window),
             "normalize": recipe.normalize, "in_channels": recipe.in_channels}
+
+
+def target(recipe: ModelRecipe) -> dict[str, object]:
+    """What a member's probability is the probability of: its task (which CSV column is the label) and the
+    ``data.label_rule`` that relabelled it (normalised: ``">= 4"`` is ``">=4"``); every member must agree on all
+    of it, or the mean mixes different positive classes (malignancy >= 3 with >= 4)."""
+    rule = LabelRule.from_config(recipe.data.get("label_rule"))
+    return {"data.task": recipe.task, "data.label_rule": None if rule is None else rule.as_config()}
+
+
+# What members must agree on, and what to say when they do not.
+AGREEMENTS: tuple[tuple[str, Callable[[ModelRecipe], dict[str, object]], str], ...] = (
+    ("preprocessing", preprocessing, "ensemble only models trained on the same patches"),
+    ("target", target, "ensemble only models trained to predict the same labels"),
+)
 
 
 class Ensemble:
@@ -46,24 +62,26 @@ class Ensemble:
     (:meth:`calibrate`), the mean of the members' calibrated probabilities.
 
     Args:
-        members: predictors sharing their preprocessing (:func:`preprocessing`), each with its calibrator or none.
+        members: predictors sharing their preprocessing (:func:`preprocessing`) and target (:func:`target`), each
+            with its calibrator or none.
         tta: ``none`` or ``flips`` (see :mod:`lungexp.models.tta`).
 
     Raises :class:`ConfigError` naming the first member and one that differs, and the field, when the
-    members' preprocessing differs.
+    members' preprocessing or target differs.
     """
 
     def __init__(self, members: Sequence[Predictor], tta: str = "none") -> None:
         if not members:
             raise ConfigError("an ensemble needs at least one checkpoint")
-        first = preprocessing(members[0].recipe)
-        for member in members[1:]:
-            differing = {key: value for key, value in preprocessing(member.recipe).items() if first[key] != value}
-            if differing:
-                key = next(iter(differing))
-                raise ConfigError(f"the checkpoints {members[0].path} and {member.path} cannot be ensembled: their "
-                                  f"preprocessing differs in {', '.join(differing)} ({key}={first[key]} vs "
-                                  f"{differing[key]}); ensemble only models trained on the same patches")
+        for what, settings, advice in AGREEMENTS:
+            first = settings(members[0].recipe)
+            for member in members[1:]:
+                differing = {key: value for key, value in settings(member.recipe).items() if first[key] != value}
+                if differing:
+                    key = next(iter(differing))
+                    raise ConfigError(f"the checkpoints {members[0].path} and {member.path} cannot be ensembled: "
+                                      f"their {what} differs in {', '.join(differing)} ({key}={first[key]} vs "
+                                      f"{differing[key]}); {advice}")
         self.members = list(members)
         self.tta = check_tta(tta)
 
@@ -115,15 +133,17 @@ class Ensemble:
             extras.append(f"calibration={self.calibration}")
         return model + (f" ({', '.join(extras)})" if extras else "")
 
-    def calibrate(self, method: str) -> None:
+    def calibrate(self, method: str) -> list[Path]:
         """Calibrate every member with ``method`` (``eval.calibration``): the calibrator its checkpoint stores, or
-        one fitted on its own validation predictions. Members without validation predictions leave the ensemble
-        uncalibrated (with a warning)."""
+        one fitted on its own validation predictions. Members without validation predictions (of both classes)
+        leave the ensemble uncalibrated (with a warning); returns their checkpoints."""
         for member in self.members:
             member.calibrate(method)
-        if method != "none" and self.calibrators is None:
+        uncalibrated = [member.path for member in self.members if method != "none" and member.calibrator is None]
+        if uncalibrated:
             for member in self.members:
                 member.calibrator = None  # all or none: a mean of calibrated and raw probabilities means neither
+        return uncalibrated
 
     def decision_threshold(self, rule: str | float) -> float:
         """The mean of the members' thresholds, each chosen on its own (calibrated, when calibrated) validation

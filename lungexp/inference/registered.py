@@ -11,26 +11,44 @@ normalisation), so the model takes raw HU patches::
 
 ``C`` is the number of patch scales and ``S`` the patch size (the signature records both);
 ``lungexp.predict model_uri=models:/NAME@champion`` extracts such patches around candidates of new scans.
+
+Loading a pyfunc model runs the code it carries, and on a shared registry anyone may add a version. So
+:func:`register_model` stores a manifest in the model (``lungexp_manifest.json``: every file's sha256), and
+:func:`load_registered` loads only a model that is exactly what it wrote, checked before MLflow imports or
+unpickles anything: every file as the manifest lists it (nothing extra, missing or changed: a swapped member
+checkpoint too), and, since a manifest in the model proves only that the files agree with each other, an
+MLmodel whose pyfunc flavor runs nothing but lungexp's own model code (:data:`MODEL_CODE`, byte for byte).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.models import ModelSignature
+import yaml  # type: ignore[import-untyped]  # PyYAML comes with MLflow, without type stubs
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import Schema, TensorSpec
+from mlflow.utils.validation import (
+    _validate_model_alias_name,
+    _validate_model_alias_name_reserved,
+    _validate_model_name,
+)
 
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
-from lungexp.metrics.calibration import calibrator_from_dict
+from lungexp.metrics.calibration import calibrator_from_dict, check_calibration
+from lungexp.models.pretrained import file_sha256
 from lungexp.models.tta import check_tta
 from lungexp.tracking.runs import ensure_experiment
 from lungexp.utils.errors import ConfigError
@@ -45,8 +63,21 @@ from lungexp.inference.registered import EnsembleModel
 
 mlflow.models.set_model(EnsembleModel())
 """
+MEMBER_ARTIFACT = "member"  # + member index: the checkpoints
 CALIBRATOR_ARTIFACT = "calibrator"  # + member index: the fitted calibrators of a calibrated model
 REGISTRY_EXPERIMENT = "lungexp-registry"  # the experiment of the runs that log registered models
+MANIFEST_FILE = "lungexp_manifest.json"  # {"sha256": {file: digest}} of every other file of the model
+# Written by MLflow's client into a `models:/` download (the name and version, as YAML), never stored in the model.
+DOWNLOAD_FILES = frozenset({"registered_model_meta"})
+# What MLflow writes into a pyfunc model besides the model code and the artifacts: data it reads, never code.
+MLFLOW_FILES = frozenset({"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
+                          "serving_input_example.json"})
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # MLflow's loader of "models from code"
+# The keys of the python_function flavor that lungexp's models have; any other (`python_model`: a pickle, `data`,
+# `predict_fn`, ...) is refused. Of these, `loader_module`, `code` and `model_code_path` are pinned below.
+PYFUNC_KEYS = frozenset({"artifacts", "cloudpickle_version", "code", "config", "env", "loader_module",
+                         "model_code_path", "python_version", "streamable"})
+_ARTIFACT_NAME = re.compile(rf"({MEMBER_ARTIFACT}|{CALIBRATOR_ARTIFACT})(\d+)")
 
 
 class EnsembleModel(PythonModel):
@@ -61,7 +92,7 @@ class EnsembleModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         config = context.model_config
-        members = [Predictor(context.artifacts[f"member{index}"], device=config.get("device", "auto"))
+        members = [Predictor(context.artifacts[f"{MEMBER_ARTIFACT}{index}"], device=config.get("device", "auto"))
                    for index in range(int(config["members"]))]
         for index, member in enumerate(members):
             calibrator = context.artifacts.get(f"{CALIBRATOR_ARTIFACT}{index}")
@@ -100,13 +131,17 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
     pointed to by ``alias``.
 
     ``artifact_location``: where a new registry experiment of a local store keeps the model files (as
-    ``paths.mlflow_artifacts``). The members are loaded first, so a checkpoint that is not lungexp's, or members whose preprocessing differs,
-    fail before anything is logged.
+    ``paths.mlflow_artifacts``). Every argument is checked, and the members are loaded and calibrated, before
+    anything is logged: a name or alias the registry refuses, a checkpoint that is not lungexp's, members that
+    cannot be ensembled or a calibration that cannot be fitted leave no run and no version behind.
     """
-    ensemble = Ensemble([Predictor(path, device="cpu") for path in ckpt_paths], tta=check_tta(tta))
-    ensemble.calibrate(calibration)  # fitted now, stored in the model: loading it never refits
-    if not name:
-        raise ConfigError("name=...: give the registered model a name")
+    name, alias = check_registration(name, alias, tta, calibration)
+    ensemble = Ensemble([Predictor(path, device="cpu") for path in ckpt_paths], tta=tta)
+    uncalibrated = ensemble.calibrate(calibration)  # fitted now, stored in the model: loading it never refits
+    if uncalibrated:
+        raise ConfigError(f"calibration={calibration} cannot be fitted for {uncalibrated[0]}: its checkpoint has no "
+                          "validation predictions of both classes (see the warning above); register it with "
+                          "calibration=none")
     patch = ensemble.recipe.patch
     shape = (patch.channels, patch.size, patch.size, patch.size)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
@@ -119,9 +154,9 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
         mlflow.set_registry_uri(tracking_uri)
     client = mlflow.MlflowClient()
     experiment_id = ensure_experiment(client, REGISTRY_EXPERIMENT, artifact_location)
-    artifacts = {f"member{index}": str(path) for index, path in enumerate(ensemble.paths)}
+    artifacts = {f"{MEMBER_ARTIFACT}{index}": str(path) for index, path in enumerate(ensemble.paths)}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"register {name}") as run, \
-            tempfile.TemporaryDirectory() as folder:
+            tempfile.TemporaryDirectory() as folder, _no_bytecode_files():
         mlflow.log_params({"calibration": calibration, **artifacts})  # MLflow logs the model_config's own
         # Files, not model_config (whose values MLflow logs as params): an isotonic fit has a value per probability.
         for index, calibrator in enumerate(ensemble.calibrators or []):
@@ -129,19 +164,68 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
             Path(artifacts[f"{CALIBRATOR_ARTIFACT}{index}"]).write_text(json.dumps(calibrator.to_dict()))
         code = Path(folder) / MODEL_CODE_FILE
         code.write_text(MODEL_CODE)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT, python_model=str(code), signature=signature, input_example=example,
-            artifacts=artifacts, model_config={"members": len(ensemble.members), "tta": ensemble.tta, "device": "auto"},
+        # `mlflow.pyfunc.log_model` with this module as the flavor: its save_model adds the manifest.
+        info = Model.log(
+            artifact_path=None, name=MODEL_ARTIFACT, flavor=sys.modules[__name__], python_model=str(code),
+            signature=signature, input_example=example, artifacts=artifacts,
+            model_config={"members": len(ensemble.members), "tta": ensemble.tta, "device": "auto"},
             pip_requirements=_requirements(), registered_model_name=name)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, alias, version)
     if description:
-        client.update_model_version(name, version, description=description)
+        client.update_model_version(name, version, description=str(description))
     return RegisteredVersion(name, version, alias, run.info.run_id, len(ensemble.members))
 
 
+def save_model(path: str, **kwargs: Any) -> None:
+    """The flavor :func:`register_model` logs a model with (``mlflow.models.Model.log`` calls this): MLflow's
+    ``mlflow.pyfunc.save_model``, then the manifest of the files it wrote."""
+    mlflow.pyfunc.save_model(path, **kwargs)
+    write_manifest(Path(path))
+
+
+def write_manifest(model: Path) -> None:
+    """:data:`MANIFEST_FILE` in the model folder ``model``: the sha256 of every other file in it."""
+    digests = {file.relative_to(model).as_posix(): file_sha256(file) for file in sorted(model.rglob("*"))
+               if file.is_file() and file.name != MANIFEST_FILE}
+    (model / MANIFEST_FILE).write_text(json.dumps({"sha256": digests}, indent=1))
+
+
+@contextmanager
+def _no_bytecode_files() -> Iterator[None]:
+    """No ``__pycache__`` while MLflow logs the model: it loads the model to validate the input example after
+    :func:`save_model` wrote the manifest, and a cached ``.pyc`` next to the model code would be an extra file."""
+    before, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
+def check_registration(name: Any, alias: Any, tta: str, calibration: str) -> tuple[str, str]:
+    """``name`` and ``alias`` as the registry takes them, checked with MLflow's own rules before anything is loaded
+    or logged (a name with ``/`` or ``:``, or the reserved aliases ``latest`` and ``v<number>``, would fail only
+    after a run and a version were made), and ``tta`` and ``calibration`` named as ``lungexp.register`` names them."""
+    check_tta(tta)
+    check_calibration(calibration, key="calibration")
+    if name is None or not str(name).strip():
+        raise ConfigError("name=...: give the registered model a name")
+    if alias is None or not str(alias).strip():
+        raise ConfigError("alias=...: give the new version an alias (e.g. alias=champion)")
+    name, alias = str(name), str(alias)
+    for key, value, validations in (("name", name, [_validate_model_name]),
+                                    ("alias", alias, [_validate_model_alias_name, _validate_model_alias_name_reserved])):
+        try:
+            for validate in validations:
+                validate(value)
+        except MlflowException as error:
+            raise ConfigError(f"{key}={value}: the MLflow Model Registry refuses it: {error.message}") from None
+    return name, alias
+
+
 def load_registered(uri: str, tracking_uri: str | None = None, device: str = "auto") -> Ensemble:
-    """The :class:`Ensemble` inside a registered lungexp model (``models:/NAME@ALIAS``, ``runs:/...``)."""
+    """The :class:`Ensemble` inside a registered lungexp model (``models:/NAME@ALIAS``, ``runs:/...``), loaded only
+    when it is exactly what :func:`register_model` wrote (see the module's docstring)."""
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
@@ -151,23 +235,98 @@ def load_registered(uri: str, tracking_uri: str | None = None, device: str = "au
         except mlflow.exceptions.MlflowException as error:
             raise ConfigError(f"model_uri={uri}: cannot load it from {mlflow.get_tracking_uri()}: "
                               f"{str(error).splitlines()[0]}") from None
-        _check_runs_only_lungexp(uri, local)
-        model = mlflow.pyfunc.load_model(str(local), model_config={"device": device}).unwrap_python_model()
+        problems = _unregistered_files(local) + _foreign_code(local)
+        if problems:
+            raise ConfigError(f"model_uri={uri}: refused before loading it: loading a model runs the code it "
+                              f"carries, and this one is not exactly what lungexp.register wrote "
+                              f"({'; '.join(problems)}). Register the checkpoints again with `python -m lungexp.register`")
+        loaded = mlflow.pyfunc.load_model(str(local), model_config={"device": device})
+    model = loaded.unwrap_python_model()
     if not isinstance(model, EnsembleModel):
         raise ConfigError(f"model_uri={uri}: not a lungexp model (it is a {type(model).__name__}); register one with "
                           "`python -m lungexp.register`")
+    patch = model.ensemble.recipe.patch
+    expected = (-1, patch.channels, patch.size, patch.size, patch.size)
+    inputs = loaded.metadata.get_input_schema()
+    signed = inputs.inputs[0].shape if inputs is not None and inputs.is_tensor_spec() else None
+    if signed != expected:
+        raise ConfigError(f"model_uri={uri}: its members take patches of shape {expected} but its signature says "
+                          f"{signed}; register the checkpoints again with `python -m lungexp.register`")
     return model.ensemble
 
 
-def _check_runs_only_lungexp(uri: str, model: Path) -> None:
-    """Loading a pyfunc model runs its code (its source, a pickle, or modules of its ``code_paths`` put first on
-    ``sys.path``): a model from a shared registry may hold only the source :func:`register_model` wrote."""
-    code = [path for path in model.rglob("*") if path.suffix in {".py", ".pkl", ".pickle", ".cloudpickle"}]
-    if [path.name for path in code] != [MODEL_CODE_FILE] or code[0].read_text() != MODEL_CODE:
-        raise ConfigError(f"model_uri={uri}: its code is not the one lungexp.register writes "
-                          f"({', '.join(sorted(str(path.relative_to(model)) for path in code)) or 'none'}); "
-                          "loading it would run that code, so it is refused. Register the checkpoints again with "
-                          "`python -m lungexp.register`")
+def _unregistered_files(model: Path) -> list[str]:
+    """How the files of ``model`` differ from its manifest: extra, missing, changed or linked files."""
+    try:
+        listed = json.loads((model / MANIFEST_FILE).read_text())["sha256"]
+        if not isinstance(listed, dict):
+            raise TypeError(listed)
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"no readable {MANIFEST_FILE}"]
+    entries = {path.relative_to(model).as_posix(): path for path in model.rglob("*")}
+    linked = sorted(name for name, path in entries.items() if path.is_symlink())
+    files = {name for name, path in entries.items() if path.is_file() and not path.is_symlink()}
+    extra = sorted(files - set(listed) - {MANIFEST_FILE, *DOWNLOAD_FILES})
+    missing = sorted(set(listed) - files)
+    changed = sorted(name for name in set(listed) & files if file_sha256(entries[name]) != listed[name])
+    return [f"{what} {', '.join(names)}" for what, names in
+            (("linked", linked), ("extra", extra), ("missing", missing), ("changed since registration", changed))
+            if names]
+
+
+def _foreign_code(model: Path) -> list[str]:
+    """What in the MLmodel's pyfunc flavor would run anything but :data:`MODEL_CODE`: another loader, code paths,
+    a pickle, another model code file, artifacts outside the model, or a member count its artifacts do not have."""
+    try:
+        flavors = yaml.safe_load((model / "MLmodel").read_text())["flavors"]
+        pyfunc = flavors["python_function"]
+        if not isinstance(pyfunc, dict):
+            raise TypeError(pyfunc)
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return ["no readable MLmodel with a python_function flavor"]
+    artifacts = pyfunc.get("artifacts") or {}
+    paths = {str(artifact.get("path")) for artifact in artifacts.values() if isinstance(artifact, dict)} \
+        if isinstance(artifacts, dict) else set()
+    # Python runs a cached .pyc of the model code (__pycache__) instead of its source: only known files may be there.
+    unknown = sorted(path.relative_to(model).as_posix() for path in model.rglob("*") if not path.is_dir()
+                     and path.relative_to(model).as_posix() not in
+                     {*MLFLOW_FILES, *DOWNLOAD_FILES, MANIFEST_FILE, MODEL_CODE_FILE, *paths})
+    problems = [f"files lungexp.register never writes: {', '.join(unknown)}"] if unknown else []
+    problems += [f"MLmodel flavor {flavor}" for flavor in flavors if flavor != "python_function"]
+    problems += [f"MLmodel python_function.{key}" for key in pyfunc if key not in PYFUNC_KEYS]
+    if pyfunc.get("loader_module") != CODE_LOADER:
+        problems.append(f"MLmodel loader_module: {pyfunc.get('loader_module')}")
+    if pyfunc.get("code") is not None:
+        problems.append(f"MLmodel code: {pyfunc.get('code')}")
+    code = model / MODEL_CODE_FILE
+    # MLflow runs the file of this name in the model folder (os.path.basename of model_code_path).
+    if str(pyfunc.get("model_code_path")).rsplit("/", 1)[-1] != MODEL_CODE_FILE:
+        problems.append(f"MLmodel model_code_path: {pyfunc.get('model_code_path')}")
+    elif code.is_symlink() or not code.is_file() or code.read_bytes() != MODEL_CODE.encode():
+        problems.append(f"{MODEL_CODE_FILE} is not lungexp's model code")
+    return problems + _artifact_problems(model, artifacts, pyfunc.get("config") or {})
+
+
+def _artifact_problems(model: Path, artifacts: Any, config: Any) -> list[str]:
+    """The artifacts must be ``member0..N-1`` (``config.members``: N) and none or all of ``calibrator0..N-1``,
+    each a file inside the model."""
+    if not isinstance(artifacts, dict) or not isinstance(config, dict):
+        return ["MLmodel artifacts or config is not a mapping"]
+    problems = []
+    indices: dict[str, set[int]] = {MEMBER_ARTIFACT: set(), CALIBRATOR_ARTIFACT: set()}
+    for name, artifact in artifacts.items():
+        kind = _ARTIFACT_NAME.fullmatch(str(name))
+        path = str(artifact.get("path")) if isinstance(artifact, dict) else ""
+        file = model / path
+        if kind is None or not file.resolve().is_relative_to(model.resolve()) or not file.is_file():
+            problems.append(f"MLmodel artifact {name}: {path}")
+        else:
+            indices[kind.group(1)].add(int(kind.group(2)))
+    members = config.get("members")
+    expected = set(range(members)) if isinstance(members, int) and members > 0 else None
+    if expected is None or indices[MEMBER_ARTIFACT] != expected or indices[CALIBRATOR_ARTIFACT] not in (set(), expected):
+        problems.append(f"MLmodel config members: {members} with the artifacts {', '.join(map(str, artifacts))}")
+    return problems
 
 
 def _requirements() -> list[str]:
