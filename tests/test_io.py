@@ -182,6 +182,10 @@ def test_header_that_does_not_match_raw_size(tmp_path: Path, field, value, probl
         ("ElementSpacing", "0.703125 -0.8 2.5", "ElementSpacing = 0.703125 -0.8 2.5; expected three positive"),
         ("ElementSpacing", "0.7 0.8", "ElementSpacing = 0.7 0.8; expected three positive"),
         ("ElementSpacing", "0.7 nan 2.5", "ElementSpacing = 0.7 nan 2.5; expected three positive"),
+        ("Offset", "nan 0 0", "Offset = nan 0 0; expected 3 finite numbers"),  # MetaIO reads nan as 0
+        ("TransformMatrix", "1 0 0 0 1 0 0 0", "TransformMatrix = 1 0 0 0 1 0 0 0; expected 9 finite numbers"),
+        ("TransformMatrix", "1 0 0 1 0 0 0 0 1", r"direction \[1\.0, 1\.0, .* is damaged \(not finite, or axes that "
+                                                 r"coincide\)"),
     ],
 )
 def test_bad_mhd_header(tmp_path: Path, field, value, message) -> None:
@@ -289,6 +293,18 @@ def test_other_formats_round_trip(tmp_path: Path, suffix: str) -> None:
     back = read_scan(path)
     np.testing.assert_array_equal(back.array, scan.array)
     assert_same_geometry(back, scan)
+
+
+def test_nrrd_with_a_zero_voxel_axis_is_refused(tmp_path: Path) -> None:
+    """ITK gives the axis a spacing of 0, which would fail far from the file, in a coordinate check."""
+    path = tmp_path / "a.nrrd"
+    sitk.WriteImage(make_scan().to_sitk(), str(path), useCompression=False)
+    path.write_bytes(re.sub(rb"space directions: .*\n", b"space directions: (0.7,0,0) (0,0.8,0) (0,0,0)\n",
+                            path.read_bytes(), count=1))
+    for read in (read_scan, read_scan_header):
+        with pytest.raises(ScanReadError, match=rf"{re.escape(str(path))}: voxel spacing \[.*, 0\.0\] must be three "
+                                                "positive sizes"):
+            read(path)
 
 
 # Byte patches of a NIfTI-1 header (little-endian, as ITK writes it here): pixdim is float32[8] at 76

@@ -13,8 +13,9 @@ from pathlib import Path
 from lungexp.data.scans.data_files import data_file_in_header_folder
 from lungexp.data.scans.errors import ScanReadError
 
-# NRRD headers are short; reading stops here when no blank line ends one (e.g. a binary file named .nrrd).
+# NRRD headers are short: a longer one is refused, and a longer line is read in parts (a path cannot be that long).
 _MAX_HEADER_LINES = 1000
+_MAX_LINE_BYTES = 65536
 
 
 def check_nrrd(path: Path) -> None:
@@ -33,15 +34,19 @@ def _data_files(path: Path) -> list[str]:
     """The values of every ``data file`` field of the header (the header ends at the first blank line)."""
     names = []
     with path.open("rb") as handle:
-        if not handle.readline().startswith(b"NRRD"):
+        if handle.read(4) != b"NRRD":
             raise ScanReadError(f"{path}: does not start with NRRD's magic line (NRRD000x); is this really a NRRD file?")
-        for _, raw_line in zip(range(_MAX_HEADER_LINES), handle, strict=False):
-            line = raw_line.decode("latin-1").strip()
-            if not line:
+        handle.readline(_MAX_LINE_BYTES)  # the rest of the magic line
+        for _ in range(_MAX_HEADER_LINES):
+            line = handle.readline(_MAX_LINE_BYTES).decode("latin-1").strip()
+            if not line:  # the blank line that ends the header, or the end of a detached header
                 break
             key, separator, value = line.partition(":")
             # "key:=value" lines are free-form key/value pairs, not fields; "#" starts a comment
             if separator and not value.startswith("=") and not key.startswith("#"):
                 if key.replace(" ", "").lower() == "datafile":
                     names.append(value.strip())
+        else:
+            raise ScanReadError(f"{path}: its header does not end within {_MAX_HEADER_LINES} lines (no blank line); "
+                                "is this really a NRRD file?")
     return names
