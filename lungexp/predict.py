@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> None:
     from lungexp.inference.detections import check_candidate_options, score_detections
     from lungexp.inference.scans import open_scans
     from lungexp.inference.submission import (
+        check_predict_options,
         load_predictor,
         predict_candidates,
         read_candidates,
@@ -32,6 +33,7 @@ def main(cfg: DictConfig) -> None:
     )
 
     check_candidate_options(cfg.candidates, cfg.detections, cfg.fuse, cfg.merge_radius_mm)
+    check_predict_options(cfg)
     predictor = load_predictor(cfg)
     scans = open_scans(cfg.scans)
     if cfg.detections is not None:
@@ -41,7 +43,11 @@ def main(cfg: DictConfig) -> None:
         candidates = read_candidates(cfg.candidates, scans)
         table = predict_candidates(predictor, scans, candidates, source=cfg.candidates, batch_size=cfg.batch_size)
     out = write_submission(table, cfg.out)
-    print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {predictor.description}: "
+    # A registered model is named by its URI: its checkpoints were read from a download folder, gone by now.
+    model = predictor.description if cfg.model_uri is None else (
+        f"{cfg.model_uri} ({len(predictor.members)} checkpoint(s), tta={predictor.tta}, "
+        f"calibration={predictor.calibration})")
+    print(f"Scored {len(table)} candidate(s) on {table['seriesuid'].nunique()} scan(s) with {model}: "
           f"{predictor.recipe.net['_target_'].rsplit('.', 1)[-1]}, {predictor.recipe.task}, {predictor.device}, "
           f"{predictor.precision} -> {out}")
 

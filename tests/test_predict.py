@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -12,16 +13,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 
 from lungexp.convert import main as convert_main
 from lungexp.data.labels.annotations import COORD_COLUMNS, read_annotations
 from lungexp.data.scans import read_scan
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
-from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
+from lungexp.inference.submission import (
+    SUBMISSION_COLUMNS,
+    check_predict_options,
+    predict_candidates,
+    read_candidates,
+    write_submission,
+)
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, load_checkpoint
-from lungexp.utils.errors import LungexpError
-from tests.helpers.config import PROJECT_ROOT
+from lungexp.utils.atomic import DiskFullError
+from lungexp.utils.errors import ConfigError, LungexpError
+from tests.helpers.cli import run_entry_point
+from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT
 from tests.helpers.data import shared_data_dir, write_dicom_series
 
 
@@ -233,3 +245,99 @@ def test_predict_command_writes_a_submission_and_reports_errors_in_one_line(trai
     assert failed.returncode == 1
     assert failed.stderr.startswith(f"error: {foreign}: not a lungexp checkpoint")
     assert "Traceback" not in failed.stderr + failed.stdout
+
+
+def predict_config(folder: Path, *overrides: str) -> DictConfig:
+    """``conf/predict.yaml`` composed as ``python -m lungexp.predict`` would, with inputs in ``folder`` (a
+    candidates file and a checkpoint file, neither read by the option checks)."""
+    (folder / "points.csv").write_text("seriesuid,coordX,coordY,coordZ\n1.2.3,0,0,0\n")
+    (folder / "best.ckpt").write_bytes(b"weights")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("predict", overrides=[f"ckpt_path={folder / 'best.ckpt'}", f"scans={folder}",
+                                             f"candidates={folder / 'points.csv'}", f"out={folder / 'out.csv'}",
+                                             *overrides])
+
+
+@pytest.mark.parametrize("link", ["same path", "symlink to the input", "input is a symlink to it", "hard link"])
+def test_out_that_is_an_input_is_refused_before_any_work(tmp_path: Path, link: str) -> None:
+    """out= equal to the candidates file replaced the input with the results, exit 0."""
+    cfg = predict_config(tmp_path)
+    points = tmp_path / "points.csv"
+    out = {"same path": points, "symlink to the input": tmp_path / "link.csv",
+           "input is a symlink to it": tmp_path / "real.csv", "hard link": tmp_path / "hard.csv"}[link]
+    if link == "symlink to the input":
+        out.symlink_to(points)
+    elif link == "hard link":
+        os.link(points, out)
+    elif link == "input is a symlink to it":
+        points.rename(out)
+        points.symlink_to(out)
+    cfg.out = str(tmp_path / "sub" / ".." / out.name)  # spelled another way too
+    with pytest.raises(ConfigError, match=rf"out=.*{out.name} is the file of candidates={points}: .* replace the input"):
+        check_predict_options(cfg)
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}/best.ckpt", "out={tmp}/best.ckpt: out is written as a .csv file"),  # a checkpoint, a scan's .raw ...
+    ("{tmp}", "out={tmp} is a folder; give a file in it, e.g. out={tmp}/predictions.csv"),
+    ("{tmp}/points.csv/x/out.csv", "out={tmp}/points.csv/x/out.csv: {tmp}/points.csv is a file, not a folder"),
+])
+def test_out_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path, out: str, message: str) -> None:
+    cfg = predict_config(tmp_path, f"out={out.format(tmp=tmp_path)}")
+    with pytest.raises(ConfigError) as refused:
+        check_predict_options(cfg)
+    assert str(refused.value).startswith(message.format(tmp=tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in a read-only folder")
+def test_out_in_a_read_only_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    """It failed only after all the scoring."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(ConfigError, match=f"out={locked}/out.csv: {locked} is not writable"):
+        check_predict_options(predict_config(tmp_path, f"out={locked}/out.csv"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "batch_size=0 must be a whole number >= 1"),
+    ("batch_size=-3", "batch_size=-3 must be a whole number >= 1"),
+    ("device=cuda", "device=cuda: this machine has no CUDA GPU that PyTorch can use; use device=cpu"),
+    ("device=cuda:1", "device=cuda:1: this machine has no CUDA GPU"),
+    ("device=gpu", "device='gpu' is not a device lungexp runs on; use auto, cpu, cuda or cuda:N"),
+    ("calibration=platt", "calibration='platt' is not a valid choice"),
+])
+def test_predict_options_are_checked_by_their_own_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      override: str, message: str) -> None:
+    """batch_size=0 / -3 and device=cuda without CUDA were tracebacks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    with pytest.raises(ConfigError) as refused:
+        check_predict_options(predict_config(tmp_path, override))
+    assert str(refused.value).startswith(message)
+
+
+def test_a_full_disk_while_writing_out_is_one_line_and_leaves_nothing_half_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "predictions.csv"
+    out.write_text("the previous results\n")
+
+    def fill_the_disk(self: pd.DataFrame, path: Path, **kwargs: object) -> None:
+        Path(path).write_text("seriesuid,coo")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fill_the_disk)
+    with pytest.raises(DiskFullError, match=rf"^{out}: No space left on device \(.* free on that file system\); "
+                                            "free some space there, or give another out="):
+        write_submission(pd.DataFrame({"seriesuid": ["1.2.3"]}), out)
+    assert out.read_text() == "the previous results\n" and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_predict_command_refuses_out_equal_to_its_candidates(tmp_path: Path) -> None:
+    """As a user runs it: one error line, exit 1, the candidates untouched (no checkpoint is even read)."""
+    predict_config(tmp_path)
+    points = tmp_path / "points.csv"
+    before = points.read_text()
+    done = run_entry_point("predict", [f"ckpt_path={tmp_path / 'best.ckpt'}", f"scans={tmp_path}",
+                                       f"candidates={points}", f"out={points}"], tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: out={points} is the file of candidates=")
+    assert "Traceback" not in done.stderr and points.read_text() == before

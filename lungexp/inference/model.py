@@ -35,8 +35,7 @@ class Predictor:
         trained = load_checkpoint(ckpt_path)
         self.recipe: ModelRecipe = trained.recipe
         self.path = trained.path
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if device == "auto" else device)
+        self.device = inference_device(device)
         self.precision = str(precision or self.recipe.precision)
         self.autocast_dtype = _AUTOCAST[look_up_option("precision", self.precision, _AUTOCAST)]
         if self.autocast_dtype is torch.float16 and self.device.type != "cuda":
@@ -81,6 +80,26 @@ class Predictor:
         calibrated by :attr:`calibrator` when there is one."""
         probabilities = self.probabilities(normalized_batches(self.recipe.window, hu_patches, batch_size))
         return probabilities if self.calibrator is None else self.calibrator(probabilities).astype(np.float32)
+
+
+def inference_device(device: str) -> torch.device:
+    """The torch device of the ``device`` option: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``; a :class:`ConfigError` naming the option for a device this machine does not have."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is not a device lungexp runs on; use auto, cpu, cuda or cuda:N")
+    gpus = torch.cuda.device_count() if chosen.type == "cuda" and torch.cuda.is_available() else 0
+    if chosen.type == "cuda" and not gpus:
+        raise ConfigError(f"device={device}: this machine has no CUDA GPU that PyTorch can use; use device=cpu, or "
+                          "device=auto (a GPU where there is one)")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= gpus:
+        raise ConfigError(f"device={device}: this machine has {gpus} CUDA GPU(s), cuda:0 to cuda:{gpus - 1}")
+    return chosen
 
 
 def normalized_batches(window: HUWindow, hu_patches: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:

@@ -23,11 +23,12 @@ from lungexp.data.patches.extraction import PatchExtractor
 from lungexp.data.scans import ScanHeader
 from lungexp.data.scans.scan import Scan
 from lungexp.inference.ensemble import Ensemble, load_members
-from lungexp.inference.model import Predictor
+from lungexp.inference.model import Predictor, inference_device
 from lungexp.inference.scans import ScanSource
+from lungexp.metrics.calibration import check_calibration
 from lungexp.reporting.options import EvaluationOptions
-from lungexp.utils.atomic import atomic_file
-from lungexp.utils.errors import ConfigError, LungexpError
+from lungexp.utils.atomic import atomic_file, check_output_file, disk_full_named
+from lungexp.utils.errors import ConfigError, LungexpError, check_int
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,23 @@ def _check_inside(points: pd.DataFrame, header: ScanHeader, source: str | Path) 
                           "world mm (x, y, z) in the scan's frame, not voxel indices")
 
 
+def check_predict_options(cfg: DictConfig) -> None:
+    """The options of a ``predict`` config that need no model or scan, checked before any slow work, each named by
+    its own key: ``batch_size``, ``device``, ``calibration`` and ``out`` (see
+    :func:`~lungexp.utils.atomic.check_output_file`: never one of the inputs)."""
+    check_int("batch_size", cfg.batch_size, minimum=1)
+    inference_device(cfg.device)
+    check_calibration(cfg.calibration, key="calibration")
+    checkpoints = [] if cfg.ckpt_path is None else [cfg.ckpt_path] if isinstance(cfg.ckpt_path, str) else cfg.ckpt_path
+    inputs = [("candidates", cfg.candidates), ("detections", cfg.detections), ("scans", cfg.scans),
+              *(("ckpt_path", path) for path in checkpoints)]
+    check_output_file("out", cfg.out, inputs)
+
+
 def write_submission(table: pd.DataFrame, out: str | Path) -> Path:
-    """Write the table as CSV atomically (a temporary file renamed into place)."""
-    with atomic_file(out) as temporary:
+    """Write the table as CSV atomically (a temporary file renamed into place): a full disk leaves ``out`` as it
+    was and is one :class:`~lungexp.utils.atomic.DiskFullError` naming it."""
+    with disk_full_named(Path(out).parent, "free some space there, or give another out=", name=out), \
+            atomic_file(out) as temporary:
         table.to_csv(temporary, index=False)
     return Path(out)

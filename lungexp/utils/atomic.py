@@ -5,7 +5,8 @@ Everything is first written under a temporary name in the target's own folder (s
 complete; an interrupted write leaves the old target, if any, untouched and its temporaries gone.
 Temporary names are hidden and end in :data:`TEMPORARY_SUFFIX`, so scan indexing skips them.
 
-A full disk is named, never a crash: :func:`allocate_npy` reserves a file's blocks before it is
+:func:`check_output_file` refuses, before any work is spent, an output file that could not be written or
+would replace one of the command's inputs. A full disk is named, never a crash: :func:`allocate_npy` reserves a file's blocks before it is
 memory-mapped (a write into a map that the file system cannot back is a SIGBUS, which kills the
 process without a word), and :func:`disk_full_named` turns "no space left" into a
 :class:`DiskFullError` that names the file and its file system's free space. :func:`exclusive_lock`
@@ -21,14 +22,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import ConfigError, LungexpError
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,48 @@ def free_bytes(folder: str | Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+def check_output_file(key: str, target: str | Path, inputs: Iterable[tuple[str, str | Path | None]],
+                      suffix: str = ".csv") -> Path:
+    """``target`` if the option ``key`` may write it; else a :class:`~lungexp.utils.errors.ConfigError` naming
+    ``key``: a name without ``suffix`` (so that no scan, data or checkpoint file is ever overwritten by a
+    table), a folder, a path under a file, a folder this user cannot write in, or the very file (through any
+    link) of one of ``inputs`` (option name, path; None for an option not given)."""
+    target = Path(target)
+    if target.is_dir():
+        raise ConfigError(f"{key}={target} is a folder; give a file in it, e.g. {key}={target / f'predictions{suffix}'}")
+    if target.suffix.lower() != suffix:
+        raise ConfigError(f"{key}={target}: {key} is written as a {suffix} file; give a file name ending in {suffix}")
+    folder = target.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{key}={target}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={target}: {folder} is not writable by this user; choose another folder")
+    for input_key, path in inputs:
+        if path is not None and _same_file(target, Path(path)):
+            raise ConfigError(f"{key}={target} is the file of {input_key}={path}: writing the results there would "
+                              f"replace the input; choose another {key}")
+    return target
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two spellings name one file: the same path once links and ``..`` are resolved, or the same file
+    on disk (a hard link)."""
+    first, second = first.resolve(), second.resolve()
+    return first == second or (first.exists() and second.exists() and os.path.samefile(first, second))
+
+
 @contextmanager
-def disk_full_named(folder: str | Path, hint: str) -> Iterator[None]:
+def disk_full_named(folder: str | Path, hint: str, name: str | Path | None = None) -> Iterator[None]:
     """Re-raise "no space left" (``ENOSPC``, ``EDQUOT``) inside the block as a :class:`DiskFullError` naming
-    the file (else ``folder``), what is free there, and ``hint`` (what the user can do)."""
+    ``name`` (else the file of the error, else ``folder``), what is free there, and ``hint`` (what the user can do)."""
     try:
         yield
     except OSError as error:
         if error.errno not in NO_SPACE_ERRNOS:
             raise
-        where = error.filename or folder
+        where = name or error.filename or folder
         raise DiskFullError(f"{where}: {error.strerror} ({format_bytes(free_bytes(folder))} free on that file "
                             f"system); {hint}") from None
 
