@@ -21,7 +21,13 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger
 from pytorch_lightning.loggers.logger import DummyLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from lungexp.tracking.server import access_error, check_server_access, is_refusal, is_tracking_server
+from lungexp.tracking.server import (
+    access_error,
+    check_no_credentials_in,
+    check_server_access,
+    is_refusal,
+    is_tracking_server,
+)
 from lungexp.tracking.stale_runs import end_stale_runs, process_tags
 from lungexp.utils.config import to_dict
 from lungexp.utils.errors import LungexpError
@@ -80,7 +86,8 @@ def _is_mlflow_logger(node: DictConfig) -> bool:
 def open_tracking_store(uri: str, experiment_name: str) -> None:
     """Open the store at ``uri`` (naming it if that fails), check that a tracking server lets this user
     write there (:func:`~lungexp.tracking.server.check_server_access`) and end the stale runs of
-    ``experiment_name``."""
+    ``experiment_name``. A password in ``uri`` (any scheme) is refused first: every message below names ``uri``."""
+    check_no_credentials_in(uri)
     try:
         client = MlflowClient(uri)
         if is_tracking_server(uri):

@@ -12,17 +12,15 @@ are loaded.
 from __future__ import annotations
 
 from typing import TypeGuard
-from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-from lungexp.utils.errors import ConfigError, LungexpError
+from lungexp.tracking.credentials import CREDENTIAL_VARIABLES, CREDENTIALS_FILE, has_password, password_error
+from lungexp.utils.errors import LungexpError
 
-CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-CREDENTIALS_FILE = "~/.mlflow/credentials"
 # mlflow.server.auth.routes.GET_CURRENT_USER and GET_USER_PERMISSION, and the permissions that can_update
 # (mlflow.server.auth.permissions): importing mlflow.server.auth loads the whole server into every run.
 CURRENT_USER_ENDPOINT = "/api/2.0/mlflow/users/current"
@@ -37,16 +35,16 @@ class ServerAccessError(LungexpError):
 
 
 def is_tracking_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
+    """Whether ``uri`` is a tracking server's address (``http://``, ``HTTPS://``: schemes have no case)."""
+    return uri.partition("://")[0].lower() in ("http", "https")  # not urlsplit: it raises on a malformed host
 
 
 def check_no_credentials_in(uri: str) -> None:
-    """Refuse ``http://user:password@host``: the tracking URI is logged with the run's config."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        raise ConfigError(f"logger.mlflow.tracking_uri (or MLFLOW_TRACKING_URI) holds a login "
-                          f"({parts.scheme}://…@{parts.hostname}); every run logs its config, so give the login "
-                          f"in {' and '.join(CREDENTIAL_VARIABLES)} or {CREDENTIALS_FILE} instead")
+    """Refuse a tracking URI with a password (``http://user:password@host``, ``postgresql://u:p@host/db``):
+    it is logged with the run's config. Entry points refuse it before Hydra writes anything
+    (:mod:`lungexp.tracking.credentials`); this covers the store opened from Python."""
+    if has_password(uri):
+        raise password_error("logger.mlflow.tracking_uri (or MLFLOW_TRACKING_URI)", uri)
 
 
 def is_refusal(error: BaseException) -> TypeGuard[MlflowException]:
@@ -68,7 +66,7 @@ def access_error(uri: str, status: int, experiment_name: str) -> ServerAccessErr
 
 def check_server_access(client: MlflowClient, experiment_name: str) -> None:
     """Raise :class:`ServerAccessError` unless the tracking server at ``client.tracking_uri`` lets this
-    user write to ``experiment_name`` (and :class:`ConfigError` for a login in the URI).
+    user write to ``experiment_name`` (and :class:`ConfigError` for a password in the URI).
 
     A new experiment needs no grant (its creator manages it); a server without ``basic-auth`` has no
     permission endpoint and lets everyone write.
