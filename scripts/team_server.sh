@@ -11,6 +11,13 @@
 #   MLFLOW_AUTH_ADMIN_PASSWORD      the admin's password; only the first start reads it (it creates the admin)
 #   MLFLOW_FLASK_SERVER_SECRET_KEY  a random string (the auth app's CSRF protection)
 #   MLFLOW_ARTIFACTS_DESTINATION    the shared artifact root (a folder of this server, or s3://...)
+#   and, for an s3:// root, optionally AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+#   AWS_DEFAULT_REGION, MLFLOW_S3_ENDPOINT_URL.
+# The env file is data, not shell (a password may hold &, ;, $, `, \, #, quotes): one KEY=value a line, the
+# value taken literally; blank lines and lines starting with # are skipped. A value with spaces or quotes at
+# either end, or with " #" in it, is quoted as a whole ('...' or "..."; one pair is removed, nothing inside
+# is interpreted); unquoted, it is refused rather than guessed at (a stray space, an inline comment).
+# Anything else, an unknown key or a key set twice is refused with its line number, never echoing a value.
 # Options given to the script go to `mlflow server` after the defaults below, so they win.
 set -euo pipefail
 
@@ -29,12 +36,36 @@ private() {
     [ "${mode: -2}" = 00 ] || fail "$1: other users can read it (mode $mode); chmod 600 $1"
 }
 
+KNOWN_KEYS=" MLFLOW_BACKEND_STORE_URI PGPASSFILE MLFLOW_AUTH_CONFIG_PATH MLFLOW_AUTH_ADMIN_PASSWORD \
+MLFLOW_FLASK_SERVER_SECRET_KEY MLFLOW_ARTIFACTS_DESTINATION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY \
+AWS_SESSION_TOKEN AWS_DEFAULT_REGION MLFLOW_S3_ENDPOINT_URL "
+
+# Export the settings of env file $1 (the rules are in the header above).
+read_env_file() {
+    local line number=0 key value seen=" "
+    while IFS= read -r line || [ -n "$line" ]; do
+        number=$((number + 1))
+        line=${line%$'\r'}  # a file saved with Windows line ends
+        [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+        [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] \
+            || fail "$1 line $number: not KEY=value (no spaces around =, no export, one setting a line)"
+        key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+        [[ $KNOWN_KEYS == *" $key "* ]] || fail "$1 line $number: unknown key $key; known:${KNOWN_KEYS% }"
+        [[ $seen == *" $key "* ]] && fail "$1 line $number: $key is set a second time"
+        seen+="$key "
+        if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
+            value=${BASH_REMATCH[1]}
+        elif [[ $value =~ [[:space:]]# ]]; then
+            fail "$1 line $number: $key's value holds \" #\"; put a comment on a line of its own, or quote the value"
+        elif [[ $value =~ ^[[:space:]\"\'] || $value =~ [[:space:]\"\']$ ]]; then
+            fail "$1 line $number: $key's value starts or ends with a space or an unmatched quote; quote all of it"
+        fi
+        export "$key=$value"
+    done < "$1"
+}
+
 private "$ENV_FILE" "set LUNGEXP_SERVER_ENV to the server's env file"
-case $ENV_FILE in */*) ;; *) ENV_FILE=./$ENV_FILE ;; esac  # `.` looks up a bare name on PATH
-set -a
-# shellcheck disable=SC1090
-. "$ENV_FILE"
-set +a
+read_env_file "$ENV_FILE"
 for name in MLFLOW_BACKEND_STORE_URI PGPASSFILE MLFLOW_AUTH_CONFIG_PATH MLFLOW_FLASK_SERVER_SECRET_KEY \
         MLFLOW_ARTIFACTS_DESTINATION; do
     [ -n "${!name:-}" ] || fail "$ENV_FILE sets no $name"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -51,10 +52,73 @@ def login(monkeypatch: pytest.MonkeyPatch, user: str | None, password: str = "")
             monkeypatch.setenv(name, value)
 
 
-def test_a_login_in_the_tracking_uri_is_refused_before_any_request() -> None:
+@pytest.mark.parametrize("uri", ["http://alice:s3cret@127.0.0.1:9/", "HTTPS://alice:s3cret@127.0.0.1:9/",
+                                 "postgresql://alice:s3cret@127.0.0.1:9/mlflow"])
+def test_a_password_in_the_tracking_uri_is_refused_before_any_request(uri: str) -> None:
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") as error:
-        open_tracking_store("http://alice:s3cret@127.0.0.1:9/", "lungexp")  # port 9 (discard): nothing answers
+        open_tracking_store(uri, "lungexp")  # port 9 (discard): nothing answers
     assert "s3cret" not in str(error.value)
+
+
+# Values a shell would run, expand or cut; the env file gives them to the server as written.
+LITERAL = {"MLFLOW_AUTH_ADMIN_PASSWORD": "a&touch pwned;b$$c`touch pwned`d\\e#f'g\"h",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": " two words # not a comment ",
+           "MLFLOW_ARTIFACTS_DESTINATION": "/srv/mlflow/artifacts"}
+
+
+def fake_team_server(folder: Path) -> Path:
+    """``scripts/team_server.sh`` in ``folder`` with a fake ``.venv/bin/mlflow`` that prints what it was given, a
+    .pgpass and an auth config: what the script checks before it starts the server."""
+    script = folder / "scripts" / "team_server.sh"
+    script.parent.mkdir()
+    script.write_text(TEAM_SERVER.read_text())
+    mlflow = folder / ".venv" / "bin" / "mlflow"
+    mlflow.parent.mkdir(parents=True)
+    names = " ".join(LITERAL)
+    mlflow.write_text(f'#!/bin/bash\nfor name in {names}; do printf "%s=%s\\0" "$name" "${{!name}}"; done\n')
+    mlflow.chmod(0o755)
+    (folder / "pgpass").touch(mode=0o600)
+    (folder / "auth.ini").touch()
+    return script
+
+
+def start(script: Path, lines: list[str]) -> subprocess.CompletedProcess:
+    env_file = script.parents[1] / "server.env"
+    env_file.write_text("\n".join(lines) + "\n")
+    env_file.chmod(0o600)
+    return subprocess.run(["bash", str(script)], cwd=script.parents[1], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LUNGEXP_SERVER_ENV": str(env_file)})
+
+
+REQUIRED = ["MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://mlflow@localhost/mlflow", "PGPASSFILE=pgpass",
+            "MLFLOW_AUTH_CONFIG_PATH=auth.ini"]
+
+
+def test_the_env_file_is_data_not_shell(tmp_path: Path) -> None:
+    script = fake_team_server(tmp_path)
+    proc = start(script, ["# the team server", "", *REQUIRED,
+                          f"MLFLOW_AUTH_ADMIN_PASSWORD={LITERAL['MLFLOW_AUTH_ADMIN_PASSWORD']}",
+                          f"MLFLOW_FLASK_SERVER_SECRET_KEY='{LITERAL['MLFLOW_FLASK_SERVER_SECRET_KEY']}'",
+                          f'MLFLOW_ARTIFACTS_DESTINATION="{LITERAL["MLFLOW_ARTIFACTS_DESTINATION"]}"\r'])
+    assert proc.returncode == 0, proc.stderr
+    assert dict(item.split("=", 1) for item in proc.stdout.split("\0") if item) == LITERAL
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("export PGPASSFILE=pgpass", "line 4: not KEY=value"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD = secret", "line 4: not KEY=value"),
+    ("MLFLOW_TRACKING_PASSWORD=secret", "line 4: unknown key MLFLOW_TRACKING_PASSWORD"),
+    ("PGPASSFILE=secret", "line 4: PGPASSFILE is set a second time"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD=secret   # the first start creates the admin", 'holds " #"'),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD=secret ", "starts or ends with a space or an unmatched quote"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD='secret", "starts or ends with a space or an unmatched quote"),
+], ids=["export", "spaces-around-equals", "unknown-key", "set-twice", "inline-comment", "trailing-space",
+        "unmatched-quote"])
+def test_an_env_file_line_that_is_not_plain_data_is_refused_by_number(tmp_path: Path, line: str, message: str) -> None:
+    proc = start(fake_team_server(tmp_path), [*REQUIRED, line])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert message in proc.stderr and "secret" not in proc.stderr
 
 
 @pytest.mark.slow
