@@ -10,8 +10,11 @@ import torch
 from hydra.errors import ConfigCompositionException
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
+from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
 
+from lungexp.config.check import check
 from lungexp.training.pipeline import train
+from lungexp.utils.errors import ConfigError
 from tests.helpers.config import CONFIG_DIR, TINY_NETS, compose_config
 
 
@@ -100,6 +103,15 @@ def test_fast_dev_run_trainer(make_config, option: str) -> None:
     if cfg.trainer.get("strategy") == "ddp":
         pytest.skip("trainer=ddp re-launches the command per rank; tested in a subprocess (test_ddp.py)")
     _dev_run(cfg)
+
+
+@pytest.mark.parametrize("option", ["gpu", "ddp"])
+def test_a_gpu_trainer_without_a_gpu_names_trainer_cpu(make_config, option: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for accelerator in (CUDAAccelerator, MPSAccelerator):
+        monkeypatch.setattr(accelerator, "is_available", staticmethod(lambda: False))
+    with pytest.raises(ConfigError, match=r"^trainer\.accelerator=gpu needs a GPU device.* with trainer=cpu"):
+        check(make_config(f"trainer={option}"), "run")
 
 
 def test_fast_dev_run_logs_nothing_to_mlflow(make_config) -> None:

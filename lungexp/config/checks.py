@@ -12,7 +12,7 @@ command line. Checked here:
 * interpolations resolve;
 * values and combinations that would run, exit 0 and be wrong (:func:`check_training_values`,
   :func:`check_monitoring`);
-* a precision the hardware cannot run (:func:`check_precision`).
+* an accelerator or a precision the hardware cannot run (:func:`check_accelerator`, :func:`check_precision`).
 
 ``data.*``, ``eval`` and ``cv`` are checked by their typed options (:func:`lungexp.config.check`).
 """
@@ -59,7 +59,26 @@ def check_config(cfg: DictConfig, primary: str = "config", sections: Sequence[st
     check_targets({key: value for key, value in raw.items() if key in used})
     if training:
         check_monitoring(resolved)
+        check_accelerator(resolved["trainer"])
         check_precision(resolved["trainer"])
+
+
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """A ``trainer.accelerator`` this machine has: Lightning finds out only when the Trainer is built, after
+    the data are loaded, and its message ("No supported gpu backend found!") names no way out."""
+    from pytorch_lightning.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
+
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator == "gpu":  # Lightning's alias for CUDA or Apple's MPS
+        available = CUDAAccelerator.is_available() or MPSAccelerator.is_available()
+    elif accelerator in AcceleratorRegistry and accelerator != "cpu":
+        available = AcceleratorRegistry[accelerator]["accelerator"].is_available()
+    else:  # auto, cpu, or a name Lightning itself refuses
+        return
+    if not available:
+        raise ConfigError(f"trainer.accelerator={accelerator} needs a {accelerator.upper()} device, but PyTorch "
+                          "finds none on this machine; train on the CPU with trainer=cpu (with trainer=ddp: "
+                          "trainer.accelerator=cpu), or run where there is one")
 
 
 def check_precision(trainer: Mapping[str, Any]) -> None:
