@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from lungexp.inference.ensemble import Ensemble, check_unseen_data, checkpoint_p
 from lungexp.inference.model import Predictor
 from lungexp.inference.rescoring import data_location
 from lungexp.reporting.calibration import fit_on_validation
-from lungexp.tracking.folds import FoldRuns, fold_checkpoints
+from lungexp.tracking.folds import FOLDS_PARAM, FoldRuns, fold_checkpoints
 from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError
@@ -106,6 +107,28 @@ def test_members_with_different_patch_sizes_are_refused_naming_both(trained_run,
     assert str(member.path) in str(error.value)
 
 
+def test_members_trained_for_another_target_are_refused_naming_both_and_the_setting(trained_run, member: Predictor,
+                                                                                    tmp_path: Path) -> None:
+    """Malignancy >= 3 and >= 4 are different positive classes: their mean is neither. A rule spelled otherwise
+    but the same (``">= 4"``, ``">=4.0"``) is the same target."""
+    def relabelled(name: str, **data: object) -> Predictor:
+        return Predictor(with_recipe(trained_run.best_checkpoint, tmp_path / f"{name}.ckpt", data=data), device="cpu")
+
+    three = relabelled("three", label_rule={"column": "malignancy", "positive": ">=3", "negative": "<=2"})
+    four = relabelled("four", label_rule={"column": "malignancy", "positive": ">=4", "negative": "<=2"})
+    with pytest.raises(ConfigError, match=r"three\.ckpt and .*four\.ckpt cannot be ensembled: their target differs in "
+                                          r"data\.label_rule \(data\.label_rule=.*'>=3'.* vs .*'>=4'"):
+        Ensemble([three, four])
+    with pytest.raises(ConfigError, match=r"target differs in data\.label_rule \(data\.label_rule=None vs"):
+        Ensemble([member, four])  # the CSV's own labels vs a rule
+    spelled = relabelled("spelled", label_rule={"column": "malignancy", "positive": ">= 4.0", "negative": "<= 2"})
+    assert len(Ensemble([four, spelled]).members) == 2
+    other_task = Predictor(trained_run.best_checkpoint, device="cpu")
+    other_task.recipe = replace(other_task.recipe, task="malignancy")
+    with pytest.raises(ConfigError, match=r"target differs in data\.task \(data\.task=candidates vs malignancy\)"):
+        Ensemble([member, other_task])
+
+
 def test_a_fold_ensemble_is_refused_on_its_own_data_and_allowed_on_other_data(trained_run, member: Predictor,
                                                                               tmp_path: Path) -> None:
     split = member.recipe.data["split"]
@@ -155,3 +178,28 @@ def test_a_cv_parent_records_its_fold_checkpoints_and_they_are_found_again(train
         fold_checkpoints(uri, run_id, tmp_path)
     with pytest.raises(ConfigError, match="only one of them"):
         checkpoint_paths("a.ckpt", runs.parent_id, uri, tmp_path)
+
+
+def test_a_cv_stopped_before_all_its_folds_finished_is_refused_naming_the_missing_folds(
+        trained_run, mlflow_dir: Path, tmp_path: Path) -> None:
+    """A CV killed after 2 of 3 folds is not the CV's model: ``cv_run=`` says which folds are missing and how to
+    finish it, and gives the whole ensemble once they are there."""
+    uri = f"sqlite:///{mlflow_dir}/mlflow.db"
+    runs = FoldRuns(uri, "ensemble-test", str(mlflow_dir / "artifacts"), config_hash="stopped-cv", run_name="cv")
+    runs.client.log_param(runs.parent_id, FOLDS_PARAM, 3)  # as the CV's logged config has it
+
+    def record(fold: int) -> None:
+        run_id = runs.start_fold(fold, tmp_path / f"fold{fold}")
+        runs.record_checkpoint(fold, run_id, shutil.copy(trained_run.best_checkpoint, tmp_path / f"fold{fold}.ckpt"))
+        runs.complete_fold(run_id, None)
+
+    record(0)
+    record(1)
+    runs.kill()
+    with pytest.raises(ConfigError, match=rf"cv_run={runs.parent_id}: the cross-validation is incomplete \(KILLED\): it "
+                                          r"has the checkpoints of fold\(s\) 0, 1 of 3, not of fold\(s\) 2\. Finish it "
+                                          r"by running the same `python -m lungexp.run \.\.\. cv\.folds=3` command again"):
+        checkpoint_paths(None, runs.parent_id, uri, tmp_path / "downloads")
+    record(2)
+    runs.finish()
+    assert len(checkpoint_paths(None, runs.parent_id, uri, tmp_path / "downloads")) == 3

@@ -23,6 +23,7 @@ from lungexp.inference.model import Predictor
 from lungexp.inference.registered import (
     MODEL_CODE,
     MODEL_CODE_FILE,
+    REGISTRY_EXPERIMENT,
     load_registered,
     register_model,
     write_manifest,
@@ -30,6 +31,7 @@ from lungexp.inference.registered import (
 from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
 from lungexp.training.checkpoint import RECIPE_KEY
+from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import printed, run_entry_point
 
@@ -201,6 +203,33 @@ def test_a_swapped_member_is_refused_and_one_that_disagrees_with_the_signature_t
     with pytest.raises(ConfigError, match=r"members take patches of shape \(-1, 1, 24, 24, 24\) but its signature "
                                           r"says \(-1, 1, 16, 16, 16\)"):
         load_registered(str(model), device="cpu")
+
+
+def test_register_checks_its_options_first_and_leaves_nothing_half_made(trained_run, store: str,
+                                                                       tmp_path: Path) -> None:
+    """A name or alias the registry refuses, or a calibration that cannot be fitted, failed after a run (or a
+    version) was made; now each is one message naming register's own key, and the store stays empty."""
+    checkpoint = torch.load(trained_run.best_checkpoint, map_location="cpu", weights_only=True)
+    del checkpoint[VALIDATION_PREDICTIONS]
+    unvalidated = tmp_path / "unvalidated.ckpt"
+    torch.save(checkpoint, unvalidated)
+    missing = tmp_path / "missing.ckpt"  # the options are checked before the checkpoints are read
+    cases = [(missing, {"name": "a/b"}, r"name=a/b: the MLflow Model Registry refuses it: .*cannot contain '/'"),
+             (missing, {"alias": "latest"}, r"alias=latest: .*reserved"),
+             (missing, {"alias": "v2"}, r"alias=v2: .*reserved"),
+             (missing, {"calibration": "platt"}, r"^calibration='platt' is not a valid choice"),
+             (missing, {"tta": "rotations"}, r"^tta='rotations' is not a valid choice"),
+             (unvalidated, {"calibration": "temperature"}, r"calibration=temperature cannot be fitted for .*unvalidated")]
+    for ckpt, options, refusal in cases:
+        with pytest.raises(ConfigError, match=refusal):
+            register_model([ckpt], **{"name": "fpr", **options}, tracking_uri=store)
+    client = mlflow.MlflowClient(store)
+    assert client.get_experiment_by_name(REGISTRY_EXPERIMENT) is None and not client.search_registered_models()
+
+    done = run_entry_point("register", [f"ckpt_path={missing}", "name=a/b", f"tracking_uri={store}"], tmp_path)
+    assert (done.returncode, done.stderr.splitlines()) == (1, [
+        "error: name=a/b: the MLflow Model Registry refuses it: Invalid model name 'a/b'. Names cannot contain '/' "
+        "or ':'."])
 
 
 @pytest.mark.parametrize("method", ["none", "temperature", "isotonic"])

@@ -40,6 +40,7 @@ OUTPUT_DIR_TAG = "lungexp.cv.output_dir"  # a fold run's folder (its checkpoints
 CHECKPOINT_TAG = "lungexp.cv.checkpoint"
 CHECKPOINT_URI_TAG = "lungexp.cv.checkpoint_uri"
 CHECKPOINT_ARTIFACTS = "checkpoints"
+FOLDS_PARAM = "cv.folds"  # the parent's param (its logged config): how many folds the CV has
 
 
 @dataclass(frozen=True)
@@ -167,18 +168,31 @@ def fold_checkpoints(tracking_uri: str, parent_run_id: str, download_to: str | P
     """The fold checkpoints a CV parent run recorded, by fold: each file where it was written if it is still
     there, else its MLflow artifact downloaded under ``download_to``.
 
-    Raises :class:`~lungexp.utils.errors.ConfigError` when the run is not a CV parent or recorded no checkpoint.
+    Raises :class:`~lungexp.utils.errors.ConfigError` when the run is not a CV parent, recorded no checkpoint, or
+    is incomplete: a fold of its ``cv.folds`` without a checkpoint (stopped before it finished), since an
+    ensemble of the finished folds alone is not the CV's model.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        tags = client.get_run(parent_run_id).data.tags
+        run = client.get_run(parent_run_id)
     except MlflowException:
         raise ConfigError(f"cv_run={parent_run_id}: no such MLflow run in {tracking_uri}") from None
+    tags = run.data.tags
     folds = sorted(int(key.rsplit("fold", 1)[1]) for key in tags if key.startswith(f"{CHECKPOINT_TAG}.fold"))
     if tags.get(ROLE_TAG) != "parent" or not folds:
         raise ConfigError(f"cv_run={parent_run_id}: not the parent run of a cross-validation that recorded its fold "
                           "checkpoints (tags lungexp.cv.checkpoint.fold<k>); give the parent run id printed by "
                           "`lungexp.run cv.folds=K`, or ckpt_path=[a.ckpt,b.ckpt]")
+    planned = run.data.params.get(FOLDS_PARAM, "")
+    missing = [fold for fold in range(int(planned)) if fold not in folds] if planned.isdigit() else []
+    if missing or (not planned and run.info.status != "FINISHED"):
+        raise ConfigError(f"cv_run={parent_run_id}: the cross-validation is incomplete ({run.info.status}): it has "
+                          f"the checkpoints of fold(s) {', '.join(map(str, folds))}"
+                          + (f" of {planned}, not of fold(s) {', '.join(map(str, missing))}" if missing else "")
+                          + (". Those folds finished without saving a checkpoint" if run.info.status == "FINISHED" else
+                             f". Finish it by running the same `python -m lungexp.run ... cv.folds={planned or 'K'}` "
+                             f"command again (it continues run '{run.info.run_name}' where it stopped)")
+                          + "; to use the other folds alone, name their checkpoints: ckpt_path=[a.ckpt,b.ckpt]")
     paths = []
     for fold in folds:
         local = Path(tags[f"{CHECKPOINT_TAG}.fold{fold}"])
