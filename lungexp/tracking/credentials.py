@@ -66,26 +66,35 @@ def password_error(where: str, uri: str) -> ConfigError:
         "password file, e.g. PostgreSQL's ~/.pgpass)")
 
 
+def check_no_password_in(where: str, text: str) -> None:
+    """Raise :class:`ConfigError` naming ``where`` if ``text`` holds a URI with a password."""
+    for uri in passwords_in(text):
+        raise password_error(where, uri)
+
+
+def check_uri_variables() -> None:
+    """Refuse a password in MLflow's URI variables: MLflow uses them wherever no URI is given (a command-line
+    tool that takes a tracking URI calls this and :func:`check_no_password_in` on its argument)."""
+    for variable in URI_VARIABLES:
+        check_no_password_in(f"the environment variable {variable}", os.environ.get(variable, ""))
+
+
 def check_no_passwords(config: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first password in MLflow's URI variables, the command line's
     overrides, or any value of ``config`` (as written, then as its interpolations resolve)."""
-    for variable in URI_VARIABLES:
-        for uri in passwords_in(os.environ.get(variable, "")):
-            raise password_error(f"the environment variable {variable}", uri)
+    check_uri_variables()
     # What was typed first, named as typed; then the run's own keys before Hydra's (which derive from them).
     written = sorted(_strings(OmegaConf.to_container(config, resolve=False)),
                      key=lambda item: (not item[0].startswith(_OVERRIDES), item[0].startswith("hydra.")))
     for key, text in written:
-        for uri in passwords_in(text):
-            raise password_error(_where(key, text), uri)
+        check_no_password_in(_where(key, text), text)
     # A resolved password comes from a resolver (``${oc.env:...}``): name the key that calls it, not the keys
     # that copy its value.
     interpolated = sorted((item for item in written if "${" in item[1]),
                           key=lambda item: (item[0].startswith("hydra."), not _RESOLVER.search(item[1])))
     for key, text in interpolated:
         for resolved_key, resolved in _strings(_resolved(config, key), key):
-            for uri in passwords_in(resolved):
-                raise password_error(f"{resolved_key} (as resolved from {text})", uri)
+            check_no_password_in(f"{resolved_key} (as resolved from {text})", resolved)
 
 
 def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-from lungexp.tracking.credentials import CREDENTIAL_VARIABLES, CREDENTIALS_FILE, has_password, password_error
+from lungexp.tracking.credentials import CREDENTIAL_VARIABLES, CREDENTIALS_FILE, check_no_password_in
 from lungexp.utils.errors import LungexpError
 
 # mlflow.server.auth.routes.GET_CURRENT_USER and GET_USER_PERMISSION, and the permissions that can_update
@@ -43,8 +43,7 @@ def check_no_credentials_in(uri: str) -> None:
     """Refuse a tracking URI with a password (``http://user:password@host``, ``postgresql://u:p@host/db``):
     it is logged with the run's config. Entry points refuse it before Hydra writes anything
     (:mod:`lungexp.tracking.credentials`); this covers the store opened from Python."""
-    if has_password(uri):
-        raise password_error("logger.mlflow.tracking_uri (or MLFLOW_TRACKING_URI)", uri)
+    check_no_password_in("logger.mlflow.tracking_uri (or MLFLOW_TRACKING_URI)", uri)
 
 
 def is_refusal(error: BaseException) -> TypeGuard[MlflowException]:
