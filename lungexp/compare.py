@@ -54,8 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="compare on the samples all runs share (default: refuse runs tested on other samples)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="paired cluster-bootstrap resamplings (default: 1000; 0: DeLong and McNemar only)")
-    parser.add_argument("--group-by", default="seriesuid", metavar="COLUMN",
-                        help="the resampled unit: seriesuid (default) or a patient column of the predictions")
+    parser.add_argument("--group-by", default="auto", metavar="COLUMN",
+                        help="the resampled unit: auto (default: patient_id where the predictions have it, else "
+                             "seriesuid), seriesuid or a patient column of the predictions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite:///<$LUNGEXP_ROOT or .>/mlflow.db as the runs use)")

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 
-from lungexp.data.labels.splits import SplitError, check_splits, split_by_series, split_by_subset
+from lungexp.data.labels.splits import (
+    SplitError,
+    SplitSpec,
+    check_splits,
+    split_by_series,
+    split_by_subset,
+    split_samples,
+)
 
 
 def table(n_series: int = 20, per_series: int = 6) -> pd.DataFrame:
@@ -74,6 +83,31 @@ def test_patient_grouping_keeps_a_patients_scans_together() -> None:
         check_splits(by_series, group_by="patient_id")
     with pytest.raises(SplitError, match="not a column"):
         split_by_series(samples, 0.2, 0.2, seed=0, group_by="patient")
+
+
+@pytest.mark.parametrize("method", ["series", "folds"])
+def test_patients_are_kept_together_unless_series_are_asked_for(method: str, caplog: pytest.LogCaptureFixture
+                                                                 ) -> None:
+    """data=nifti with a patient_id column split one patient's crops across train and test, without a word."""
+    caplog.set_level(logging.INFO, logger="lungexp")
+    samples = table(n_series=20)
+    samples["patient_id"] = samples["seriesuid"].map(lambda uid: f"p{int(uid.split('.')[-1]) // 2}")
+    options = {"method": method, "num_folds": 5 if method == "folds" else None}
+    default = SplitSpec.from_config(**options)
+    assert default.group_by == "auto"
+    splits = split_samples(samples, default)
+    check_splits(splits, group_by=default.group_by)
+    check_splits(splits, group_by="patient_id")  # no patient in two splits
+    assert "group_by=auto: the labels have a patient_id column" in caplog.text
+    by_series = split_samples(samples, SplitSpec.from_config(**options, group_by="seriesuid"))
+    check_splits(by_series, group_by="seriesuid")  # asked for: series may part a patient
+    with pytest.raises(SplitError, match="patient_id value"):
+        check_splits(by_series, group_by=default.group_by)
+    caplog.clear()
+    without = split_samples(samples.drop(columns="patient_id"), default)  # no patients named: series
+    for name in without:
+        pd.testing.assert_frame_equal(without[name], by_series[name].drop(columns="patient_id"))
+    assert "patient_id" not in caplog.text
 
 
 def test_k_folds_of_series_are_stratified_disjoint_and_seeded() -> None:

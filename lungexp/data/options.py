@@ -157,7 +157,8 @@ class DataOptions:
     normalize: str = option("unit", "unit ([0, 1]) | symmetric ([-1, 1]) | zscore (per patch), see HUWindow",
                             _choice(NORMALIZATIONS))
     split: SplitSpec = option(_frozen(method="subsets", fold=0, val_fold=1, num_folds=None, val_fraction=0.15,
-                                      test_fraction=0.15, group_by="seriesuid"), "how series are split: {method: subsets|series|folds, ...} "
+                                      test_fraction=0.15, group_by="auto"), "how series are split: {method: subsets|series|folds, ...; "
+                              "group_by: auto (patient_id where the labels have it, else seriesuid) | a column} "
                               "(SplitSpec.from_config)", _spec("lungexp.data.labels.splits.SplitSpec"))
     balance: BalanceSpec = option(_frozen(sampler="balanced", positive_fraction=0.5, samples_per_epoch=None),
                                   "training sampler: {sampler: none|balanced, positive_fraction, "

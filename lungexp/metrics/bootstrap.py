@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lungexp.data.labels.splits import group_column
 from lungexp.metrics.classification import CALIBRATION_BINS, THRESHOLD_METRICS, calibration_bin
 
 CONFIDENCE = 0.95
@@ -188,7 +189,9 @@ def interval_metrics(resampled: dict[str, np.ndarray], prefix: str) -> dict[str,
 def cluster_resampling(predictions: pd.DataFrame, samples: int, seed: int = 0, group_by: str = "seriesuid",
                        seriesuids: Sequence[str] | None = None) -> ClusterResampling:
     """The draws of a predictions table's clusters: its series (and ``seriesuids``, e.g. the FROC's scans
-    without candidates), grouped by the ``group_by`` column when the table has it."""
+    without candidates), grouped by the ``group_by`` column (``auto``: as the splits group them) when the table
+    has it."""
+    group_by = group_column(group_by, predictions.columns)
     first = predictions.drop_duplicates("seriesuid")  # one row per series (hashing, not sorting, the uids)
     series = first["seriesuid"].astype(str).to_numpy()
     clusters = None

@@ -10,7 +10,7 @@ runs on every split, every run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_METHODS = ("subsets", "series", "folds")
+AUTO_GROUP = "auto"  # group_by: patients where the labels name them, else series
+PATIENT_COLUMN = "patient_id"
 
 
 class SplitError(LungexpError):
@@ -46,7 +48,8 @@ class SplitSpec:
         val_fraction, test_fraction: shares of series (or ``group_by`` groups) in validation and
             test (``series``).
         seed: seed of the random split, and of ``data.max_negatives_per_scan``'s choice.
-        group_by: ``seriesuid`` or a patient column of the labels CSV: a group never spans two splits.
+        group_by: ``auto`` (:func:`group_column`: the labels' ``patient_id`` column where they have one, else
+            ``seriesuid``), ``seriesuid`` or a patient column of the labels CSV: a group never spans two splits.
         num_folds: K of ``folds``.
     """
 
@@ -56,7 +59,7 @@ class SplitSpec:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-    group_by: str = "seriesuid"
+    group_by: str = AUTO_GROUP
     num_folds: int | None = None
 
     @classmethod
@@ -68,7 +71,7 @@ class SplitSpec:
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         seed: int = 0,
-        group_by: str = "seriesuid",
+        group_by: str = AUTO_GROUP,
         num_folds: int | None = None,
     ) -> SplitSpec:
         """Check the split options; :class:`~lungexp.utils.errors.ArgumentError` names the parameter of a value
@@ -99,15 +102,29 @@ class SplitSpec:
         )
 
 
+def group_column(group_by: str, columns: Iterable[str]) -> str:
+    """The column whose groups never span two splits: ``group_by`` as given, or for ``auto`` the
+    :data:`PATIENT_COLUMN` of a table that has one (crops or scans of one patient are not independent, so a
+    patient in both training and test would flatter the test), else ``seriesuid``."""
+    if group_by != AUTO_GROUP:
+        return group_by
+    return PATIENT_COLUMN if PATIENT_COLUMN in columns else "seriesuid"
+
+
 def split_samples(samples: pd.DataFrame, spec: SplitSpec) -> dict[str, pd.DataFrame]:
-    """``train``/``val``/``test`` rows of ``samples`` by ``spec.method`` (check them with :func:`check_splits`)."""
+    """``train``/``val``/``test`` rows of ``samples`` by ``spec.method`` (check them with :func:`check_splits`),
+    grouped by :func:`group_column` (logged when ``auto`` finds patients)."""
+    group_by = group_column(spec.group_by, samples.columns)
+    if spec.group_by == AUTO_GROUP and group_by == PATIENT_COLUMN:
+        log.info("data.split.group_by=auto: the labels have a %s column, so the splits keep each patient's series "
+                 "together (data.split.group_by=seriesuid splits by series instead)", PATIENT_COLUMN)
     if spec.method == "subsets":
         return split_by_subset(samples, test_fold=spec.fold, val_fold=spec.val_fold)
     if spec.method == "folds":
         if spec.num_folds is None:  # a SplitSpec made without from_config
             raise ArgumentError("method=folds needs num_folds (the K of the folds), e.g. num_folds=5", "num_folds")
-        return split_by_folds(samples, spec.num_folds, spec.fold, spec.val_fold, spec.seed, group_by=spec.group_by)
-    return split_by_series(samples, spec.val_fraction, spec.test_fraction, spec.seed, group_by=spec.group_by)
+        return split_by_folds(samples, spec.num_folds, spec.fold, spec.val_fold, spec.seed, group_by=group_by)
+    return split_by_series(samples, spec.val_fraction, spec.test_fraction, spec.seed, group_by=group_by)
 
 
 def split_by_subset(samples: pd.DataFrame, test_fold: int, val_fold: int) -> dict[str, pd.DataFrame]:
@@ -187,15 +204,16 @@ def split_by_folds(
 
 
 def check_splits(
-    splits: dict[str, pd.DataFrame], required: Sequence[str] = SPLIT_NAMES, group_by: str = "seriesuid"
+    splits: dict[str, pd.DataFrame], required: Sequence[str] = SPLIT_NAMES, group_by: str = AUTO_GROUP
 ) -> None:
-    """Raise :class:`SplitError` if a series (or ``group_by`` group, e.g. a patient) is in two splits,
-    or a split is empty or has one class.
+    """Raise :class:`SplitError` if a series (or ``group_by`` group, e.g. a patient; :func:`group_column`) is in
+    two splits, or a split is empty or has one class.
 
     The one exception: validation may be the very same rows as test (see :func:`split_by_subset`).
     Training never shares a series with either.
     """
-    for column in dict.fromkeys(["seriesuid", group_by]):
+    columns = next(iter(splits.values())).columns if splits else []
+    for column in dict.fromkeys(["seriesuid", group_column(group_by, columns)]):
         _check_disjoint(splits, column)
     for name in required:
         frame = splits.get(name)
