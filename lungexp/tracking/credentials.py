@@ -7,7 +7,7 @@ run. So a ``scheme://user:password@host`` in any value, whatever the key or the 
 :class:`RefusePasswords` is the first of ``hydra.callbacks`` in every entry point's config, and Hydra calls
 it before it creates the output folder. Logins belong where MLflow (or the database driver) reads them.
 
-Imports nothing slow: Hydra builds the callback on every start, ``--help`` included.
+Imports nothing slow: Hydra builds the callback on every start of every entry point.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def has_password(uri: str) -> bool:
 
 def masked(uri: str) -> str:
     """``uri``'s scheme and host, its login left out (``HTTP://…@host:5000``): safe to print."""
-    return f"{uri.split('://', 1)[0]}://…@{_netloc(uri).rpartition('@')[2]}"
+    host = re.split(r"[\s,]", _netloc(uri).rpartition("@")[2], maxsplit=1)[0]  # not a list override's next item
+    return f"{uri.split('://', 1)[0]}://…@{host}"
 
 
 def passwords_in(text: str) -> list[str]:
