@@ -48,15 +48,16 @@ class Predictor:
         self.calibrator: Calibrator | None = None
         self.calibrate(calibration)
 
-    def calibrate(self, method: str) -> None:
+    def calibrate(self, method: str, key: str = "calibration") -> None:
         """Calibrate :meth:`patch_probabilities` and :meth:`decision_threshold` with ``method``: the calibrator
         the checkpoint stores when it was trained with that ``eval.calibration``, else one fitted on its
-        validation predictions (the same fit)."""
+        validation predictions (the same fit). Messages name ``key``, the option that chose ``method``
+        (``calibration`` of predict and register, ``eval.calibration`` of evaluate)."""
         stored = self._stored_calibration
-        if stored is not None and stored.get("method") == check_calibration(method, key="calibration"):
+        if stored is not None and stored.get("method") == check_calibration(method, key):
             self.calibrator = calibrator_from_dict(stored, source=f"{self.path} (its stored calibration)")
         else:
-            self.calibrator = fit_on_validation(method, self.validation_predictions, key="calibration")
+            self.calibrator = fit_on_validation(method, self.validation_predictions, key)
 
     def decision_threshold(self, rule: str | float) -> float:
         """The ``eval.threshold`` rule applied to the checkpoint's own (calibrated) validation predictions."""
