@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.loggers import Logger, MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -44,6 +46,7 @@ class RunLogger(MLFlowLogger):
         if parent and not self._resumed:
             self.tags = {**(self.tags or {}), "mlflow.parentRunId": parent}
         self._system_metrics: Any = None
+        self.held_open = False  # see run_ends_when_done
 
     @property
     @rank_zero_experiment
@@ -71,8 +74,36 @@ class RunLogger(MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        if status == "success" and self.held_open:
+            return  # the end of one stage of several (see run_ends_when_done)
         if self._system_metrics is not None:
             self._system_metrics.finish()
             self._system_metrics = None
         super().finalize(status)
 
+
+@contextmanager
+def run_ends_when_done(loggers: Iterable[Logger]) -> Iterator[None]:
+    """The MLflow runs of ``loggers`` end FINISHED when the block is done, not when a stage inside it ends.
+
+    Lightning ends a logger's run after every ``fit`` and every ``test``, so a run tested after training was
+    FINISHED before its test started, and a process killed while testing left it FINISHED without test metrics.
+    Inside the block a stage that ends well leaves the run RUNNING (a killed process leaves it so, and the next
+    run's stale-run sweep marks it KILLED); a failure ends it FAILED, as Lightning does, and so does an exception
+    that leaves the block.
+    """
+    held = [logger for logger in loggers if isinstance(logger, RunLogger)]
+    for logger in held:
+        logger.held_open = True
+    try:
+        yield
+    except BaseException:
+        _end_runs(held, "failed")
+        raise
+    _end_runs(held, "success")
+
+
+def _end_runs(loggers: list[RunLogger], status: str) -> None:
+    for logger in loggers:
+        logger.held_open = False
+        logger.finalize(status)

@@ -32,8 +32,8 @@ SWEEP_KEYS_ENV = "LUNGEXP_SWEEP_KEYS"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 # Overrides that locate or label a run rather than change it: never part of a run name.
-NOT_IN_NAME = ("paths.", "logger.", "hydra.", "task_name", "experiment_name", "ckpt_path", "data.root",
-               "data.cache_dir", "hparams_search")
+NOT_IN_NAME = ("paths.", "logger.", "hydra.", "task_name", "experiment_name", "ckpt_path", "extend_finished",
+               "data.root", "data.cache_dir", "hparams_search")
 MAX_NAME_LENGTH = 120
 _FLOAT = re.compile(r"^-?\d+\.\d{4,}(e-?\d+)?$|^-?\d+(\.\d+)?e-?\d+$")
 

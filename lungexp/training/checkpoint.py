@@ -33,6 +33,7 @@ from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
 from lungexp.tracking.artifacts import mlflow_run_reference
+from lungexp.tracking.provenance import data_fingerprint
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_validation_predictions
 from lungexp.utils.config import to_dict
 from lungexp.utils.errors import LungexpError
@@ -41,6 +42,9 @@ RECIPE_KEY = "lungexp"
 # The run's config as composed (interpolations unresolved), compared on resume (lungexp.training.resume);
 # kept apart from the recipe: it is only ever compared, never resolved or built.
 RUN_CONFIG_KEY = "lungexp_run_config"
+# What the run's data resolved to: {"locations": {data key: absolute path}, "fingerprint": data fingerprint};
+# compared on resume too, since the stored config has the paths as written (`${paths.data_dir}/luna16`).
+DATA_IDENTITY_KEY = "lungexp_data"
 FORMAT_VERSION = 1
 
 # A value built only from other data.* keys or the project's data folders (e.g. labels_csv:
@@ -253,11 +257,13 @@ def _keep_relocatable(resolved: Any, raw: Any) -> Any:
 
 
 class SaveRecipe(pl.Callback):
-    """Adds the :class:`ModelRecipe`, the MLflow run id and the run's config to every checkpoint the Trainer writes."""
+    """Adds the :class:`ModelRecipe`, the MLflow run id, the run's config and what its data resolved to (the
+    ``data_locations`` given, and the datamodule's fingerprint) to every checkpoint the Trainer writes."""
 
-    def __init__(self, recipe: ModelRecipe, run_config: dict[str, Any]) -> None:
+    def __init__(self, recipe: ModelRecipe, run_config: dict[str, Any], data_locations: dict[str, str | None]) -> None:
         self.recipe = recipe
         self.run_config = run_config
+        self.data_locations = data_locations
         self._run: dict[str, str] | None = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -266,6 +272,8 @@ class SaveRecipe(pl.Callback):
             self._run = mlflow_run_reference(trainer.loggers)
         checkpoint[RECIPE_KEY] = {**self.recipe.to_dict(), "mlflow": self._run}
         checkpoint[RUN_CONFIG_KEY] = self.run_config
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning when fit starts, undeclared
+        checkpoint[DATA_IDENTITY_KEY] = {"locations": self.data_locations, "fingerprint": data_fingerprint(datamodule)}
 
 
 @dataclass(frozen=True)

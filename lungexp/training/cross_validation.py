@@ -241,8 +241,8 @@ def _resumable_fold(cfg: DictConfig, fold: Fold, runs: FoldRuns) -> tuple[str, P
         return None
     assert last is not None  # resolve_checkpoint returns a file for `last`, or raises
     try:
-        check_resumable(last, read_checkpoint(last), fold_config(cfg, fold, stopped.run_id, last))
-    except LungexpError as error:  # a damaged checkpoint, or its run had finished (stopped while testing)
+        check_resumable(last, read_checkpoint(last), fold_config(cfg, fold, stopped.run_id, last), stopped.status)
+    except LungexpError as error:  # a damaged checkpoint, or one that cannot go on (e.g. other data)
         log.warning("Fold %d: its %s run %s is not continued, the fold trains anew: %s", fold.index,
                     stopped.status, stopped.run_id, error)
         return None

@@ -21,6 +21,7 @@ from lungexp.metrics.bootstrap import summary_names
 from lungexp.reporting.summary import metric_lines, print_summary
 from lungexp.tracking.artifacts import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.callback import MLflowTracking
+from lungexp.tracking.logger import run_ends_when_done
 from lungexp.tracking.logger_setup import instantiate_loggers
 from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
@@ -30,19 +31,12 @@ from lungexp.training.checkpoint import (
     SaveRecipe,
     best_checkpoint_callback,
     last_checkpoint_path,
-    read_checkpoint,
 )
 from lungexp.training.devices import log_unsupported, supported_trainer
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.report_callback import TestReport
-from lungexp.training.resume import (
-    EpochSeed,
-    check_resumable,
-    checkpoint_run_id,
-    resolve_checkpoint,
-    run_config,
-)
+from lungexp.training.resume import EpochSeed, Resume, data_locations, prepare_resume, run_config
 from lungexp.utils.config import instantiate_dict, with_values
 from lungexp.utils.errors import ConfigError, Terminated
 
@@ -61,23 +55,25 @@ class RunResult:
     test_predictions: pd.DataFrame | None = None  # one row per test patch with its probability
 
 
-def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+def build(cfg: DictConfig, resume: Resume | None = None) -> tuple[pl.LightningDataModule, pl.LightningModule,
+                                                                   pl.Trainer]:
     """Seed everything, then instantiate datamodule, model, callbacks, loggers and Trainer from ``cfg``.
 
-    ``run_id``: continue this MLflow run (resume) instead of starting a new one.
+    ``resume``: continue its MLflow run (if it has one here) instead of starting a new one, with its checks.
     """
     pl.seed_everything(cfg.seed, workers=True)
     # The config as composed, not as adapted to this machine's devices: what a resume compares.
-    save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg))
+    save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg), data_locations(cfg))
     log_unsupported(cfg.trainer)
     datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed), TestReport(datamodule)]
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed), TestReport(datamodule),
+                 *(resume.callbacks() if resume else [])]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=cfg.model.finetune.freeze_backbone_epochs,
                                         train_bn=not cfg.model.finetune.freeze_bn))
     loggers = instantiate_loggers(cfg.get("logger"), {
-        "run_name": run_name(cfg), "run_id": run_id,
+        "run_name": run_name(cfg), "run_id": resume.run_id if resume else None,
         "tags": {**git_tags(), "task_name": cfg.task_name, "overrides": " ".join(job_overrides())}})
     if mlflow_loggers(loggers):
         callbacks.append(MLflowTracking(monitor=cfg.optimized_metric, checkpoint=best_checkpoint_callback(callbacks)))
@@ -93,24 +89,22 @@ def build(cfg: DictConfig, run_id: str | None = None) -> tuple[pl.LightningDataM
 def train(cfg: DictConfig) -> RunResult:
     """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says; with
     ``ckpt_path`` set, resume that checkpoint's run (see :mod:`lungexp.training.resume`)."""
-    resume_from = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / str(cfg.task_name))
-    run_id = None
-    if resume_from is not None:
-        state = read_checkpoint(resume_from)
-        check_resumable(resume_from, state, cfg)
-        run_id = _resumable_run(resume_from, checkpoint_run_id(state), cfg)
-        cfg = _checkpoint_next_to(cfg, resume_from)
-        log.info("Resuming %s (MLflow run %s)", resume_from, run_id or "new")
-    datamodule, model, trainer = build(cfg, run_id)
+    resume = prepare_resume(cfg)
+    if resume is not None:
+        cfg = _checkpoint_next_to(cfg, resume.checkpoint)
+        log.info("Resuming %s (MLflow run %s)", resume.checkpoint, resume.run_id or "new")
+    datamodule, model, trainer = build(cfg, resume)
     # sweep_job_ranks checks first that this job can start its ranks, before the MLflow run exists.
-    with stopped_by_sigterm(trainer), sweep_job_ranks(trainer), lightning_noise_silenced():
-        if run_id is None:  # a continued run keeps the params of its first start
+    with (stopped_by_sigterm(trainer) as fit, sweep_job_ranks(trainer), lightning_noise_silenced(),
+          run_ends_when_done(trainer.loggers)):
+        if resume is None or resume.run_id is None:  # a continued run keeps the params of its first start
             # trainer.loggers: fast_dev_run swaps loggers for a no-op one
             log_config(trainer.loggers, with_values(cfg, {"trainer": supported_trainer(cfg.trainer)}))
-        if resume_from is not None:
-            log_tags(trainer.loggers, {"resumed_from": resume_from, "resume.overrides": " ".join(job_overrides())})
+        if resume is not None:
+            log_tags(trainer.loggers, {**resume.tags(), "resume.overrides": " ".join(job_overrides())})
         # weights_only: our checkpoints hold only tensors and plain containers.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True)
+        fit.record(trainer)
         optimized = _optimized_metric(trainer, cfg.optimized_metric)
         metrics = _scalars(trainer)
         best = best_checkpoint_callback(trainer.checkpoint_callbacks)
@@ -146,25 +140,45 @@ def lightning_noise_silenced() -> Iterator[None]:
         yield
 
 
+@dataclass
+class FitOutcome:
+    """Filled in once ``fit`` has returned: the test that follows restores the callbacks' states from the best
+    checkpoint, where the last checkpoint may not be recorded yet."""
+
+    last_checkpoint: str | None = None
+    done: bool = False
+
+    def record(self, trainer: pl.Trainer) -> None:
+        self.last_checkpoint, self.done = last_checkpoint_path(trainer), True
+
+
 @contextmanager
-def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[None]:
+def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[FitOutcome]:
     """End a run that SIGTERM stopped (a batch system pre-empting the job) as a failure, not a success.
 
     Lightning finishes the current batch and raises ``SIGTERMException``, a ``SystemExit`` with status 0,
     after marking the MLflow run FAILED; here the run is marked KILLED instead and :class:`Terminated`
-    (exit status 143) says where it stopped and how to resume.
+    (exit status 143) says where it stopped and how to resume. The block records its fit in the yielded
+    :class:`FitOutcome`, so a stop while testing names the right checkpoint.
     """
+    fit = FitOutcome()
     try:
-        yield
+        yield fit
     except SIGTERMException:
         for logger in mlflow_loggers(trainer.loggers):
             logger.experiment.set_tag(logger.run_id, ENDED_BY_TAG, "SIGTERM; marked KILLED by the run itself")
             logger.experiment.set_terminated(logger.run_id, status="KILLED")
-        last = last_checkpoint_path(trainer)
-        resume = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last)" if last else
+        if fit.done:
+            where = f"by SIGTERM while testing, after {trainer.current_epoch} epoch(s) of training (step {trainer.global_step})"
+            last = fit.last_checkpoint
+            then = " to test it in its MLflow run (its training is complete)"
+        else:
+            where = f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step})"
+            last = last_checkpoint_path(trainer)
+            then = ""
+        resume = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last){then}" if last else
                   "no checkpoint was saved yet: run it again")
-        raise Terminated(f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step})", resume,
-                         last) from None
+        raise Terminated(where, resume, last) from None
 
 
 def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> DictConfig:
@@ -173,23 +187,6 @@ def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> DictConfig:
     return with_values(cfg, {f"callbacks.{name}.dirpath": str(checkpoint.parent)
                              for name, node in (cfg.get("callbacks") or {}).items()
                              if isinstance(node, DictConfig) and "dirpath" in node})
-
-
-def _resumable_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> str | None:
-    """The checkpoint's MLflow run ``run_id`` if it is in this run's tracking store, else None (a new run,
-    tagged ``resumed_from``)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    uri = cfg.get("logger", {}).get("mlflow", {}).get("tracking_uri")
-    if run_id is None or uri is None:
-        return None
-    try:
-        MlflowClient(uri).get_run(run_id)
-    except MlflowException:
-        log.warning("MLflow run %s of %s is not in %s: the resumed run is a new MLflow run", run_id, checkpoint, uri)
-        return None
-    return run_id
 
 
 def _test_report(trainer: pl.Trainer) -> TestReport:
