@@ -32,7 +32,7 @@ from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
 from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.training.module import VALIDATION_PREDICTIONS
-from lungexp.utils.errors import ConfigError
+from lungexp.utils.errors import ConfigError, LungexpError
 from tests.helpers.cli import printed, run_entry_point
 
 
@@ -219,10 +219,11 @@ def test_register_checks_its_options_first_and_leaves_nothing_half_made(trained_
              (missing, {"alias": "v2"}, r"alias=v2: .*reserved"),
              (missing, {"calibration": "platt"}, r"^calibration='platt' is not a valid choice"),
              (missing, {"tta": "rotations"}, r"^tta='rotations' is not a valid choice"),
+             (missing, {"tracking_uri": "nowhere://store"}, r"nowhere://store: the MLflow tracking store cannot be opened"),
              (unvalidated, {"calibration": "temperature"}, r"calibration=temperature cannot be fitted for .*unvalidated")]
     for ckpt, options, refusal in cases:
-        with pytest.raises(ConfigError, match=refusal):
-            register_model([ckpt], **{"name": "fpr", **options}, tracking_uri=store)
+        with pytest.raises(LungexpError, match=refusal):
+            register_model([ckpt], **{"name": "fpr", "tracking_uri": store, **options})
     client = mlflow.MlflowClient(store)
     assert client.get_experiment_by_name(REGISTRY_EXPERIMENT) is None and not client.search_registered_models()
 

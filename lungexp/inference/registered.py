@@ -50,6 +50,7 @@ from lungexp.inference.model import Predictor
 from lungexp.metrics.calibration import calibrator_from_dict, check_calibration
 from lungexp.models.pretrained import file_sha256
 from lungexp.models.tta import check_tta
+from lungexp.tracking.logger_setup import open_tracking_store
 from lungexp.tracking.runs import ensure_experiment
 from lungexp.utils.errors import ConfigError
 
@@ -131,11 +132,16 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
     pointed to by ``alias``.
 
     ``artifact_location``: where a new registry experiment of a local store keeps the model files (as
-    ``paths.mlflow_artifacts``). Every argument is checked, and the members are loaded and calibrated, before
-    anything is logged: a name or alias the registry refuses, a checkpoint that is not lungexp's, members that
-    cannot be ensembled or a calibration that cannot be fitted leave no run and no version behind.
+    ``paths.mlflow_artifacts``). Every argument is checked, the store opened, and the members loaded and
+    calibrated, before anything is logged: a name or alias the registry refuses, a store that cannot be opened, a
+    checkpoint that is not lungexp's, members that cannot be ensembled or a calibration that cannot be fitted
+    leave no run and no version behind.
     """
     name, alias = check_registration(name, alias, tta, calibration)
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    open_tracking_store(mlflow.get_tracking_uri(), REGISTRY_EXPERIMENT)  # one message if it cannot be used
     ensemble = Ensemble([Predictor(path, device="cpu") for path in ckpt_paths], tta=tta)
     uncalibrated = ensemble.calibrate(calibration)  # fitted now, stored in the model: loading it never refits
     if uncalibrated:
@@ -149,9 +155,6 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
     # One patch of air: the input's form on the model's page; MLflow loads the model and scores it once when logging
     # (a warning, not an error, if that fails). As JSON it takes ~30 bytes a voxel: ~1 MB for a 32³ patch.
     example = np.full((1, *shape), patch.pad_hu, dtype=np.float32)
-    if tracking_uri is not None:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     client = mlflow.MlflowClient()
     experiment_id = ensure_experiment(client, REGISTRY_EXPERIMENT, artifact_location)
     artifacts = {f"{MEMBER_ARTIFACT}{index}": str(path) for index, path in enumerate(ensemble.paths)}
