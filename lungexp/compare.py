@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lungexp.tracking.credentials import check_no_password_in, check_uri_variables
 from lungexp.utils.errors import ConfigError, check_int, report_user_errors
 from lungexp.utils.tables import read_csv
 
@@ -66,6 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the comparison as an MLflow run")
     args = parser.parse_args(argv)
     check_int("--bootstrap", args.bootstrap, minimum=0)
+    check_uri_variables()  # the comparison run logs its tracking URI, and prints it
+    check_no_password_in("--tracking-uri", args.tracking_uri or "")
     if len(args.inputs) + bool(args.baseline) < 2:
         raise ConfigError("give two or more runs, or one and --baseline COLUMN")
     return args

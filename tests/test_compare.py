@@ -206,3 +206,16 @@ def test_the_forest_plot_makes_room_for_long_run_names() -> None:
     assert min(box.x0 for box in labels) >= 0  # the longest name starts inside the figure, not cut off
     panel_inches = [ax.get_window_extent(renderer).width / figure.dpi for ax in figure.axes]
     assert min(panel_inches) > 2  # and the panels keep their width
+
+
+@pytest.mark.parametrize("variable, argument", [(None, "HTTP://alice:s3cret@localhost:5000"),
+                                                ("MLFLOW_TRACKING_URI", "sqlite:///x.db")])
+def test_a_password_in_the_tracking_uri_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, variable: str | None,
+        argument: str) -> None:
+    if variable:
+        monkeypatch.setenv(variable, "postgresql://alice:s3cret@db/mlflow")
+    first = write(predictions(2.0, 0), tmp_path / "fold0.csv")
+    error = refused([first, first, "--tracking-uri", argument, "--out", str(tmp_path / "out")], capsys)
+    assert "holds a password" in error and (variable or "--tracking-uri") in error and "s3cret" not in error
+    assert not (tmp_path / "out").exists()
