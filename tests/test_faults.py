@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
 
 from lungexp.tracking.stale_runs import ENDED_BY_TAG, PID_TAG, end_stale_runs, owner_is_gone, process_tags
+from lungexp.training.pipeline import train
+from lungexp.utils.errors import Terminated
 from tests.helpers.cli import entry_point_command, entry_point_env
 from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
 
@@ -187,16 +191,19 @@ def test_a_run_killed_mid_training_is_marked_killed_by_the_next_run(synthetic_ro
 
 
 @pytest.mark.slow
-def test_sigterm_during_training_fails_the_job_and_marks_the_run_killed(synthetic_root: Path, tmp_path: Path) -> None:
-    """What a batch system's pre-emption sends: the job must not count as a success."""
+def test_sigterm_to_the_process_group_fails_the_job_and_marks_the_run_killed(synthetic_root: Path,
+                                                                            tmp_path: Path) -> None:
+    """What a batch system's pre-emption (or `timeout`) sends, to every process of the job, DataLoader workers
+    included: the job must not count as a success, and the workers must not crash it by dying first."""
     mlflow = tmp_path / "mlflow"
     client = MlflowClient(f"sqlite:///{mlflow}/mlflow.db")
     args = [*tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", mlflow), "trainer.max_epochs=500",
-            "callbacks.early_stopping=null", "task_name=preempted"]
+            "callbacks.early_stopping=null", "task_name=preempted", "data.num_workers=2"]
     proc = _start("run", args, tmp_path)
     (last,) = _wait_for(lambda: list(tmp_path.glob("logs/preempted/runs/*/checkpoints/last.ckpt")), 300,
                         "the first epoch", proc)
-    os.kill(proc.pid, signal.SIGTERM)  # SLURM signals the job's processes, not a process group
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, (out + err)[-4000:]
     assert "Traceback" not in out + err, (out + err)[-4000:]
@@ -205,6 +212,26 @@ def test_sigterm_during_training_fails_the_job_and_marks_the_run_killed(syntheti
     assert torch.load(last, weights_only=True)["epoch"] >= 0  # a whole checkpoint to resume from
     (run,) = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id])
     assert run.info.status == "KILLED"
+    assert not [pid for pid in workers if _alive(pid)]
+
+
+class SigtermWhileTesting(pl.Callback):
+    """SIGTERM to this process as the first test batch starts (Lightning's handler turns it into a clean stop)."""
+
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_while_testing_names_the_last_checkpoint_to_resume(make_config) -> None:
+    with pytest.raises(Terminated) as stop:
+        train(make_config("trainer.max_epochs=1", "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0",
+                          "eval.gradcam.samples=0", f"+callbacks.stop._target_={__name__}.SigtermWhileTesting"))
+    last = stop.value.checkpoint
+    assert last is not None and Path(last).name == "last.ckpt" and Path(last).is_file()
+    assert re.fullmatch(rf"by SIGTERM while testing, after 1 epoch\(s\) of training \(step \d+\); resume with the "
+                        rf"same command and ckpt_path={re.escape(last)} \(or ckpt_path=last\) to test it in its MLflow "
+                        r"run \(its training is complete\)", str(stop.value)), str(stop.value)
 
 
 @pytest.mark.slow

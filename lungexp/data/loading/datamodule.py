@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
@@ -204,7 +207,8 @@ class NoduleDataModule(pl.LightningDataModule):
             return DataLoader(positions, batch_size=options.batch_size, collate_fn=batches,  # type: ignore[arg-type]
                               **kwargs)
         return DataLoader(self.datasets[name], batch_size=options.batch_size, num_workers=options.num_workers,
-                          pin_memory=options.pin_memory, persistent_workers=options.num_workers > 0, **kwargs)
+                          pin_memory=options.pin_memory, persistent_workers=options.num_workers > 0,
+                          worker_init_fn=leave_sigterm_to_parent, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         # Per-epoch seeded order, and the loader's own generator: creating its iterator then leaves the global
@@ -227,6 +231,19 @@ class NoduleDataModule(pl.LightningDataModule):
             return None
         return UnrepeatedDistributedSampler(self.datasets[name], num_replicas=trainer.world_size,
                                             rank=trainer.global_rank, shuffle=False)
+
+
+def leave_sigterm_to_parent(worker_id: int) -> None:
+    """A DataLoader worker's start: SIGTERM ignored, then Lightning's per-worker seeding (which Lightning adds only to
+    loaders without a ``worker_init_fn``).
+
+    Schedulers (``timeout``, SLURM) send SIGTERM to the whole process group: a worker that died of it would turn
+    the training process's clean stop (:func:`lungexp.training.pipeline.stopped_by_sigterm`) into a crash. The
+    training process shuts its workers down itself.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):  # set by seed_everything(workers=True)
+        pl_worker_init_function(worker_id)
 
 
 # The options' names and defaults in the signature: for Hydra's argument check (a typo'd data.* key names the
