@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from lungexp.tracking.artifacts import mlflow_loggers
 from lungexp.tracking.logger import RunLogger
 from lungexp.tracking.provenance import log_dataset
+from lungexp.tracking.runs import retried_after_lost_race
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,10 @@ class MLflowTracking(Callback):
         return self._generate_state_key(monitor=self.monitor)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning when fit starts, undeclared
         for logger in mlflow_loggers(trainer.loggers):
-            datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning when fit starts, undeclared
-            log_dataset(logger.experiment, _run_id(logger), datamodule)
+            # The jobs of a sweep start at once and log the same dataset of their experiment.
+            retried_after_lost_race(partial(log_dataset, logger.experiment, _run_id(logger), datamodule), "the dataset")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metric = trainer.callback_metrics.get(self.monitor)

@@ -8,17 +8,23 @@ cross-validation parent and its folds):
 - :func:`create_run` -- a run (nested under ``parent_run_id`` if given) in an experiment that
   :func:`ensure_experiment` creates with the tag that opens MLflow's model-training view;
 - every run it creates carries :func:`~lungexp.tracking.stale_runs.process_tags`, so a run whose
-  process died is recognised (and marked KILLED) by the next run.
+  process died is recognised (and marked KILLED) by the next run;
+- :func:`retried_after_lost_race` -- a write that parallel jobs of one store may race to make (the same
+  experiment, the same dataset), done again when another job made it first.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
@@ -35,7 +41,11 @@ MODEL_TRAINING_KIND = "custom_model_development"
 NOT_IN_NAME = ("paths.", "logger.", "hydra.", "task_name", "experiment_name", "ckpt_path", "extend_finished",
                "data.root", "data.cache_dir", "hparams_search")
 MAX_NAME_LENGTH = 120
+RACE_ATTEMPTS = 3  # a lost race is over after one more attempt; a third covers a second parallel job
 _FLOAT = re.compile(r"^-?\d+\.\d{4,}(e-?\d+)?$|^-?\d+(\.\d+)?e-?\d+$")
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -94,15 +104,43 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     if is_tracking_server(client.tracking_uri):
         artifact_location = None
         check_server_access(client, name)  # a sweep's or cross-validation's parent run is created next
+    return retried_after_lost_race(lambda: _experiment_id(client, name, artifact_location), f"experiment {name!r}")
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
-        experiment_id = client.create_experiment(name, artifact_location=artifact_location,
-                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
-    else:
-        experiment_id = experiment.experiment_id
-        if EXPERIMENT_KIND_TAG not in experiment.tags:
-            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
-    return experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def retried_after_lost_race(write: Callable[[], Result], what: str) -> Result:
+    """``write()``, done again when the tracking store refused it because a parallel process (another job of a
+    sweep) had just written the same row: the next attempt finds that row and uses it.
+
+    MLflow looks such a row up and inserts it if missing in one transaction; two jobs that look at once both
+    insert, and the second fails on the store's unique constraint (``IntegrityError: UNIQUE constraint failed``,
+    or ``RESOURCE_ALREADY_EXISTS`` for an experiment). ``what`` names the row in the log.
+    """
+    for _ in range(RACE_ATTEMPTS - 1):
+        try:
+            return write()
+        except MlflowException as error:
+            if not _lost_race(error):
+                raise
+            log.info("Another process stored %s at the same moment; using theirs", what)
+    return write()
+
+
+def _lost_race(error: MlflowException) -> bool:
+    """Whether the store refused a row because the same one exists (a unique constraint: SQLite, PostgreSQL and
+    MySQL name it so in SQLAlchemy's ``IntegrityError``, which a tracking server passes on as text)."""
+    text = str(error).lower()
+    return (error.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS) or "integrityerror" in text
+            or "unique constraint" in text)
 
 
 def create_run(client: MlflowClient, experiment_id: str, name: str, *, parent_run_id: str | None = None,
