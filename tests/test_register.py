@@ -269,6 +269,7 @@ def test_register_and_predict_by_name_and_by_list_end_to_end(trained_run, synthe
                               tmp_path)
     assert by_name.returncode == 0, by_name.stderr[-3000:]
     assert "Scored 6 candidate(s)" in by_name.stdout
+    assert "with models:/fpr@champion (1 checkpoint(s)" in by_name.stdout  # the model's URI, not its download folder
     ckpt = trained_run.best_checkpoint
     by_list = run_entry_point("predict", [f"ckpt_path=[{ckpt},{ckpt}]", f"out={tmp_path}/by_list.csv", *common],
                               tmp_path)

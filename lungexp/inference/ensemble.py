@@ -133,12 +133,13 @@ class Ensemble:
             extras.append(f"calibration={self.calibration}")
         return model + (f" ({', '.join(extras)})" if extras else "")
 
-    def calibrate(self, method: str) -> list[Path]:
-        """Calibrate every member with ``method`` (``eval.calibration``): the calibrator its checkpoint stores, or
-        one fitted on its own validation predictions. Members without validation predictions (of both classes)
-        leave the ensemble uncalibrated (with a warning); returns their checkpoints."""
+    def calibrate(self, method: str, key: str = "calibration") -> list[Path]:
+        """Calibrate every member with ``method`` (chosen by the option ``key``, which messages name): the
+        calibrator its checkpoint stores, or one fitted on its own validation predictions. Members without
+        validation predictions (of both classes) leave the ensemble uncalibrated (with a warning); returns their
+        checkpoints."""
         for member in self.members:
-            member.calibrate(method)
+            member.calibrate(method, key)
         uncalibrated = [member.path for member in self.members if method != "none" and member.calibrator is None]
         if uncalibrated:
             for member in self.members:

@@ -97,7 +97,8 @@ class EnsembleModel(PythonModel):
                    for index in range(int(config["members"]))]
         for index, member in enumerate(members):
             calibrator = context.artifacts.get(f"{CALIBRATOR_ARTIFACT}{index}")
-            member.calibrator = None if calibrator is None else calibrator_from_dict(json.loads(Path(calibrator).read_text()))
+            member.calibrator = None if calibrator is None else calibrator_from_dict(
+                json.loads(Path(calibrator).read_text()), source=f"the registered model's {Path(calibrator).name}")
         self.ensemble = Ensemble(members, tta=config["tta"])
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None

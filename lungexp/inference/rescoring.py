@@ -133,7 +133,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
         datamodule.setup_all()
     else:
         datamodule.setup("test")
-    predictor.calibrate(options.calibration)
+    predictor.calibrate(options.calibration, key="eval.calibration")
     predictions = _predict(predictor, datamodule, split)
     settings = evaluation_settings(datamodule, split, predictor.decision_threshold(options.threshold), options)
 
