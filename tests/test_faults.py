@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -14,10 +15,12 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io import torch_io
 from mlflow import MlflowClient
 
 from lungexp.tracking.stale_runs import ENDED_BY_TAG, PID_TAG, end_stale_runs, owner_is_gone, process_tags
 from lungexp.training.pipeline import train
+from lungexp.utils.atomic import DiskFullError
 from lungexp.utils.errors import Terminated
 from tests.helpers.cli import entry_point_command, entry_point_env
 from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
@@ -232,6 +235,22 @@ def test_sigterm_while_testing_names_the_last_checkpoint_to_resume(make_config) 
     assert re.fullmatch(rf"by SIGTERM while testing, after 1 epoch\(s\) of training \(step \d+\); resume with the "
                         rf"same command and ckpt_path={re.escape(last)} \(or ckpt_path=last\) to test it in its MLflow "
                         r"run \(its training is complete\)", str(stop.value)), str(stop.value)
+
+
+def test_a_full_disk_while_checkpointing_is_one_error_naming_the_file_and_fails_the_run(make_config, monkeypatch,
+                                                                                         mlflow_dir: Path) -> None:
+    def disk_full(checkpoint: object, filepath: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() on a full disk: no file name
+
+    monkeypatch.setattr(torch_io, "_atomic_save", disk_full)  # Lightning's write of every checkpoint
+    with pytest.raises(DiskFullError, match=r"/checkpoints/\w+\.ckpt: No space left on device \(.+ free on that file "
+                                            r"system\); free space there .* ckpt_path=last") as error:
+        train(make_config("trainer.max_epochs=1", "callbacks.lr_monitor=null", "task_name=disk_full"))
+    assert "\n" not in str(error.value)
+    client = MlflowClient(f"sqlite:///{mlflow_dir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id],
+                                "tags.`mlflow.runName` LIKE 'disk_full%'")
+    assert run.info.status == "FAILED"
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from hydra._internal.instantiate._instantiate2 import _Keys
 from hydra._internal.utils import _locate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
 from lungexp.data.loading.datamodule import NoduleDataModule
@@ -35,6 +36,7 @@ from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
 from lungexp.tracking.artifacts import mlflow_run_reference
 from lungexp.tracking.provenance import data_fingerprint
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_validation_predictions
+from lungexp.utils.atomic import disk_full_named
 from lungexp.utils.config import to_dict
 from lungexp.utils.errors import LungexpError
 
@@ -74,6 +76,19 @@ def last_checkpoint_path(trainer: pl.Trainer) -> str | None:
     return next((callback.best_model_path for callback in trainer.checkpoint_callbacks
                  if isinstance(callback, ModelCheckpoint) and callback.monitor is None and callback.best_model_path),
                 None)
+
+
+class DiskFullNamedCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (``Trainer(plugins=[...])``), with a full disk as one :class:`DiskFullError`
+    naming the checkpoint file and the space free there, instead of a long traceback from inside Lightning.
+
+    Lightning writes each checkpoint to a temporary file first, so the previous ``last.ckpt`` is intact.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        with disk_full_named(path, "free space there (or point paths.log_dir elsewhere), then run the same command "
+                                   "with ckpt_path=last to go on from the last checkpoint that was saved"):
+            super().save_checkpoint(checkpoint, path, storage_options)
 
 
 class CheckpointError(LungexpError):

@@ -27,6 +27,7 @@ from lungexp.tracking.provenance import git_tags
 from lungexp.tracking.runs import job_overrides, run_name
 from lungexp.tracking.stale_runs import ENDED_BY_TAG
 from lungexp.training.checkpoint import (
+    DiskFullNamedCheckpointIO,
     ModelRecipe,
     SaveRecipe,
     best_checkpoint_callback,
@@ -80,7 +81,7 @@ def build(cfg: DictConfig, resume: Resume | None = None) -> tuple[pl.LightningDa
     # Built from a partial: Hydra would try to merge the loggers and callbacks into a config first.
     make_trainer = hydra.utils.instantiate(supported_trainer(cfg.trainer), _partial_=True, _convert_="partial")
     try:
-        trainer: pl.Trainer = make_trainer(callbacks=callbacks, logger=loggers)
+        trainer: pl.Trainer = make_trainer(callbacks=callbacks, logger=loggers, plugins=[DiskFullNamedCheckpointIO()])
     except (MisconfigurationException, ValueError, ModuleNotFoundError) as error:  # Lightning's own argument checks
         raise ConfigError(f"trainer: {error}") from error
     return datamodule, model, trainer
