@@ -51,21 +51,27 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime); the name in (...) may hold spaces
 
 
-def owner_is_gone(tags: Mapping[str, str]) -> bool:
-    """Whether the process that created a run is known to have ended (never true for other hosts)."""
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process that created a run is still running; None where this machine cannot tell (a run of
+    another host or PID namespace, or of a version without these tags)."""
     here = process_tags()
     if not tags.get(PID_TAG) or (tags.get(HOST_TAG), tags.get(PID_NAMESPACE_TAG)) != (here[HOST_TAG],
                                                                                      here[PID_NAMESPACE_TAG]):
-        return False
+        return None
     pid = int(tags[PID_TAG])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
+        return False
     except PermissionError:
         pass  # alive, owned by another user
     started = _process_start(pid)
-    return bool(started and tags.get(PROCESS_START_TAG) and started != tags[PROCESS_START_TAG])
+    return not (started and tags.get(PROCESS_START_TAG) and started != tags[PROCESS_START_TAG])
+
+
+def owner_is_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process that created a run is known to have ended (never true for other hosts)."""
+    return owner_alive(tags) is False
 
 
 def end_stale_runs(client: MlflowClient, experiment_name: str, ended_by: str = "") -> list[str]:

@@ -35,8 +35,9 @@ from pytorch_lightning.callbacks import Callback
 from lungexp.data.options import DataOptions
 from lungexp.tracking.logger_setup import mlflow_logger_config
 from lungexp.tracking.provenance import data_fingerprint
-from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, owner_is_gone
+from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, owner_alive
 from lungexp.training.checkpoint import DATA_IDENTITY_KEY, RECIPE_KEY, RUN_CONFIG_KEY, read_checkpoint
+from lungexp.training.distributed import is_rank_zero
 from lungexp.utils.config import to_dict
 from lungexp.utils.errors import ConfigError
 
@@ -148,8 +149,9 @@ def prepare_resume(cfg: DictConfig) -> Resume | None:
 
 def _checkpoint_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> tuple[str | None, str | None]:
     """The checkpoint's MLflow run ``run_id`` and its status, if the run is in this run's tracking store (a
-    RUNNING run whose process is gone counts as KILLED); else ``(None, None)``: a new run, tagged
-    ``resumed_from``. A run that a live process is training is refused."""
+    RUNNING run counts as KILLED: its process is gone, or runs on another host, which cannot be checked from
+    here); else ``(None, None)``: a new run, tagged ``resumed_from``. A run that a live process of this machine
+    is training is refused."""
     logger = mlflow_logger_config(cfg)
     uri = logger.get("tracking_uri") if logger is not None else None
     if run_id is None or uri is None:
@@ -161,12 +163,12 @@ def _checkpoint_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> tu
         return None, None
     status = run.info.status
     if status == RunStatus.to_string(RunStatus.RUNNING):
-        if not owner_is_gone(run.data.tags):
-            owner = (f"process {run.data.tags[PID_TAG]} on {run.data.tags[HOST_TAG]}" if PID_TAG in run.data.tags
-                     else "a process this machine cannot check")
-            raise ConfigError(f"ckpt_path={checkpoint}: its MLflow run {run_id} is RUNNING in {owner}: it is being "
+        # DDP ranks > 0 start after (or with) their rank 0, which has opened the run already: it is theirs.
+        if is_rank_zero() and owner_alive(run.data.tags):
+            raise ConfigError(f"ckpt_path={checkpoint}: its MLflow run {run_id} is RUNNING in process "
+                              f"{run.data.tags[PID_TAG]} on {run.data.tags[HOST_TAG]}, which is alive: it is being "
                               "trained right now; wait for it to end (or stop it) before resuming it")
-        status = RunStatus.to_string(RunStatus.KILLED)  # what the stale-run sweep marks it when the store opens
+        status = RunStatus.to_string(RunStatus.KILLED)  # its process is gone (or on a host this one cannot check)
     return run_id, status
 
 
