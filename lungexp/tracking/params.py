@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from lungexp.utils.config import to_dict
 
 NOT_LOGGED = ("logger", "hydra")
-TAG_KEYS = ("paths", "task_name", "experiment_name", "ckpt_path")  # where and under which name, not how
+TAG_KEYS = ("paths", "task_name", "experiment_name", "ckpt_path", "extend_finished")  # where and under which name, not how
 HYDRA_META_KEYS = ("_partial_", "_convert_", "_recursive_")
 # `${some.key}`: the value is another key's, which is logged under that key already.
 _REFERENCE = re.compile(r"^\$\{[\w.]+\}$")
