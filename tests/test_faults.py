@@ -226,15 +226,19 @@ class SigtermWhileTesting(pl.Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_while_testing_names_the_last_checkpoint_to_resume(make_config) -> None:
+@pytest.mark.parametrize("mlflow", [True, False], ids=["resumed_to_test", "evaluated_without_mlflow"])
+def test_sigterm_while_testing_names_the_checkpoint_to_go_on_from(make_config, mlflow: bool) -> None:
     with pytest.raises(Terminated) as stop:
         train(make_config("trainer.max_epochs=1", "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0",
-                          "eval.gradcam.samples=0", f"+callbacks.stop._target_={__name__}.SigtermWhileTesting"))
+                          "eval.gradcam.samples=0", f"+callbacks.stop._target_={__name__}.SigtermWhileTesting",
+                          *([] if mlflow else ["~logger"])))
     last = stop.value.checkpoint
     assert last is not None and Path(last).name == "last.ckpt" and Path(last).is_file()
-    assert re.fullmatch(rf"by SIGTERM while testing, after 1 epoch\(s\) of training \(step \d+\); resume with the "
-                        rf"same command and ckpt_path={re.escape(last)} \(or ckpt_path=last\) to test it in its MLflow "
-                        r"run \(its training is complete\)", str(stop.value)), str(stop.value)
+    then = (rf"resume with the same command and ckpt_path={re.escape(last)} \(or ckpt_path=last\) to test it in its "
+            r"MLflow run" if mlflow else
+            rf"test it with `python -m lungexp\.evaluate ckpt_path={re.escape(str(Path(last).parent))}/epoch000\.ckpt`")
+    assert re.fullmatch(rf"by SIGTERM while testing, after 1 epoch\(s\) \(step \d+\); its training is complete: {then}",
+                        str(stop.value)), str(stop.value)
 
 
 def test_a_full_disk_while_checkpointing_is_one_error_naming_the_file_and_fails_the_run(make_config, monkeypatch,

@@ -146,11 +146,14 @@ class FitOutcome:
     """Filled in once ``fit`` has returned: the test that follows restores the callbacks' states from the best
     checkpoint, where the last checkpoint may not be recorded yet."""
 
-    last_checkpoint: str | None = None
     done: bool = False
+    last_checkpoint: str | None = None
+    best_checkpoint: str | None = None
 
     def record(self, trainer: pl.Trainer) -> None:
-        self.last_checkpoint, self.done = last_checkpoint_path(trainer), True
+        best = best_checkpoint_callback(trainer.checkpoint_callbacks)
+        self.done, self.last_checkpoint = True, last_checkpoint_path(trainer)
+        self.best_checkpoint = best.best_model_path if best else None
 
 
 @contextmanager
@@ -159,27 +162,29 @@ def stopped_by_sigterm(trainer: pl.Trainer) -> Iterator[FitOutcome]:
 
     Lightning finishes the current batch and raises ``SIGTERMException``, a ``SystemExit`` with status 0,
     after marking the MLflow run FAILED; here the run is marked KILLED instead and :class:`Terminated`
-    (exit status 143) says where it stopped and how to resume. The block records its fit in the yielded
-    :class:`FitOutcome`, so a stop while testing names the right checkpoint.
+    (exit status 143) says where it stopped and how to go on. The block records its fit in the yielded
+    :class:`FitOutcome`, so a stop while testing names the right checkpoints.
     """
     fit = FitOutcome()
     try:
         yield fit
     except SIGTERMException:
-        for logger in mlflow_loggers(trainer.loggers):
+        runs = mlflow_loggers(trainer.loggers)
+        for logger in runs:
             logger.experiment.set_tag(logger.run_id, ENDED_BY_TAG, "SIGTERM; marked KILLED by the run itself")
             logger.experiment.set_terminated(logger.run_id, status="KILLED")
-        if fit.done:
-            where = f"by SIGTERM while testing, after {trainer.current_epoch} epoch(s) of training (step {trainer.global_step})"
-            last = fit.last_checkpoint
-            then = " to test it in its MLflow run (its training is complete)"
-        else:
-            where = f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step})"
+        if not fit.done:
             last = last_checkpoint_path(trainer)
-            then = ""
-        resume = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last){then}" if last else
-                  "no checkpoint was saved yet: run it again")
-        raise Terminated(where, resume, last) from None
+            where = f"by SIGTERM in epoch {trainer.current_epoch + 1} (step {trainer.global_step})"
+            then = (f"resume with the same command and ckpt_path={last} (or ckpt_path=last)" if last else
+                    "no checkpoint was saved yet: run it again")
+        else:
+            last = fit.last_checkpoint
+            where = f"by SIGTERM while testing, after {trainer.current_epoch} epoch(s) (step {trainer.global_step})"
+            then = "its training is complete: " + (
+                f"resume with the same command and ckpt_path={last} (or ckpt_path=last) to test it in its MLflow run"
+                if last and runs else f"test it with `python -m lungexp.evaluate ckpt_path={fit.best_checkpoint}`")
+        raise Terminated(where, then, last) from None
 
 
 def _checkpoint_next_to(cfg: DictConfig, checkpoint: Path) -> DictConfig:
