@@ -30,7 +30,8 @@ COPIES = 40  # of each tiny scan, so a cache build takes long enough to be inter
 
 @pytest.fixture(scope="module")
 def many_scans(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny dataset ``COPIES`` times over: new .mhd headers next to symlinks to the same .raw files."""
+    """The tiny dataset ``COPIES`` times over: new .mhd headers next to hard links to the same .raw files (a
+    symbolic link would point outside the header's folder, which scan reading refuses)."""
     root = tmp_path_factory.mktemp("many_scans")
     labels = pd.read_csv(synthetic_root / "candidates_V2.csv")
     tables = []
@@ -39,7 +40,7 @@ def many_scans(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
             uid = f"{mhd.stem}.{copy}"
             folder = root / mhd.parent.name / f"copy{copy}"
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{uid}.raw").symlink_to(mhd.with_suffix(".raw"))
+            (folder / f"{uid}.raw").hardlink_to(mhd.with_suffix(".raw"))
             (folder / f"{uid}.mhd").write_text(mhd.read_text().replace(f"{mhd.stem}.raw", f"{uid}.raw"))
             tables.append(labels[labels["seriesuid"] == mhd.stem].assign(seriesuid=uid))
     pd.concat(tables).to_csv(root / "candidates_V2.csv", index=False)
