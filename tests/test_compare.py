@@ -188,7 +188,8 @@ def test_a_trained_run_logs_intervals_and_compares_with_its_csv(trained_run, tmp
     _print_summary(trained_run)
     auroc = f"{metrics['test/auroc']:.3f} [{metrics['test/auroc_ci_low']:.3f}, {metrics['test/auroc_ci_high']:.3f}]"
     assert auroc in capsys.readouterr().out  # the console summary shows each interval next to its metric
-    csv = write(trained_run.test_predictions.assign(probability=0.5), tmp_path / "constant.csv")
+    guesses = np.random.default_rng(0).uniform(size=len(trained_run.test_predictions)).round(6)
+    csv = write(trained_run.test_predictions.assign(probability=guesses), tmp_path / "guesses.csv")
     assert main([trained_run.mlflow_run_id, csv, "--tracking-uri", f"sqlite:///{mlflow_dir}/mlflow.db",
                  "--bootstrap", "50", "--no-mlflow", "--out", str(tmp_path)]) == 0
     pairs = pd.read_csv(tmp_path / "comparison.csv")
