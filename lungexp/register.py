@@ -11,8 +11,11 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
+from lungexp.config.store import register_configs
 from lungexp.utils.config import CONFIG_DIR
 from lungexp.utils.errors import report_user_errors
+
+register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="register")

@@ -42,6 +42,7 @@ from bench_train import StepTimer
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from lungexp.config.store import register_configs
 from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, LABEL_KEY
 from lungexp.data.patches.cache import build_patch_cache
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
@@ -143,6 +144,7 @@ def bench_config(root: Path, workdir: Path, candidates_csv: Path, excluded_csv: 
                  "data.split.fold=0", "data.split.val_fold=1",  # subsets 0 and 1 exist from 2 scans on
                  "data.max_negatives_per_scan=null",  # one cache of every candidate, as cross-validation builds
                  f"paths.root_dir={workdir}", f"paths.output_dir={workdir / 'output'}"]
+    register_configs()  # as the entry points do before composing
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
 

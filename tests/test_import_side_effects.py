@@ -41,3 +41,29 @@ def test_importing_every_module_changes_no_backend_and_no_warning_filter() -> No
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["svg", "[]"], proc.stdout
+
+
+# Which of these modules a fresh interpreter has loaded after running the code.
+LOADED = "import sys\n{code}\nprint(sorted({modules!r} & set(sys.modules)))"
+
+
+def _loaded_after(code: str, modules: set[str]) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", LOADED.format(code=code, modules=modules)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return eval(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_library_loads_no_hydra() -> None:
+    """Only the entry points register the config nodes (lungexp.config.store): a notebook importing models or the
+    data options pays for no Hydra."""
+    assert _loaded_after("import lungexp.models, lungexp.data.options", {"hydra", "omegaconf"}) == []
+
+
+def test_checking_data_options_loads_no_torch() -> None:
+    """``python -m lungexp.run`` checks data.* before the slow imports; declaring the options also loads none of
+    the data layer's libraries."""
+    code = ("import lungexp.data.options as o\ndeclared = sorted({'pandas', 'scipy', 'SimpleITK'} & set(sys.modules))\n"
+            "assert declared == [], declared\n"
+            "o.DataOptions(root='.', labels_csv='labels.csv', synthetic=None)")
+    assert _loaded_after(code, {"torch", "pytorch_lightning"}) == []

@@ -1,8 +1,12 @@
-"""Config nodes declared in Python and put in Hydra's ConfigStore, which ``conf/`` composes like its files.
+"""What composing ``conf/`` needs besides its files: the resolvers and the config nodes declared in Python.
 
 ``shared/data_options``: every ``data.*`` option with its default, from
 :meth:`~lungexp.data.options.DataOptions.config_defaults`; ``conf/shared/datamodule.yaml`` starts from it, so
 each option is declared once (its field in :class:`~lungexp.data.options.DataOptions`).
+
+Each entry point calls :func:`register_configs` when it is imported, before ``@hydra.main`` composes (and so
+does any script or test composing ``conf/`` with Hydra's compose API); the package root does not, so that
+importing the library loads no Hydra.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from lungexp.data.options import DataOptions
+from lungexp.utils.config import register_resolvers
 
 DATA_OPTIONS = "data_options"  # in group `shared`
 
 
-def register_config_nodes() -> None:
-    """Put the Python-declared nodes in Hydra's ConfigStore (idempotent): before any config is composed."""
+def register_configs() -> None:
+    """Register the resolvers ``conf/`` uses and put the Python-declared nodes in Hydra's ConfigStore
+    (idempotent): before any config is composed."""
+    register_resolvers()
     ConfigStore.instance().store(group="shared", name=DATA_OPTIONS, node=DataOptions.config_defaults())

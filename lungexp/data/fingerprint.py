@@ -10,8 +10,6 @@ from typing import Any
 
 import pandas as pd
 
-from lungexp.data.labels.label_rules import LabelRule
-
 
 def content_key(settings: Mapping[str, Any], table: pd.DataFrame, scan_paths: Mapping[str, str | Path]) -> str:
     """16 hex digits of SHA-256 over ``settings`` (as JSON), the rows of ``table``, and each scan
@@ -26,12 +24,3 @@ def content_key(settings: Mapping[str, Any], table: pd.DataFrame, scan_paths: Ma
         digest.update(f"{uid}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
-
-def labelled_key(cache_key: str, label_rule: LabelRule | None) -> str:
-    """The data fingerprint of a patch cache read under ``label_rule``: the cache key itself without a rule
-    (labels are read from the CSV, not cached), else 16 hex digits of SHA-256 over the key and the rule, so
-    runs under different rules never share a fingerprint even where they share the cached patches."""
-    if label_rule is None:
-        return cache_key
-    rule = json.dumps(label_rule.as_config(), sort_keys=True)
-    return hashlib.sha256(f"{cache_key}|{rule}".encode()).hexdigest()[:16]

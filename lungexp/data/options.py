@@ -16,25 +16,23 @@ Adding an option: one field below (``option(default, doc, check)``) and its row 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from lungexp.utils.errors import ArgumentError, check_int, check_number, look_up_option, named_under
 
-if TYPE_CHECKING:  # imported when an option is checked, so that declaring the options (and composing the
-    # config, whose defaults are these) imports none of the data layer: pandas, scipy, SimpleITK
+if TYPE_CHECKING:
     from lungexp.data.labels.label_rules import LabelRule
     from lungexp.data.labels.sampled_candidates import NegativesSpec
     from lungexp.data.labels.splits import SplitSpec
     from lungexp.data.loading.balance import BalanceSpec
     from lungexp.data.patches.extraction import PatchSpec
 
-NORMALIZATIONS = ("unit", "symmetric", "zscore")
 CACHE_MEMORY = ("mmap", "ram", "device")  # see lungexp.data.loading.memory_cache
 
 Check = Callable[[str, Any], Any]
@@ -75,31 +73,46 @@ def _whole(minimum: int, allow_none: bool = False) -> Check:
     return lambda name, value: check_int(name, value, minimum=minimum, allow_none=allow_none, error=ArgumentError)
 
 
-def _imported(dotted: str) -> Any:
-    """``module.NAME`` of the data layer, imported when first needed."""
-    module, name = dotted.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
+@functools.cache
+def _data_layer() -> SimpleNamespace:
+    """What the checks use from the sub-packages below, imported when an option is first checked: declaring the
+    options (and composing the config, whose defaults are these) imports none of pandas, scipy or SimpleITK, and
+    checking them no torch. Imports, not import strings, so that import-linter sees them."""
+    from lungexp.data.labels.annotations import OUTSIDE_CHOICES
+    from lungexp.data.labels.label_rules import LabelRule
+    from lungexp.data.labels.sample_table import MISSING_SCANS_CHOICES, TASKS
+    from lungexp.data.labels.sampled_candidates import NegativesSpec
+    from lungexp.data.labels.splits import SplitSpec
+    from lungexp.data.loading.balance import BalanceSpec
+    from lungexp.data.patches.extraction import PatchSpec
+    from lungexp.data.patches.normalization import NORMALIZATIONS
+    from lungexp.data.synthetic.manifest import GeneratorParams
+
+    return SimpleNamespace(OUTSIDE_CHOICES=OUTSIDE_CHOICES, LabelRule=LabelRule, TASKS=TASKS,
+                           MISSING_SCANS_CHOICES=MISSING_SCANS_CHOICES, NegativesSpec=NegativesSpec, SplitSpec=SplitSpec,
+                           BalanceSpec=BalanceSpec, PatchSpec=PatchSpec, NORMALIZATIONS=NORMALIZATIONS,
+                           GeneratorParams=GeneratorParams)
 
 
-def _choice(choices: Sequence[str] | str) -> Check:
-    """One of ``choices``, or of the tuple a dotted name (``module.NAME``) names."""
-    return lambda name, value: look_up_option(name, value, _imported(choices) if isinstance(choices, str) else choices,
+def _choice(choices: Sequence[str] | Callable[[SimpleNamespace], Sequence[str]]) -> Check:
+    """One of ``choices``, or of those it picks from :func:`_data_layer`."""
+    return lambda name, value: look_up_option(name, value, choices(_data_layer()) if callable(choices) else choices,
                                               error=ArgumentError)
 
 
-def _spec(spec: str) -> Check:
-    """A nested option (``patch``, ``split``, ...) checked by the ``from_config`` of the class ``spec`` names
-    (``module.Class``), its errors named ``name.key``."""
+def _spec(spec: Callable[[SimpleNamespace], Any]) -> Check:
+    """A nested option (``patch``, ``split``, ...) checked by the ``from_config`` of the class ``spec`` picks from
+    :func:`_data_layer`, its errors named ``name.key``."""
     def check(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping | None):
             return value  # already checked (e.g. a PatchSpec)
         with named_under(name):
-            return _imported(spec).from_config(**(value or {}))
+            return spec(_data_layer()).from_config(**(value or {}))
     return check
 
 
 def _label_rule(name: str, rule: Any) -> LabelRule | None:
-    label_rule = _imported("lungexp.data.labels.label_rules.LabelRule")
+    label_rule = _data_layer().LabelRule
     return rule if isinstance(rule, label_rule) else label_rule.from_config(rule)
 
 
@@ -128,7 +141,7 @@ def _synthetic(name: str, synthetic: Any) -> dict[str, Any] | None:
         return None
     settings = {key: value for key, value in synthetic.items() if key != "overwrite"}
     try:
-        _imported("lungexp.data.synthetic.manifest.GeneratorParams").from_arguments(**settings)
+        _data_layer().GeneratorParams.from_arguments(**settings)
     except TypeError as error:  # a key the generator does not take
         raise ArgumentError(f"{name}: {error}") from None
     except ValueError as error:  # the message starts with the argument's name
@@ -148,21 +161,21 @@ class DataOptions:
                         ".mhd/.nii/.nii.gz/.nrrd files named by seriesuid)", _path)
     labels_csv: Path | None = option(REQUIRED, "the task's CSV (see lungexp.data.labels.sample_table.read_labels); "
                                      "null: sample negatives (task=candidates with annotations_csv)", _optional_path)
-    task: str = option("candidates", "candidates | malignancy | points", _choice("lungexp.data.labels.sample_table.TASKS"))
+    task: str = option("candidates", "candidates | malignancy | points", _choice(lambda layer: layer.TASKS))
     cache_dir: Path = option("data/cache", "where patch caches live", _path)
     patch: PatchSpec = option(_frozen(size=32, size_mm=None, spacing_mm=(1.0,), pad_hu=-1000), "patch geometry: {size, size_mm, spacing_mm, pad_hu} (PatchSpec.from_config)",
-                              _spec("lungexp.data.patches.extraction.PatchSpec"))
+                              _spec(lambda layer: layer.PatchSpec))
     hu_window: tuple[float, float] = option((-1000, 400), "[low, high] HU kept (clipped outside)",
                                             check_hu_window)
     normalize: str = option("unit", "unit ([0, 1]) | symmetric ([-1, 1]) | zscore (per patch), see HUWindow",
-                            _choice(NORMALIZATIONS))
+                            _choice(lambda layer: layer.NORMALIZATIONS))
     split: SplitSpec = option(_frozen(method="subsets", fold=0, val_fold=1, num_folds=None, val_fraction=0.15,
                                       test_fraction=0.15, group_by="auto"), "how series are split: {method: subsets|series|folds, ...; "
                               "group_by: auto (patient_id where the labels have it, else seriesuid) | a column} "
-                              "(SplitSpec.from_config)", _spec("lungexp.data.labels.splits.SplitSpec"))
+                              "(SplitSpec.from_config)", _spec(lambda layer: layer.SplitSpec))
     balance: BalanceSpec = option(_frozen(sampler="balanced", positive_fraction=0.5, samples_per_epoch=None),
                                   "training sampler: {sampler: none|balanced, positive_fraction, "
-                                  "samples_per_epoch} (BalanceSpec.from_config)", _spec("lungexp.data.loading.balance.BalanceSpec"))
+                                  "samples_per_epoch} (BalanceSpec.from_config)", _spec(lambda layer: layer.BalanceSpec))
     batch_size: int = option(32, "patches per batch", _whole(1))
     num_workers: int = option(2, "DataLoader workers (the per-patch augmentation runs there)", _whole(0))
     preprocess_workers: int = option(2, "processes building the patch cache", _whole(0))
@@ -170,9 +183,9 @@ class DataOptions:
     synthetic: dict[str, Any] | None = option(None, "keyword arguments of generate_luna16_dataset, run when root "
                                               "holds no dataset; null: real data", _synthetic)
     missing_scans: str = option("skip", "rows whose scan is not under root: skip | error (build_samples)",
-                                _choice("lungexp.data.labels.sample_table.MISSING_SCANS_CHOICES"))
+                                _choice(lambda layer: layer.MISSING_SCANS_CHOICES))
     outside: str = option("error", "coordinates outside their scan: error | skip (build_samples)",
-                          _choice("lungexp.data.labels.annotations.OUTSIDE_CHOICES"))
+                          _choice(lambda layer: layer.OUTSIDE_CHOICES))
     in_channels: int | None = option(None, "if given, must equal the number of patch scales (the model's input "
                                      "channels)")
     annotations_csv: Path | None = option(None, "LUNA16 annotations.csv: with task=candidates and labels_csv=null, "
@@ -180,7 +193,7 @@ class DataOptions:
     excluded_csv: Path | None = option(None, "LUNA16 annotations_excluded.csv: negatives on these findings are "
                                        "dropped", _optional_path)
     negatives: NegativesSpec = option(_frozen(count=30, vessel_fraction=0.5, margin_mm=10.0), "sampled negatives: {count, vessel_fraction, margin_mm, seed} "
-                                      "(NegativesSpec.from_config)", _spec("lungexp.data.labels.sampled_candidates.NegativesSpec"))
+                                      "(NegativesSpec.from_config)", _spec(lambda layer: layer.NegativesSpec))
     max_negatives_per_scan: int | None = option(None, "keep at most this many negatives of each training scan "
                                                 "(seeded by split.seed); null keeps all", _whole(0, allow_none=True))
     cache_memory: str = option("mmap", "where training reads patches from: mmap | ram | device "

@@ -13,8 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import lungexp  # noqa: F401  (registers the config resolvers)
+from lungexp.config.store import register_configs
 from lungexp.utils import config
+
+register_configs()  # as each entry point does, so that the tests' compose() reads the same conf/
 
 CONFIG_DIR = Path(config.CONFIG_DIR)  # the folder the entry points read
 PROJECT_ROOT = CONFIG_DIR.parent

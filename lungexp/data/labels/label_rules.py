@@ -11,6 +11,8 @@ in the log). ``conf/data/label_rule/`` holds named rules (``+data/label_rule=nod
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import operator
 import re
@@ -111,3 +113,13 @@ class LabelRule:
 
     def __str__(self) -> str:
         return f"{self.column} {self.positive} = 1, {self.negative} = 0"
+
+
+def labelled_key(cache_key: str, label_rule: LabelRule | None) -> str:
+    """The data fingerprint of a patch cache read under ``label_rule``: the cache key itself without a rule
+    (labels are read from the CSV, not cached), else 16 hex digits of SHA-256 over the key and the rule, so
+    runs under different rules never share a fingerprint even where they share the cached patches."""
+    if label_rule is None:
+        return cache_key
+    rule = json.dumps(label_rule.as_config(), sort_keys=True)
+    return hashlib.sha256(f"{cache_key}|{rule}".encode()).hexdigest()[:16]

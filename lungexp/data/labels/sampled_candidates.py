@@ -55,8 +55,9 @@ class NegativesSpec:
     seed: int = 0
 
     @classmethod
-    def from_config(
-        cls, count: int = 30, vessel_fraction: float = 0.5, margin_mm: float = 10.0, seed: int = 0
+    def from_config(  # each parameter defaults to its field above: one default per option
+        cls, count: int = count, vessel_fraction: float = vessel_fraction, margin_mm: float = margin_mm,
+        seed: int = seed,
     ) -> NegativesSpec:
         """Check the sampling options; :class:`~lungexp.utils.errors.ArgumentError` names the parameter of a bad
         value (the datamodule's options add ``data.negatives.``)."""

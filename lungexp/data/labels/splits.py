@@ -16,13 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lungexp.utils.errors import (
-    ArgumentError,
-    LungexpError,
-    check_int,
-    check_number,
-    look_up_option,
-)
+from lungexp.utils.errors import ArgumentError, LungexpError, check_int, check_number, look_up_option
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +57,16 @@ class SplitSpec:
     num_folds: int | None = None
 
     @classmethod
-    def from_config(
+    def from_config(  # each parameter defaults to its field above: one default per option
         cls,
-        method: str = "subsets",
-        fold: int = 0,
-        val_fold: int = 1,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        seed: int = 0,
-        group_by: str = AUTO_GROUP,
-        num_folds: int | None = None,
+        method: str = method,
+        fold: int = fold,
+        val_fold: int = val_fold,
+        val_fraction: float = val_fraction,
+        test_fraction: float = test_fraction,
+        seed: int = seed,
+        group_by: str = group_by,
+        num_folds: int | None = num_folds,
     ) -> SplitSpec:
         """Check the split options; :class:`~lungexp.utils.errors.ArgumentError` names the parameter of a value
         that cannot work."""

@@ -31,13 +31,14 @@ class BalanceSpec:
         samples_per_epoch: draws per epoch with ``balanced``; None = the training split's size.
     """
 
-    sampler: str = "none"
+    sampler: str = "balanced"
     positive_fraction: float = 0.5
     samples_per_epoch: int | None = None
 
     @classmethod
-    def from_config(
-        cls, sampler: str = "none", positive_fraction: float = 0.5, samples_per_epoch: int | None = None
+    def from_config(  # each parameter defaults to its field above: one default per option
+        cls, sampler: str = sampler, positive_fraction: float = positive_fraction,
+        samples_per_epoch: int | None = samples_per_epoch,
     ) -> BalanceSpec:
         """Check the balance options; :class:`~lungexp.utils.errors.ArgumentError` names the parameter of a bad
         value."""

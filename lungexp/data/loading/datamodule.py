@@ -23,7 +23,7 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from lungexp.data.fingerprint import labelled_key
+from lungexp.data.labels.label_rules import labelled_key
 from lungexp.data.labels.sample_table import (
     build_samples,
     limit_negatives,

@@ -49,9 +49,9 @@ class PatchSpec:
             raise ValueError(f"patch spacing_mm must be positive, got {self.spacing_mm}")
 
     @classmethod
-    def from_config(
-        cls, size: int | None = 32, spacing_mm: Sequence[float] = (1.0,), size_mm: float | None = None,
-        pad_hu: float = AIR_HU,
+    def from_config(  # each field's parameter defaults to the field above: one default per option
+        cls, size: int | None = size, spacing_mm: Sequence[float] = spacing_mm, size_mm: float | None = None,
+        pad_hu: float = pad_hu,
     ) -> PatchSpec:
         """Build from the patch options, where the size may be given in mm (of the finest channel) instead.
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from lungexp.data.options import NORMALIZATIONS
+import numpy as np
+
 from lungexp.utils.errors import ArgumentError, check_number, look_up_option
+
+if TYPE_CHECKING:  # imported where a patch is normalised, so that data.normalize is checked before torch loads
+    import torch
+
+NORMALIZATIONS = ("unit", "symmetric", "zscore")
 
 
 class HUWindow:
@@ -30,6 +35,8 @@ class HUWindow:
 
     def __call__(self, hu: np.ndarray) -> torch.Tensor:
         """One patch, ``(C, ...)`` HU."""
+        import torch
+
         return self._normalised(torch.from_numpy(np.asarray(hu, dtype=np.float32)), first_spatial_dim=1)
 
     def batch(self, hu: torch.Tensor) -> torch.Tensor:

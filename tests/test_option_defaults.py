@@ -1,0 +1,102 @@
+"""Every ``data.*`` default agrees wherever it is read: the composed config (``conf/``), :class:`DataOptions` and
+the spec classes of the nested options (their fields and their ``from_config``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from lungexp.config.store import DATA_OPTIONS
+from lungexp.data.labels.sampled_candidates import NegativesSpec
+from lungexp.data.labels.splits import SplitSpec
+from lungexp.data.loading.balance import BalanceSpec
+from lungexp.data.options import DataOptions
+from lungexp.data.patches.extraction import PatchSpec
+from lungexp.utils.config import to_dict
+from tests.helpers.config import CONFIG_DIR, compose_config
+
+SPECS = {"patch": PatchSpec, "split": SplitSpec, "balance": BalanceSpec, "negatives": NegativesSpec}
+SHARED = CONFIG_DIR / "shared" / "datamodule.yaml"
+DATA_CHOICES = sorted(path.stem for path in (CONFIG_DIR / "data").glob("*.yaml"))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as the config holds them."""
+    return [_plain(item) for item in value] if isinstance(value, tuple | list) else value
+
+
+def _leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every option, nested ones included (``defaults`` lists are not options)."""
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    """The options ``path`` sets, with those of the files its defaults list includes (``/shared/x@_here_``
+    from ``conf/``, a bare name from the same folder), but not the defaults node itself (DataOptions')."""
+    node = to_dict(OmegaConf.load(path), resolve=False)
+    keys = {key for key, _ in _leaves(node)}
+    for entry in node.get("defaults", []):
+        if entry not in ("_self_", f"/shared/{DATA_OPTIONS}@_here_"):
+            name = entry.removesuffix("@_here_")
+            keys |= _yaml_keys(CONFIG_DIR / f"{name[1:]}.yaml" if name.startswith("/") else path.parent / f"{name}.yaml")
+    return keys
+
+
+def _config_parameters(spec: type) -> dict[str, Any]:
+    """The nested option's keys and defaults as the config gives them: ``from_config``'s parameters."""
+    return {name: _plain(parameter.default)
+            for name, parameter in inspect.signature(spec.from_config).parameters.items()}
+
+
+def test_every_nested_option_has_its_spec_class_here() -> None:
+    nested = {name for name, value in DataOptions.config_defaults().items() if isinstance(value, Mapping)}
+    assert nested == set(SPECS), "a new nested option: add its spec class to SPECS"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_data_options_nested_defaults_are_the_spec_classes(name: str) -> None:
+    """DataOptions' default of ``name`` is its spec's ``from_config`` defaults; the keys it leaves out are set by
+    ``conf/shared/datamodule.yaml`` (the run's seed); ``Spec()`` is ``Spec.from_config()``, and each field's
+    default is its parameter's."""
+    spec = SPECS[name]
+    parameters = _config_parameters(spec)
+    declared = DataOptions.config_defaults()[name]
+    assert declared == {key: parameters[key] for key in declared}
+    set_by_shared_yaml = {key.removeprefix(f"{name}.") for key in _yaml_keys(SHARED) if key.startswith(f"{name}.")}
+    assert set(parameters) == set(declared) | set_by_shared_yaml
+    assert spec() == spec.from_config()
+    for item in dataclasses.fields(spec):
+        if item.name in parameters:
+            assert _plain(item.default) == parameters[item.name], f"{spec.__name__}.{item.name}"
+
+
+@pytest.mark.parametrize("data", DATA_CHOICES)
+def test_composed_config_holds_every_default_its_files_do_not_set(data: str, tmp_path: Path) -> None:
+    """Every ``data.*`` option, nested ones included, is in the composed config, with DataOptions' default
+    wherever neither ``conf/data/<data>.yaml`` nor ``conf/shared/datamodule.yaml`` sets it."""
+    composed = dict(_leaves(to_dict(compose_config([f"data={data}"], tmp_path).data, resolve=False)))
+    set_by_files = _yaml_keys(CONFIG_DIR / "data" / f"{data}.yaml")
+    defaults = {key: value for key, value in _leaves(DataOptions.config_defaults())
+                if key not in set_by_files and not any(set_key.startswith(f"{key}.") for set_key in set_by_files)}
+    assert set(defaults) <= set(composed), set(defaults) - set(composed)
+    assert {key: composed[key] for key in defaults} == defaults
+
+
+def test_every_option_without_a_default_is_required() -> None:
+    """root and labels_csv have no default, so the config must set them (``???`` or a path)."""
+    required = {item.name for item in dataclasses.fields(DataOptions)
+                if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING}
+    assert required == {"root", "labels_csv"}
+    assert not required & set(DataOptions.config_defaults())
