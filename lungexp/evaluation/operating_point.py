@@ -29,7 +29,7 @@ UNCALIBRATED = "probability_uncalibrated"  # column of a calibrated table: the n
 UNCHOSEN_THRESHOLD = 0.5  # the threshold of models none of which chose one
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a table has no single truth value
 class OperatingPoint:
     """The validation predictions of one model's weights and the calibrator fitted on them (``None``:
     uncalibrated); the decision threshold is chosen on them, calibrated, by a rule (:meth:`threshold`).
