@@ -12,6 +12,9 @@ import torch
 from sklearn import metrics as sk
 
 from lungexp.data.names import POINT_COLUMNS
+from lungexp.evaluation.operating_point import UNCALIBRATED, OperatingPoint, pooled_threshold
+from lungexp.evaluation.table_report import evaluate_predictions
+from lungexp.evaluation.types import EvaluationSettings
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
 from lungexp.inference.submission import predict_candidates, read_candidates
@@ -25,8 +28,6 @@ from lungexp.metrics.calibration import (
     fit_calibrator,
 )
 from lungexp.metrics.threshold import choose_threshold
-from lungexp.reporting.calibration import UNCALIBRATED, calibrate_table
-from lungexp.reporting.report import EvaluationSettings, evaluate_predictions
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import run_entry_point
@@ -140,10 +141,41 @@ def test_none_bad_methods_and_one_class() -> None:
         calibrator_from_dict({"method": "platt"})
 
 
+def test_the_operating_point_chooses_the_threshold_on_the_calibrated_validation_predictions(
+        caplog: pytest.LogCaptureFixture) -> None:
+    probabilities, labels = overconfident_sample(size=400)
+    validation = pd.DataFrame({"label": labels, "probability": probabilities.round(6)})
+    point = OperatingPoint.fit(validation, "temperature")
+    calibrator = fit_calibrator("temperature", validation["probability"].to_numpy(), labels)
+    assert point.calibrator == calibrator
+    calibrated = calibrator(validation["probability"].to_numpy()).round(6)
+    assert point.threshold("youden") == choose_threshold(labels, calibrated, "youden")
+    assert point.threshold(0.3) == 0.3
+    np.testing.assert_array_equal(point.apply(probabilities), calibrator(probabilities))
+    # a stored calibrator of the same method is taken as it is, not fitted again
+    stored = {**point.calibration_state(), "temperature": 7.0}
+    assert OperatingPoint.fit(validation, "temperature", stored=stored).calibrator == TemperatureScaling(7.0)
+    with pytest.warns(UserWarning, match="isotonic regression overfits"):  # another method is fitted
+        assert isinstance(OperatingPoint.fit(validation, "isotonic", stored=stored).calibrator, IsotonicCalibration)
+
+    plain = OperatingPoint.fit(validation, "none")
+    assert plain.calibrator is None and plain.calibration_state() is None and plain.apply(probabilities) is probabilities
+    assert plain.threshold("youden") == choose_threshold(labels, validation["probability"], "youden")
+    with pytest.raises(ConfigError, match="calibration='platt'"):  # the option that chose it
+        OperatingPoint.fit(validation, "platt", key="calibration")
+    assert OperatingPoint.fit(None, "isotonic", key="calibration").calibrator is None
+    assert "calibration=isotonic needs validation predictions" in caplog.text
+
+
+def test_models_judged_as_one_take_the_mean_of_their_thresholds() -> None:
+    assert pooled_threshold([0.2, 0.4, float("nan")]) == pytest.approx(0.3)
+    assert pooled_threshold([]) == pooled_threshold([float("nan")]) == 0.5
+
+
 def test_report_of_a_calibrated_table_has_both_calibrations() -> None:
     probabilities, labels = overconfident_sample(size=400)
     table = pd.DataFrame({"label": labels, "probability": probabilities.round(6), "seriesuid": "a"})
-    calibrated = calibrate_table(table, fit_calibrator("temperature", probabilities, labels))
+    calibrated = OperatingPoint(calibrator=fit_calibrator("temperature", probabilities, labels)).calibrate_table(table)
     report = evaluate_predictions(calibrated, EvaluationSettings(threshold=0.5))
     metrics = report.metrics
     assert metrics["test/ece_uncalibrated"] == pytest.approx(numpy_ece(labels, table["probability"].to_numpy()))
@@ -195,16 +227,17 @@ def test_training_run_logs_calibration_before_and_after(calibrated_run) -> None:
 def test_predictor_uses_the_stored_calibrator(calibrated_run) -> None:
     result, _, _ = calibrated_run
     stored = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)[CALIBRATION]
-    assert Predictor(result.best_checkpoint, device="cpu", calibration="temperature").calibrator.to_dict() == stored
-    assert Predictor(result.best_checkpoint, device="cpu").calibrator is None
-    isotonic = Predictor(result.best_checkpoint, device="cpu", calibration="isotonic").calibrator
+    temperature = Predictor(result.best_checkpoint, device="cpu", calibration="temperature").operating_point
+    assert temperature.calibration_state() == stored
+    assert Predictor(result.best_checkpoint, device="cpu").operating_point.calibrator is None
+    isotonic = Predictor(result.best_checkpoint, device="cpu", calibration="isotonic").operating_point.calibrator
     assert isinstance(isotonic, IsotonicCalibration)
     plain = Predictor(result.best_checkpoint, device="cpu")
     shape = (4, plain.recipe.in_channels, *[plain.recipe.patch.size] * 3)
     patches = np.random.default_rng(0).normal(-500, 300, shape).astype(np.float32)
     scaled = Predictor(result.best_checkpoint, device="cpu", calibration="temperature")
     assert scaled.patch_probabilities(patches) == pytest.approx(
-        scaled.calibrator(plain.patch_probabilities(patches)), abs=1e-6)
+        scaled.operating_point.apply(plain.patch_probabilities(patches)), abs=1e-6)
 
 
 @pytest.mark.slow

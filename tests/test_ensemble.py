@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.inference.ensemble import Ensemble, check_unseen_data, checkpoint_paths
 from lungexp.inference.model import Predictor
 from lungexp.inference.rescoring import data_location
-from lungexp.reporting.calibration import fit_on_validation
 from lungexp.tracking.folds import FOLDS_PARAM, FoldRuns, fold_checkpoints
 from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.training.module import VALIDATION_PREDICTIONS
@@ -47,7 +47,7 @@ def test_an_ensemble_of_one_checkpoint_is_that_checkpoint_exactly(member: Predic
     alone = member.patch_probabilities(patches, batch_size=4)
     ensemble = Ensemble([member])
     np.testing.assert_array_equal(ensemble.patch_probabilities(patches, batch_size=4), alone)
-    assert ensemble.decision_threshold("youden") == member.decision_threshold("youden")
+    assert ensemble.decision_threshold("youden") == member.operating_point.threshold("youden")
     assert alone.std() > 0  # a real model, not a constant
 
 
@@ -86,15 +86,15 @@ def test_a_calibrated_ensemble_averages_each_members_own_calibrated_probabilitie
 
     ensemble = Ensemble(members)
     ensemble.calibrate(method)
-    own = [fit_on_validation(method, member.validation_predictions) for member in members]
-    expected = np.mean([calibrator(p.astype(np.float64)) for calibrator, p in zip(own, plain, strict=True)], axis=0)
+    own = [OperatingPoint.fit(member.validation_predictions, method) for member in members]
+    expected = np.mean([point.apply(p.astype(np.float64)) for point, p in zip(own, plain, strict=True)], axis=0)
     np.testing.assert_allclose(ensemble.patch_probabilities(patches), expected, rtol=0, atol=1e-7)
     pooled_validation = pd.concat([member.validation_predictions for member in members], ignore_index=True)
-    pooled = fit_on_validation(method, pooled_validation)(np.mean(plain, axis=0, dtype=np.float64))
+    pooled = OperatingPoint.fit(pooled_validation, method).apply(np.mean(plain, axis=0, dtype=np.float64))
     assert np.abs(expected - pooled).max() > 1e-3  # not one calibrator of the pooled validation predictions
     assert ensemble.calibration == method and f"calibration={method}" in ensemble.description
     assert ensemble.decision_threshold("youden") == pytest.approx(
-        np.mean([member.decision_threshold("youden") for member in members]))
+        np.mean([point.threshold("youden") for point in own]))
 
 
 def test_members_with_different_patch_sizes_are_refused_naming_both(trained_run, member: Predictor,

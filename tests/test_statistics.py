@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from scipy.stats import kstest
 
+from lungexp.evaluation.table_report import evaluate_predictions
+from lungexp.evaluation.types import EvaluationSettings
 from lungexp.metrics.bootstrap import (
     RESAMPLED,
     ClusterResampling,
@@ -18,7 +20,6 @@ from lungexp.metrics.classification import table_metrics
 from lungexp.metrics.comparison import ComparisonError, ScoredRun, align, compare, holm, mcnemar
 from lungexp.metrics.delong import delong, delong_test
 from lungexp.metrics.froc import compute_froc
-from lungexp.reporting.report import EvaluationSettings, evaluate_predictions
 from tests.test_froc import random_case
 
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0])

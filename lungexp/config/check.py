@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.checks import check_config, check_top_level, resolve
 from lungexp.data.options import DataOptions
-from lungexp.reporting.options import EvaluationOptions
+from lungexp.evaluation.types import EvaluationOptions
 from lungexp.utils.config import check_required
 from lungexp.utils.errors import ArgumentError, ConfigError, look_up_option, named_under
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lungexp.data.labels.label_rules import LabelRule
+from lungexp.evaluation.operating_point import pooled_threshold
 from lungexp.inference.model import Predictor, normalized_batches
 from lungexp.metrics.calibration import Calibrator
 from lungexp.models.tta import check_tta, tta_probabilities
@@ -115,7 +116,7 @@ class Ensemble:
     @property
     def calibrators(self) -> list[Calibrator] | None:
         """Each member's calibrator, or None when the ensemble is not calibrated."""
-        calibrators = [member.calibrator for member in self.members]
+        calibrators = [member.operating_point.calibrator for member in self.members]
         return None if any(calibrator is None for calibrator in calibrators) else cast(list[Calibrator], calibrators)
 
     @property
@@ -140,16 +141,18 @@ class Ensemble:
         checkpoints."""
         for member in self.members:
             member.calibrate(method, key)
-        uncalibrated = [member.path for member in self.members if method != "none" and member.calibrator is None]
+        uncalibrated = [member.path for member in self.members
+                        if method != "none" and member.operating_point.calibrator is None]
         if uncalibrated:
             for member in self.members:
-                member.calibrator = None  # all or none: a mean of calibrated and raw probabilities means neither
+                # all or none: a mean of calibrated and raw probabilities means neither
+                member.operating_point = member.operating_point.uncalibrated()
         return uncalibrated
 
     def decision_threshold(self, rule: str | float) -> float:
         """The mean of the members' thresholds, each chosen on its own (calibrated, when calibrated) validation
         predictions, as the pooled report of a CV does; one member's exactly."""
-        return float(np.mean([member.decision_threshold(rule) for member in self.members]))
+        return pooled_threshold(member.operating_point.threshold(rule) for member in self.members)
 
     def member_probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
         """Each member's TTA probability of normalised ``(B, C, D, H, W)`` batches, uncalibrated:

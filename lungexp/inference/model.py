@@ -9,9 +9,7 @@ import numpy as np
 import torch
 
 from lungexp.data.patches.normalization import HUWindow
-from lungexp.metrics.calibration import Calibrator, calibrator_from_dict, check_calibration
-from lungexp.metrics.threshold import threshold_from_validation
-from lungexp.reporting.calibration import calibrate_table, fit_on_validation
+from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.training.checkpoint import ModelRecipe, load_checkpoint
 from lungexp.utils.errors import ConfigError, look_up_option
 
@@ -45,23 +43,16 @@ class Predictor:
         self.evaluation = trained.evaluation
         self.validation_predictions = trained.validation_predictions
         self._stored_calibration = trained.calibration
-        self.calibrator: Calibrator | None = None
         self.calibrate(calibration)
 
     def calibrate(self, method: str, key: str = "calibration") -> None:
-        """Calibrate :meth:`patch_probabilities` and :meth:`decision_threshold` with ``method``: the calibrator
-        the checkpoint stores when it was trained with that ``eval.calibration``, else one fitted on its
-        validation predictions (the same fit). Messages name ``key``, the option that chose ``method``
-        (``calibration`` of predict and register, ``eval.calibration`` of evaluate)."""
-        stored = self._stored_calibration
-        if stored is not None and stored.get("method") == check_calibration(method, key):
-            self.calibrator = calibrator_from_dict(stored, source=f"{self.path} (its stored calibration)")
-        else:
-            self.calibrator = fit_on_validation(method, self.validation_predictions, key)
-
-    def decision_threshold(self, rule: str | float) -> float:
-        """The ``eval.threshold`` rule applied to the checkpoint's own (calibrated) validation predictions."""
-        return threshold_from_validation(rule, calibrate_table(self.validation_predictions, self.calibrator))
+        """Calibrate :meth:`patch_probabilities` and the decision threshold of :attr:`operating_point` with
+        ``method``: the calibrator the checkpoint stores when it was trained with that ``eval.calibration``, else
+        one fitted on its validation predictions (the same fit). Messages name ``key``, the option that chose
+        ``method`` (``calibration`` of predict and register, ``eval.calibration`` of evaluate)."""
+        self.operating_point = OperatingPoint.fit(self.validation_predictions, method, key,
+                                                  stored=self._stored_calibration,
+                                                  source=f"{self.path} (its stored calibration)")
 
     @torch.inference_mode()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -78,9 +69,9 @@ class Predictor:
 
     def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the checkpoint's window and
-        calibrated by :attr:`calibrator` when there is one."""
+        calibrated by :attr:`operating_point`."""
         probabilities = self.probabilities(normalized_batches(self.recipe.window, hu_patches, batch_size))
-        return probabilities if self.calibrator is None else self.calibrator(probabilities).astype(np.float32)
+        return self.operating_point.apply(probabilities).astype(np.float32, copy=False)
 
 
 def inference_device(device: str) -> torch.device:

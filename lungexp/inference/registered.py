@@ -45,9 +45,10 @@ from mlflow.utils.validation import (
     _validate_model_name,
 )
 
+from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
-from lungexp.metrics.calibration import calibrator_from_dict, check_calibration
+from lungexp.metrics.calibration import check_calibration
 from lungexp.models.pretrained import file_sha256
 from lungexp.models.tta import check_tta
 from lungexp.tracking.logger_setup import open_tracking_store
@@ -97,8 +98,10 @@ class EnsembleModel(PythonModel):
                    for index in range(int(config["members"]))]
         for index, member in enumerate(members):
             calibrator = context.artifacts.get(f"{CALIBRATOR_ARTIFACT}{index}")
-            member.calibrator = None if calibrator is None else calibrator_from_dict(
-                json.loads(Path(calibrator).read_text()), source=f"the registered model's {Path(calibrator).name}")
+            if calibrator is not None:  # else uncalibrated, as loaded
+                member.operating_point = OperatingPoint.restored(
+                    member.validation_predictions, json.loads(Path(calibrator).read_text()),
+                    source=f"the registered model's {Path(calibrator).name}")
         self.ensemble = Ensemble(members, tta=config["tta"])
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None

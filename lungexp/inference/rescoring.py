@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import hydra
@@ -21,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lungexp.data.names import IMAGE_KEY
+from lungexp.evaluation.console_summary import metric_lines, print_summary
+from lungexp.evaluation.logged_report import PatchPictures, report_split
+from lungexp.evaluation.operating_point import with_calibrated
+from lungexp.evaluation.table_report import evaluation_settings, predictions_table
+from lungexp.evaluation.types import EvaluationOptions, EvaluationResult
 from lungexp.inference.ensemble import DATA_LOCATION_KEYS, Ensemble, check_unseen_data, load_members
-from lungexp.reporting.calibration import with_calibrated
-from lungexp.reporting.options import EvaluationOptions
-from lungexp.reporting.report import evaluation_settings, predictions_table
-from lungexp.reporting.run_report import PatchPictures, report_split
-from lungexp.reporting.summary import metric_lines, print_summary
 from lungexp.tracking.artifacts import log_config, mlflow_loggers
 from lungexp.tracking.logger_setup import instantiate_loggers
 from lungexp.tracking.provenance import git_tags
@@ -42,16 +41,6 @@ SPLITS = ("test", "val", "all")
 TRAINING_RUN_TAG = "lungexp.training_run_id"
 # What the network was trained on: always the checkpoint's, never overridden.
 PREPROCESSING_KEYS = ("patch", "hu_window", "normalize", "in_channels")
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    checkpoint: str
-    split: str
-    metrics: dict[str, float]
-    predictions: pd.DataFrame
-    mlflow_run_id: str | None
-    training_run_id: str | None
 
 
 def group_config(cfg: DictConfig, group: str, stored: dict[str, Any] | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -135,7 +124,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str] = ()) -> Evalu
         datamodule.setup("test")
     predictor.calibrate(options.calibration, key="eval.calibration")
     predictions = _predict(predictor, datamodule, split)
-    settings = evaluation_settings(datamodule, split, predictor.decision_threshold(options.threshold), options)
+    settings = evaluation_settings(datamodule.options, datamodule.split_series(split),
+                                   predictor.decision_threshold(options.threshold), options)
 
     training_run = cfg.cv_run or recipe.mlflow.get("run_id")
     loggers = instantiate_loggers(cfg.get("logger"), {"run_name": run_name(cfg), "tags": git_tags()})

@@ -22,11 +22,11 @@ from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS, ROW_NAME_COLUMN
 from lungexp.data.patches.extraction import PatchExtractor
 from lungexp.data.scans import ScanHeader
 from lungexp.data.scans.scan import Scan
+from lungexp.evaluation.types import EvaluationOptions
 from lungexp.inference.ensemble import Ensemble, load_members
 from lungexp.inference.model import Predictor, inference_device
 from lungexp.inference.scans import ScanSource
 from lungexp.metrics.calibration import check_calibration
-from lungexp.reporting.options import EvaluationOptions
 from lungexp.utils.atomic import atomic_file, check_output_file, disk_full_named
 from lungexp.utils.errors import ConfigError, LungexpError, check_int
 

@@ -53,12 +53,18 @@ class InterruptedFold:
 
 
 @dataclass(frozen=True)
-class FinishedFold:
+class FoldScores:
+    """What a fold's run scored: its metrics, and the metric it optimised (what a sweep of CVs is judged by)."""
+
+    metrics: dict[str, float]
+    optimized_metric: float | None
+
+
+@dataclass(frozen=True)
+class FinishedFold(FoldScores):
     """A fold that finished in an earlier invocation: its run, its logged metrics and its optimised metric."""
 
     run_id: str
-    metrics: dict[str, float]
-    optimized_metric: float | None
 
 
 class FoldRuns:
@@ -101,8 +107,8 @@ class FoldRuns:
         if not runs:
             return None
         optimized = runs[0].data.tags.get(OPTIMIZED_METRIC_TAG)
-        return FinishedFold(runs[0].info.run_id, dict(runs[0].data.metrics),
-                            float(optimized) if optimized not in (None, "None") else None)
+        return FinishedFold(metrics=dict(runs[0].data.metrics), run_id=runs[0].info.run_id,
+                            optimized_metric=float(optimized) if optimized not in (None, "None") else None)
 
     def interrupted_fold(self, fold: int) -> InterruptedFold | None:
         """The newest run of ``fold`` under this parent if it ended unfinished: KILLED, FAILED, or RUNNING while

@@ -29,13 +29,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lungexp.data.labels.splits import SplitSpec, check_splits, split_samples
+from lungexp.evaluation.console_summary import print_summary
+from lungexp.evaluation.logged_report import report_split
+from lungexp.evaluation.operating_point import pooled_threshold
+from lungexp.evaluation.table_report import evaluation_settings
+from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.bootstrap import CI_HIGH, CI_LOW, with_interval
-from lungexp.reporting.options import EvaluationOptions
-from lungexp.reporting.report import evaluation_settings
-from lungexp.reporting.run_report import report_split
-from lungexp.reporting.summary import print_summary
 from lungexp.tracking.artifacts import log_config, log_table
-from lungexp.tracking.folds import FoldRuns
+from lungexp.tracking.folds import FoldRuns, FoldScores
 from lungexp.tracking.logger_setup import mlflow_logger_config
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.tracking.runs import run_name
@@ -65,10 +66,10 @@ class Fold:
 
 
 @dataclass(frozen=True)
-class FoldResult:
+class FoldResult(FoldScores):
+    """A fold of this cross-validation: its test metrics and optimised metric, its test predictions and run."""
+
     fold: Fold
-    metrics: dict[str, float]
-    optimized_metric: float | None
     predictions: pd.DataFrame | None
     run_id: str | None
     reused: bool  # finished in an earlier invocation of the same command
@@ -186,9 +187,9 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
         if finished is not None:
             log.info("Fold %d/%d (%s): already FINISHED in run %s, not retrained", fold.index + 1, num_folds,
                      fold.description, finished.run_id)
-            return FoldResult(fold, {k: v for k, v in finished.metrics.items() if k.startswith("test/")},
-                              finished.optimized_metric, runs.table_artifact(finished.run_id, predictions_artifact("test")),
-                              finished.run_id, reused=True)
+            return FoldResult(metrics=_test_metrics(finished.metrics), optimized_metric=finished.optimized_metric,
+                              fold=fold, predictions=runs.table_artifact(finished.run_id, predictions_artifact("test")),
+                              run_id=finished.run_id, reused=True)
     stopped = _resumable_fold(cfg, fold, runs) if runs is not None else None
     if stopped is not None:
         run_id, resume_from = stopped
@@ -223,8 +224,12 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
         if result.best_checkpoint:
             runs.record_checkpoint(fold.index, run_id, result.best_checkpoint)
         runs.complete_fold(run_id, result.optimized_metric)
-    return FoldResult(fold, {k: v for k, v in result.metrics.items() if k.startswith("test/")},
-                      result.optimized_metric, result.test_predictions, run_id, reused=False)
+    return FoldResult(metrics=_test_metrics(result.metrics), optimized_metric=result.optimized_metric, fold=fold,
+                      predictions=result.test_predictions, run_id=run_id, reused=False)
+
+
+def _test_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: value for name, value in metrics.items() if name.startswith("test/")}
 
 
 def _resumable_fold(cfg: DictConfig, fold: Fold, runs: FoldRuns) -> tuple[str, Path] | None:
@@ -268,10 +273,10 @@ def _pooled_report(cfg: DictConfig, datamodule: Any, pooled: pd.DataFrame, resul
     """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports), its figures and the
     pooled table logged to the parent run. Thresholded metrics use the mean of the folds' validation-chosen
     thresholds."""
-    thresholds = [r.metrics[THRESHOLD] for r in results if np.isfinite(r.metrics.get(THRESHOLD, np.nan))]
+    threshold = pooled_threshold(r.metrics.get(THRESHOLD, np.nan) for r in results)
     options = EvaluationOptions.from_config(cfg.get("eval"))
     datamodule.setup_all()  # every series is in exactly one fold's test set
-    settings = evaluation_settings(datamodule, "all", float(np.mean(thresholds)) if thresholds else 0.5, options)
+    settings = evaluation_settings(datamodule.options, datamodule.split_series("all"), threshold, options)
     loggers = [runs.parent_logger()] if runs is not None else []
     report = report_split(pooled, settings, loggers, title=f"Pooled test ({len(results)} folds)",
                           artifact=POOLED_ARTIFACT, figures=runs is not None)

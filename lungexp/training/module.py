@@ -15,15 +15,13 @@ from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
-from lungexp.metrics.calibration import Calibrator
+from lungexp.evaluation.operating_point import OperatingPoint
+from lungexp.evaluation.table_report import predictions_table
+from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.classification import classification_metrics
-from lungexp.metrics.threshold import threshold_from_validation
 from lungexp.models.complexity import model_summary
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
 from lungexp.models.tta import tta_probabilities
-from lungexp.reporting.calibration import calibrate_table, fit_on_validation
-from lungexp.reporting.options import EvaluationOptions
-from lungexp.reporting.report import predictions_table
 from lungexp.tracking.artifacts import log_params
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 
@@ -57,7 +55,7 @@ class NoduleClassifier(pl.LightningModule):
         pretrained: ``{path, format, sha256}``: weights loaded into ``net`` before training.
         finetune: ``{freeze_backbone_epochs, freeze_bn, head_lr_mult}``; the freezing itself is done
             by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
-        evaluation: the ``eval`` config group (:class:`~lungexp.reporting.options.EvaluationOptions`): how the
+        evaluation: the ``eval`` config group (:class:`~lungexp.evaluation.types.EvaluationOptions`): how the
             test stage judges and pictures the model (saved with its checkpoints).
         augmentation: applied to each training batch on its device, after the HU window
             (:mod:`lungexp.data.loading.batch_augmentation`, ``aug=batch_light|batch_strong``); never to validation or test.
@@ -190,9 +188,9 @@ class NoduleClassifier(pl.LightningModule):
                 column: torch.tensor(validation[column].to_numpy()) for column in ("label", "probability")}
             if "seriesuid" in validation:  # for eval.threshold=fp_per_scan@ (plain strings: weights_only reads them)
                 checkpoint[VALIDATION_PREDICTIONS]["seriesuid"] = validation["seriesuid"].astype(str).tolist()
-        calibrator = self.calibrator()
-        if calibrator is not None:
-            checkpoint[CALIBRATION] = calibrator.to_dict()
+        calibration = self.operating_point().calibration_state()
+        if calibration is not None:
+            checkpoint[CALIBRATION] = calibration
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.validation_predictions = stored_validation_predictions(checkpoint)
@@ -207,14 +205,10 @@ class NoduleClassifier(pl.LightningModule):
                                               self.evaluation.tta)
         self._collect("test", batch, probabilities)
 
-    def decision_threshold(self) -> float:
-        """``eval.threshold`` applied to the (calibrated) validation predictions of the current weights."""
-        validation = calibrate_table(self.validation_predictions, self.calibrator())
-        return threshold_from_validation(self.evaluation.threshold, validation)
-
-    def calibrator(self) -> Calibrator | None:
-        """``eval.calibration`` fitted on the validation predictions of the current weights."""
-        return fit_on_validation(self.evaluation.calibration, self.validation_predictions)
+    def operating_point(self) -> OperatingPoint:
+        """``eval.calibration`` fitted on the validation predictions of the current weights, on which
+        ``eval.threshold`` picks the decision threshold."""
+        return OperatingPoint.fit(self.validation_predictions, self.evaluation.calibration)
 
     def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
         self._outputs[stage].append(
@@ -222,7 +216,7 @@ class NoduleClassifier(pl.LightningModule):
 
     def predictions(self, stage: str) -> pd.DataFrame:
         """This epoch's ``cache_row, label, probability`` of every patch of ``stage`` on all ranks (a
-        :func:`~lungexp.reporting.report.predictions_table`); clears the collected outputs."""
+        :func:`~lungexp.evaluation.table_report.predictions_table`); clears the collected outputs."""
         outputs, self._outputs[stage] = self._outputs[stage], []
         columns = list(zip(*outputs, strict=True)) or [(), (), ()]
         rows, probabilities, labels = (torch.cat(parts) if parts else torch.empty(0) for parts in columns)

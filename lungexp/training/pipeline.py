@@ -17,8 +17,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lungexp.data.loading.datamodule import NoduleDataModule
+from lungexp.evaluation.console_summary import metric_lines, print_summary
 from lungexp.metrics.bootstrap import summary_names
-from lungexp.reporting.summary import metric_lines, print_summary
 from lungexp.tracking.artifacts import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.callback import MLflowTracking
 from lungexp.tracking.logger import run_ends_when_done

@@ -7,16 +7,15 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from lungexp.data.loading.datamodule import NoduleDataModule
-from lungexp.reporting.calibration import calibrate_table
-from lungexp.reporting.report import evaluation_settings, predictions_table
-from lungexp.reporting.run_report import PatchPictures, report_split
+from lungexp.evaluation.logged_report import PatchPictures, report_split
+from lungexp.evaluation.table_report import evaluation_settings, predictions_table
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.training.module import NoduleClassifier
 
 
 class TestReport(Callback):
     """At the end of each test, the report of the module's test predictions
-    (:func:`~lungexp.reporting.run_report.report_split`): its metrics logged through the module (``test/auroc``,
+    (:func:`~lungexp.evaluation.logged_report.report_split`): its metrics logged through the module (``test/auroc``,
     ...: the trainer's callback metrics), its figures, the pictures on CT and ``predictions/test_predictions.csv``
     logged to the trainer's loggers. The decision threshold is the module's, chosen on its own validation
     predictions; the ``eval`` options are those the module was built (and checkpointed) with.
@@ -48,9 +47,11 @@ class TestReport(Callback):
         cache = self.datamodule.cache
         assert cache is not None, "the datamodule's setup() opens its patch cache before any test"
         table = predictions_table(scored["cache_row"].to_numpy(), scored["probability"].to_numpy(), samples=cache.index)
-        predictions = self.predictions = calibrate_table(table, pl_module.calibrator())
+        operating_point = pl_module.operating_point()
+        predictions = self.predictions = operating_point.calibrate_table(table)
         options = pl_module.evaluation
-        settings = evaluation_settings(self.datamodule, "test", pl_module.decision_threshold(), options)
+        settings = evaluation_settings(self.datamodule.options, self.datamodule.split_series("test"),
+                                       operating_point.threshold(options.threshold), options)
         pictures = PatchPictures(pl_module.net, cache.patches, self.datamodule.window, options)
         report = report_split(predictions, settings, trainer.loggers, artifact=predictions_artifact("test"),
                               pictures=pictures, figures=trainer.is_global_zero)

@@ -8,9 +8,8 @@ for the FROC, ``seriesuid, coordX, coordY, coordZ`` (world mm).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,10 @@ import torch
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
+from lungexp.data.options import DataOptions
 from lungexp.data.patches.normalization import HUWindow
+from lungexp.evaluation.operating_point import UNCALIBRATED
+from lungexp.evaluation.types import EvaluationOptions, EvaluationReport, EvaluationSettings
 from lungexp.metrics.bootstrap import (
     CI_HIGH,
     CI_LOW,
@@ -26,12 +28,11 @@ from lungexp.metrics.bootstrap import (
     interval_metrics,
     resampled_metrics,
 )
+from lungexp.metrics.calibration import brier_score, expected_calibration_error
 from lungexp.metrics.classification import AT_THRESHOLD, reliability_bins, table_metrics
 from lungexp.metrics.delong import delong
-from lungexp.metrics.froc import FrocReference, FrocResult, compute_froc
+from lungexp.metrics.froc import FrocReference, compute_froc
 from lungexp.metrics.threshold import false_positives_per_scan
-from lungexp.reporting.calibration import calibration_metrics
-from lungexp.reporting.options import EvaluationOptions
 from lungexp.visualize.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
 from lungexp.visualize.montage import worst_errors_figure
 from lungexp.visualize.plots import (
@@ -43,40 +44,9 @@ from lungexp.visualize.plots import (
     score_histogram_figure,
 )
 
-if TYPE_CHECKING:
-    from lungexp.data.loading.datamodule import NoduleDataModule
-
 log = logging.getLogger(__name__)
 
 PLOTS = "plots"
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """How a predictions table is judged.
-
-    Args:
-        threshold: decision threshold, chosen on validation (:func:`~lungexp.metrics.threshold.choose_threshold`).
-        froc: nodules and scans for the LUNA16 FROC/CPM (task ``candidates``); ``None``: no FROC.
-        bootstrap: resamplings of whole clusters for the 95 % interval of every metric (0: none).
-        group_by: the cluster: ``seriesuid``, or the patient column of ``data.split.group_by``.
-        seed: seed of the resampling.
-    """
-
-    threshold: float = 0.5
-    froc: FrocReference | None = None
-    bootstrap: int = 0
-    group_by: str = "seriesuid"
-    seed: int = 0
-
-
-@dataclass
-class EvaluationReport:
-    """Metrics by name (``test/auroc``, ...) and figures by artifact path (``plots/roc_curve.png``)."""
-
-    metrics: dict[str, float]
-    figures: dict[str, Figure] = field(default_factory=dict)
-    froc: FrocResult | None = None
 
 
 def predictions_table(rows: np.ndarray, probabilities: np.ndarray, samples: pd.DataFrame | None = None,
@@ -106,7 +76,7 @@ def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings
     Metrics: ``accuracy, precision, sensitivity, specificity, f1`` at 0.5, ``auroc``,
     ``average_precision``, ``ece``, ``brier``, ``threshold`` and the five thresholded metrics at it as
     ``at_threshold/<name>``, with ``seriesuid`` also ``at_threshold/fp_per_scan``; for a calibrated table
-    (:mod:`lungexp.reporting.calibration`) ``ece_uncalibrated`` and ``brier_uncalibrated``; with
+    (:mod:`lungexp.evaluation.operating_point`) ``ece_uncalibrated`` and ``brier_uncalibrated``; with
     ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``. With
     ``settings.bootstrap``, ``<name>_ci_low``/``_ci_high`` (cluster bootstrap, 95 %) of AUROC, average
     precision, ECE, the thresholded metrics at ``threshold`` and the CPM; with both classes,
@@ -167,24 +137,23 @@ def _figures(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, f
     return {f"{PLOTS}/{name}.png": figure for name, figure in figures.items()}
 
 
-def evaluation_settings(datamodule: NoduleDataModule, split: str, threshold: float, options: EvaluationOptions
+def evaluation_settings(data: DataOptions, series: Sequence[str], threshold: float, options: EvaluationOptions
                         ) -> EvaluationSettings:
-    """How ``split`` of a datamodule is judged: at ``threshold``, with its FROC reference and ``eval.bootstrap``
-    resamplings of its ``data.split.group_by`` clusters."""
-    return EvaluationSettings(threshold=threshold, froc=froc_reference(datamodule, split), bootstrap=options.bootstrap,
-                              group_by=datamodule.options.split.group_by)
+    """How a split of ``series`` of the dataset ``data`` is judged: at ``threshold``, with its FROC reference and
+    ``eval.bootstrap`` resamplings of its ``data.split.group_by`` clusters."""
+    return EvaluationSettings(threshold=threshold, froc=froc_reference(data, series), bootstrap=options.bootstrap,
+                              group_by=data.split.group_by)
 
 
-def froc_reference(datamodule: NoduleDataModule, split: str) -> FrocReference | None:
-    """The FROC reference of a datamodule's split: for task ``candidates`` with an annotations CSV, its nodules
-    and excluded findings and all series of ``split``; otherwise ``None`` (no FROC)."""
-    options = datamodule.options  # its checked data.* options (DataOptions)
-    if options.task != "candidates" or options.annotations_csv is None:
+def froc_reference(data: DataOptions, series: Sequence[str]) -> FrocReference | None:
+    """The FROC reference of the split of ``series`` of the dataset ``data``: for task ``candidates`` with an
+    annotations CSV, its nodules and excluded findings and all of ``series``; otherwise ``None`` (no FROC)."""
+    if data.task != "candidates" or data.annotations_csv is None:
         return None
-    if not Path(options.annotations_csv).is_file():
-        log.warning("no FROC/CPM: the annotations CSV %s does not exist", options.annotations_csv)
+    if not Path(data.annotations_csv).is_file():
+        log.warning("no FROC/CPM: the annotations CSV %s does not exist", data.annotations_csv)
         return None
-    return FrocReference.from_csv(options.annotations_csv, options.excluded_csv, datamodule.split_series(split))
+    return FrocReference.from_csv(data.annotations_csv, data.excluded_csv, series)
 
 
 def patch_figures(net: torch.nn.Module, predictions: pd.DataFrame, patches: np.ndarray, window: HUWindow,
@@ -218,3 +187,22 @@ def _confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) 
     """2x2 counts, rows = true class, columns = predicted (``probability > threshold``)."""
     predicted = (probabilities > threshold).astype(np.int64)
     return np.bincount(labels * 2 + predicted, minlength=4).reshape(2, 2)
+
+
+def calibration_metrics(predictions: pd.DataFrame, prefix: str, title: str, figures: bool
+                        ) -> tuple[dict[str, float], dict[str, Figure]]:
+    """``{prefix}brier`` of ``probability`` and, for a calibrated table, ``{prefix}ece_uncalibrated``,
+    ``{prefix}brier_uncalibrated`` and (with ``figures``) the reliability diagram of the uncalibrated
+    probabilities, keyed by its artifact name under ``plots/``."""
+    labels = predictions["label"].to_numpy().astype(np.int64)
+    metrics = {f"{prefix}brier": brier_score(labels, predictions["probability"].to_numpy(np.float64))}
+    if UNCALIBRATED not in predictions:
+        return metrics, {}
+    raw = predictions[UNCALIBRATED].to_numpy(np.float64)
+    metrics[f"{prefix}ece_uncalibrated"] = expected_calibration_error(labels, raw)
+    metrics[f"{prefix}brier_uncalibrated"] = brier_score(labels, raw)
+    if not figures:
+        return metrics, {}
+    figure = reliability_figure(*reliability_bins(labels, raw), ece=metrics[f"{prefix}ece_uncalibrated"],
+                                title=f"{title} reliability, uncalibrated")
+    return metrics, {f"{PLOTS}/reliability_diagram_uncalibrated.png": figure}

@@ -17,8 +17,8 @@ from pytorch_lightning.loggers import Logger
 from torch import nn
 
 from lungexp.data.patches.normalization import HUWindow
-from lungexp.reporting.options import EvaluationOptions
-from lungexp.reporting.report import EvaluationReport, EvaluationSettings, evaluate_predictions, patch_figures
+from lungexp.evaluation.table_report import evaluate_predictions, patch_figures
+from lungexp.evaluation.types import EvaluationOptions, EvaluationReport, EvaluationSettings
 from lungexp.tracking.artifacts import log_figure, log_table
 
 
@@ -42,7 +42,7 @@ class PatchPictures:
 def report_split(predictions: pd.DataFrame, settings: EvaluationSettings, loggers: Sequence[Logger], *,
                  prefix: str = "test/", title: str = "Test", artifact: str | None = None,
                  pictures: PatchPictures | None = None, figures: bool = True) -> EvaluationReport:
-    """The report of ``predictions`` (:func:`~lungexp.reporting.report.evaluate_predictions`), with the pictures
+    """The report of ``predictions`` (:func:`~lungexp.evaluation.table_report.evaluate_predictions`), with the pictures
     on CT, its figures and the table itself (as ``artifact``, when given) logged to the MLflow loggers of
     ``loggers``.
 
