@@ -10,11 +10,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from lungexp.tracking.runs import fluent_api_on
 from lungexp.training.pipeline import train
 
 
 @pytest.mark.slow
-def test_run_records_best_metric_provenance_dataset_and_loadable_model(make_config, monkeypatch) -> None:
+def test_run_records_best_metric_provenance_dataset_and_loadable_model(make_config, monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow's module-level API would write a model to ./mlruns of the working folder
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # Sampled often and logged at once: a 2-epoch tiny run can end within a second on a quiet machine.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
@@ -42,7 +45,9 @@ def test_run_records_best_metric_provenance_dataset_and_loadable_model(make_conf
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"roc_curve.png", "confusion_matrix.png", "config.yaml"} <= artifacts
-    model = mlflow.pytorch.load_model(tags["model.uri"])
+    assert not (tmp_path / "mlruns").exists()  # the model is in the run's store, not in ./mlruns
+    with fluent_api_on(client):
+        model = mlflow.pytorch.load_model(tags["model.uri"])
     example = torch.rand(2, 1, 16, 16, 16)
     reference = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from mlflow import MlflowClient
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from lungexp.tracking.artifacts import mlflow_loggers
 from lungexp.tracking.logger import RunLogger
 from lungexp.tracking.provenance import log_dataset
-from lungexp.tracking.runs import retried_after_lost_race
+from lungexp.tracking.runs import fluent_api_on, retried_after_lost_race
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _input_example(trainer: pl.Trainer) -> torch.Tensor:
     return batch["image"][:1].float().cpu()
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str, client: Any) -> str:
+def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str, client: MlflowClient) -> str:
     """``model`` as MLflow model ``model`` of ``run_id``, with signature, input example and lungexp's
     source (so ``mlflow.pytorch.load_model`` works without lungexp installed); its URI (``models:/...``)
     is returned and tagged on the run as ``model.uri``."""
@@ -123,12 +124,18 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, run_id: str, client
 
     with torch.no_grad():
         output = model(example).numpy()
-    info = mlflow.pytorch.log_model(
-        model, name=MODEL_NAME, run_id=run_id, input_example=example.numpy(),
-        signature=infer_signature(example.numpy(), output),
-        code_paths=[str(Path(__file__).parents[1])], pip_requirements=_requirements(),
-        serialization_format="pickle",  # the module itself (any batch size); "pt2" would fix the example's shape
-    )
+    # Created here, in the run's experiment: MLflow would put it in the active experiment (the store's Default,
+    # whose artifacts live in ./mlruns of the folder that created the store), not the run's.
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                        params=run.data.params)
+    with fluent_api_on(client):
+        info = mlflow.pytorch.log_model(
+            model, name=MODEL_NAME, model_id=logged.model_id, run_id=run_id, input_example=example.numpy(),
+            signature=infer_signature(example.numpy(), output),
+            code_paths=[str(Path(__file__).parents[1])], pip_requirements=_requirements(),
+            serialization_format="pickle",  # the module itself (any batch size); "pt2" would fix the example's shape
+        )
     client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     log.info("Logged the best checkpoint as MLflow model %s (mlflow.pytorch.load_model)", info.model_uri)
     return info.model_uri

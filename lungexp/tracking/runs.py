@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
+import mlflow
 from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -91,6 +93,23 @@ def run_name(cfg: DictConfig) -> str:
 def sweep_parent_run_id() -> str | None:
     """The MLflow run of the ``-m`` sweep this process runs a job of (None outside sweeps)."""
     return os.environ.get(SWEEP_RUN_ID_ENV) or None
+
+
+@contextmanager
+def fluent_api_on(client: MlflowClient) -> Iterator[None]:
+    """MLflow's module-level API (``mlflow.pytorch.log_model``, which takes a run id but no store) writes to
+    ``client``'s store while inside: it writes to the process-wide URI, which in a run that only made its own
+    client is ``./mlruns`` of the working folder, away from the run. The URI (and ``MLFLOW_TRACKING_URI``,
+    which MLflow sets with it) is restored after."""
+    variable = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None (typed otherwise) unsets it and the variable
+        if variable is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
