@@ -24,9 +24,11 @@ def main(cfg: DictConfig) -> None:
     from lungexp.config.check import check
 
     checked = check(cfg, "evaluate")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
+    from lungexp.config.checkpoint_groups import checkpoint_evaluation
     from lungexp.inference.rescoring import evaluate_checkpoint, print_evaluation
 
-    print_evaluation(evaluate_checkpoint(checked.config, overrides=HydraConfig.get().overrides.task))
+    run = checkpoint_evaluation(checked.config, overrides=HydraConfig.get().overrides.task)
+    print_evaluation(evaluate_checkpoint(run))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def main(cfg: DictConfig) -> None:
     from lungexp.config.check import check
 
     checked = check(cfg, "preprocess")
-    datamodule = hydra.utils.instantiate(checked.config.data, _convert_="partial")
+    from lungexp.data.loading.datamodule import NoduleDataModule
+
+    assert checked.data is not None, "check() builds the data options of preprocess"
+    datamodule = NoduleDataModule.from_options(checked.data)
     cache = datamodule.build_cache()
     labels = cache.index["label"]
     print(f"Patch cache: {cache.folder}\n  {len(cache)} patches of shape {tuple(cache.patches.shape[1:])} "

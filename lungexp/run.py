@@ -26,17 +26,17 @@ def main(cfg: DictConfig) -> float | None:
     # in about a second.
     from lungexp.config.check import check
 
-    checked = check(cfg, "run")
+    run = check(cfg, "run")  # the typed options travel down; under DDP each rank checks its own copy
     from lungexp.training.cross_validation import cross_validate
     from lungexp.training.distributed import is_rank_zero, quiet_other_ranks
     from lungexp.training.pipeline import train
 
     quiet_other_ranks()
     if HydraConfig.get().mode != RunMode.MULTIRUN and is_rank_zero():  # a sweep's jobs differ only in their overrides
-        print_config_tree(checked.config)
-    if checked.cv is not None:
-        return cross_validate(checked.config).optimized_metric
-    return train(checked.config).optimized_metric
+        print_config_tree(run.config)
+    if run.cv is not None:
+        return cross_validate(run).optimized_metric
+    return train(run).optimized_metric
 
 
 if __name__ == "__main__":

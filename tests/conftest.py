@@ -66,13 +66,14 @@ def make_config(tmp_path: Path, synthetic_root: Path, mlflow_dir: Path) -> Calla
 def trained_run(synthetic_root: Path, mlflow_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A tiny CNN trained for 2 epochs on the tiny dataset and tested, logged to the session's MLflow store;
     its checkpoints serve the evaluate and predict tests."""
+    from lungexp.config.check import check
     from lungexp.training.pipeline import train
 
     cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"],
                           *tiny_data_overrides(synthetic_root, synthetic_root.parent / "cache"),
                           *mlflow_overrides(mlflow_dir), "trainer.max_epochs=2", "callbacks.lr_monitor=null",
                           "task_name=trained_for_inference"], tmp_path_factory.mktemp("trained"))
-    return train(cfg)
+    return train(check(cfg, "run"))
 
 
 @pytest.fixture(scope="session")

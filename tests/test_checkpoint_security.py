@@ -14,7 +14,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lungexp.inference.rescoring import data_config, evaluate_checkpoint
+from lungexp.config.checkpoint_groups import checkpoint_evaluation, data_config
+from lungexp.inference.rescoring import evaluate_checkpoint
 from lungexp.models import CNN3D
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, ModelRecipe, load_checkpoint
 from tests.helpers.checkpoints import DATA, NET, write_checkpoint
@@ -86,7 +87,7 @@ def test_a_target_in_the_stored_data_config_is_refused_by_evaluate(tmp_path: Pat
     path = write_checkpoint(tmp_path / "data.ckpt", data={**DATA, "synthetic": savetxt(written)})
     cfg = compose_config([f"ckpt_path={path}", "device=cpu", "~logger"], tmp_path, config_name="evaluate")
     with pytest.raises(CheckpointError, match=r"data config sets synthetic\._target_='lungexp\.data\.patches\.cache\.np"):
-        evaluate_checkpoint(cfg, [f"ckpt_path={path}"])
+        evaluate_checkpoint(checkpoint_evaluation(cfg, [f"ckpt_path={path}"]))
     assert not written.exists()
     refused(write_checkpoint(tmp_path / "data_root.ckpt", data={**DATA, "_target_": "lungexp.data.patches.cache.np.savetxt"}),
             "lungexp.data.loading.datamodule.NoduleDataModule")

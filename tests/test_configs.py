@@ -55,7 +55,7 @@ def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:
 
 
 def _dev_run(cfg) -> None:
-    result = train(cfg)
+    result = train(check(cfg, "run"))
     assert result.metrics, "no metrics were logged"
     assert "test/auroc" in result.metrics
 
@@ -116,12 +116,12 @@ def test_a_gpu_trainer_without_a_gpu_names_trainer_cpu(make_config, option: str,
 
 def test_fast_dev_run_logs_nothing_to_mlflow(make_config) -> None:
     cfg = make_config("trainer=debug")
-    assert train(cfg).mlflow_run_id is None
+    assert train(check(cfg, "run")).mlflow_run_id is None
 
 
 def test_mlflow_gets_params_with_dotted_names(make_config) -> None:
     cfg = make_config("trainer.max_epochs=1")
-    result = train(cfg)
+    result = train(check(cfg, "run"))
     assert result.mlflow_tracking_uri == cfg.paths.mlflow_uri
     run = MlflowClient(tracking_uri=result.mlflow_tracking_uri).get_run(result.mlflow_run_id)
     assert run.data.params["model.net._target_"] == "lungexp.models.CNN3D"

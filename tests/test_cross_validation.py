@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from lungexp.config.check import CrossValidationOptions
+from lungexp.config.check import check, cross_validation_options, data_options
 from lungexp.training import cross_validation
 from lungexp.training.cross_validation import FoldFailedError, cross_validate, plan_folds
 from lungexp.utils.errors import ConfigError
@@ -41,12 +41,12 @@ def cv_config(root: Path, data: Path, *overrides: str):
 def test_cv_options_are_checked_before_any_work(tmp_path: Path, three_subsets: Path) -> None:
     for folds in (1, "true", 2.5):
         with pytest.raises(ConfigError, match="cv.folds="):
-            CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, f"cv.folds={folds}"))
+            cross_validation_options(cv_config(tmp_path, three_subsets, f"cv.folds={folds}"))
     with pytest.raises(ConfigError, match="test_after_fit=true"):
-        CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, "cv.folds=3", "test_after_fit=false"))
+        cross_validation_options(cv_config(tmp_path, three_subsets, "cv.folds=3", "test_after_fit=false"))
     # ckpt_path would resume one checkpoint in every fold: a CV continues its own folds instead
     with pytest.raises(ConfigError, match="ckpt_path=last with cv.folds: .* run the same command again without"):
-        CrossValidationOptions.from_config(cv_config(tmp_path, three_subsets, "cv.folds=3", "ckpt_path=last"))
+        cross_validation_options(cv_config(tmp_path, three_subsets, "cv.folds=3", "ckpt_path=last"))
 
 
 def test_a_wrong_number_of_subset_folds_fails_before_the_patch_cache_is_built(tmp_path: Path,
@@ -54,7 +54,7 @@ def test_a_wrong_number_of_subset_folds_fails_before_the_patch_cache_is_built(tm
     cache_dir = tmp_path / "fresh_cache"
     cfg = cv_config(tmp_path, three_subsets, "cv.folds=5", f"data.cache_dir={cache_dir}")
     with pytest.raises(ConfigError, match=r"scans are in 3 subset\(s\) \[0, 1, 2\]; set cv.folds=3"):
-        cross_validate(cfg)
+        cross_validate(check(cfg, "run"))
     assert not list(cache_dir.glob("**/*.npy")), "patches were extracted before the folds were checked"
 
 
@@ -63,8 +63,8 @@ def test_subset_folds_must_be_the_subsets_present(tmp_path: Path) -> None:
                             "label": [1, 0] * 5})
     cfg = compose_config(["cv.folds=3"], tmp_path)
     with pytest.raises(ConfigError, match=r"scans are in 5 subset\(s\) \[0, 1, 2, 3, 4\]; set cv.folds=5"):
-        plan_folds(cfg.data.split, 3, samples)
-    folds = plan_folds(cfg.data.split, 5, samples)
+        plan_folds(data_options(cfg).split, 3, samples)
+    folds = plan_folds(data_options(cfg).split, 5, samples)
     assert [(f.split["fold"], f.split["val_fold"]) for f in folds] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0)]
 
 
@@ -75,21 +75,21 @@ def test_three_fold_cv_nests_runs_pools_predictions_and_skips_finished_folds(
                  *mlflow_overrides(mlflow_dir))
     real_train, trained = cross_validation.train, []
 
-    def train_failing_fold1(cfg):
-        trained.append(cfg.data.split.fold)
-        if cfg.data.split.fold == 1:
+    def train_failing_fold1(run):
+        trained.append(run.data.split.fold)
+        if run.data.split.fold == 1:
             raise ConfigError("a broken fold")
-        return real_train(cfg)
+        return real_train(run)
 
     # 1st run: fold 1 fails -> the CV stops naming it, fold 0 stays finished.
     monkeypatch.setattr(cross_validation, "train", train_failing_fold1)
     with pytest.raises(FoldFailedError, match=r"fold 1 \(test subset1, validation subset2\) failed: a broken fold"):
-        cross_validate(cv_config(tmp_path, three_subsets, *overrides))
+        cross_validate(check(cv_config(tmp_path, three_subsets, *overrides), "run"))
     assert trained == [0, 1]
 
     # 2nd run, same command: fold 0 is not retrained.
-    monkeypatch.setattr(cross_validation, "train", lambda cfg: trained.append(cfg.data.split.fold) or real_train(cfg))
-    result = cross_validate(cv_config(tmp_path, three_subsets, *overrides))
+    monkeypatch.setattr(cross_validation, "train", lambda run: trained.append(run.data.split.fold) or real_train(run))
+    result = cross_validate(check(cv_config(tmp_path, three_subsets, *overrides), "run"))
     assert trained == [0, 1, 1, 2]
     assert [f.reused for f in result.folds] == [True, False, False]
 
@@ -124,7 +124,7 @@ def test_three_fold_cv_nests_runs_pools_predictions_and_skips_finished_folds(
 
     # 3rd run: everything finished -> nothing retrained, no new runs, the same parent.
     started = {c.info.run_id: c.info.start_time for c in children}
-    again = cross_validate(cv_config(tmp_path, three_subsets, *overrides))
+    again = cross_validate(check(cv_config(tmp_path, three_subsets, *overrides), "run"))
     assert trained == [0, 1, 1, 2]
     assert again.parent_run_id == result.parent_run_id and all(f.reused for f in again.folds)
     rerun_children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
@@ -140,10 +140,10 @@ def test_luna16_fpr_preset_runs_ten_fold_cv_on_generated_data(tmp_path: Path, th
     assert list(preset.data.patch.spacing_mm) == [0.7, 1.05, 1.4] and preset.model.net.in_channels == 3
     assert preset.data.labels_csv == "/data/LUNA16/candidates_V2.csv"
 
-    result = cross_validate(compose_config(
+    result = cross_validate(check(compose_config(
         ["experiment=luna16_fpr", f"data.root={three_subsets}", f"data.cache_dir={three_subsets.parent / 'cache'}",
          "cv.folds=3", "trainer=debug", "data.batch_size=8", "data.num_workers=0", "data.preprocess_workers=0"],
-        tmp_path))
+        tmp_path), "run"))
     assert [f.fold.description for f in result.folds] == [
         "test subset0, validation subset1", "test subset1, validation subset2", "test subset2, validation subset0"]
     assert result.parent_run_id is None  # fast_dev_run logs nothing
@@ -151,7 +151,7 @@ def test_luna16_fpr_preset_runs_ten_fold_cv_on_generated_data(tmp_path: Path, th
 
 
 def test_series_folds_when_the_data_has_no_subsets_to_follow(make_config) -> None:
-    result = cross_validate(make_config("cv.folds=3", "data.split.method=series", "trainer=debug"))
+    result = cross_validate(check(make_config("cv.folds=3", "data.split.method=series", "trainer=debug"), "run"))
     assert [f.fold.split["method"] for f in result.folds] == ["folds"] * 3
     tested = [set(f.predictions["seriesuid"]) for f in result.folds]  # fast_dev_run: one batch of each test fold
     assert all(tested) and not (tested[0] & tested[1] or tested[1] & tested[2] or tested[0] & tested[2])

@@ -26,6 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import read_write
 
 from lungexp.config import checks
+from lungexp.config.checkpoint_groups import checkpoint_evaluation
 from lungexp.inference.rescoring import evaluate_checkpoint
 from lungexp.training.devices import log_unsupported, supported_trainer
 from lungexp.training.distributed import sweep_job_ranks
@@ -121,7 +122,8 @@ def test_torchrun_logs_one_run_whose_metrics_equal_one_process(synthetic_root: P
     for split in ("val", "test"):
         overrides = (f"ckpt_path={checkpoint}", f"split={split}", "device=cpu", "eval.montage_k=0",
                      "eval.gradcam.samples=0", *mlflow_overrides(mlflow_dir))
-        single = evaluate_checkpoint(compose_config(overrides, tmp_path / split, config_name="evaluate"), overrides)
+        single = evaluate_checkpoint(checkpoint_evaluation(
+            compose_config(overrides, tmp_path / split, config_name="evaluate"), overrides))
         if split == "val":
             # an odd count: a sampler that pads the ranks to equal length would count a patch twice
             assert len(single.predictions) % 2 == 1

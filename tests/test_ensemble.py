@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lungexp.config.checkpoint_groups import data_location
 from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.inference.ensemble import Ensemble, check_unseen_data, checkpoint_paths
 from lungexp.inference.model import Predictor
-from lungexp.inference.rescoring import data_location
 from lungexp.tracking.folds import FOLDS_PARAM, FoldRuns, fold_checkpoints
 from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.training.module import VALIDATION_PREDICTIONS

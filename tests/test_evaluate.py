@@ -14,8 +14,9 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from lungexp.config.checkpoint_groups import checkpoint_evaluation, data_config
 from lungexp.data.patches.extraction import PatchSpec
-from lungexp.inference.rescoring import TRAINING_RUN_TAG, data_config, evaluate_checkpoint
+from lungexp.inference.rescoring import TRAINING_RUN_TAG, evaluate_checkpoint
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import printed, run_entry_point
@@ -24,7 +25,7 @@ from tests.helpers.config import PROJECT_ROOT, compose_config, mlflow_overrides
 
 def evaluate(trained_run, mlflow_dir: Path, root: Path, *overrides: str):
     overrides = (f"ckpt_path={trained_run.best_checkpoint}", "device=cpu", *mlflow_overrides(mlflow_dir), *overrides)
-    return evaluate_checkpoint(compose_config(overrides, root, config_name="evaluate"), overrides)
+    return evaluate_checkpoint(checkpoint_evaluation(compose_config(overrides, root, config_name="evaluate"), overrides))
 
 
 def test_evaluate_reproduces_the_training_test_stage_in_a_new_tagged_run(trained_run, mlflow_dir: Path,

@@ -18,6 +18,7 @@ import torch
 from lightning_fabric.plugins.io import torch_io
 from mlflow import MlflowClient
 
+from lungexp.config.check import check
 from lungexp.tracking.stale_runs import ENDED_BY_TAG, PID_TAG, end_stale_runs, owner_is_gone, process_tags
 from lungexp.training.pipeline import train
 from lungexp.utils.atomic import DiskFullError
@@ -230,9 +231,9 @@ class SigtermWhileTesting(pl.Callback):
 @pytest.mark.parametrize("mlflow", [True, False], ids=["resumed_to_test", "evaluated_without_mlflow"])
 def test_sigterm_while_testing_names_the_checkpoint_to_go_on_from(make_config, mlflow: bool) -> None:
     with pytest.raises(Terminated) as stop:
-        train(make_config("trainer.max_epochs=1", "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0",
+        train(check(make_config("trainer.max_epochs=1", "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0",
                           "eval.gradcam.samples=0", f"+callbacks.stop._target_={__name__}.SigtermWhileTesting",
-                          *([] if mlflow else ["~logger"])))
+                          *([] if mlflow else ["~logger"])), "run"))
     last = stop.value.checkpoint
     assert last is not None and Path(last).name == "last.ckpt" and Path(last).is_file()
     then = (rf"resume with the same command and ckpt_path={re.escape(last)} \(or ckpt_path=last\) to test it in its "
@@ -250,7 +251,7 @@ def test_a_full_disk_while_checkpointing_is_one_error_naming_the_file_and_fails_
     monkeypatch.setattr(torch_io, "_atomic_save", disk_full)  # Lightning's write of every checkpoint
     with pytest.raises(DiskFullError, match=r"/checkpoints/\w+\.ckpt: No space left on device \(.+ free on that file "
                                             r"system\); free space there .* ckpt_path=last") as error:
-        train(make_config("trainer.max_epochs=1", "callbacks.lr_monitor=null", "task_name=disk_full"))
+        train(check(make_config("trainer.max_epochs=1", "callbacks.lr_monitor=null", "task_name=disk_full"), "run"))
     assert "\n" not in str(error.value)
     client = MlflowClient(f"sqlite:///{mlflow_dir}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("lungexp").experiment_id],

@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import pytest
 
+from lungexp.config.check import data_options
 from lungexp.training.cross_validation import plan_folds
 from tests.helpers.config import compose_config
 from tests.helpers.data import shared_data_dir
@@ -38,5 +39,5 @@ def test_the_preset_reads_the_crops(rule: str, tmp_path: Path, caplog) -> None:
     if rule == "nodulemnist3d":
         assert "284 of 794 rows match neither" in caplog.text
         assert set(samples["malignancy"]) == {1, 2, 4, 5}
-    folds = plan_folds(cfg.data.split, cfg.cv.folds, samples)  # each checked: disjoint patients, both classes
+    folds = plan_folds(data_options(cfg).split, cfg.cv.folds, samples)  # each checked: disjoint patients, both classes
     assert len(folds) == 5

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lungexp.config.check import check
 from lungexp.training.losses import BinaryFocalLoss
 from lungexp.training.pipeline import train
 
@@ -36,6 +37,6 @@ def test_loss_is_chosen_in_config(make_config) -> None:
                       "+model.loss.gamma=1.5", "model.pos_weight=2.0")
     from lungexp.training.pipeline import build
 
-    _, model, _ = build(cfg)
+    _, model, _ = build(check(cfg, "run"))
     assert isinstance(model.criterion, BinaryFocalLoss) and model.criterion.gamma == 1.5
-    assert "test/auroc" in train(cfg).metrics
+    assert "test/auroc" in train(check(cfg, "run")).metrics

@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 from sklearn import metrics as sk
 
+from lungexp.config.check import check
 from lungexp.evaluation.table_report import evaluate_predictions
 from lungexp.evaluation.types import EvaluationOptions, EvaluationSettings, config_key
 from lungexp.metrics.classification import reliability_bins, table_metrics
@@ -199,5 +200,5 @@ def test_a_bad_eval_option_stops_the_run_before_any_data_is_read(make_config) ->
     from lungexp.training.pipeline import build
 
     with pytest.raises(Exception, match="eval.threshold='youdn' is not a threshold rule") as error:
-        build(make_config("eval.threshold=youdn"))
+        build(check(make_config("eval.threshold=youdn"), "run"))
     assert isinstance(error.value.__cause__ or error.value, ConfigError)

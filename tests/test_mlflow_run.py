@@ -10,6 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from lungexp.config.check import check
 from lungexp.tracking.runs import fluent_api_on
 from lungexp.training.pipeline import train
 
@@ -23,7 +24,7 @@ def test_run_records_best_metric_provenance_dataset_and_loadable_model(make_conf
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     cfg = make_config("trainer.max_epochs=2", "logger.mlflow.log_model=true", "logger.mlflow.log_system_metrics=true",
                       "aug=none")
-    result = train(cfg)
+    result = train(check(cfg, "run"))
 
     client = MlflowClient(cfg.logger.mlflow.tracking_uri)
     run = client.get_run(result.mlflow_run_id)

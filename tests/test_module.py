@@ -12,6 +12,7 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
+from lungexp.config.check import check
 from lungexp.models import PretrainedWeightsError
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.pipeline import build, train
@@ -27,7 +28,7 @@ def backbone_state(net: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_lightning_checkpoint_round_trip_reproduces_the_backbone(make_config) -> None:
     """Train tiny -> save -> `model.pretrained.path=that.ckpt` loads exactly those backbone weights."""
-    result = train(make_config("trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", model="resnet3d"))
+    result = train(check(make_config("trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", model="resnet3d"), "run"))
     checkpoint = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
     saved = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
              if k.startswith("net.") and not k.startswith("net.head.")}
@@ -63,7 +64,7 @@ def test_checkpoint_of_another_architecture_is_refused_with_a_listing(make_confi
 def test_frozen_batchnorm_keeps_running_statistics(make_config) -> None:
     cfg = make_config("trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", "model.finetune.freeze_bn=true",
                       "test_after_fit=false", model="resnet3d")
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(check(cfg, "run"))
     before = {k: v.clone() for k, v in model.net.state_dict().items() if "running_" in k}
     trainer.fit(model, datamodule=datamodule)
     after = model.net.state_dict()
@@ -73,7 +74,7 @@ def test_frozen_batchnorm_keeps_running_statistics(make_config) -> None:
 def test_unfrozen_batchnorm_statistics_do_change(make_config) -> None:
     cfg = make_config("trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", "test_after_fit=false",
                       model="resnet3d")
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(check(cfg, "run"))
     before = {k: v.clone() for k, v in model.net.state_dict().items() if "running_mean" in k}
     trainer.fit(model, datamodule=datamodule)
     assert any(not torch.equal(before[k], model.net.state_dict()[k]) for k in before)
@@ -81,7 +82,7 @@ def test_unfrozen_batchnorm_statistics_do_change(make_config) -> None:
 
 def test_head_learning_rate_multiplier_and_backbone_freezing_from_config(make_config) -> None:
     cfg = make_config("model.finetune.head_lr_mult=10", "model.finetune.freeze_backbone_epochs=2", model="resnet3d")
-    _, model, trainer = build(cfg)
+    _, model, trainer = build(check(cfg, "run"))
     assert any(isinstance(c, BackboneFreeze) and c.unfreeze_at_epoch == 2 for c in trainer.callbacks)
     groups = model.configure_optimizers()["optimizer"].param_groups
     head = {id(parameter) for parameter in model.net.head.parameters()}
@@ -103,7 +104,7 @@ def test_learning_rate_is_the_configured_one_or_the_optimizer_default(make_confi
 def test_pos_weight_auto_is_the_class_ratio_of_the_training_split(make_config) -> None:
     cfg = make_config("model.pos_weight=auto", "trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null",
                       "test_after_fit=false", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(check(cfg, "run"))
     trainer.fit(model, datamodule=datamodule)
     negatives, positives = datamodule.train_class_counts
     assert model.criterion.pos_weight.item() == pytest.approx(negatives / positives)
@@ -114,13 +115,13 @@ def test_pos_weight_auto_is_the_class_ratio_of_the_training_split(make_config) -
 def test_own_pretraining_presets_chain(make_config, tmp_path: Path) -> None:
     """experiment=pretrain_candidates -> finetune_malignancy (loads its checkpoint) -> scratch_malignancy."""
     shrink = ("trainer.max_epochs=1", "trainer.precision=32-true", *TINY_RESNET)
-    pretrain = train(make_config("experiment=pretrain_candidates", *shrink, model="resnet3d"))
+    pretrain = train(check(make_config("experiment=pretrain_candidates", *shrink, model="resnet3d"), "run"))
     best = tmp_path / "checkpoints" / "pretrain_candidates" / "best.ckpt"
     assert Path(pretrain.best_checkpoint) == best and best.is_file()
 
-    finetune = train(make_config("experiment=finetune_malignancy", *shrink, "trainer.max_epochs=2",
-                                 "model.finetune.freeze_backbone_epochs=1", model="resnet3d"))
-    scratch = train(make_config("experiment=scratch_malignancy", *shrink, "trainer.max_epochs=2", model="resnet3d"))
+    finetune = train(check(make_config("experiment=finetune_malignancy", *shrink, "trainer.max_epochs=2",
+                                 "model.finetune.freeze_backbone_epochs=1", model="resnet3d"), "run"))
+    scratch = train(check(make_config("experiment=scratch_malignancy", *shrink, "trainer.max_epochs=2", model="resnet3d"), "run"))
     client = MlflowClient(tracking_uri=make_config().paths.mlflow_uri)
     finetuned_params = client.get_run(finetune.mlflow_run_id).data.params
     assert finetuned_params["pretrained.path"] == str(best)
@@ -142,7 +143,7 @@ def test_run_from_a_medicalnet_file_as_a_user_would(make_config, tmp_path: Path)
                       "trainer.max_epochs=1",
                       "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
                       model="resnet3d")
-    result = train(cfg)
+    result = train(check(cfg, "run"))
     params = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_run(result.mlflow_run_id).data.params
     backbone_tensors = sum(not k.startswith("conv_seg.") for k in tensors)
     assert int(params["pretrained.loaded_tensors"]) == backbone_tensors

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lungexp.config.check import check
 from lungexp.convert import main as convert
 from lungexp.data.labels.annotations import read_annotations
 from lungexp.data.patches.extraction import PatchExtractor, PatchSpec
@@ -70,7 +71,7 @@ def test_training_run_on_the_converted_luna16_folder(make_config, luna16_root: P
                       f"data.annotations_csv={annotations}", f"data.cache_dir={tmp_path}/cache",
                       "data.split.fold=1", "data.split.val_fold=1", "data.negatives.count=12",
                       "trainer.max_epochs=1")
-    result = train(cfg)
+    result = train(check(cfg, "run"))
     assert {"test/auroc", "val/auroc"} <= set(result.metrics)
     sampled = list(Path(cfg.data.cache_dir).glob("sampled_candidates-*.csv"))
     assert len(sampled) == 1

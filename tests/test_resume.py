@@ -10,6 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from lungexp.config.check import check
 from lungexp.training.pipeline import train
 from tests.helpers.cli import run_entry_point
 from tests.helpers.config import FAST_OVERRIDES, TINY_NETS, tiny_data_overrides
@@ -47,7 +48,7 @@ def test_killed_run_resumes_to_the_unbroken_result(make_config, synthetic_root: 
     resumed = _run(tmp_path, *data, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
 
-    unbroken = train(make_config(*RUN, *augmentation, "~logger", "callbacks.lr_monitor=null"))
+    unbroken = train(check(make_config(*RUN, *augmentation, "~logger", "callbacks.lr_monitor=null"), "run"))
     final = _weights(checkpoint)  # the resumed run keeps writing next to the checkpoint it resumed
     reference = _weights(Path(unbroken.best_checkpoint).with_name("last.ckpt"))
     assert final.keys() == reference.keys()

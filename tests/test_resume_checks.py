@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
 
+from lungexp.config.check import check
 from lungexp.tracking.stale_runs import process_tags
 from lungexp.training.checkpoint import DATA_IDENTITY_KEY, RECIPE_KEY, RUN_CONFIG_KEY, CheckpointError
 from lungexp.training.pipeline import train
@@ -41,8 +42,8 @@ class RunStatusWhenTesting(pl.Callback):
 
 
 def _train_tiny(root: Path, synthetic_root: Path, *overrides: str):
-    return train(compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], *tiny_data_overrides(
-        synthetic_root, synthetic_root.parent / "cache"), *RUN, *overrides], root))
+    return train(check(compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], *tiny_data_overrides(
+        synthetic_root, synthetic_root.parent / "cache"), *RUN, *overrides], root), "run"))
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +72,25 @@ def _copy(checkpoint: Path, folder: Path) -> Path:
 
 def test_a_changed_patch_size_is_refused_naming_both_values(make_config, stopped_run: Path) -> None:
     with pytest.raises(ConfigError, match=r"data\.patch\.size: 16 in the checkpoint, 24 now") as error:
-        train(make_config(*RUN, f"ckpt_path={stopped_run}", "data.patch.size=24"))
+        train(check(make_config(*RUN, f"ckpt_path={stopped_run}", "data.patch.size=24"), "run"))
     assert str(stopped_run) in str(error.value) and "trainer.max_epochs" in str(error.value)
 
 
 def test_other_data_or_another_model_is_refused(make_config, stopped_run: Path) -> None:
     with pytest.raises(ConfigError, match=r"data\.split\.fold: 0 in the checkpoint, 2 now"):
-        train(make_config(*RUN, f"ckpt_path={stopped_run}", "data.split.fold=2"))
+        train(check(make_config(*RUN, f"ckpt_path={stopped_run}", "data.split.fold=2"), "run"))
     with pytest.raises(ConfigError, match=r"model\.net\._target_: 'lungexp\.models\.CNN3D' in the checkpoint, "
                                           r"'lungexp\.models\.ResNet3D' now"):
-        train(make_config(*RUN, f"ckpt_path={stopped_run}", model="resnet3d"))
+        train(check(make_config(*RUN, f"ckpt_path={stopped_run}", model="resnet3d"), "run"))
 
 
 def test_the_same_spelling_of_other_data_is_refused_by_what_it_resolves_to(make_config, stopped_run: Path,
                                                                           synthetic_root: Path, tmp_path: Path) -> None:
     """``paths.data_dir=<other>`` leaves ``data.root: ${paths.data_dir}/luna16`` as written, not where it points."""
+    (tmp_path / "luna16").mkdir()  # another dataset that exists: the run's check passes, the resume's refuses it
     with pytest.raises(ConfigError, match="must train on the data its run trained on") as error:
-        train(make_config(*RUN, f"ckpt_path={stopped_run}", f"paths.data_dir={tmp_path}",
-                          "data.root=${paths.data_dir}/luna16"))
+        train(check(make_config(*RUN, f"ckpt_path={stopped_run}", f"paths.data_dir={tmp_path}",
+                          "data.root=${paths.data_dir}/luna16"), "run"))
     assert f"data.root: '{synthetic_root}' in the checkpoint, '{tmp_path / 'luna16'}' now" in str(error.value)
     assert "data.labels_csv" in str(error.value)
 
@@ -102,7 +104,7 @@ def test_data_changed_under_the_same_paths_is_refused_by_its_fingerprint(make_co
     changed = tmp_path / "changed.ckpt"
     torch.save(state, changed)
     with pytest.raises(ConfigError, match=f"the data's fingerprint is {recorded} now and was 0123456789abcdef"):
-        train(make_config(*RUN, f"ckpt_path={changed}"))
+        train(check(make_config(*RUN, f"ckpt_path={changed}"), "run"))
 
 
 def test_a_finished_run_trains_on_only_when_asked(make_config, finished_run: Path, tmp_path: Path,
@@ -111,14 +113,14 @@ def test_a_finished_run_trains_on_only_when_asked(make_config, finished_run: Pat
         with pytest.raises(ConfigError, match=r"its run had already finished \(its training had ended: 1 epoch\(s\) of "
                                               r"trainer\.max_epochs=1\); resuming is for stopped runs\. To train it "
                                               r"on in its run, add extend_finished=true"):
-            train(make_config(*RUN, f"trainer.max_epochs={epochs}", f"ckpt_path={finished_run}"))
+            train(check(make_config(*RUN, f"trainer.max_epochs={epochs}", f"ckpt_path={finished_run}"), "run"))
     with pytest.raises(ConfigError, match=r"nothing is left to train \(1 epoch\(s\) of trainer\.max_epochs=1\)"):
-        train(make_config(*RUN, "trainer.max_epochs=1", f"ckpt_path={finished_run}", "extend_finished=true"))
+        train(check(make_config(*RUN, "trainer.max_epochs=1", f"ckpt_path={finished_run}", "extend_finished=true"), "run"))
     with pytest.raises(ConfigError, match="extend_finished=true trains on a finished run, named by ckpt_path"):
-        train(make_config(*RUN, "extend_finished=true"))
+        train(check(make_config(*RUN, "extend_finished=true"), "run"))
     copy = _copy(finished_run, tmp_path)
     with caplog.at_level(logging.WARNING, logger="lungexp.training.resume"):
-        train(make_config(*RUN, f"ckpt_path={copy}", "extend_finished=true"))
+        train(check(make_config(*RUN, f"ckpt_path={copy}", "extend_finished=true"), "run"))
     assert "extend_finished=true: it trains on" in caplog.text
     assert torch.load(copy, weights_only=True)["epoch"] == 1
 
@@ -127,10 +129,10 @@ def test_a_stopped_run_goes_on_with_what_may_change_and_its_data_spelled_otherwi
                                                                                    synthetic_root: Path,
                                                                                    tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nothing is left to train \(1 epoch\(s\) of trainer\.max_epochs=1\)"):
-        train(make_config(*RUN, f"ckpt_path={stopped_run}", "trainer.max_epochs=1"))  # below its own 2
+        train(check(make_config(*RUN, f"ckpt_path={stopped_run}", "trainer.max_epochs=1"), "run"))  # below its own 2
     copy = _copy(stopped_run, tmp_path)
     # data.root as an absolute path where the checkpoint's run wrote ${paths.data_dir}/luna16: the same folder
-    train(make_config(*RUN, f"ckpt_path={copy}", "data.num_workers=1", f"data.root={synthetic_root}"))
+    train(check(make_config(*RUN, f"ckpt_path={copy}", "data.num_workers=1", f"data.root={synthetic_root}"), "run"))
     assert torch.load(copy, weights_only=True)["epoch"] == 1  # the second epoch, written next to the first
 
 
@@ -140,7 +142,7 @@ def test_a_run_is_finished_after_its_test_and_one_killed_while_testing_is_resume
                "eval.gradcam.samples=0", f"paths.log_dir={tmp_path.parent}",
                f"task_name={tmp_path.name}", f"+callbacks.watch._target_={__name__}.RunStatusWhenTesting")
     RunStatusWhenTesting.seen.clear()
-    result = train(make_config(*watched))
+    result = train(check(make_config(*watched), "run"))
     assert RunStatusWhenTesting.seen == ["RUNNING"]  # a kill -9 while testing leaves it for the stale-run sweep
     client = MlflowClient(result.mlflow_tracking_uri)
     assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
@@ -148,7 +150,7 @@ def test_a_run_is_finished_after_its_test_and_one_killed_while_testing_is_resume
     last = Path(result.best_checkpoint).with_name("last.ckpt")
 
     with caplog.at_level(logging.INFO, logger="lungexp.training.resume"):
-        again = train(make_config(*watched, "ckpt_path=last"))
+        again = train(check(make_config(*watched, "ckpt_path=last"), "run"))
     assert f"its MLflow run {result.mlflow_run_id} is KILLED: it is tested now" in caplog.text
     assert again.mlflow_run_id == result.mlflow_run_id and "test/auroc" in again.metrics
     run = client.get_run(result.mlflow_run_id)
@@ -157,8 +159,8 @@ def test_a_run_is_finished_after_its_test_and_one_killed_while_testing_is_resume
 
     with pytest.raises(ConfigError, match=r"\(the newest last\.ckpt of this task_name\): its run had already finished "
                                           r"\(its MLflow run is FINISHED\)"):
-        train(make_config(*watched, "ckpt_path=last", "trainer.max_epochs=2"))
-    train(make_config(*watched, "ckpt_path=last", "trainer.max_epochs=2", "extend_finished=true"))
+        train(check(make_config(*watched, "ckpt_path=last", "trainer.max_epochs=2"), "run"))
+    train(check(make_config(*watched, "ckpt_path=last", "trainer.max_epochs=2", "extend_finished=true"), "run"))
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resume.extended_finished"] == "its MLflow run is FINISHED"
     assert torch.load(last, weights_only=True)["epoch"] == 1
@@ -174,7 +176,7 @@ def test_a_run_that_a_live_process_trains_is_not_resumed(make_config, finished_r
     state[RECIPE_KEY]["mlflow"] = {"run_id": live}
     torch.save(state, tmp_path / "live.ckpt")
     with pytest.raises(ConfigError, match=f"its MLflow run {live} is RUNNING in process {process_tags()['lungexp.pid']}"):
-        train(make_config("callbacks.lr_monitor=null", f"ckpt_path={tmp_path / 'live.ckpt'}"))
+        train(check(make_config("callbacks.lr_monitor=null", f"ckpt_path={tmp_path / 'live.ckpt'}"), "run"))
     client.set_terminated(live)
 
 
@@ -184,8 +186,8 @@ def test_a_checkpoint_without_its_run_config_or_damaged_is_refused(make_config, 
     del state[RUN_CONFIG_KEY]
     torch.save(state, tmp_path / "older.ckpt")
     with pytest.raises(ConfigError, match="does not hold the config of its run"):
-        train(make_config(*RUN, f"ckpt_path={tmp_path / 'older.ckpt'}"))
+        train(check(make_config(*RUN, f"ckpt_path={tmp_path / 'older.ckpt'}"), "run"))
     truncated = tmp_path / "last.ckpt"
     truncated.write_bytes(stopped_run.read_bytes()[:4000])
     with pytest.raises(CheckpointError, match=f"{truncated}: not a readable PyTorch checkpoint"):
-        train(make_config(*RUN, f"ckpt_path={truncated}"))
+        train(check(make_config(*RUN, f"ckpt_path={truncated}"), "run"))

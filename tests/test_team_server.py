@@ -17,6 +17,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from lungexp.config.check import check
 from lungexp.inference.model import Predictor
 from lungexp.inference.registered import register_model
 from lungexp.tracking.logger_setup import open_tracking_store
@@ -158,7 +159,7 @@ def test_a_team_server_takes_logins_and_keeps_runs_in_postgresql(make_config, tm
 
                 # No login: refused, by the server and by lungexp before any work.
                 with pytest.raises(ServerAccessError, match="HTTP 401.*MLFLOW_TRACKING_USERNAME"):
-                    train(make_config("logger=mlflow_server"))
+                    train(check(make_config("logger=mlflow_server"), "run"))
 
                 for user in ("writer", "reader"):
                     as_admin(address, password["admin"], CREATE_USER, {"username": user, "password": password[user]})
@@ -167,7 +168,7 @@ def test_a_team_server_takes_logins_and_keeps_runs_in_postgresql(make_config, tm
 
                 # The right user: the run lands (params, metrics, artifacts through the server, PostgreSQL).
                 login(monkeypatch, "writer", password["writer"])
-                result = train(make_config("logger=mlflow_server", "trainer.max_epochs=1", "callbacks.lr_monitor=null"))
+                result = train(check(make_config("logger=mlflow_server", "trainer.max_epochs=1", "callbacks.lr_monitor=null"), "run"))
                 client = MlflowClient(tracking_uri=address)
                 run = client.get_run(result.mlflow_run_id)
                 assert result.mlflow_tracking_uri == address and run.info.status == "FINISHED"
@@ -206,7 +207,7 @@ def test_a_team_server_takes_logins_and_keeps_runs_in_postgresql(make_config, tm
                 login(monkeypatch, "reader", password["reader"])
                 assert client.get_run(run.info.run_id).info.status == "FINISHED"
                 with pytest.raises(ServerAccessError, match="user 'reader'.*HTTP 403"):
-                    train(make_config("logger=mlflow_server"))
+                    train(check(make_config("logger=mlflow_server"), "run"))
                 delete = f"{address}/api/2.0/mlflow/runs/delete"
                 refused = {"no login": requests.post(delete, json={"run_id": run.info.run_id}, timeout=60).status_code,
                            "reader": requests.post(delete, json={"run_id": run.info.run_id}, timeout=60,

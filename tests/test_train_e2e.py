@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from lungexp.config.check import check
 from lungexp.training.pipeline import train
 from tests.helpers.config import FAST_OVERRIDES, PROJECT_ROOT, TINY_NETS, tiny_synthetic_overrides
 
@@ -52,8 +53,8 @@ def test_demo_experiment_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_same_seed_gives_identical_test_metrics(make_config) -> None:
     overrides = ("trainer.max_epochs=2", "trainer.deterministic=true", "~logger", "callbacks.lr_monitor=null")
-    first = train(make_config(*overrides))
-    second = train(make_config(*overrides))
+    first = train(check(make_config(*overrides), "run"))
+    second = train(check(make_config(*overrides), "run"))
     test_metrics = {k: v for k, v in first.metrics.items() if k.startswith("test/")}
     assert test_metrics
     assert test_metrics == {k: v for k, v in second.metrics.items() if k.startswith("test/")}

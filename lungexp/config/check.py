@@ -2,8 +2,9 @@
 
 Each Hydra entry point calls it once, first thing. It runs the checks its config needs (the schema of
 :mod:`lungexp.config.checks`, the typed options of ``data``, ``eval`` and ``cv``) and returns the config
-read-only, so nothing on the way changes what the run was given: a step that needs other values works on
-a changed copy (:func:`lungexp.utils.config.with_values`).
+read-only with those options (:class:`~lungexp.training.run_options.RunOptions` for a training run), so nothing
+on the way changes what the run was given and nothing below parses the groups again: a step that needs other
+values works on a changed copy (``dataclasses.replace``, :func:`lungexp.utils.config.with_values`).
 
 Library layers name their own parameters (``depth=11``, ``split.method='subset'``); this is where the
 config meets them, so their :class:`~lungexp.utils.errors.ArgumentError` becomes a
@@ -15,74 +16,75 @@ for what Hydra instantiates later.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any, Literal, overload
 
 from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.checks import check_config, check_top_level, resolve
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.types import EvaluationOptions
+from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
 from lungexp.utils.config import check_required
-from lungexp.utils.errors import ArgumentError, ConfigError, look_up_option, named_under
+from lungexp.utils.errors import ArgumentError, ConfigError, did_you_mean, look_up_option, named_under
 
 # Each entry point's primary config file in conf/, and the top-level nodes it uses (None: all).
 PRIMARY = {"run": "config", "preprocess": "config", "evaluate": "evaluate", "predict": "predict",
            "register": "register"}
 SECTIONS: dict[str, tuple[str, ...] | None] = {"run": None, "preprocess": ("data", "aug", "paths")}
 DATAMODULE_TARGET = "lungexp.data.loading.datamodule.NoduleDataModule"
+DATAMODULE_KEYS = frozenset({"_target_", "train_transform"})  # the data node's keys that are no data option
 
 
-@dataclass(frozen=True)
-class CrossValidationOptions:
-    """``cv.folds``-fold cross-validation (:mod:`lungexp.training.cross_validation`).
-
-    Args:
-        folds: K >= 2 folds (e.g. 10 for LUNA16's ten subsets).
-    """
-
-    folds: int
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> CrossValidationOptions:
-        """``cv.folds`` with the options it needs, checked before any slow work."""
-        folds = cfg.cv.folds
-        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-            raise ConfigError(f"cv.folds={folds!r}: give a whole number >= 2 (e.g. cv.folds=10 for LUNA16's ten "
-                              "subsets), or null for a single run")
-        if not cfg.test_after_fit:
-            raise ConfigError("cv.folds needs test_after_fit=true: the folds' test predictions are what CV pools")
-        if cfg.get("ckpt_path") is not None:
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path} with cv.folds: a cross-validation continues by itself; run "
-                              "the same command again without ckpt_path (finished folds are kept, and a fold that "
-                              "was stopped continues from its last.ckpt)")
-        if "ddp" in str(cfg.trainer.get("strategy", "")):
-            raise ConfigError("cv.folds does not run with a ddp strategy (Lightning re-launches the whole command "
-                              "per device); use one device per fold, e.g. trainer=gpu")
-        return cls(folds=folds)
+def cross_validation_options(cfg: DictConfig) -> CrossValidationOptions | None:
+    """``cv.folds`` with the options it needs, checked before any slow work; None without ``cv.folds``."""
+    folds = cfg.cv.folds
+    if folds is None:
+        return None
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"cv.folds={folds!r}: give a whole number >= 2 (e.g. cv.folds=10 for LUNA16's ten "
+                          "subsets), or null for a single run")
+    if not cfg.test_after_fit:
+        raise ConfigError("cv.folds needs test_after_fit=true: the folds' test predictions are what CV pools")
+    if cfg.get("ckpt_path") is not None:
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} with cv.folds: a cross-validation continues by itself; run "
+                          "the same command again without ckpt_path (finished folds are kept, and a fold that "
+                          "was stopped continues from its last.ckpt)")
+    if "ddp" in str(cfg.trainer.get("strategy", "")):
+        raise ConfigError("cv.folds does not run with a ddp strategy (Lightning re-launches the whole command "
+                          "per device); use one device per fold, e.g. trainer=gpu")
+    return CrossValidationOptions(folds=folds)
 
 
 @dataclass(frozen=True)
 class CheckedConfig:
-    """What :func:`check` returns: the config as the run uses it, and the typed options of its groups.
+    """What :func:`check` returns for the entry points other than ``run``: the config as the entry point uses it,
+    and the typed ``data.*`` options where it builds a datamodule from them (``preprocess``).
 
     Args:
         config: the composed config, read-only.
-        data: the ``data.*`` options, where the entry point builds a :class:`NoduleDataModule` from them.
-        evaluation: the ``eval`` options of a training run.
-        cv: the cross-validation options, with ``cv.folds`` set.
+        data: the ``data.*`` options.
     """
 
     config: DictConfig
     data: DataOptions | None = None
-    evaluation: EvaluationOptions | None = None
-    cv: CrossValidationOptions | None = None
 
 
-def check(cfg: DictConfig, entry_point: str) -> CheckedConfig:
+@overload
+def check(cfg: DictConfig, entry_point: Literal["run"]) -> RunOptions: ...
+
+
+@overload
+def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions: ...
+
+
+def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
     """Check ``cfg``, composed for ``entry_point`` (``run``, ``preprocess``, ``evaluate``, ``predict`` or ``register``).
 
     Checks that need no imports come first, so most mistakes fail in about a second; ``_target_`` arguments
-    and metric names import torch and Lightning. Every problem is a :class:`ConfigError` naming its key.
+    and metric names import torch and Lightning. Every problem is a :class:`ConfigError` naming its key. A
+    training run (``run``) gets its typed options (:class:`~lungexp.training.run_options.RunOptions`).
     """
     look_up_option("entry_point", entry_point, PRIMARY, error=ArgumentError)
     check_required(cfg)
@@ -94,20 +96,32 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig:
     if entry_point == "preprocess":
         return CheckedConfig(read_only(cfg), data=data)
     evaluation = EvaluationOptions.from_config(resolve(cfg).get("eval"))
-    cv = CrossValidationOptions.from_config(cfg) if cfg.cv.folds is not None else None
-    return CheckedConfig(read_only(cfg), data=data, evaluation=evaluation, cv=cv)
+    config = read_only(cfg)
+    return RunOptions(config, data=data, evaluation=evaluation, cv=cross_validation_options(cfg),
+                      train_transform=config.data.get("train_transform"), stored_data=stored_data_config(cfg.data))
 
 
-def data_options(cfg: DictConfig) -> DataOptions | None:
-    """``cfg.data`` as checked options, if it makes a :class:`NoduleDataModule` (which checks the same again
-    when it is made); a problem names its ``data.*`` key."""
-    if cfg.data.get("_target_") != DATAMODULE_TARGET:
-        return None
-    # An unknown key is left to check_config, which names the closest option.
+def data_options(cfg: DictConfig) -> DataOptions:
+    """``cfg.data`` as checked options; a problem names its ``data.*`` key."""
+    target = cfg.data.get("_target_")
+    if target != DATAMODULE_TARGET:
+        raise ConfigError(f"data._target_={target}: the datamodule is made from the data.* options, by "
+                          f"{DATAMODULE_TARGET}; drop data._target_ from your data config (it comes with "
+                          "/shared/datamodule)")
+    return typed_data_options(resolve(cfg)["data"])
+
+
+def typed_data_options(data: Mapping[str, Any], strict: bool = False) -> DataOptions:
+    """The resolved ``data`` group as checked options; a problem names its ``data.*`` key. ``strict``: an unknown
+    key is an error here (else it is left to :func:`~lungexp.config.checks.check_config`, which names the closest
+    option too)."""
     declared = {item.name for item in fields(DataOptions)}
-    options = {key: value for key, value in resolve(cfg)["data"].items() if key in declared}
+    unknown = sorted(set(data) - declared - DATAMODULE_KEYS)
+    if strict and unknown:
+        raise ConfigError(f"data.{unknown[0]}: no such data option{did_you_mean(unknown[0], sorted(declared))}; "
+                          "see README's data table")
     with named_under("data", ConfigError):
-        return DataOptions(**options)
+        return DataOptions(**{key: value for key, value in data.items() if key in declared})
 
 
 def read_only(cfg: DictConfig) -> DictConfig:

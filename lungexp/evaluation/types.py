@@ -75,6 +75,14 @@ class EvaluationOptions:
                               "see conf/eval/default.yaml")
         return cls(**{fields_by_key[key]: value for key, value in flat.items()})
 
+    def to_config(self) -> dict[str, Any]:
+        """The ``eval`` group of these options, as :meth:`from_config` reads it (plain values)."""
+        config: dict[str, Any] = {}
+        for item in fields(self):
+            group, _, key = config_key(item.name).rpartition(".")
+            (config.setdefault(group, {}) if group else config)[key] = getattr(self, item.name)
+        return config
+
 
 # The options whose key in the ``eval`` group is not their field's name.
 _NESTED_KEYS = {"gradcam_samples": "gradcam.samples", "gradcam_layer": "gradcam.target_layer"}

@@ -108,8 +108,7 @@ class EnsembleModel(PythonModel):
                 ) -> np.ndarray:
         """Probabilities of HU patches ``(N, C, S, S, S)``."""
         patches = np.asarray(model_input, dtype=np.float32)
-        patch = self.ensemble.recipe.patch
-        expected = (patch.channels, patch.size, patch.size, patch.size)
+        expected = self.ensemble.recipe.patch.shape
         if patches.ndim != 5 or patches.shape[1:] != expected:
             raise ConfigError(f"this model scores HU patches of shape (N, {', '.join(map(str, expected))}); got "
                               f"an array of shape {patches.shape}")
@@ -153,7 +152,7 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
                           "validation predictions of both classes (see the warning above); register it with "
                           "calibration=none")
     patch = ensemble.recipe.patch
-    shape = (patch.channels, patch.size, patch.size, patch.size)
+    shape = patch.shape
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
     # One patch of air: the input's form on the model's page; MLflow loads the model and scores it once when logging
@@ -252,8 +251,7 @@ def load_registered(uri: str, tracking_uri: str | None = None, device: str = "au
     if not isinstance(model, EnsembleModel):
         raise ConfigError(f"model_uri={uri}: not a lungexp model (it is a {type(model).__name__}); register one with "
                           "`python -m lungexp.register`")
-    patch = model.ensemble.recipe.patch
-    expected = (-1, patch.channels, patch.size, patch.size, patch.size)
+    expected = (-1, *model.ensemble.recipe.patch.shape)
     inputs = loaded.metadata.get_input_schema()
     signed = inputs.inputs[0].shape if inputs is not None and inputs.is_tensor_spec() else None
     if signed != expected:

@@ -24,7 +24,6 @@ import pytorch_lightning as pl
 import torch
 from hydra._internal.instantiate._instantiate2 import _Keys
 from hydra._internal.utils import _locate
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
@@ -36,6 +35,7 @@ from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
 from lungexp.tracking.artifacts import mlflow_run_reference
 from lungexp.tracking.provenance import data_fingerprint
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_validation_predictions
+from lungexp.training.run_options import RELOCATABLE, RunOptions
 from lungexp.utils.atomic import disk_full_named
 from lungexp.utils.config import to_dict
 from lungexp.utils.errors import LungexpError
@@ -48,11 +48,6 @@ RUN_CONFIG_KEY = "lungexp_run_config"
 # compared on resume too, since the stored config has the paths as written (`${paths.data_dir}/luna16`).
 DATA_IDENTITY_KEY = "lungexp_data"
 FORMAT_VERSION = 1
-
-# A value built only from other data.* keys or the project's data folders (e.g. labels_csv:
-# ${data.root}/candidates_V2.csv) is stored as the interpolation, so it follows data.root=... or another
-# project folder on evaluation. Nothing else: paths.mlflow_uri, say, may hold a server's password.
-_RELOCATABLE = re.compile(r"\$\{(?:data\.[\w.]+|paths\.(?:root_dir|data_dir|cache_dir))\}")
 
 # What a checkpoint file may build, compared as the objects its `_target_`s resolve to: Hydra resolves a
 # dotted path through module attributes, so `lungexp.models.pretrained.os.write` is `os.write`. These take
@@ -128,17 +123,17 @@ class ModelRecipe:
         return HUWindow(*self.hu_window, normalize=self.normalize)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> ModelRecipe:
-        """The recipe of a composed ``lungexp.run`` config."""
-        low, high = cfg.data.hu_window  # a pair (lungexp.config.check)
+    def from_run(cls, run: RunOptions) -> ModelRecipe:
+        """The recipe of a checked ``lungexp.run`` run."""
+        low, high = run.data.hu_window
         return cls(
-            task=cfg.data.task,
-            net=to_dict(cfg.model.net, resolve=True),
-            patch=PatchSpec.from_config(**to_dict(cfg.data.patch, resolve=True)),
+            task=run.data.task,
+            net=to_dict(run.config.model.net, resolve=True),
+            patch=run.data.patch,
             hu_window=(float(low), float(high)),
-            normalize=cfg.data.normalize,
-            precision=str(cfg.trainer.get("precision", "32-true")),
-            data=relocatable_data_config(cfg),
+            normalize=run.data.normalize,
+            precision=str(run.config.trainer.get("precision", "32-true")),
+            data=dict(run.stored_data),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,7 +160,7 @@ class ModelRecipe:
         check_buildable(built.net, NETWORKS, "network", source)
         check_buildable(built.data, DATAMODULES, "data", source)
         check_plain({**recipe, "data": {}}, "recipe", source)
-        check_plain(built.data, "data", source, keep=_RELOCATABLE)
+        check_plain(built.data, "data", source, keep=RELOCATABLE)
         if recipe.get("in_channels", built.in_channels) != built.in_channels:
             raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
                                   f"{built.in_channels} channel(s); the file is damaged")
@@ -249,26 +244,6 @@ def check_plain(config: Any, where: str, source: Path, keep: re.Pattern[str] | N
         raise CheckpointError(f"{source}: its {where} config has {key or 'a key'}={config!r}, an interpolation that "
                               "reaches outside the stored values; a lungexp checkpoint stores plain values, so the "
                               "file is refused")
-
-
-def relocatable_data_config(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg.data`` as plain values, keeping interpolations of other ``data.*`` keys and the data folders.
-
-    The training augmentation is dropped: evaluation never augments.
-    """
-    resolved = OmegaConf.to_container(cfg.data, resolve=True)
-    raw = OmegaConf.to_container(cfg.data, resolve=False)
-    data = _keep_relocatable(resolved, raw)
-    data["train_transform"] = None
-    return data
-
-
-def _keep_relocatable(resolved: Any, raw: Any) -> Any:
-    if isinstance(resolved, dict) and isinstance(raw, dict):
-        return {key: _keep_relocatable(value, raw[key]) for key, value in resolved.items()}
-    if isinstance(raw, str) and "${" in raw and "${" not in _RELOCATABLE.sub("", raw):
-        return raw
-    return resolved
 
 
 class SaveRecipe(pl.Callback):

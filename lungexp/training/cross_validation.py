@@ -19,16 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lungexp.data.labels.splits import SplitSpec, check_splits, split_samples
+from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.evaluation.console_summary import print_summary
 from lungexp.evaluation.logged_report import report_split
 from lungexp.evaluation.operating_point import pooled_threshold
@@ -43,6 +43,7 @@ from lungexp.tracking.runs import run_name
 from lungexp.training.checkpoint import read_checkpoint
 from lungexp.training.pipeline import train
 from lungexp.training.resume import LAST, check_resumable, resolve_checkpoint
+from lungexp.training.run_options import RunOptions
 from lungexp.utils.config import to_dict, with_values
 from lungexp.utils.errors import ConfigError, LungexpError, Terminated
 
@@ -88,24 +89,25 @@ class CrossValidationResult:
         return float(np.mean(values)) if values else None
 
 
-def cross_validate(cfg: DictConfig) -> CrossValidationResult:
-    """Run (or continue) the ``cfg.cv.folds``-fold cross-validation of the composed run config ``cfg``
-    (checked by :func:`lungexp.config.check`: ``cv.folds`` is a whole number >= 2)."""
-    num_folds = int(cfg.cv.folds)
+def cross_validate(run: RunOptions) -> CrossValidationResult:
+    """Run (or continue) the ``cv.folds``-fold cross-validation of the checked ``run`` (``run.cv`` is set:
+    :func:`lungexp.config.check.check` checked ``cv.folds``, a whole number >= 2)."""
+    assert run.cv is not None, "cross_validate runs the folds of run.cv"
+    num_folds = run.cv.folds
     # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
     # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
-    datamodule = hydra.utils.instantiate(cfg.data, max_negatives_per_scan=None, _convert_="partial")
+    datamodule = NoduleDataModule.from_options(replace(run.data, max_negatives_per_scan=None))
     table = datamodule.sample_table()  # the rows the cache will serve: a wrong cv.folds fails before the build
-    folds = plan_folds(cfg.data.split, num_folds, table[0])
+    folds = plan_folds(run.data.split, num_folds, table[0])
     datamodule.build_cache(table)
-    runs = _fold_runs(cfg)
+    runs = _fold_runs(run.config)
     results: list[FoldResult] = []
     for fold in folds:
-        results.append(_run_fold(cfg, fold, num_folds, runs))
+        results.append(_run_fold(run, fold, num_folds, runs))
     metrics = fold_statistics([r.metrics for r in results])
     pooled = pd.concat([r.predictions.assign(fold=r.fold.index) for r in results if r.predictions is not None],
                        ignore_index=True)
-    metrics.update(_pooled_report(cfg, datamodule, pooled, results, runs))
+    metrics.update(_pooled_report(run.evaluation, datamodule, pooled, results, runs))
     if runs is not None:
         logger = runs.parent_logger()
         logger.log_metrics(metrics)
@@ -116,7 +118,7 @@ def cross_validate(cfg: DictConfig) -> CrossValidationResult:
     return result
 
 
-def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list[Fold]:
+def plan_folds(split: SplitSpec, num_folds: int, samples: pd.DataFrame) -> list[Fold]:
     """The folds for ``data.split``, each checked (disjoint, non-empty, both classes) before any training."""
     if split.method == "subsets":
         subsets = sorted(int(s) for s in samples["subset"].unique())
@@ -133,24 +135,32 @@ def plan_folds(split: DictConfig, num_folds: int, samples: pd.DataFrame) -> list
                  for k in range(num_folds)]
     for fold in folds:
         try:
-            spec = SplitSpec.from_config(**{**to_dict(split, resolve=True), **fold.split})
+            spec = fold_split(split, fold)
             check_splits(split_samples(samples, spec), group_by=spec.group_by)
         except LungexpError as error:
             raise FoldFailedError(f"cross-validation fold {fold.index} ({fold.description}): {error}") from None
     return folds
 
 
-def fold_config(cfg: DictConfig, fold: Fold, run_id: str | None, resume_from: Path | None = None) -> DictConfig:
-    """The run config of one fold: its ``data.split``, its own output folder, (with MLflow) its nested run and,
-    continuing a stopped fold, the ``last.ckpt`` it resumes."""
-    fold_cfg = with_values(cfg, {**{f"data.split.{key}": value for key, value in fold.split.items()},
-                                 "paths.output_dir": fold_output_dir(cfg, fold),
-                                 "ckpt_path": str(resume_from) if resume_from is not None else None})
+def fold_split(split: SplitSpec, fold: Fold) -> SplitSpec:
+    """The ``data.split`` of ``fold``'s run: ``split`` with the fold's values, checked."""
+    return SplitSpec.from_config(**{**asdict(split), **fold.split})
+
+
+def fold_run(run: RunOptions, fold: Fold, run_id: str | None, resume_from: Path | None = None) -> RunOptions:
+    """The run of one fold: its ``data.split`` (in the options, the config it logs and the data config its
+    checkpoints store), its own output folder, (with MLflow) its nested run and, continuing a stopped fold, the
+    ``last.ckpt`` it resumes."""
+    fold_cfg = with_values(run.config, {**{f"data.split.{key}": value for key, value in fold.split.items()},
+                                        "paths.output_dir": fold_output_dir(run.config, fold),
+                                        "ckpt_path": str(resume_from) if resume_from is not None else None})
     logger = mlflow_logger_config(fold_cfg)
     if logger is not None:
         with open_dict(logger):
             logger.run_id = run_id
-    return fold_cfg
+    stored_split = {**run.stored_data.get("split", {}), **fold.split}
+    return replace(run, config=fold_cfg, data=replace(run.data, split=fold_split(run.data.split, fold)),
+                   stored_data={**run.stored_data, "split": stored_split})
 
 
 def fold_output_dir(cfg: DictConfig, fold: Fold) -> str:
@@ -181,7 +191,7 @@ def fold_statistics(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
     return statistics
 
 
-def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None) -> FoldResult:
+def _run_fold(run: RunOptions, fold: Fold, num_folds: int, runs: FoldRuns | None) -> FoldResult:
     if runs is not None:
         finished = runs.finished_fold(fold.index)
         if finished is not None:
@@ -190,7 +200,7 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
             return FoldResult(metrics=_test_metrics(finished.metrics), optimized_metric=finished.optimized_metric,
                               fold=fold, predictions=runs.table_artifact(finished.run_id, predictions_artifact("test")),
                               run_id=finished.run_id, reused=True)
-    stopped = _resumable_fold(cfg, fold, runs) if runs is not None else None
+    stopped = _resumable_fold(run, fold, runs) if runs is not None else None
     if stopped is not None:
         run_id, resume_from = stopped
         log.info("Fold %d/%d (%s): continues its run %s from %s", fold.index + 1, num_folds, fold.description,
@@ -198,10 +208,10 @@ def _run_fold(cfg: DictConfig, fold: Fold, num_folds: int, runs: FoldRuns | None
     else:
         run_id, resume_from = None, None
         if runs is not None:
-            run_id = runs.start_fold(fold.index, fold_output_dir(cfg, fold))
+            run_id = runs.start_fold(fold.index, fold_output_dir(run.config, fold))
         log.info("Fold %d/%d (%s)", fold.index + 1, num_folds, fold.description)
     try:
-        result = train(fold_config(cfg, fold, run_id, resume_from))
+        result = train(fold_run(run, fold, run_id, resume_from))
     except Terminated as stop:  # pre-empted: the fold's run marked itself KILLED
         if runs is None:
             then = "this cross-validation logs to no MLflow store, so it cannot continue: run it again from the start"
@@ -232,7 +242,7 @@ def _test_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {name: value for name, value in metrics.items() if name.startswith("test/")}
 
 
-def _resumable_fold(cfg: DictConfig, fold: Fold, runs: FoldRuns) -> tuple[str, Path] | None:
+def _resumable_fold(run: RunOptions, fold: Fold, runs: FoldRuns) -> tuple[str, Path] | None:
     """The run of ``fold`` that an earlier invocation left unfinished and the ``last.ckpt`` it can resume from;
     None (the fold trains anew) when there is none, or the checkpoint cannot be resumed."""
     stopped = runs.interrupted_fold(fold.index)
@@ -246,7 +256,7 @@ def _resumable_fold(cfg: DictConfig, fold: Fold, runs: FoldRuns) -> tuple[str, P
         return None
     assert last is not None  # resolve_checkpoint returns a file for `last`, or raises
     try:
-        check_resumable(last, read_checkpoint(last), fold_config(cfg, fold, stopped.run_id, last), stopped.status)
+        check_resumable(last, read_checkpoint(last), fold_run(run, fold, stopped.run_id, last), stopped.status)
     except LungexpError as error:  # a damaged checkpoint, or one that cannot go on (e.g. other data)
         log.warning("Fold %d: its %s run %s is not continued, the fold trains anew: %s", fold.index,
                     stopped.status, stopped.run_id, error)
@@ -268,13 +278,12 @@ def _fold_runs(cfg: DictConfig) -> FoldRuns | None:
     return runs
 
 
-def _pooled_report(cfg: DictConfig, datamodule: Any, pooled: pd.DataFrame, results: list[FoldResult],
-                   runs: FoldRuns | None) -> dict[str, float]:
+def _pooled_report(options: EvaluationOptions, datamodule: NoduleDataModule, pooled: pd.DataFrame,
+                   results: list[FoldResult], runs: FoldRuns | None) -> dict[str, float]:
     """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports), its figures and the
     pooled table logged to the parent run. Thresholded metrics use the mean of the folds' validation-chosen
     thresholds."""
     threshold = pooled_threshold(r.metrics.get(THRESHOLD, np.nan) for r in results)
-    options = EvaluationOptions.from_config(cfg.get("eval"))
     datamodule.setup_all()  # every series is in exactly one fold's test set
     settings = evaluation_settings(datamodule.options, datamodule.split_series("all"), threshold, options)
     loggers = [runs.parent_logger()] if runs is not None else []

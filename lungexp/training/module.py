@@ -55,8 +55,9 @@ class NoduleClassifier(pl.LightningModule):
         pretrained: ``{path, format, sha256}``: weights loaded into ``net`` before training.
         finetune: ``{freeze_backbone_epochs, freeze_bn, head_lr_mult}``; the freezing itself is done
             by the :class:`~lungexp.training.finetuning.BackboneFreeze` callback.
-        evaluation: the ``eval`` config group (:class:`~lungexp.evaluation.types.EvaluationOptions`): how the
-            test stage judges and pictures the model (saved with its checkpoints).
+        evaluation: the ``eval`` options: how the test stage judges and pictures the model (saved with its
+            checkpoints as the ``eval`` group, :meth:`~lungexp.evaluation.types.EvaluationOptions.to_config`);
+            None: the defaults.
         augmentation: applied to each training batch on its device, after the HU window
             (:mod:`lungexp.data.loading.batch_augmentation`, ``aug=batch_light|batch_strong``); never to validation or test.
         compile: ``torch.compile`` the network (in place: its weights keep their names in checkpoints).
@@ -76,13 +77,17 @@ class NoduleClassifier(pl.LightningModule):
         pos_weight: float | str | None = None,
         pretrained: dict[str, Any] | None = None,
         finetune: dict[str, Any] | None = None,
-        evaluation: dict[str, Any] | None = None,
+        evaluation: EvaluationOptions | None = None,
         augmentation: nn.Module | None = None,
         compile: bool = False,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss", "augmentation"])
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss", "augmentation",
+                                                        "evaluation"])
+        self.evaluation = evaluation or EvaluationOptions()
+        # Plain values, as checkpoints have always held it: torch.load(weights_only=True) reads them back.
+        self.hparams["evaluation"] = self.evaluation.to_config()
         self.net = net
         self.augmentation = augmentation
         self._net_compiled = False
@@ -95,7 +100,6 @@ class NoduleClassifier(pl.LightningModule):
             self.pretrained_report = load_pretrained(net, pretrained["path"], format=pretrained.get("format", "auto"),
                                                      sha256=pretrained.get("sha256"))
         self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
-        self.evaluation = EvaluationOptions.from_config(evaluation)
         self.val_metrics = classification_metrics("val/")
         self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.validation_predictions: pd.DataFrame | None = None  # of the current weights

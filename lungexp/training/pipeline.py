@@ -6,7 +6,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
@@ -38,6 +38,7 @@ from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
 from lungexp.training.report_callback import TestReport
 from lungexp.training.resume import EpochSeed, Resume, data_locations, prepare_resume, run_config
+from lungexp.training.run_options import RunOptions
 from lungexp.utils.config import instantiate_dict, with_values
 from lungexp.utils.errors import ConfigError, Terminated
 
@@ -56,18 +57,23 @@ class RunResult:
     test_predictions: pd.DataFrame | None = None  # one row per test patch with its probability
 
 
-def build(cfg: DictConfig, resume: Resume | None = None) -> tuple[pl.LightningDataModule, pl.LightningModule,
-                                                                   pl.Trainer]:
-    """Seed everything, then instantiate datamodule, model, callbacks, loggers and Trainer from ``cfg``.
+def build(run: RunOptions, resume: Resume | None = None) -> tuple[pl.LightningDataModule, pl.LightningModule,
+                                                                    pl.Trainer]:
+    """Seed everything, then make the datamodule from ``run.data`` and instantiate model, callbacks, loggers and
+    Trainer from ``run.config``.
 
     ``resume``: continue its MLflow run (if it has one here) instead of starting a new one, with its checks.
     """
+    cfg = run.config
     pl.seed_everything(cfg.seed, workers=True)
     # The config as composed, not as adapted to this machine's devices: what a resume compares.
-    save_recipe = SaveRecipe(ModelRecipe.from_config(cfg), run_config(cfg), data_locations(cfg))
+    save_recipe = SaveRecipe(ModelRecipe.from_run(run), run_config(cfg), data_locations(run.data))
     log_unsupported(cfg.trainer)
-    datamodule: NoduleDataModule = hydra.utils.instantiate(cfg.data, _convert_="partial")
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, evaluation=cfg.get("eval"), _convert_="partial")
+    datamodule = NoduleDataModule.from_options(run.data, hydra.utils.instantiate(run.train_transform,
+                                                                                 _convert_="partial"))
+    # A partial, called with the typed options: Hydra would turn a dataclass argument into a config.
+    make_model = hydra.utils.instantiate(cfg.model, _partial_=True, _convert_="partial")
+    model: pl.LightningModule = make_model(evaluation=run.evaluation)
     callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed), TestReport(datamodule),
                  *(resume.callbacks() if resume else [])]
     if cfg.model.finetune.freeze_backbone_epochs > 0:
@@ -87,14 +93,15 @@ def build(cfg: DictConfig, resume: Resume | None = None) -> tuple[pl.LightningDa
     return datamodule, model, trainer
 
 
-def train(cfg: DictConfig) -> RunResult:
-    """Train and (unless ``test_after_fit`` is false) test, as the composed ``cfg`` says; with
+def train(run: RunOptions) -> RunResult:
+    """Train and (unless ``test_after_fit`` is false) test, as the checked ``run`` says; with
     ``ckpt_path`` set, resume that checkpoint's run (see :mod:`lungexp.training.resume`)."""
-    resume = prepare_resume(cfg)
+    resume = prepare_resume(run)
     if resume is not None:
-        cfg = _checkpoint_next_to(cfg, resume.checkpoint)
+        run = replace(run, config=_checkpoint_next_to(run.config, resume.checkpoint))
         log.info("Resuming %s (MLflow run %s)", resume.checkpoint, resume.run_id or "new")
-    datamodule, model, trainer = build(cfg, resume)
+    cfg = run.config
+    datamodule, model, trainer = build(run, resume)
     # sweep_job_ranks checks first that this job can start its ranks, before the MLflow run exists.
     with (stopped_by_sigterm(trainer) as fit, sweep_job_ranks(trainer), lightning_noise_silenced(),
           run_ends_when_done(trainer.loggers)):

@@ -38,6 +38,7 @@ from lungexp.tracking.provenance import data_fingerprint
 from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, owner_alive
 from lungexp.training.checkpoint import DATA_IDENTITY_KEY, RECIPE_KEY, RUN_CONFIG_KEY, read_checkpoint
 from lungexp.training.distributed import is_rank_zero
+from lungexp.training.run_options import RunOptions
 from lungexp.utils.config import to_dict
 from lungexp.utils.errors import ConfigError
 
@@ -88,11 +89,11 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     return {key: raw[key] for key in COMPARED if key in raw}
 
 
-def data_locations(cfg: DictConfig) -> dict[str, str | None]:
+def data_locations(data: DataOptions) -> dict[str, str | None]:
     """Each of :data:`DATA_LOCATIONS` as the absolute path it resolves to from here (None where unset)."""
     locations = {}
     for key in DATA_LOCATIONS:
-        value = cfg.data.get(key.removeprefix("data."))
+        value = getattr(data, key.removeprefix("data."))
         locations[key] = str(Path(value).resolve()) if value else None
     return locations
 
@@ -123,9 +124,10 @@ class Resume:
                 **({"resume.extended_finished": self.extends} if self.extends else {})}
 
 
-def prepare_resume(cfg: DictConfig) -> Resume | None:
-    """``cfg.ckpt_path`` found, read and checked (:func:`check_resumable`) against ``cfg`` and the MLflow run it
+def prepare_resume(run: RunOptions) -> Resume | None:
+    """``ckpt_path`` found, read and checked (:func:`check_resumable`) against ``run`` and the MLflow run it
     continues; None without ``ckpt_path``. One :class:`ConfigError` for anything that must not be resumed."""
+    cfg = run.config
     checkpoint = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / str(cfg.task_name))
     if checkpoint is None:
         if cfg.get("extend_finished"):
@@ -134,7 +136,7 @@ def prepare_resume(cfg: DictConfig) -> Resume | None:
         return None
     state = read_checkpoint(checkpoint)
     run_id, status = _checkpoint_run(checkpoint, checkpoint_run_id(state), cfg)
-    extends = check_resumable(checkpoint, state, cfg, status)
+    extends = check_resumable(checkpoint, state, run, status)
     if extends:
         log.warning("ckpt_path=%s: its run had finished (%s); extend_finished=true: it trains on in %s, and its "
                     "test metrics are replaced by the new test's", checkpoint, extends,
@@ -172,14 +174,15 @@ def _checkpoint_run(checkpoint: Path, run_id: str | None, cfg: DictConfig) -> tu
     return run_id, status
 
 
-def check_resumable(checkpoint: Path, state: Mapping[str, Any], cfg: DictConfig,
+def check_resumable(checkpoint: Path, state: Mapping[str, Any], run: RunOptions,
                     run_status: str | None = None) -> str | None:
-    """Refuse to resume ``checkpoint`` (its loaded ``state``) with a config that trains something else than its
+    """Refuse to resume ``checkpoint`` (its loaded ``state``) with a run that trains something else than its
     run did, on other data, or when its run had finished; one :class:`ConfigError` naming what differs.
 
     ``run_status``: its MLflow run's status, None where it has none here. Returns why the run counted as
     finished when ``extend_finished=true`` trains it on anyway, else None.
     """
+    cfg = run.config
     stored = state.get(RUN_CONFIG_KEY)
     if not isinstance(stored, Mapping):
         raise ConfigError(f"ckpt_path={checkpoint}: the checkpoint does not hold the config of its run (it was not "
@@ -197,7 +200,7 @@ def check_resumable(checkpoint: Path, state: Mapping[str, Any], cfg: DictConfig,
                           f"{_differences(changed, before, now)}; resume with the run's own config (only "
                           f"{', '.join(MAY_CHANGE)} may change), or start a new run without ckpt_path")
     if isinstance(locations, Mapping):
-        _check_data_locations(checkpoint, locations, data_locations(cfg))
+        _check_data_locations(checkpoint, locations, data_locations(run.data))
     return _check_not_finished(checkpoint, state, cfg, run_status)
 
 

@@ -88,11 +88,12 @@ def train_tiny(root: Path, data_root: Path, mlflow_dir: Path, overrides: list[st
     result, an MLflow client of its store and the test predictions it logged."""
     from mlflow import MlflowClient
 
+    from lungexp.config.check import check
     from lungexp.training.pipeline import train
 
     cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], *tiny_data_overrides(data_root, data_root.parent / "cache"),
                           *mlflow_overrides(mlflow_dir), "data.max_negatives_per_scan=2", *overrides], root)
-    result = train(cfg)
+    result = train(check(cfg, "run"))
     client = MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
     csv = client.download_artifacts(result.mlflow_run_id, "predictions/test_predictions.csv", str(root / "dl"))
     return result, client, pd.read_csv(csv, dtype={"seriesuid": str})
@@ -114,6 +115,7 @@ def cross_validate_tiny(root: Path, data_root: Path, mlflow_dir: Path, heldout_s
                         folds: int = 3) -> TinyCrossValidation:
     """``cross_validate()`` of a tiny cnn3d, 1 epoch per fold, ``folds`` folds of series, on the candidates of
     ``data_root`` outside ``heldout_subset``; the held-out subset's candidates are written to a CSV of their own."""
+    from lungexp.config.check import check
     from lungexp.training.cross_validation import cross_validate
 
     candidates = pd.read_csv(data_root / "candidates_V2.csv", dtype={"seriesuid": str})
@@ -126,6 +128,6 @@ def cross_validate_tiny(root: Path, data_root: Path, mlflow_dir: Path, heldout_s
                           "data.max_negatives_per_scan=2", f"cv.folds={folds}", "trainer.max_epochs=1",
                           "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0", "eval.gradcam.samples=0",
                           "task_name=tiny_cv"], root)
-    result = cross_validate(cfg)
+    result = cross_validate(check(cfg, "run"))
     checkpoints = [next(Path(cfg.paths.output_dir, f"fold{k}", "checkpoints").glob("epoch*.ckpt")) for k in range(folds)]
     return TinyCrossValidation(result, checkpoints, labels_csv, heldout_csv, cfg.paths.mlflow_uri)

@@ -54,6 +54,7 @@ class NoduleDataModule(pl.LightningDataModule):
 
     Args:
         train_transform: augmentation for training patches (TorchIO transform or any callable).
+        checked: the options, checked already (:meth:`from_options`); None: ``**options`` are checked here.
         **options: the ``data.*`` options, by name: the fields of :class:`~lungexp.data.options.DataOptions`,
             which declares each (type, default, line of doc) and checks it; the signature lists them.
 
@@ -62,9 +63,11 @@ class NoduleDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 **options: Any) -> None:
+                 checked: DataOptions | None = None, **options: Any) -> None:
         super().__init__()
-        self.options = DataOptions(**options)
+        if checked is not None and options:
+            raise TypeError(f"NoduleDataModule takes checked options or options by name, not both ({sorted(options)})")
+        self.options = checked if checked is not None else DataOptions(**options)
         if self.options.cache_memory == "device" and train_transform is not None:
             raise ConfigError("data.cache_memory=device gathers each batch on the device, where the per-patch "
                               "TorchIO augmentation cannot run: use aug=batch_light or aug=batch_strong (the same "
@@ -74,6 +77,12 @@ class NoduleDataModule(pl.LightningDataModule):
         self.cache: PatchCache | None = None
         self.datasets: dict[str, PatchDataset] = {}
         self.device_batches: dict[str, DeviceBatches] = {}  # data.cache_memory=device: train and val
+
+    @classmethod
+    def from_options(cls, options: DataOptions,
+                     train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> NoduleDataModule:
+        """The datamodule of checked ``options`` (as :func:`lungexp.config.check.check` builds them)."""
+        return cls(train_transform, checked=options)
 
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if configured and absent, and build the patch cache.
