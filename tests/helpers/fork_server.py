@@ -192,16 +192,19 @@ class ForkServer:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
         self._ready = False
+        self._starting = threading.Lock()  # tests call run() from several threads; one reads the ready line
 
     def _wait_until_ready(self) -> None:
         """Its imports print nothing: a child's output must be all the entry point's own."""
-        if not self._ready:
-            assert self.process.stdout
-            line = self.process.stdout.readline()
-            if line != "ready\n":
-                rest = line + self.process.stdout.read() if self.process.poll() is not None else line
-                raise AssertionError(f"the fork server did not start cleanly (exit {self.process.poll()}):\n{rest}")
-            self._ready = True
+        with self._starting:
+            if not self._ready:
+                assert self.process.stdout
+                line = self.process.stdout.readline()
+                if line != "ready\n":
+                    rest = line + self.process.stdout.read() if self.process.poll() is not None else line
+                    raise AssertionError(f"the fork server did not start cleanly (exit {self.process.poll()}):\n"
+                                         f"{rest}")
+                self._ready = True
 
     def run(self, module: str, args: list[str], *, env: dict[str, str], cwd: Path,
             timeout: float) -> subprocess.CompletedProcess:
