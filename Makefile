@@ -1,4 +1,5 @@
-# lungexp — `make run` trains the demo experiment, `make test` runs the test suite.
+# lungexp — `make run` trains the demo experiment, `make test` runs the test suite (`make test-fast`: all but the
+# end-to-end runs, servers and browser, to run between two changes).
 # Both set up .venv first (torch pinned first, so pip never resolves a multi-GB CUDA build by accident).
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install run test lint mlflow-ui browser postgres bench clean
+.PHONY: install run test test-fast lint mlflow-ui browser postgres bench clean
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The markers are defined in pyproject.toml; CI runs `make test`, which runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not server and not browser" $(PYTEST_ARGS)
 
 # Style, the layer contract (no import up the floors) and the types; configured in pyproject.toml.
 lint: install

@@ -5,19 +5,22 @@ Helpers that are not fixtures live in :mod:`tests.helpers`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
+from tests.helpers.cli import entry_point_env
 from tests.helpers.config import (
+    PROJECT_ROOT,
     TINY_NETS,
     TINY_SYNTHETIC,
     compose_config,
     mlflow_overrides,
     tiny_data_overrides,
 )
+from tests.helpers.fork_server import ForkServer
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +86,14 @@ def tiny_cv(synthetic_root: Path, mlflow_dir: Path, tmp_path_factory: pytest.Tem
     from tests.helpers.config import cross_validate_tiny
 
     return cross_validate_tiny(tmp_path_factory.mktemp("tiny_cv"), synthetic_root, mlflow_dir)
+
+
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    """Entry points run as forked children of one warm process (``run_entry_point(..., fork_server=...)``), for
+    the tests that check what a run prints and returns rather than the process itself; it imports in the
+    background from here on."""
+    folder = tmp_path_factory.mktemp("fork_server")
+    server = ForkServer(folder / "socket", entry_point_env(folder), PROJECT_ROOT)
+    yield server
+    server.close()

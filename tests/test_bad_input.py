@@ -3,7 +3,8 @@
 Every case must exit non-zero with one ``error:`` message that names the culprit (file, CSV row,
 config key) and no traceback. Cases share one set of broken inputs made from the session's tiny
 synthetic dataset; most fail within seconds because every check runs before the slow work. The
-subprocesses run two at a time (see ``outcomes``).
+processes run two at a time (see ``outcomes``), forked from the warm ``fork_server`` (a process of its own
+each, as ``python -m`` runs it, without importing torch, Lightning and MLflow anew).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lungexp.models import CNN3D
 from tests.helpers.cli import run_entry_point
 from tests.helpers.config import FAST_OVERRIDES, compose_config, tiny_run_overrides
 from tests.helpers.data import write_dicom_series
+from tests.helpers.fork_server import ForkServer
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ def _arguments(case: Case, bad: Path, root: Path, cache_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def outcomes(request: pytest.FixtureRequest, bad: Path, synthetic_root: Path,
+def outcomes(request: pytest.FixtureRequest, bad: Path, synthetic_root: Path, fork_server: ForkServer,
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
     """Every selected case started at once, two subprocesses at a time (the tests only wait for theirs)."""
     selected = [item.callspec.params["case"] for item in request.session.items
@@ -269,7 +271,7 @@ def outcomes(request: pytest.FixtureRequest, bad: Path, synthetic_root: Path,
     pool = ThreadPoolExecutor(max_workers=2)
     request.addfinalizer(pool.shutdown)
     return {case.id: pool.submit(run_entry_point, case.entry, _arguments(case, bad, synthetic_root, cache_dir),
-                                 output_root, 300)
+                                 output_root, 300, fork_server=fork_server)
             for case in selected}
 
 
@@ -294,8 +296,8 @@ def test_case_ids_are_unique() -> None:
     assert sorted(ids) == sorted(set(ids)), [case_id for case_id in set(ids) if ids.count(case_id) > 1]
 
 
-def test_debug_switch_shows_the_traceback(tmp_path: Path) -> None:
-    proc = run_entry_point("run", ["+seeed=1"], tmp_path, env={"LUNGEXP_DEBUG": "1"})
+def test_debug_switch_shows_the_traceback(tmp_path: Path, fork_server: ForkServer) -> None:
+    proc = run_entry_point("run", ["+seeed=1"], tmp_path, env={"LUNGEXP_DEBUG": "1"}, fork_server=fork_server)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "ConfigError: unknown top-level key 'seeed'" in proc.stderr
 

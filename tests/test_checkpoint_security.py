@@ -21,6 +21,7 @@ from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, ModelRecipe
 from tests.helpers.checkpoints import DATA, NET, write_checkpoint
 from tests.helpers.cli import run_entry_point
 from tests.helpers.config import compose_config
+from tests.helpers.fork_server import ForkServer
 
 
 def savetxt(target: Path) -> dict[str, Any]:
@@ -141,13 +142,14 @@ def test_damaged_files_are_named_without_unsafe_advice(tmp_path: Path) -> None:
         assert "weights_only" not in message and "will likely succeed" not in message
 
 
-def test_predict_refuses_a_hostile_checkpoint_with_one_line(tmp_path: Path) -> None:
+def test_predict_refuses_a_hostile_checkpoint_with_one_line(tmp_path: Path, fork_server: ForkServer) -> None:
     written = tmp_path / "site-packages" / "evil.pth"
     written.parent.mkdir()
     hostile = {"_target_": "lungexp.models.pretrained.torch.save", "_args_": [[1.0], str(written)]}
     path = write_checkpoint(tmp_path / "hostile.ckpt", net=hostile)
     proc = run_entry_point("predict", [f"ckpt_path={path}", f"scans={tmp_path}", f"candidates={tmp_path}/c.csv",
-                                       f"out={tmp_path}/out.csv", "device=cpu", f"hydra.run.dir={tmp_path}"], tmp_path)
+                                       f"out={tmp_path}/out.csv", "device=cpu", f"hydra.run.dir={tmp_path}"], tmp_path,
+                           fork_server=fork_server)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert str(path) in line and "'lungexp.models.pretrained.torch.save'" in line, line

@@ -11,7 +11,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from lungexp.tracking.stale_runs import PID_TAG
 from tests.helpers.cli import entry_point_command, entry_point_env
-from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
+from tests.helpers.config import NO_REPORT_EXTRAS, PROJECT_ROOT, tiny_run_overrides
 from tests.helpers.processes import run_process_tree
 
 
@@ -20,7 +20,7 @@ def test_submitit_local_sweep_runs_each_job_as_its_own_process(synthetic_root: P
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                         reason="hydra-submitit-launcher is not installed (pip install -e '.[cluster]')")
     command = entry_point_command("run", ["-m", "hydra/launcher=submitit_local", "seed=1,2", "trainer.max_epochs=1",
-                                          "task_name=submitit",
+                                          "task_name=submitit", *NO_REPORT_EXTRAS,
                                           *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path)])
     finished = run_process_tree(command, cwd=PROJECT_ROOT, env={**entry_point_env(tmp_path), "OMP_NUM_THREADS": "1"},
                                 timeout=600)

@@ -16,6 +16,7 @@ from lungexp.tracking.server import is_tracking_server
 from lungexp.utils.config import CONFIG_DIR
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import run_entry_point
+from tests.helpers.fork_server import ForkServer
 
 SECRET = "s3cr3t-pw"
 # A URI key of each primary config.
@@ -83,9 +84,10 @@ def test_a_password_from_any_source_is_named_by_where_it_came_from(
     assert str(error.value).startswith(named) and SECRET not in str(error.value)
 
 
-def test_a_run_with_a_password_writes_logs_and_prints_nothing(tmp_path: Path) -> None:
+def test_a_run_with_a_password_writes_logs_and_prints_nothing(tmp_path: Path, fork_server: ForkServer) -> None:
     """The real order of Hydra's steps: no .hydra/config.yaml, no MLflow store, no checkpoint, no log."""
-    proc = run_entry_point("run", [f"paths.mlflow_uri=HTTP://alice:{SECRET}@127.0.0.1:9"], tmp_path, timeout=120)
+    proc = run_entry_point("run", [f"paths.mlflow_uri=HTTP://alice:{SECRET}@127.0.0.1:9"], tmp_path, timeout=120,
+                           fork_server=fork_server)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.startswith("error: paths.mlflow_uri (on the command line) holds a password")
     assert proc.stderr.count("\n") == 1 and SECRET not in proc.stdout + proc.stderr

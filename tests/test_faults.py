@@ -24,7 +24,7 @@ from lungexp.training.pipeline import train
 from lungexp.utils.atomic import DiskFullError
 from lungexp.utils.errors import Terminated
 from tests.helpers.cli import entry_point_command, entry_point_env
-from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
+from tests.helpers.config import NO_REPORT_EXTRAS, PROJECT_ROOT, tiny_run_overrides
 
 COPIES = 40  # of each tiny scan, so a cache build takes long enough to be interrupted
 
@@ -181,7 +181,8 @@ def test_a_run_killed_mid_training_is_marked_killed_by_the_next_run(synthetic_ro
     experiment_id = client.get_experiment_by_name("lungexp").experiment_id
     live = client.create_run(experiment_id, tags=process_tags(), run_name="live").info.run_id  # e.g. a parallel job
 
-    after = subprocess.run(entry_point_command("run", [*base, "trainer.max_epochs=1", "task_name=next"]),
+    after = subprocess.run(entry_point_command("run", [*base, "trainer.max_epochs=1", *NO_REPORT_EXTRAS,
+                                                      "task_name=next"]),
                            cwd=PROJECT_ROOT, env=entry_point_env(tmp_path), capture_output=True, text=True,
                            encoding="utf-8", errors="replace", timeout=600)
     assert after.returncode == 0, after.stderr[-4000:]

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from lungexp.data.loading.memory_cache import DeviceBatches
 from lungexp.data.names import IMAGE_KEY
 from tests.helpers.cli import run_entry_point
-from tests.helpers.config import PROJECT_ROOT, tiny_run_overrides
+from tests.helpers.config import NO_REPORT_EXTRAS, PROJECT_ROOT, tiny_run_overrides
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,7 +36,7 @@ def test_compile_and_channels_last_keep_the_checkpoint_names(make_config) -> Non
 @pytest.mark.slow
 def test_gpu_options_train_in_a_sweep_from_the_cli(synthetic_root: Path, mlflow_dir: Path, tmp_path: Path) -> None:
     args = ["-m", "aug=batch_light,batch_strong", "data.cache_memory=ram,device", "trainer.max_epochs=1",
-            "trainer.limit_train_batches=3", "task_name=gpu_options",
+            "trainer.limit_train_batches=3", "task_name=gpu_options", *NO_REPORT_EXTRAS,
             *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache", tmp_path)]
     finished = run_entry_point("run", args, tmp_path, timeout=900)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]

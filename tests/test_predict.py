@@ -35,6 +35,7 @@ from lungexp.utils.errors import ConfigError, LungexpError
 from tests.helpers.cli import run_entry_point
 from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT
 from tests.helpers.data import shared_data_dir, write_dicom_series
+from tests.helpers.fork_server import ForkServer
 
 
 @pytest.fixture(scope="module")
@@ -332,12 +333,12 @@ def test_a_full_disk_while_writing_out_is_one_line_and_leaves_nothing_half_writt
     assert out.read_text() == "the previous results\n" and sorted(tmp_path.iterdir()) == [out]
 
 
-def test_predict_command_refuses_out_equal_to_its_candidates(tmp_path: Path) -> None:
+def test_predict_command_refuses_out_equal_to_its_candidates(tmp_path: Path, fork_server: ForkServer) -> None:
     """As a user runs it: one error line, exit 1, the candidates untouched (no checkpoint is even read)."""
     predict_config(tmp_path)
     points = tmp_path / "points.csv"
     before = points.read_text()
     done = run_entry_point("predict", [f"ckpt_path={tmp_path / 'best.ckpt'}", f"scans={tmp_path}",
-                                       f"candidates={points}", f"out={points}"], tmp_path)
+                                       f"candidates={points}", f"out={points}"], tmp_path, fork_server=fork_server)
     assert done.returncode == 1 and done.stderr.startswith(f"error: out={points} is the file of candidates=")
     assert "Traceback" not in done.stderr and points.read_text() == before

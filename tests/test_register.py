@@ -34,6 +34,7 @@ from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError, LungexpError
 from tests.helpers.cli import printed, run_entry_point
+from tests.helpers.fork_server import ForkServer
 
 
 @pytest.fixture
@@ -205,8 +206,8 @@ def test_a_swapped_member_is_refused_and_one_that_disagrees_with_the_signature_t
         load_registered(str(model), device="cpu")
 
 
-def test_register_checks_its_options_first_and_leaves_nothing_half_made(trained_run, store: str,
-                                                                       tmp_path: Path) -> None:
+def test_register_checks_its_options_first_and_leaves_nothing_half_made(trained_run, store: str, tmp_path: Path,
+                                                                       fork_server: ForkServer) -> None:
     """A name or alias the registry refuses, or a calibration that cannot be fitted, failed after a run (or a
     version) was made; now each is one message naming register's own key, and the store stays empty."""
     checkpoint = torch.load(trained_run.best_checkpoint, map_location="cpu", weights_only=True)
@@ -227,7 +228,8 @@ def test_register_checks_its_options_first_and_leaves_nothing_half_made(trained_
     client = mlflow.MlflowClient(store)
     assert client.get_experiment_by_name(REGISTRY_EXPERIMENT) is None and not client.search_registered_models()
 
-    done = run_entry_point("register", [f"ckpt_path={missing}", "name=a/b", f"tracking_uri={store}"], tmp_path)
+    done = run_entry_point("register", [f"ckpt_path={missing}", "name=a/b", f"tracking_uri={store}"], tmp_path,
+                           fork_server=fork_server)
     assert (done.returncode, done.stderr.splitlines()) == (1, [
         "error: name=a/b: the MLflow Model Registry refuses it: Invalid model name 'a/b'. Names cannot contain '/' "
         "or ':'."])

@@ -13,11 +13,11 @@ from mlflow import MlflowClient
 from lungexp.config.check import check
 from lungexp.training.pipeline import train
 from tests.helpers.cli import run_entry_point
-from tests.helpers.config import FAST_OVERRIDES, TINY_NETS, tiny_data_overrides
+from tests.helpers.config import FAST_OVERRIDES, NO_REPORT_EXTRAS, TINY_NETS, tiny_data_overrides
 
 # Deterministic and exercising every random draw: balanced sampler, augmentation, dropout.
 RUN = ["trainer.max_epochs=3", "trainer.deterministic=true", "task_name=resume",
-       "callbacks.early_stopping=null", *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
+       "callbacks.early_stopping=null", *NO_REPORT_EXTRAS, *FAST_OVERRIDES, *TINY_NETS["cnn3d"]]
 KILL_AT_STEP = 13  # 9 steps per epoch on the tiny data: mid-way through the second epoch
 
 

@@ -67,6 +67,8 @@ def test_sweep_is_one_parent_run_with_named_jobs(sweep: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.browser
 def test_compare_the_sweep_in_the_mlflow_ui(sweep: dict, tmp_path: Path) -> None:
     """Through the runs table (the view the sweep printed) to the compare page, checked on the rendered page."""
     chromium = chromium_or_skip()

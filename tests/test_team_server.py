@@ -123,6 +123,7 @@ def test_an_env_file_line_that_is_not_plain_data_is_refused_by_number(tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.server
 def test_a_team_server_takes_logins_and_keeps_runs_in_postgresql(make_config, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg2

@@ -1,4 +1,6 @@
-"""Running the entry points as a user would: ``python -m lungexp.<name> ...`` in a subprocess, with a timeout."""
+"""Running the entry points as a user would: ``python -m lungexp.<name> ...`` in a subprocess, with a timeout
+(or as a child forked from a warm :class:`~tests.helpers.fork_server.ForkServer`, for the tests not about the
+process itself)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from lungexp.utils.errors import DEBUG_VARIABLES
 from tests.helpers.config import PROJECT_ROOT
+from tests.helpers.fork_server import ForkServer
 
 
 def entry_point_command(name: str, args: Sequence[str]) -> list[str]:
@@ -24,9 +27,15 @@ def entry_point_env(root: Path) -> dict[str, str]:
 
 
 def run_entry_point(name: str, args: Sequence[str], root: Path, timeout: float = 240,
-                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m lungexp.<name> *args`` from the project root; outputs go under ``root``."""
-    return subprocess.run(entry_point_command(name, args), cwd=PROJECT_ROOT, env={**entry_point_env(root), **(env or {})},
+                    env: dict[str, str] | None = None,
+                    fork_server: ForkServer | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m lungexp.<name> *args`` from the project root; outputs go under ``root``. With
+    ``fork_server`` (the ``fork_server`` fixture) it runs as that server's forked child, without the seconds
+    a fresh interpreter spends importing."""
+    full_env = {**entry_point_env(root), **(env or {})}
+    if fork_server is not None:
+        return fork_server.run(f"lungexp.{name}", list(args), env=full_env, cwd=PROJECT_ROOT, timeout=timeout)
+    return subprocess.run(entry_point_command(name, args), cwd=PROJECT_ROOT, env=full_env,
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 

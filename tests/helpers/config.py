@@ -39,6 +39,10 @@ FAST_OVERRIDES = [
     "data.preprocess_workers=0",
 ]
 
+# The test stage's report without its slowest parts (the bootstrap intervals, the montage of worst errors, the
+# Grad-CAM pictures: about half of a tiny run), for tests that check none of them.
+NO_REPORT_EXTRAS = ["eval.bootstrap=0", "eval.montage_k=0", "eval.gradcam.samples=0"]
+
 # Small widths per model, keyed by the `model=` option.
 TINY_NETS = {
     "cnn3d": ["model.net.widths=[4,8]"],
@@ -126,8 +130,7 @@ def cross_validate_tiny(root: Path, data_root: Path, mlflow_dir: Path, heldout_s
     cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], *tiny_data_overrides(data_root, data_root.parent / "cache"),
                           *mlflow_overrides(mlflow_dir), f"data.labels_csv={labels_csv}", "data.split.method=series",
                           "data.max_negatives_per_scan=2", f"cv.folds={folds}", "trainer.max_epochs=1",
-                          "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0", "eval.gradcam.samples=0",
-                          "task_name=tiny_cv"], root)
+                          "callbacks.lr_monitor=null", *NO_REPORT_EXTRAS, "task_name=tiny_cv"], root)
     result = cross_validate(check(cfg, "run"))
     checkpoints = [next(Path(cfg.paths.output_dir, f"fold{k}", "checkpoints").glob("epoch*.ckpt")) for k in range(folds)]
     return TinyCrossValidation(result, checkpoints, labels_csv, heldout_csv, cfg.paths.mlflow_uri)
