@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -15,13 +16,21 @@ from lungexp.froc import read_seriesuids
 from lungexp.metrics.froc import FP_RATES, compute_froc
 from tests.helpers.config import PROJECT_ROOT
 from tests.helpers.data import shared_data_dir
+from tests.helpers.fork_server import ForkServer
 
 from .test_froc import random_case
 
+RunFroc = Callable[..., subprocess.CompletedProcess]
 
-def run_froc(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lungexp.froc", *map(str, args)], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300)
+
+@pytest.fixture
+def run_froc(fork_server: ForkServer) -> RunFroc:
+    """``python -m lungexp.froc *args`` as a child of the warm fork server: a process of its own (exit status,
+    stdout, stderr), without the seconds of a fresh interpreter's imports."""
+    def run(*args: str | Path) -> subprocess.CompletedProcess:
+        return fork_server.run("lungexp.froc", [str(arg) for arg in args], env=dict(os.environ), cwd=PROJECT_ROOT,
+                               timeout=300)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +46,8 @@ def luna_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-def test_prints_the_cpm_and_writes_the_curve(luna_files: dict[str, Path], tmp_path: Path) -> None:
+def test_prints_the_cpm_and_writes_the_curve(run_froc: RunFroc, luna_files: dict[str, Path],
+                                             tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run_froc(luna_files["predictions"], luna_files["annotations"], "--excluded", luna_files["excluded"],
                     "--seriesuids", luna_files["seriesuids"], "--out", out, "--bootstrap", "50")
@@ -60,14 +70,15 @@ def test_prints_the_cpm_and_writes_the_curve(luna_files: dict[str, Path], tmp_pa
     (lambda files: files["annotations"].with_name("missing.csv"), "missing.csv: CSV not found"),
     (lambda files: files["predictions"], "missing column(s) ['diameter_mm']"),
 ])
-def test_bad_input_is_one_line_without_traceback(luna_files: dict[str, Path], break_it, message: str) -> None:
+def test_bad_input_is_one_line_without_traceback(run_froc: RunFroc, luna_files: dict[str, Path], break_it,
+                                                 message: str) -> None:
     proc = run_froc(luna_files["predictions"], break_it(luna_files))
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_unreadable_csv(luna_files: dict[str, Path], tmp_path: Path) -> None:
+def test_unreadable_csv(run_froc: RunFroc, luna_files: dict[str, Path], tmp_path: Path) -> None:
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 50)
     proc = run_froc(binary, luna_files["annotations"])
@@ -78,8 +89,8 @@ def test_unreadable_csv(luna_files: dict[str, Path], tmp_path: Path) -> None:
     ("a,0,0,0,0", "row(s) 3 (0)"),  # a nodule that can never be hit
     ("a,0,0,0,-5", "row(s) 3 (-5)"),  # only -1 means "size unknown", and only for excluded findings
 ])
-def test_annotations_follow_the_training_reader(luna_files: dict[str, Path], tmp_path: Path, bad_row: str,
-                                                message: str) -> None:
+def test_annotations_follow_the_training_reader(run_froc: RunFroc, luna_files: dict[str, Path], tmp_path: Path,
+                                                bad_row: str, message: str) -> None:
     annotations = tmp_path / "annotations.csv"
     annotations.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\na,1,1,1,8\n{bad_row}\n")
     proc = run_froc(luna_files["predictions"], annotations)
@@ -127,7 +138,7 @@ def script_lines(result) -> list[str]:
 
 
 @pytest.mark.real_data
-def test_real_luna16_files_side_by_side_with_the_script(tmp_path: Path) -> None:
+def test_real_luna16_files_side_by_side_with_the_script(run_froc: RunFroc, tmp_path: Path) -> None:
     """The published annotations_excluded.csv (35,192 rows) and seriesuids.csv (888 series, CRLF)."""
     luna = shared_data_dir() / "luna16"
     uids = read_seriesuids(luna / "seriesuids.csv")
