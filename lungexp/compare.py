@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from lungexp.metrics.comparison import Comparison, ScoredRun
-    from lungexp.metrics.froc import FrocReference
+    from lungexp.metrics.luna16_froc import FrocReference
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 COMPARED_RUNS_TAG = "lungexp.compare.run_ids"
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> Comparison:
     from mlflow import MlflowClient
 
     from lungexp.metrics.comparison import align, compare, with_baseline
-    from lungexp.metrics.froc import FrocReference
+    from lungexp.metrics.luna16_froc import FrocReference
     from lungexp.visualize.plots import forest_figure
 
     # A store is opened (a SQLite one created) only for run ids or to log the comparison.
@@ -188,7 +188,7 @@ def _candidates_annotations(run: Run | None) -> Path | None:
 def _with_nodules(froc: FrocReference, annotations: Path, asked: bool) -> FrocReference | None:
     """``froc`` if the compared series hold a nodule of it. Without one the CPM is undefined: an error for
     ``--annotations``, and no CPM (with a note) for the annotations of the first run."""
-    from lungexp.metrics.froc import FrocInputError, check_nodules_in_scope
+    from lungexp.metrics.luna16_froc import FrocInputError, check_nodules_in_scope
 
     assert froc.seriesuids is not None  # the compared samples' series
     try:

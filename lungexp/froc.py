@@ -6,7 +6,7 @@ them, the CPM and the sensitivity at 1/8 ... 8 false positives per scan, and wri
 ``froc.csv`` (the curve) to ``--out``. With several score columns (by default those of ``predict
 detections=``: detector alone, classifier alone, fusion) it also prints their CPMs side by side and writes
 ``froc_scores.csv`` (:mod:`lungexp.metrics.froc_scores`). The annotation files are read as for training (:mod:`lungexp.data.labels.annotations`); the rules are
-listed in :mod:`lungexp.metrics.froc`.
+listed in :mod:`lungexp.metrics.luna16_froc`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> None:
     # Imported here so that --help answers at once.
     from lungexp.data.labels.annotations import read_annotations, read_excluded_annotations
     from lungexp.data.labels.sample_table import drop_duplicate_points
-    from lungexp.metrics.froc import (
+    from lungexp.metrics.froc_scores import default_score_columns
+    from lungexp.metrics.luna16_froc import (
         FP_RATES,
         PREDICTION_COLUMNS,
         check_nodules_in_scope,
@@ -84,7 +85,6 @@ def run(args: argparse.Namespace) -> None:
         rate_name,
         validated_table,
     )
-    from lungexp.metrics.froc_scores import default_score_columns
     from lungexp.visualize.plots import froc_figure
 
     table = read_csv(args.predictions, "predictions CSV")

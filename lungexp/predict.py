@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
     from lungexp.config.check import check
 
     cfg = check(cfg, "predict").config  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
-    from lungexp.inference.detections import check_candidate_options, score_detections
+    from lungexp.inference.false_positive_reduction import check_candidate_options, score_detections
     from lungexp.inference.scans import open_scans
     from lungexp.inference.submission import (
         check_predict_options,

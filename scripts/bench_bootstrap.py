@@ -29,7 +29,7 @@ from lungexp.evaluation.table_report import evaluate_predictions  # noqa: E402
 from lungexp.evaluation.types import EvaluationSettings  # noqa: E402
 from lungexp.metrics.bootstrap import cluster_resampling, resampled_metrics  # noqa: E402
 from lungexp.metrics.classification import table_metrics  # noqa: E402
-from lungexp.metrics.froc import FrocReference, compute_froc  # noqa: E402
+from lungexp.metrics.luna16_froc import FrocReference, compute_froc  # noqa: E402
 
 FOLD_SCANS = 89
 THRESHOLD = 0.5

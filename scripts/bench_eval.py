@@ -22,7 +22,7 @@ import torch
 from sklearn.metrics import roc_curve
 from torch import nn
 
-from lungexp.metrics.froc import compute_froc
+from lungexp.metrics.luna16_froc import compute_froc
 from lungexp.models import CNN3D, DenseNet3D, ResNet3D
 from lungexp.visualize.gradcam import gradcam_heatmaps, last_conv3d
 

@@ -1,5 +1,5 @@
 """Write a simulated detector's boxes on a generated dataset as MONAI's detection JSON (see
-``lungexp.data.synthetic.detections``), to try ``lungexp.predict detections=...`` without a detector.
+``lungexp.data.synthetic.simulated_detector``), to try ``lungexp.predict detections=...`` without a detector.
 
 Example::
 
@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from lungexp.data.synthetic.detections import simulate_detections, write_monai_json
+from lungexp.data.synthetic.simulated_detector import simulate_detections, write_monai_json
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from lungexp.data.labels.annotations import read_annotations
-from lungexp.data.labels.detections import (
+from lungexp.data.labels.detector_boxes import (
     DETECTOR_SCORE,
     DetectionError,
     merge_duplicates,
@@ -21,9 +21,9 @@ from lungexp.data.labels.detections import (
 )
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
 from lungexp.data.scans import read_scan_header
-from lungexp.data.synthetic.detections import BOX_SIZE_COLUMNS, monai_entries, simulate_detections
+from lungexp.data.synthetic.simulated_detector import BOX_SIZE_COLUMNS, monai_entries, simulate_detections
 from lungexp.froc import main as froc_main
-from lungexp.inference.detections import (
+from lungexp.inference.false_positive_reduction import (
     DETECTION_SUBMISSION_COLUMNS,
     check_candidate_options,
     fused,
@@ -31,7 +31,7 @@ from lungexp.inference.detections import (
 )
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
-from lungexp.metrics.froc import compute_froc
+from lungexp.metrics.luna16_froc import compute_froc
 from lungexp.utils.errors import ConfigError, LungexpError
 from tests.helpers.checkpoints import write_checkpoint
 from tests.helpers.cli import entry_point_command, entry_point_env

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from lungexp.metrics.froc import FP_RATES, compute_froc, rate_name
+from lungexp.metrics.luna16_froc import FP_RATES, compute_froc, rate_name
 from lungexp.metrics.threshold import choose_threshold
 from lungexp.training.module import VALIDATION_PREDICTIONS
 

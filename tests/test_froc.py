@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from lungexp.data.labels.annotations import AnnotationError
-from lungexp.metrics.froc import FP_RATES, FrocInputError, compute_froc
+from lungexp.metrics.luna16_froc import FP_RATES, FrocInputError, compute_froc
 
 ALL_RATES = len(FP_RATES)
 

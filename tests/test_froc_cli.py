@@ -13,7 +13,7 @@ import pytest
 from lungexp.data.labels.annotations import read_annotations, read_excluded_annotations
 from lungexp.froc import main as froc_main
 from lungexp.froc import read_seriesuids
-from lungexp.metrics.froc import FP_RATES, compute_froc
+from lungexp.metrics.luna16_froc import FP_RATES, compute_froc
 from tests.helpers.config import PROJECT_ROOT
 from tests.helpers.data import shared_data_dir
 from tests.helpers.fork_server import ForkServer

@@ -15,7 +15,7 @@ from lungexp.config.check import check
 from lungexp.evaluation.table_report import evaluate_predictions
 from lungexp.evaluation.types import EvaluationOptions, EvaluationSettings, config_key
 from lungexp.metrics.classification import reliability_bins, table_metrics
-from lungexp.metrics.froc import FrocReference
+from lungexp.metrics.luna16_froc import FrocReference
 from lungexp.metrics.threshold import choose_threshold, false_positives_per_scan, threshold_from_validation
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import CONFIG_DIR

@@ -19,7 +19,7 @@ from lungexp.metrics.bootstrap import (
 from lungexp.metrics.classification import table_metrics
 from lungexp.metrics.comparison import ComparisonError, ScoredRun, align, compare, holm, mcnemar
 from lungexp.metrics.delong import delong, delong_test
-from lungexp.metrics.froc import compute_froc
+from lungexp.metrics.luna16_froc import compute_froc
 from tests.test_froc import random_case
 
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0])

@@ -31,7 +31,7 @@ from lungexp.metrics.bootstrap import (
 from lungexp.metrics.calibration import brier_score, expected_calibration_error
 from lungexp.metrics.classification import AT_THRESHOLD, reliability_bins, table_metrics
 from lungexp.metrics.delong import delong
-from lungexp.metrics.froc import FrocReference, compute_froc
+from lungexp.metrics.luna16_froc import FrocReference, compute_froc
 from lungexp.metrics.threshold import false_positives_per_scan
 from lungexp.visualize.gradcam import gradcam_figure, gradcam_heatmaps, last_conv3d, pick_samples
 from lungexp.visualize.montage import worst_errors_figure

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lungexp.metrics.calibration import check_calibration
-from lungexp.metrics.froc import FrocReference, FrocResult
+from lungexp.metrics.luna16_froc import FrocReference, FrocResult
 from lungexp.metrics.threshold import check_threshold_rule
 from lungexp.models.tta import check_tta
 from lungexp.utils.errors import ConfigError

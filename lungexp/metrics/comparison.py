@@ -33,7 +33,7 @@ from lungexp.metrics.bootstrap import (
 )
 from lungexp.metrics.classification import table_metrics
 from lungexp.metrics.delong import delong, delong_test
-from lungexp.metrics.froc import FrocReference, FrocResult, compute_froc, validated_table
+from lungexp.metrics.luna16_froc import FrocReference, FrocResult, compute_froc, validated_table
 from lungexp.metrics.threshold import YOUDEN, choose_threshold
 from lungexp.utils.errors import LungexpError
 
@@ -67,7 +67,7 @@ class ScoredRun:
 
 def checked_predictions(predictions: pd.DataFrame, source: str) -> pd.DataFrame:
     """``predictions`` with finite coordinates, 0/1 labels and probabilities in [0, 1] (as numbers), each point
-    once: a bad value is a :class:`~lungexp.metrics.froc.FrocInputError` naming ``source``, the column and the
+    once: a bad value is a :class:`~lungexp.metrics.luna16_froc.FrocInputError` naming ``source``, the column and the
     rows; repeated rows are dropped with a warning, the same point with other labels or probabilities refused
     (:func:`~lungexp.data.labels.sample_table.drop_duplicate_points`). Other columns (a patient column) are kept."""
     _require_columns(predictions, source)

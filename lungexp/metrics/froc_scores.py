@@ -2,7 +2,7 @@
 
 ``predict detections=... fuse=...`` writes the detector's score, the classifier's probability and their
 fusion for the same points; each column is taken in turn as the ``probability`` of
-:func:`~lungexp.metrics.froc.compute_froc` (unchanged), on the same scans and, when bootstrapped, the
+:func:`~lungexp.metrics.luna16_froc.compute_froc` (unchanged), on the same scans and, when bootstrapped, the
 same draws of them, so the intervals of the columns are paired.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from lungexp.metrics.bootstrap import ClusterResampling
-from lungexp.metrics.froc import FP_RATES, FrocResult, compute_froc, rate_name
+from lungexp.metrics.luna16_froc import FP_RATES, FrocResult, compute_froc, rate_name
 
 # The score columns of `predict detections=...`: detector alone, classifier alone, their fusion.
 DETECTION_SCORE_COLUMNS = ("detector_score", "classifier_probability", "probability")

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from lungexp.metrics.froc import FP_RATES, FrocResult, rate_name
+from lungexp.metrics.luna16_froc import FP_RATES, FrocResult, rate_name
 
 CLASS_NAMES = ("negative", "positive")
 THRESHOLD_COLOR = "tab:red"

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lungexp.data.names import COORD_COLUMNS
-from lungexp.data.scans.errors import ScanReadError
+from lungexp.data.scans.read_errors import ScanReadError
 from lungexp.data.scans.reader import ScanHeader
 from lungexp.utils.errors import LungexpError, look_up_option
 
@@ -147,7 +147,7 @@ def read_points(path: str | Path, with_seriesuid: bool = True) -> pd.DataFrame:
 
 def read_number_columns(path: str | Path, numbers: Sequence[str], texts: Sequence[str] = ()) -> pd.DataFrame:
     """Any CSV whose ``texts`` columns hold non-empty text and ``numbers`` columns finite numbers (e.g. a
-    detector's boxes, :mod:`lungexp.data.labels.detections`); checked and reported as the readers above."""
+    detector's boxes, :mod:`lungexp.data.labels.detector_boxes`); checked and reported as the readers above."""
     return _read_csv(path, {**dict.fromkeys(texts, _text), **dict.fromkeys(numbers, _number)})
 
 

@@ -15,8 +15,8 @@ Every failure is a :class:`ScanReadError` naming the file or folder, the problem
 """
 
 from lungexp.data.scans.dicom import find_dicom_series, iter_dicom_series, read_dicom_series
-from lungexp.data.scans.errors import ScanReadError
 from lungexp.data.scans.metaimage import write_mhd
+from lungexp.data.scans.read_errors import ScanReadError
 from lungexp.data.scans.reader import SCAN_SUFFIXES, ScanHeader, read_scan, read_scan_header
 from lungexp.data.scans.scan_index import index_scans
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lungexp.data.scans.errors import ScanReadError
+from lungexp.data.scans.read_errors import ScanReadError
 
 
 def data_file_in_header_folder(header: Path, name: str, field: str) -> Path:

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungexp.data.scans.errors import ScanReadError, itk_message
 from lungexp.data.scans.hounsfield import as_int16_hu
 from lungexp.data.scans.hounsfield_check import check_hounsfield
+from lungexp.data.scans.read_errors import ScanReadError, itk_message
 from lungexp.data.scans.scan import Scan
 
 # DICOM tags, as SimpleITK names them.

@@ -23,7 +23,7 @@ class ScanFormat:
     Args:
         suffixes: file name endings, lower case.
         image_io: the SimpleITK ImageIO that reads it (and no other may).
-        check_header: raises :class:`~lungexp.data.scans.errors.ScanReadError` for a header ITK would
+        check_header: raises :class:`~lungexp.data.scans.read_errors.ScanReadError` for a header ITK would
             misread or that names a file outside its folder.
         value_fields: the header fields that decide how voxel values read, for messages about them.
     """

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lungexp.data.scans.errors import ScanReadError
 from lungexp.data.scans.formats import scan_format
+from lungexp.data.scans.read_errors import ScanReadError
 from lungexp.data.scans.scan import Scan
 
 # Percentiles of about this many voxels (an even grid of them) describe a scan well and cost ~20 ms.
@@ -37,7 +37,7 @@ _DICOM_FIELDS = ("RescaleSlope (0028,1053), RescaleIntercept (0028,1052) and Pix
 
 
 def check_hounsfield(scan: Scan) -> None:
-    """Raise :class:`~lungexp.data.scans.errors.ScanReadError` if ``scan`` does not look like CT in HU (see module doc)."""
+    """Raise :class:`~lungexp.data.scans.read_errors.ScanReadError` if ``scan`` does not look like CT in HU (see module doc)."""
     step = max(1, round((scan.array.size / SAMPLE_VOXELS) ** (1 / 3)))
     values = np.asarray(scan.array[::step, ::step, ::step], dtype=np.float64).ravel()
     name, fields = _describe(scan.source)

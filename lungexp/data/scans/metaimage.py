@@ -16,8 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungexp.data.scans.data_files import data_file_in_header_folder
-from lungexp.data.scans.errors import ScanReadError
 from lungexp.data.scans.hounsfield import as_int16_hu
+from lungexp.data.scans.read_errors import ScanReadError
 from lungexp.data.scans.scan import Scan
 from lungexp.utils.atomic import staging_folder
 

@@ -17,7 +17,7 @@ import nibabel
 import numpy as np
 from nibabel.openers import ImageOpener
 
-from lungexp.data.scans.errors import ScanReadError
+from lungexp.data.scans.read_errors import ScanReadError
 
 _SINGLE_FILE_MAGICS = (b"n+1", b"n+2")  # NIfTI-1 and NIfTI-2 with the voxels in the same file
 # How far a qform and an sform written from one geometry may disagree: float32 rounding, and the qform's

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lungexp.data.scans.data_files import data_file_in_header_folder
-from lungexp.data.scans.errors import ScanReadError
+from lungexp.data.scans.read_errors import ScanReadError
 
 # NRRD headers are short: a longer one is refused, and a longer line is read in parts (a path cannot be that long).
 _MAX_HEADER_LINES = 1000

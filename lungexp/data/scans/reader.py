@@ -9,7 +9,7 @@ Hounsfield units (:func:`~lungexp.data.scans.hounsfield_check.check_hounsfield`)
 
 SimpleITK does the decoding, but its error messages ("Could not create IO object", "Buffer size
 mismatch") rarely say which file is at fault or what to do, so every failure here is a
-:class:`~lungexp.data.scans.errors.ScanReadError` that names the file, the problem and the fix.
+:class:`~lungexp.data.scans.read_errors.ScanReadError` that names the file, the problem and the fix.
 
 Arrays are indexed ``(z, y, x)`` and geometry is ``(x, y, z)``, as in :mod:`lungexp.data.scans.scan`.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungexp.data.scans.errors import ScanReadError, itk_message
 from lungexp.data.scans.formats import SCAN_SUFFIXES, ScanFormat, scan_format
 from lungexp.data.scans.hounsfield_check import check_hounsfield
 from lungexp.data.scans.nifti import count_non_finite_voxels
+from lungexp.data.scans.read_errors import ScanReadError, itk_message
 from lungexp.data.scans.scan import Scan
 
 __all__ = ["SCAN_SUFFIXES", "ScanHeader", "read_scan", "read_scan_header", "scan_suffix"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungexp.data.scans.errors import ScanReadError
+from lungexp.data.scans.read_errors import ScanReadError
 from lungexp.data.scans.reader import scan_suffix
 from lungexp.utils.atomic import TEMPORARY_SUFFIX
 

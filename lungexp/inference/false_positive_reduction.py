@@ -1,6 +1,6 @@
 """``predict detections=FILE``: a false-positive-reduction stage on a detector's boxes.
 
-The boxes (:mod:`lungexp.data.labels.detections`) become candidate points, duplicates within
+The boxes (:mod:`lungexp.data.labels.detector_boxes`) become candidate points, duplicates within
 ``merge_radius_mm`` merged; each point is scored by the checkpoint as any candidate, and its
 ``probability`` is the fusion of the detector's score with the classifier's:
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungexp.data.labels.detections import DETECTOR_SCORE, merge_duplicates, read_detections
+from lungexp.data.labels.detector_boxes import DETECTOR_SCORE, merge_duplicates, read_detections
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import ScanSource

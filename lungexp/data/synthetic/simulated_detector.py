@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lungexp.data.labels.annotations import read_annotations, read_candidates
-from lungexp.data.labels.detections import DETECTOR_SCORE, SIZE_COLUMNS
+from lungexp.data.labels.detector_boxes import DETECTOR_SCORE, SIZE_COLUMNS
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS
 from lungexp.utils.atomic import atomic_file
 
