@@ -49,10 +49,10 @@ from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
 from lungexp.metrics.calibration import check_calibration
-from lungexp.models.pretrained import file_sha256
 from lungexp.models.tta import check_tta
 from lungexp.tracking.logger_setup import open_tracking_store
 from lungexp.tracking.runs import ensure_experiment
+from lungexp.utils.digests import file_sha256
 from lungexp.utils.errors import ConfigError
 
 MODEL_ARTIFACT = "model"  # the name of the pyfunc model inside its MLflow run

@@ -18,7 +18,6 @@ from scratch, so any missing, unexpected or mis-shaped backbone tensor raises on
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lungexp.utils.digests import file_sha256
 from lungexp.utils.errors import LungexpError, look_up_option
 
 logger = logging.getLogger(__name__)
@@ -69,15 +69,6 @@ class PretrainedReport:
         if self.sha256 is not None:
             params["pretrained.sha256"] = self.sha256
         return {**params, "pretrained.loaded_tensors": self.loaded, "pretrained.fresh_tensors": self.fresh}
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks (MedicalNet files are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_pretrained(
