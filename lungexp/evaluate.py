@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.dictconfig import CONFIG_DIR
 
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
 
     checked = check(cfg, "evaluate")  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
     from lungexp.config.checkpoint_groups import checkpoint_evaluation
-    from lungexp.inference.rescoring import evaluate_checkpoint, print_evaluation
+    from lungexp.inference.checkpoint_evaluation import evaluate_checkpoint, print_evaluation
 
     run = checkpoint_evaluation(checked.config, overrides=HydraConfig.get().overrides.task)
     print_evaluation(evaluate_checkpoint(run))

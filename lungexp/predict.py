@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.dictconfig import CONFIG_DIR
 
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
@@ -25,15 +25,15 @@ def main(cfg: DictConfig) -> None:
     from lungexp.config.check import check
 
     cfg = check(cfg, "predict").config  # an unknown key (e.g. a typo'd +ckpt_paht=...) is an error, not ignored
-    from lungexp.inference.false_positive_reduction import check_candidate_options, score_detections
-    from lungexp.inference.scans import open_scans
-    from lungexp.inference.submission import (
+    from lungexp.inference.candidate_scoring import (
         check_predict_options,
         load_predictor,
         predict_candidates,
         read_candidates,
         write_submission,
     )
+    from lungexp.inference.false_positive_reduction import check_candidate_options, score_detections
+    from lungexp.inference.scans import open_scans
 
     check_candidate_options(cfg.candidates, cfg.detections, cfg.fuse, cfg.merge_radius_mm)
     check_predict_options(cfg)

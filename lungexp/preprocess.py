@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.dictconfig import CONFIG_DIR
 
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 

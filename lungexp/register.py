@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lungexp.config.store import register_configs
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.dictconfig import CONFIG_DIR
 from lungexp.utils.errors import report_user_errors
 
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main

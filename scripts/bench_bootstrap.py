@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from bench_eval import LUNA16_NODULES, luna16_sized, median_seconds  # noqa: E402
 
-from lungexp.evaluation.table_report import evaluate_predictions  # noqa: E402
+from lungexp.evaluation.split_metrics import evaluate_predictions  # noqa: E402
 from lungexp.evaluation.types import EvaluationSettings  # noqa: E402
 from lungexp.metrics.bootstrap import cluster_resampling, resampled_metrics  # noqa: E402
 from lungexp.metrics.classification import table_metrics  # noqa: E402

@@ -47,11 +47,11 @@ from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, LABEL_KEY
 from lungexp.data.patches.cache import build_patch_cache
 from lungexp.data.synthetic import MANIFEST_NAME, generate_luna16_dataset
 from lungexp.data.synthetic.acquisition import series_uid
+from lungexp.inference.candidate_scoring import predict_candidates, read_candidates
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
-from lungexp.inference.submission import predict_candidates, read_candidates
 from lungexp.training.checkpoint import ModelRecipe, SaveRecipe
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.dictconfig import CONFIG_DIR
 
 LUNA16_SCANS = 888
 LUNA16_CANDIDATES = 754_975

@@ -13,11 +13,11 @@ from sklearn import metrics as sk
 
 from lungexp.data.names import POINT_COLUMNS
 from lungexp.evaluation.operating_point import UNCALIBRATED, OperatingPoint, pooled_threshold
-from lungexp.evaluation.table_report import evaluate_predictions
+from lungexp.evaluation.split_metrics import evaluate_predictions
 from lungexp.evaluation.types import EvaluationSettings
+from lungexp.inference.candidate_scoring import predict_candidates, read_candidates
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
-from lungexp.inference.submission import predict_candidates, read_candidates
 from lungexp.metrics.calibration import (
     CALIBRATIONS,
     MIN_PER_CLASS,

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lungexp.config.checkpoint_groups import checkpoint_evaluation, data_config
-from lungexp.inference.rescoring import evaluate_checkpoint
+from lungexp.inference.checkpoint_evaluation import evaluate_checkpoint
 from lungexp.models import CNN3D
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, ModelRecipe, load_checkpoint
 from tests.helpers.checkpoints import DATA, NET, write_checkpoint

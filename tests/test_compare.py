@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from lungexp.compare import COMPARED_RUNS_TAG, main
 from lungexp.tracking.runs import create_run, ensure_experiment
-from lungexp.tracking.sweep_report import report_sweep
+from lungexp.tracking.sweep_results import report_sweep
 from lungexp.training.pipeline import _print_summary
 from lungexp.visualize.plots import forest_figure
 from tests.test_statistics import positions

@@ -46,7 +46,7 @@ def test_unknown_option_is_a_clear_error(make_config) -> None:
 
 
 def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:
-    from lungexp.utils.config import check_required
+    from lungexp.utils.dictconfig import check_required
 
     cfg = compose_config(["data=luna16", "model.pretrained.path=???"], tmp_path)
     assert "${data.root}" in OmegaConf.to_yaml(cfg.data)  # other keys interpolate the missing one

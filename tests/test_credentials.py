@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from lungexp.config.check import PRIMARY
 from lungexp.tracking.credentials import RefusePasswords, check_no_passwords, masked, passwords_in
 from lungexp.tracking.server import is_tracking_server
-from lungexp.utils.config import CONFIG_DIR
+from lungexp.utils.dictconfig import CONFIG_DIR
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import run_entry_point
 from tests.helpers.fork_server import ForkServer

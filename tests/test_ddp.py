@@ -25,9 +25,9 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import read_write
 
-from lungexp.config import checks
+from lungexp.config import schema
 from lungexp.config.checkpoint_groups import checkpoint_evaluation
-from lungexp.inference.rescoring import evaluate_checkpoint
+from lungexp.inference.checkpoint_evaluation import evaluate_checkpoint
 from lungexp.training.devices import log_unsupported, supported_trainer
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.utils.errors import ConfigError
@@ -162,8 +162,8 @@ def test_slurm_script_matches_lightnings_slurm_environment(make_config, monkeypa
 
 def test_fp16_is_refused_before_any_work_without_cuda(make_config) -> None:
     with pytest.raises(ConfigError, match=r"trainer.precision=16-mixed \(fp16\) needs a CUDA GPU.*bf16-mixed"):
-        checks.check_config(make_config("trainer=cpu", "trainer.precision=16-mixed"))
-    checks.check_config(make_config("trainer=cpu", "trainer.precision=bf16-mixed"))
+        schema.check_config(make_config("trainer=cpu", "trainer.precision=16-mixed"))
+    schema.check_config(make_config("trainer=cpu", "trainer.precision=bf16-mixed"))
 
 
 def test_sync_batchnorm_goes_off_without_cuda_and_says_so(make_config, caplog: pytest.LogCaptureFixture) -> None:

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from lungexp.config.checkpoint_groups import checkpoint_evaluation, data_config
 from lungexp.data.patches.extraction import PatchSpec
-from lungexp.inference.rescoring import TRAINING_RUN_TAG, evaluate_checkpoint
+from lungexp.inference.checkpoint_evaluation import TRAINING_RUN_TAG, evaluate_checkpoint
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import printed, run_entry_point
@@ -131,7 +131,7 @@ def test_evaluate_command_prints_the_summary_and_one_line_errors(trained_run, ml
 
 
 def test_an_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
-    from lungexp.config.checks import check_top_level
+    from lungexp.config.schema import check_top_level
 
     cfg = compose_config(["ckpt_path=x.ckpt", "+ckpt_paht=y.ckpt"], tmp_path, config_name="evaluate")
     with pytest.raises(ConfigError, match="unknown top-level key 'ckpt_paht' \\(did you mean 'ckpt_path'\\?\\)"):

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from sklearn import metrics as sk
 
 from lungexp.config.check import check
-from lungexp.evaluation.table_report import evaluate_predictions
+from lungexp.evaluation.split_metrics import evaluate_predictions
 from lungexp.evaluation.types import EvaluationOptions, EvaluationSettings, config_key
 from lungexp.metrics.classification import reliability_bins, table_metrics
 from lungexp.metrics.luna16_froc import FrocReference

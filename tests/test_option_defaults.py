@@ -18,7 +18,7 @@ from lungexp.data.labels.splits import SplitSpec
 from lungexp.data.loading.balance import BalanceSpec
 from lungexp.data.options import DataOptions
 from lungexp.data.patches.extraction import PatchSpec
-from lungexp.utils.config import to_dict
+from lungexp.utils.dictconfig import to_dict
 from tests.helpers.config import CONFIG_DIR, compose_config
 
 SPECS = {"patch": PatchSpec, "split": SplitSpec, "balance": BalanceSpec, "negatives": NegativesSpec}

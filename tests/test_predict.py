@@ -20,15 +20,15 @@ from omegaconf import DictConfig
 from lungexp.convert import main as convert_main
 from lungexp.data.labels.annotations import COORD_COLUMNS, read_annotations
 from lungexp.data.scans import read_scan
-from lungexp.inference.model import Predictor
-from lungexp.inference.scans import open_scans
-from lungexp.inference.submission import (
+from lungexp.inference.candidate_scoring import (
     SUBMISSION_COLUMNS,
     check_predict_options,
     predict_candidates,
     read_candidates,
     write_submission,
 )
+from lungexp.inference.model import Predictor
+from lungexp.inference.scans import open_scans
 from lungexp.training.checkpoint import RECIPE_KEY, CheckpointError, load_checkpoint
 from lungexp.utils.atomic import DiskFullError
 from lungexp.utils.errors import ConfigError, LungexpError

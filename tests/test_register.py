@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from lungexp.data.names import COORD_COLUMNS
+from lungexp.inference.candidate_scoring import SUBMISSION_COLUMNS, predict_candidates, read_candidates
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
 from lungexp.inference.registered import (
@@ -29,7 +30,6 @@ from lungexp.inference.registered import (
     write_manifest,
 )
 from lungexp.inference.scans import open_scans
-from lungexp.inference.submission import SUBMISSION_COLUMNS, predict_candidates, read_candidates
 from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError, LungexpError

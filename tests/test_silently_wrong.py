@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from pytorch_lightning.accelerators import CUDAAccelerator
 
-from lungexp.config import checks
+from lungexp.config import schema
 from lungexp.convert import main as convert_main
 from lungexp.data.labels.annotations import AnnotationError
 from lungexp.data.labels.sample_table import read_labels
@@ -87,13 +87,13 @@ def test_contradicting_rows_are_an_error_naming_their_lines(tmp_path: Path) -> N
 def test_an_unknown_top_level_key_fails_and_declaring_it_is_all_it_takes(tmp_path: Path, monkeypatch) -> None:
     cfg = compose_config(["+resume_from=last"], tmp_path)
     with pytest.raises(ConfigError, match="unknown top-level key 'resume_from'"):
-        checks.check_top_level(cfg)
+        schema.check_top_level(cfg)
     conf = tmp_path / "conf"
-    shutil.copytree(checks.CONFIG_DIR, conf)
+    shutil.copytree(schema.CONFIG_DIR, conf)
     with open(conf / "config.yaml", "a") as handle:
         handle.write("resume_from: null  # a new top-level key\n")
-    monkeypatch.setattr(checks, "CONFIG_DIR", conf)
-    checks.check_top_level(cfg)
+    monkeypatch.setattr(schema, "CONFIG_DIR", conf)
+    schema.check_top_level(cfg)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -109,7 +109,7 @@ def test_every_shipped_option_passes_the_checks(overrides: list[str], tmp_path: 
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # As on a machine with a GPU: trainer=gpu without one is refused (test_configs.py).
     monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
-    checks.check_config(compose_config(overrides, tmp_path))
+    schema.check_config(compose_config(overrides, tmp_path))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import kstest
 
-from lungexp.evaluation.table_report import evaluate_predictions
+from lungexp.evaluation.split_metrics import evaluate_predictions
 from lungexp.evaluation.types import EvaluationSettings
 from lungexp.metrics.bootstrap import (
     RESAMPLED,

@@ -25,7 +25,7 @@ from lungexp.tracking.runs import (
     run_name,
     short_value,
 )
-from lungexp.tracking.sweep_report import SHARED_VIEW_TAG, report_sweep
+from lungexp.tracking.sweep_results import SHARED_VIEW_TAG, report_sweep
 
 
 def test_each_setting_is_one_param_and_paths_are_tags(make_config) -> None:
@@ -81,9 +81,9 @@ def test_figures_go_to_the_artifact_root() -> None:
     assert figure_artifact_name("calibration.png") == "calibration.png"
 
 
-def test_sweep_report_logs_table_best_child_and_view(mlflow_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sweep_results_logs_table_best_child_and_view(mlflow_dir: Path, capsys: pytest.CaptureFixture) -> None:
     client = MlflowClient(f"sqlite:///{mlflow_dir}/mlflow.db")
-    experiment_id = ensure_experiment(client, "sweep_report_test", str(mlflow_dir / "artifacts"))
+    experiment_id = ensure_experiment(client, "sweep_results_test", str(mlflow_dir / "artifacts"))
     assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
     parent = create_run(client, experiment_id, "train sweep aug=none,light")
     for aug, auroc in (("none", 0.61), ("light", 0.72)):

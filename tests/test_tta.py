@@ -14,10 +14,10 @@ from torch import nn
 
 from lungexp.data.names import POINT_COLUMNS
 from lungexp.evaluation.types import EvaluationOptions
+from lungexp.inference.candidate_scoring import predict_candidates
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import open_scans
-from lungexp.inference.submission import predict_candidates
 from lungexp.models.tta import FLIPS, tta_probabilities
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import printed, run_entry_point

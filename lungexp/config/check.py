@@ -1,10 +1,10 @@
 """``check(cfg, entry_point)``: the one check of a composed config, before any slow work.
 
 Each Hydra entry point calls it once, first thing. It runs the checks its config needs (the schema of
-:mod:`lungexp.config.checks`, the typed options of ``data``, ``eval`` and ``cv``) and returns the config
+:mod:`lungexp.config.schema`, the typed options of ``data``, ``eval`` and ``cv``) and returns the config
 read-only with those options (:class:`~lungexp.training.run_options.RunOptions` for a training run), so nothing
 on the way changes what the run was given and nothing below parses the groups again: a step that needs other
-values works on a changed copy (``dataclasses.replace``, :func:`lungexp.utils.config.with_values`).
+values works on a changed copy (``dataclasses.replace``, :func:`lungexp.utils.dictconfig.with_values`).
 
 Library layers name their own parameters (``depth=11``, ``split.method='subset'``); this is where the
 config meets them, so their :class:`~lungexp.utils.errors.ArgumentError` becomes a
@@ -22,11 +22,11 @@ from typing import Any, Literal, overload
 
 from omegaconf import DictConfig, OmegaConf
 
-from lungexp.config.checks import check_config, check_top_level, resolve
+from lungexp.config.schema import check_config, check_top_level, resolve
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
-from lungexp.utils.config import check_required
+from lungexp.utils.dictconfig import check_required
 from lungexp.utils.errors import ArgumentError, ConfigError, did_you_mean, look_up_option, named_under
 
 # Each entry point's primary config file in conf/, and the top-level nodes it uses (None: all).
@@ -113,7 +113,7 @@ def data_options(cfg: DictConfig) -> DataOptions:
 
 def typed_data_options(data: Mapping[str, Any], strict: bool = False) -> DataOptions:
     """The resolved ``data`` group as checked options; a problem names its ``data.*`` key. ``strict``: an unknown
-    key is an error here (else it is left to :func:`~lungexp.config.checks.check_config`, which names the closest
+    key is an error here (else it is left to :func:`~lungexp.config.schema.check_config`, which names the closest
     option too)."""
     declared = {item.name for item in fields(DataOptions)}
     unknown = sorted(set(data) - declared - DATAMODULE_KEYS)

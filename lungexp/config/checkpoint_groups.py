@@ -3,7 +3,7 @@
 The model and its preprocessing come from the checkpoint; the data and ``eval`` settings are those stored with
 it (the training run's) unless the command line overrides them (``data=luna16 data.root=...``, ``data.root=...``
 alone, ``eval.threshold=...``). :func:`checkpoint_evaluation` merges them, checks them as typed options before
-any data is read, and returns what :func:`lungexp.inference.rescoring.evaluate_checkpoint` judges.
+any data is read, and returns what :func:`lungexp.inference.checkpoint_evaluation.evaluate_checkpoint` judges.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.check import typed_data_options
-from lungexp.config.checks import resolve
+from lungexp.config.schema import resolve
 from lungexp.evaluation.types import EvaluationOptions
+from lungexp.inference.checkpoint_evaluation import SPLITS, CheckpointEvaluation
 from lungexp.inference.ensemble import DATA_LOCATION_KEYS, Ensemble, check_unseen_data, load_members
-from lungexp.inference.rescoring import SPLITS, CheckpointEvaluation
 from lungexp.training.checkpoint import ModelRecipe
-from lungexp.utils.config import to_dict, with_values
+from lungexp.utils.dictconfig import to_dict, with_values
 from lungexp.utils.errors import ConfigError, look_up_option
 
 # What the network was trained on: always the checkpoint's, never overridden.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from lungexp.data.options import DataOptions
-from lungexp.utils.config import register_resolvers
+from lungexp.utils.dictconfig import register_resolvers
 
 DATA_OPTIONS = "data_options"  # in group `shared`
 

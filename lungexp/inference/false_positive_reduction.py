@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from lungexp.data.labels.detector_boxes import DETECTOR_SCORE, merge_duplicates, read_detections
+from lungexp.inference.candidate_scoring import SUBMISSION_COLUMNS, check_known_series, predict_candidates
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
 from lungexp.inference.scans import ScanSource
-from lungexp.inference.submission import SUBMISSION_COLUMNS, check_known_series, predict_candidates
 from lungexp.utils.errors import ConfigError, check_number, look_up_option
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from lungexp.tracking.server import (
     is_tracking_server,
 )
 from lungexp.tracking.stale_runs import end_stale_runs, process_tags
-from lungexp.utils.config import to_dict
+from lungexp.utils.dictconfig import to_dict
 from lungexp.utils.errors import LungexpError
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lungexp.utils.config import to_dict
+from lungexp.utils.dictconfig import to_dict
 
 NOT_LOGGED = ("logger", "hydra")
 TAG_KEYS = ("paths", "task_name", "experiment_name", "ckpt_path", "extend_finished")  # where and under which name, not how

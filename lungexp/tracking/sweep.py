@@ -51,8 +51,8 @@ from lungexp.tracking.runs import (
     sweep_parent_run_id,
 )
 from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, PROCESS_START_TAG, process_tags
-from lungexp.tracking.sweep_report import NOTE_TAG, report_sweep
-from lungexp.utils.config import to_dict
+from lungexp.tracking.sweep_results import NOTE_TAG, report_sweep
+from lungexp.utils.dictconfig import to_dict
 from lungexp.utils.errors import user_error_in
 
 log = logging.getLogger(__name__)

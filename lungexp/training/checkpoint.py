@@ -37,7 +37,7 @@ from lungexp.tracking.provenance import data_fingerprint
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_validation_predictions
 from lungexp.training.run_options import RELOCATABLE, RunOptions
 from lungexp.utils.atomic import disk_full_named
-from lungexp.utils.config import to_dict
+from lungexp.utils.dictconfig import to_dict
 from lungexp.utils.errors import LungexpError
 
 RECIPE_KEY = "lungexp"

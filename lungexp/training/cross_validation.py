@@ -30,9 +30,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lungexp.data.labels.splits import SplitSpec, check_splits, split_samples
 from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.evaluation.console_summary import print_summary
-from lungexp.evaluation.logged_report import report_split
 from lungexp.evaluation.operating_point import pooled_threshold
-from lungexp.evaluation.table_report import evaluation_settings
+from lungexp.evaluation.report import report_split
+from lungexp.evaluation.split_metrics import evaluation_settings
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.bootstrap import CI_HIGH, CI_LOW, with_interval
 from lungexp.tracking.artifacts import log_config, log_table
@@ -44,7 +44,7 @@ from lungexp.training.checkpoint import read_checkpoint
 from lungexp.training.pipeline import train
 from lungexp.training.resume import LAST, check_resumable, resolve_checkpoint
 from lungexp.training.run_options import RunOptions
-from lungexp.utils.config import to_dict, with_values
+from lungexp.utils.dictconfig import to_dict, with_values
 from lungexp.utils.errors import ConfigError, LungexpError, Terminated
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Which hardware a ``trainer`` config lands on, and the settings that only work on some of it.
 
 fp16 (``trainer.precision=16-mixed``) and SyncBatchNorm need CUDA. A precision that cannot run is refused
-before any slow work (:func:`lungexp.config.checks.check_precision`); SyncBatchNorm, which ``trainer=ddp``
+before any slow work (:func:`lungexp.config.schema.check_precision`); SyncBatchNorm, which ``trainer=ddp``
 asks for, is switched off where it cannot work (:func:`supported_trainer`), so the same ``trainer=ddp``
 trains on GPUs and, for a test, on CPU processes.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lungexp.utils.config import with_values
+from lungexp.utils.dictconfig import with_values
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.operating_point import OperatingPoint
-from lungexp.evaluation.table_report import predictions_table
+from lungexp.evaluation.split_metrics import predictions_table
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.classification import classification_metrics
 from lungexp.models.complexity import model_summary
@@ -65,7 +65,7 @@ class NoduleClassifier(pl.LightningModule):
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
     checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's. The test
-    stage only scores patches; :class:`~lungexp.training.report_callback.TestReport` reports them.
+    stage only scores patches; :class:`~lungexp.training.test_stage.TestReport` reports them.
     """
 
     def __init__(
@@ -220,7 +220,7 @@ class NoduleClassifier(pl.LightningModule):
 
     def predictions(self, stage: str) -> pd.DataFrame:
         """This epoch's ``cache_row, label, probability`` of every patch of ``stage`` on all ranks (a
-        :func:`~lungexp.evaluation.table_report.predictions_table`); clears the collected outputs."""
+        :func:`~lungexp.evaluation.split_metrics.predictions_table`); clears the collected outputs."""
         outputs, self._outputs[stage] = self._outputs[stage], []
         columns = list(zip(*outputs, strict=True)) or [(), (), ()]
         rows, probabilities, labels = (torch.cat(parts) if parts else torch.empty(0) for parts in columns)

@@ -36,10 +36,10 @@ from lungexp.training.checkpoint import (
 from lungexp.training.devices import log_unsupported, supported_trainer
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
-from lungexp.training.report_callback import TestReport
 from lungexp.training.resume import EpochSeed, Resume, data_locations, prepare_resume, run_config
 from lungexp.training.run_options import RunOptions
-from lungexp.utils.config import instantiate_dict, with_values
+from lungexp.training.test_stage import TestReport
+from lungexp.utils.dictconfig import instantiate_dict, with_values
 from lungexp.utils.errors import ConfigError, Terminated
 
 log = logging.getLogger(__name__)

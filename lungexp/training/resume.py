@@ -39,7 +39,7 @@ from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, owner_alive
 from lungexp.training.checkpoint import DATA_IDENTITY_KEY, RECIPE_KEY, RUN_CONFIG_KEY, read_checkpoint
 from lungexp.training.distributed import is_rank_zero
 from lungexp.training.run_options import RunOptions
-from lungexp.utils.config import to_dict
+from lungexp.utils.dictconfig import to_dict
 from lungexp.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.types import EvaluationOptions
-from lungexp.utils.config import to_dict
+from lungexp.utils.dictconfig import to_dict
 
 # A value built only from other data.* keys or the project's data folders (e.g. labels_csv:
 # ${data.root}/candidates_V2.csv) is stored as the interpolation, so it follows data.root=... or another

@@ -14,11 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lungexp.config.store import register_configs
-from lungexp.utils import config
+from lungexp.utils import dictconfig
 
 register_configs()  # as each entry point does, so that the tests' compose() reads the same conf/
 
-CONFIG_DIR = Path(config.CONFIG_DIR)  # the folder the entry points read
+CONFIG_DIR = Path(dictconfig.CONFIG_DIR)  # the folder the entry points read
 PROJECT_ROOT = CONFIG_DIR.parent
 
 # A few tiny scans, 2 per LUNA16-style subset, so every split has both classes.

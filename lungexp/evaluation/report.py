@@ -1,7 +1,7 @@
 """One path from a predictions table to the run: its report (metrics, figures, pictures on CT) and the table.
 
-The test stage of training (:class:`~lungexp.training.report_callback.TestReport`), ``python -m
-lungexp.evaluate`` (:func:`~lungexp.inference.rescoring.evaluate_checkpoint`) and the pooled folds of a
+The test stage of training (:class:`~lungexp.training.test_stage.TestReport`), ``python -m
+lungexp.evaluate`` (:func:`~lungexp.inference.checkpoint_evaluation.evaluate_checkpoint`) and the pooled folds of a
 cross-validation all report through :func:`report_split`, so a split is judged, pictured and logged the same way
 wherever its predictions come from.
 """
@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import Logger
 from torch import nn
 
 from lungexp.data.patches.normalization import HUWindow
-from lungexp.evaluation.table_report import evaluate_predictions, patch_figures
+from lungexp.evaluation.split_metrics import evaluate_predictions, patch_figures
 from lungexp.evaluation.types import EvaluationOptions, EvaluationReport, EvaluationSettings
 from lungexp.tracking.artifacts import log_figure, log_table
 
@@ -42,7 +42,7 @@ class PatchPictures:
 def report_split(predictions: pd.DataFrame, settings: EvaluationSettings, loggers: Sequence[Logger], *,
                  prefix: str = "test/", title: str = "Test", artifact: str | None = None,
                  pictures: PatchPictures | None = None, figures: bool = True) -> EvaluationReport:
-    """The report of ``predictions`` (:func:`~lungexp.evaluation.table_report.evaluate_predictions`), with the pictures
+    """The report of ``predictions`` (:func:`~lungexp.evaluation.split_metrics.evaluate_predictions`), with the pictures
     on CT, its figures and the table itself (as ``artifact``, when given) logged to the MLflow loggers of
     ``loggers``.
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lungexp.training.devices import FP16_PRECISIONS, selects_cuda
-from lungexp.utils.config import CONFIG_DIR, to_dict
+from lungexp.utils.dictconfig import CONFIG_DIR, to_dict
 from lungexp.utils.errors import ConfigError, check_number, did_you_mean, look_up_option
 
 # Keys of a `_target_` node that Hydra's instantiate consumes itself.

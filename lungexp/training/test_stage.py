@@ -7,15 +7,15 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from lungexp.data.loading.datamodule import NoduleDataModule
-from lungexp.evaluation.logged_report import PatchPictures, report_split
-from lungexp.evaluation.table_report import evaluation_settings, predictions_table
+from lungexp.evaluation.report import PatchPictures, report_split
+from lungexp.evaluation.split_metrics import evaluation_settings, predictions_table
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.training.module import NoduleClassifier
 
 
 class TestReport(Callback):
     """At the end of each test, the report of the module's test predictions
-    (:func:`~lungexp.evaluation.logged_report.report_split`): its metrics logged through the module (``test/auroc``,
+    (:func:`~lungexp.evaluation.report.report_split`): its metrics logged through the module (``test/auroc``,
     ...: the trainer's callback metrics), its figures, the pictures on CT and ``predictions/test_predictions.csv``
     logged to the trainer's loggers. The decision threshold is the module's, chosen on its own validation
     predictions; the ``eval`` options are those the module was built (and checkpointed) with.

@@ -21,9 +21,9 @@ from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.data.names import IMAGE_KEY
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.console_summary import metric_lines, print_summary
-from lungexp.evaluation.logged_report import PatchPictures, report_split
 from lungexp.evaluation.operating_point import with_calibrated
-from lungexp.evaluation.table_report import evaluation_settings, predictions_table
+from lungexp.evaluation.report import PatchPictures, report_split
+from lungexp.evaluation.split_metrics import evaluation_settings, predictions_table
 from lungexp.evaluation.types import EvaluationOptions, EvaluationResult
 from lungexp.inference.ensemble import Ensemble
 from lungexp.tracking.artifacts import log_config, mlflow_loggers
