@@ -9,6 +9,9 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.install-stamp
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
+# One pytest worker per core (pytest-xdist); a test file stays on one worker, so its module fixtures are made once.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 RUN_ARGS ?=
 
 .PHONY: install run test test-fast lint mlflow-ui browser postgres bench clean
@@ -27,11 +30,11 @@ run: install
 	$(BIN)/python -m lungexp.run experiment=demo $(RUN_ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # The markers are defined in pyproject.toml; CI runs `make test`, which runs them all.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not server and not browser" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not server and not browser" $(PYTEST_ARGS)
 
 # Style, the layer contract (no import up the floors) and the types; configured in pyproject.toml.
 lint: install

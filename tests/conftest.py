@@ -5,6 +5,7 @@ Helpers that are not fixtures live in :mod:`tests.helpers`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,18 @@ from tests.helpers.config import (
     tiny_data_overrides,
 )
 from tests.helpers.fork_server import ForkServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` (``make test``), each of the N workers and the processes it starts use
+    cores/N threads, so the workers share the cores instead of each oversubscribing all of them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ["OMP_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="session")
