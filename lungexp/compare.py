@@ -1,16 +1,17 @@
 """Compare runs on the same test samples, with paired tests: which differences are more than noise.
 
-``python -m lungexp.compare RUN_OR_CSV RUN_OR_CSV [...] [--baseline COLUMN] [--intersect] [--bootstrap N]
-[--out DIR] [--no-mlflow]``: MLflow run ids (training, ``evaluate`` or cross-validation parent runs) or
-predictions CSV files, two or more (or one and ``--baseline``). Prints a table of the runs (best AUROC
+``python -m lungexp.compare RUN_OR_CSV RUN_OR_CSV [...] [--baseline COLUMN] [--strata COLUMN:EDGES] [--intersect]
+[--bootstrap N] [--out DIR] [--no-mlflow]``: MLflow run ids (training, ``evaluate`` or cross-validation parent runs)
+or predictions CSV files, two or more (or one and ``--baseline``). Prints a table of the runs (best AUROC
 first) and of every pair, writes ``comparison.csv``, ``comparison_runs.csv`` and ``forest_plot.png`` to
-``--out`` and logs them as an MLflow run tagged with the compared run ids. The tests are listed in
-:mod:`lungexp.metrics.comparison`.
+``--out`` (with strata also ``comparison_strata.csv``) and logs them as an MLflow run tagged with the compared run
+ids. The tests are listed in :mod:`lungexp.metrics.comparison`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -27,13 +28,16 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from lungexp.metrics.comparison import Comparison, ScoredRun
+    from lungexp.metrics.comparison import AlignedRuns, Comparison, ScoredRun
     from lungexp.metrics.luna16_froc import FrocReference
+    from lungexp.metrics.stratified import Strata
+    from lungexp.metrics.stratified_comparison import SampleStrata
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 COMPARED_RUNS_TAG = "lungexp.compare.run_ids"
 INPUTS_TAG = "lungexp.compare.inputs"
 CSV_THRESHOLD = 0.5  # a predictions CSV carries no validation threshold
+STRATA_FORMAT = "COLUMN:EDGE,EDGE,... (e.g. diameter_mm:0,6,10,20 for [0,6) [6,10) [10,20) [20,inf))"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,8 +48,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="COLUMN",
                         help="also compare a pseudo-run scoring each sample by this column of the labels CSV "
                              "(e.g. diameter_mm; larger = more positive)")
+    parser.add_argument("--strata", metavar="COLUMN:EDGES",
+                        help="also compare within strata of a numeric column of the samples, e.g. "
+                             "diameter_mm:0,6,10,20 for [0,6) [6,10) [10,20) [20,inf): the stratified AUROC "
+                             "(paired bootstrap) and DeLong's test per stratum (default: the first run's "
+                             "eval.strata, if it had one)")
+    parser.add_argument("--no-strata", action="store_true", help="do not compare within the first run's eval.strata")
     parser.add_argument("--labels", type=Path, metavar="CSV",
-                        help="the labels CSV of --baseline (default: the first run's data.labels_csv)")
+                        help="the labels CSV of --baseline, and of --strata when the predictions lack its column "
+                             "(default: the first run's data.labels_csv)")
     parser.add_argument("--annotations", type=Path, metavar="CSV",
                         help="LUNA16 annotations.csv for the CPM (default: the first run's data.annotations_csv, "
                              "when its data.task is candidates)")
@@ -71,7 +82,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     check_no_password_in("--tracking-uri", args.tracking_uri or "")
     if len(args.inputs) + bool(args.baseline) < 2:
         raise ConfigError("give two or more runs, or one and --baseline COLUMN")
+    if args.strata is not None and args.no_strata:
+        raise ConfigError("give --strata COLUMN:EDGES or --no-strata, not both")
+    args.strata = None if args.strata is None else parse_strata(args.strata)
     return args
+
+
+def parse_strata(text: str) -> Strata:
+    """``--strata COLUMN:EDGE,EDGE,...`` as strata; a malformed one is a :class:`ConfigError` showing the form."""
+    from lungexp.metrics.stratified import Strata
+
+    column, _, edges = text.rpartition(":")
+    try:
+        return Strata.checked(column, [float(edge) for edge in edges.split(",")], "--strata")
+    except (ValueError, ConfigError):
+        raise ConfigError(f"--strata {text}: give {STRATA_FORMAT}, with increasing finite edges") from None
 
 
 def project_root() -> Path:
@@ -105,9 +130,15 @@ def run(args: argparse.Namespace) -> Comparison:
     # Only runs read from MLflow have a run id, and those need the client.
     first_run = next((client.get_run(r.run_id) for r in runs if r.run_id), None) if client is not None else None
     aligned = align(runs, intersect=args.intersect)
-    if args.baseline:
+    strata = None if args.no_strata else args.strata or logged_strata(first_run)
+    labels_csv, labels = None, None
+    if args.baseline or (strata is not None and strata.column not in aligned.samples):
         labels_csv = args.labels or _setting_path(first_run, "data.labels_csv", "--labels")
-        aligned = with_baseline(aligned, read_csv(labels_csv, "labels CSV"), args.baseline, str(labels_csv))
+        labels = read_csv(labels_csv, "labels CSV")
+    sample_strata = None if strata is None else _sample_strata(aligned, strata, labels_csv, labels)
+    if args.baseline:
+        assert labels is not None  # read above for --baseline
+        aligned = with_baseline(aligned, labels, args.baseline, str(labels_csv))
     froc = None
     annotations = args.annotations or _candidates_annotations(first_run)
     if annotations is not None:
@@ -115,7 +146,8 @@ def run(args: argparse.Namespace) -> Comparison:
         excluded = args.excluded or logged_excluded
         froc = FrocReference.from_csv(annotations, excluded, sorted(aligned.samples["seriesuid"].unique()))
         froc = _with_nodules(froc, annotations, asked=args.annotations is not None)
-    comparison = compare(aligned, bootstrap=args.bootstrap, seed=args.seed, group_by=args.group_by, froc=froc)
+    comparison = compare(aligned, bootstrap=args.bootstrap, seed=args.seed, group_by=args.group_by, froc=froc,
+                         strata=sample_strata)
 
     print_comparison(comparison)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +155,9 @@ def run(args: argparse.Namespace) -> Comparison:
                "forest_plot.png": args.out / "forest_plot.png"}
     comparison.pairs.to_csv(outputs["comparison.csv"], index=False)
     comparison.runs.to_csv(outputs["comparison_runs.csv"], index=False)
+    if comparison.strata is not None:
+        outputs["comparison_strata.csv"] = args.out / "comparison_strata.csv"
+        comparison.strata.to_csv(outputs["comparison_strata.csv"], index=False)
     figure = forest_figure(forest_rows(comparison.pairs),
                            title=f"{len(aligned.runs)} runs on {comparison.num_samples} samples")
     figure.savefig(outputs["forest_plot.png"], dpi=120)
@@ -132,6 +167,27 @@ def run(args: argparse.Namespace) -> Comparison:
         run_id = log_comparison(client, args, runs, first_run, outputs)
         print(f"MLflow comparison run {run_id} in {client.tracking_uri}")
     return comparison
+
+
+def logged_strata(first_run: Run | None) -> Strata | None:
+    """The first run's ``eval.strata`` as it logged them (params ``eval.strata.column``, ``eval.strata.edges``);
+    None for a CSV or a run without strata."""
+    from lungexp.metrics.stratified import Strata
+
+    column = _run_setting(first_run, "eval.strata.column") if first_run is not None else None
+    edges = _run_setting(first_run, "eval.strata.edges") if first_run is not None else None
+    if column is None or edges is None:
+        return None
+    strata = Strata.checked(column, json.loads(edges), "the first run's eval.strata")
+    print(f"compared within {strata}: the first run's eval.strata (--no-strata leaves them out)")
+    return strata
+
+
+def _sample_strata(aligned: AlignedRuns, strata: Strata, labels_csv: Path | None, labels: pd.DataFrame | None
+                   ) -> SampleStrata:
+    from lungexp.metrics.comparison import sample_strata
+
+    return sample_strata(aligned, strata, labels, str(labels_csv) if labels_csv is not None else None)
 
 
 def _scored_input(client: MlflowClient | None, source: str) -> ScoredRun:
@@ -203,7 +259,8 @@ def _with_nodules(froc: FrocReference, annotations: Path, asked: bool) -> FrocRe
 
 def forest_rows(pairs: pd.DataFrame) -> dict[str, list[tuple[str, float, float, float]]]:
     """The forest plot's panels: ΔAUROC (DeLong) and each bootstrapped difference that was computed."""
-    panels = {"delta_auroc": "Δ AUROC (DeLong)", "delta_average_precision": "Δ average precision (bootstrap)",
+    panels = {"delta_auroc": "Δ AUROC (DeLong)", "delta_auroc_stratified": "Δ stratified AUROC (bootstrap)",
+              "delta_average_precision": "Δ average precision (bootstrap)",
               "delta_cpm": "Δ CPM (bootstrap)", "delta_at_threshold/sensitivity": "Δ sensitivity at threshold",
               "delta_at_threshold/specificity": "Δ specificity at threshold"}
     rows = {}
@@ -225,17 +282,22 @@ def print_comparison(comparison: Comparison) -> None:
         "run": comparison.runs["run"],
         "AUROC [DeLong]": [f"{r['auroc']:.3f} {with_interval(r, 'auroc_delong')}" for _, r in comparison.runs.iterrows()],
         **{title: [with_interval(r.dropna().to_dict(), name) for _, r in comparison.runs.iterrows()]
-           for name, title in (("average_precision", "AP"), ("cpm", "CPM"), ("at_threshold/sensitivity", "sens@thr"),
+           for name, title in (("auroc_stratified", "AUROC strat."), ("average_precision", "AP"), ("cpm", "CPM"),
+                               ("at_threshold/sensitivity", "sens@thr"),
                                ("at_threshold/specificity", "spec@thr")) if name in comparison.runs},
         "threshold": comparison.runs["threshold"].map(lambda value: f"{value:.3g}"),
     })
     holm = "delong_p_holm" in comparison.pairs
     pairs = pd.DataFrame({"pair": comparison.pairs["a"] + " − " + comparison.pairs["b"]})
-    for column, title in (("delta_auroc", "ΔAUROC"), ("delta_average_precision", "ΔAP"), ("delta_cpm", "ΔCPM")):
+    for column, title in (("delta_auroc", "ΔAUROC"), ("delta_auroc_stratified", "ΔAUROC strat."),
+                          ("delta_average_precision", "ΔAP"), ("delta_cpm", "ΔCPM")):
         if column in comparison.pairs:
             pairs[title] = [with_interval(r.dropna().to_dict(), column) for _, r in comparison.pairs.iterrows()]
     pairs["p DeLong" + (" (Holm)" if holm else "")] = comparison.pairs["delong_p_holm" if holm else "delong_p"].map(
         _p_value)
+    if "auroc_stratified_p" in comparison.pairs:
+        pairs["p strat. (bootstrap" + (", Holm)" if holm else ")")] = comparison.pairs[
+            "auroc_stratified_p_holm" if holm else "auroc_stratified_p"].map(_p_value)
     pairs["p McNemar" + (" (Holm)" if holm else "")] = comparison.pairs["mcnemar_p_holm" if holm else "mcnemar_p"].map(
         _p_value)
     dropped = "".join(f", {count} dropped from {name}" for name, count in comparison.dropped.items())
@@ -243,6 +305,29 @@ def print_comparison(comparison: Comparison) -> None:
     print(f"\nComparison on {comparison.num_samples} samples{clusters}{dropped}")
     print(runs.to_string(index=False))
     print(pairs.to_string(index=False))
+    if comparison.strata is not None:
+        print_strata(comparison)
+
+
+def print_strata(comparison: Comparison) -> None:
+    """Within each stratum holding both classes, every pair's AUROCs and DeLong's test; the strata left out."""
+    import pandas as pd
+
+    from lungexp.metrics.bootstrap import with_interval
+
+    table = comparison.strata
+    assert table is not None  # compared with strata
+    holm = "delong_p_holm" in table
+    if not table.empty:
+        print("\nWithin each stratum (DeLong" + (", Holm across the pairs of a stratum)" if holm else ")"))
+        print(pd.DataFrame({
+            "stratum": table["stratum"], "pos/neg": table["positives"].astype(str) + "/" + table["negatives"].astype(str),
+            "pair": table["a"] + " − " + table["b"], "AUROC a": table["auroc_a"].map("{:.3f}".format),
+            "AUROC b": table["auroc_b"].map("{:.3f}".format),
+            "ΔAUROC": [with_interval(row.to_dict(), "delta_auroc") for _, row in table.iterrows()],
+            "p": table["delong_p_holm" if holm else "delong_p"].map(_p_value)}).to_string(index=False))
+    for stratum in comparison.one_class_strata:
+        print(f"stratum {stratum}: one class only, no AUROC to compare")
 
 
 def _p_value(p: float) -> str:

@@ -125,6 +125,11 @@ CASES = [
     _case("data-root-missing-preprocess", "preprocess", "@run data.root={bad}/nowhere", "data.root={bad}/nowhere"),
     _case("data-root-unset", "run", "data=luna16", "data.root=/path/to/scans"),
     _case("split-fold-absent", "run", "@run trainer=debug data.split.fold=7", "fold=7", "subsets [0, 1, 2, 3, 4]"),
+    _case("strata-edges-unsorted", "run", "@run eval.strata={{column:coordZ,edges:[0,-100]}}",
+          "eval.strata.edges=[0, -100] must increase strictly"),
+    _case("strata-column-missing", "run", "@run eval.strata={{column:diameter_mm,edges:[0,6]}}",
+          "eval.strata.column='diameter_mm'", "{root}/candidates_V2.csv", "has no column 'diameter_mm'",
+          "its columns are ['seriesuid', 'coordX', 'coordY', 'coordZ', 'class']"),
     # checkpoints handed in as pretrained weights
     _case("checkpoint-missing", "run", "@run model.pretrained.path={bad}/absent.pth", "{bad}/absent.pth",
           "model.pretrained.path"),

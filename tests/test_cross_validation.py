@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from lungexp.config.check import check, cross_validation_options, data_options
+from lungexp.metrics.stratified import Strata, stratified_auroc
 from lungexp.training import cross_validation
 from lungexp.training.cross_validation import FoldFailedError, cross_validate, plan_folds
 from lungexp.utils.errors import ConfigError
@@ -72,7 +73,7 @@ def test_subset_folds_must_be_the_subsets_present(tmp_path: Path) -> None:
 def test_three_fold_cv_nests_runs_pools_predictions_and_skips_finished_folds(
         tmp_path: Path, three_subsets: Path, mlflow_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = ("cv.folds=3", "trainer.max_epochs=1", "callbacks.lr_monitor=null", "task_name=cv3",
-                 *mlflow_overrides(mlflow_dir))
+                 "eval.strata={column: coordZ, edges: [-1000, -200]}", *mlflow_overrides(mlflow_dir))
     real_train, trained = cross_validation.train, []
 
     def train_failing_fold1(run):
@@ -117,8 +118,14 @@ def test_three_fold_cv_nests_runs_pools_predictions_and_skips_finished_folds(
     assert parent.data.metrics["test/auroc"] == pytest.approx(roc_auc_score(pooled["label"], pooled["probability"]),
                                                               abs=1e-6)
     assert 0 <= parent.data.metrics["test/cpm"] <= 1
+    # eval.strata: the pooled report stratifies the pooled table (fold 0's read back from its logged CSV)
+    codes = Strata("coordZ", (-1000.0, -200.0)).codes(pooled["coordZ"], "pooled")
+    assert parent.data.metrics["test/auroc_stratified"] == pytest.approx(
+        stratified_auroc(pooled["label"], pooled["probability"], codes), abs=1e-6)
+    assert parent.data.metrics["test/coordZ_-1000--200/positives"] == pooled["label"][codes == 0].sum()
+    assert "cv_mean/test/auroc_stratified" in parent.data.metrics
     plots = {a.path for a in client.list_artifacts(result.parent_run_id)}  # figures live at the artifact root
-    assert {"froc.png", "roc_curve.png", "precision_recall.png"} <= plots
+    assert {"froc.png", "roc_curve.png", "precision_recall.png", "auroc_by_stratum.png"} <= plots
     folds_table = pd.read_csv(client.download_artifacts(result.parent_run_id, "cv/folds.csv", str(tmp_path / "dl")))
     assert list(folds_table["reused"]) == [True, False, False]
 

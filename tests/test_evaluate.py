@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from lungexp.config.checkpoint_groups import checkpoint_evaluation, data_config
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.inference.checkpoint_evaluation import TRAINING_RUN_TAG, evaluate_checkpoint
+from lungexp.metrics.stratified import Strata, stratified_auroc
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.errors import ConfigError
 from tests.helpers.cli import printed, run_entry_point
@@ -58,16 +59,26 @@ def test_evaluate_on_validation_and_on_all_samples(trained_run, mlflow_dir: Path
     # The best checkpoint was chosen by val/auroc: evaluating it on val gives that best value back.
     assert val.metrics["val/auroc"] == pytest.approx(trained_run.optimized_metric, abs=1e-6)
 
-    everything = evaluate(trained_run, mlflow_dir, tmp_path, "split=all")
+    everything = evaluate(trained_run, mlflow_dir, tmp_path, "split=all",
+                          "eval.strata={column: coordZ, edges: [-1000, -200]}")
     test_rows = set(trained_run.test_predictions["cache_row"])
     assert test_rows < set(everything.predictions["cache_row"])
     assert everything.predictions["seriesuid"].nunique() == 10  # every scan of the tiny dataset
     assert math.isfinite(everything.metrics["all/cpm"])
+    # eval.strata given on the command line, on a checkpoint trained without: the split's metrics within strata
+    data = everything.predictions
+    codes = Strata("coordZ", (-1000.0, -200.0)).codes(data["coordZ"], "all")
+    assert everything.metrics["all/auroc_stratified"] == pytest.approx(
+        stratified_auroc(data["label"], data["probability"], codes), abs=1e-6)
+    assert everything.metrics["all/coordZ_-200-inf/positives"] == data["label"][codes == 1].sum()
 
 
 def test_unknown_split_is_refused_before_any_work(trained_run, mlflow_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="split='tets'.*did you mean 'test'"):
         evaluate(trained_run, mlflow_dir, tmp_path, "split=tets")
+    with pytest.raises(ConfigError, match=r"eval\.strata\.column='diameter': the labels CSV .*candidates_V2\.csv "
+                                          r"\(data\.labels_csv\) has no column 'diameter'"):
+        evaluate(trained_run, mlflow_dir, tmp_path, "eval.strata={column: diameter, edges: [0, 6]}")
 
 
 RECIPE = ModelRecipe(

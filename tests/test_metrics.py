@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from sklearn import metrics as sk
 
 from lungexp.config.check import check
 from lungexp.evaluation.split_metrics import evaluate_predictions
-from lungexp.evaluation.types import EvaluationOptions, EvaluationSettings, config_key
+from lungexp.evaluation.types import EvaluationOptions, EvaluationSettings
 from lungexp.metrics.classification import reliability_bins, table_metrics
 from lungexp.metrics.luna16_froc import FrocReference
 from lungexp.metrics.threshold import choose_threshold, false_positives_per_scan, threshold_from_validation
 from lungexp.utils.errors import ConfigError
-from tests.helpers.config import CONFIG_DIR
 
 # Ties within and across classes, a score exactly at 0.5 and one exactly at 0.3.
 LABELS = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1])
@@ -161,18 +158,6 @@ def test_options_from_config_checks_keys_and_values() -> None:
         EvaluationOptions.from_config({"gradcam": {"samples": -1}})
     with pytest.raises(ConfigError, match="eval.calibration='temprature'.*did you mean 'temperature'"):
         EvaluationOptions.from_config({"calibration": "temprature"})
-
-
-def test_the_eval_yaml_declares_every_option_at_its_dataclass_default() -> None:
-    """``conf/eval/default.yaml`` and :class:`EvaluationOptions` hold the same options with the same defaults, the
-    nested ``gradcam.*`` included: neither can gain, lose or change an option alone."""
-    yaml = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "eval" / "default.yaml"))
-    declared = {}
-    for key, value in yaml.items():  # nested groups as dotted keys, as config_key names them
-        nested = value.items() if isinstance(value, dict) else [("", value)]
-        declared.update({f"{key}.{inner}".rstrip("."): inner_value for inner, inner_value in nested})
-    assert declared == {config_key(item.name): item.default for item in fields(EvaluationOptions)}
-    assert EvaluationOptions.from_config(yaml) == EvaluationOptions()
 
 
 def test_reliability_bins_match_numpy() -> None:

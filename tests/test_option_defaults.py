@@ -1,5 +1,6 @@
 """Every ``data.*`` default agrees wherever it is read: the composed config (``conf/``), :class:`DataOptions` and
-the spec classes of the nested options (their fields and their ``from_config``)."""
+the spec classes of the nested options (their fields and their ``from_config``); every ``eval.*`` default is
+:class:`EvaluationOptions`' and ``conf/eval/default.yaml``'s alike."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from lungexp.data.labels.splits import SplitSpec
 from lungexp.data.loading.balance import BalanceSpec
 from lungexp.data.options import DataOptions
 from lungexp.data.patches.extraction import PatchSpec
+from lungexp.evaluation.types import EvaluationOptions, config_key
 from lungexp.utils.dictconfig import to_dict
 from tests.helpers.config import CONFIG_DIR, compose_config
 
@@ -100,3 +102,19 @@ def test_every_option_without_a_default_is_required() -> None:
                 if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING}
     assert required == {"root", "labels_csv"}
     assert not required & set(DataOptions.config_defaults())
+
+
+def test_the_eval_yaml_declares_every_option_at_its_dataclass_default(tmp_path: Path) -> None:
+    """``conf/eval/default.yaml``, the composed config's ``eval`` group and :class:`EvaluationOptions` hold the same
+    options with the same defaults, the nested ``gradcam.*`` included, and ``strata`` off: none of them can gain,
+    lose or change an option alone."""
+    yaml = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "eval" / "default.yaml"))
+    assert isinstance(yaml, dict)
+    declared = {}
+    for key, value in yaml.items():  # nested groups as dotted keys, as config_key names them
+        nested = value.items() if isinstance(value, dict) else [("", value)]
+        declared.update({f"{key}.{inner}".rstrip("."): inner_value for inner, inner_value in nested})
+    assert declared == {config_key(item.name): item.default for item in dataclasses.fields(EvaluationOptions)}
+    assert EvaluationOptions.from_config(yaml) == EvaluationOptions()
+    assert declared["strata"] is None and EvaluationOptions().strata is None
+    assert to_dict(compose_config([], tmp_path).eval, resolve=True) == EvaluationOptions().to_config()

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.schema import check_config, check_top_level, resolve
 from lungexp.data.options import DataOptions
+from lungexp.evaluation.split_metrics import check_strata_column
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
 from lungexp.utils.dictconfig import check_required
@@ -96,6 +97,7 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
     if entry_point == "preprocess":
         return CheckedConfig(read_only(cfg), data=data)
     evaluation = EvaluationOptions.from_config(resolve(cfg).get("eval"))
+    check_strata_column(evaluation.strata, data)
     config = read_only(cfg)
     return RunOptions(config, data=data, evaluation=evaluation, cv=cross_validation_options(cfg),
                       train_transform=config.data.get("train_transform"), stored_data=stored_data_config(cfg.data))

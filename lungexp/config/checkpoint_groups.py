@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.check import typed_data_options
 from lungexp.config.schema import resolve
+from lungexp.evaluation.split_metrics import check_strata_column
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.inference.checkpoint_evaluation import SPLITS, CheckpointEvaluation
 from lungexp.inference.ensemble import DATA_LOCATION_KEYS, Ensemble, check_unseen_data, load_members
@@ -45,7 +46,9 @@ def checkpoint_evaluation(cfg: DictConfig, overrides: Sequence[str] = ()) -> Che
     evaluation = EvaluationOptions.from_config(config.eval)
     predictor = Ensemble(members, tta=evaluation.tta)
     check_unseen_data(predictor, data_location(config, config.data), lambda stored: data_location(config, stored))
-    return CheckpointEvaluation(config, predictor, split, typed_data_options(resolve(config.data), strict=True), evaluation)
+    data_options = typed_data_options(resolve(config.data), strict=True)
+    check_strata_column(evaluation.strata, data_options)
+    return CheckpointEvaluation(config, predictor, split, data_options, evaluation)
 
 
 def group_config(cfg: DictConfig, group: str, stored: dict[str, Any] | None, overrides: Sequence[str]) -> dict[str, Any]:

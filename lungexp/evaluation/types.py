@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from lungexp.metrics.calibration import check_calibration
 from lungexp.metrics.luna16_froc import FrocReference, FrocResult
+from lungexp.metrics.stratified import Strata
 from lungexp.metrics.threshold import check_threshold_rule
 from lungexp.models.tta import check_tta
 from lungexp.utils.errors import ConfigError
@@ -37,6 +38,9 @@ class EvaluationOptions:
             last 3D convolution, found automatically.
         tta: test-time augmentation of the test stage, ``evaluate`` and ``predict``: ``none`` or ``flips``
             (see :mod:`lungexp.models.tta`); Grad-CAM explains the plain input.
+        strata: ``{column, edges}``: every test metric also within strata of a numeric column of the samples,
+            and the stratified AUROC (:mod:`lungexp.metrics.stratified`); ``None``: none. The column is checked
+            against the labels CSV before training (:func:`~lungexp.evaluation.split_metrics.check_strata_column`).
     """
 
     threshold: str | float = "youden"
@@ -46,9 +50,11 @@ class EvaluationOptions:
     gradcam_samples: int = 3
     gradcam_layer: str | None = None
     tta: str = "none"
+    strata: Strata | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", check_threshold_rule(self.threshold))
+        object.__setattr__(self, "strata", Strata.from_config(self.strata, "eval.strata"))
         check_calibration(self.calibration)
         check_tta(self.tta, "eval.tta")
         for key in ("bootstrap", "montage_k", "gradcam_samples"):
@@ -80,7 +86,9 @@ class EvaluationOptions:
         config: dict[str, Any] = {}
         for item in fields(self):
             group, _, key = config_key(item.name).rpartition(".")
-            (config.setdefault(group, {}) if group else config)[key] = getattr(self, item.name)
+            value = getattr(self, item.name)
+            (config.setdefault(group, {}) if group else config)[key] = (
+                value.as_config() if isinstance(value, Strata) else value)
         return config
 
 
@@ -104,6 +112,7 @@ class EvaluationSettings:
         bootstrap: resamplings of whole clusters for the 95 % interval of every metric (0: none).
         group_by: the cluster: ``seriesuid``, or the patient column of ``data.split.group_by``.
         seed: seed of the resampling.
+        strata: strata of a column of the table, each judged on its own too; ``None``: none.
     """
 
     threshold: float = 0.5
@@ -111,6 +120,7 @@ class EvaluationSettings:
     bootstrap: int = 0
     group_by: str = "seriesuid"
     seed: int = 0
+    strata: Strata | None = None
 
 
 @dataclass

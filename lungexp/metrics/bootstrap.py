@@ -88,7 +88,7 @@ class ClusterStatistics:
     matrix products in the cluster counts (exact, ties included):
 
     * AUROC: ``w' A w / (P N)`` with ``A[c, d]`` the positive-negative pairs of clusters c and d ranked
-      right (ties one half), ``P``, ``N`` the drawn positives and negatives;
+      right (ties one half), ``P``, ``N`` the drawn positives and negatives (``w' positives``, ``w' negatives``);
     * average precision (step-wise, as torchmetrics): the mean over drawn positives of the precision at
       their score, from the positives and negatives of each cluster scoring at least as high;
     * thresholded metrics and ECE: each cluster's confusion counts and calibration-bin sums.
@@ -104,11 +104,11 @@ class ClusterStatistics:
         below_pos, equal_pos = _ranked_against(positive_score, positive_score, self.positive_cluster, num_clusters)
         self.pairs = np.zeros((num_clusters, num_clusters))
         np.add.at(self.pairs, self.positive_cluster, below_neg + 0.5 * equal_neg)
-        negatives = np.bincount(cluster[~labels], minlength=num_clusters).astype(np.float64)
-        positives = np.bincount(self.positive_cluster, minlength=num_clusters).astype(np.float64)
+        self.negatives = np.bincount(cluster[~labels], minlength=num_clusters).astype(np.float64)
+        self.positives = np.bincount(self.positive_cluster, minlength=num_clusters).astype(np.float64)
         # Per positive and cluster: the positives and negatives scoring at least as high as it.
-        self.positives_above = positives - below_pos
-        self.negatives_above = negatives - below_neg
+        self.positives_above = self.positives - below_pos
+        self.negatives_above = self.negatives - below_neg
         predicted = probabilities > threshold
         self.confusion = _per_cluster(cluster * 4 + labels * 2 + predicted, num_clusters, 4)  # tn, fp, fn, tp
         width = CALIBRATION_BINS + 1  # torchmetrics' bins and one for probability 1
@@ -168,14 +168,31 @@ def _per_cluster(code: np.ndarray, num_clusters: int, width: int, weights: np.nd
         np.float64)
 
 
+def cluster_statistics(predictions: pd.DataFrame, threshold: float, resampling: ClusterResampling
+                       ) -> ClusterStatistics:
+    """A predictions table (``seriesuid, label, probability``) reduced to the statistics of ``resampling``'s
+    clusters (the table may hold some of them only, e.g. one stratum's samples)."""
+    return ClusterStatistics(predictions["label"].to_numpy(), predictions["probability"].to_numpy(),
+                             resampling.cluster_index(predictions["seriesuid"]), threshold, resampling.counts.shape[1])
+
+
 def resampled_metrics(predictions: pd.DataFrame, threshold: float, resampling: ClusterResampling
                       ) -> dict[str, np.ndarray]:
     """Each metric of :data:`RESAMPLED` of a predictions table (``seriesuid, label, probability``) under
     every draw of ``resampling``."""
-    statistics = ClusterStatistics(predictions["label"].to_numpy(), predictions["probability"].to_numpy(),
-                                   resampling.cluster_index(predictions["seriesuid"]), threshold,
-                                   resampling.counts.shape[1])
-    return statistics.metrics(resampling.counts)
+    return cluster_statistics(predictions, threshold, resampling).metrics(resampling.counts)
+
+
+def stratified_auroc_draws(strata: Sequence[ClusterStatistics], counts: np.ndarray) -> np.ndarray:
+    """The stratified AUROC (:mod:`lungexp.metrics.stratified`) under each draw of ``counts``, from each
+    stratum's statistics: the within-stratum pairs ranked right over the within-stratum pairs, both summed
+    over strata (NaN where a draw has no stratum with both classes)."""
+    if not strata:
+        return np.full(len(counts), np.nan)
+    pairs = sum(stratum.pairs for stratum in strata)
+    compared = sum((counts @ stratum.positives) * (counts @ stratum.negatives) for stratum in strata)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("bc,cd,bd->b", counts, pairs, counts) / compared
 
 
 def interval_metrics(resampled: dict[str, np.ndarray], prefix: str) -> dict[str, float]:

@@ -67,7 +67,7 @@ def table_metrics(labels: np.ndarray, probabilities: np.ndarray, prefix: str, th
     """
     target = torch.tensor(np.asarray(labels), dtype=torch.long)
     preds = torch.tensor(np.asarray(probabilities), dtype=torch.float64)
-    undefined = _undefined_with_one_class(target)
+    undefined = undefined_with_one_class(target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchmetrics' own one-class warnings: replaced by the one below
         metrics = classification_metrics(prefix)(preds, target)
@@ -83,7 +83,8 @@ def table_metrics(labels: np.ndarray, probabilities: np.ndarray, prefix: str, th
     return values
 
 
-def _undefined_with_one_class(target: torch.Tensor) -> list[str]:
+def undefined_with_one_class(target: torch.Tensor | np.ndarray) -> list[str]:
+    """The metrics of the set that need the class ``target`` (0/1 labels) lacks: none with both classes."""
     positives = int(target.sum())
     if 0 < positives < len(target):
         return []

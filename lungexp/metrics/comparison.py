@@ -4,7 +4,8 @@ For every pair of runs: the difference of AUROCs with DeLong's paired test; the 
 precision, CPM (with a FROC reference) and every thresholded metric by a paired cluster bootstrap (the
 same resampled series for both runs, :mod:`lungexp.metrics.bootstrap`); McNemar's exact test of the
 patches one run classifies correctly and the other does not, each at its own threshold; with more than
-two runs, Holm's correction of the p-values across pairs.
+two runs, Holm's correction of the p-values across pairs. With strata of a column (``--strata``), the stratified
+AUROC and its paired differences, and DeLong's test within each stratum (:mod:`lungexp.metrics.stratified_comparison`).
 
 Runs are first aligned sample by sample on series and world position (rounded to 1e-4 mm, as the patch
 cache does) with their labels checked equal: runs tested on other samples are refused, naming the first
@@ -34,6 +35,13 @@ from lungexp.metrics.bootstrap import (
 from lungexp.metrics.classification import table_metrics
 from lungexp.metrics.delong import delong, delong_test
 from lungexp.metrics.luna16_froc import FrocReference, FrocResult, compute_froc, validated_table
+from lungexp.metrics.stratified import Strata, stratified_auroc
+from lungexp.metrics.stratified_comparison import (
+    SampleStrata,
+    bootstrap_p_value,
+    strata_pairs,
+    stratified_draws,
+)
 from lungexp.metrics.threshold import YOUDEN, choose_threshold
 from lungexp.utils.errors import LungexpError
 
@@ -174,18 +182,22 @@ def _describe_row(run: ScoredRun, row: int) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    """The per-run summary (best AUROC first) and one row per pair (``a`` the better of the two by AUROC)."""
+    """The per-run summary (best AUROC first) and one row per pair (``a`` the better of the two by AUROC); with
+    strata, one row per stratum and pair (``strata``) and the strata left out for lacking a class."""
 
     runs: pd.DataFrame
     pairs: pd.DataFrame
     num_samples: int
     num_clusters: int
     dropped: dict[str, int]
+    strata: pd.DataFrame | None = None
+    one_class_strata: list[str] = field(default_factory=list)
 
 
 def compare(aligned: AlignedRuns, bootstrap: int = 1000, seed: int = 0, group_by: str = "seriesuid",
-            froc: FrocReference | None = None) -> Comparison:
-    """Every pairwise test of the aligned runs (see the module docstring)."""
+            froc: FrocReference | None = None, strata: SampleStrata | None = None) -> Comparison:
+    """Every pairwise test of the aligned runs (see the module docstring); ``strata``: the compared samples'
+    strata (:func:`sample_strata`)."""
     if len(aligned.runs) < 2:
         raise ComparisonError(f"compare needs two or more runs (a --baseline counts), got {len(aligned.runs)}")
     labels = aligned.labels
@@ -205,12 +217,43 @@ def compare(aligned: AlignedRuns, bootstrap: int = 1000, seed: int = 0, group_by
     order = np.argsort(-result.aurocs, kind="stable")
     runs = pd.DataFrame([_run_row(aligned.runs[i], result.aurocs[i], result.interval(i), points[i], draws[i], frocs[i])
                          for i in order])
-    pairs = pd.DataFrame([_pair_row(aligned, a, b, points, draws, frocs) for a, b in itertools.combinations(order, 2)])
+    order_pairs = list(itertools.combinations(order, 2))
+    pairs = pd.DataFrame([_pair_row(aligned, a, b, points, draws, frocs) for a, b in order_pairs])
     if len(aligned.runs) > 2:
         pairs["delong_p_holm"] = holm(pairs["delong_p"].to_numpy())
         pairs["mcnemar_p_holm"] = holm(pairs["mcnemar_p"].to_numpy())
     num_clusters = 0 if resampling is None else resampling.counts.shape[1]
-    return Comparison(runs, pairs, len(labels), num_clusters, aligned.dropped)
+    if strata is None:
+        return Comparison(runs, pairs, len(labels), num_clusters, aligned.dropped)
+    by_stratum, one_class = strata_pairs(labels, aligned.probabilities, [run.name for run in aligned.runs],
+                                         order_pairs, strata)
+    if len(aligned.runs) > 2 and not by_stratum.empty:
+        by_stratum["delong_p_holm"] = by_stratum.groupby("stratum")["delong_p"].transform(lambda p: holm(p.to_numpy()))
+    _add_stratified(aligned, runs, pairs, order, order_pairs, strata, resampling)
+    return Comparison(runs, pairs, len(labels), num_clusters, aligned.dropped, by_stratum, one_class)
+
+
+def _add_stratified(aligned: AlignedRuns, runs: pd.DataFrame, pairs: pd.DataFrame, order: np.ndarray,
+                    order_pairs: list[tuple[int, int]], strata: SampleStrata,
+                    resampling: ClusterResampling | None) -> None:
+    """The stratified AUROC of each run (in ``order``, the rows of ``runs``) and its paired differences (the rows
+    of ``pairs``), with the bootstrap's intervals and p where there is one (Holm's p too, for more than two runs)."""
+    labels = aligned.labels
+    points = [stratified_auroc(labels, scores, strata.codes) for scores in aligned.probabilities]
+    runs["auroc_stratified"] = [points[i] for i in order]
+    pairs["delta_auroc_stratified"] = [points[a] - points[b] for a, b in order_pairs]
+    if resampling is None:
+        return
+    cluster = resampling.cluster_index(aligned.samples["seriesuid"])
+    draws = [stratified_draws(labels, scores, strata, resampling, cluster) for scores in aligned.probabilities]
+    runs[f"auroc_stratified{CI_LOW}"], runs[f"auroc_stratified{CI_HIGH}"] = zip(
+        *(percentile_interval(draws[i]) for i in order), strict=True)
+    differences = [draws[a] - draws[b] for a, b in order_pairs]
+    pairs[f"delta_auroc_stratified{CI_LOW}"], pairs[f"delta_auroc_stratified{CI_HIGH}"] = zip(
+        *map(percentile_interval, differences), strict=True)
+    pairs["auroc_stratified_p"] = [bootstrap_p_value(difference) for difference in differences]
+    if len(aligned.runs) > 2:
+        pairs["auroc_stratified_p_holm"] = holm(pairs["auroc_stratified_p"].to_numpy())
 
 
 def _draws(aligned: AlignedRuns, run: int, resampling: ClusterResampling | None) -> dict[str, np.ndarray]:
@@ -274,14 +317,7 @@ def with_baseline(aligned: AlignedRuns, table: pd.DataFrame, column: str, source
     """``aligned`` and a pseudo-run scoring each sample by ``column`` of ``table`` (e.g. ``diameter_mm`` of the
     labels CSV ``source``): larger is more positive, scaled to [0, 1] (ranks, so AUROC and AP, are unchanged),
     with its threshold chosen on these samples by Youden's rule (optimistic: the baseline has no validation)."""
-    if column not in table:
-        raise ComparisonError(f"--baseline {column}: {source} has no column '{column}'; its columns are "
-                              f"{list(map(str, table.columns))}")
-    keys = sample_keys(table.assign(label=0, probability=0.0), source).droplevel("repeat")
-    values = pd.Series(pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64), index=keys)
-    values = values[~values.index.duplicated()]
-    wanted = sample_keys(aligned.samples.assign(probability=0.0), "the compared samples").droplevel("repeat")
-    scores = values.reindex(wanted).to_numpy()
+    scores = labels_column(aligned, table, column, source, f"--baseline {column}")
     missing = np.flatnonzero(~np.isfinite(scores))
     if len(missing):
         row = aligned.samples.iloc[missing[0]]
@@ -295,6 +331,39 @@ def with_baseline(aligned: AlignedRuns, table: pd.DataFrame, column: str, source
                          source=f"--baseline {column} of {source}")
     return AlignedRuns([*aligned.runs, baseline], aligned.samples, np.vstack([aligned.probabilities, scaled]),
                        aligned.dropped)
+
+
+def labels_column(aligned: AlignedRuns, table: pd.DataFrame, column: str, source: str, option: str) -> np.ndarray:
+    """Each compared sample's number in ``column`` of ``table`` (a labels CSV, ``source``), matched on series and
+    position; NaN where the table has no number for it. A table without the column is a :class:`ComparisonError`
+    naming ``option``, ``source`` and its columns."""
+    if column not in table:
+        raise ComparisonError(f"{option}: {source} has no column '{column}'; its columns are "
+                              f"{list(map(str, table.columns))}")
+    keys = sample_keys(table.assign(label=0, probability=0.0), source).droplevel("repeat")
+    values = pd.Series(pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64), index=keys)
+    values = values[~values.index.duplicated()]
+    wanted = sample_keys(aligned.samples.assign(probability=0.0), "the compared samples").droplevel("repeat")
+    return values.reindex(wanted).to_numpy()
+
+
+def sample_strata(aligned: AlignedRuns, strata: Strata, table: pd.DataFrame | None = None,
+                  source: str | None = None) -> SampleStrata:
+    """Each compared sample's stratum of ``strata.column``: as the first run's predictions carry it (a run's test
+    predictions carry every column of its labels CSV), else from ``table`` (the labels CSV ``source``). A sample
+    without a number, or below the first edge, is refused naming the first ones
+    (:class:`~lungexp.metrics.stratified.StrataError`)."""
+    if strata.column in aligned.samples:
+        values, where = aligned.samples[strata.column].to_numpy(), f"{aligned.runs[0].origin} (the first run)"
+    elif table is not None and source is not None:
+        values, where = labels_column(aligned, table, strata.column, source, f"--strata {strata.column}"), source
+    else:
+        raise ComparisonError(f"--strata {strata.column}: the compared predictions have no column '{strata.column}' "
+                              f"(their columns are {list(map(str, aligned.samples.columns))}); give --labels CSV "
+                              "holding it")
+    return SampleStrata(strata, strata.codes(values, where, lambda rows: [
+        f"series {aligned.samples['seriesuid'].iloc[row]} at "
+        f"({', '.join(f'{aligned.samples[c].iloc[row]:.2f}' for c in KEY_COLUMNS[1:])}) mm" for row in rows]))
 
 
 def mcnemar(only_a: int, only_b: int) -> float:

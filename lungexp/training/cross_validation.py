@@ -299,7 +299,8 @@ def _fold_table(results: list[FoldResult]) -> pd.DataFrame:
 
 def _print_summary(result: CrossValidationResult) -> None:
     table = _fold_table(result.folds)
-    names = [n for n in ("test/auroc", "test/cpm", "test/average_precision", "test/accuracy") if n in table]
+    names = [n for n in ("test/auroc", "test/auroc_stratified", "test/cpm", "test/average_precision", "test/accuracy")
+             if n in table]
     lines = []
     for _, row in table.iterrows():
         values = "  ".join(f"{name.removeprefix('test/')} {row[name]:.4f}" for name in names)

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lungexp.data.loading.datamodule import NoduleDataModule
-from lungexp.evaluation.console_summary import metric_lines, print_summary
+from lungexp.evaluation.console_summary import metric_lines, print_summary, whole_split_metrics
 from lungexp.metrics.bootstrap import summary_names
 from lungexp.tracking.artifacts import log_config, log_tags, mlflow_loggers
 from lungexp.tracking.callback import MLflowTracking
@@ -223,7 +223,7 @@ def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
 @rank_zero_only
 def _print_summary(result: RunResult) -> None:
     tested = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
-    width = max([22, *map(len, summary_names(tested))])
+    width = max([22, *map(len, summary_names(whole_split_metrics(tested)))])
     lines = metric_lines(tested, width)
     if result.optimized_metric is not None:
         lines.append(f"  {'best optimised metric':<{width}} {result.optimized_metric:.4f}")

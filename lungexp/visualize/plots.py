@@ -1,11 +1,14 @@
 """Matplotlib figures of results computed from a predictions table: ROC, precision-recall, confusion
-matrices, score distributions, reliability diagram and FROC. Images of CT patches live in
+matrices, score distributions, reliability diagram, FROC and AUROC per stratum. Images of CT patches live in
 :mod:`lungexp.visualize.montage` and :mod:`lungexp.visualize.gradcam`.
 
 Figures are built as :class:`~matplotlib.figure.Figure` objects, not through pyplot: they need no
 backend (a notebook's stays as it is) and are freed when dropped, as pyplot's are not."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -166,4 +169,53 @@ def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
         ax.locator_params(axis="x", nbins=5)  # signed three-decimal ticks collide at the default density
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title + ": red where the interval excludes 0")
+    return fig
+
+
+@dataclass(frozen=True)
+class StratumAuroc:
+    """One stratum's AUROC and 95 % interval (NaN where undefined: one class) and its class counts."""
+
+    bounds: str
+    auroc: float
+    low: float
+    high: float
+    positives: int
+    negatives: int
+
+
+def strata_auroc_figure(strata: Sequence[StratumAuroc], stratified: tuple[float, float, float], pooled: float,
+                        column: str, title: str = "AUROC within strata") -> Figure:
+    """Each stratum's AUROC with its interval, its positives and negatives below it; the stratified AUROC
+    (``(value, low, high)``, its interval shaded) and the plain AUROC as reference lines, chance at 0.5."""
+    fig = Figure(figsize=(max(5.5, 1.3 * len(strata) + 2.5), 4.5), layout="constrained")
+    ax = fig.subplots()
+    positions = np.arange(len(strata))
+    value, low, high = stratified
+    interval = np.isfinite(low) and np.isfinite(high)
+    if interval:
+        ax.axhspan(low, high, color="tab:green", alpha=0.12, lw=0)
+    if np.isfinite(value):
+        ax.axhline(value, color="tab:green", lw=1.5,
+                   label=f"stratified AUROC {value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if interval else ""))
+    ax.axhline(pooled, color="tab:purple", ls="--", lw=1.5, label=f"plain AUROC {pooled:.3f}")
+    ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+    for x, stratum in enumerate(strata):
+        if np.isfinite(stratum.auroc):
+            # A percentile interval need not contain its estimate: a line from bound to bound, not error bars.
+            if np.isfinite(stratum.low) and np.isfinite(stratum.high):
+                ax.vlines(x, stratum.low, stratum.high, color="black", lw=1.5)
+                ax.plot([x, x], [stratum.low, stratum.high], "_", color="black", ms=10)
+            ax.plot(x, stratum.auroc, "o", color="tab:blue", ms=7, zorder=3)
+            ax.annotate(f"{stratum.auroc:.3f}", (x, stratum.auroc), xytext=(8, 0), textcoords="offset points",
+                        va="center", fontsize=9)
+        else:
+            ax.text(x, 0.3, "one class:\nno AUROC", ha="center", va="center", fontsize=9, color="grey",
+                    bbox={"facecolor": "white", "edgecolor": "none"})
+    labels = [f"{stratum.bounds}\n{stratum.positives} pos / {stratum.negatives} neg" for stratum in strata]
+    ax.set_xticks(positions, labels)
+    ax.set(xlim=(-0.6, len(strata) - 0.4), ylim=(0, 1.02), xlabel=f"{column} stratum (n positives / negatives)",
+           ylabel="AUROC within the stratum (95 % interval)", title=title)
+    ax.legend(loc="best", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
     return fig
