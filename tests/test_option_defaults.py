@@ -1,6 +1,7 @@
 """Every ``data.*`` default agrees wherever it is read: the composed config (``conf/``), :class:`DataOptions` and
 the spec classes of the nested options (their fields and their ``from_config``); every ``eval.*`` default is
-:class:`EvaluationOptions`' and ``conf/eval/default.yaml``'s alike."""
+:class:`EvaluationOptions`' and ``conf/eval/default.yaml``'s alike; every ``target.*`` default is
+:class:`HeadSpec`'s wherever ``conf/target`` spells it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from lungexp.config.store import DATA_OPTIONS
 from lungexp.data.labels.sampled_candidates import NegativesSpec
 from lungexp.data.labels.splits import SplitSpec
+from lungexp.data.labels.targets import HEAD_DEFAULTS, HEAD_KEYS, MULTITASK, SINGLE_KEYS, TargetOptions
 from lungexp.data.loading.balance import BalanceSpec
 from lungexp.data.options import DataOptions
 from lungexp.data.patches.extraction import PatchSpec
@@ -26,6 +28,7 @@ from tests.helpers.config import CONFIG_DIR, compose_config
 SPECS = {"patch": PatchSpec, "split": SplitSpec, "balance": BalanceSpec, "negatives": NegativesSpec}
 SHARED = CONFIG_DIR / "shared" / "datamodule.yaml"
 DATA_CHOICES = sorted(path.stem for path in (CONFIG_DIR / "data").glob("*.yaml"))
+TARGET_CHOICES = sorted(path.stem for path in (CONFIG_DIR / "target").glob("*.yaml"))
 
 
 def _plain(value: Any) -> Any:
@@ -118,3 +121,24 @@ def test_the_eval_yaml_declares_every_option_at_its_dataclass_default(tmp_path: 
     assert EvaluationOptions.from_config(yaml) == EvaluationOptions()
     assert declared["strata"] is None and EvaluationOptions().strata is None
     assert to_dict(compose_config([], tmp_path).eval, resolve=True) == EvaluationOptions().to_config()
+
+
+@pytest.mark.parametrize("target", TARGET_CHOICES)
+def test_target_files_spell_each_head_option_with_its_default(target: str, tmp_path: Path) -> None:
+    """Each head of ``conf/target/<target>.yaml`` gives only head options; those it repeats from
+    :data:`HEAD_DEFAULTS` (class weights, loss weight) hold HeadSpec's defaults, and a multitask head spells every
+    option, so that ``target.auxiliary.<name>.weight=…`` needs no ``+``. The presets choose kinds, columns and
+    rules only."""
+    composed = to_dict(compose_config([f"target={target}"], tmp_path).target, resolve=True)
+    multitask = composed["kind"] == MULTITASK
+    heads = [composed["primary"], *composed["auxiliary"].values()] if multitask else [composed]
+    for head in heads:
+        assert set(head) == set(HEAD_KEYS) if multitask else set(head) <= set(SINGLE_KEYS), head
+        assert {key: head[key] for key in ("class_weights", "weight") if key in head} == {
+            key: HEAD_DEFAULTS[key] for key in ("class_weights", "weight") if key in head}
+
+
+def test_the_default_target_is_target_options_default(tmp_path: Path) -> None:
+    composed = to_dict(compose_config([], tmp_path).target, resolve=True)
+    assert TargetOptions.from_config(composed) == TargetOptions()
+    assert composed == {key: value for key, value in TargetOptions().to_config().items() if key in composed}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from lungexp.data.names import MALIGNANCY_COLUMNS
+from lungexp.data.names import MALIGNANCY_COLUMNS, RATING_COLUMNS
 from lungexp.data.synthetic import SyntheticDataset, generate_luna16_dataset, generator, nodules
 from lungexp.data.synthetic.geometry import Geometry
 from lungexp.data.synthetic.manifest import SyntheticDataError
@@ -178,7 +179,8 @@ def test_malignancy_table_matches_annotations(
     dataset: SyntheticDataset, manifest: dict, annotations: pd.DataFrame
 ) -> None:
     table = pd.read_csv(dataset.malignancy_csv)
-    assert list(table.columns) == MALIGNANCY_COLUMNS  # the release's columns: tests/test_real_data.py
+    # The release's columns (tests/test_real_data.py), then the readers' ratings (test_ratings_follow_the_image).
+    assert list(table.columns) == [*MALIGNANCY_COLUMNS, *RATING_COLUMNS]
     pd.testing.assert_frame_equal(table[LUNA_ANNOTATION_COLUMNS], annotations)
     assert table["mal_bool"].dtype == bool
     assert 0.3 <= table["mal_bool"].mean() <= 0.5
@@ -229,6 +231,68 @@ def test_malignancy_is_learnable_but_not_trivial() -> None:
     n_pos, n_neg = malignant.sum(), (~malignant).sum()
     size_auc = (ranks[malignant].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     assert 0.65 < size_auc < 0.95
+
+
+# SHA-256 (16 hex digits) of what the generator wrote for BYTES_PARAMS before the ratings were added (commit
+# 9b9e3e5): adding them must move no scan, label or candidate, so `make run`'s figures stay where they were.
+BYTES_PARAMS = {"num_scans": 3, "num_subsets": 2, "shape_zyx": (24, 64, 64), "nodules_per_scan": (2, 3),
+                "negatives_per_scan": 4, "seed": 7}
+BYTES_BEFORE_RATINGS = {
+    "annotations.csv": "85f423c69eef69bb",
+    "annotations_with_malignancy.csv": "bb2f3077f9a7d5e5",  # without the rating columns
+    "candidates_V2.csv": "8f5c060af5aca9cd",
+    "subset0/1.3.6.1.4.1.14519.5.2.1.6279.6001.372085689771804720131518740905.mhd": "8d51a06ea923c130",
+    "subset0/1.3.6.1.4.1.14519.5.2.1.6279.6001.372085689771804720131518740905.raw": "e4a5dbe8e02c54f3",
+    "subset0/1.3.6.1.4.1.14519.5.2.1.6279.6001.467440266680603205553079775031.mhd": "0114cf0e2702838e",
+    "subset0/1.3.6.1.4.1.14519.5.2.1.6279.6001.467440266680603205553079775031.raw": "aeb9f65922ca8af5",
+    "subset1/1.3.6.1.4.1.14519.5.2.1.6279.6001.743042314083230843211002978664.mhd": "01300cf6937cb974",
+    "subset1/1.3.6.1.4.1.14519.5.2.1.6279.6001.743042314083230843211002978664.raw": "36c923b7fa18b82c",
+    "manifest scans": "8b177f0840410d7f",  # the scans' geometry in .synthetic.json
+}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def test_the_ratings_left_every_scan_label_and_candidate_byte_for_byte(tmp_path: Path) -> None:
+    root = generate_luna16_dataset(tmp_path / "luna16", **BYTES_PARAMS).root
+    written = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*")
+               if path.is_file() and path.name != ".synthetic.json"}
+    malignancy = written["annotations_with_malignancy.csv"].decode().splitlines()
+    assert malignancy[0].endswith("," + ",".join(RATING_COLUMNS))  # the ratings are the last columns
+    written["annotations_with_malignancy.csv"] = "".join(
+        line.rsplit(",", len(RATING_COLUMNS))[0] + "\n" for line in malignancy).encode()
+    digests = {name: _digest(data) for name, data in written.items()}
+    digests["manifest scans"] = _digest(json.dumps(json.loads((root / ".synthetic.json").read_text())["scans"],
+                                                   sort_keys=True).encode())
+    assert digests == BYTES_BEFORE_RATINGS
+
+
+def test_ratings_follow_the_image(dataset: SyntheticDataset) -> None:
+    """Texture, spiculation and calcification are what the nodule looks like (up to reader noise); malignancy is
+    the readers' mean rating, so 4-5 are malignant and 1-2 benign: targets on them have something to learn."""
+    lung = np.zeros((60, 60, 60), dtype=bool)
+    lung[2:-2, 2:-2, 2:-2] = True
+    geometry = Geometry(lung.shape, np.ones(3), np.zeros(3))
+    clearance = ndimage.distance_transform_edt(lung)
+    rng, ratings_rng = np.random.default_rng(0), np.random.default_rng(1)
+    placed = [nodules.place_nodules(rng, [index % 5 < 2], lung, clearance, geometry)[0] for index in range(400)]
+    rated = pd.DataFrame([nodules.reader_ratings(ratings_rng, nodule) for nodule in placed])
+    kind = np.array([nodule.appearance.kind for nodule in placed])
+    spicules = np.array([len(nodule.appearance.spicule_lengths) for nodule in placed])
+    malignant = np.array([nodule.malignant for nodule in placed])
+    assert list(rated.columns) == RATING_COLUMNS
+    assert ((rated["calcification"] == 3) == (kind == "calcified")).all()
+    assert set(rated["calcification"]) == {3, 6}
+    assert rated.loc[kind != "part_solid", "texture"].isin([4, 5]).all()
+    assert rated.loc[kind == "part_solid", "texture"].between(1, 5).all()
+    assert rated.loc[kind == "part_solid", "texture"].mean() < 3.6 < rated.loc[kind == "solid", "texture"].mean()
+    assert rated.loc[spicules > 0, "spiculation"].min() >= 2 and rated.loc[spicules == 0, "spiculation"].max() <= 3
+    assert 0.03 < (rated.loc[kind != "part_solid", "texture"] == 4).mean() < 0.2  # reader noise, as READER_NOISE
+    assert ((rated["malignancy"] >= 4) <= malignant).all() and ((rated["malignancy"] <= 2) <= ~malignant).all()
+    table = pd.read_csv(dataset.malignancy_csv)  # and the generated CSV holds them, as whole numbers in range
+    assert table[RATING_COLUMNS].dtypes.eq(np.int64).all() and table[RATING_COLUMNS[:3]].isin(range(1, 6)).all().all()
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(

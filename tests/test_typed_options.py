@@ -1,5 +1,5 @@
-"""The ``data``, ``eval`` and ``cv`` groups travel down as typed options: below the entry points, no module reads
-them from a raw config again (``cfg.data``, ``cfg["eval"]``, ``cfg.get("cv")``, ``OmegaConf.select(cfg,
+"""The ``data``, ``eval``, ``target`` and ``cv`` groups travel down as typed options: below the entry points, no
+module reads them from a raw config again (``cfg.data``, ``cfg["eval"]``, ``cfg.get("cv")``, ``OmegaConf.select(cfg,
 "data.…")``, ``instantiate(cfg.data)``). ``lungexp.config`` builds the options and ``lungexp.tracking`` logs the
 whole config, so they may."""
 
@@ -14,7 +14,7 @@ import pytest
 import lungexp
 
 PACKAGE = Path(lungexp.__file__).parent
-GROUPS = ("data", "eval", "cv")
+GROUPS = ("data", "eval", "target", "cv")
 # The entry points (the top layer of the import-linter contract) and the packages that read the raw config.
 ALLOWED = {"run.py", "evaluate.py", "predict.py", "preprocess.py", "convert.py", "froc.py", "compare.py",
            "register.py", "config", "tracking"}
@@ -60,13 +60,15 @@ def _modules() -> list[Path]:
 def test_no_module_below_the_entry_points_reads_a_group_from_the_raw_config() -> None:
     reads = [f"lungexp/{path.relative_to(PACKAGE)}:{line}: {code}"
              for path in _modules() for line, code in raw_group_reads(path.read_text(encoding="utf-8"))]
-    assert not reads, ("these modules read the data, eval or cv group from a raw config; take the typed options "
-                       "instead (RunOptions.data / .evaluation / .cv, DataOptions, EvaluationOptions):\n"
+    assert not reads, ("these modules read the data, eval, target or cv group from a raw config; take the typed "
+                       "options instead (RunOptions.data / .evaluation / .target / .cv, DataOptions, "
+                       "EvaluationOptions, TargetOptions):\n"
                        + "\n".join(reads))
 
 
 @pytest.mark.parametrize("code", [
-    "cfg.data.patch", "fold_cfg.cv.folds", "run.config.eval", 'cfg["data"]', 'cfg.get("eval")', 'cfg.get("cv", None)',
+    "cfg.data.patch", "fold_cfg.cv.folds", "run.config.eval", "cfg.target.kind", 'cfg["data"]', 'cfg.get("eval")',
+    'cfg.get("cv", None)',
     'OmegaConf.select(view, "data.root")', 'OmegaConf.select(cfg, f"data.{key}")',
     "hydra.utils.instantiate(cfg.data, _convert_='partial')",
 ])

@@ -1,8 +1,8 @@
 """``check(cfg, entry_point)``: the one check of a composed config, before any slow work.
 
 Each Hydra entry point calls it once, first thing. It runs the checks its config needs (the schema of
-:mod:`lungexp.config.schema`, the typed options of ``data``, ``eval`` and ``cv``) and returns the config
-read-only with those options (:class:`~lungexp.training.run_options.RunOptions` for a training run), so nothing
+:mod:`lungexp.config.schema`, the typed options of ``data``, ``eval``, ``target`` and ``cv``) and returns the
+config read-only with those options (:class:`~lungexp.training.run_options.RunOptions` for a training run), so nothing
 on the way changes what the run was given and nothing below parses the groups again: a step that needs other
 values works on a changed copy (``dataclasses.replace``, :func:`lungexp.utils.dictconfig.with_values`).
 
@@ -23,6 +23,7 @@ from typing import Any, Literal, overload
 from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.schema import check_config, check_top_level, resolve
+from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.split_metrics import check_strata_column
 from lungexp.evaluation.types import EvaluationOptions
@@ -93,13 +94,14 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
         check_top_level(cfg, PRIMARY[entry_point])
         return CheckedConfig(read_only(cfg))
     data = data_options(cfg)
+    target = target_options(cfg, data) if entry_point == "run" else None
     check_config(cfg, sections=SECTIONS[entry_point])
-    if entry_point == "preprocess":
+    if target is None:  # preprocess: the patch cache holds no labels
         return CheckedConfig(read_only(cfg), data=data)
     evaluation = EvaluationOptions.from_config(resolve(cfg).get("eval"))
     check_strata_column(evaluation.strata, data)
     config = read_only(cfg)
-    return RunOptions(config, data=data, evaluation=evaluation, cv=cross_validation_options(cfg),
+    return RunOptions(config, data=data, evaluation=evaluation, target=target, cv=cross_validation_options(cfg),
                       train_transform=config.data.get("train_transform"), stored_data=stored_data_config(cfg.data))
 
 
@@ -111,6 +113,30 @@ def data_options(cfg: DictConfig) -> DataOptions:
                           f"{DATAMODULE_TARGET}; drop data._target_ from your data config (it comes with "
                           "/shared/datamodule)")
     return typed_data_options(resolve(cfg)["data"])
+
+
+def target_options(cfg: DictConfig, data: DataOptions) -> TargetOptions:
+    """``cfg.target`` as checked options (the default binary target where the config has none), and what it asks
+    of the ``data`` options; a problem names its ``target.*`` key and what to do."""
+    node = resolve(cfg).get("target")
+    if not isinstance(node, Mapping | None):
+        raise ConfigError(f"target={node!r} must be one of the options of conf/target: target=binary, multiclass, "
+                          "ordinal, multitask or lidc_attributes")
+    with named_under("target", ConfigError):
+        target = TargetOptions.from_config(node)
+    if target.is_default:
+        return target
+    if data.labels_csv is None:
+        columns = ", ".join(dict.fromkeys(f"'{head.column}'" for head in target.heads))
+        raise ConfigError(f"target.kind={target.kind} reads the column(s) {columns} of the labels CSV, but "
+                          "data.labels_csv=null samples candidates labelled 0/1 only; give data.labels_csv a CSV "
+                          "with those columns, or use target=binary")
+    if data.label_rule is not None and target.primary.column != PRIMARY_NAME:
+        key = target.config_key(target.primary, "column")
+        raise ConfigError(f"data.label_rule={data.label_rule.as_config()} makes the binary `label`, but the primary "
+                          f"target reads '{target.primary.column}' ({key}), so the rule would only drop rows: set "
+                          "data.label_rule=null and drop values with the target's rule (a drop list) instead")
+    return target
 
 
 def typed_data_options(data: Mapping[str, Any], strict: bool = False) -> DataOptions:

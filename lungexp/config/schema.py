@@ -14,7 +14,7 @@ command line. Checked here:
   :func:`check_monitoring`);
 * an accelerator or a precision the hardware cannot run (:func:`check_accelerator`, :func:`check_precision`).
 
-``data.*``, ``eval`` and ``cv`` are checked by their typed options (:func:`lungexp.config.check`).
+``data.*``, ``eval``, ``target`` and ``cv`` are checked by their typed options (:func:`lungexp.config.check`).
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ MALIGNANCY_COLUMNS = [
     "bboxHighZ",
     "len_mal_details",
 ]
+# The demo data's malignancy CSV adds, after the release's columns, the LIDC readers' ratings that lidc-crops'
+# points.csv has, under its names (lungexp.data.synthetic.nodules.reader_ratings): a target's columns.
+RATING_COLUMNS = ["malignancy", "texture", "spiculation", "calcification"]
 
 # A batch from PatchDataset: the normalised patch, its 0/1 label and its row in the patch cache.
 IMAGE_KEY = "image"

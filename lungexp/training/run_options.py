@@ -1,7 +1,8 @@
 """What a training run is given: the typed options that :func:`lungexp.config.check.check` builds once.
 
-The ``data``, ``eval`` and ``cv`` groups travel down as :class:`~lungexp.data.options.DataOptions`,
-:class:`~lungexp.evaluation.types.EvaluationOptions` and :class:`CrossValidationOptions`; nothing below the
+The ``data``, ``eval``, ``target`` and ``cv`` groups travel down as :class:`~lungexp.data.options.DataOptions`,
+:class:`~lungexp.evaluation.types.EvaluationOptions`, :class:`~lungexp.data.labels.targets.TargetOptions` and
+:class:`CrossValidationOptions`; nothing below the
 entry points reads them from the config again. The config travels along, read-only, for the nodes Hydra
 instantiates (``model``, ``trainer``, ``callbacks``, ``logger``), the top-level values and the tracking that
 logs it whole. A step that needs other values works on a changed copy (``dataclasses.replace``).
@@ -16,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from lungexp.data.labels.targets import TargetOptions
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.utils.dictconfig import to_dict
@@ -45,6 +47,7 @@ class RunOptions:
         config: the composed config, read-only where :func:`lungexp.config.check.check` made it.
         data: the ``data.*`` options the datamodule is made from.
         evaluation: the ``eval`` options the test stage judges with.
+        target: the ``target`` options: what each sample is and which heads the network gets.
         cv: the cross-validation options, with ``cv.folds`` set; None: one run.
         train_transform: the training augmentation's node (``data.train_transform``, i.e. ``aug.train``),
             instantiated with the datamodule; None: none.
@@ -55,6 +58,7 @@ class RunOptions:
     config: DictConfig
     data: DataOptions
     evaluation: EvaluationOptions
+    target: TargetOptions = field(default_factory=TargetOptions)
     cv: CrossValidationOptions | None = None
     train_transform: Any = None
     stored_data: Mapping[str, Any] = field(default_factory=dict)

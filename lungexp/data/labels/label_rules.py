@@ -107,19 +107,26 @@ class LabelRule:
 
     def _check_rows(self, bad: pd.Series, table: pd.DataFrame, source: str | Path, problem: str) -> None:
         if bad.any():
-            lines = ", ".join(str(i + 2) for i in table.index[bad][:5])  # header = line 1
             raise AnnotationError(f"{source}: column '{self.column}' {problem} in {int(bad.sum())} row(s) "
-                                  f"(lines {lines}); fix the CSV or data.label_rule")
+                                  f"(lines {csv_lines(table.index[bad])}); fix the CSV or data.label_rule")
 
     def __str__(self) -> str:
         return f"{self.column} {self.positive} = 1, {self.negative} = 0"
 
 
-def labelled_key(cache_key: str, label_rule: LabelRule | None) -> str:
-    """The data fingerprint of a patch cache read under ``label_rule``: the cache key itself without a rule
-    (labels are read from the CSV, not cached), else 16 hex digits of SHA-256 over the key and the rule, so
-    runs under different rules never share a fingerprint even where they share the cached patches."""
-    if label_rule is None:
+def csv_lines(index: pd.Index, shown: int = 5) -> str:
+    """The CSV lines of the first ``shown`` rows of a table read in file order (header = line 1): ``3, 7``."""
+    return ", ".join(str(i + 2) for i in index[:shown])
+
+
+def labelled_key(cache_key: str, label_rule: LabelRule | None, target: Mapping[str, Any] | None = None) -> str:
+    """The data fingerprint of a patch cache read under ``label_rule`` and a target (its
+    :meth:`~lungexp.data.labels.targets.TargetOptions.fingerprint`): the cache key itself without either (labels
+    are read from the CSV, not cached), else 16 hex digits of SHA-256 over the key, the rule and the target, so
+    runs that label the samples differently never share a fingerprint even where they share the cached patches.
+    A run with a rule and the default target (None) keeps the fingerprint it had before targets existed."""
+    parts = [json.dumps(part, sort_keys=True) for part in
+             (None if label_rule is None else label_rule.as_config(), target) if part is not None]
+    if not parts:
         return cache_key
-    rule = json.dumps(label_rule.as_config(), sort_keys=True)
-    return hashlib.sha256(f"{cache_key}|{rule}".encode()).hexdigest()[:16]
+    return hashlib.sha256("|".join([cache_key, *parts]).encode()).hexdigest()[:16]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, MALIGNANCY_COLUMNS
+from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, MALIGNANCY_COLUMNS, RATING_COLUMNS
 from lungexp.data.scans.metaimage import write_mhd
 from lungexp.data.synthetic.acquisition import series_uid, simulate_acquisition
 from lungexp.data.synthetic.anatomy import build_anatomy, lung_clearance_mm
@@ -23,11 +23,20 @@ from lungexp.data.synthetic.manifest import (
     existing_dataset,
     write_manifest,
 )
-from lungexp.data.synthetic.nodules import malignancy_labels, malignancy_row, place_nodules, render_nodule
+from lungexp.data.synthetic.nodules import (
+    malignancy_labels,
+    malignancy_row,
+    place_nodules,
+    reader_ratings,
+    render_nodule,
+)
 from lungexp.data.synthetic.vessels import UNENHANCED_BLOOD_HU, grow_vessels, render_vessels
 from lungexp.utils.atomic import publish_folder, staging_folder
 
 LUNA_FLOAT_FORMAT = "%.10g"  # annotations.csv carries ~10 significant digits
+# The spawn key's second entry of each scan's stream of rating draws, apart from its stream of the scan (key
+# (index,)), so that adding ratings left every scan, label and candidate as it was.
+RATINGS_STREAM = 1
 
 
 def generate_luna16_dataset(
@@ -80,7 +89,7 @@ def _write_dataset(directory: Path, params: GeneratorParams) -> None:
 
 def _write_tables(directory: Path, malignancy_rows: list[dict], candidate_rows: list[dict]) -> None:
     """LUNA16 lists rows grouped by series UID; candidates keep 2 decimals, annotations ~10 digits."""
-    malignancy = pd.DataFrame(malignancy_rows, columns=MALIGNANCY_COLUMNS)
+    malignancy = pd.DataFrame(malignancy_rows, columns=[*MALIGNANCY_COLUMNS, *RATING_COLUMNS])
     malignancy = malignancy.sort_values("seriesuid", kind="stable")
     csv_options = {"index": False, "lineterminator": "\n"}
     malignancy.to_csv(directory / MALIGNANCY_NAME, float_format=LUNA_FLOAT_FORMAT, **csv_options)
@@ -101,8 +110,10 @@ class _ScanOutput:
 
 def _generate_scan(params: GeneratorParams, index: int, directory: Path, first_nodule: int) -> _ScanOutput:
     """Build scan ``index`` from its own seed stream (independent of ``num_scans``) and write it;
-    ``first_nodule`` is the dataset-wide number of its first nodule, which fixes the nodules' labels."""
+    ``first_nodule`` is the dataset-wide number of its first nodule, which fixes the nodules' labels. The
+    readers' ratings of its nodules come from a stream of their own (:data:`RATINGS_STREAM`)."""
     rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(index,)))
+    ratings_rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(index, RATINGS_STREAM)))
     seriesuid = series_uid(rng)
     geometry = sample_geometry(rng, params.shape_zyx)
     anatomy = build_anatomy(rng, geometry)
@@ -132,7 +143,7 @@ def _generate_scan(params: GeneratorParams, index: int, directory: Path, first_n
             "origin_xyz": [float(o) for o in geometry.origin_xyz],
         },
         malignancy_rows=[
-            malignancy_row(seriesuid, nodule, bbox, geometry)
+            {**malignancy_row(seriesuid, nodule, bbox, geometry), **reader_ratings(ratings_rng, nodule)}
             for nodule, bbox in zip(nodules, bboxes, strict=True)
         ],
         candidate_rows=scan_candidate_rows(rng, seriesuid, nodules, negatives, geometry),

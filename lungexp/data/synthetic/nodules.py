@@ -1,7 +1,10 @@
-"""Nodules: labels, placement in the lungs, size, density and shape by class, and their CSV rows.
+"""Nodules: labels, placement in the lungs, size, density and shape by class, the readers' ratings, and
+their CSV rows.
 
 Malignancy is learnable but not trivial: malignant-looking nodules are larger, less dense, more
-often part-solid, lobulated and spiculated, but a share of nodules looks like the other class.
+often part-solid, lobulated and spiculated, but a share of nodules looks like the other class. The
+ratings of texture, spiculation and calcification follow what the nodule looks like, with some
+reader noise, so multiclass and ordinal targets have something in the image to learn.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ GOLDEN_RATIO_FRACTION = (np.sqrt(5.0) - 1.0) / 2.0  # steps that spread evenly o
 MISLEADING_LOOK_FRACTION = 0.15
 # Nodules keep this far (mm) beyond their radius from each other, and negative candidates from them.
 NEGATIVE_EXCLUSION_MARGIN_MM = 3.0
+# Share of texture and spiculation ratings one level below, and as many one above, what the nodule shows.
+READER_NOISE = 0.1
+# LIDC calcification codes: 3 = solid (the generated calcified nodules are dense throughout), 6 = absent.
+SOLID_CALCIFICATION, NO_CALCIFICATION = 3, 6
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,34 @@ def _draw_appearance(rng: np.random.Generator, looks_malignant: bool, diameter_m
         spicule_directions=np.array([unit(v) for v in rng.normal(size=(spicule_count, 3))]).reshape(-1, 3),
         spicule_lengths=np.minimum(rng.uniform(0.3, 0.8, size=spicule_count) * diameter_mm / 2.0, 8.0),
     )
+
+
+def reader_ratings(rng: np.random.Generator, nodule: Nodule) -> dict[str, int]:
+    """The LIDC ratings of ``nodule`` under lidc-crops' column names (lungexp.data.names.RATING_COLUMNS):
+
+    * ``malignancy``: the readers' mean rating rounded half up (4-5 always malignant, 1-2 benign, 3 either);
+    * ``texture`` (1 ground glass … 5 solid): 5 for solid and calcified nodules; a part-solid one by its solid
+      core's share of the radius: 2 below 1/2 (under 1/8 of the volume solid), 3 below 0.6, else 4;
+    * ``spiculation`` (1 none … 5 marked): 1, or 2 when lobulated; with spicules 3 (3-5 of them), 4 (6-8), 5;
+    * ``calcification`` (LIDC codes): 3 (solid) for calcified nodules, 6 (absent) for the others.
+
+    Texture and spiculation are one level off in :data:`READER_NOISE` of cases each way (within 1-5). ``rng``
+    is drawn twice per nodule, whatever it shows."""
+    look = nodule.appearance
+    if look.kind == "part_solid":
+        texture = 2 if look.core_fraction < 0.5 else 3 if look.core_fraction < 0.6 else 4
+    else:
+        texture = 5
+    spicules = len(look.spicule_lengths)
+    spiculation = (2 if look.lobulation > 0.15 else 1) if spicules == 0 else min(5, 2 + spicules // 3)
+    texture_noise, spiculation_noise = rng.choice([-1, 0, 1], size=2, p=[READER_NOISE, 1 - 2 * READER_NOISE,
+                                                                         READER_NOISE])
+    return {
+        "malignancy": int(np.floor(np.mean(nodule.ratings) + 0.5)),
+        "texture": int(np.clip(texture + texture_noise, 1, 5)),
+        "spiculation": int(np.clip(spiculation + spiculation_noise, 1, 5)),
+        "calcification": SOLID_CALCIFICATION if look.kind == "calcified" else NO_CALCIFICATION,
+    }
 
 
 def _nodule_sites(
