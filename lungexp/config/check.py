@@ -23,6 +23,7 @@ from typing import Any, Literal, overload
 from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.schema import check_config, check_top_level, resolve
+from lungexp.data.labels.covariates import check_rating_covariates, covariate_names
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
@@ -95,10 +96,25 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
     check_config(cfg, sections=SECTIONS[entry_point])
     if entry_point == "preprocess":
         return CheckedConfig(read_only(cfg), data=data)
+    check_covariates(resolve(cfg)["model"], data)
     evaluation = EvaluationOptions.from_config(resolve(cfg).get("eval"))
     config = read_only(cfg)
     return RunOptions(config, data=data, evaluation=evaluation, cv=cross_validation_options(cfg),
                       train_transform=config.data.get("train_transform"), stored_data=stored_data_config(cfg.data))
+
+
+def check_covariates(model: Mapping[str, Any], data: DataOptions) -> None:
+    """``model.covariates``: column names, none of them a reader's rating unless ``model.allow_rating_covariates``
+    (:func:`~lungexp.data.labels.covariates.check_rating_covariates`), and the datamodule's (``data.covariates``
+    follows them)."""
+    names = covariate_names(model.get("covariates", []), key="model.covariates")
+    allow = model.get("allow_rating_covariates", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"model.allow_rating_covariates={allow!r} must be true or false")
+    check_rating_covariates(names, allow)
+    if names != data.covariates:
+        raise ConfigError(f"data.covariates={list(data.covariates)} but model.covariates={list(names)}: the data "
+                          "follow the model's covariates; set model.covariates only")
 
 
 def data_options(cfg: DictConfig) -> DataOptions:

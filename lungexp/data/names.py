@@ -28,7 +28,15 @@ MALIGNANCY_COLUMNS = [
     "len_mal_details",
 ]
 
-# A batch from PatchDataset: the normalised patch, its 0/1 label and its row in the patch cache.
+# LIDC readers' ratings and the labels made from them (``mal_bool``, ``class``, ``label``): known only once a
+# radiologist has read the scan, and ``malignancy`` is the label itself, so never a model's input by default
+# (``model.covariates``, :mod:`lungexp.data.labels.covariates`).
+RATING_COLUMNS = ("malignancy", "texture", "spiculation", "calcification", "subtlety", "internalStructure",
+                  "lobulation", "margin", "sphericity", "label", "mal_bool", "mal_details", "len_mal_details", "class")
+
+# A batch from PatchDataset: the normalised patch, its 0/1 label and its row in the patch cache; with
+# ``model.covariates``, also the sample's covariates (B, k) as read from the labels CSV (unstandardised).
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 INDEX_KEY = "index"
+COVARIATES_KEY = "covariates"

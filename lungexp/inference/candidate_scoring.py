@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from lungexp.data.labels.annotations import read_points
+from lungexp.data.labels.covariates import covariate_values
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS, ROW_NAME_COLUMN
 from lungexp.data.patches.extraction import PatchExtractor
 from lungexp.data.scans import ScanHeader
@@ -102,7 +103,12 @@ def load_predictor(cfg: DictConfig) -> Ensemble:
 
 def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource, candidates: pd.DataFrame,
                        source: str | Path = "candidates", batch_size: int = 64) -> pd.DataFrame:
-    """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order."""
+    """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order.
+
+    A model with covariates reads them from the candidates' columns of the same names, checked before any scan.
+    """
+    names = predictor.recipe.covariates
+    covariates = covariate_values(candidates, names, source) if names else None
     groups = candidates.groupby("seriesuid", sort=False).indices
     headers = scans.headers(list(groups))
     for uid, header in headers.items():
@@ -114,7 +120,8 @@ def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource, candi
             _check_inside(candidates.iloc[rows], _header_of(scan), source)
         patches = PatchExtractor(scan, predictor.recipe.patch).extract_many(
             candidates.iloc[rows][COORD_COLUMNS].to_numpy(np.float64))
-        probabilities[rows] = predictor.patch_probabilities(patches, batch_size)
+        probabilities[rows] = predictor.patch_probabilities(patches, batch_size,
+                                                            None if covariates is None else covariates[rows])
     return candidates[POINT_COLUMNS].assign(probability=probabilities).reset_index(drop=True)
 
 

@@ -32,6 +32,7 @@ from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.patches.normalization import HUWindow
 from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
+from lungexp.models.fusion import with_covariates
 from lungexp.tracking.artifacts import mlflow_run_reference
 from lungexp.tracking.provenance import data_fingerprint
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_validation_predictions
@@ -103,6 +104,8 @@ class ModelRecipe:
         precision: the Trainer precision it was trained and tested with (e.g. ``32-true``, ``bf16-mixed``).
         data: the data config, plain values except paths derived from ``data.*`` keys and the data folders.
         mlflow: ``{run_id, experiment_id, tracking_uri}`` of the training run, empty without MLflow.
+        covariates: the columns it reads besides the image (``model.covariates``), in its input order; the
+            network is then a :class:`~lungexp.models.fusion.CovariateFusion` of ``net``.
     """
 
     task: str
@@ -113,6 +116,7 @@ class ModelRecipe:
     precision: str = "32-true"
     data: dict[str, Any] = field(default_factory=dict)
     mlflow: dict[str, str] = field(default_factory=dict)
+    covariates: tuple[str, ...] = ()
 
     @property
     def in_channels(self) -> int:
@@ -134,6 +138,7 @@ class ModelRecipe:
             normalize=run.data.normalize,
             precision=str(run.config.trainer.get("precision", "32-true")),
             data=dict(run.stored_data),
+            covariates=run.data.covariates,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +146,7 @@ class ModelRecipe:
         recipe = asdict(self)
         recipe["patch"]["spacing_mm"] = list(self.patch.spacing_mm)
         recipe["hu_window"] = list(self.hu_window)
+        recipe["covariates"] = list(self.covariates)
         return {"format_version": FORMAT_VERSION, "in_channels": self.in_channels, **recipe}
 
     @classmethod
@@ -153,7 +159,7 @@ class ModelRecipe:
             built = cls(task=recipe["task"], net=dict(recipe["net"]), patch=PatchSpec(**recipe["patch"]),
                         hu_window=tuple(recipe["hu_window"]), normalize=recipe["normalize"],
                         precision=recipe["precision"], data=_moved_targets(dict(recipe["data"])),
-                        mlflow=dict(recipe["mlflow"]))
+                        mlflow=dict(recipe["mlflow"]), covariates=tuple(recipe.get("covariates", ())))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{source}: its lungexp recipe is incomplete or damaged ({error!r}); "
                                   "use a checkpoint written by `python -m lungexp.run`") from None
@@ -161,6 +167,9 @@ class ModelRecipe:
         check_buildable(built.data, DATAMODULES, "data", source)
         check_plain({**recipe, "data": {}}, "recipe", source)
         check_plain(built.data, "data", source, keep=RELOCATABLE)
+        if not all(isinstance(name, str) for name in built.covariates):
+            raise CheckpointError(f"{source}: its recipe's covariates {list(built.covariates)!r} are not column names; "
+                                  "the file is damaged")
         if recipe.get("in_channels", built.in_channels) != built.in_channels:
             raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
                                   f"{built.in_channels} channel(s); the file is damaged")
@@ -309,7 +318,7 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
         evaluation = (checkpoint.get("hyper_parameters") or {}).get("evaluation")
     check_plain(evaluation, "eval", path)
     try:  # an allowed class (ModelRecipe.from_dict checked it) with arguments it does not take
-        net: nn.Module = hydra.utils.instantiate(recipe.net, _convert_="partial")
+        net: nn.Module = with_covariates(hydra.utils.instantiate(recipe.net, _convert_="partial"), recipe.covariates)
     except Exception as error:
         raise CheckpointError(f"{path}: cannot rebuild its network {recipe.net['_target_']!r} from the stored "
                               f"arguments ({str(error).strip().splitlines()[-1]}); the file is damaged or from "

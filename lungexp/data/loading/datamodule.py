@@ -23,6 +23,7 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from lungexp.data.labels.covariates import covariate_values
 from lungexp.data.labels.label_rules import labelled_key
 from lungexp.data.labels.sample_table import (
     build_samples,
@@ -120,6 +121,7 @@ class NoduleDataModule(pl.LightningDataModule):
                              label_rule=options.label_rule)
         source = options.labels_csv or options.annotations_csv
         assert source is not None, "DataOptions requires labels_csv, or annotations_csv for sampled negatives"
+        covariate_values(labels, options.covariates, source)  # every row's, named by its CSV row, before any scan
         samples = build_samples(labels, scans, source=source, missing_scans=options.missing_scans,
                                 outside=options.outside)
         if samples.empty:
@@ -136,9 +138,11 @@ class NoduleDataModule(pl.LightningDataModule):
         splits["train"] = limit_negatives(splits["train"], self.options.max_negatives_per_scan, self.options.split.seed)
         check_splits(splits, group_by=self.options.split.group_by)
         patches = self._read_into_ram() if self.options.cache_memory == "ram" else None
+        covariates = self._covariates()
         for name, frame in splits.items():
             transform = self.train_transform if name == "train" else None
-            self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform, patches)
+            self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform, patches,
+                                               covariates)
         if self.options.cache_memory == "device":
             self.device_batches = self._load_onto_device(("train", "val"))
         for name, dataset in self.datasets.items():
@@ -172,14 +176,22 @@ class NoduleDataModule(pl.LightningDataModule):
                                "(data.max_negatives_per_scan)")
         log.info("data.cache_memory=device: %d patches on %s", count, device)
         return {name: DeviceBatches.load(self.opened_cache.patches, self.datasets[name].rows, self.datasets[name].labels,
-                                         self.window, device) for name in names}
+                                         self.window, device, self.datasets[name].covariates) for name in names}
+
+    def _covariates(self) -> np.ndarray | None:
+        """The ``data.covariates`` of every sample of the open cache, in cache row order (None without them)."""
+        names = self.options.covariates
+        if not names:
+            return None
+        return covariate_values(self.opened_cache.index, names, self.options.labels_csv or "the sample table")
 
     def setup_all(self) -> None:
         """Add the dataset ``all``: every sample, unsplit (an external test set, or the pooled test folds of a
         cross-validation, which together cover every series)."""
         if self.cache is None:
             self.cache = self.build_cache()
-        self.datasets["all"] = PatchDataset(self.cache, np.arange(len(self.cache)), self.window)
+        self.datasets["all"] = PatchDataset(self.cache, np.arange(len(self.cache)), self.window,
+                                            covariates=self._covariates())
 
     def split_series(self, name: str) -> list[str]:
         """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""
@@ -200,6 +212,14 @@ class NoduleDataModule(pl.LightningDataModule):
         if self.cache is None:
             return None
         return labelled_key(self.cache.folder.name, self.options.label_rule)
+
+    @property
+    def train_covariates(self) -> np.ndarray:
+        """``(training samples, k)`` covariates of the training split: what a model standardises them by."""
+        covariates = self.datasets["train"].covariates
+        if covariates is None:
+            raise LungexpError("the datamodule has no covariates (data.covariates is empty)")
+        return covariates
 
     @property
     def train_class_counts(self) -> tuple[int, int]:

@@ -8,14 +8,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.data.patches.cache import PatchCache
 from lungexp.data.patches.normalization import HUWindow
 
 
 class PatchDataset(Dataset):
     """Rows of a :class:`PatchCache` as ``{"image": (C, D, H, W) float, "label": float, "index": int}``
-    (the keys are :mod:`lungexp.data.names`' ``IMAGE_KEY``, ``LABEL_KEY``, ``INDEX_KEY``; ``index`` is the cache row).
+    (the keys are :mod:`lungexp.data.names`' ``IMAGE_KEY``, ``LABEL_KEY``, ``INDEX_KEY``; ``index`` is the cache row),
+    and ``"covariates": (k,) float`` (``COVARIATES_KEY``) when ``covariates`` are given.
 
     Args:
         cache: the patch cache.
@@ -25,6 +26,8 @@ class PatchDataset(Dataset):
             ``Compose``; applied in DataLoader workers.
         patches: the array to read, in cache row order (``data.cache_memory=ram``: the cache read into
             memory); default the cache's memory map.
+        covariates: ``(rows of the cache, k)`` values of the sample table's covariate columns, in cache row order,
+            as read (the model standardises them); None: none.
     """
 
     def __init__(
@@ -34,11 +37,13 @@ class PatchDataset(Dataset):
         window: HUWindow,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         patches: np.ndarray | None = None,
+        covariates: np.ndarray | None = None,
     ) -> None:
         self.cache = cache
         self.patches = patches
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = cache.index["label"].to_numpy()[self.rows].astype(np.float32)
+        self.covariates = None if covariates is None else np.asarray(covariates, dtype=np.float32)[self.rows]
         self.window = window
         self.transform = transform
 
@@ -50,7 +55,10 @@ class PatchDataset(Dataset):
         image = self.window(patches[self.rows[i]])
         if self.transform is not None:
             image = self.transform(image)
-        return {IMAGE_KEY: image, LABEL_KEY: torch.tensor(self.labels[i]), INDEX_KEY: torch.tensor(self.rows[i])}
+        sample = {IMAGE_KEY: image, LABEL_KEY: torch.tensor(self.labels[i]), INDEX_KEY: torch.tensor(self.rows[i])}
+        if self.covariates is not None:
+            sample[COVARIATES_KEY] = torch.from_numpy(self.covariates[i])
+        return sample
 
     def class_counts(self) -> tuple[int, int]:
         """(negatives, positives)."""
