@@ -46,6 +46,7 @@ from lungexp.utils.errors import ArgumentError, ConfigError
 from lungexp.visualize.gradcam import gradcam_heatmaps
 from tests.helpers.cli import run_entry_point
 from tests.helpers.config import (
+    IMAGE_MODELS,
     TINY_NETS,
     compose_config,
     mlflow_overrides,
@@ -105,7 +106,7 @@ def hu_patches(count: int, size: int = 16) -> np.ndarray:
 # The model
 
 
-@pytest.mark.parametrize("model", sorted(TINY_NETS))
+@pytest.mark.parametrize("model", IMAGE_MODELS)
 def test_every_network_of_the_zoo_fuses_covariates_and_keeps_its_contract(model: str, tmp_path: Path) -> None:
     cfg = compose_config([f"model={model}", *TINY_NETS[model], "model.covariates=[diameter_mm,age]"], tmp_path)
     module = hydra.utils.instantiate(cfg.model, _partial_=True, _convert_="partial")(evaluation=EvaluationOptions())
@@ -125,6 +126,7 @@ def test_every_network_of_the_zoo_fuses_covariates_and_keeps_its_contract(model:
     assert maps.shape == (1, 16, 16, 16)
 
 
+@pytest.mark.slow
 def test_pretrained_weights_load_into_the_image_network_and_a_covariate_checkpoint_serves_as_pretrained(
         covariate_run, tmp_path: Path) -> None:
     plain = CNN3D(widths=(4, 8))

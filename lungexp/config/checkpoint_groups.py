@@ -24,7 +24,7 @@ from lungexp.utils.dictconfig import to_dict, with_values
 from lungexp.utils.errors import ConfigError, look_up_option
 
 # What the network was trained on: always the checkpoint's, never overridden.
-PREPROCESSING_KEYS = ("patch", "hu_window", "normalize", "in_channels", "covariates")
+PREPROCESSING_KEYS = ("patch", "hu_window", "normalize", "in_channels", "covariates", "images")
 
 
 def checkpoint_evaluation(cfg: DictConfig, overrides: Sequence[str] = ()) -> CheckpointEvaluation:
@@ -80,7 +80,8 @@ def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) 
     preprocessing = {"patch": {"size": recipe.patch.size, "size_mm": None, "spacing_mm": list(recipe.patch.spacing_mm),
                                "pad_hu": recipe.patch.pad_hu},
                      "hu_window": list(recipe.hu_window), "normalize": recipe.normalize,
-                     "in_channels": recipe.in_channels, "covariates": list(recipe.covariates)}
+                     "in_channels": recipe.in_channels, "covariates": list(recipe.covariates),
+                     "images": recipe.images}
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
     fixed = [key for key in keys if key.split(".")[0] == "data" and key.split(".")[1:2]
              and key.split(".")[1] in PREPROCESSING_KEYS]

@@ -209,6 +209,8 @@ class DataOptions:
                                           "(LabelRule); null keeps the CSV's labels", _label_rule)
     covariates: tuple[str, ...] = option((), "numeric columns of labels_csv each sample carries as its covariates "
                                          "(follows model.covariates)", _covariates)
+    images: bool = option(True, "samples carry their image patch; false (model=tabular): their covariates and label "
+                          "only, and no patch cache is built (follows model.images)", _flag)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -226,6 +228,9 @@ class DataOptions:
         if self.label_rule is not None and self.labels_csv is None:
             raise ArgumentError("label_rule labels the rows of labels_csv; with labels_csv=null (sampled "
                                 "negatives) set label_rule=null", "labels_csv")
+        if not self.images and not self.covariates:
+            raise ArgumentError("images=false (model=tabular) leaves a sample nothing to be scored on: give its "
+                                "covariates (model.covariates=[diameter_mm])", "covariates")
         if self.covariates and self.labels_csv is None:
             raise ArgumentError(f"covariates={list(self.covariates)} are columns of labels_csv; sampled negatives "
                                 "(labels_csv=null) have none", "labels_csv")

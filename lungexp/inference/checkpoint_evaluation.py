@@ -74,7 +74,8 @@ def evaluate_checkpoint(run: CheckpointEvaluation) -> EvaluationResult:
     training_run = cfg.cv_run or predictor.recipe.mlflow.get("run_id")
     loggers = instantiate_loggers(cfg.get("logger"), {"run_name": run_name(cfg), "tags": git_tags()})
     log_config(loggers, cfg)
-    pictures = PatchPictures(image_network(predictor.net), datamodule.opened_cache.patches, datamodule.window, options)
+    pictures = None if not datamodule.options.images else PatchPictures(  # model=tabular: no image to show
+        image_network(predictor.net), datamodule.patch_cache.patches, datamodule.window, options)
     report = report_split(predictions, settings, loggers, prefix=f"{split}/", title=split.capitalize(),
                           artifact=predictions_artifact(split), pictures=pictures)
     for logger in mlflow_loggers(loggers):

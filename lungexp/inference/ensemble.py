@@ -53,8 +53,8 @@ def target(recipe: ModelRecipe) -> dict[str, object]:
 
 
 def inputs(recipe: ModelRecipe) -> dict[str, object]:
-    """The covariates a member reads besides the image, in its order: every member must read the same."""
-    return {"model.covariates": list(recipe.covariates)}
+    """Whether a member reads the image and which covariates, in its order: every member must read the same."""
+    return {"model.covariates": list(recipe.covariates), "model.images": recipe.images}
 
 
 # What members must agree on, and what to say when they do not.
@@ -92,6 +92,9 @@ class Ensemble:
                                       f"{differing[key]}); {advice}")
         self.members = list(members)
         self.tta = check_tta(tta)
+        if self.tta != "none" and not self.recipe.images:
+            raise ConfigError(f"tta={tta} mirrors the image, and {members[0].path} (model=tabular) reads none: use "
+                              "tta=none")
 
     @property
     def recipe(self) -> ModelRecipe:
@@ -169,6 +172,8 @@ class Ensemble:
 
     def _tta(self, member: Predictor, batch: Batch) -> torch.Tensor:
         covariates = batch.get(COVARIATES_KEY)
+        if IMAGE_KEY not in batch:  # model=tabular
+            return member.batch_probabilities(None, covariates)
         return tta_probabilities(lambda images: member.batch_probabilities(images, covariates), batch[IMAGE_KEY],
                                  self.tta)
 
@@ -188,10 +193,11 @@ class Ensemble:
         """The uncalibrated mean probabilities of normalised batches, concatenated (float32)."""
         return self.scores(batches)[0]
 
-    def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64,
+    def patch_probabilities(self, hu_patches: np.ndarray | None, batch_size: int = 64,
                             covariates: np.ndarray | None = None) -> np.ndarray:
         """Probabilities of raw HU patches ``(N, C, D, H, W)`` (with their ``(N, k)`` covariates for members that read
-        them), normalised with the members' window, calibrated when the ensemble is (float32)."""
+        them; for members that read no image, ``None`` and the covariates), normalised with the members' window,
+        calibrated when the ensemble is (float32)."""
         plain, calibrated = self.scores(normalized_batches(self.recipe.window, hu_patches, batch_size, covariates))
         return plain if calibrated is None else calibrated.astype(np.float32)
 

@@ -15,6 +15,9 @@ trained with covariates (``model.covariates``) takes them too, by name, as its s
 
     probabilities = loaded.predict({"image": hu_patches, "diameter_mm": diameters})  # float64 (N,) each
 
+and one that reads no image (``model=tabular``) its covariates alone: ``loaded.predict({"diameter_mm": diameters})``
+(or a DataFrame with those columns).
+
 Loading a pyfunc model runs the code it carries, and on a shared registry anyone may add a version. So
 :func:`register_model` stores a manifest in the model (``lungexp_manifest.json``: every file's sha256), and
 :func:`load_registered` loads only a model that is exactly what it wrote, checked before MLflow imports or
@@ -37,6 +40,7 @@ from typing import Any, cast
 
 import mlflow
 import numpy as np
+import pandas as pd
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with MLflow, without type stubs
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
@@ -89,12 +93,13 @@ IMAGE_INPUT = "image"  # the patches' name among the inputs of a model with cova
 
 def input_schema(recipe: ModelRecipe) -> Schema:
     """What a model of ``recipe`` takes: HU patches ``(N, C, S, S, S)`` float32; with covariates, the same named
-    :data:`IMAGE_INPUT` and one ``(N,)`` float64 input named after each covariate column."""
+    :data:`IMAGE_INPUT` (none for a model that reads no image) and one ``(N,)`` float64 input named after each
+    covariate column."""
     patches = TensorSpec(np.dtype(np.float32), (-1, *recipe.patch.shape))
     if not recipe.covariates:
         return Schema([patches])
-    return Schema([TensorSpec(patches.type, patches.shape, name=IMAGE_INPUT),
-                   *(TensorSpec(np.dtype(np.float64), (-1,), name=name) for name in recipe.covariates)])
+    image = [TensorSpec(patches.type, patches.shape, name=IMAGE_INPUT)] if recipe.images else []
+    return Schema([*image, *(TensorSpec(np.dtype(np.float64), (-1,), name=name) for name in recipe.covariates)])
 
 
 def describe_inputs(schema: Schema | None) -> str:
@@ -131,24 +136,30 @@ class EnsembleModel(PythonModel):
                 ) -> np.ndarray:
         """Probabilities of HU patches ``(N, C, S, S, S)``; for a model with covariates, of the mapping
         ``{"image": patches, "<covariate>": (N,) values, ...}`` (the annotation is the one MLflow validates silently)."""
-        names = self.ensemble.recipe.covariates
+        recipe = self.ensemble.recipe
+        names = recipe.covariates
         covariates = None
         if names:
             model_input = cast(Any, model_input)
-            wanted = [IMAGE_INPUT, *names]
-            if not isinstance(model_input, Mapping) or any(name not in model_input for name in wanted):
-                given = sorted(model_input) if isinstance(model_input, Mapping) else type(model_input).__name__
+            wanted = [*([IMAGE_INPUT] if recipe.images else []), *names]
+            if not isinstance(model_input, Mapping | pd.DataFrame) or any(name not in model_input for name in wanted):
+                given = list(model_input) if isinstance(model_input, Mapping | pd.DataFrame) else \
+                    type(model_input).__name__
                 raise ConfigError(f"this model takes the inputs {wanted} by name (its signature); got {given}")
             covariates = np.stack([np.asarray(model_input[name], np.float64).reshape(-1) for name in names], axis=1)
+            if not np.isfinite(covariates).all():
+                raise ConfigError(f"the covariates {list(names)} must hold a finite number for every sample")
+            if not recipe.images:
+                return self.ensemble.patch_probabilities(None, covariates=covariates)
             model_input = model_input[IMAGE_INPUT]
         patches = np.asarray(model_input, dtype=np.float32)
         expected = self.ensemble.recipe.patch.shape
         if patches.ndim != 5 or patches.shape[1:] != expected:
             raise ConfigError(f"this model scores HU patches of shape (N, {', '.join(map(str, expected))}); got "
                               f"an array of shape {patches.shape}")
-        if covariates is not None and (len(covariates) != len(patches) or not np.isfinite(covariates).all()):
-            raise ConfigError(f"the covariates {list(names)} must hold one finite number for each of the "
-                              f"{len(patches)} patches")
+        if covariates is not None and len(covariates) != len(patches):
+            raise ConfigError(f"the covariates {list(names)} must hold one number for each of the {len(patches)} "
+                              "patches")
         return self.ensemble.patch_probabilities(patches, covariates=covariates)
 
 
@@ -195,7 +206,8 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
     # (a warning, not an error, if that fails). As JSON it takes ~30 bytes a voxel: ~1 MB for a 32³ patch.
     air = np.full((1, *patch.shape), patch.pad_hu, dtype=np.float32)
     example: np.ndarray | dict[str, np.ndarray] = air if not ensemble.recipe.covariates else {
-        IMAGE_INPUT: air, **{name: np.zeros(1) for name in ensemble.recipe.covariates}}
+        **({IMAGE_INPUT: air} if ensemble.recipe.images else {}),
+        **{name: np.zeros(1) for name in ensemble.recipe.covariates}}
     client = mlflow.MlflowClient()
     experiment_id = ensure_experiment(client, REGISTRY_EXPERIMENT, artifact_location)
     artifacts = {f"{MEMBER_ARTIFACT}{index}": str(path) for index, path in enumerate(ensemble.paths)}

@@ -113,10 +113,14 @@ class CovariatesAtTrainingMean(CovariateFusion):
         return super().forward(image, at_mean if covariates is None else covariates)
 
 
-def with_covariates(net: nn.Module, covariates: Sequence[str]) -> nn.Module:
-    """The model of a run with ``covariates``: ``net`` itself without any (exactly today's network), else a
-    :class:`CovariateFusion` of it."""
-    return CovariateFusion(net, len(covariates)) if covariates else net
+def with_covariates(net: nn.Module, covariates: Sequence[str], images: bool = True) -> nn.Module:
+    """The model of a run with ``covariates``: ``net`` itself without any (exactly today's network), or when it reads
+    no image (``images=False``: a :class:`~lungexp.models.tabular.TabularNet`, which takes the covariates itself),
+    else a :class:`CovariateFusion` of it."""
+    if not images and covariate_scaler(net) is None:
+        raise TypeError(f"{type(net).__name__} reads images; a model without them (images=false) must read the "
+                        "covariates itself, as lungexp.models.TabularNet does")
+    return CovariateFusion(net, len(covariates)) if covariates and images else net
 
 
 def image_network(net: nn.Module) -> nn.Module:

@@ -23,6 +23,7 @@ from lungexp.metrics.classification import classification_metrics
 from lungexp.models.complexity import model_summary
 from lungexp.models.fusion import covariate_scaler, network_inputs, with_covariates
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
+from lungexp.models.tabular import TabularNet
 from lungexp.models.tta import tta_probabilities
 from lungexp.tracking.artifacts import log_params, log_tags
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
@@ -71,6 +72,9 @@ class NoduleClassifier(pl.LightningModule):
         allow_rating_covariates: ``covariates`` may name the readers' ratings (checked, and warned about, where
             the config is checked: :func:`lungexp.config.check.check`); a run that uses them is tagged
             ``covariates.ratings``.
+        images: whether ``net`` reads the image patch; false (``model=tabular``): batches carry no image and ``net``
+            (a :class:`~lungexp.models.tabular.TabularNet`) reads the covariates alone, its training loss plus its
+            L2 :meth:`~lungexp.models.tabular.TabularNet.penalty`.
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
     checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's. The test
@@ -92,6 +96,7 @@ class NoduleClassifier(pl.LightningModule):
         channels_last: bool = False,
         covariates: Sequence[str] = (),
         allow_rating_covariates: bool = False,
+        images: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss", "augmentation",
@@ -110,7 +115,8 @@ class NoduleClassifier(pl.LightningModule):
         if pretrained.get("path"):  # into the image network, before a covariate model wraps it
             self.pretrained_report = load_pretrained(net, pretrained["path"], format=pretrained.get("format", "auto"),
                                                      sha256=pretrained.get("sha256"))
-        self.net = with_covariates(net, covariates)
+        self.net = with_covariates(net, covariates, images)
+        self._training_samples = 1  # of the fit's training split, set in setup(): TabularNet's penalty
         self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
         self.val_metrics = classification_metrics("val/")
         self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
@@ -125,7 +131,7 @@ class NoduleClassifier(pl.LightningModule):
         return {**{name: "min" if metric.higher_is_better is False else "max" for name, metric in metrics},
                 "val/loss": "min"}
 
-    def forward(self, image: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor | None, covariates: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(*network_inputs(image, covariates)).squeeze(-1)
 
     def configure_model(self) -> None:
@@ -137,6 +143,8 @@ class NoduleClassifier(pl.LightningModule):
             self._net_compiled = True
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        if IMAGE_KEY not in batch:  # model=tabular
+            return batch
         image = batch[IMAGE_KEY]
         if self.augmentation is not None and self.trainer.training:
             image = self.augmentation(image)
@@ -164,11 +172,13 @@ class NoduleClassifier(pl.LightningModule):
             # Once per fit, from the training split only; a resumed fit then restores the checkpoint's (the same).
             datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared
             scaler.fit(datamodule.train_covariates, self.hparams["covariates"])
+            self._training_samples = len(datamodule.train_covariates)
 
     def on_fit_start(self) -> None:
-        stem_conv = cast(nn.Conv3d, self.net.stem_conv)  # every network has one (see lungexp.models)
+        stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))  # every image network has one
         covariates = self.hparams["covariates"]
-        summary = model_summary(self.net, stem_conv.in_channels, covariates=len(covariates))
+        summary = model_summary(self.net, stem_conv.in_channels if stem_conv is not None else None,
+                                covariates=len(covariates))
         params: dict[str, Any] = {f"model_info.{k}": v for k, v in summary.items()}
         if self.pretrained_report is not None:
             params.update(self.pretrained_report.as_params())
@@ -192,13 +202,15 @@ class NoduleClassifier(pl.LightningModule):
         return self.criterion(logits.float(), labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch[IMAGE_KEY], batch.get(COVARIATES_KEY)), batch[LABEL_KEY])
+        loss = self._loss(self(batch.get(IMAGE_KEY), batch.get(COVARIATES_KEY)), batch[LABEL_KEY])
+        if isinstance(self.net, TabularNet):
+            loss = loss + self.net.penalty(self._training_samples)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(batch[LABEL_KEY]))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch[IMAGE_KEY], batch.get(COVARIATES_KEY)).float()
+        logits = self(batch.get(IMAGE_KEY), batch.get(COVARIATES_KEY)).float()
         # A torchmetrics mean, exact across DDP ranks holding unequal numbers of patches (Lightning's sync_dist
         # averages the ranks' patch counts as integers, rounding 11.5 down to 11).
         mean_loss = cast(MeanMetric, self.mean_loss[stage])  # nn.ModuleDict's items are typed as nn.Module

@@ -53,7 +53,8 @@ class TestReport(Callback):
         options = pl_module.evaluation
         settings = evaluation_settings(self.datamodule.options, self.datamodule.split_series("test"),
                                        operating_point.threshold(options.threshold), options)
-        pictures = PatchPictures(image_network(pl_module.net), cache.patches, self.datamodule.window, options)
+        pictures = None if not self.datamodule.options.images else PatchPictures(  # model=tabular: no image to show
+            image_network(pl_module.net), self.datamodule.patch_cache.patches, self.datamodule.window, options)
         report = report_split(predictions, settings, trainer.loggers, artifact=predictions_artifact("test"),
                               pictures=pictures, figures=trainer.is_global_zero)
         pl_module.log_dict(report.metrics)
