@@ -146,9 +146,10 @@ class NoduleDataModule(pl.LightningDataModule):
             self.datasets[name] = self._dataset(frame.index.to_numpy(), name == "train")
         if self.options.cache_memory == "device" and self.options.images:
             self.device_batches = self._load_onto_device(("train", "val"))
+        unit = "patches" if self.options.images else "samples"
         for name, dataset in self.datasets.items():
             negatives, positives = dataset.class_counts()
-            log.info("%s: %d patches (%d positive, %d negative) from %d series", name, len(dataset), positives,
+            log.info("%s: %d %s (%d positive, %d negative) from %d series", name, len(dataset), unit, positives,
                      negatives, splits[name]["seriesuid"].nunique())
 
     def _dataset(self, rows: np.ndarray, training: bool = False) -> PatchDataset | CovariateDataset:
