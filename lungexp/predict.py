@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> None:
         load_predictor,
         predict_candidates,
         read_candidates,
+        scans_needed,
         write_submission,
     )
     from lungexp.inference.false_positive_reduction import check_candidate_options, score_detections
@@ -38,8 +39,10 @@ def main(cfg: DictConfig) -> None:
     check_candidate_options(cfg.candidates, cfg.detections, cfg.fuse, cfg.merge_radius_mm)
     check_predict_options(cfg)
     predictor = load_predictor(cfg)
-    scans = open_scans(cfg.scans)
+    scans_path = scans_needed(cfg, predictor.recipe.images)
+    scans = open_scans(scans_path) if scans_path is not None else None
     if cfg.detections is not None:
+        assert scans is not None, "scans_needed() requires scans with detections"
         table = score_detections(predictor, scans, cfg.detections, fuse=cfg.fuse,
                                  merge_radius_mm=cfg.merge_radius_mm, batch_size=cfg.batch_size)
     else:

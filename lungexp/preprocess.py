@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
 from lungexp.utils.dictconfig import CONFIG_DIR
+from lungexp.utils.errors import ConfigError
 
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
@@ -25,10 +26,15 @@ def main(cfg: DictConfig) -> None:
 
     checked = check(cfg, "preprocess")
     from lungexp.data.loading.datamodule import NoduleDataModule
+    from lungexp.data.patches.cache import PatchCache
 
     assert checked.data is not None, "check() builds the data options of preprocess"
+    if not checked.data.images:
+        raise ConfigError("model=tabular (data.images=false) reads no image: there is no patch cache to build; "
+                          "train it directly with lungexp.run")
     datamodule = NoduleDataModule.from_options(checked.data)
     cache = datamodule.build_cache()
+    assert isinstance(cache, PatchCache), "data.images=true builds a patch cache"
     labels = cache.index["label"]
     print(f"Patch cache: {cache.folder}\n  {len(cache)} patches of shape {tuple(cache.patches.shape[1:])} "
           f"from {cache.index['seriesuid'].nunique()} scans ({int(labels.sum())} positive, "

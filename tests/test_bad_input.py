@@ -79,6 +79,13 @@ CASES = [
           "the file is empty"),
     _case("csv-not-found", "preprocess", "@run data.labels_csv={bad}/csv/absent.csv", "{bad}/csv/absent.csv",
           "data.labels_csv"),
+    # covariates (model.covariates)
+    _case("covariate-column-missing", "preprocess", "@run model.covariates=[diameter_mm]",
+          "{root}/candidates_V2.csv: no column 'diameter_mm'", "model.covariates"),
+    _case("covariate-not-numeric", "run", "@run data.labels_csv={bad}/csv/covariate_text.csv model.covariates=[size]",
+          "{bad}/csv/covariate_text.csv", "covariate column 'size'", "row 4 ('big')"),
+    _case("covariate-rating", "run", "@run model.covariates=[diameter_mm,malignancy]",
+          "malignancy is a reader's rating", "model.allow_rating_covariates=true"),
     # DICOM
     _case("dicom-no-series", "convert", "{bad}/dicom/no_series {bad}/out", "{bad}/dicom/no_series",
           "no DICOM series"),
@@ -211,6 +218,8 @@ def _broken_csvs(folder: Path, candidates: Path) -> None:
     flipped = good.iloc[[2]].assign(**{"class": 1 - good["class"].iloc[2]})
     pd.concat([good, flipped], ignore_index=True).to_csv(folder / "contradiction.csv", index=False)
     (folder / "empty.csv").write_text("")
+    sizes = pd.Series(np.linspace(4.0, 30.0, len(good)), dtype=object).where(good.index != 2, "big")
+    good.assign(size=sizes).to_csv(folder / "covariate_text.csv", index=False)
 
 
 def _broken_dicom(folder: Path) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 from lungexp.models import CNN3D
 from lungexp.utils.errors import ConfigError
 from lungexp.visualize.gradcam import gradcam_heatmaps, last_conv3d
-from tests.helpers.config import TINY_NETS
+from tests.helpers.config import IMAGE_MODELS
 
 SIZE = 16  # the tests' patch size (FAST_OVERRIDES)
 
@@ -28,7 +28,7 @@ def sphere_patches(count: int, rng: np.random.Generator, radius: float = 2.5, wi
     return torch.from_numpy(images), centres
 
 
-@pytest.mark.parametrize("model", sorted(TINY_NETS))
+@pytest.mark.parametrize("model", IMAGE_MODELS)
 def test_every_model_gets_a_patch_sized_varying_heatmap_and_stays_untouched(make_config, model: str) -> None:
     torch.manual_seed(0)
     net = hydra.utils.instantiate(make_config(model=model).model.net).train()

@@ -202,7 +202,7 @@ def test_a_swapped_member_is_refused_and_one_that_disagrees_with_the_signature_t
         load_registered(str(model), device="cpu")
     write_manifest(model)  # consistent again, but not with the signature register wrote
     with pytest.raises(ConfigError, match=r"members take patches of shape \(-1, 1, 24, 24, 24\) but its signature "
-                                          r"says \(-1, 1, 16, 16, 16\)"):
+                                          r"says patches of shape \(-1, 1, 16, 16, 16\)"):
         load_registered(str(model), device="cpu")
 
 

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from lungexp.data.names import MALIGNANCY_COLUMNS, RATING_COLUMNS
+from lungexp.data.names import DEMO_RATING_COLUMNS, MALIGNANCY_COLUMNS
 from lungexp.data.synthetic import SyntheticDataset, generate_luna16_dataset, generator, nodules
 from lungexp.data.synthetic.geometry import Geometry
 from lungexp.data.synthetic.manifest import SyntheticDataError
@@ -180,7 +180,7 @@ def test_malignancy_table_matches_annotations(
 ) -> None:
     table = pd.read_csv(dataset.malignancy_csv)
     # The release's columns (tests/test_real_data.py), then the readers' ratings (test_ratings_follow_the_image).
-    assert list(table.columns) == [*MALIGNANCY_COLUMNS, *RATING_COLUMNS]
+    assert list(table.columns) == [*MALIGNANCY_COLUMNS, *DEMO_RATING_COLUMNS]
     pd.testing.assert_frame_equal(table[LUNA_ANNOTATION_COLUMNS], annotations)
     assert table["mal_bool"].dtype == bool
     assert 0.3 <= table["mal_bool"].mean() <= 0.5
@@ -260,9 +260,9 @@ def test_the_ratings_left_every_scan_label_and_candidate_byte_for_byte(tmp_path:
     written = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*")
                if path.is_file() and path.name != ".synthetic.json"}
     malignancy = written["annotations_with_malignancy.csv"].decode().splitlines()
-    assert malignancy[0].endswith("," + ",".join(RATING_COLUMNS))  # the ratings are the last columns
+    assert malignancy[0].endswith("," + ",".join(DEMO_RATING_COLUMNS))  # the ratings are the last columns
     written["annotations_with_malignancy.csv"] = "".join(
-        line.rsplit(",", len(RATING_COLUMNS))[0] + "\n" for line in malignancy).encode()
+        line.rsplit(",", len(DEMO_RATING_COLUMNS))[0] + "\n" for line in malignancy).encode()
     digests = {name: _digest(data) for name, data in written.items()}
     digests["manifest scans"] = _digest(json.dumps(json.loads((root / ".synthetic.json").read_text())["scans"],
                                                    sort_keys=True).encode())
@@ -282,7 +282,7 @@ def test_ratings_follow_the_image(dataset: SyntheticDataset) -> None:
     kind = np.array([nodule.appearance.kind for nodule in placed])
     spicules = np.array([len(nodule.appearance.spicule_lengths) for nodule in placed])
     malignant = np.array([nodule.malignant for nodule in placed])
-    assert list(rated.columns) == RATING_COLUMNS
+    assert list(rated.columns) == DEMO_RATING_COLUMNS
     assert ((rated["calcification"] == 3) == (kind == "calcified")).all()
     assert set(rated["calcification"]) == {3, 6}
     assert rated.loc[kind != "part_solid", "texture"].isin([4, 5]).all()
@@ -292,7 +292,7 @@ def test_ratings_follow_the_image(dataset: SyntheticDataset) -> None:
     assert 0.03 < (rated.loc[kind != "part_solid", "texture"] == 4).mean() < 0.2  # reader noise, as READER_NOISE
     assert ((rated["malignancy"] >= 4) <= malignant).all() and ((rated["malignancy"] <= 2) <= ~malignant).all()
     table = pd.read_csv(dataset.malignancy_csv)  # and the generated CSV holds them, as whole numbers in range
-    assert table[RATING_COLUMNS].dtypes.eq(np.int64).all() and table[RATING_COLUMNS[:3]].isin(range(1, 6)).all().all()
+    assert table[DEMO_RATING_COLUMNS].dtypes.eq(np.int64).all() and table[DEMO_RATING_COLUMNS[:3]].isin(range(1, 6)).all().all()
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(

@@ -16,6 +16,7 @@ for what Hydra instantiates later.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, overload
@@ -23,6 +24,7 @@ from typing import Any, Literal, overload
 from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.schema import check_config, check_top_level, resolve
+from lungexp.data.labels.covariates import check_rating_covariates, covariate_names
 from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.split_metrics import check_strata_column
@@ -30,6 +32,8 @@ from lungexp.evaluation.types import EvaluationOptions
 from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
 from lungexp.utils.dictconfig import check_required
 from lungexp.utils.errors import ArgumentError, ConfigError, did_you_mean, look_up_option, named_under
+
+log = logging.getLogger(__name__)
 
 # Each entry point's primary config file in conf/, and the top-level nodes it uses (None: all).
 PRIMARY = {"run": "config", "preprocess": "config", "evaluate": "evaluate", "predict": "predict",
@@ -98,11 +102,41 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
     check_config(cfg, sections=SECTIONS[entry_point])
     if target is None:  # preprocess: the patch cache holds no labels
         return CheckedConfig(read_only(cfg), data=data)
+    check_covariates(resolve(cfg)["model"], data)
     evaluation = EvaluationOptions.from_config(resolve(cfg).get("eval"))
     check_strata_column(evaluation.strata, data)
+    if not data.images:
+        check_without_images(evaluation)
     config = read_only(cfg)
     return RunOptions(config, data=data, evaluation=evaluation, target=target, cv=cross_validation_options(cfg),
                       train_transform=config.data.get("train_transform"), stored_data=stored_data_config(cfg.data))
+
+
+def check_covariates(model: Mapping[str, Any], data: DataOptions) -> None:
+    """``model.covariates``: column names, none of them a reader's rating unless ``model.allow_rating_covariates``
+    (:func:`~lungexp.data.labels.covariates.check_rating_covariates`), and the datamodule's (``data.covariates``
+    follows them)."""
+    names = covariate_names(model.get("covariates", []), key="model.covariates")
+    allow = model.get("allow_rating_covariates", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"model.allow_rating_covariates={allow!r} must be true or false")
+    check_rating_covariates(names, allow)
+    if names != data.covariates:
+        raise ConfigError(f"data.covariates={list(data.covariates)} but model.covariates={list(names)}: the data "
+                          "follow the model's covariates; set model.covariates only")
+    if model.get("images", True) != data.images:
+        raise ConfigError(f"data.images={data.images} but model.images={model.get('images', True)}: the data follow "
+                          "the model (model=tabular reads no image); set model.images only")
+
+
+def check_without_images(evaluation: EvaluationOptions) -> None:
+    """A model that reads no image (``model=tabular``): what is image-only is refused where it would claim what did
+    not happen (``eval.tta=flips``), else not used, as one line of the log says."""
+    if evaluation.tta != "none":
+        raise ConfigError(f"eval.tta={evaluation.tta} mirrors the image, and model=tabular reads none: set eval.tta=none")
+    log.info("model=tabular reads no image: aug, eval.gradcam, eval.montage_k and the patch options (data.patch, "
+             "data.hu_window, data.normalize, data.cache_memory) are not used; it is fitted on the whole training "
+             "split at once (data.batch_size and data.balance are not used; weigh classes with model.pos_weight)")
 
 
 def data_options(cfg: DictConfig) -> DataOptions:

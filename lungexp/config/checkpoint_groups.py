@@ -25,7 +25,7 @@ from lungexp.utils.dictconfig import to_dict, with_values
 from lungexp.utils.errors import ConfigError, look_up_option
 
 # What the network was trained on: always the checkpoint's, never overridden.
-PREPROCESSING_KEYS = ("patch", "hu_window", "normalize", "in_channels")
+PREPROCESSING_KEYS = ("patch", "hu_window", "normalize", "in_channels", "covariates", "images")
 
 
 def checkpoint_evaluation(cfg: DictConfig, overrides: Sequence[str] = ()) -> CheckpointEvaluation:
@@ -77,13 +77,14 @@ def group_config(cfg: DictConfig, group: str, stored: dict[str, Any] | None, ove
 
 def data_config(cfg: DictConfig, recipe: ModelRecipe, overrides: Sequence[str]) -> dict[str, Any]:
     """The data to evaluate on: the checkpoint's data config with the command line's changes, and always the
-    checkpoint's preprocessing (patch geometry, HU window, normalisation): that is what the network knows.
+    checkpoint's preprocessing (patch geometry, HU window, normalisation) and covariates: what the network knows.
     Where files are written is this config's, never the file's: the patch cache (``data.cache_dir``), and the
     generated demo dataset, made only in the ``data.root`` this config names, with its ``data.synthetic``."""
     preprocessing = {"patch": {"size": recipe.patch.size, "size_mm": None, "spacing_mm": list(recipe.patch.spacing_mm),
                                "pad_hu": recipe.patch.pad_hu},
                      "hu_window": list(recipe.hu_window), "normalize": recipe.normalize,
-                     "in_channels": recipe.in_channels}
+                     "in_channels": recipe.in_channels, "covariates": list(recipe.covariates),
+                     "images": recipe.images}
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
     fixed = [key for key in keys if key.split(".")[0] == "data" and key.split(".")[1:2]
              and key.split(".")[1] in PREPROCESSING_KEYS]

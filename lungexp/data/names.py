@@ -29,9 +29,17 @@ MALIGNANCY_COLUMNS = [
 ]
 # The demo data's malignancy CSV adds, after the release's columns, the LIDC readers' ratings that lidc-crops'
 # points.csv has, under its names (lungexp.data.synthetic.nodules.reader_ratings): a target's columns.
-RATING_COLUMNS = ["malignancy", "texture", "spiculation", "calcification"]
+DEMO_RATING_COLUMNS = ["malignancy", "texture", "spiculation", "calcification"]
 
-# A batch from PatchDataset: the normalised patch, its 0/1 label and its row in the patch cache.
+# LIDC readers' ratings and the labels made from them (``mal_bool``, ``class``, ``label``): known only once a
+# radiologist has read the scan, and ``malignancy`` is the label itself, so never a model's input by default
+# (``model.covariates``, :mod:`lungexp.data.labels.covariates`).
+NOT_COVARIATES = ("malignancy", "texture", "spiculation", "calcification", "subtlety", "internalStructure",
+                  "lobulation", "margin", "sphericity", "label", "mal_bool", "mal_details", "len_mal_details", "class")
+
+# A batch from PatchDataset: the normalised patch, its 0/1 label and its row in the patch cache; with
+# ``model.covariates``, also the sample's covariates (B, k) as read from the labels CSV (unstandardised).
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 INDEX_KEY = "index"
+COVARIATES_KEY = "covariates"

@@ -79,6 +79,7 @@ def _data_layer() -> SimpleNamespace:
     options (and composing the config, whose defaults are these) imports none of pandas, scipy or SimpleITK, and
     checking them no torch. Imports, not import strings, so that import-linter sees them."""
     from lungexp.data.labels.annotations import OUTSIDE_CHOICES
+    from lungexp.data.labels.covariates import covariate_names
     from lungexp.data.labels.label_rules import LabelRule
     from lungexp.data.labels.sample_table import MISSING_SCANS_CHOICES, TASKS
     from lungexp.data.labels.sampled_candidates import NegativesSpec
@@ -91,7 +92,7 @@ def _data_layer() -> SimpleNamespace:
     return SimpleNamespace(OUTSIDE_CHOICES=OUTSIDE_CHOICES, LabelRule=LabelRule, TASKS=TASKS,
                            MISSING_SCANS_CHOICES=MISSING_SCANS_CHOICES, NegativesSpec=NegativesSpec, SplitSpec=SplitSpec,
                            BalanceSpec=BalanceSpec, PatchSpec=PatchSpec, NORMALIZATIONS=NORMALIZATIONS,
-                           GeneratorParams=GeneratorParams)
+                           GeneratorParams=GeneratorParams, covariate_names=covariate_names)
 
 
 def _choice(choices: Sequence[str] | Callable[[SimpleNamespace], Sequence[str]]) -> Check:
@@ -114,6 +115,12 @@ def _spec(spec: Callable[[SimpleNamespace], Any]) -> Check:
 def _label_rule(name: str, rule: Any) -> LabelRule | None:
     label_rule = _data_layer().LabelRule
     return rule if isinstance(rule, label_rule) else label_rule.from_config(rule)
+
+
+def _covariates(name: str, covariates: Any) -> tuple[str, ...]:
+    """Column names; which of them a model may take is checked where ``model.covariates`` is (the readers' ratings,
+    :func:`lungexp.config.check.check`)."""
+    return _data_layer().covariate_names(covariates, key=name)
 
 
 def _plain(value: Any) -> Any:
@@ -200,6 +207,10 @@ class DataOptions:
                                "(lungexp.data.loading.memory_cache)", _choice(CACHE_MEMORY))
     label_rule: LabelRule | None = option(None, "{column, positive, negative}: labels from a rating column "
                                           "(LabelRule); null keeps the CSV's labels", _label_rule)
+    covariates: tuple[str, ...] = option((), "numeric columns of labels_csv each sample carries as its covariates "
+                                         "(follows model.covariates)", _covariates)
+    images: bool = option(True, "samples carry their image patch; false (model=tabular): their covariates and label "
+                          "only, and no patch cache is built (follows model.images)", _flag)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -217,6 +228,12 @@ class DataOptions:
         if self.label_rule is not None and self.labels_csv is None:
             raise ArgumentError("label_rule labels the rows of labels_csv; with labels_csv=null (sampled "
                                 "negatives) set label_rule=null", "labels_csv")
+        if not self.images and not self.covariates:
+            raise ArgumentError("images=false (model=tabular) leaves a sample nothing to be scored on: give its "
+                                "covariates (model.covariates=[diameter_mm])", "covariates")
+        if self.covariates and self.labels_csv is None:
+            raise ArgumentError(f"covariates={list(self.covariates)} are columns of labels_csv; sampled negatives "
+                                "(labels_csv=null) have none", "labels_csv")
 
     @classmethod
     def config_defaults(cls) -> dict[str, Any]:

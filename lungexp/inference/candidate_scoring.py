@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from lungexp.data.labels.annotations import read_points
+from lungexp.data.labels.covariates import covariate_values
 from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS, ROW_NAME_COLUMN
 from lungexp.data.patches.extraction import PatchExtractor
 from lungexp.data.scans import ScanHeader
@@ -40,14 +41,17 @@ class PredictionError(LungexpError):
     """Candidates that cannot be scored: unknown seriesuid, outside their scan, no way to tell their scan."""
 
 
-def read_candidates(path: str | Path, scans: ScanSource) -> pd.DataFrame:
-    """The candidates CSV, with ``seriesuid`` filled in for a single-series source when the column is absent.
+def read_candidates(path: str | Path, scans: ScanSource | None) -> pd.DataFrame:
+    """The candidates CSV, with ``seriesuid`` filled in for a single-series source when the column is absent
+    (``scans`` None, for a model that reads no image: as the file has it).
 
     Raises :class:`PredictionError` for a missing file or a seriesuid that names none of the scans.
     """
     path = Path(path)
     if not path.is_file():
         raise PredictionError(f"candidates={path}: file not found")
+    if scans is None:
+        return read_points(path)
     try:
         has_uid = "seriesuid" in pd.read_csv(path, nrows=0).columns
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
@@ -100,9 +104,20 @@ def load_predictor(cfg: DictConfig) -> Ensemble:
     return load_registered(cfg.model_uri, cfg.tracking_uri, device=cfg.device)
 
 
-def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource, candidates: pd.DataFrame,
+def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource | None, candidates: pd.DataFrame,
                        source: str | Path = "candidates", batch_size: int = 64) -> pd.DataFrame:
-    """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order."""
+    """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order.
+
+    A model with covariates reads them from the candidates' columns of the same names, checked before any scan; a
+    model that reads no image (``model=tabular``) only them, and no scan is read (``scans`` may be None).
+    """
+    names = predictor.recipe.covariates
+    covariates = covariate_values(candidates, names, source) if names else None
+    if not predictor.recipe.images:
+        probabilities = predictor.patch_probabilities(None, batch_size, covariates)
+        return candidates[POINT_COLUMNS].assign(probability=probabilities).reset_index(drop=True)
+    if scans is None:
+        raise ConfigError(f"{predictor.recipe.net['_target_']} reads the image: give the scans (scans=...)")
     groups = candidates.groupby("seriesuid", sort=False).indices
     headers = scans.headers(list(groups))
     for uid, header in headers.items():
@@ -114,7 +129,8 @@ def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource, candi
             _check_inside(candidates.iloc[rows], _header_of(scan), source)
         patches = PatchExtractor(scan, predictor.recipe.patch).extract_many(
             candidates.iloc[rows][COORD_COLUMNS].to_numpy(np.float64))
-        probabilities[rows] = predictor.patch_probabilities(patches, batch_size)
+        probabilities[rows] = predictor.patch_probabilities(patches, batch_size,
+                                                            None if covariates is None else covariates[rows])
     return candidates[POINT_COLUMNS].assign(probability=probabilities).reset_index(drop=True)
 
 
@@ -137,6 +153,20 @@ def _check_inside(points: pd.DataFrame, header: ScanHeader, source: str | Path) 
     raise PredictionError(f"{source}: {len(outside)} candidate(s) of {points['seriesuid'].iloc[0]} lie outside "
                           f"its scan {header.path} (which spans {extent} mm): {shown}{more}. Coordinates must be "
                           "world mm (x, y, z) in the scan's frame, not voxel indices")
+
+
+def scans_needed(cfg: DictConfig, images: bool) -> str | None:
+    """``scans``, which a model that reads the image needs (and ``detections=``); None where nothing reads them
+    (``model=tabular``: its ``scans=`` is left unread, as one line says)."""
+    if images or cfg.detections is not None:
+        if cfg.scans is None:
+            raise ConfigError("scans=...: give the scans to score on: a .mhd/.nii/.nii.gz/.nrrd file, a folder of "
+                              "them (e.g. a LUNA16 folder) or a DICOM folder")
+        return str(cfg.scans)
+    if cfg.scans is not None:
+        log.info("scans=%s is not read: the model reads no image (model=tabular), only the candidates' covariates",
+                 cfg.scans)
+    return None
 
 
 def check_predict_options(cfg: DictConfig) -> None:

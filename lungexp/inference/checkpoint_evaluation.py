@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from lungexp.data.loading.datamodule import NoduleDataModule
-from lungexp.data.names import IMAGE_KEY
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.console_summary import metric_lines, print_summary
 from lungexp.evaluation.operating_point import with_calibrated
@@ -26,6 +25,7 @@ from lungexp.evaluation.report import PatchPictures, report_split
 from lungexp.evaluation.split_metrics import evaluation_settings, predictions_table
 from lungexp.evaluation.types import EvaluationOptions, EvaluationResult
 from lungexp.inference.ensemble import Ensemble
+from lungexp.models.fusion import image_network
 from lungexp.tracking.artifacts import log_config, mlflow_loggers
 from lungexp.tracking.logger_setup import instantiate_loggers
 from lungexp.tracking.provenance import git_tags
@@ -74,7 +74,8 @@ def evaluate_checkpoint(run: CheckpointEvaluation) -> EvaluationResult:
     training_run = cfg.cv_run or predictor.recipe.mlflow.get("run_id")
     loggers = instantiate_loggers(cfg.get("logger"), {"run_name": run_name(cfg), "tags": git_tags()})
     log_config(loggers, cfg)
-    pictures = PatchPictures(predictor.net, datamodule.opened_cache.patches, datamodule.window, options)
+    pictures = None if not datamodule.options.images else PatchPictures(  # model=tabular: no image to show
+        image_network(predictor.net), datamodule.patch_cache.patches, datamodule.window, options)
     report = report_split(predictions, settings, loggers, prefix=f"{split}/", title=split.capitalize(),
                           artifact=predictions_artifact(split), pictures=pictures)
     for logger in mlflow_loggers(loggers):
@@ -102,7 +103,7 @@ def _predict(predictor: Ensemble, datamodule: NoduleDataModule, split: str) -> p
     """Per-patch probabilities of a split, joined with the sample table as the training test stage does."""
     dataset = datamodule.datasets[split]
     loader = DataLoader(dataset, batch_size=datamodule.options.batch_size, num_workers=datamodule.options.num_workers)
-    plain, calibrated = predictor.scores(batch[IMAGE_KEY] for batch in loader)
+    plain, calibrated = predictor.scores(loader)
     table = predictions_table(dataset.rows, plain, samples=datamodule.opened_cache.index)
     return table if calibrated is None else with_calibrated(table, calibrated)
 

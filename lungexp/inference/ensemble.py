@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from lungexp.data.labels.label_rules import LabelRule
+from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY
 from lungexp.evaluation.operating_point import pooled_threshold
-from lungexp.inference.model import Predictor, normalized_batches
+from lungexp.inference.model import Batch, Predictor, normalized_batches
 from lungexp.metrics.calibration import Calibrator
 from lungexp.models.tta import check_tta, tta_probabilities
 from lungexp.tracking.folds import fold_checkpoints
@@ -51,10 +52,16 @@ def target(recipe: ModelRecipe) -> dict[str, object]:
     return {"data.task": recipe.task, "data.label_rule": None if rule is None else rule.as_config()}
 
 
+def inputs(recipe: ModelRecipe) -> dict[str, object]:
+    """Whether a member reads the image and which covariates, in its order: every member must read the same."""
+    return {"model.covariates": list(recipe.covariates), "model.images": recipe.images}
+
+
 # What members must agree on, and what to say when they do not.
 AGREEMENTS: tuple[tuple[str, Callable[[ModelRecipe], dict[str, object]], str], ...] = (
     ("preprocessing", preprocessing, "ensemble only models trained on the same patches"),
     ("target", target, "ensemble only models trained to predict the same labels"),
+    ("covariates", inputs, "ensemble only models that read the same covariates"),
 )
 
 
@@ -85,6 +92,9 @@ class Ensemble:
                                       f"{differing[key]}); {advice}")
         self.members = list(members)
         self.tta = check_tta(tta)
+        if self.tta != "none" and not self.recipe.images:
+            raise ConfigError(f"tta={tta} mirrors the image, and {members[0].path} (model=tabular) reads none: use "
+                              "tta=none")
 
     @property
     def recipe(self) -> ModelRecipe:
@@ -154,17 +164,23 @@ class Ensemble:
         predictions, as the pooled report of a CV does; one member's exactly."""
         return pooled_threshold(member.operating_point.threshold(rule) for member in self.members)
 
-    def member_probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
-        """Each member's TTA probability of normalised ``(B, C, D, H, W)`` batches, uncalibrated:
-        ``(members, patches)`` float32."""
-        outputs = [torch.stack([tta_probabilities(member.batch_probabilities, batch, self.tta)
-                                for member in self.members]) for batch in images]
+    def member_probabilities(self, batches: Iterable[Batch]) -> np.ndarray:
+        """Each member's TTA probability of batches of normalised ``(B, C, D, H, W)`` patches (and their covariates:
+        TTA mirrors the image, never the covariates), uncalibrated: ``(members, patches)`` float32."""
+        outputs = [torch.stack([self._tta(member, batch) for member in self.members]) for batch in batches]
         return torch.cat(outputs, dim=1).numpy() if outputs else np.zeros((len(self.members), 0), dtype=np.float32)
 
-    def scores(self, images: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _tta(self, member: Predictor, batch: Batch) -> torch.Tensor:
+        covariates = batch.get(COVARIATES_KEY)
+        if IMAGE_KEY not in batch:  # model=tabular
+            return member.batch_probabilities(None, covariates)
+        return tta_probabilities(lambda images: member.batch_probabilities(images, covariates), batch[IMAGE_KEY],
+                                 self.tta)
+
+    def scores(self, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray | None]:
         """The uncalibrated mean probability of each patch (float32, as :meth:`Predictor.probabilities`) and the
         calibrated one (float64; None when uncalibrated)."""
-        members = self.member_probabilities(images)
+        members = self.member_probabilities(batches)
         plain = members[0] if len(members) == 1 else members.mean(axis=0, dtype=np.float32)
         calibrators = self.calibrators
         if calibrators is None or not members.shape[1]:
@@ -173,14 +189,16 @@ class Ensemble:
                       for calibrator, probabilities in zip(calibrators, members, strict=True)]
         return plain, np.mean(calibrated, axis=0)
 
-    def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
+    def probabilities(self, batches: Iterable[Batch]) -> np.ndarray:
         """The uncalibrated mean probabilities of normalised batches, concatenated (float32)."""
-        return self.scores(images)[0]
+        return self.scores(batches)[0]
 
-    def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the members' window, calibrated
-        when the ensemble is (float32)."""
-        plain, calibrated = self.scores(normalized_batches(self.recipe.window, hu_patches, batch_size))
+    def patch_probabilities(self, hu_patches: np.ndarray | None, batch_size: int = 64,
+                            covariates: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities of raw HU patches ``(N, C, D, H, W)`` (with their ``(N, k)`` covariates for members that read
+        them; for members that read no image, ``None`` and the covariates), normalised with the members' window,
+        calibrated when the ensemble is (float32)."""
+        plain, calibrated = self.scores(normalized_batches(self.recipe.window, hu_patches, batch_size, covariates))
         return plain if calibrated is None else calibrated.astype(np.float32)
 
 

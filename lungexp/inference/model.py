@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY
 from lungexp.data.patches.normalization import HUWindow
 from lungexp.evaluation.operating_point import OperatingPoint
+from lungexp.models.fusion import network_inputs
 from lungexp.training.checkpoint import ModelRecipe, load_checkpoint
-from lungexp.utils.errors import ConfigError, look_up_option
+from lungexp.utils.errors import ConfigError, LungexpError, look_up_option
+
+# A batch as inference hands it to a model: the normalised patches (IMAGE_KEY) and, for a model with covariates,
+# their covariates as read (COVARIATES_KEY), as the training batches of lungexp.data.loading carry them.
+Batch = Mapping[str, torch.Tensor]
 
 # Lightning precision names -> the autocast dtype its test loop runs under (none for full precision).
 _AUTOCAST = {"32-true": None, "32": None, "64-true": None, "bf16-mixed": torch.bfloat16,
@@ -55,22 +61,34 @@ class Predictor:
                                                   source=f"{self.path} (its stored calibration)")
 
     @torch.inference_mode()
-    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Sigmoid of the logit of each patch of one normalised ``(B, C, D, H, W)`` batch (float32, on CPU)."""
+    def batch_probabilities(self, images: torch.Tensor | None, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Sigmoid of the logit of each patch of one normalised ``(B, C, D, H, W)`` batch (float32, on CPU), with the
+        ``(B, k)`` covariates of its samples for a model that reads them (:attr:`ModelRecipe.covariates`); ``images``
+        None for a model that reads none (:attr:`ModelRecipe.images`)."""
+        read = {"covariates": bool(self.recipe.covariates), "images": self.recipe.images}
+        given = {"covariates": covariates is not None, "images": images is not None}
+        for name in (name for name in read if read[name] != given[name]):
+            what = f"the covariates {list(self.recipe.covariates)}" if name == "covariates" else name
+            raise LungexpError(f"{self.path} reads {what if read[name] else 'no ' + name}, but its input "
+                               f"{'lacks' if read[name] else 'has'} them")
+        inputs = network_inputs(None if images is None else images.to(self.device),
+                                None if covariates is None else covariates.to(self.device))
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            logits = self.net(batch.to(self.device)).squeeze(-1)
+            logits = self.net(*inputs).squeeze(-1)
         return torch.sigmoid(logits.float()).cpu()
 
-    def probabilities(self, images: Iterable[torch.Tensor]) -> np.ndarray:
+    def probabilities(self, batches: Iterable[Batch]) -> np.ndarray:
         """:meth:`batch_probabilities` of each batch, concatenated (float32), not calibrated."""
-        outputs = [self.batch_probabilities(batch) for batch in images]
+        outputs = [self.batch_probabilities(batch.get(IMAGE_KEY), batch.get(COVARIATES_KEY)) for batch in batches]
         return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
 
-    def patch_probabilities(self, hu_patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probabilities of raw HU patches ``(N, C, D, H, W)``, normalised with the checkpoint's window and
-        calibrated by :attr:`operating_point`."""
-        probabilities = self.probabilities(normalized_batches(self.recipe.window, hu_patches, batch_size))
+    def patch_probabilities(self, hu_patches: np.ndarray | None, batch_size: int = 64,
+                            covariates: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities of raw HU patches ``(N, C, D, H, W)`` (with their ``(N, k)`` covariates for a model that
+        reads them; for one that reads no image, ``None`` and the covariates), normalised with the checkpoint's window
+        and calibrated by :attr:`operating_point`."""
+        probabilities = self.probabilities(normalized_batches(self.recipe.window, hu_patches, batch_size, covariates))
         return self.operating_point.apply(probabilities).astype(np.float32, copy=False)
 
 
@@ -94,8 +112,16 @@ def inference_device(device: str) -> torch.device:
     return chosen
 
 
-def normalized_batches(window: HUWindow, hu_patches: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-    """``(B, C, D, H, W)`` batches of HU patches normalised per patch, as the training dataset does (zscore is
-    per patch)."""
-    for start in range(0, len(hu_patches), batch_size):
-        yield torch.stack([window(patch) for patch in hu_patches[start:start + batch_size]])
+def normalized_batches(window: HUWindow, hu_patches: np.ndarray | None, batch_size: int,
+                       covariates: np.ndarray | None = None) -> Iterator[Batch]:
+    """Batches of HU patches normalised per patch, as the training dataset does (zscore is per patch), with the
+    ``covariates`` of their samples when given (``(N, k)``, as read: the model standardises them); without patches
+    (a model that reads no image), of the covariates alone."""
+    count = len(hu_patches) if hu_patches is not None else len(covariates) if covariates is not None else 0
+    for start in range(0, count, batch_size):
+        batch = {}
+        if hu_patches is not None:
+            batch[IMAGE_KEY] = torch.stack([window(patch) for patch in hu_patches[start:start + batch_size]])
+        if covariates is not None:
+            batch[COVARIATES_KEY] = torch.as_tensor(np.asarray(covariates[start:start + batch_size], np.float32))
+        yield batch

@@ -10,7 +10,13 @@ normalisation), so the model takes raw HU patches::
     probabilities = loaded.predict(hu_patches)  # float32 (N, C, S, S, S) in HU -> float32 (N,)
 
 ``C`` is the number of patch scales and ``S`` the patch size (the signature records both);
-``lungexp.predict model_uri=models:/NAME@champion`` extracts such patches around candidates of new scans.
+``lungexp.predict model_uri=models:/NAME@champion`` extracts such patches around candidates of new scans. A model
+trained with covariates (``model.covariates``) takes them too, by name, as its signature says::
+
+    probabilities = loaded.predict({"image": hu_patches, "diameter_mm": diameters})  # float64 (N,) each
+
+and one that reads no image (``model=tabular``) its covariates alone: ``loaded.predict({"diameter_mm": diameters})``
+(or a DataFrame with those columns).
 
 Loading a pyfunc model runs the code it carries, and on a shared registry anyone may add a version. So
 :func:`register_model` stores a manifest in the model (``lungexp_manifest.json``: every file's sha256), and
@@ -26,14 +32,15 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import numpy as np
+import pandas as pd
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with MLflow, without type stubs
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
@@ -52,6 +59,7 @@ from lungexp.metrics.calibration import check_calibration
 from lungexp.models.tta import check_tta
 from lungexp.tracking.logger_setup import open_tracking_store
 from lungexp.tracking.runs import ensure_experiment
+from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.digests import file_sha256
 from lungexp.utils.errors import ConfigError
 
@@ -80,6 +88,26 @@ CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # MLflow's loader of "models f
 PYFUNC_KEYS = frozenset({"artifacts", "cloudpickle_version", "code", "config", "env", "loader_module",
                          "model_code_path", "python_version", "streamable"})
 _ARTIFACT_NAME = re.compile(rf"({MEMBER_ARTIFACT}|{CALIBRATOR_ARTIFACT})(\d+)")
+IMAGE_INPUT = "image"  # the patches' name among the inputs of a model with covariates
+
+
+def input_schema(recipe: ModelRecipe) -> Schema:
+    """What a model of ``recipe`` takes: HU patches ``(N, C, S, S, S)`` float32; with covariates, the same named
+    :data:`IMAGE_INPUT` (none for a model that reads no image) and one ``(N,)`` float64 input named after each
+    covariate column."""
+    patches = TensorSpec(np.dtype(np.float32), (-1, *recipe.patch.shape))
+    if not recipe.covariates:
+        return Schema([patches])
+    image = [TensorSpec(patches.type, patches.shape, name=IMAGE_INPUT)] if recipe.images else []
+    return Schema([*image, *(TensorSpec(np.dtype(np.float64), (-1,), name=name) for name in recipe.covariates)])
+
+
+def describe_inputs(schema: Schema | None) -> str:
+    """``patches of shape (-1, 1, 16, 16, 16)``, or ``image (-1, 1, 16, 16, 16), diameter_mm (-1,)``."""
+    specs = [spec for spec in (schema.inputs if schema is not None else []) if isinstance(spec, TensorSpec)]
+    if len(specs) == 1 and not specs[0].name:
+        return f"patches of shape {specs[0].shape}"
+    return ", ".join(f"{spec.name} {spec.shape}" for spec in specs) or "no tensors"
 
 
 class EnsembleModel(PythonModel):
@@ -106,13 +134,33 @@ class EnsembleModel(PythonModel):
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
                 ) -> np.ndarray:
-        """Probabilities of HU patches ``(N, C, S, S, S)``."""
+        """Probabilities of HU patches ``(N, C, S, S, S)``; for a model with covariates, of the mapping
+        ``{"image": patches, "<covariate>": (N,) values, ...}`` (the annotation is the one MLflow validates silently)."""
+        recipe = self.ensemble.recipe
+        names = recipe.covariates
+        covariates = None
+        if names:
+            model_input = cast(Any, model_input)
+            wanted = [*([IMAGE_INPUT] if recipe.images else []), *names]
+            if not isinstance(model_input, Mapping | pd.DataFrame) or any(name not in model_input for name in wanted):
+                given = list(model_input) if isinstance(model_input, Mapping | pd.DataFrame) else \
+                    type(model_input).__name__
+                raise ConfigError(f"this model takes the inputs {wanted} by name (its signature); got {given}")
+            covariates = np.stack([np.asarray(model_input[name], np.float64).reshape(-1) for name in names], axis=1)
+            if not np.isfinite(covariates).all():
+                raise ConfigError(f"the covariates {list(names)} must hold a finite number for every sample")
+            if not recipe.images:
+                return self.ensemble.patch_probabilities(None, covariates=covariates)
+            model_input = model_input[IMAGE_INPUT]
         patches = np.asarray(model_input, dtype=np.float32)
         expected = self.ensemble.recipe.patch.shape
         if patches.ndim != 5 or patches.shape[1:] != expected:
             raise ConfigError(f"this model scores HU patches of shape (N, {', '.join(map(str, expected))}); got "
                               f"an array of shape {patches.shape}")
-        return self.ensemble.patch_probabilities(patches)
+        if covariates is not None and len(covariates) != len(patches):
+            raise ConfigError(f"the covariates {list(names)} must hold one number for each of the {len(patches)} "
+                              "patches")
+        return self.ensemble.patch_probabilities(patches, covariates=covariates)
 
 
 @dataclass(frozen=True)
@@ -152,12 +200,14 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
                           "validation predictions of both classes (see the warning above); register it with "
                           "calibration=none")
     patch = ensemble.recipe.patch
-    shape = patch.shape
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
+    signature = ModelSignature(inputs=input_schema(ensemble.recipe),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
     # One patch of air: the input's form on the model's page; MLflow loads the model and scores it once when logging
     # (a warning, not an error, if that fails). As JSON it takes ~30 bytes a voxel: ~1 MB for a 32³ patch.
-    example = np.full((1, *shape), patch.pad_hu, dtype=np.float32)
+    air = np.full((1, *patch.shape), patch.pad_hu, dtype=np.float32)
+    example: np.ndarray | dict[str, np.ndarray] = air if not ensemble.recipe.covariates else {
+        **({IMAGE_INPUT: air} if ensemble.recipe.images else {}),
+        **{name: np.zeros(1) for name in ensemble.recipe.covariates}}
     client = mlflow.MlflowClient()
     experiment_id = ensure_experiment(client, REGISTRY_EXPERIMENT, artifact_location)
     artifacts = {f"{MEMBER_ARTIFACT}{index}": str(path) for index, path in enumerate(ensemble.paths)}
@@ -251,12 +301,10 @@ def load_registered(uri: str, tracking_uri: str | None = None, device: str = "au
     if not isinstance(model, EnsembleModel):
         raise ConfigError(f"model_uri={uri}: not a lungexp model (it is a {type(model).__name__}); register one with "
                           "`python -m lungexp.register`")
-    expected = (-1, *model.ensemble.recipe.patch.shape)
-    inputs = loaded.metadata.get_input_schema()
-    signed = inputs.inputs[0].shape if inputs is not None and inputs.is_tensor_spec() else None
+    expected, signed = input_schema(model.ensemble.recipe), loaded.metadata.get_input_schema()
     if signed != expected:
-        raise ConfigError(f"model_uri={uri}: its members take patches of shape {expected} but its signature says "
-                          f"{signed}; register the checkpoints again with `python -m lungexp.register`")
+        raise ConfigError(f"model_uri={uri}: its members take {describe_inputs(expected)} but its signature says "
+                          f"{describe_inputs(signed)}; register the checkpoints again with `python -m lungexp.register`")
     return model.ensemble
 
 

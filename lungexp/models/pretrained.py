@@ -6,7 +6,8 @@ Accepted files:
   ``state_dict`` whose keys carry DataParallel's ``module.`` prefix; its segmentation decoder
   (``conv_seg.*``) is dropped.
 * ``lightning``: a ``.ckpt`` written by this project's LightningModule (network stored as ``self.net``,
-  so keys are ``net.*``; other module state such as loss buffers is ignored).
+  so keys are ``net.*``; other module state such as loss buffers is ignored). Of a model with covariates
+  (:class:`~lungexp.models.fusion.CovariateFusion`, keys ``net.image.*``), its image network.
 * ``state_dict``: a plain mapping of tensors (``module.`` prefix tolerated).
 
 The classifier head is never taken from the file: it is task-specific and stays freshly initialised.
@@ -30,6 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lungexp.models.fusion import IMAGE_NETWORK
 from lungexp.utils.digests import file_sha256
 from lungexp.utils.errors import LungexpError, look_up_option
 
@@ -199,6 +201,9 @@ def _extract_tensors(checkpoint: Any, checkpoint_format: str, path: Path) -> dic
         raw = {key: value for key, value in raw.items() if key.startswith(prefix)}
         if not raw:
             raise PretrainedWeightsError(f"{path}: Lightning checkpoint without 'net.*' keys")
+        fused = f"{prefix}{IMAGE_NETWORK}."
+        if any(key.startswith(fused) for key in raw):  # a model with covariates: its image network
+            raw, prefix = {key: value for key, value in raw.items() if key.startswith(fused)}, fused
     tensors = {key.removeprefix(prefix): value for key, value in raw.items()}
     dropped = [key for key in tensors if key.startswith(HEAD_PREFIXES)]
     if dropped:

@@ -31,7 +31,8 @@ from torch import nn
 from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.patches.normalization import HUWindow
-from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D
+from lungexp.models import CNN3D, CBAMResNet3D, DenseNet3D, ResNet3D, SEResNet3D, TabularNet
+from lungexp.models.fusion import with_covariates
 from lungexp.tracking.artifacts import mlflow_run_reference
 from lungexp.tracking.provenance import data_fingerprint
 from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_validation_predictions
@@ -52,7 +53,7 @@ FORMAT_VERSION = 1
 # What a checkpoint file may build, compared as the objects its `_target_`s resolve to: Hydra resolves a
 # dotted path through module attributes, so `lungexp.models.pretrained.os.write` is `os.write`. These take
 # only plain values, so a `_target_` below the top of a stored node is refused too.
-NETWORKS: frozenset[type] = frozenset({CNN3D, ResNet3D, SEResNet3D, CBAMResNet3D, DenseNet3D})
+NETWORKS: frozenset[type] = frozenset({CNN3D, ResNet3D, SEResNet3D, CBAMResNet3D, DenseNet3D, TabularNet})
 DATAMODULES: frozenset[type] = frozenset({NoduleDataModule})
 # Hydra's keys that change what instantiating a node builds (a partial, positional arguments, ...): a stored config
 # is the class and its keyword arguments, nothing else.
@@ -103,6 +104,10 @@ class ModelRecipe:
         precision: the Trainer precision it was trained and tested with (e.g. ``32-true``, ``bf16-mixed``).
         data: the data config, plain values except paths derived from ``data.*`` keys and the data folders.
         mlflow: ``{run_id, experiment_id, tracking_uri}`` of the training run, empty without MLflow.
+        covariates: the columns it reads besides the image (``model.covariates``), in its input order; the
+            network is then a :class:`~lungexp.models.fusion.CovariateFusion` of ``net``.
+        images: whether it reads the image patch; false (``model=tabular``): its covariates alone, so no scan
+            is read to score a sample.
     """
 
     task: str
@@ -113,6 +118,8 @@ class ModelRecipe:
     precision: str = "32-true"
     data: dict[str, Any] = field(default_factory=dict)
     mlflow: dict[str, str] = field(default_factory=dict)
+    covariates: tuple[str, ...] = ()
+    images: bool = True
 
     @property
     def in_channels(self) -> int:
@@ -134,6 +141,8 @@ class ModelRecipe:
             normalize=run.data.normalize,
             precision=str(run.config.trainer.get("precision", "32-true")),
             data=dict(run.stored_data),
+            covariates=run.data.covariates,
+            images=run.data.images,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +150,7 @@ class ModelRecipe:
         recipe = asdict(self)
         recipe["patch"]["spacing_mm"] = list(self.patch.spacing_mm)
         recipe["hu_window"] = list(self.hu_window)
+        recipe["covariates"] = list(self.covariates)
         return {"format_version": FORMAT_VERSION, "in_channels": self.in_channels, **recipe}
 
     @classmethod
@@ -153,7 +163,8 @@ class ModelRecipe:
             built = cls(task=recipe["task"], net=dict(recipe["net"]), patch=PatchSpec(**recipe["patch"]),
                         hu_window=tuple(recipe["hu_window"]), normalize=recipe["normalize"],
                         precision=recipe["precision"], data=_moved_targets(dict(recipe["data"])),
-                        mlflow=dict(recipe["mlflow"]))
+                        mlflow=dict(recipe["mlflow"]), covariates=tuple(recipe.get("covariates", ())),
+                        images=recipe.get("images", True))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{source}: its lungexp recipe is incomplete or damaged ({error!r}); "
                                   "use a checkpoint written by `python -m lungexp.run`") from None
@@ -161,6 +172,10 @@ class ModelRecipe:
         check_buildable(built.data, DATAMODULES, "data", source)
         check_plain({**recipe, "data": {}}, "recipe", source)
         check_plain(built.data, "data", source, keep=RELOCATABLE)
+        if not isinstance(built.images, bool) or not all(isinstance(name, str) for name in built.covariates):
+            raise CheckpointError(f"{source}: its recipe's covariates {list(built.covariates)!r} (images={built.images!r}) are "
+                                  "not column names (and true or false); "
+                                  "the file is damaged")
         if recipe.get("in_channels", built.in_channels) != built.in_channels:
             raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
                                   f"{built.in_channels} channel(s); the file is damaged")
@@ -309,7 +324,8 @@ def load_checkpoint(path: str | Path) -> TrainedNetwork:
         evaluation = (checkpoint.get("hyper_parameters") or {}).get("evaluation")
     check_plain(evaluation, "eval", path)
     try:  # an allowed class (ModelRecipe.from_dict checked it) with arguments it does not take
-        net: nn.Module = hydra.utils.instantiate(recipe.net, _convert_="partial")
+        net: nn.Module = with_covariates(hydra.utils.instantiate(recipe.net, _convert_="partial"), recipe.covariates,
+                                         recipe.images)
     except Exception as error:
         raise CheckpointError(f"{path}: cannot rebuild its network {recipe.net['_target_']!r} from the stored "
                               f"arguments ({str(error).strip().splitlines()[-1]}); the file is damaged or from "

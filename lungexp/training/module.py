@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import pandas as pd
@@ -14,21 +14,25 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.data.labels.covariates import rating_covariates
+from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.evaluation.split_metrics import predictions_table
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.classification import classification_metrics
 from lungexp.models.complexity import model_summary
+from lungexp.models.fusion import covariate_scaler, network_inputs, with_covariates
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
+from lungexp.models.tabular import TabularNet
 from lungexp.models.tta import tta_probabilities
-from lungexp.tracking.artifacts import log_params
+from lungexp.tracking.artifacts import log_params, log_tags
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 
 log = logging.getLogger(__name__)
 
 VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the decision threshold is chosen on
 CALIBRATION = "calibration"  # checkpoint entry: the eval.calibration fitted on them (absent for none)
+RATING_COVARIATES_TAG = "covariates.ratings"  # the readers' ratings a model takes (model.allow_rating_covariates)
 
 
 def stored_validation_predictions(checkpoint: Mapping[str, Any]) -> pd.DataFrame | None:
@@ -62,6 +66,15 @@ class NoduleClassifier(pl.LightningModule):
             (:mod:`lungexp.data.loading.batch_augmentation`, ``aug=batch_light|batch_strong``); never to validation or test.
         compile: ``torch.compile`` the network (in place: its weights keep their names in checkpoints).
         channels_last: the network and its input batches in the channels-last-3D memory format.
+        covariates: columns of the labels CSV the model also reads (batches carry them as ``covariates``):
+            ``net`` becomes a :class:`~lungexp.models.fusion.CovariateFusion` whose standardisation is fitted on
+            the training split when a fit starts; empty: ``net`` alone.
+        allow_rating_covariates: ``covariates`` may name the readers' ratings (checked, and warned about, where
+            the config is checked: :func:`lungexp.config.check.check`); a run that uses them is tagged
+            ``covariates.ratings``.
+        images: whether ``net`` reads the image patch; false (``model=tabular``): batches carry no image and ``net``
+            (a :class:`~lungexp.models.tabular.TabularNet`) reads the covariates alone, its training loss plus its
+            L2 :meth:`~lungexp.models.tabular.TabularNet.penalty`.
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
     checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's. The test
@@ -81,14 +94,17 @@ class NoduleClassifier(pl.LightningModule):
         augmentation: nn.Module | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        covariates: Sequence[str] = (),
+        allow_rating_covariates: bool = False,
+        images: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss", "augmentation",
                                                         "evaluation"])
+        self.hparams["covariates"] = list(covariates)  # plain strings, as weights_only reads them
         self.evaluation = evaluation or EvaluationOptions()
         # Plain values, as checkpoints have always held it: torch.load(weights_only=True) reads them back.
         self.hparams["evaluation"] = self.evaluation.to_config()
-        self.net = net
         self.augmentation = augmentation
         self._net_compiled = False
         self.optimizer_factory = optimizer
@@ -96,9 +112,11 @@ class NoduleClassifier(pl.LightningModule):
         self.finetune = {"freeze_backbone_epochs": 0, "freeze_bn": False, "head_lr_mult": 1.0, **(finetune or {})}
         self.pretrained_report: PretrainedReport | None = None
         pretrained = pretrained or {}
-        if pretrained.get("path"):
+        if pretrained.get("path"):  # into the image network, before a covariate model wraps it
             self.pretrained_report = load_pretrained(net, pretrained["path"], format=pretrained.get("format", "auto"),
                                                      sha256=pretrained.get("sha256"))
+        self.net = with_covariates(net, covariates, images)
+        self._training_samples = 1  # of the fit's training split, set in setup(): TabularNet's penalty
         self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
         self.val_metrics = classification_metrics("val/")
         self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
@@ -113,8 +131,8 @@ class NoduleClassifier(pl.LightningModule):
         return {**{name: "min" if metric.higher_is_better is False else "max" for name, metric in metrics},
                 "val/loss": "min"}
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image).squeeze(-1)
+    def forward(self, image: torch.Tensor | None, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(*network_inputs(image, covariates)).squeeze(-1)
 
     def configure_model(self) -> None:
         # Called by every stage of the trainer; the network is converted and compiled once.
@@ -125,6 +143,8 @@ class NoduleClassifier(pl.LightningModule):
             self._net_compiled = True
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        if IMAGE_KEY not in batch:  # model=tabular
+            return batch
         image = batch[IMAGE_KEY]
         if self.augmentation is not None and self.trainer.training:
             image = self.augmentation(image)
@@ -147,27 +167,50 @@ class NoduleClassifier(pl.LightningModule):
             log.info("pos_weight=auto: %.2f (%d negatives / %d positives)", weight, negatives, positives)
         if weight is not None:
             cast(torch.Tensor, self.criterion.pos_weight).fill_(float(weight))  # the buffer made in __init__
+        scaler = covariate_scaler(self.net)
+        if stage == "fit" and scaler is not None:
+            # Once per fit, from the training split only; a resumed fit then restores the checkpoint's (the same).
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared
+            scaler.fit(datamodule.train_covariates, self.hparams["covariates"])
+            self._training_samples = len(datamodule.train_covariates)
 
     def on_fit_start(self) -> None:
-        stem_conv = cast(nn.Conv3d, self.net.stem_conv)  # every network has one (see lungexp.models)
-        summary = model_summary(self.net, stem_conv.in_channels)
+        stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))  # every image network has one
+        covariates = self.hparams["covariates"]
+        summary = model_summary(self.net, stem_conv.in_channels if stem_conv is not None else None,
+                                covariates=len(covariates))
         params: dict[str, Any] = {f"model_info.{k}": v for k, v in summary.items()}
         if self.pretrained_report is not None:
             params.update(self.pretrained_report.as_params())
         log.info("Model: %s", ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items()))
-        log_params(self.trainer.loggers, params)
+        log_params(self.trainer.loggers, {**params, **self.covariate_statistics()})
+        ratings = rating_covariates(covariates)
+        if ratings:
+            log_tags(self.trainer.loggers, {RATING_COVARIATES_TAG: ",".join(ratings)})
+
+    def covariate_statistics(self) -> dict[str, float]:
+        """``covariates.<name>.mean`` and ``.std``: the training statistics the model standardises its covariates
+        with (none without covariates)."""
+        scaler = covariate_scaler(self.net)
+        if scaler is None:
+            return {}
+        names = self.hparams["covariates"]
+        return {**{f"covariates.{name}.mean": value for name, value in zip(names, scaler.mean.tolist(), strict=True)},
+                **{f"covariates.{name}.std": value for name, value in zip(names, scaler.std.tolist(), strict=True)}}
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits.float(), labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch[IMAGE_KEY]), batch[LABEL_KEY])
+        loss = self._loss(self(batch.get(IMAGE_KEY), batch.get(COVARIATES_KEY)), batch[LABEL_KEY])
+        if isinstance(self.net, TabularNet):
+            loss = loss + self.net.penalty(self._training_samples)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(batch[LABEL_KEY]))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch[IMAGE_KEY]).float()
+        logits = self(batch.get(IMAGE_KEY), batch.get(COVARIATES_KEY)).float()
         # A torchmetrics mean, exact across DDP ranks holding unequal numbers of patches (Lightning's sync_dist
         # averages the ranks' patch counts as integers, rounding 11.5 down to 11).
         mean_loss = cast(MeanMetric, self.mean_loss[stage])  # nn.ModuleDict's items are typed as nn.Module
@@ -204,9 +247,10 @@ class NoduleClassifier(pl.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probabilities = self._evaluate(batch, "test")  # the loss is of the plain input
-        if self.evaluation.tta != "none":
-            probabilities = tta_probabilities(lambda image: torch.sigmoid(self(image).float()), batch[IMAGE_KEY],
-                                              self.evaluation.tta)
+        if self.evaluation.tta != "none":  # the image is mirrored, never the covariates
+            covariates = batch.get(COVARIATES_KEY)
+            probabilities = tta_probabilities(lambda image: torch.sigmoid(self(image, covariates).float()),
+                                              batch[IMAGE_KEY], self.evaluation.tta)
         self._collect("test", batch, probabilities)
 
     def operating_point(self) -> OperatingPoint:

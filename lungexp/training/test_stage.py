@@ -9,6 +9,7 @@ from pytorch_lightning.callbacks import Callback
 from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.evaluation.report import PatchPictures, report_split
 from lungexp.evaluation.split_metrics import evaluation_settings, predictions_table
+from lungexp.models.fusion import image_network
 from lungexp.tracking.run_predictions import predictions_artifact
 from lungexp.training.module import NoduleClassifier
 
@@ -52,7 +53,8 @@ class TestReport(Callback):
         options = pl_module.evaluation
         settings = evaluation_settings(self.datamodule.options, self.datamodule.split_series("test"),
                                        operating_point.threshold(options.threshold), options)
-        pictures = PatchPictures(pl_module.net, cache.patches, self.datamodule.window, options)
+        pictures = None if not self.datamodule.options.images else PatchPictures(  # model=tabular: no image to show
+            image_network(pl_module.net), self.datamodule.patch_cache.patches, self.datamodule.window, options)
         report = report_split(predictions, settings, trainer.loggers, artifact=predictions_artifact("test"),
                               pictures=pictures, figures=trainer.is_global_zero)
         pl_module.log_dict(report.metrics)

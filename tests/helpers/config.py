@@ -43,14 +43,16 @@ FAST_OVERRIDES = [
 # Grad-CAM pictures: about half of a tiny run), for tests that check none of them.
 NO_REPORT_EXTRAS = ["eval.bootstrap=0", "eval.montage_k=0", "eval.gradcam.samples=0"]
 
-# Small widths per model, keyed by the `model=` option.
+# Small widths per model, keyed by the `model=` option (the tabular model: the covariate it needs).
 TINY_NETS = {
     "cnn3d": ["model.net.widths=[4,8]"],
     "resnet3d": ["model.net.depth=10", "model.net.widths=[4,8,8,8]"],
     "densenet3d": ["model.net.growth_rate=4", "model.net.block_config=[1,1]", "model.net.num_init_features=8"],
     "se_resnet3d": ["model.net.depth=10", "model.net.widths=[4,8,8,8]"],
     "cbam_resnet3d": ["model.net.depth=10", "model.net.widths=[8,8,8,8]"],
+    "tabular": ["model.covariates=[coordZ]"],  # no image: a numeric column every labels CSV has
 }
+IMAGE_MODELS = sorted(set(TINY_NETS) - {"tabular"})  # the networks of images (Grad-CAM, covariate fusion)
 
 
 def tiny_synthetic_overrides() -> list[str]:

@@ -1,4 +1,5 @@
-"""The LightningDataModule: scans + label CSV -> patch cache -> series-level splits -> loaders.
+"""The LightningDataModule: scans + label CSV -> patch cache -> series-level splits -> loaders (for a model that reads
+no image, ``data.images=false``: the same samples and splits, their covariates and labels only, no patch cache).
 
 Every option is declared and checked by :class:`~lungexp.data.options.DataOptions` when the datamodule is
 made, before any data is generated, read or cached, so a typo in ``data.*`` fails in seconds, naming the
@@ -23,6 +24,7 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from lungexp.data.labels.covariates import covariate_values
 from lungexp.data.labels.label_rules import labelled_key
 from lungexp.data.labels.sample_table import (
     build_samples,
@@ -31,7 +33,7 @@ from lungexp.data.labels.sample_table import (
     task_labels,
 )
 from lungexp.data.labels.splits import check_splits, split_samples
-from lungexp.data.loading.dataset import PatchDataset
+from lungexp.data.loading.dataset import CovariateDataset, CovariateSamples, PatchDataset
 from lungexp.data.loading.memory_cache import (
     DeviceBatches,
     check_fits,
@@ -74,9 +76,10 @@ class NoduleDataModule(pl.LightningDataModule):
                               "transforms on the batch), aug=none, or data.cache_memory=ram")
         self.window = HUWindow(*self.options.hu_window, normalize=self.options.normalize)
         self.train_transform = train_transform
-        self.cache: PatchCache | None = None
-        self.datasets: dict[str, PatchDataset] = {}
+        self.cache: PatchCache | CovariateSamples | None = None
+        self.datasets: dict[str, PatchDataset | CovariateDataset] = {}
         self.device_batches: dict[str, DeviceBatches] = {}  # data.cache_memory=device: train and val
+        self._patches_in_ram: np.ndarray | None = None  # data.cache_memory=ram: the whole cache
 
     @classmethod
     def from_options(cls, options: DataOptions,
@@ -91,14 +94,17 @@ class NoduleDataModule(pl.LightningDataModule):
         """
         self.build_cache()
 
-    def build_cache(self, table: tuple[pd.DataFrame, dict[str, Path]] | None = None) -> PatchCache:
-        """This configuration's patch cache, built first (and the synthetic dataset generated) if missing.
+    def build_cache(self, table: tuple[pd.DataFrame, dict[str, Path]] | None = None) -> PatchCache | CovariateSamples:
+        """This configuration's patch cache, built first (and the synthetic dataset generated) if missing; with
+        ``data.images=false`` its samples alone, and no patch is extracted (:class:`CovariateSamples`).
 
         Sets no state; fast when the cache exists (the scans are indexed and the labels read to find its key).
         ``table``: :meth:`sample_table`'s result, where the caller has it already.
         """
         options = self.options
         samples, scan_paths = table if table is not None else self.sample_table()
+        if not options.images:  # every sample: setup() caps training as on a complete cache
+            return CovariateSamples(samples, options.covariates)
         complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
         if complete is not None:  # every sample is cached already (e.g. by cross-validation): setup() caps training
             return complete
@@ -120,6 +126,7 @@ class NoduleDataModule(pl.LightningDataModule):
                              label_rule=options.label_rule)
         source = options.labels_csv or options.annotations_csv
         assert source is not None, "DataOptions requires labels_csv, or annotations_csv for sampled negatives"
+        covariate_values(labels, options.covariates, source)  # every row's, named by its CSV row, before any scan
         samples = build_samples(labels, scans, source=source, missing_scans=options.missing_scans,
                                 outside=options.outside)
         if samples.empty:
@@ -135,20 +142,31 @@ class NoduleDataModule(pl.LightningDataModule):
         # A no-op on a cache built with the cap; on a cache of every sample, the same seeded choice.
         splits["train"] = limit_negatives(splits["train"], self.options.max_negatives_per_scan, self.options.split.seed)
         check_splits(splits, group_by=self.options.split.group_by)
-        patches = self._read_into_ram() if self.options.cache_memory == "ram" else None
         for name, frame in splits.items():
-            transform = self.train_transform if name == "train" else None
-            self.datasets[name] = PatchDataset(self.cache, frame.index.to_numpy(), self.window, transform, patches)
-        if self.options.cache_memory == "device":
+            self.datasets[name] = self._dataset(frame.index.to_numpy(), name == "train")
+        if self.options.cache_memory == "device" and self.options.images:
             self.device_batches = self._load_onto_device(("train", "val"))
+        unit = "patches" if self.options.images else "samples"
         for name, dataset in self.datasets.items():
             negatives, positives = dataset.class_counts()
-            log.info("%s: %d patches (%d positive, %d negative) from %d series", name, len(dataset), positives,
+            log.info("%s: %d %s (%d positive, %d negative) from %d series", name, len(dataset), unit, positives,
                      negatives, splits[name]["seriesuid"].nunique())
+
+    def _dataset(self, rows: np.ndarray, training: bool = False) -> PatchDataset | CovariateDataset:
+        """The samples ``rows`` of the open cache: patches (read into RAM once for ``data.cache_memory=ram``) and, with
+        ``data.covariates``, their covariates; with ``data.images=false`` the covariates alone."""
+        cache, covariates = self.opened_cache, self._covariates()
+        if isinstance(cache, CovariateSamples):
+            assert covariates is not None, "DataOptions requires covariates with images=false"
+            return CovariateDataset(cache.index["label"].to_numpy(), covariates, rows)
+        if self.options.cache_memory == "ram" and self._patches_in_ram is None:
+            self._patches_in_ram = self._read_into_ram()
+        return PatchDataset(cache, rows, self.window, self.train_transform if training else None,
+                            self._patches_in_ram, covariates)
 
     def _read_into_ram(self) -> np.ndarray:
         """``data.cache_memory=ram``: the whole cache in host memory, once it is known to fit."""
-        trainer, cache = self.trainer, self.opened_cache
+        trainer, cache = self.trainer, self.patch_cache
         ranks = trainer.num_devices if trainer is not None and trainer.world_size > 1 else 1
         check_fits(patch_bytes(len(cache), self.options.patch.shape), free_bytes(torch.device("cpu")),
                    what=f"data.cache_memory=ram ({len(cache):,} patches, the whole cache)", where="host memory",
@@ -171,15 +189,22 @@ class NoduleDataModule(pl.LightningDataModule):
                    alternative="use data.cache_memory=ram (host memory) or mmap, or fewer training patches "
                                "(data.max_negatives_per_scan)")
         log.info("data.cache_memory=device: %d patches on %s", count, device)
-        return {name: DeviceBatches.load(self.opened_cache.patches, self.datasets[name].rows, self.datasets[name].labels,
-                                         self.window, device) for name in names}
+        return {name: DeviceBatches.load(self.patch_cache.patches, self.datasets[name].rows, self.datasets[name].labels,
+                                         self.window, device, self.datasets[name].covariates) for name in names}
+
+    def _covariates(self) -> np.ndarray | None:
+        """The ``data.covariates`` of every sample of the open cache, in cache row order (None without them)."""
+        names = self.options.covariates
+        if not names:
+            return None
+        return covariate_values(self.opened_cache.index, names, self.options.labels_csv or "the sample table")
 
     def setup_all(self) -> None:
         """Add the dataset ``all``: every sample, unsplit (an external test set, or the pooled test folds of a
         cross-validation, which together cover every series)."""
         if self.cache is None:
             self.cache = self.build_cache()
-        self.datasets["all"] = PatchDataset(self.cache, np.arange(len(self.cache)), self.window)
+        self.datasets["all"] = self._dataset(np.arange(len(self.cache)))
 
     def split_series(self, name: str) -> list[str]:
         """The series of split ``name`` (``train``, ``val`` or ``test``), in cache order."""
@@ -187,11 +212,20 @@ class NoduleDataModule(pl.LightningDataModule):
         return list(dict.fromkeys(self.opened_cache.index["seriesuid"].to_numpy()[dataset.rows]))
 
     @property
-    def opened_cache(self) -> PatchCache:
-        """The patch cache :meth:`setup` opened; an error naming what to call before it is open."""
+    def opened_cache(self) -> PatchCache | CovariateSamples:
+        """The patch cache :meth:`setup` opened (the samples alone with ``data.images=false``); an error naming what to
+        call before it is open."""
         if self.cache is None:
             raise LungexpError("the datamodule's patch cache is not open: call prepare_data() and setup() first")
         return self.cache
+
+    @property
+    def patch_cache(self) -> PatchCache:
+        """:attr:`opened_cache`, with its patches (not with ``data.images=false``)."""
+        cache = self.opened_cache
+        if not isinstance(cache, PatchCache):
+            raise LungexpError("data.images=false: the samples have no patches")
+        return cache
 
     @property
     def fingerprint(self) -> str | None:
@@ -199,7 +233,16 @@ class NoduleDataModule(pl.LightningDataModule):
         ``data.label_rule`` if one is set, once the data is set up."""
         if self.cache is None:
             return None
-        return labelled_key(self.cache.folder.name, self.options.label_rule)
+        key = self.cache.key if isinstance(self.cache, CovariateSamples) else self.cache.folder.name
+        return labelled_key(key, self.options.label_rule)
+
+    @property
+    def train_covariates(self) -> np.ndarray:
+        """``(training samples, k)`` covariates of the training split: what a model standardises them by."""
+        covariates = self.datasets["train"].covariates
+        if covariates is None:
+            raise LungexpError("the datamodule has no covariates (data.covariates is empty)")
+        return covariates
 
     @property
     def train_class_counts(self) -> tuple[int, int]:
@@ -208,6 +251,9 @@ class NoduleDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, **kwargs: Any) -> DataLoader:
         options = self.options
+        if not options.images:  # a few numbers a sample: the whole split is one batch, read in this process
+            dataset = self.datasets[name]
+            return DataLoader(dataset, batch_size=max(len(dataset), 1), **kwargs)
         batches = self.device_batches.get(name)
         if batches is not None:
             # Positions in the split, drawn by the same samplers; the batch is gathered on the device in this
@@ -220,6 +266,8 @@ class NoduleDataModule(pl.LightningDataModule):
                           worker_init_fn=leave_sigterm_to_parent, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
+        if not self.options.images:  # one batch of the whole training split, in table order: a full-batch fit
+            return self._loader("train")
         # Per-epoch seeded order, and the loader's own generator: creating its iterator then leaves the global
         # RNG (augmentation) alone, so epoch e draws the same after a resume (lungexp.training.resume).
         sampler = self.options.balance.sampler_for(self.datasets["train"].labels, seed=torch.initial_seed())

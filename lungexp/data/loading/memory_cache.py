@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import torch
 
-from lungexp.data.names import IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.data.patches.cache import PatchCache
 from lungexp.data.patches.normalization import HUWindow
 from lungexp.utils.errors import LungexpError
@@ -75,26 +75,33 @@ class DeviceBatches:
         patches: the split's patches, ``(N, C, D, H, W)`` int16, on the device.
         labels: ``(N,)`` float labels; rows: ``(N,)`` cache rows (the batch's ``index``).
         window: the HU window and normalisation of the DataLoader path.
+        covariates: ``(N, k)`` covariates of the split's samples, or None (the batch then has none, as a
+            :class:`~lungexp.data.loading.dataset.PatchDataset` without them).
     """
 
-    def __init__(self, patches: torch.Tensor, labels: np.ndarray, rows: np.ndarray, window: HUWindow) -> None:
+    def __init__(self, patches: torch.Tensor, labels: np.ndarray, rows: np.ndarray, window: HUWindow,
+                 covariates: np.ndarray | None = None) -> None:
         self.patches = patches
         self.labels = torch.as_tensor(labels, device=patches.device)
         self.rows = torch.as_tensor(rows, device=patches.device)
         self.window = window
+        self.covariates = None if covariates is None else torch.as_tensor(covariates, device=patches.device)
 
     @classmethod
     def load(cls, patches: np.ndarray, rows: np.ndarray, labels: np.ndarray, window: HUWindow,
-             device: torch.device) -> DeviceBatches:
+             device: torch.device, covariates: np.ndarray | None = None) -> DeviceBatches:
         """Copy the ``rows`` of ``patches`` (in row order) to ``device``, a chunk at a time (host memory stays small)."""
         rows = np.asarray(rows)
         split = torch.empty((len(rows), *patches.shape[1:]), dtype=torch.int16, device=device)
         for start in range(0, len(rows), LOAD_CHUNK):
             chunk = rows[start:start + LOAD_CHUNK]
             split[start:start + len(chunk)] = torch.from_numpy(np.ascontiguousarray(patches[chunk])).to(device)
-        return cls(split, labels, rows, window)
+        return cls(split, labels, rows, window, covariates)
 
     def __call__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(positions, device=self.patches.device)
-        return {IMAGE_KEY: self.window.batch(self.patches.index_select(0, index)),
-                LABEL_KEY: self.labels[index], INDEX_KEY: self.rows[index]}
+        batch = {IMAGE_KEY: self.window.batch(self.patches.index_select(0, index)),
+                 LABEL_KEY: self.labels[index], INDEX_KEY: self.rows[index]}
+        if self.covariates is not None:
+            batch[COVARIATES_KEY] = self.covariates[index]
+        return batch

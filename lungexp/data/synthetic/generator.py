@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, MALIGNANCY_COLUMNS, RATING_COLUMNS
+from lungexp.data.names import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, DEMO_RATING_COLUMNS, MALIGNANCY_COLUMNS
 from lungexp.data.scans.metaimage import write_mhd
 from lungexp.data.synthetic.acquisition import series_uid, simulate_acquisition
 from lungexp.data.synthetic.anatomy import build_anatomy, lung_clearance_mm
@@ -89,7 +89,7 @@ def _write_dataset(directory: Path, params: GeneratorParams) -> None:
 
 def _write_tables(directory: Path, malignancy_rows: list[dict], candidate_rows: list[dict]) -> None:
     """LUNA16 lists rows grouped by series UID; candidates keep 2 decimals, annotations ~10 digits."""
-    malignancy = pd.DataFrame(malignancy_rows, columns=[*MALIGNANCY_COLUMNS, *RATING_COLUMNS])
+    malignancy = pd.DataFrame(malignancy_rows, columns=[*MALIGNANCY_COLUMNS, *DEMO_RATING_COLUMNS])
     malignancy = malignancy.sort_values("seriesuid", kind="stable")
     csv_options = {"index": False, "lineterminator": "\n"}
     malignancy.to_csv(directory / MALIGNANCY_NAME, float_format=LUNA_FLOAT_FORMAT, **csv_options)

@@ -10,7 +10,7 @@ from pathlib import Path
 from lungexp.utils.errors import LungexpError
 
 # Bump whenever the same parameters would produce different files, so stale datasets are detected.
-GENERATOR_VERSION = 2  # 2: the malignancy CSV's rating columns (RATING_COLUMNS)
+GENERATOR_VERSION = 2  # 2: the malignancy CSV's rating columns (DEMO_RATING_COLUMNS)
 MANIFEST_NAME = ".synthetic.json"
 ANNOTATIONS_NAME = "annotations.csv"
 CANDIDATES_NAME = "candidates_V2.csv"

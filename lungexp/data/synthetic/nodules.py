@@ -165,7 +165,7 @@ def _draw_appearance(rng: np.random.Generator, looks_malignant: bool, diameter_m
 
 
 def reader_ratings(rng: np.random.Generator, nodule: Nodule) -> dict[str, int]:
-    """The LIDC ratings of ``nodule`` under lidc-crops' column names (lungexp.data.names.RATING_COLUMNS):
+    """The LIDC ratings of ``nodule`` under lidc-crops' column names (lungexp.data.names.DEMO_RATING_COLUMNS):
 
     * ``malignancy``: the readers' mean rating rounded half up (4-5 always malignant, 1-2 benign, 3 either);
     * ``texture`` (1 ground glass … 5 solid): 5 for solid and calcified nodules; a part-solid one by its solid
