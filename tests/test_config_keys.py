@@ -23,6 +23,8 @@ GROUPS = tuple(sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.n
 # added by a `+key=value` override (a key the config does not have yet).
 KEY = re.compile(rf"(?<![\w.+])((?:{'|'.join(GROUPS)})(?:\.[A-Za-z_]\w*)+)")
 TAGS = {MODEL_URI_TAG, DATA_FINGERPRINT_TAG}  # MLflow tag names that look like config keys
+# Options that are null by default and have keys of their own once set.
+SET_OPTIONAL = ("eval.strata={column: diameter_mm, edges: [0]}",)
 
 
 def named_keys() -> dict[str, str]:
@@ -54,7 +56,8 @@ def every_config_key(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):
             cfg = compose_config([f"{group}={option}", f"data.root={root}"], root)
             keys |= config_keys(OmegaConf.to_container(cfg, resolve=False))
-    return keys
+    cfg = compose_config([*SET_OPTIONAL, f"data.root={root}"], root)
+    return keys | config_keys(OmegaConf.to_container(cfg, resolve=False))
 
 
 def test_the_scan_finds_the_keys_messages_name() -> None:

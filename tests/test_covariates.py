@@ -339,3 +339,44 @@ def test_the_registered_model_names_its_covariates_as_inputs(covariate_run, pred
     np.testing.assert_array_equal(probabilities, predictor.patch_probabilities(patches, covariates=covariates[:, None]))
     ensemble = load_registered("models:/with-covariates@champion", store, device="cpu")
     assert ensemble.recipe.covariates == (SIGNAL,)
+
+
+# ------------------------------------------------------------------------------------------------
+# Where a covariate model starts
+
+
+def test_a_covariate_model_starts_as_the_logistic_regression_on_its_covariates(tmp_path: Path) -> None:
+    """``model.covariate_start=fitted`` (the default): when a fit starts, the head is scikit-learn's logistic
+    regression on the standardised training covariates and the image features weigh 0, so the model's first
+    predictions are the tabular baseline's whatever the image; ``random`` keeps the head's own init."""
+    from types import SimpleNamespace
+
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    covariates = np.column_stack([rng.normal(8, 3, 200), rng.normal(60, 10, 200)]).astype(np.float32)
+    labels = (covariates[:, 0] + rng.normal(0, 2, 200) > 8).astype(np.float32)
+    stub = SimpleNamespace(train_covariates=covariates, train_labels=labels, train_class_counts=(100, 100))
+    modules = {}
+    for start in ("fitted", "random"):
+        cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], "model.covariates=[diameter_mm,age]",
+                              f"model.covariate_start={start}"], tmp_path)
+        module = hydra.utils.instantiate(cfg.model, _partial_=True, _convert_="partial")(evaluation=EvaluationOptions())
+        module._trainer = SimpleNamespace(datamodule=stub)
+        module.setup("fit")
+        module.eval()
+        modules[start] = module
+    standardised = (covariates - covariates.mean(axis=0)) / covariates.std(axis=0)
+    reference = LogisticRegression(C=1.0).fit(standardised, labels)
+    images = torch.randn(5, 1, 16, 16, 16)
+    with torch.no_grad():
+        fitted = torch.sigmoid(modules["fitted"](images, torch.as_tensor(covariates[:5]))).numpy()
+        also_fitted = torch.sigmoid(modules["fitted"](images * 3, torch.as_tensor(covariates[:5]))).numpy()
+        random_start = torch.sigmoid(modules["random"](images, torch.as_tensor(covariates[:5]))).numpy()
+    np.testing.assert_allclose(fitted, reference.predict_proba(standardised[:5])[:, 1], atol=1e-4)
+    np.testing.assert_allclose(also_fitted, fitted, atol=1e-6)  # the image weighs nothing yet
+    assert np.abs(random_start - fitted).max() > 1e-3
+    with pytest.raises(ArgumentError, match="covariate_start='best' must be one of fitted, random"):
+        cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], "model.covariates=[diameter_mm]",
+                              "model.covariate_start=best"], tmp_path)
+        hydra.utils.instantiate(cfg.model, _partial_=True, _convert_="partial")(evaluation=EvaluationOptions())

@@ -97,6 +97,21 @@ class CovariateFusion(nn.Module):
         features = self.image(image)
         return self.head(torch.cat([features, self.scaler(covariates).to(features.dtype)], dim=1))
 
+    @torch.no_grad()
+    def start_from(self, covariate_model: nn.Linear) -> None:
+        """Start the head as ``covariate_model`` (a linear model of the standardised covariates alone, e.g. the
+        logistic regression fitted on the training split), the image features' weights at 0: training then begins
+        where the tabular baseline ends, and the image network learns what the covariates leave unexplained. From
+        a random head, a few epochs of a small learning rate barely move the covariates' weights, so the image
+        features, not the diameter, decide the first epochs (measured on the LIDC crops: docs/real_data.md)."""
+        if covariate_model.weight.shape != (self.head.out_features, self.num_covariates):
+            raise ValueError(f"a start for {self.num_covariates} covariates and {self.head.out_features} outputs "
+                             f"needs a linear model of that shape, not {tuple(covariate_model.weight.shape)}")
+        image_features = self.head.in_features - self.num_covariates
+        self.head.weight[:, :image_features] = 0
+        self.head.weight[:, image_features:] = covariate_model.weight
+        self.head.bias.copy_(covariate_model.bias)
+
 
 class CovariatesAtTrainingMean(CovariateFusion):
     """A :class:`CovariateFusion` seen as a network of the image alone, its covariates at their training mean:

@@ -6,7 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn import functional
 
+from lungexp.models.tabular import TabularNet
 from lungexp.utils.errors import ArgumentError
 
 
@@ -27,3 +30,23 @@ def full_batch_lbfgs(params: Iterable[Any], lr: float = 1.0, weight_decay: float
     return torch.optim.LBFGS(params, lr=lr, max_iter=max_iter, history_size=history_size,
                              tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
                              line_search_fn="strong_wolfe")
+
+
+def fitted_logistic_regression(covariates: torch.Tensor, labels: torch.Tensor, C: float = 1.0) -> nn.Linear:
+    """The logistic regression of 0/1 ``labels`` on ``(samples, k)`` standardised ``covariates``, fitted as the
+    tabular baseline is (scikit-learn's objective with L2 ``C``, full-batch L-BFGS from zero weights): where a
+    covariate model starts (:meth:`~lungexp.models.fusion.CovariateFusion.start_from`)."""
+    model = TabularNet(covariates.shape[1], C=C)  # its scaler unfitted: the identity, the inputs are standardised
+    optimizer = full_batch_lbfgs(model.parameters())
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = model(covariates.float()).squeeze(-1)
+        loss = functional.binary_cross_entropy_with_logits(logits, labels.float()) + model.penalty(len(labels))
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    linear = model.head[-1]
+    assert isinstance(linear, nn.Linear)
+    return linear

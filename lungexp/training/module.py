@@ -21,17 +21,20 @@ from lungexp.evaluation.split_metrics import predictions_table
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.classification import classification_metrics
 from lungexp.models.complexity import model_summary
-from lungexp.models.fusion import covariate_scaler, network_inputs, with_covariates
+from lungexp.models.fusion import CovariateFusion, covariate_scaler, network_inputs, with_covariates
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
 from lungexp.models.tabular import TabularNet
 from lungexp.models.tta import tta_probabilities
 from lungexp.tracking.artifacts import log_params, log_tags
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
+from lungexp.training.lbfgs import fitted_logistic_regression
+from lungexp.utils.errors import ArgumentError
 
 log = logging.getLogger(__name__)
 
 VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the decision threshold is chosen on
 CALIBRATION = "calibration"  # checkpoint entry: the eval.calibration fitted on them (absent for none)
+COVARIATE_STARTS = ("fitted", "random")
 RATING_COVARIATES_TAG = "covariates.ratings"  # the readers' ratings a model takes (model.allow_rating_covariates)
 
 
@@ -75,6 +78,9 @@ class NoduleClassifier(pl.LightningModule):
         images: whether ``net`` reads the image patch; false (``model=tabular``): batches carry no image and ``net``
             (a :class:`~lungexp.models.tabular.TabularNet`) reads the covariates alone, its training loss plus its
             L2 :meth:`~lungexp.models.tabular.TabularNet.penalty`.
+        covariate_start: where a covariate model's head starts when a fit starts: ``fitted``, the logistic
+            regression of the training labels on the covariates with the image features' weights at 0
+            (:meth:`~lungexp.models.fusion.CovariateFusion.start_from`), or ``random`` (the head's own init).
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
     checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's. The test
@@ -97,6 +103,7 @@ class NoduleClassifier(pl.LightningModule):
         covariates: Sequence[str] = (),
         allow_rating_covariates: bool = False,
         images: bool = True,
+        covariate_start: str = "fitted",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss", "augmentation",
@@ -116,6 +123,8 @@ class NoduleClassifier(pl.LightningModule):
             self.pretrained_report = load_pretrained(net, pretrained["path"], format=pretrained.get("format", "auto"),
                                                      sha256=pretrained.get("sha256"))
         self.net = with_covariates(net, covariates, images)
+        if covariate_start not in COVARIATE_STARTS:
+            raise ArgumentError(f"covariate_start={covariate_start!r} must be one of {', '.join(COVARIATE_STARTS)}")
         self._training_samples = 1  # of the fit's training split, set in setup(): TabularNet's penalty
         self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
         self.val_metrics = classification_metrics("val/")
@@ -173,6 +182,9 @@ class NoduleClassifier(pl.LightningModule):
             datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared
             scaler.fit(datamodule.train_covariates, self.hparams["covariates"])
             self._training_samples = len(datamodule.train_covariates)
+            if isinstance(self.net, CovariateFusion) and self.hparams["covariate_start"] == "fitted":
+                covariates = scaler(torch.as_tensor(datamodule.train_covariates)).cpu()
+                self.net.start_from(fitted_logistic_regression(covariates, torch.as_tensor(datamodule.train_labels)))
 
     def on_fit_start(self) -> None:
         stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))  # every image network has one

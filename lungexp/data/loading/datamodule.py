@@ -245,6 +245,11 @@ class NoduleDataModule(pl.LightningDataModule):
         return covariates
 
     @property
+    def train_labels(self) -> np.ndarray:
+        """The 0/1 labels of the training split, in the order of :attr:`train_covariates`."""
+        return self.datasets["train"].labels
+
+    @property
     def train_class_counts(self) -> tuple[int, int]:
         """(negatives, positives) of the training split; used for loss weighting."""
         return self.datasets["train"].class_counts()
