@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import importlib
 import inspect
 import re
@@ -46,12 +47,18 @@ NOT_GROUPS = {"shared"}
 
 
 def _cell(text: str) -> str:
-    """``text`` for a Markdown table cell: reST literals as code, no raw HTML, no column breaks."""
+    """``text`` for a Markdown table cell: reST literals as code, no raw HTML, no column breaks. A pipe in code
+    is written as HTML code (``&#124;``): GitHub and Python-Markdown disagree about ``\\|`` inside backticks."""
     text = re.sub(r":[a-z]+:`~?([^`]+)`", r"``\1``", " ".join(text.split()))
-    text = text.replace("``", "`")
-    parts = text.split("`")  # outside code spans, < and > would be HTML
-    parts[::2] = [part.replace("<", "&lt;").replace(">", "&gt;") for part in parts[::2]]
-    return "`".join(parts).replace("|", "\\|")
+    parts = text.replace("``", "`").split("`")
+    for index, part in enumerate(parts):
+        if index % 2 == 0:  # outside code: < and > would be HTML
+            parts[index] = part.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+        elif "|" in part:
+            parts[index] = f"<code>{html.escape(part).replace('|', '&#124;')}</code>"
+        else:
+            parts[index] = f"`{part}`"
+    return "".join(parts)
 
 
 def _value(value: Any) -> str:
@@ -122,7 +129,7 @@ def data_options() -> str:
     def row(key: str, kind: str, default: Any, doc: str) -> None:
         shown = "required" if default is REQUIRED else _value(shared.get(key, default))
         options = ", ".join(f"`{option}`" for option in set_by.get(key, []))
-        rows.append([f"`data.{key}`", f"`{_cell(kind)}`", shown, options, _cell(doc)])
+        rows.append([f"`{key}`", _cell(f"`{kind}`"), shown, options, _cell(doc)])
 
     for item in dataclasses.fields(DataOptions):
         default = defaults.get(item.name, REQUIRED)
@@ -135,13 +142,13 @@ def data_options() -> str:
                 row(f"{item.name}.{name}", _annotation(parameter.annotation), parameter.default, docs[name])
         else:
             row(item.name, _annotation(item.type), default, item.metadata["doc"])
-    return _table(["key", "type", "default", "set by `data=`", "meaning"], rows)
+    return _table(["`data.` key", "type", "default", "set by `data=`", "meaning"], rows)
 
 
 def eval_options() -> str:
     """Every ``eval.*`` option: key, type, default, meaning."""
     docs = docstring_args(EvaluationOptions)
-    rows = [[f"`eval.{config_key(item.name)}`", f"`{_cell(_annotation(item.type))}`", _value(item.default),
+    rows = [[f"`eval.{config_key(item.name)}`", _cell(f"`{_annotation(item.type)}`"), _value(item.default),
              _cell(docs[item.name])] for item in dataclasses.fields(EvaluationOptions)]
     return _table(["key", "type", "default", "meaning"], rows)
 

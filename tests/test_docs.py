@@ -41,8 +41,8 @@ def test_the_generated_tables_are_what_the_code_gives() -> None:
 def test_a_table_that_lags_behind_the_code_is_found(tmp_path: Path) -> None:
     page = tmp_path / "data.md"
     fresh = DOCS_TABLES.refreshed("<!-- generated: data-options -->\n<!-- end generated: data-options -->\n")
-    assert "`data.patch.size`" in fresh and "`data.balance.sampler`" in fresh and "`data.split.seed`" in fresh
-    page.write_text(fresh.replace("`data.patch.size`", "`data.patch.edge`"))
+    assert "`patch.size`" in fresh and "`balance.sampler`" in fresh and "`split.seed`" in fresh
+    page.write_text(fresh.replace("`patch.size`", "`patch.edge`"))
     assert DOCS_TABLES.stale_pages(tmp_path) == [page]
     page.write_text(fresh)
     assert DOCS_TABLES.stale_pages(tmp_path) == []
@@ -53,9 +53,9 @@ def test_every_data_option_is_in_the_table_with_its_doc() -> None:
 
     table = DOCS_TABLES.data_options()
     for name in DataOptions.config_defaults().keys() - {"patch", "split", "balance", "negatives"}:
-        assert f"| `data.{name}` |" in table
-    assert "| `data.patch.size_mm` | `float \\| None` | `null` |" in table
-    assert "| `data.split.seed` | `int` | `${seed}` |" in table  # conf/shared/datamodule.yaml's default
+        assert f"| `{name}` |" in table
+    assert "| `patch.size_mm` | <code>float &#124; None</code> | `null` |" in table
+    assert "| `split.seed` | `int` | `${seed}` |" in table  # conf/shared/datamodule.yaml's default
 
 
 def test_every_config_option_file_says_what_it_is() -> None:

@@ -62,7 +62,7 @@ def index_page() -> str:
 
 def on_config(config: Any, **kwargs: Any) -> Any:
     """The reference's pages under its nav entry."""
-    pages = [INDEX, *({package: _page_path(package)} for package in packages())]
+    pages = [{"Overview": INDEX}, *({package: _page_path(package)} for package in packages())]
     for index, item in enumerate(config["nav"]):
         if isinstance(item, dict) and item.get(NAV_TITLE) == INDEX:
             config["nav"][index] = {NAV_TITLE: pages}
