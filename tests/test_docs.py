@@ -3,6 +3,7 @@ compose on the current configs."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import shlex
@@ -117,3 +118,40 @@ def test_the_commands_shown_compose_on_the_current_configs(entry: str, tmp_path:
             except Exception as error:  # each failing command is reported with its page
                 failed.append(f"{where}: {type(error).__name__}: {error}")
     assert not failed, "\n".join(failed)
+
+
+ARGPARSE_COMMAND = re.compile(r"python (?:-m lungexp\.(?P<entry>froc|compare|convert)|(?P<script>scripts/[a-z_]+\.py))\b"
+                              r"(?P<arguments>.*)")
+
+
+def _shown_options() -> dict[str, set[str]]:
+    """``{program: the --options the pages show it with}`` for the argparse commands (``lungexp.froc``,
+    ``compare``, ``convert``) and the scripts."""
+    shown: dict[str, set[str]] = {}
+    for page in PAGES:
+        for block in re.findall(r"^```(?:bash|text)\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():
+                match = ARGPARSE_COMMAND.search(line)
+                if match:
+                    program = match["entry"] or match["script"]
+                    options = {word.split("=")[0] for word in shlex.split(match["arguments"], comments=True)
+                               if word.startswith("--")}
+                    shown.setdefault(program, set()).update(options)
+    return shown
+
+
+SHOWN_OPTIONS = _shown_options()
+
+
+@pytest.mark.parametrize("program", sorted(SHOWN_OPTIONS))
+def test_the_options_shown_for_a_command_are_in_its_help(program: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An entry point's ``--help`` lists every option the pages give it; a script (whose imports take seconds)
+    declares each one in its source."""
+    if program.startswith("scripts/"):
+        declared = set(re.findall(r"""["'](--[a-z0-9-]+)["']""", (PROJECT_ROOT / program).read_text()))
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            importlib.import_module(f"lungexp.{program}").main(["--help"])
+        assert exit_info.value.code == 0
+        declared = set(re.findall(r"--[a-z0-9-]+", capsys.readouterr().out))
+    assert SHOWN_OPTIONS[program] - declared == set()
