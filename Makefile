@@ -1,5 +1,5 @@
 # lungexp — `make run` trains the demo experiment, `make test` runs the test suite (`make test-fast`: all but the
-# end-to-end runs, servers and browser, to run between two changes).
+# end-to-end runs, servers and browser, to run between two changes), `make docs` builds the documentation site.
 # Both set up .venv first (torch pinned first, so pip never resolves a multi-GB CUDA build by accident).
 
 PYTHON ?= python3
@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.install-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
+DOCS_PORT ?= 8000
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 # One pytest worker per core (pytest-xdist); a test file stays on one worker, so its module fixtures are made once.
@@ -14,7 +16,7 @@ PYTEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 RUN_ARGS ?=
 
-.PHONY: install run test test-fast lint mlflow-ui browser postgres bench clean
+.PHONY: install run test test-fast lint docs docs-serve mlflow-ui browser postgres bench clean
 
 install: $(STAMP)
 
@@ -36,11 +38,27 @@ test: install
 test-fast: install
 	$(PYTEST) -m "not slow and not server and not browser" $(PYTEST_ARGS)
 
-# Style, the layer contract (no import up the floors) and the types; configured in pyproject.toml.
-lint: install
-	$(BIN)/ruff check lungexp scripts tests
+# Style, the layer contract (no import up the floors) and the types, configured in pyproject.toml; then the
+# strict docs build (a broken link or anchor, a docstring mkdocstrings cannot read, a stale generated table).
+lint: install $(DOCS_STAMP)
+	$(BIN)/ruff check lungexp scripts tests docs/hooks
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(MKDOCS_BUILD)
+
+# The docs extra (MkDocs, Material, mkdocstrings) only for docs and lint, so that `make install` stays lean.
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	@touch $(DOCS_STAMP)
+
+MKDOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The documentation site, built strictly (every warning is an error) into site/: open site/index.html.
+docs: $(DOCS_STAMP)
+	$(MKDOCS_BUILD)
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
@@ -73,5 +91,5 @@ bench: install
 	$(BIN)/python scripts/bench_models.py
 
 clean:
-	rm -rf logs mlartifacts mlflow.db data/cache .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
+	rm -rf logs mlartifacts mlflow.db data/cache site .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -7,7 +7,7 @@ positive), so no patient is on both sides:
     # -> $RUNS/holdout/development.csv (4/5 of the patients) and heldout.csv (1/5)
 
 Then cross-validate on ``data.labels_csv=$RUNS/holdout/development.csv`` and evaluate the fold models on
-``data.labels_csv=$RUNS/holdout/heldout.csv split=all`` (README "Results on real data").
+``data.labels_csv=$RUNS/holdout/heldout.csv split=all`` (docs/real_data.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The team's MLflow tracking server (README "A team tracking server"):  scripts/team_server.sh [mlflow server options]
+# The team's MLflow tracking server (docs/scaling.md "A team tracking server"):  scripts/team_server.sh [mlflow server options]
 # e.g.  LUNGEXP_SERVER_ENV=/etc/mlflow/server.env scripts/team_server.sh --allowed-hosts mlflow.lab.example
 #
 # PostgreSQL behind it; MLflow's basic-auth app in front (logins, per-experiment permissions); loopback only,

@@ -1,4 +1,4 @@
-"""The package layout says one thing per name, and the README's layout table names what is there."""
+"""The package layout says one thing per name, and the layout table of the architecture page names what is there."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.helpers.config import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "lungexp"
+LAYOUT_PAGE = PROJECT_ROOT / "docs" / "architecture.md"
 
 
 def test_no_two_modules_share_a_file_name() -> None:
@@ -34,11 +35,11 @@ def _exists(folder: Path, name: str) -> bool:
             or (PROJECT_ROOT / "conf" / stem).is_dir() or top_level is not None or _defines(folder, stem))
 
 
-def test_the_readme_layout_names_only_what_exists() -> None:
-    rows = re.findall(r"^\| `(lungexp/[a-z_/]+)/` \|(.*)$", (PROJECT_ROOT / "README.md").read_text(), re.MULTILINE)
+def test_the_layout_table_names_only_what_exists() -> None:
+    rows = re.findall(r"^\| `(lungexp/[a-z_/]+)/` \|(.*)$", LAYOUT_PAGE.read_text(), re.MULTILINE)
     folders = {folder for folder, _ in rows}
     packages = {str(init.parent.relative_to(PROJECT_ROOT)) for init in PACKAGE.rglob("__init__.py")} - {"lungexp"}
-    assert packages <= folders, f"packages the README's layout table leaves out: {sorted(packages - folders)}"
+    assert packages <= folders, f"packages the layout table of {LAYOUT_PAGE.name} leaves out: {sorted(packages - folders)}"
     stale = [(folder, name) for folder, text in rows for name in re.findall(r"`([a-z][a-z0-9_]*(?:\.py)?)`", text)
              if not _exists(PROJECT_ROOT / folder, name)]
-    assert not stale, f"names in the README's layout table that the tree does not have: {stale}"
+    assert not stale, f"names in the layout table of {LAYOUT_PAGE.name} that the tree does not have: {stale}"

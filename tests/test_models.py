@@ -63,7 +63,7 @@ def _tiny(name: str, in_channels: int = 1) -> nn.Module:
 
 @pytest.mark.parametrize("name", sorted(TINY_FACTORIES))
 @pytest.mark.parametrize("in_channels", [1, 3])
-@pytest.mark.parametrize("size", [32, 48, 64])
+@pytest.mark.parametrize("size", [20, 32, 48, 64])  # 20: the lidc_crops and luna16_fpr presets
 def test_output_is_one_logit_per_sample(name: str, in_channels: int, size: int) -> None:
     net = _tiny(name, in_channels)
     logits = net(torch.randn(2, in_channels, size, size, size))

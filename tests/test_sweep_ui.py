@@ -98,7 +98,7 @@ def test_compare_the_sweep_in_the_mlflow_ui(sweep: dict, tmp_path: Path) -> None
         page.get_by_role("button", name="Compare").first.click()
         expect(page.get_by_text("Comparing 2 Runs")).to_be_visible()
         page.set_viewport_size({"width": 1600, "height": 2400})
-        # README's clicks: the best metric as the parallel-coordinates axis, only the params that differ.
+        # docs/sweeps.md's clicks: the best metric as the parallel-coordinates axis, only the params that differ.
         metrics_axis = page.get_by_role("combobox").nth(1)
         choose_option(page, metrics_axis, "best/val_auroc")
         page.locator("[class*='select-selection-item']", has_text="lr-AdamW/backbone").locator(

@@ -1,6 +1,6 @@
 """A team tracking server: ``scripts/team_server.sh`` (``mlflow server`` with MLflow's basic-auth app, on
 PostgreSQL, secrets from an env file and a .pgpass) and runs that log through it with ``logger=mlflow_server``
-(README "A team tracking server"), and a model registered through it and loaded by name."""
+(docs/scaling.md "A team tracking server"), and a model registered through it and loaded by name."""
 
 from __future__ import annotations
 

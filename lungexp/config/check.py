@@ -181,7 +181,7 @@ def typed_data_options(data: Mapping[str, Any], strict: bool = False) -> DataOpt
     unknown = sorted(set(data) - declared - DATAMODULE_KEYS)
     if strict and unknown:
         raise ConfigError(f"data.{unknown[0]}: no such data option{did_you_mean(unknown[0], sorted(declared))}; "
-                          "see README's data table")
+                          "see the table of data options in docs/data.md")
     with named_under("data", ConfigError):
         return DataOptions(**{key: value for key, value in data.items() if key in declared})
 

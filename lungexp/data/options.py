@@ -9,7 +9,8 @@ A problem is an :class:`~lungexp.utils.errors.ArgumentError` naming the option a
 parameter (``split.method``), with the closest valid choice or the range the value must lie in; where the
 ``data`` config meets the code, :func:`lungexp.config.check` names the key (``data.split.method``).
 
-Adding an option: one field below (``option(default, doc, check)``) and its row in README's data table. The
+Adding an option: one field below (``option(default, doc, check)``); the table of data options in
+``docs/data.md`` is generated from these fields (``scripts/docs_tables.py``, a test fails when it is stale). The
 ``data`` config starts from these defaults (:meth:`DataOptions.config_defaults`), so no YAML file repeats them.
 """
 

@@ -6,7 +6,7 @@ member outvote the others, while a mean of probabilities weighs each member equa
 (nnU-Net averages its folds' softmax probabilities the same way). Test-time flips are averaged the same way
 (:mod:`lungexp.models.tta`). Calibrated, each member's probability goes through that member's own calibrator
 (fitted on its own validation predictions) before the mean: members trained apart are calibrated apart, and one
-calibrator fitted on their validation predictions pooled fits none of them (README "The same on the demo data").
+calibrator fitted on their validation predictions pooled fits none of them (docs/cross-validation.md "The same on the demo data").
 
 An :class:`Ensemble` has the interface of :class:`~lungexp.inference.model.Predictor`, so ``predict`` and
 ``evaluate`` use either; an ensemble of one checkpoint without TTA gives that checkpoint's probabilities exactly.

@@ -1,4 +1,4 @@
-"""A team's MLflow tracking server with logins (MLflow's ``basic-auth`` app, README "A team tracking server").
+"""A team's MLflow tracking server with logins (MLflow's ``basic-auth`` app, docs/scaling.md "A team tracking server").
 
 The client's credentials come only from where MLflow itself reads them: ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD`` or ``~/.mlflow/credentials``. Never from the config: every run logs its

@@ -34,6 +34,8 @@ class PatchSpec:
         size: voxels per side of the cube.
         spacing_mm: voxel size of each channel; several values give a multi-scale patch
             (same voxel count, wider field of view per channel).
+        size_mm: the cube's edge in mm (of the finest channel) instead of ``size``, which
+            :meth:`from_config` computes from it.
         pad_hu: value used outside the scan.
     """
 
