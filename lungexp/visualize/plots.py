@@ -93,21 +93,23 @@ def score_histogram_figure(probabilities: np.ndarray, labels: np.ndarray, thresh
 
 
 def reliability_figure(confidence: np.ndarray, observed: np.ndarray, counts: np.ndarray, ece: float,
-                       title: str = "Reliability diagram") -> Figure:
+                       title: str = "Reliability diagram", observed_label: str = "observed fraction of positives",
+                       predicted_label: str = "mean predicted probability") -> Figure:
     """Observed fraction of positives against mean predicted probability per bin (bins with patches
-    only), with the patches per bin below: a calibrated model lies on the diagonal."""
+    only), with the patches per bin below: a calibrated model lies on the diagonal. The axis labels say what
+    is binned (a multiclass head's top-label diagram: the top class's probability and how often it is right)."""
     fig = Figure(figsize=(4.5, 5.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     used = counts > 0
     top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     top.plot(confidence[used], observed[used], "o-", lw=2, label=f"model (ECE = {ece:.3f})")
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed fraction of positives", title=title)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel=observed_label, title=title)
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
     edges = np.linspace(0, 1, len(counts) + 1)
     bottom.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.6)
     _log_counts(bottom)
-    bottom.set(xlabel="mean predicted probability", ylabel="patches")
+    bottom.set(xlabel=predicted_label, ylabel="patches")
     return fig
 
 
