@@ -324,9 +324,7 @@ def print_comparison(comparison: Comparison) -> None:
             "auroc_stratified_p_holm" if holm else "auroc_stratified_p"].map(_p_value)
     pairs["p McNemar" + (" (Holm)" if holm else "")] = comparison.pairs["mcnemar_p_holm" if holm else "mcnemar_p"].map(
         _p_value)
-    dropped = "".join(f", {count} dropped from {name}" for name, count in comparison.dropped.items())
-    clusters = f" in {comparison.num_clusters} resampled clusters" if comparison.num_clusters else ""
-    print(f"\nComparison on {comparison.num_samples} samples{clusters}{dropped}")
+    print(f"\nComparison on {_samples_compared(comparison)}")
     print(runs.to_string(index=False))
     print(pairs.to_string(index=False))
     if comparison.strata is not None:
@@ -353,13 +351,18 @@ def print_class_comparison(comparison: Comparison) -> None:
             pairs[f"p {name}"] = comparison.pairs[p_column].map(_p_value)
     pairs["p McNemar" + (" (Holm)" if holm else "")] = comparison.pairs["mcnemar_p_holm" if holm else "mcnemar_p"].map(
         _p_value)
-    dropped = "".join(f", {count} dropped from {name}" for name, count in comparison.dropped.items())
-    clusters = f" in {comparison.num_clusters} resampled clusters" if comparison.num_clusters else ""
     tests = " (p: paired bootstrap" + (", Holm across pairs)" if holm else ")")
-    print(f"\nComparison of {comparison.target.describe()} on {comparison.num_samples} samples{clusters}{dropped}")
+    print(f"\nComparison of {comparison.target.describe()} on {_samples_compared(comparison)}")
     print(runs.to_string(index=False))
     print(f"Pairs{tests}")
     print(pairs.T.to_string(header=False))
+
+
+def _samples_compared(comparison: Comparison) -> str:
+    """``400 samples in 20 resampled clusters, 2 dropped from fold0``."""
+    dropped = "".join(f", {count} dropped from {name}" for name, count in comparison.dropped.items())
+    clusters = f" in {comparison.num_clusters} resampled clusters" if comparison.num_clusters else ""
+    return f"{comparison.num_samples} samples{clusters}{dropped}"
 
 
 def print_strata(comparison: Comparison) -> None:

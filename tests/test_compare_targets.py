@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from lungexp.compare import main
 from lungexp.metrics.comparison import ScoredRun, align
 from lungexp.metrics.ordinal import ordinal_metrics
 from lungexp.metrics.run_targets import run_target
 from lungexp.models.heads import cumulative_probabilities
-from tests.test_compare import predictions, refused, write
+from lungexp.tracking.runs import ensure_experiment
+from tests.test_compare import logged_run, predictions, refused, write
 from tests.test_statistics import positions
 
 TEXTURE = ("ground_glass", "part_solid", "solid")
@@ -166,3 +168,18 @@ def test_a_class_label_out_of_range_is_refused_naming_the_row(tmp_path: Path, ca
     bad = write(table.assign(label=table["label"].where(table.index != 4, 3)), tmp_path / "bad.csv")
     error = refused([good, bad, "--no-mlflow", "--out", str(tmp_path)], capsys)
     assert f"{bad}: column 'label' must hold class indices 0 … 2, but 1 row(s) do not: row(s) 6 (3)" in error
+
+
+def test_an_mlflow_run_is_compared_by_the_target_it_logged(tmp_path: Path, mlflow_dir: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{mlflow_dir}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "compare_targets", str(mlflow_dir / "artifacts"))
+    table = samples(classes=5)
+    run_id = logged_run(client, experiment_id, "train target=ordinal", ordinal_run(table, 1.0, 0),
+                        "predictions/test_predictions.csv", {}, tmp_path)
+    for key, value in (("target.kind", "ordinal"), ("target.column", "spiculation"), ("target.rule", "rating")):
+        client.log_param(run_id, key, value)
+    csv = write(ordinal_run(table, 0.5, 1), tmp_path / "other.csv")
+    assert main([run_id, csv, "--tracking-uri", uri, "--bootstrap", "20", "--no-mlflow", "--out", str(tmp_path)]) == 0
+    assert "Comparison of ordinal 'spiculation' (1, 2, 3, 4, 5) on 400 samples" in capsys.readouterr().out

@@ -20,6 +20,7 @@ from lungexp.metrics.luna16_froc import FP_RATES, FrocResult, rate_name
 CLASS_NAMES = ("negative", "positive")
 THRESHOLD_COLOR = "tab:red"
 LABEL_INCHES_PER_CHARACTER = 0.075  # tick labels at matplotlib's default 10 pt
+FOREST_COLUMNS = 4  # panels to a row of the forest plot (an ordinal comparison has 8)
 
 
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auroc: float, operating_point: tuple[float, float] | None = None,
@@ -149,14 +150,18 @@ def _log_counts(ax: Axes) -> None:
 
 def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
                   title: str = "Paired differences (95 % intervals)") -> Figure:
-    """One panel per metric (``{"ΔAUROC (DeLong)": [(pair, difference, low, high), ...]}``): each pair's
-    difference with its interval, and the zero line of no difference."""
+    """One panel per metric (``{"ΔAUROC (DeLong)": [(pair, difference, low, high), ...]}``), at most
+    :data:`FOREST_COLUMNS` to a row: each pair's difference with its interval, and the zero line of no difference."""
     longest_label = max(len(row[0]) for rows in differences.values() for row in rows)
+    columns = min(len(differences), FOREST_COLUMNS)
+    panel_rows = -(-len(differences) // columns)
     # The pair names sit left of the first panel: room for the longest, or constrained layout clips it.
-    fig = Figure(figsize=(3.2 * len(differences) + 0.5 + LABEL_INCHES_PER_CHARACTER * longest_label,
-                          0.5 * max(map(len, differences.values())) + 1.4), layout="constrained")
-    axes = fig.subplots(1, len(differences), sharey=True, squeeze=False)
-    for ax, (metric, rows) in zip(axes[0], differences.items(), strict=True):
+    fig = Figure(figsize=(3.2 * columns + 0.5 + LABEL_INCHES_PER_CHARACTER * longest_label,
+                          (0.5 * max(map(len, differences.values())) + 1.0) * panel_rows + 0.4), layout="constrained")
+    axes = fig.subplots(panel_rows, columns, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(differences):]:
+        ax.set_visible(False)
+    for ax, (metric, rows) in zip(axes, differences.items(), strict=False):
         labels = [row[0] for row in rows]
         values, low, high = (np.array([row[i] for row in rows], dtype=np.float64) for i in (1, 2, 3))
         positions = np.arange(len(rows))[::-1]
