@@ -5,7 +5,10 @@
 or predictions CSV files, two or more (or one and ``--baseline``). Prints a table of the runs (best AUROC
 first) and of every pair, writes ``comparison.csv``, ``comparison_runs.csv`` and ``forest_plot.png`` to
 ``--out`` (with strata also ``comparison_strata.csv``) and logs them as an MLflow run tagged with the compared run
-ids. The tests are listed in :mod:`lungexp.metrics.comparison`.
+ids. The tests are listed in :mod:`lungexp.metrics.comparison` (binary runs) and
+:mod:`lungexp.metrics.class_comparison` (multiclass and ordinal runs: the kind is read from the predictions'
+columns and the runs' logged ``target.*``; runs of other targets are refused; multitask runs are compared on their
+primary head).
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lungexp.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="RUN_OR_CSV",
                         help="MLflow run ids (training, evaluate or CV parent runs) or predictions CSV files "
-                             "(seriesuid,coordX,coordY,coordZ,label,probability; threshold 0.5)")
+                             "(seriesuid,coordX,coordY,coordZ,label,probability; threshold 0.5; multiclass: "
+                             "probability_<class> per class, ordinal: probability_ge2..probability_geK)")
     parser.add_argument("--baseline", metavar="COLUMN",
                         help="also compare a pseudo-run scoring each sample by this column of the labels CSV "
-                             "(e.g. diameter_mm; larger = more positive)")
+                             "(e.g. diameter_mm; larger = more positive; for an ordinal target a rating read as "
+                             "its level 1..K)")
     parser.add_argument("--strata", metavar="COLUMN:EDGES",
                         help="also compare within strata of a numeric column of the samples, e.g. "
                              "diameter_mm:0,6,10,20 for [0,6) [6,10) [10,20) [20,inf): the stratified AUROC "
