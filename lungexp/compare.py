@@ -5,7 +5,10 @@
 or predictions CSV files, two or more (or one and ``--baseline``). Prints a table of the runs (best AUROC
 first) and of every pair, writes ``comparison.csv``, ``comparison_runs.csv`` and ``forest_plot.png`` to
 ``--out`` (with strata also ``comparison_strata.csv``) and logs them as an MLflow run tagged with the compared run
-ids. The tests are listed in :mod:`lungexp.metrics.comparison`.
+ids. The tests are listed in :mod:`lungexp.metrics.comparison` (binary runs) and
+:mod:`lungexp.metrics.class_comparison` (multiclass and ordinal runs: the kind is read from the predictions'
+columns and the runs' logged ``target.*``; runs of other targets are refused; multitask runs are compared on their
+primary head).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
     from lungexp.metrics.comparison import AlignedRuns, Comparison, ScoredRun
     from lungexp.metrics.luna16_froc import FrocReference
+    from lungexp.metrics.run_targets import RunTarget
     from lungexp.metrics.stratified import Strata
     from lungexp.metrics.stratified_comparison import SampleStrata
 
@@ -44,10 +48,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lungexp.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="RUN_OR_CSV",
                         help="MLflow run ids (training, evaluate or CV parent runs) or predictions CSV files "
-                             "(seriesuid,coordX,coordY,coordZ,label,probability; threshold 0.5)")
+                             "(seriesuid,coordX,coordY,coordZ,label,probability; threshold 0.5; multiclass: "
+                             "probability_<class> per class, ordinal: probability_ge2..probability_geK)")
     parser.add_argument("--baseline", metavar="COLUMN",
                         help="also compare a pseudo-run scoring each sample by this column of the labels CSV "
-                             "(e.g. diameter_mm; larger = more positive)")
+                             "(e.g. diameter_mm; larger = more positive; for an ordinal target a rating read as "
+                             "its level 1..K)")
     parser.add_argument("--strata", metavar="COLUMN:EDGES",
                         help="also compare within strata of a numeric column of the samples, e.g. "
                              "diameter_mm:0,6,10,20 for [0,6) [6,10) [10,20) [20,inf): the stratified AUROC "
@@ -130,7 +136,9 @@ def run(args: argparse.Namespace) -> Comparison:
     # Only runs read from MLflow have a run id, and those need the client.
     first_run = next((client.get_run(r.run_id) for r in runs if r.run_id), None) if client is not None else None
     aligned = align(runs, intersect=args.intersect)
-    strata = None if args.no_strata else args.strata or logged_strata(first_run)
+    binary = aligned.target.kind == "binary"
+    _say_what_is_compared(aligned.target, args)
+    strata = None if args.no_strata or not binary else args.strata or logged_strata(first_run)
     labels_csv, labels = None, None
     if args.baseline or (strata is not None and strata.column not in aligned.samples):
         labels_csv = args.labels or _setting_path(first_run, "data.labels_csv", "--labels")
@@ -141,7 +149,7 @@ def run(args: argparse.Namespace) -> Comparison:
         aligned = with_baseline(aligned, labels, args.baseline, str(labels_csv))
     froc = None
     annotations = args.annotations or _candidates_annotations(first_run)
-    if annotations is not None:
+    if annotations is not None and binary:
         logged_excluded = _run_setting(first_run, "data.excluded_csv") if first_run is not None else None
         excluded = args.excluded or logged_excluded
         froc = FrocReference.from_csv(annotations, excluded, sorted(aligned.samples["seriesuid"].unique()))
@@ -158,7 +166,7 @@ def run(args: argparse.Namespace) -> Comparison:
     if comparison.strata is not None:
         outputs["comparison_strata.csv"] = args.out / "comparison_strata.csv"
         comparison.strata.to_csv(outputs["comparison_strata.csv"], index=False)
-    figure = forest_figure(forest_rows(comparison.pairs),
+    figure = forest_figure(forest_rows(comparison.pairs, comparison.metrics),
                            title=f"{len(aligned.runs)} runs on {comparison.num_samples} samples")
     figure.savefig(outputs["forest_plot.png"], dpi=120)
     print(f"wrote {', '.join(str(path) for path in outputs.values())}")
@@ -167,6 +175,20 @@ def run(args: argparse.Namespace) -> Comparison:
         run_id = log_comparison(client, args, runs, first_run, outputs)
         print(f"MLflow comparison run {run_id} in {client.tracking_uri}")
     return comparison
+
+
+def _say_what_is_compared(target: RunTarget, args: argparse.Namespace) -> None:
+    """A line for what is not binary: the target compared, a multitask run's primary head, what is left out."""
+    if target.auxiliary:
+        print(f"multitask runs (auxiliary heads {', '.join(target.auxiliary)}): compared on the primary head, "
+              f"{target.describe()}")
+    if target.kind == "binary":
+        return
+    if args.strata is not None:
+        raise ConfigError(f"--strata compares the AUROC of binary runs; these predict {target.describe()}: "
+                          "leave --strata out")
+    print(f"{target.kind} runs, {target.describe()}: paired cluster bootstrap of each metric's difference and "
+          "McNemar's test of accuracy (DeLong applies to a binary AUROC only; no strata or CPM)")
 
 
 def logged_strata(first_run: Run | None) -> Strata | None:
@@ -257,12 +279,15 @@ def _with_nodules(froc: FrocReference, annotations: Path, asked: bool) -> FrocRe
     return froc
 
 
-def forest_rows(pairs: pd.DataFrame) -> dict[str, list[tuple[str, float, float, float]]]:
-    """The forest plot's panels: ΔAUROC (DeLong) and each bootstrapped difference that was computed."""
+def forest_rows(pairs: pd.DataFrame, metrics: Sequence[str] = ()) -> dict[str, list[tuple[str, float, float, float]]]:
+    """The forest plot's panels: ΔAUROC (DeLong) and each bootstrapped difference that was computed; for
+    multiclass or ordinal runs, one panel per compared metric of ``metrics`` (all bootstrapped)."""
     panels = {"delta_auroc": "Δ AUROC (DeLong)", "delta_auroc_stratified": "Δ stratified AUROC (bootstrap)",
               "delta_average_precision": "Δ average precision (bootstrap)",
               "delta_cpm": "Δ CPM (bootstrap)", "delta_at_threshold/sensitivity": "Δ sensitivity at threshold",
               "delta_at_threshold/specificity": "Δ specificity at threshold"}
+    if metrics:
+        panels = {f"delta_{name}": f"Δ {name} (bootstrap)" for name in metrics}
     rows = {}
     for column, title in panels.items():
         if f"{column}_ci_low" in pairs:
@@ -277,6 +302,10 @@ def print_comparison(comparison: Comparison) -> None:
     import pandas as pd
 
     from lungexp.metrics.bootstrap import with_interval
+
+    if comparison.metrics:
+        print_class_comparison(comparison)
+        return
 
     runs = pd.DataFrame({
         "run": comparison.runs["run"],
@@ -300,13 +329,45 @@ def print_comparison(comparison: Comparison) -> None:
             "auroc_stratified_p_holm" if holm else "auroc_stratified_p"].map(_p_value)
     pairs["p McNemar" + (" (Holm)" if holm else "")] = comparison.pairs["mcnemar_p_holm" if holm else "mcnemar_p"].map(
         _p_value)
-    dropped = "".join(f", {count} dropped from {name}" for name, count in comparison.dropped.items())
-    clusters = f" in {comparison.num_clusters} resampled clusters" if comparison.num_clusters else ""
-    print(f"\nComparison on {comparison.num_samples} samples{clusters}{dropped}")
+    print(f"\nComparison on {_samples_compared(comparison)}")
     print(runs.to_string(index=False))
     print(pairs.to_string(index=False))
     if comparison.strata is not None:
         print_strata(comparison)
+
+
+def print_class_comparison(comparison: Comparison) -> None:
+    """Multiclass or ordinal runs, best first by the first metric, and every pair's differences with their
+    bootstrap p (Holm's across pairs for more than two runs) and McNemar's test of accuracy."""
+    import pandas as pd
+
+    from lungexp.metrics.bootstrap import with_interval
+
+    holm = "mcnemar_p_holm" in comparison.pairs
+    runs = pd.DataFrame({"run": comparison.runs["run"], **{
+        name: [with_interval(row.dropna().to_dict(), name) for _, row in comparison.runs.iterrows()]
+        for name in comparison.metrics}})
+    pairs = pd.DataFrame({"pair": comparison.pairs["a"] + " − " + comparison.pairs["b"]})
+    for name in comparison.metrics:
+        pairs[f"Δ{name}"] = [with_interval(row.dropna().to_dict(), f"delta_{name}")
+                             for _, row in comparison.pairs.iterrows()]
+        p_column = f"{name}_p_holm" if holm else f"{name}_p"
+        if p_column in comparison.pairs:
+            pairs[f"p {name}"] = comparison.pairs[p_column].map(_p_value)
+    pairs["p McNemar" + (" (Holm)" if holm else "")] = comparison.pairs["mcnemar_p_holm" if holm else "mcnemar_p"].map(
+        _p_value)
+    tests = " (p: paired bootstrap" + (", Holm across pairs)" if holm else ")")
+    print(f"\nComparison of {comparison.target.describe()} on {_samples_compared(comparison)}")
+    print(runs.to_string(index=False))
+    print(f"Pairs{tests}")
+    print(pairs.T.to_string(header=False))
+
+
+def _samples_compared(comparison: Comparison) -> str:
+    """``400 samples in 20 resampled clusters, 2 dropped from fold0``."""
+    dropped = "".join(f", {count} dropped from {name}" for name, count in comparison.dropped.items())
+    clusters = f" in {comparison.num_clusters} resampled clusters" if comparison.num_clusters else ""
+    return f"{comparison.num_samples} samples{clusters}{dropped}"
 
 
 def print_strata(comparison: Comparison) -> None:

@@ -15,7 +15,7 @@ rows that differ, unless ``intersect`` keeps the common ones.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -35,6 +35,7 @@ from lungexp.metrics.bootstrap import (
 from lungexp.metrics.classification import table_metrics
 from lungexp.metrics.delong import delong, delong_test
 from lungexp.metrics.luna16_froc import FrocReference, FrocResult, compute_froc, validated_table
+from lungexp.metrics.run_targets import BINARY, RunTarget, class_labels, run_target, same_target
 from lungexp.metrics.stratified import Strata, stratified_auroc
 from lungexp.metrics.stratified_comparison import (
     SampleStrata,
@@ -59,13 +60,16 @@ class ComparisonError(LungexpError):
 class ScoredRun:
     """One run's test predictions (``seriesuid, coordX, coordY, coordZ, label, probability``) and its
     decision threshold (chosen on its validation split); ``source`` says where the predictions were read
-    (a CSV file) for messages, which otherwise name the run."""
+    (a CSV file) for messages, which otherwise name the run; ``settings``: the ``target.*`` params a run logged
+    (:func:`~lungexp.metrics.run_targets.run_target`). A multiclass or ordinal run's table holds its head's
+    probability columns instead of ``probability``."""
 
     name: str
     predictions: pd.DataFrame
     threshold: float = 0.5
     run_id: str | None = None
     source: str | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def origin(self) -> str:
@@ -73,34 +77,41 @@ class ScoredRun:
         return self.source or self.name
 
 
-def checked_predictions(predictions: pd.DataFrame, source: str) -> pd.DataFrame:
-    """``predictions`` with finite coordinates, 0/1 labels and probabilities in [0, 1] (as numbers), each point
-    once: a bad value is a :class:`~lungexp.metrics.luna16_froc.FrocInputError` naming ``source``, the column and the
-    rows; repeated rows are dropped with a warning, the same point with other labels or probabilities refused
-    (:func:`~lungexp.data.labels.sample_table.drop_duplicate_points`). Other columns (a patient column) are kept."""
-    _require_columns(predictions, source)
-    checked = validated_table(predictions, [*KEY_COLUMNS, "label", "probability"], source,
-                              probabilities=["probability"], binary=["label"])
+def checked_predictions(predictions: pd.DataFrame, source: str, target: RunTarget = BINARY) -> pd.DataFrame:
+    """``predictions`` with finite coordinates, labels of ``target`` (0/1, or class indices) and its probabilities
+    in [0, 1] (as numbers), each point once: a bad value is a :class:`~lungexp.metrics.luna16_froc.FrocInputError`
+    naming ``source``, the column and the rows; repeated rows are dropped with a warning, the same point with other
+    labels or probabilities refused (:func:`~lungexp.data.labels.sample_table.drop_duplicate_points`). Other
+    columns (a patient column) are kept."""
+    columns = list(target.probability_columns)
+    _require_columns(predictions, source, columns)
+    binary = target.kind == "binary"
+    checked = validated_table(predictions, [*KEY_COLUMNS, "label", *columns], source, probabilities=columns,
+                              binary=["label"] if binary else [])
+    if not binary:
+        checked["label"] = class_labels(predictions, len(target.class_names), source)
     checked = predictions.assign(**{column: checked[column].to_numpy() for column in checked})
-    return drop_duplicate_points(checked, source, values=["label", "probability"])
+    return drop_duplicate_points(checked, source, values=["label", *columns])
 
 
-def _require_columns(predictions: pd.DataFrame, name: str) -> None:
-    missing = [column for column in (*KEY_COLUMNS, "label", "probability") if column not in predictions]
+def _require_columns(predictions: pd.DataFrame, name: str, scores: Sequence[str] = ()) -> None:
+    needed = [*KEY_COLUMNS, "label", *scores]
+    missing = [column for column in needed if column not in predictions]
     if missing:
-        raise ComparisonError(f"{name}: the predictions lack column(s) {missing}; compare needs "
-                              f"{[*KEY_COLUMNS, 'label', 'probability']}")
+        raise ComparisonError(f"{name}: the predictions lack column(s) {missing}; compare needs {needed}")
 
 
 @dataclass(frozen=True)
 class AlignedRuns:
     """Runs on the same samples in the same order: ``samples`` (key columns and ``label``) and one row of
-    ``probabilities`` per run."""
+    ``probabilities`` per run: ``(runs, samples)`` for a binary ``target``, ``(runs, samples, columns)`` with
+    the head's probability columns for a multiclass or ordinal one."""
 
     runs: list[ScoredRun]
     samples: pd.DataFrame
-    probabilities: np.ndarray  # (runs, samples)
+    probabilities: np.ndarray  # (runs, samples) or (runs, samples, columns)
     dropped: dict[str, int] = field(default_factory=dict)  # by run name, with ``intersect``
+    target: RunTarget = BINARY
 
     @property
     def labels(self) -> np.ndarray:
@@ -120,13 +131,18 @@ def sample_keys(predictions: pd.DataFrame, name: str) -> pd.MultiIndex:
 def align(runs: Sequence[ScoredRun], intersect: bool = False) -> AlignedRuns:
     """The runs on their common samples, in the first run's order; without ``intersect`` every run must have
     exactly the same samples with the same labels (:class:`ComparisonError` naming the first differing rows).
-    Each run's predictions are checked first (:func:`checked_predictions`)."""
+    All runs must predict the same target (:func:`~lungexp.metrics.run_targets.same_target`, from each run's
+    columns and logged ``target.*``; a multitask run counts by its primary head), and each run's predictions are
+    checked first (:func:`checked_predictions`)."""
     if not runs:
         raise ComparisonError("no runs to align")
     names = [run.name for run in runs]
     if len(set(names)) < len(names):
         raise ComparisonError(f"two inputs have the same name {names}; give each run once")
-    runs = [replace(run, predictions=checked_predictions(run.predictions, run.origin)) for run in runs]
+    target = same_target([run_target(run.predictions, run.origin, run.settings) for run in runs],
+                         names)
+    columns = list(target.probability_columns)
+    runs = [replace(run, predictions=checked_predictions(run.predictions, run.origin, target)) for run in runs]
     keys = [sample_keys(run.predictions, run.name) for run in runs]
     labels = [pd.Series(run.predictions["label"].to_numpy().astype(np.int64), index=key)
               for run, key in zip(runs, keys, strict=True)]
@@ -145,12 +161,13 @@ def align(runs: Sequence[ScoredRun], intersect: bool = False) -> AlignedRuns:
     dropped = {run.name: int(len(key) - len(common)) for run, key in zip(runs, keys, strict=True)} if intersect else {}
     positions = [key.get_indexer(common) for key in keys]
     # The first run's sample columns (position, label, a group_by column, ...), not its scores.
-    samples = runs[0].predictions.iloc[positions[0]].drop(columns="probability").reset_index(drop=True)
+    samples = runs[0].predictions.iloc[positions[0]].drop(columns=columns).reset_index(drop=True)
     samples["seriesuid"] = samples["seriesuid"].astype(str)
     samples["label"] = labels[0].loc[common].to_numpy()
-    probabilities = np.stack([run.predictions["probability"].to_numpy(np.float64)[where]
+    probabilities = np.stack([run.predictions[columns].to_numpy(np.float64)[where]
                               for run, where in zip(runs, positions, strict=True)])
-    return AlignedRuns(list(runs), samples, probabilities, dropped)
+    return AlignedRuns(list(runs), samples, probabilities[..., 0] if target.kind == "binary" else probabilities,
+                       dropped, target)
 
 
 def _check_same(first: ScoredRun, first_keys: pd.MultiIndex, first_labels: pd.Series, other: ScoredRun,
@@ -192,6 +209,8 @@ class Comparison:
     dropped: dict[str, int]
     strata: pd.DataFrame | None = None
     one_class_strata: list[str] = field(default_factory=list)
+    target: RunTarget = BINARY
+    metrics: tuple[str, ...] = ()  # a multiclass or ordinal comparison's metrics, best-first by the first
 
 
 def compare(aligned: AlignedRuns, bootstrap: int = 1000, seed: int = 0, group_by: str = "seriesuid",
@@ -200,6 +219,12 @@ def compare(aligned: AlignedRuns, bootstrap: int = 1000, seed: int = 0, group_by
     strata (:func:`sample_strata`)."""
     if len(aligned.runs) < 2:
         raise ComparisonError(f"compare needs two or more runs (a --baseline counts), got {len(aligned.runs)}")
+    if aligned.target.kind != "binary":
+        if froc is not None or strata is not None:
+            raise ComparisonError(f"the CPM and strata compare binary runs; these predict {aligned.target.describe()}")
+        from lungexp.metrics.class_comparison import compare_classes  # it builds on this module
+
+        return compare_classes(aligned, bootstrap, seed, group_by)
     labels = aligned.labels
     if labels.min() == labels.max():
         raise ComparisonError("the compared samples hold one class only: AUROC and its tests need both")
@@ -315,15 +340,29 @@ def _pair_row(aligned: AlignedRuns, a: int, b: int, points: list[dict[str, float
 
 def with_baseline(aligned: AlignedRuns, table: pd.DataFrame, column: str, source: str) -> AlignedRuns:
     """``aligned`` and a pseudo-run scoring each sample by ``column`` of ``table`` (e.g. ``diameter_mm`` of the
-    labels CSV ``source``): larger is more positive, scaled to [0, 1] (ranks, so AUROC and AP, are unchanged),
-    with its threshold chosen on these samples by Youden's rule (optimistic: the baseline has no validation)."""
-    scores = labels_column(aligned, table, column, source, f"--baseline {column}")
+    labels CSV ``source``). Binary target: larger is more positive, scaled to [0, 1] (ranks, so AUROC and AP, are
+    unchanged), with its threshold chosen on these samples by Youden's rule (optimistic: the baseline has no
+    validation). Ordinal target: the column is a rating on the head's scale of levels 1 … K (e.g. another reader's,
+    or the readers' mean): :func:`ordinal_baseline`. A multiclass target's classes have no order a column could
+    score: refused."""
+    option = f"--baseline {column}"
+    if aligned.target.kind == "multiclass":
+        raise ComparisonError(f"{option}: a multiclass target's classes ({', '.join(aligned.target.class_names)}) "
+                              "have no order a column could score; --baseline takes binary and ordinal targets")
+    scores = labels_column(aligned, table, column, source, option)
     missing = np.flatnonzero(~np.isfinite(scores))
     if len(missing):
         row = aligned.samples.iloc[missing[0]]
         raise ComparisonError(f"--baseline {column}: {len(missing)} of the {len(scores)} compared samples have no "
                               f"number in {source} (first: series {row['seriesuid']} at ({row['coordX']:.2f}, "
                               f"{row['coordY']:.2f}, {row['coordZ']:.2f}) mm)")
+    if aligned.target.kind == "ordinal":
+        cumulative = ordinal_baseline(scores, len(aligned.target.class_names))
+        baseline = ScoredRun(f"baseline {column}", aligned.samples.assign(
+            **dict(zip(aligned.target.probability_columns, cumulative.T, strict=True))),
+            source=f"{option} of {source}")
+        return replace(aligned, runs=[*aligned.runs, baseline],
+                       probabilities=np.concatenate([aligned.probabilities, cumulative[None]]))
     span = scores.max() - scores.min()
     scaled = (scores - scores.min()) / span if span > 0 else np.full(len(scores), 0.5)
     threshold = choose_threshold(aligned.labels, scaled, YOUDEN)
@@ -331,6 +370,15 @@ def with_baseline(aligned: AlignedRuns, table: pd.DataFrame, column: str, source
                          source=f"--baseline {column} of {source}")
     return AlignedRuns([*aligned.runs, baseline], aligned.samples, np.vstack([aligned.probabilities, scaled]),
                        aligned.dropped)
+
+
+def ordinal_baseline(ratings: np.ndarray, levels: int) -> np.ndarray:
+    """``(N, levels − 1)`` P(level >= k) for k = 2 … K of ratings read as levels: ``clip(rating − k + 1, 0, 1)``.
+    A whole rating predicts itself with certainty; a mean rating (3.4) is certain of the levels below it and
+    gives the next its fraction (P(level >= 4) = 0.4), so its predicted level (the median,
+    :func:`~lungexp.models.heads.predicted_classes`) is the rating rounded and each cut's AUROC keeps its order."""
+    cuts = np.arange(2, levels + 1)
+    return np.clip(np.asarray(ratings, dtype=np.float64)[:, None] - cuts + 1, 0.0, 1.0)
 
 
 def labels_column(aligned: AlignedRuns, table: pd.DataFrame, column: str, source: str, option: str) -> np.ndarray:

@@ -26,6 +26,7 @@ PREDICTIONS_FOLDER = "predictions"
 # Which predictions of a run are its test predictions, in order of preference.
 PREFERRED = ("pooled_test_predictions.csv", "test_predictions.csv")
 SUFFIX = "_predictions.csv"
+TARGET_PARAMS = "target."  # the logged target (target.kind, target.column, target.primary.kind, ...)
 
 
 def predictions_artifact(split: str) -> str:
@@ -63,7 +64,7 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
 
 
 def scored_run(client: MlflowClient, run_id: str) -> ScoredRun:
-    """The test predictions of a training, ``evaluate`` or cross-validation parent run."""
+    """The test predictions of a training, ``evaluate`` or cross-validation parent run, with the target it logged."""
     run = get_run(client, run_id)
     files = [PurePosixPath(item.path).name for item in client.list_artifacts(run_id, PREDICTIONS_FOLDER)]
     chosen = next((name for name in PREFERRED if name in files), None)
@@ -74,8 +75,9 @@ def scored_run(client: MlflowClient, run_id: str) -> ScoredRun:
     split = chosen.removesuffix(SUFFIX).removeprefix("pooled_")
     predictions = read_table_artifact(client, run_id, f"{PREDICTIONS_FOLDER}/{chosen}")
     threshold = run.data.metrics.get(f"{split}/threshold", 0.5)
+    target = {key: value for key, value in run.data.params.items() if key.startswith(TARGET_PARAMS)}
     return ScoredRun(name=run.info.run_name or run_id[:8], predictions=predictions, threshold=float(threshold),
-                     run_id=run_id)
+                     run_id=run_id, settings=target)
 
 
 def run_setting(run: Run, key: str) -> str | None:

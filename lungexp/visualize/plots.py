@@ -20,6 +20,7 @@ from lungexp.metrics.luna16_froc import FP_RATES, FrocResult, rate_name
 CLASS_NAMES = ("negative", "positive")
 THRESHOLD_COLOR = "tab:red"
 LABEL_INCHES_PER_CHARACTER = 0.075  # tick labels at matplotlib's default 10 pt
+FOREST_COLUMNS = 4  # panels to a row of the forest plot (an ordinal comparison has 8)
 
 
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auroc: float, operating_point: tuple[float, float] | None = None,
@@ -93,21 +94,23 @@ def score_histogram_figure(probabilities: np.ndarray, labels: np.ndarray, thresh
 
 
 def reliability_figure(confidence: np.ndarray, observed: np.ndarray, counts: np.ndarray, ece: float,
-                       title: str = "Reliability diagram") -> Figure:
+                       title: str = "Reliability diagram", observed_label: str = "observed fraction of positives",
+                       predicted_label: str = "mean predicted probability") -> Figure:
     """Observed fraction of positives against mean predicted probability per bin (bins with patches
-    only), with the patches per bin below: a calibrated model lies on the diagonal."""
+    only), with the patches per bin below: a calibrated model lies on the diagonal. The axis labels say what
+    is binned (a multiclass head's top-label diagram: the top class's probability and how often it is right)."""
     fig = Figure(figsize=(4.5, 5.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     used = counts > 0
     top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     top.plot(confidence[used], observed[used], "o-", lw=2, label=f"model (ECE = {ece:.3f})")
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed fraction of positives", title=title)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel=observed_label, title=title)
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
     edges = np.linspace(0, 1, len(counts) + 1)
     bottom.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.6)
     _log_counts(bottom)
-    bottom.set(xlabel="mean predicted probability", ylabel="patches")
+    bottom.set(xlabel=predicted_label, ylabel="patches")
     return fig
 
 
@@ -147,14 +150,18 @@ def _log_counts(ax: Axes) -> None:
 
 def forest_figure(differences: dict[str, list[tuple[str, float, float, float]]],
                   title: str = "Paired differences (95 % intervals)") -> Figure:
-    """One panel per metric (``{"ΔAUROC (DeLong)": [(pair, difference, low, high), ...]}``): each pair's
-    difference with its interval, and the zero line of no difference."""
+    """One panel per metric (``{"ΔAUROC (DeLong)": [(pair, difference, low, high), ...]}``), at most
+    :data:`FOREST_COLUMNS` to a row: each pair's difference with its interval, and the zero line of no difference."""
     longest_label = max(len(row[0]) for rows in differences.values() for row in rows)
+    columns = min(len(differences), FOREST_COLUMNS)
+    panel_rows = -(-len(differences) // columns)
     # The pair names sit left of the first panel: room for the longest, or constrained layout clips it.
-    fig = Figure(figsize=(3.2 * len(differences) + 0.5 + LABEL_INCHES_PER_CHARACTER * longest_label,
-                          0.5 * max(map(len, differences.values())) + 1.4), layout="constrained")
-    axes = fig.subplots(1, len(differences), sharey=True, squeeze=False)
-    for ax, (metric, rows) in zip(axes[0], differences.items(), strict=True):
+    fig = Figure(figsize=(3.2 * columns + 0.5 + LABEL_INCHES_PER_CHARACTER * longest_label,
+                          (0.5 * max(map(len, differences.values())) + 1.0) * panel_rows + 0.4), layout="constrained")
+    axes = fig.subplots(panel_rows, columns, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(differences):]:
+        ax.set_visible(False)
+    for ax, (metric, rows) in zip(axes, differences.items(), strict=False):
         labels = [row[0] for row in rows]
         values, low, high = (np.array([row[i] for row in rows], dtype=np.float64) for i in (1, 2, 3))
         positions = np.arange(len(rows))[::-1]
