@@ -20,8 +20,8 @@ from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT, compose_config
 # Config groups: the folders of conf/ (shared/ holds parts the groups include, not a group).
 GROUPS = tuple(sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "shared"))
 # A dotted key of a config group, not part of a longer dotted name (lungexp.data.scans is a module) and not
-# added by a `+key=value` override (a key the config does not have yet).
-KEY = re.compile(rf"(?<![\w.+])((?:{'|'.join(GROUPS)})(?:\.[A-Za-z_]\w*)+)")
+# added by a `+key=value` override (a key the config does not have yet), nor a file path (docs/data.md).
+KEY = re.compile(rf"(?<![\w.+/])((?:{'|'.join(GROUPS)})(?:\.[A-Za-z_]\w*)+)")
 TAGS = {MODEL_URI_TAG, DATA_FINGERPRINT_TAG}  # MLflow tag names that look like config keys
 # Options that are null by default and have keys of their own once set.
 SET_OPTIONAL = ("eval.strata={column: diameter_mm, edges: [0]}",)
