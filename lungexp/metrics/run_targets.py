@@ -1,7 +1,7 @@
 """What a predictions table predicts: its primary head's kind and classes, read from its columns (and, for an
 MLflow run, the ``target.*`` params it logged), so that only runs of the same target are compared.
 
-A predictions table (README "Targets") carries ``label`` (class index 0 … K − 1) and its primary head's
+A predictions table (the columns of :class:`~lungexp.data.labels.targets.HeadSpec`) carries ``label`` (class index 0 … K − 1) and its primary head's
 probabilities: ``probability`` (binary), ``probability_<class>`` per class in class order (multiclass) or
 ``probability_ge2`` … ``probability_geK`` = P(level >= k) (ordinal). A multitask table adds, per auxiliary
 head ``<name>``, ``<name>_label``, ``<name>_prediction`` and ``<name>_probability…``: runs are compared on the
