@@ -45,11 +45,12 @@ def preprocessing(recipe: ModelRecipe) -> dict[str, object]:
 
 
 def target(recipe: ModelRecipe) -> dict[str, object]:
-    """What a member's probability is the probability of: its task (which CSV column is the label) and the
-    ``data.label_rule`` that relabelled it (normalised: ``">= 4"`` is ``">=4"``); every member must agree on all
+    """What a member's probability is the probability of: its task (which CSV column is the label), its target's
+    heads, and the ``data.label_rule`` that relabelled it (normalised: ``">= 4"`` is ``">=4"``); every member must agree on all
     of it, or the mean mixes different positive classes (malignancy >= 3 with >= 4)."""
     rule = LabelRule.from_config(recipe.data.get("label_rule"))
-    return {"data.task": recipe.task, "data.label_rule": None if rule is None else rule.as_config()}
+    return {"data.task": recipe.task, "data.label_rule": None if rule is None else rule.as_config(),
+            "target": recipe.targets.describe()}
 
 
 def inputs(recipe: ModelRecipe) -> dict[str, object]:
