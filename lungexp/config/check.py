@@ -131,7 +131,7 @@ def check_target_run(model: Mapping[str, Any], target: TargetOptions, data: Data
     kind = target.primary.kind
     if kind == "binary":
         return
-    what = f"target={target.kind} has a {kind} primary head"
+    what = f"the primary head of target={target.kind} is {kind}"
     loss = (model.get("loss") or {}).get("_target_")
     refusals = [
         (model.get("pos_weight") is not None, f"model.pos_weight={model.get('pos_weight')} weighs a binary head's "
