@@ -153,3 +153,26 @@ def test_the_target_chooses_the_optimized_metric_and_the_outputs(make_config, ta
     assert run.config.callbacks.model_checkpoint.monitor == metric
     assert run.config.model.net.num_classes == outputs
     assert run.data.balance.sampler == ("none" if target in ("multiclass", "ordinal") else "balanced")
+
+
+@pytest.mark.slow
+def test_a_cross_validation_pools_the_folds_of_an_ordinal_target(tmp_path: Path, synthetic_root: Path,
+                                                                 mlflow_dir: Path) -> None:
+    from mlflow import MlflowClient
+
+    from lungexp.training.cross_validation import POOLED_ARTIFACT, cross_validate
+    from tests.helpers.config import TINY_NETS, tiny_data_overrides
+
+    cfg = compose_config(["model=cnn3d", *TINY_NETS["cnn3d"], *tiny_data_overrides(synthetic_root, synthetic_root.parent
+                                                                                    / "cache"),
+                          *mlflow_overrides(mlflow_dir), "data=synthetic_malignancy", "target=ordinal", "cv.folds=3",
+                          "data.split.method=series", "trainer.max_epochs=1", "eval.bootstrap=20",
+                          "callbacks.lr_monitor=null", "task_name=ordinal_cv"], tmp_path)
+    result = cross_validate(check(cfg, "run"))
+    assert {"test/qwk", "test/qwk_ci_low", "test/mae", "cv_mean/test/qwk", "cv_std/test/mae"} <= set(result.metrics)
+    client = MlflowClient(tracking_uri=cfg.paths.mlflow_uri)
+    pooled = pd.read_csv(client.download_artifacts(result.parent_run_id, POOLED_ARTIFACT, str(tmp_path)))
+    assert len(pooled) == sum(len(fold.predictions) for fold in result.folds)  # every fold's test rows, once
+    assert {"fold", "label", "prediction", "probability_ge5"} <= set(pooled.columns)
+    labels, predicted = pooled["label"].to_numpy(), pooled["prediction"].to_numpy()
+    assert result.metrics["test/mae"] == pytest.approx(np.abs(labels - predicted).mean(), abs=TOLERANCE)
