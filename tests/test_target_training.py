@@ -176,3 +176,32 @@ def test_a_cross_validation_pools_the_folds_of_an_ordinal_target(tmp_path: Path,
     assert {"fold", "label", "prediction", "probability_ge5"} <= set(pooled.columns)
     labels, predicted = pooled["label"].to_numpy(), pooled["prediction"].to_numpy()
     assert result.metrics["test/mae"] == pytest.approx(np.abs(labels - predicted).mean(), abs=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_predict_ensembles_and_tta_average_each_heads_probabilities(trained, synthetic_root: Path) -> None:
+    from lungexp.inference.candidate_scoring import predict_candidates, read_candidates
+    from lungexp.inference.ensemble import Ensemble
+    from lungexp.inference.model import Predictor
+    from lungexp.inference.registered import output_schema
+    from lungexp.inference.scans import open_scans
+
+    ordinal, multiclass = (Predictor(trained(kind)[0].best_checkpoint, device="cpu") for kind in ("ordinal", "multiclass"))
+    scans = open_scans(synthetic_root)
+    candidates = read_candidates(synthetic_root / "annotations_with_malignancy.csv", scans).head(6)
+    cumulative = [f"probability_ge{level}" for level in range(2, 6)]
+    plain = predict_candidates(Ensemble([ordinal]), scans, candidates)
+    assert list(plain.columns) == ["seriesuid", "coordX", "coordY", "coordZ", *cumulative, "prediction"]
+    assert (plain["prediction"] == (plain[cumulative].to_numpy() > 0.5).sum(axis=1)).all()
+    mirrored = predict_candidates(Ensemble([ordinal], tta="flips"), scans, candidates)
+    assert np.all(np.diff(mirrored[cumulative].to_numpy(), axis=1) <= TOLERANCE)  # the mean stays monotone
+    assert not np.allclose(mirrored[cumulative], plain[cumulative])
+    twice = predict_candidates(Ensemble([ordinal, ordinal]), scans, candidates)
+    np.testing.assert_allclose(twice[cumulative], plain[cumulative], atol=1e-6)  # the mean of one model is itself
+    with pytest.raises(ConfigError, match=r"their target differs in target \(target=ordinal .* vs multiclass"):
+        Ensemble([ordinal, multiclass])
+    with pytest.raises(ConfigError, match=r"^calibration=temperature calibrates one binary logit, but .* was trained "
+                                          r"for target=multiclass"):
+        Ensemble([multiclass]).calibrate("temperature")
+    schema = output_schema(multiclass.recipe).to_dict()[0]
+    assert list(schema["tensor-spec"]["shape"]) == [-1, 3] and schema["name"].startswith("multiclass: probability_ground")
