@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
 from lungexp.utils.dictconfig import CONFIG_DIR, print_config_tree
-from lungexp.utils.errors import ConfigError
 
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
@@ -28,10 +27,6 @@ def main(cfg: DictConfig) -> float | None:
     from lungexp.config.check import check
 
     run = check(cfg, "run")  # the typed options travel down; under DDP each rank checks its own copy
-    if not run.target.is_default:  # issue 28: its heads, losses and metrics exist; the training loop does not yet
-        raise ConfigError(f"target={run.target.kind}: this version trains binary targets only (the heads, losses "
-                          "and metrics of the others exist; the training loop and the report do not take them "
-                          "yet); use target=binary")
     from lungexp.training.cross_validation import cross_validate
     from lungexp.training.distributed import is_rank_zero, quiet_other_ranks
     from lungexp.training.pipeline import train

@@ -137,8 +137,8 @@ CASES = [
     _case("strata-column-missing", "run", "@run eval.strata={{column:diameter_mm,edges:[0,6]}}",
           "eval.strata.column='diameter_mm'", "{root}/candidates_V2.csv", "has no column 'diameter_mm'",
           "its columns are ['seriesuid', 'coordX', 'coordY', 'coordZ', 'class']"),
-    _case("target-not-trained-yet", "run", "@run data=synthetic_malignancy target=ordinal",
-          "target=ordinal: this version trains binary targets only", "use target=binary"),
+    _case("target-calibrated", "run", "@run data=synthetic_malignancy target=ordinal eval.calibration=temperature",
+          "eval.calibration=temperature calibrates one logit", "set eval.calibration=none"),
     # checkpoints handed in as pretrained weights
     _case("checkpoint-missing", "run", "@run model.pretrained.path={bad}/absent.pth", "{bad}/absent.pth",
           "model.pretrained.path"),

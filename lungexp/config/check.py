@@ -29,11 +29,14 @@ from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.split_metrics import check_strata_column
 from lungexp.evaluation.types import EvaluationOptions
+from lungexp.models.heads import head_outputs
 from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
-from lungexp.utils.dictconfig import check_required
+from lungexp.utils.dictconfig import check_required, with_values
 from lungexp.utils.errors import ArgumentError, ConfigError, did_you_mean, look_up_option, named_under
 
 log = logging.getLogger(__name__)
+
+BINARY_LOSS = "torch.nn.BCEWithLogitsLoss"  # model.loss's default: the only one a non-binary primary head leaves alone
 
 # Each entry point's primary config file in conf/, and the top-level nodes it uses (None: all).
 PRIMARY = {"run": "config", "preprocess": "config", "evaluate": "evaluate", "predict": "predict",
@@ -99,17 +102,57 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
         return CheckedConfig(read_only(cfg))
     data = data_options(cfg)
     target = target_options(cfg, data) if entry_point == "run" else None
+    if target is not None and not target.is_default:  # the network's outputs: one per logit of the heads
+        cfg = with_values(cfg, {"model.net.num_classes": sum(head_outputs(head.kind, head.num_classes)
+                                                              for head in target.heads)})
     check_config(cfg, sections=SECTIONS[entry_point])
     if target is None:  # preprocess: the patch cache holds no labels
         return CheckedConfig(read_only(cfg), data=data)
     check_covariates(resolve(cfg)["model"], data)
     evaluation = EvaluationOptions.from_config(resolve(cfg).get("eval"))
     check_strata_column(evaluation.strata, data)
+    check_target_run(resolve(cfg)["model"], target, data, evaluation)
     if not data.images:
         check_without_images(evaluation)
     config = read_only(cfg)
     return RunOptions(config, data=data, evaluation=evaluation, target=target, cv=cross_validation_options(cfg),
                       train_transform=config.data.get("train_transform"), stored_data=stored_data_config(cfg.data))
+
+
+def check_target_run(model: Mapping[str, Any], target: TargetOptions, data: DataOptions,
+                     evaluation: EvaluationOptions) -> None:
+    """What only a binary primary head has, refused for a multiclass or ordinal one before any data is read, each
+    with one line saying what to use instead: ``model.pos_weight``, ``model.loss``, ``data.balance.sampler=balanced``,
+    ``eval.calibration``, ``eval.threshold``, ``eval.strata`` and the LUNA16 FROC (``data.task=candidates``). The
+    pictures on CT (worst errors, Grad-CAM) show one logit: not made for other targets, as one line of the log says."""
+    if target.auxiliary or target.primary.kind != "binary":
+        log.info("%s: the pictures on CT (eval.montage_k, eval.gradcam) show one logit's errors and saliency and are "
+                 "not made for it; each head's metrics and the predictions table are", target.describe())
+    kind = target.primary.kind
+    if kind == "binary":
+        return
+    what = f"the primary head of target={target.kind} is {kind}"
+    loss = (model.get("loss") or {}).get("_target_")
+    refusals = [
+        (model.get("pos_weight") is not None, f"model.pos_weight={model.get('pos_weight')} weighs a binary head's "
+         f"positives, but {what}: set model.pos_weight=null (class_weights=auto weighs a multiclass head's classes)"),
+        (loss != BINARY_LOSS, f"model.loss._target_={loss} is a binary head's loss, but {what}, trained with its "
+         f"head's own loss (cross-entropy or CORN): leave model.loss at {BINARY_LOSS}"),
+        (data.balance.sampler == "balanced", f"data.balance.sampler=balanced draws a binary label's positives, but "
+         f"{what}: set data.balance.sampler=none (and class_weights=auto for a multiclass head)"),
+        (evaluation.calibration != "none", f"eval.calibration={evaluation.calibration} calibrates one logit, but "
+         f"{what}: set eval.calibration=none"),
+        (evaluation.threshold != EvaluationOptions().threshold, f"eval.threshold={evaluation.threshold} is a binary "
+         f"head's decision threshold, but {what}, which predicts its most probable class (multiclass) or median "
+         "level (ordinal): drop eval.threshold"),
+        (evaluation.strata is not None, f"eval.strata stratifies a binary head's AUROC, but {what}: set "
+         "eval.strata=null"),
+        (data.task == "candidates", f"data.task=candidates scores the LUNA16 FROC/CPM of a binary nodule label, but "
+         f"{what}: use data.task=malignancy or points with a labels CSV of ratings"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise ConfigError(message)
 
 
 def check_covariates(model: Mapping[str, Any], data: DataOptions) -> None:

@@ -29,6 +29,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lungexp.data.labels.targets import TargetOptions
 from lungexp.training.devices import FP16_PRECISIONS, selects_cuda
 from lungexp.utils.dictconfig import CONFIG_DIR, to_dict
 from lungexp.utils.errors import ConfigError, check_number, did_you_mean, look_up_option
@@ -207,7 +208,7 @@ def check_monitoring(cfg: Mapping[str, Any]) -> None:
     """``optimized_metric`` and the callbacks' ``monitor``/``mode`` against what the model logs, and a
     checkpoint for ``test_after_fit`` to test. Imports the model class and Lightning."""
     callbacks = {name: node for name, node in (cfg.get("callbacks") or {}).items() if isinstance(node, Mapping)}
-    metrics = _monitored_metrics(cfg["model"])
+    metrics = _monitored_metrics(cfg["model"], TargetOptions.from_config(cfg.get("target")))
     if metrics:
         look_up_option("optimized_metric", cfg.get("optimized_metric"), list(metrics))
         for name, node in callbacks.items():
@@ -223,12 +224,13 @@ def check_monitoring(cfg: Mapping[str, Any]) -> None:
                           "or set test_after_fit=false")
 
 
-def _monitored_metrics(model: Mapping[str, Any]) -> dict[str, str]:
-    """``{metric: "max" | "min"}`` the model logs in validation, if its class says (``monitored_metrics``)."""
-    target = model.get("_target_")
-    factory = get_object(target) if isinstance(target, str) else None
+def _monitored_metrics(model: Mapping[str, Any], target: TargetOptions) -> dict[str, str]:
+    """``{metric: "max" | "min"}`` the model logs in validation of ``target``'s heads, if its class says
+    (``monitored_metrics``)."""
+    factory_path = model.get("_target_")
+    factory = get_object(factory_path) if isinstance(factory_path, str) else None
     listing = getattr(factory, "monitored_metrics", None)
-    return dict(listing()) if callable(listing) else {}
+    return dict(listing(target)) if callable(listing) else {}
 
 
 def _check_trainer(trainer: Mapping[str, Any]) -> None:

@@ -12,7 +12,9 @@ importing the library loads no Hydra.
 from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
+from lungexp.data.labels.targets import optimized_metric
 from lungexp.data.options import DataOptions
 from lungexp.utils.dictconfig import register_resolvers
 
@@ -21,6 +23,9 @@ DATA_OPTIONS = "data_options"  # in group `shared`
 
 def register_configs() -> None:
     """Register the resolvers ``conf/`` uses and put the Python-declared nodes in Hydra's ConfigStore
-    (idempotent): before any config is composed."""
+    (idempotent): before any config is composed. ``${target_metric:${target}}``: the target's default
+    ``optimized_metric`` (:func:`~lungexp.data.labels.targets.optimized_metric`)."""
     register_resolvers()
+    if not OmegaConf.has_resolver("target_metric"):
+        OmegaConf.register_new_resolver("target_metric", optimized_metric)
     ConfigStore.instance().store(group="shared", name=DATA_OPTIONS, node=DataOptions.config_defaults())

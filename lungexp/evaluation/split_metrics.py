@@ -64,22 +64,30 @@ PLOTS = "plots"
 
 
 def predictions_table(rows: np.ndarray, probabilities: np.ndarray, samples: pd.DataFrame | None = None,
-                      labels: np.ndarray | None = None) -> pd.DataFrame:
+                      labels: np.ndarray | None = None, columns: Sequence[str] = ("probability",),
+                      label_columns: Sequence[str] = ("label",)) -> pd.DataFrame:
     """The predictions table of scored patches, one row per patch in cache order (repeats dropped: a sampler
     that pads DDP ranks to equal lengths scores some patches twice).
 
     Args:
         rows: each patch's row of the sample table (``cache_row``).
-        probabilities: each patch's probability, kept to 6 decimals (what the logged CSV holds).
+        probabilities: each patch's probability, kept to 6 decimals (what the logged CSV holds): ``(N,)``, or
+            ``(N, len(columns))`` for a target of several probability columns.
         samples: the sample table (a patch cache's index: ``label``, ``seriesuid``, world coordinates, ...),
-            whose rows the table takes; without it, only ``cache_row``, ``labels`` and ``probability``.
-        labels: each patch's label, used only without ``samples``.
+            whose rows the table takes; without it, only ``cache_row``, ``labels`` and the probabilities.
+        labels: each patch's label, used only without ``samples``: ``(N,)``, or ``(N, len(label_columns))``.
+        columns: the probability columns (:attr:`~lungexp.data.labels.targets.TargetOptions.probability_columns`).
+        label_columns: the label columns ``labels`` fill.
     """
     if samples is not None:
         table = samples.iloc[rows].reset_index(names="cache_row")
-    else:
+    elif labels is None:
         table = pd.DataFrame({"cache_row": rows, "label": labels})
-    table = table.assign(probability=np.round(np.asarray(probabilities, dtype=np.float64), 6))
+    else:
+        values = np.asarray(labels).reshape(len(rows), len(label_columns))
+        table = pd.DataFrame({"cache_row": rows, **dict(zip(label_columns, values.T, strict=True))})
+    scores = np.round(np.asarray(probabilities, dtype=np.float64).reshape(len(rows), len(columns)), 6)
+    table = table.assign(**dict(zip(columns, scores.T, strict=True)))
     return table.drop_duplicates("cache_row").sort_values("cache_row").reset_index(drop=True)
 
 

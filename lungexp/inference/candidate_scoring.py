@@ -23,11 +23,13 @@ from lungexp.data.names import COORD_COLUMNS, POINT_COLUMNS, ROW_NAME_COLUMN
 from lungexp.data.patches.extraction import PatchExtractor
 from lungexp.data.scans import ScanHeader
 from lungexp.data.scans.scan import Scan
+from lungexp.evaluation.head_report import is_one_logit, with_predicted_classes
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.inference.ensemble import Ensemble, load_members
 from lungexp.inference.model import Predictor, inference_device
 from lungexp.inference.scans import ScanSource
 from lungexp.metrics.calibration import check_calibration
+from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.atomic import atomic_file, check_output_file, disk_full_named
 from lungexp.utils.errors import ConfigError, LungexpError, check_int
 
@@ -106,7 +108,9 @@ def load_predictor(cfg: DictConfig) -> Ensemble:
 
 def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource | None, candidates: pd.DataFrame,
                        source: str | Path = "candidates", batch_size: int = 64) -> pd.DataFrame:
-    """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order.
+    """``seriesuid, coordX, coordY, coordZ, probability`` for every candidate, in input order; for a model of another
+    target, each head's probability columns (``probability_<class>``, ``probability_ge<k>``) and the predicted class
+    index of each multiclass or ordinal head (``prediction``: the class map's order, an ordinal level − 1) instead.
 
     A model with covariates reads them from the candidates' columns of the same names, checked before any scan; a
     model that reads no image (``model=tabular``) only them, and no scan is read (``scans`` may be None).
@@ -114,15 +118,16 @@ def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource | None
     names = predictor.recipe.covariates
     covariates = covariate_values(candidates, names, source) if names else None
     if not predictor.recipe.images:
-        probabilities = predictor.patch_probabilities(None, batch_size, covariates)
-        return candidates[POINT_COLUMNS].assign(probability=probabilities).reset_index(drop=True)
+        return _scored(candidates, predictor.patch_probabilities(None, batch_size, covariates), predictor.recipe)
     if scans is None:
         raise ConfigError(f"{predictor.recipe.net['_target_']} reads the image: give the scans (scans=...)")
     groups = candidates.groupby("seriesuid", sort=False).indices
     headers = scans.headers(list(groups))
     for uid, header in headers.items():
         _check_inside(candidates.iloc[groups[uid]], header, source)
-    probabilities = np.full(len(candidates), np.nan, dtype=np.float32)
+    columns = predictor.recipe.targets.probability_columns
+    probabilities = np.full((len(candidates), len(columns)) if len(columns) > 1 else len(candidates), np.nan,
+                            dtype=np.float32)
     for uid, scan in tqdm(scans.read(list(groups)), total=len(groups), desc="Scoring scans", unit="scan"):
         rows = groups[uid]
         if uid not in headers:
@@ -131,7 +136,19 @@ def predict_candidates(predictor: Predictor | Ensemble, scans: ScanSource | None
             candidates.iloc[rows][COORD_COLUMNS].to_numpy(np.float64))
         probabilities[rows] = predictor.patch_probabilities(patches, batch_size,
                                                             None if covariates is None else covariates[rows])
-    return candidates[POINT_COLUMNS].assign(probability=probabilities).reset_index(drop=True)
+    return _scored(candidates, probabilities, predictor.recipe)
+
+
+def _scored(candidates: pd.DataFrame, probabilities: np.ndarray, recipe: ModelRecipe) -> pd.DataFrame:
+    """The candidates' points with the model's probabilities: ``probability`` of one logit, else every head's columns
+    and predicted classes (:func:`~lungexp.evaluation.head_report.with_predicted_classes`)."""
+    target = recipe.targets
+    points = candidates[POINT_COLUMNS].reset_index(drop=True)
+    if is_one_logit(target):
+        return points.assign(probability=probabilities)
+    scores = np.asarray(probabilities).reshape(len(points), -1)
+    return with_predicted_classes(points.assign(**dict(zip(target.probability_columns, scores.T, strict=True))),
+                                  target)
 
 
 def _header_of(scan: Scan) -> ScanHeader:

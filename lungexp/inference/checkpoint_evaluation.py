@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.console_summary import metric_lines, print_summary
+from lungexp.evaluation.head_report import is_one_logit, report_target, target_predictions_table
 from lungexp.evaluation.operating_point import with_calibrated
-from lungexp.evaluation.report import PatchPictures, report_split
-from lungexp.evaluation.split_metrics import evaluation_settings, predictions_table
+from lungexp.evaluation.report import PatchPictures
+from lungexp.evaluation.split_metrics import evaluation_settings
 from lungexp.evaluation.types import EvaluationOptions, EvaluationResult
 from lungexp.inference.ensemble import Ensemble
 from lungexp.models.fusion import image_network
@@ -60,7 +61,8 @@ class CheckpointEvaluation:
 def evaluate_checkpoint(run: CheckpointEvaluation) -> EvaluationResult:
     """Evaluate ``run.predictor`` on ``run.split`` of ``run.data`` and log the report to a new MLflow run."""
     cfg, predictor, split, options = run.config, run.predictor, run.split, run.evaluation
-    datamodule = NoduleDataModule.from_options(run.data)
+    target = predictor.recipe.targets  # what the checkpoint's outputs mean: its heads read the labels CSV
+    datamodule = NoduleDataModule.from_options(run.data, target=target)
     datamodule.prepare_data()
     if split == "all":
         datamodule.setup_all()
@@ -68,16 +70,17 @@ def evaluate_checkpoint(run: CheckpointEvaluation) -> EvaluationResult:
         datamodule.setup("test")
     predictor.calibrate(options.calibration, key="eval.calibration")
     predictions = _predict(predictor, datamodule, split)
-    settings = evaluation_settings(datamodule.options, datamodule.split_series(split),
-                                   predictor.decision_threshold(options.threshold), options)
+    threshold = predictor.decision_threshold(options.threshold) if target.primary.kind == "binary" else 0.5
+    settings = evaluation_settings(datamodule.options, datamodule.split_series(split), threshold, options)
 
     training_run = cfg.cv_run or predictor.recipe.mlflow.get("run_id")
     loggers = instantiate_loggers(cfg.get("logger"), {"run_name": run_name(cfg), "tags": git_tags()})
     log_config(loggers, cfg)
-    pictures = None if not datamodule.options.images else PatchPictures(  # model=tabular: no image to show
+    # The pictures on CT show one logit's errors and saliency (model=tabular: no image to show).
+    pictures = None if not datamodule.options.images or not is_one_logit(target) else PatchPictures(
         image_network(predictor.net), datamodule.patch_cache.patches, datamodule.window, options)
-    report = report_split(predictions, settings, loggers, prefix=f"{split}/", title=split.capitalize(),
-                          artifact=predictions_artifact(split), pictures=pictures)
+    report = report_target(predictions, target, settings, loggers, prefix=f"{split}/", title=split.capitalize(),
+                           artifact=predictions_artifact(split), pictures=pictures)
     for logger in mlflow_loggers(loggers):
         logger.experiment.set_tag(logger.run_id, TRAINING_RUN_TAG, training_run or "unknown")
         logger.log_metrics(report.metrics)
@@ -91,8 +94,8 @@ def evaluate_checkpoint(run: CheckpointEvaluation) -> EvaluationResult:
 def print_evaluation(result: EvaluationResult) -> None:
     """The console summary of an evaluation: the split, every metric and both MLflow runs."""
     data = result.predictions
-    lines = [f"  on split '{result.split}': {len(data)} patches ({int(data['label'].sum())} positive) from "
-             f"{data['seriesuid'].nunique()} series", *metric_lines(result.metrics, 34),
+    positives = f" ({int(data['label'].sum())} positive)" if "probability" in data else ""  # a binary primary head
+    lines = [f"  on split '{result.split}': {len(data)} patches{positives} from {data['seriesuid'].nunique()} series", *metric_lines(result.metrics, 34),
              f"  training MLflow run id   {result.training_run_id or '(none recorded)'}"]
     if result.mlflow_run_id:
         lines.append(f"  MLflow run id            {result.mlflow_run_id}")
@@ -104,6 +107,6 @@ def _predict(predictor: Ensemble, datamodule: NoduleDataModule, split: str) -> p
     dataset = datamodule.datasets[split]
     loader = DataLoader(dataset, batch_size=datamodule.options.batch_size, num_workers=datamodule.options.num_workers)
     plain, calibrated = predictor.scores(loader)
-    table = predictions_table(dataset.rows, plain, samples=datamodule.opened_cache.index)
+    table = target_predictions_table(dataset.rows, plain, datamodule.target, samples=datamodule.opened_cache.index)
     return table if calibrated is None else with_calibrated(table, calibrated)
 

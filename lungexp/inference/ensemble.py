@@ -26,9 +26,10 @@ from torch import nn
 
 from lungexp.data.labels.label_rules import LabelRule
 from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY
+from lungexp.evaluation.head_report import is_one_logit
 from lungexp.evaluation.operating_point import pooled_threshold
 from lungexp.inference.model import Batch, Predictor, normalized_batches
-from lungexp.metrics.calibration import Calibrator
+from lungexp.metrics.calibration import Calibrator, check_calibration
 from lungexp.models.tta import check_tta, tta_probabilities
 from lungexp.tracking.folds import fold_checkpoints
 from lungexp.training.checkpoint import ModelRecipe
@@ -45,11 +46,12 @@ def preprocessing(recipe: ModelRecipe) -> dict[str, object]:
 
 
 def target(recipe: ModelRecipe) -> dict[str, object]:
-    """What a member's probability is the probability of: its task (which CSV column is the label) and the
-    ``data.label_rule`` that relabelled it (normalised: ``">= 4"`` is ``">=4"``); every member must agree on all
+    """What a member's probability is the probability of: its task (which CSV column is the label), its target's
+    heads, and the ``data.label_rule`` that relabelled it (normalised: ``">= 4"`` is ``">=4"``); every member must agree on all
     of it, or the mean mixes different positive classes (malignancy >= 3 with >= 4)."""
     rule = LabelRule.from_config(recipe.data.get("label_rule"))
-    return {"data.task": recipe.task, "data.label_rule": None if rule is None else rule.as_config()}
+    return {"data.task": recipe.task, "data.label_rule": None if rule is None else rule.as_config(),
+            "target": recipe.targets.describe().removeprefix("target=")}
 
 
 def inputs(recipe: ModelRecipe) -> dict[str, object]:
@@ -148,7 +150,11 @@ class Ensemble:
         """Calibrate every member with ``method`` (chosen by the option ``key``, which messages name): the
         calibrator its checkpoint stores, or one fitted on its own validation predictions. Members without
         validation predictions (of both classes) leave the ensemble uncalibrated (with a warning); returns their
-        checkpoints."""
+        checkpoints. A target other than one binary logit is refused any method but ``none``."""
+        target = self.recipe.targets
+        if check_calibration(method, key) != "none" and not is_one_logit(target):
+            raise ConfigError(f"{key}={method} calibrates one binary logit, but {self.members[0].path} was trained for "
+                              f"{target.describe()}: set {key}=none")
         for member in self.members:
             member.calibrate(method, key)
         uncalibrated = [member.path for member in self.members

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from lungexp.data.labels.detector_boxes import DETECTOR_SCORE, merge_duplicates, read_detections
+from lungexp.evaluation.head_report import is_one_logit
 from lungexp.inference.candidate_scoring import SUBMISSION_COLUMNS, check_known_series, predict_candidates
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
@@ -51,7 +52,12 @@ def check_candidate_options(candidates: str | None, detections: str | None, fuse
 
 def score_detections(predictor: Predictor | Ensemble, scans: ScanSource, path: str | Path, fuse: str = "none",
                      merge_radius_mm: float = 5.0, batch_size: int = 64) -> pd.DataFrame:
-    """:data:`DETECTION_SUBMISSION_COLUMNS` for each box left after merging, in file order."""
+    """:data:`DETECTION_SUBMISSION_COLUMNS` for each box left after merging, in file order. A nodule probability
+    to fuse with the detector's: a model of one binary logit only (a :class:`ConfigError` otherwise)."""
+    target = predictor.recipe.targets
+    if not is_one_logit(target):
+        raise ConfigError(f"detections= scores a detector's boxes by a nodule probability, but the model was trained "
+                          f"for {target.describe()}: score points of it with candidates=POINTS.csv instead")
     single = scans.seriesuids[0] if len(scans.seriesuids) == 1 else None
     boxes = read_detections(path, seriesuid=single)
     check_known_series(boxes, scans, path)

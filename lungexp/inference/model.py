@@ -10,8 +10,10 @@ import torch
 
 from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY
 from lungexp.data.patches.normalization import HUWindow
+from lungexp.evaluation.head_report import is_one_logit
 from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.models.fusion import network_inputs
+from lungexp.models.heads import head_outputs, target_probabilities
 from lungexp.training.checkpoint import ModelRecipe, load_checkpoint
 from lungexp.utils.errors import ConfigError, LungexpError, look_up_option
 
@@ -62,7 +64,8 @@ class Predictor:
 
     @torch.inference_mode()
     def batch_probabilities(self, images: torch.Tensor | None, covariates: torch.Tensor | None = None) -> torch.Tensor:
-        """Sigmoid of the logit of each patch of one normalised ``(B, C, D, H, W)`` batch (float32, on CPU), with the
+        """Sigmoid of the logit of each patch of one normalised ``(B, C, D, H, W)`` batch (float32, on CPU; a target of
+        other heads: ``(B, columns)``, each head's probabilities, :func:`~lungexp.models.heads.target_probabilities`), with the
         ``(B, k)`` covariates of its samples for a model that reads them (:attr:`ModelRecipe.covariates`); ``images``
         None for a model that reads none (:attr:`ModelRecipe.images`)."""
         read = {"covariates": bool(self.recipe.covariates), "images": self.recipe.images}
@@ -75,8 +78,12 @@ class Predictor:
                                 None if covariates is None else covariates.to(self.device))
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            logits = self.net(*inputs).squeeze(-1)
-        return torch.sigmoid(logits.float()).cpu()
+            logits = self.net(*inputs)
+        target = self.recipe.targets
+        if is_one_logit(target):
+            return torch.sigmoid(logits.squeeze(-1).float()).cpu()
+        return target_probabilities(logits.float(), [head.kind for head in target.heads],
+                                    [head_outputs(head.kind, head.num_classes) for head in target.heads]).cpu()
 
     def probabilities(self, batches: Iterable[Batch]) -> np.ndarray:
         """:meth:`batch_probabilities` of each batch, concatenated (float32), not calibrated."""

@@ -52,6 +52,7 @@ from mlflow.utils.validation import (
     _validate_model_name,
 )
 
+from lungexp.evaluation.head_report import is_one_logit
 from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.inference.ensemble import Ensemble
 from lungexp.inference.model import Predictor
@@ -100,6 +101,16 @@ def input_schema(recipe: ModelRecipe) -> Schema:
         return Schema([patches])
     image = [TensorSpec(patches.type, patches.shape, name=IMAGE_INPUT)] if recipe.images else []
     return Schema([*image, *(TensorSpec(np.dtype(np.float64), (-1,), name=name) for name in recipe.covariates)])
+
+
+def output_schema(recipe: ModelRecipe) -> Schema:
+    """What the model returns: ``(N,)`` probabilities of one binary logit, else ``(N, columns)`` of its target's
+    heads, the tensor named by the target's kind and columns (``ordinal: probability_ge2, ...``)."""
+    target = recipe.targets
+    if is_one_logit(target):
+        return Schema([TensorSpec(np.dtype(np.float32), (-1,))])
+    columns = target.probability_columns
+    return Schema([TensorSpec(np.dtype(np.float32), (-1, len(columns)), name=f"{target.kind}: {', '.join(columns)}")])
 
 
 def describe_inputs(schema: Schema | None) -> str:
@@ -200,8 +211,7 @@ def register_model(ckpt_paths: Sequence[str | Path], name: str, alias: str = "ch
                           "validation predictions of both classes (see the warning above); register it with "
                           "calibration=none")
     patch = ensemble.recipe.patch
-    signature = ModelSignature(inputs=input_schema(ensemble.recipe),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
+    signature = ModelSignature(inputs=input_schema(ensemble.recipe), outputs=output_schema(ensemble.recipe))
     # One patch of air: the input's form on the model's page; MLflow loads the model and scores it once when logging
     # (a warning, not an error, if that fails). As JSON it takes ~30 bytes a voxel: ~1 MB for a 32³ patch.
     air = np.full((1, *patch.shape), patch.pad_hu, dtype=np.float32)

@@ -58,6 +58,15 @@ def head_probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
     return cumulative_probabilities(logits)
 
 
+def target_probabilities(logits: torch.Tensor, kinds: Sequence[str], outputs: Sequence[int]) -> torch.Tensor:
+    """``(B, sum(outputs))`` probabilities of the heads of ``kinds`` from their ``(B, sum(outputs))`` logits, each
+    head's :func:`head_probabilities` in its own columns (a binary head's P(positive) in one): the columns of a
+    predictions table, and what ensembles and flipped views average."""
+    blocks = split_head_logits(logits, outputs)
+    return torch.cat([head_probabilities(kind, block).reshape(len(block), -1)
+                      for kind, block in zip(kinds, blocks, strict=True)], dim=-1)
+
+
 def cumulative_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """CORN: P(level >= k) for k = 2 … K, the cumulative product of the conditional probabilities."""
     return torch.cumprod(torch.sigmoid(logits), dim=-1)

@@ -28,6 +28,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
+from lungexp.data.labels.targets import TargetOptions
 from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.data.patches.normalization import HUWindow
@@ -39,7 +40,7 @@ from lungexp.training.module import CALIBRATION, VALIDATION_PREDICTIONS, stored_
 from lungexp.training.run_options import RELOCATABLE, RunOptions
 from lungexp.utils.atomic import disk_full_named
 from lungexp.utils.dictconfig import to_dict
-from lungexp.utils.errors import LungexpError
+from lungexp.utils.errors import ArgumentError, ConfigError, LungexpError
 
 RECIPE_KEY = "lungexp"
 # The run's config as composed (interpolations unresolved), compared on resume (lungexp.training.resume);
@@ -108,6 +109,9 @@ class ModelRecipe:
             network is then a :class:`~lungexp.models.fusion.CovariateFusion` of ``net``.
         images: whether it reads the image patch; false (``model=tabular``): its covariates alone, so no scan
             is read to score a sample.
+        target: what its outputs mean, the ``target`` group as
+            :meth:`~lungexp.data.labels.targets.TargetOptions.to_config` writes it (checkpoints from before
+            targets: the default, one binary logit).
     """
 
     task: str
@@ -120,6 +124,12 @@ class ModelRecipe:
     mlflow: dict[str, str] = field(default_factory=dict)
     covariates: tuple[str, ...] = ()
     images: bool = True
+    target: dict[str, Any] = field(default_factory=lambda: TargetOptions().to_config())
+
+    @property
+    def targets(self) -> TargetOptions:
+        """:attr:`target` as typed options."""
+        return TargetOptions.from_config(self.target)
 
     @property
     def in_channels(self) -> int:
@@ -143,6 +153,7 @@ class ModelRecipe:
             data=dict(run.stored_data),
             covariates=run.data.covariates,
             images=run.data.images,
+            target=run.target.to_config(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,8 +175,9 @@ class ModelRecipe:
                         hu_window=tuple(recipe["hu_window"]), normalize=recipe["normalize"],
                         precision=recipe["precision"], data=_moved_targets(dict(recipe["data"])),
                         mlflow=dict(recipe["mlflow"]), covariates=tuple(recipe.get("covariates", ())),
-                        images=recipe.get("images", True))
-        except (KeyError, TypeError, ValueError) as error:
+                        images=recipe.get("images", True), target=dict(recipe.get("target", TargetOptions().to_config())))
+            built.targets  # noqa: B018  # checked here, so that a damaged target is named with its file
+        except (KeyError, TypeError, ValueError, ArgumentError) as error:
             raise CheckpointError(f"{source}: its lungexp recipe is incomplete or damaged ({error!r}); "
                                   "use a checkpoint written by `python -m lungexp.run`") from None
         check_buildable(built.net, NETWORKS, "network", source)
@@ -180,6 +192,16 @@ class ModelRecipe:
             raise CheckpointError(f"{source}: recipe says in_channels={recipe['in_channels']} but its patch has "
                                   f"{built.in_channels} channel(s); the file is damaged")
         return built
+
+
+def check_target(stored: Mapping[str, Any] | None, target: TargetOptions, source: str) -> None:
+    """Refuse to go on with a checkpoint whose ``stored`` target (its recipe's; None: from before targets, the
+    default) is not ``target``: its outputs mean something else. One :class:`ConfigError` naming both."""
+    trained = TargetOptions() if stored is None else TargetOptions.from_config(stored)
+    if trained != target:
+        raise ConfigError(f"{source}: the checkpoint was trained for {trained.describe()}, but this run asks for "
+                          f"{target.describe()}; its outputs mean other classes: use the checkpoint's own target, or "
+                          "start a new run from its weights with model.pretrained.path=FILE (the head is new)")
 
 
 # Classes a checkpoint may name that have since moved: the old dotted path and where the class is now.

@@ -30,10 +30,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lungexp.data.labels.splits import SplitSpec, check_splits, split_samples
 from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.evaluation.console_summary import print_summary
+from lungexp.evaluation.head_report import report_target
 from lungexp.evaluation.operating_point import pooled_threshold
-from lungexp.evaluation.report import report_split
 from lungexp.evaluation.split_metrics import evaluation_settings
-from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.bootstrap import CI_HIGH, CI_LOW, with_interval
 from lungexp.tracking.artifacts import log_config, log_table
 from lungexp.tracking.folds import FoldRuns, FoldScores
@@ -96,7 +95,7 @@ def cross_validate(run: RunOptions) -> CrossValidationResult:
     num_folds = run.cv.folds
     # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
     # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
-    datamodule = NoduleDataModule.from_options(replace(run.data, max_negatives_per_scan=None))
+    datamodule = NoduleDataModule.from_options(replace(run.data, max_negatives_per_scan=None), target=run.target)
     table = datamodule.sample_table()  # the rows the cache will serve: a wrong cv.folds fails before the build
     folds = plan_folds(run.data.split, num_folds, table[0])
     datamodule.build_cache(table)
@@ -107,7 +106,7 @@ def cross_validate(run: RunOptions) -> CrossValidationResult:
     metrics = fold_statistics([r.metrics for r in results])
     pooled = pd.concat([r.predictions.assign(fold=r.fold.index) for r in results if r.predictions is not None],
                        ignore_index=True)
-    metrics.update(_pooled_report(run.evaluation, datamodule, pooled, results, runs))
+    metrics.update(_pooled_report(run, datamodule, pooled, results, runs))
     if runs is not None:
         logger = runs.parent_logger()
         logger.log_metrics(metrics)
@@ -278,17 +277,18 @@ def _fold_runs(cfg: DictConfig) -> FoldRuns | None:
     return runs
 
 
-def _pooled_report(options: EvaluationOptions, datamodule: NoduleDataModule, pooled: pd.DataFrame,
+def _pooled_report(run: RunOptions, datamodule: NoduleDataModule, pooled: pd.DataFrame,
                    results: list[FoldResult], runs: FoldRuns | None) -> dict[str, float]:
-    """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports), its figures and the
-    pooled table logged to the parent run. Thresholded metrics use the mean of the folds' validation-chosen
-    thresholds."""
-    threshold = pooled_threshold(r.metrics.get(THRESHOLD, np.nan) for r in results)
+    """The report of the pooled test predictions (one FROC over all folds, as LUNA16 reports; every head of the
+    target), its figures and the pooled table logged to the parent run. Thresholded metrics of a binary primary
+    head use the mean of the folds' validation-chosen thresholds."""
+    binary = run.target.primary.kind == "binary"
+    threshold = pooled_threshold(r.metrics.get(THRESHOLD, np.nan) for r in results) if binary else 0.5
     datamodule.setup_all()  # every series is in exactly one fold's test set
-    settings = evaluation_settings(datamodule.options, datamodule.split_series("all"), threshold, options)
+    settings = evaluation_settings(datamodule.options, datamodule.split_series("all"), threshold, run.evaluation)
     loggers = [runs.parent_logger()] if runs is not None else []
-    report = report_split(pooled, settings, loggers, title=f"Pooled test ({len(results)} folds)",
-                          artifact=POOLED_ARTIFACT, figures=runs is not None)
+    report = report_target(pooled, run.target, settings, loggers, title=f"Pooled test ({len(results)} folds)",
+                           artifact=POOLED_ARTIFACT, figures=runs is not None)
     return report.metrics
 
 
@@ -299,8 +299,9 @@ def _fold_table(results: list[FoldResult]) -> pd.DataFrame:
 
 def _print_summary(result: CrossValidationResult) -> None:
     table = _fold_table(result.folds)
-    names = [n for n in ("test/auroc", "test/auroc_stratified", "test/cpm", "test/average_precision", "test/accuracy")
-             if n in table]
+    names = [n for n in ("test/auroc", "test/auroc_stratified", "test/cpm", "test/average_precision", "test/auroc_macro",
+                         "test/balanced_accuracy", "test/f1_macro", "test/qwk", "test/mae", "test/accuracy_within1",
+                         "test/accuracy") if n in table]
     lines = []
     for _, row in table.iterrows():
         values = "  ".join(f"{name.removeprefix('test/')} {row[name]:.4f}" for name in names)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -15,19 +16,27 @@ from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lungexp.data.labels.covariates import rating_covariates
+from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY, INDEX_KEY, LABEL_KEY
+from lungexp.evaluation.head_report import (
+    head_metrics,
+    is_one_logit,
+    monitored_head_metrics,
+    target_predictions_table,
+)
 from lungexp.evaluation.operating_point import OperatingPoint
-from lungexp.evaluation.split_metrics import predictions_table
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.classification import classification_metrics
 from lungexp.models.complexity import model_summary
 from lungexp.models.fusion import CovariateFusion, covariate_scaler, network_inputs, with_covariates
+from lungexp.models.heads import head_outputs, target_probabilities
 from lungexp.models.pretrained import PretrainedReport, load_pretrained
 from lungexp.models.tabular import TabularNet
 from lungexp.models.tta import tta_probabilities
 from lungexp.tracking.artifacts import log_params, log_tags
 from lungexp.training.finetuning import freeze_batchnorm, parameter_groups
 from lungexp.training.lbfgs import fitted_logistic_regression
+from lungexp.training.losses import MultitaskLoss, target_class_weights, target_loss
 from lungexp.utils.errors import ArgumentError
 
 log = logging.getLogger(__name__)
@@ -39,7 +48,8 @@ RATING_COVARIATES_TAG = "covariates.ratings"  # the readers' ratings a model tak
 
 
 def stored_validation_predictions(checkpoint: Mapping[str, Any]) -> pd.DataFrame | None:
-    """The ``label, probability`` (and, when recorded, ``seriesuid``) validation table a checkpoint carries."""
+    """The ``label, probability`` (and, when recorded, ``seriesuid``) validation table a checkpoint carries (a
+    target of several heads: their label and probability columns)."""
     stored = checkpoint.get(VALIDATION_PREDICTIONS)
     return None if stored is None else pd.DataFrame(
         {column: values.numpy() if isinstance(values, torch.Tensor) else values for column, values in stored.items()})
@@ -47,7 +57,7 @@ def stored_validation_predictions(checkpoint: Mapping[str, Any]) -> pd.DataFrame
 
 class NoduleClassifier(pl.LightningModule):
     """Trains ``net`` (one logit per patch) with a binary loss (BCE unless ``loss`` says otherwise) and
-    reports the shared metric set.
+    reports the shared metric set; or, for another ``target``, its heads with theirs.
 
     Args:
         net: the network; its classifier must be ``net.head`` (see ``lungexp.models``).
@@ -81,6 +91,11 @@ class NoduleClassifier(pl.LightningModule):
         covariate_start: where a covariate model's head starts when a fit starts: ``fitted``, the logistic
             regression of the training labels on the covariates with the image features' weights at 0
             (:meth:`~lungexp.models.fusion.CovariateFusion.start_from`), or ``random`` (the head's own init).
+        target: what each sample is (``target.*``; None: one binary logit). ``net`` has one output per logit
+            of its heads (:func:`~lungexp.models.heads.head_outputs`, set by :func:`lungexp.config.check.check`);
+            a target other than one binary head is trained with :func:`~lungexp.training.losses.target_loss`
+            (``loss`` and ``pos_weight`` weigh a binary primary head only) and validated with each head's metric
+            set (:func:`~lungexp.evaluation.head_report.head_metrics`: ``val/qwk``, ``val/texture/f1_macro``).
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
     checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's. The test
@@ -104,10 +119,14 @@ class NoduleClassifier(pl.LightningModule):
         allow_rating_covariates: bool = False,
         images: bool = True,
         covariate_start: str = "fitted",
+        target: TargetOptions | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss", "augmentation",
-                                                        "evaluation"])
+                                                        "evaluation", "target"])
+        self.target = target or TargetOptions()  # checkpoints record it in their recipe (ModelRecipe.target)
+        self.one_logit = is_one_logit(self.target)
+        self.outputs = [head_outputs(head.kind, head.num_classes) for head in self.target.heads]
         self.hparams["covariates"] = list(covariates)  # plain strings, as weights_only reads them
         self.evaluation = evaluation or EvaluationOptions()
         # Plain values, as checkpoints have always held it: torch.load(weights_only=True) reads them back.
@@ -126,22 +145,37 @@ class NoduleClassifier(pl.LightningModule):
         if covariate_start not in COVARIATE_STARTS:
             raise ArgumentError(f"covariate_start={covariate_start!r} must be one of {', '.join(COVARIATE_STARTS)}")
         self._training_samples = 1  # of the fit's training split, set in setup(): TabularNet's penalty
-        self.criterion = (loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(()))  # weight set in setup()
+        binary = self.target.primary.kind == "binary"  # model.loss, weighted by pos_weight in setup()
+        # One binary head: that loss itself; class weights are filled in setup().
+        self.criterion = target_loss(self.target, {head.name: torch.ones(head.num_classes) for head in self.target.heads
+                                                   if head.class_weights is not None},
+                                     primary_loss=(loss or nn.BCEWithLogitsLoss)(pos_weight=torch.ones(())) if binary
+                                     else None)
         self.val_metrics = classification_metrics("val/")
         self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.validation_predictions: pd.DataFrame | None = None  # of the current weights
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
 
     @staticmethod
-    def monitored_metrics() -> dict[str, str]:
-        """What validation logs, each with the direction that is better (``max`` or ``min``): the
-        values ``optimized_metric`` and the callbacks' ``monitor``/``mode`` may take."""
+    def monitored_metrics(target: TargetOptions | None = None) -> dict[str, str]:
+        """What validation logs for ``target`` (None: one binary logit), each with the direction that is better
+        (``max`` or ``min``): the values ``optimized_metric`` and the callbacks' ``monitor``/``mode`` may take."""
+        if target is not None and not is_one_logit(target):
+            return {**monitored_head_metrics(target), "val/loss": "min"}
         metrics = classification_metrics("val/").items()  # torchmetrics says which way each improves
         return {**{name: "min" if metric.higher_is_better is False else "max" for name, metric in metrics},
                 "val/loss": "min"}
 
     def forward(self, image: torch.Tensor | None, covariates: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(*network_inputs(image, covariates)).squeeze(-1)
+        logits = self.net(*network_inputs(image, covariates))
+        return logits.squeeze(-1) if self.one_logit else logits
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The probabilities of :meth:`forward`'s logits: ``(B,)`` P(positive) of one logit, else ``(B, columns)``
+        of every head (:func:`~lungexp.models.heads.target_probabilities`, the predictions table's columns)."""
+        if self.one_logit:
+            return torch.sigmoid(logits)
+        return target_probabilities(logits, [head.kind for head in self.target.heads], self.outputs)
 
     def configure_model(self) -> None:
         # Called by every stage of the trainer; the network is converted and compiled once.
@@ -167,6 +201,12 @@ class NoduleClassifier(pl.LightningModule):
         if self.finetune["freeze_bn"]:
             freeze_batchnorm(self.net)
 
+    def head_losses(self) -> dict[str, nn.Module]:
+        """Each head's loss by head name (one head: the criterion itself)."""
+        if isinstance(self.criterion, MultitaskLoss):
+            return dict(zip(self.criterion.names, self.criterion.losses, strict=True))
+        return {PRIMARY_NAME: self.criterion}
+
     def setup(self, stage: str) -> None:
         weight = self.hparams["pos_weight"]
         if weight == "auto":
@@ -174,8 +214,15 @@ class NoduleClassifier(pl.LightningModule):
             negatives, positives = datamodule.train_class_counts
             weight = negatives / max(positives, 1)
             log.info("pos_weight=auto: %.2f (%d negatives / %d positives)", weight, negatives, positives)
-        if weight is not None:
-            cast(torch.Tensor, self.criterion.pos_weight).fill_(float(weight))  # the buffer made in __init__
+        if weight is not None:  # the buffer made in __init__
+            cast(torch.Tensor, self.head_losses()[PRIMARY_NAME].pos_weight).fill_(float(weight))
+        if stage == "fit" and any(head.class_weights is not None for head in self.target.heads):
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared
+            train = datamodule.opened_cache.index.iloc[datamodule.datasets["train"].rows]
+            losses = self.head_losses()
+            for name, weights in target_class_weights(self.target, train).items():
+                if weights is not None:  # the cross-entropy's buffer made in __init__
+                    cast(torch.Tensor, losses[name].weight).copy_(weights)
         scaler = covariate_scaler(self.net)
         if stage == "fit" and scaler is not None:
             # Once per fit, from the training split only; a resumed fit then restores the checkpoint's (the same).
@@ -183,8 +230,17 @@ class NoduleClassifier(pl.LightningModule):
             scaler.fit(datamodule.train_covariates, self.hparams["covariates"])
             self._training_samples = len(datamodule.train_covariates)
             if isinstance(self.net, CovariateFusion) and self.hparams["covariate_start"] == "fitted":
-                covariates = scaler(torch.as_tensor(datamodule.train_covariates)).cpu()
-                self.net.start_from(fitted_logistic_regression(covariates, torch.as_tensor(datamodule.train_labels)))
+                self._start_from_covariates(scaler(torch.as_tensor(datamodule.train_covariates)).cpu(),
+                                            datamodule.train_labels)
+
+    def _start_from_covariates(self, covariates: torch.Tensor, labels: np.ndarray) -> None:
+        """``covariate_start=fitted``: the fusion head starts as the logistic regression on the covariates; that
+        is one binary logit's model, so the head of any other target starts from its own init (said once)."""
+        if len(self.target.heads) != 1 or self.target.primary.kind != "binary":
+            log.info("covariate_start=fitted starts one binary logit; the %s target's head starts from its own init",
+                     self.target.kind)
+            return
+        cast(CovariateFusion, self.net).start_from(fitted_logistic_regression(covariates, torch.as_tensor(labels)))
 
     def on_fit_start(self) -> None:
         stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))  # every image network has one
@@ -211,7 +267,7 @@ class NoduleClassifier(pl.LightningModule):
                 **{f"covariates.{name}.std": value for name, value in zip(names, scaler.std.tolist(), strict=True)}}
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.criterion(logits.float(), labels)
+        return self.criterion(logits.float(), labels if self.one_logit else labels.long())
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch.get(IMAGE_KEY), batch.get(COVARIATES_KEY)), batch[LABEL_KEY])
@@ -228,14 +284,19 @@ class NoduleClassifier(pl.LightningModule):
         mean_loss = cast(MeanMetric, self.mean_loss[stage])  # nn.ModuleDict's items are typed as nn.Module
         mean_loss.update(self._loss(logits, batch[LABEL_KEY]), weight=len(batch[LABEL_KEY]))
         self.log(f"{stage}/loss", mean_loss, on_epoch=True)
-        return torch.sigmoid(logits)
+        return self.probabilities(logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probabilities = self._evaluate(batch, "val")
-        self.val_metrics.update(probabilities, batch[LABEL_KEY].long())
+        if self.one_logit:
+            self.val_metrics.update(probabilities, batch[LABEL_KEY].long())
         self._collect("val", batch, probabilities)
 
     def on_validation_epoch_end(self) -> None:
+        if not self.one_logit:  # every rank holds every patch's predictions: the same metrics on each
+            self.validation_predictions = self.predictions("val")
+            self.log_dict(head_metrics(self.validation_predictions, self.target.heads, "val/"))
+            return
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
         self.validation_predictions = self.predictions("val")
@@ -243,8 +304,10 @@ class NoduleClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         validation = self.validation_predictions
         if validation is not None:
+            columns = ("label", "probability") if self.one_logit else (*self.target.label_columns,
+                                                                       *self.target.probability_columns)
             checkpoint[VALIDATION_PREDICTIONS] = {
-                column: torch.tensor(validation[column].to_numpy()) for column in ("label", "probability")}
+                column: torch.tensor(validation[column].to_numpy()) for column in columns}
             if "seriesuid" in validation:  # for eval.threshold=fp_per_scan@ (plain strings: weights_only reads them)
                 checkpoint[VALIDATION_PREDICTIONS]["seriesuid"] = validation["seriesuid"].astype(str).tolist()
         calibration = self.operating_point().calibration_state()
@@ -261,13 +324,15 @@ class NoduleClassifier(pl.LightningModule):
         probabilities = self._evaluate(batch, "test")  # the loss is of the plain input
         if self.evaluation.tta != "none":  # the image is mirrored, never the covariates
             covariates = batch.get(COVARIATES_KEY)
-            probabilities = tta_probabilities(lambda image: torch.sigmoid(self(image, covariates).float()),
+            probabilities = tta_probabilities(lambda image: self.probabilities(self(image, covariates).float()),
                                               batch[IMAGE_KEY], self.evaluation.tta)
         self._collect("test", batch, probabilities)
 
     def operating_point(self) -> OperatingPoint:
         """``eval.calibration`` fitted on the validation predictions of the current weights, on which
-        ``eval.threshold`` picks the decision threshold."""
+        ``eval.threshold`` picks the decision threshold (of a binary primary head; calibration is of one logit)."""
+        if self.target.primary.kind != "binary":
+            return OperatingPoint(self.validation_predictions)
         return OperatingPoint.fit(self.validation_predictions, self.evaluation.calibration)
 
     def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
@@ -276,7 +341,8 @@ class NoduleClassifier(pl.LightningModule):
 
     def predictions(self, stage: str) -> pd.DataFrame:
         """This epoch's ``cache_row, label, probability`` of every patch of ``stage`` on all ranks (a
-        :func:`~lungexp.evaluation.split_metrics.predictions_table`); clears the collected outputs."""
+        :func:`~lungexp.evaluation.head_report.target_predictions_table`: every head's columns); clears the
+        collected outputs."""
         outputs, self._outputs[stage] = self._outputs[stage], []
         columns = list(zip(*outputs, strict=True)) or [(), (), ()]
         rows, probabilities, labels = (torch.cat(parts) if parts else torch.empty(0) for parts in columns)
@@ -285,7 +351,8 @@ class NoduleClassifier(pl.LightningModule):
             # datamodule whose sampler pads ranks to equal lengths repeats rows, which the table drops.
             rows, probabilities, labels = (torch.cat(gather_all_tensors(t.to(self.device))).cpu()
                                            for t in (rows, probabilities, labels))
-        return predictions_table(rows.long().numpy(), probabilities.numpy(), labels=labels.long().numpy())
+        return target_predictions_table(rows.long().numpy(), probabilities.numpy(), self.target,
+                                        labels=labels.long().numpy())
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         optimizer = self.optimizer_factory(

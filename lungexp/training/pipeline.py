@@ -70,10 +70,10 @@ def build(run: RunOptions, resume: Resume | None = None) -> tuple[pl.LightningDa
     save_recipe = SaveRecipe(ModelRecipe.from_run(run), run_config(cfg), data_locations(run.data))
     log_unsupported(cfg.trainer)
     datamodule = NoduleDataModule.from_options(run.data, hydra.utils.instantiate(run.train_transform,
-                                                                                 _convert_="partial"))
+                                                                                 _convert_="partial"), run.target)
     # A partial, called with the typed options: Hydra would turn a dataclass argument into a config.
     make_model = hydra.utils.instantiate(cfg.model, _partial_=True, _convert_="partial")
-    model: pl.LightningModule = make_model(evaluation=run.evaluation)
+    model: pl.LightningModule = make_model(evaluation=run.evaluation, target=run.target)
     callbacks = [*instantiate_dict(cfg.get("callbacks")), save_recipe, EpochSeed(cfg.seed), TestReport(datamodule),
                  *(resume.callbacks() if resume else [])]
     if cfg.model.finetune.freeze_backbone_epochs > 0:

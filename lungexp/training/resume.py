@@ -36,7 +36,13 @@ from lungexp.data.options import DataOptions
 from lungexp.tracking.logger_setup import mlflow_logger_config
 from lungexp.tracking.provenance import data_fingerprint
 from lungexp.tracking.stale_runs import HOST_TAG, PID_TAG, owner_alive
-from lungexp.training.checkpoint import DATA_IDENTITY_KEY, RECIPE_KEY, RUN_CONFIG_KEY, read_checkpoint
+from lungexp.training.checkpoint import (
+    DATA_IDENTITY_KEY,
+    RECIPE_KEY,
+    RUN_CONFIG_KEY,
+    check_target,
+    read_checkpoint,
+)
 from lungexp.training.distributed import is_rank_zero
 from lungexp.training.run_options import RunOptions
 from lungexp.utils.dictconfig import to_dict
@@ -183,6 +189,9 @@ def check_resumable(checkpoint: Path, state: Mapping[str, Any], run: RunOptions,
     finished when ``extend_finished=true`` trains it on anyway, else None.
     """
     cfg = run.config
+    recipe = state.get(RECIPE_KEY)
+    if isinstance(recipe, Mapping):
+        check_target(recipe.get("target"), run.target, f"ckpt_path={checkpoint}")
     stored = state.get(RUN_CONFIG_KEY)
     if not isinstance(stored, Mapping):
         raise ConfigError(f"ckpt_path={checkpoint}: the checkpoint does not hold the config of its run (it was not "

@@ -46,6 +46,22 @@ HEAD_KEYS = (*SINGLE_KEYS, "weight")
 MULTITASK_KEYS = ("kind", "primary", "auxiliary")
 
 
+# The validation metric each kind of primary head is optimised by, unless optimized_metric says otherwise.
+OPTIMIZED_METRICS = {"binary": "val/auroc", "multiclass": "val/auroc_macro", "ordinal": "val/qwk"}
+
+
+def optimized_metric(target: Mapping[str, Any] | None) -> str:
+    """The default ``optimized_metric`` of a ``target`` group as composed (``${target_metric:${target}}`` in
+    conf/config.yaml): its primary head's :data:`OPTIMIZED_METRICS` entry (a kind it does not know: the binary
+    one, and the target's own check names the kind)."""
+    node = target or {}
+    kind = node.get("kind", "binary")
+    if kind == MULTITASK:
+        primary = node.get("primary")
+        kind = primary.get("kind", "binary") if isinstance(primary, Mapping) else "binary"
+    return OPTIMIZED_METRICS.get(kind, OPTIMIZED_METRICS["binary"])
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """One head of the network: the column it learns, how its values become classes, and its loss.
@@ -166,6 +182,11 @@ class HeadSpec:
             return tuple(f"{prefix}probability_{class_name}" for class_name in self.class_names)
         return tuple(f"{prefix}probability_ge{level}" for level in range(2, self.num_classes + 1))
 
+    @property
+    def prediction_column(self) -> str:
+        """Its predicted class index in a predictions table: ``prediction`` (primary), ``<name>_prediction``."""
+        return "prediction" if self.is_primary else f"{self.name}_prediction"
+
     def metric_prefix(self, stage: str) -> str:
         """``test/`` for the primary head (today's metric names), ``test/<name>/`` for an auxiliary one."""
         return f"{stage}/" if self.is_primary else f"{stage}/{self.name}/"
@@ -251,6 +272,21 @@ class TargetOptions:
     def heads(self) -> tuple[HeadSpec, ...]:
         """The primary head, then the auxiliary ones: the order of the network's outputs and of the losses."""
         return (self.primary, *self.auxiliary)
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """The sample table's class-index column of each head, in the heads' order (``label`` first)."""
+        return tuple(head.label_column for head in self.heads)
+
+    @property
+    def probability_columns(self) -> tuple[str, ...]:
+        """Every head's predictions-table columns, in the heads' order: as many as the network's outputs."""
+        return tuple(column for head in self.heads for column in head.probability_columns)
+
+    def describe(self) -> str:
+        """``target=ordinal (malignancy by rating)``: the target as a message names it."""
+        heads = ", ".join(f"{head.name}: {head.kind} {head.column}" for head in self.heads)
+        return f"target={self.kind} ({heads})"
 
     @property
     def is_default(self) -> bool:

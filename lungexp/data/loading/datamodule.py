@@ -33,6 +33,7 @@ from lungexp.data.labels.sample_table import (
     task_labels,
 )
 from lungexp.data.labels.splits import check_splits, split_samples
+from lungexp.data.labels.targets import TargetOptions, label_targets
 from lungexp.data.loading.dataset import CovariateDataset, CovariateSamples, PatchDataset
 from lungexp.data.loading.memory_cache import (
     DeviceBatches,
@@ -57,6 +58,9 @@ class NoduleDataModule(pl.LightningDataModule):
     Args:
         train_transform: augmentation for training patches (TorchIO transform or any callable).
         checked: the options, checked already (:meth:`from_options`); None: ``**options`` are checked here.
+        target: what each sample is (``target.*``): its heads' class indices are read from the labels CSV
+            (:func:`~lungexp.data.labels.targets.label_targets`) and each batch's ``label`` holds them, one per
+            head (``(B, heads)``) for a multitask target; None: the default binary ``label``.
         **options: the ``data.*`` options, by name: the fields of :class:`~lungexp.data.options.DataOptions`,
             which declares each (type, default, line of doc) and checks it; the signature lists them.
 
@@ -65,8 +69,9 @@ class NoduleDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 checked: DataOptions | None = None, **options: Any) -> None:
+                 checked: DataOptions | None = None, target: TargetOptions | None = None, **options: Any) -> None:
         super().__init__()
+        self.target = target or TargetOptions()
         if checked is not None and options:
             raise TypeError(f"NoduleDataModule takes checked options or options by name, not both ({sorted(options)})")
         self.options = checked if checked is not None else DataOptions(**options)
@@ -82,10 +87,10 @@ class NoduleDataModule(pl.LightningDataModule):
         self._patches_in_ram: np.ndarray | None = None  # data.cache_memory=ram: the whole cache
 
     @classmethod
-    def from_options(cls, options: DataOptions,
-                     train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> NoduleDataModule:
+    def from_options(cls, options: DataOptions, train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     target: TargetOptions | None = None) -> NoduleDataModule:
         """The datamodule of checked ``options`` (as :func:`lungexp.config.check.check` builds them)."""
-        return cls(train_transform, checked=options)
+        return cls(train_transform, checked=options, target=target)
 
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if configured and absent, and build the patch cache.
@@ -126,6 +131,7 @@ class NoduleDataModule(pl.LightningDataModule):
                              label_rule=options.label_rule)
         source = options.labels_csv or options.annotations_csv
         assert source is not None, "DataOptions requires labels_csv, or annotations_csv for sampled negatives"
+        labels = label_targets(labels, self.target, source)
         covariate_values(labels, options.covariates, source)  # every row's, named by its CSV row, before any scan
         samples = build_samples(labels, scans, source=source, missing_scans=options.missing_scans,
                                 outside=options.outside)
@@ -147,10 +153,16 @@ class NoduleDataModule(pl.LightningDataModule):
         if self.options.cache_memory == "device" and self.options.images:
             self.device_batches = self._load_onto_device(("train", "val"))
         unit = "patches" if self.options.images else "samples"
+        primary = self.target.primary
         for name, dataset in self.datasets.items():
-            negatives, positives = dataset.class_counts()
-            log.info("%s: %d %s (%d positive, %d negative) from %d series", name, len(dataset), unit, positives,
-                     negatives, splits[name]["seriesuid"].nunique())
+            if primary.kind == "binary":
+                negatives, positives = dataset.class_counts()
+                counts = f"{positives} positive, {negatives} negative"
+            else:
+                per_class = np.bincount(splits[name]["label"].to_numpy(np.int64), minlength=primary.num_classes)
+                counts = ", ".join(f"{count} {cls}" for cls, count in zip(primary.class_names, per_class, strict=True))
+            log.info("%s: %d %s (%s) from %d series", name, len(dataset), unit, counts,
+                     splits[name]["seriesuid"].nunique())
 
     def _dataset(self, rows: np.ndarray, training: bool = False) -> PatchDataset | CovariateDataset:
         """The samples ``rows`` of the open cache: patches (read into RAM once for ``data.cache_memory=ram``) and, with
@@ -158,11 +170,17 @@ class NoduleDataModule(pl.LightningDataModule):
         cache, covariates = self.opened_cache, self._covariates()
         if isinstance(cache, CovariateSamples):
             assert covariates is not None, "DataOptions requires covariates with images=false"
-            return CovariateDataset(cache.index["label"].to_numpy(), covariates, rows)
+            return CovariateDataset(self._labels(cache.index), covariates, rows)
         if self.options.cache_memory == "ram" and self._patches_in_ram is None:
             self._patches_in_ram = self._read_into_ram()
         return PatchDataset(cache, rows, self.window, self.train_transform if training else None,
-                            self._patches_in_ram, covariates)
+                            self._patches_in_ram, covariates, labels=self._labels(cache.index))
+
+    def _labels(self, samples: pd.DataFrame) -> np.ndarray:
+        """Each sample's label: ``(samples,)`` of one head, ``(samples, heads)`` of a multitask target's heads
+        (:data:`~lungexp.data.labels.class_maps.MASKED` where a head has none)."""
+        columns = list(self.target.label_columns)
+        return samples[columns[0]].to_numpy() if len(columns) == 1 else samples[columns].to_numpy()
 
     def _read_into_ram(self) -> np.ndarray:
         """``data.cache_memory=ram``: the whole cache in host memory, once it is known to fit."""
@@ -234,7 +252,7 @@ class NoduleDataModule(pl.LightningDataModule):
         if self.cache is None:
             return None
         key = self.cache.key if isinstance(self.cache, CovariateSamples) else self.cache.folder.name
-        return labelled_key(key, self.options.label_rule)
+        return labelled_key(key, self.options.label_rule, self.target.fingerprint())
 
     @property
     def train_covariates(self) -> np.ndarray:
@@ -251,7 +269,7 @@ class NoduleDataModule(pl.LightningDataModule):
 
     @property
     def train_class_counts(self) -> tuple[int, int]:
-        """(negatives, positives) of the training split; used for loss weighting."""
+        """(negatives, positives) of the training split (of the primary head); used for loss weighting."""
         return self.datasets["train"].class_counts()
 
     def _loader(self, name: str, **kwargs: Any) -> DataLoader:
@@ -275,7 +293,9 @@ class NoduleDataModule(pl.LightningDataModule):
             return self._loader("train")
         # Per-epoch seeded order, and the loader's own generator: creating its iterator then leaves the global
         # RNG (augmentation) alone, so epoch e draws the same after a resume (lungexp.training.resume).
-        sampler = self.options.balance.sampler_for(self.datasets["train"].labels, seed=torch.initial_seed())
+        labels = self.datasets["train"].labels  # a multitask target's: balanced by its (binary) primary head
+        sampler = self.options.balance.sampler_for(labels if labels.ndim == 1 else labels[:, 0],
+                                                   seed=torch.initial_seed())
         return self._loader("train", sampler=sampler, drop_last=False, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:

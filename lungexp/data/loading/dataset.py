@@ -31,6 +31,8 @@ class PatchDataset(Dataset):
             memory); default the cache's memory map.
         covariates: ``(rows of the cache, k)`` values of the sample table's covariate columns, in cache row order,
             as read (the model standardises them); None: none.
+        labels: ``(rows of the cache,)`` or ``(rows of the cache, heads)`` labels in cache row order (a multitask
+            target's heads); None: the cache index's ``label``.
     """
 
     def __init__(
@@ -41,11 +43,12 @@ class PatchDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         patches: np.ndarray | None = None,
         covariates: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ) -> None:
         self.cache = cache
         self.patches = patches
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.labels = cache.index["label"].to_numpy()[self.rows].astype(np.float32)
+        self.labels = (cache.index["label"].to_numpy() if labels is None else labels)[self.rows].astype(np.float32)
         self.covariates = None if covariates is None else np.asarray(covariates, dtype=np.float32)[self.rows]
         self.window = window
         self.transform = transform
@@ -69,7 +72,8 @@ class PatchDataset(Dataset):
 
 
 def class_counts(labels: np.ndarray) -> tuple[int, int]:
-    """(negatives, positives) of 0/1 ``labels``."""
+    """(negatives, positives) of 0/1 ``labels`` (a multitask target's: of its first head, the primary)."""
+    labels = labels if labels.ndim == 1 else labels[:, 0]
     positives = int(labels.sum())
     return len(labels) - positives, positives
 
@@ -96,7 +100,8 @@ class CovariateDataset(Dataset):
     """Samples as ``{"covariates": (k,) float, "label": float, "index": int}``, no image (``data.images=false``).
 
     Args:
-        labels: ``(samples,)`` labels of the whole sample table; covariates: ``(samples, k)``, as read.
+        labels: ``(samples,)`` labels of the whole sample table (``(samples, heads)`` of a multitask target's
+            heads); covariates: ``(samples, k)``, as read.
         rows: which rows of the sample table form this dataset (e.g. one split).
     """
 
