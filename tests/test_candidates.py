@@ -61,6 +61,7 @@ def test_luna16_without_candidates_file_samples_negatives(make_config, synthetic
     assert (labels == 0).sum() == 5 * len(index_scans(synthetic_root))
 
 
+@pytest.mark.slow
 def test_preprocess_cli_builds_the_cache(synthetic_root: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "lungexp.preprocess", f"data.root={synthetic_root}", "data.synthetic=null",
                f"data.cache_dir={tmp_path}/cache", *FAST_OVERRIDES]

@@ -139,6 +139,7 @@ def test_three_fold_cv_nests_runs_pools_predictions_and_skips_finished_folds(
     assert again.metrics["test/cpm"] == pytest.approx(result.metrics["test/cpm"])
 
 
+@pytest.mark.slow
 def test_luna16_fpr_preset_runs_ten_fold_cv_on_generated_data(tmp_path: Path, three_subsets: Path) -> None:
     """The preset composes as published (10 folds of LUNA16 subsets, three nested fields of view) and runs,
     with 3 folds on 3 generated subsets, through fast_dev_run."""

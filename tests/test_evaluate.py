@@ -54,6 +54,7 @@ def test_evaluate_reproduces_the_training_test_stage_in_a_new_tagged_run(trained
                                                                                           "predictions")}
 
 
+@pytest.mark.slow
 def test_evaluate_on_validation_and_on_all_samples(trained_run, mlflow_dir: Path, tmp_path: Path) -> None:
     val = evaluate(trained_run, mlflow_dir, tmp_path, "split=val")
     # The best checkpoint was chosen by val/auroc: evaluating it on val gives that best value back.

@@ -136,6 +136,7 @@ def test_a_stopped_run_goes_on_with_what_may_change_and_its_data_spelled_otherwi
     assert torch.load(copy, weights_only=True)["epoch"] == 1  # the second epoch, written next to the first
 
 
+@pytest.mark.slow
 def test_a_run_is_finished_after_its_test_and_one_killed_while_testing_is_resumed_to_be_tested(
         make_config, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     watched = ("trainer.max_epochs=1", "callbacks.lr_monitor=null", "eval.bootstrap=0", "eval.montage_k=0",
