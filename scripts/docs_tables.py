@@ -25,7 +25,7 @@ import importlib
 import inspect
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script: the checkout's lungexp, not an
 
 from lungexp.data.options import REQUIRED, DataOptions  # noqa: E402
 from lungexp.evaluation.types import EvaluationOptions, config_key  # noqa: E402
+from lungexp.utils.dictconfig import dotted_leaves  # noqa: E402
 
 DOCS = ROOT / "docs"
 CONF = ROOT / "conf"
@@ -96,21 +97,12 @@ def _yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in node.items():
-        if key == "defaults":
-            continue
-        if isinstance(value, Mapping):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
 
 def _set_by_data_options() -> dict[str, list[str]]:
     """``{dotted key: [data options whose file sets it]}``."""
     set_by: dict[str, list[str]] = {}
     for path in sorted((CONF / "data").glob("*.yaml")):
-        for key, _ in _leaves(_yaml(path)):
+        for key, _ in dotted_leaves(_yaml(path)):
             set_by.setdefault(key, []).append(path.stem)
     return set_by
 
@@ -121,7 +113,7 @@ def _annotation(annotation: Any) -> str:
 
 def data_options() -> str:
     """Every ``data.*`` option: key, type, default, the ``data=`` options that set it, meaning."""
-    shared = dict(_leaves(_yaml(CONF / "shared" / "datamodule.yaml")))
+    shared = dict(dotted_leaves(_yaml(CONF / "shared" / "datamodule.yaml")))
     set_by = _set_by_data_options()
     defaults = DataOptions.config_defaults()
     rows = []

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from omegaconf import DictConfig
 
@@ -110,3 +111,12 @@ def fork_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer
     server = ForkServer(folder / "socket", entry_point_env(folder), PROJECT_ROOT)
     yield server
     server.close()
+
+
+@pytest.fixture
+def restored_uris() -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs are put back after the test."""
+    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous_registry)

@@ -7,7 +7,6 @@ Most tests share one tiny run whose labels depend on a covariate alone (``signal
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -318,12 +317,6 @@ def test_ensembles_mirror_the_image_never_the_covariates_and_refuse_other_covari
     assert "model.covariates=['signal'] vs ['diameter_mm']" in message
 
 
-@pytest.fixture
-def restored_uris() -> Iterator[None]:
-    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous_registry)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from lungexp.data.loading.balance import BalanceSpec
 from lungexp.data.options import DataOptions
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.evaluation.types import EvaluationOptions, config_key
-from lungexp.utils.dictconfig import to_dict
+from lungexp.utils.dictconfig import dotted_leaves, to_dict
 from tests.helpers.config import CONFIG_DIR, compose_config
 
 SPECS = {"patch": PatchSpec, "split": SplitSpec, "balance": BalanceSpec, "negatives": NegativesSpec}
@@ -36,22 +36,12 @@ def _plain(value: Any) -> Any:
     return [_plain(item) for item in value] if isinstance(value, tuple | list) else value
 
 
-def _leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(dotted key, value)`` of every option, nested ones included (``defaults`` lists are not options)."""
-    for key, value in node.items():
-        if key == "defaults":
-            continue
-        if isinstance(value, Mapping):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
 
 def _yaml_keys(path: Path) -> set[str]:
     """The options ``path`` sets, with those of the files its defaults list includes (``/shared/x@_here_``
     from ``conf/``, a bare name from the same folder), but not the defaults node itself (DataOptions')."""
     node = to_dict(OmegaConf.load(path), resolve=False)
-    keys = {key for key, _ in _leaves(node)}
+    keys = {key for key, _ in dotted_leaves(node)}
     for entry in node.get("defaults", []):
         if entry not in ("_self_", f"/shared/{DATA_OPTIONS}@_here_"):
             name = entry.removesuffix("@_here_")
@@ -91,9 +81,9 @@ def test_data_options_nested_defaults_are_the_spec_classes(name: str) -> None:
 def test_composed_config_holds_every_default_its_files_do_not_set(data: str, tmp_path: Path) -> None:
     """Every ``data.*`` option, nested ones included, is in the composed config, with DataOptions' default
     wherever neither ``conf/data/<data>.yaml`` nor ``conf/shared/datamodule.yaml`` sets it."""
-    composed = dict(_leaves(to_dict(compose_config([f"data={data}"], tmp_path).data, resolve=False)))
+    composed = dict(dotted_leaves(to_dict(compose_config([f"data={data}"], tmp_path).data, resolve=False)))
     set_by_files = _yaml_keys(CONFIG_DIR / "data" / f"{data}.yaml")
-    defaults = {key: value for key, value in _leaves(DataOptions.config_defaults())
+    defaults = {key: value for key, value in dotted_leaves(DataOptions.config_defaults())
                 if key not in set_by_files and not any(set_key.startswith(f"{key}.") for set_key in set_by_files)}
     assert set(defaults) <= set(composed), set(defaults) - set(composed)
     assert {key: composed[key] for key in defaults} == defaults

@@ -7,7 +7,7 @@ import pickle
 import py_compile
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -35,15 +35,6 @@ from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError, LungexpError
 from tests.helpers.cli import printed, run_entry_point
 from tests.helpers.fork_server import ForkServer
-
-
-@pytest.fixture
-def restored_uris() -> Iterator[None]:
-    """MLflow's process-wide tracking and registry URIs are put back after the test."""
-    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous_registry)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ the registry and ``lungexp.compare``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -129,12 +128,6 @@ def test_image_options_that_would_mislead_are_refused_for_the_tabular_model(nois
         check(tabular_config(tmp_path, synthetic_root, mlflow_dir, noisy_csv, "data.images=true"), "run")
 
 
-@pytest.fixture
-def restored_uris() -> Iterator[None]:
-    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous_registry)
 
 
 def test_the_registered_tabular_model_takes_its_covariate_columns(tabular_run, mlflow_dir: Path,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -86,3 +86,15 @@ def with_values(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
         for key, value in values.items():
             OmegaConf.update(changed, key, value, merge=False, force_add=True)
     return changed
+
+
+def dotted_leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every option of a config node, nested ones included (``defaults`` lists are
+    Hydra's, not options)."""
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, Mapping):
+            yield from dotted_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
