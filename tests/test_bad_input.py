@@ -137,6 +137,8 @@ CASES = [
     _case("strata-column-missing", "run", "@run eval.strata={{column:diameter_mm,edges:[0,6]}}",
           "eval.strata.column='diameter_mm'", "{root}/candidates_V2.csv", "has no column 'diameter_mm'",
           "its columns are ['seriesuid', 'coordX', 'coordY', 'coordZ', 'class']"),
+    _case("covariate-start-misspelt", "run", "@run model.covariates=[diameter_mm] model.covariate_start=Fitted",
+          "model.covariate_start='Fitted' is not a valid choice", "fitted, random"),
     _case("target-calibrated", "run", "@run data=synthetic_malignancy target=ordinal eval.calibration=temperature",
           "eval.calibration=temperature calibrates one logit", "set eval.calibration=none"),
     # checkpoints handed in as pretrained weights

@@ -24,7 +24,7 @@ from typing import Any, Literal, overload
 from omegaconf import DictConfig, OmegaConf
 
 from lungexp.config.schema import check_config, check_top_level, resolve
-from lungexp.data.labels.covariates import check_rating_covariates, covariate_names
+from lungexp.data.labels.covariates import COVARIATE_STARTS, check_rating_covariates, covariate_names
 from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.split_metrics import check_strata_column
@@ -163,6 +163,7 @@ def check_covariates(model: Mapping[str, Any], data: DataOptions) -> None:
     allow = model.get("allow_rating_covariates", False)
     if not isinstance(allow, bool):
         raise ConfigError(f"model.allow_rating_covariates={allow!r} must be true or false")
+    look_up_option("model.covariate_start", model.get("covariate_start", "fitted"), COVARIATE_STARTS)
     check_rating_covariates(names, allow)
     if names != data.covariates:
         raise ConfigError(f"data.covariates={list(data.covariates)} but model.covariates={list(names)}: the data "

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lungexp.data.labels.covariates import rating_covariates
+from lungexp.data.labels.covariates import COVARIATE_STARTS, rating_covariates
 from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.head_report import (
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 VALIDATION_PREDICTIONS = "validation_predictions"  # checkpoint entry: what the decision threshold is chosen on
 CALIBRATION = "calibration"  # checkpoint entry: the eval.calibration fitted on them (absent for none)
-COVARIATE_STARTS = ("fitted", "random")
 RATING_COVARIATES_TAG = "covariates.ratings"  # the readers' ratings a model takes (model.allow_rating_covariates)
 
 

@@ -22,6 +22,9 @@ from lungexp.data.labels.annotations import AnnotationError
 from lungexp.data.names import NOT_COVARIATES, ROW_NAME_COLUMN
 from lungexp.utils.errors import ArgumentError, did_you_mean
 
+# Where a covariate model's head starts (model.covariate_start; lungexp.models.fusion.CovariateFusion.start_from).
+COVARIATE_STARTS = ("fitted", "random")
+
 log = logging.getLogger(__name__)
 
 OVERRIDE_KEY = "model.allow_rating_covariates"
