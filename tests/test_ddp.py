@@ -78,6 +78,26 @@ def test_ddp_two_cpu_processes_train_and_test(synthetic_root: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_ddp_gathers_every_head_of_a_multitask_target(synthetic_root: Path, tmp_path: Path) -> None:
+    """Both ranks' rows of every head reach one predictions table; an auxiliary head's metrics are reduced too."""
+    run_ddp(entry_point_command("run", [*DDP_ON_CPU, "task_name=ddp_heads", "data=synthetic_malignancy",
+                                        "target=lidc_attributes",
+                                        *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache",
+                                                            tmp_path)]), tmp_path)
+    [run] = runs_of(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert {"test/auroc", "test/texture/auroc_macro", "test/spiculation/qwk",
+            "test/calcification/auroc"} <= run.data.metrics.keys()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    predictions = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv",
+                                                        str(tmp_path / "downloaded")))
+    assert predictions["cache_row"].is_unique
+    assert {"texture_label", "texture_prediction", "spiculation_probability_ge2",
+            "calcification_probability"} <= set(predictions.columns)
+    assert run.data.metrics["test/texture/samples"] + run.data.metrics["test/texture/masked"] == len(predictions)
+
+
+@pytest.mark.slow
 def test_ddp_inside_a_sweep_trains_each_job_once_with_both_processes(synthetic_root: Path, tmp_path: Path) -> None:
     finished = run_ddp(entry_point_command("run", ["-m", *DDP_ON_CPU, "seed=1,2", "task_name=ddp_sweep",
                                                    *tiny_run_overrides(synthetic_root, synthetic_root.parent / "cache",
