@@ -129,6 +129,13 @@ def test_a_logged_target_names_its_column_and_must_match_the_columns() -> None:
         run_target(table, "run a", {"target.kind": "multiclass"})
 
 
+def test_a_calibrated_multiclass_table_has_its_classes_only() -> None:
+    """eval.calibration=temperature keeps the network's own probabilities as probability_<class>_uncalibrated."""
+    table = multiclass_run(samples(), 1.0, 0)
+    raw = {f"probability_{name}_uncalibrated": table[f"probability_{name}"] for name in TEXTURE}
+    assert run_target(table.assign(**raw), "run a").class_names == TEXTURE
+
+
 def test_multitask_runs_compare_their_binary_primary_as_binary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     table = predictions(2.0, 0)
     auxiliary = multiclass_run(table.assign(label=np.random.default_rng(1).integers(-1, 3, len(table))), 1.0, 0)

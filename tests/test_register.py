@@ -1,5 +1,6 @@
 """A model a colleague loads by name: ``lungexp.register`` into the MLflow Model Registry, then ``load_model`` and
-``lungexp.predict model_uri=models:/NAME@champion`` (and ``ckpt_path=[..]``) on a tiny generated scan."""
+``lungexp.predict model_uri=models:/NAME@champion`` (and ``ckpt_path=[..]``) on a tiny generated scan; a multiclass
+model with its class columns and its temperature too."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 import torch
 import yaml
 
+from lungexp.data.labels.class_maps import CLASS_MAPS
+from lungexp.data.labels.targets import HeadSpec, TargetOptions
 from lungexp.data.names import COORD_COLUMNS
 from lungexp.inference.candidate_scoring import SUBMISSION_COLUMNS, predict_candidates, read_candidates
 from lungexp.inference.ensemble import Ensemble
@@ -33,6 +36,7 @@ from lungexp.inference.scans import open_scans
 from lungexp.training.checkpoint import RECIPE_KEY
 from lungexp.training.module import VALIDATION_PREDICTIONS
 from lungexp.utils.errors import ConfigError, LungexpError
+from tests.helpers.checkpoints import write_checkpoint
 from tests.helpers.cli import printed, run_entry_point
 from tests.helpers.fork_server import ForkServer
 
@@ -74,6 +78,40 @@ def test_a_registered_model_round_trips_and_scores_patches_as_predict_does(train
     flipped = mlflow.pyfunc.load_model("models:/nodule-fpr@champion", model_config={"device": "cpu"})
     assert np.abs(flipped.predict(patches) - probabilities).max() > 1e-6
     np.testing.assert_array_equal(mlflow.pyfunc.load_model("models:/nodule-fpr/1").predict(patches), probabilities)
+
+
+def test_a_registered_multiclass_model_signs_its_class_columns_and_scores_as_predict_does(
+        store: str, synthetic_root: Path, tmp_path: Path) -> None:
+    """A tiny untrained multiclass checkpoint whose stored validation predictions are over-confident: registered
+    with calibration=temperature, it returns the class probabilities predict gives with the same calibration."""
+    target = TargetOptions(HeadSpec(kind="multiclass", column="texture", rule=CLASS_MAPS["texture3"]))
+    columns = list(target.probability_columns)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    logits = rng.normal(size=(60, 3)) * 4
+    logits[np.arange(60), labels] += 2
+    validation = {"label": labels, **dict(zip(columns, (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).T,
+                                              strict=True))}
+    checkpoint = write_checkpoint(tmp_path / "texture.ckpt", target=target, validation=validation)
+    registered = register_model([checkpoint], "texture", calibration="temperature", tracking_uri=store,
+                                artifact_location=str(tmp_path / "artifacts"))
+    loaded = mlflow.pyfunc.load_model(registered.uri, model_config={"device": "cpu"})
+    [output] = loaded.metadata.get_output_schema().inputs
+    assert (output.name, output.shape) == (f"multiclass: {', '.join(columns)}", (-1, 3))
+
+    ensemble = Ensemble([Predictor(checkpoint, device="cpu")])
+    ensemble.calibrate("temperature")  # as `predict ckpt_path=... calibration=temperature`
+    patches = hu_patches(ensemble)
+    scores = loaded.predict(patches)
+    np.testing.assert_array_equal(scores, ensemble.patch_probabilities(patches))
+    plain = Predictor(checkpoint, device="cpu").patch_probabilities(patches)
+    assert np.abs(scores - plain).max() > 1e-4 and np.array_equal(scores.argmax(axis=1), plain.argmax(axis=1))
+
+    source = open_scans(synthetic_root)
+    candidates = read_candidates(synthetic_root / "annotations.csv", source).head(4)
+    by_name = predict_candidates(load_registered(registered.uri, device="cpu"), source, candidates)
+    assert list(by_name.columns) == [*SUBMISSION_COLUMNS[:4], *columns, "prediction"]
+    pd.testing.assert_frame_equal(by_name, predict_candidates(ensemble, source, candidates))
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,13 @@
 """The multiclass and ordinal metric sets against scikit-learn on fixed predictions; NaN (never an error) where a
-bootstrap resample misses a class; and their cluster-bootstrap draws, in the shape the binary set's intervals
-take."""
+bootstrap resample misses a class; their cluster-bootstrap draws, in the shape the binary set's intervals take;
+and validation's macro AUROC over the classes a small split holds."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import (
@@ -19,6 +20,9 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from lungexp.data.labels.class_maps import CLASS_MAPS
+from lungexp.data.labels.targets import HeadSpec
+from lungexp.evaluation.head_report import head_metrics, validation_head_metrics
 from lungexp.metrics.bootstrap import ClusterResampling, interval_metrics
 from lungexp.metrics.classification import table_metrics
 from lungexp.metrics.head_metrics import head_metric_set, resampled_metric_set
@@ -90,6 +94,27 @@ def test_a_missing_class_makes_what_needs_it_nan_and_the_rest_defined() -> None:
     assert math.isnan(one_class["auroc_weighted"]) and one_class["accuracy"] == np.mean(probabilities[:5].argmax(1) == 0)
     empty = multiclass_metrics(labels[:0], probabilities[:0], class_names=NAMES)
     assert set(empty) == set(metrics) and all(math.isnan(value) for value in empty.values())
+
+
+def test_validation_averages_the_macro_auroc_over_the_classes_the_split_holds() -> None:
+    """A small validation split without a class: the checkpoint monitor gets the mean of the AUROCs it defines, not
+    NaN (which Lightning's checkpoint ranks below every number, keeping whichever epoch came first); the test report
+    keeps scikit-learn's NaN."""
+    labels, probabilities = _multiclass(seed=1)
+    present = labels != 1
+    primary = HeadSpec(kind="multiclass", column="texture", rule=CLASS_MAPS["texture3"])
+    auxiliary = HeadSpec(name="lesion", kind="multiclass", column="texture", rule=CLASS_MAPS["texture3"])
+    columns = {**dict(zip(primary.probability_columns, probabilities[present].T, strict=True)),
+               **dict(zip(auxiliary.probability_columns, probabilities[present].T, strict=True))}
+    table = pd.DataFrame({"label": labels[present], "lesion_label": labels[present], **columns})
+    metrics, left_out = validation_head_metrics(table, [primary, auxiliary], "val/")
+    expected = np.mean([roc_auc_score(labels[present] == k, probabilities[present, k]) for k in (0, 2)])
+    assert metrics["val/auroc_macro"] == pytest.approx(expected) == metrics["val/lesion/auroc_macro"]
+    assert left_out == {"val/auroc_macro": ["part_solid"], "val/lesion/auroc_macro": ["part_solid"]}
+    assert math.isnan(metrics["val/auroc_part_solid"])  # the class's own AUROC stays undefined
+    assert math.isnan(head_metrics(table, [primary], "test/")["test/auroc_macro"])
+    every = pd.DataFrame({"label": labels, **dict(zip(primary.probability_columns, probabilities.T, strict=True))})
+    assert validation_head_metrics(every, [primary], "val/") == (head_metrics(every, [primary], "val/"), {})
 
 
 def test_ordinal_metrics_are_scikit_learns() -> None:

@@ -1,10 +1,13 @@
 """Targets beyond one logit through the training loop (#28): each kind trains end to end on the demo data, logs its
 metrics with 95 % intervals and the predictions table's columns; ``evaluate`` reproduces an ordinal checkpoint's
 test metrics; a checkpoint of one target is refused with another; what only a binary primary head has is refused
-before any data is read; ``optimized_metric`` follows the target."""
+before any data is read; ``optimized_metric`` follows the target, and a class missing from validation does not
+leave the checkpoint monitor NaN."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +31,25 @@ TRAINING = ["data=synthetic_malignancy", "trainer.max_epochs=2", "eval.bootstrap
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, mlflow_dir: Path):
     """One tiny training per target, made when a test first asks for it: ``trained(kind)`` -> (result, client,
-    logged test predictions)."""
+    logged test predictions); ``trained.warnings[kind]``: what lungexp logged as a warning meanwhile."""
     runs: dict[str, tuple] = {}
+    warned: dict[str, list[str]] = {}
 
     def train(kind: str) -> tuple:
         if kind not in runs:
-            runs[kind] = train_tiny(tmp_path_factory.mktemp(kind), synthetic_root, mlflow_dir,
-                                    [*TRAINING, f"target={kind}"])
+            records: list[logging.LogRecord] = []
+            handler = logging.Handler(logging.WARNING)
+            handler.emit = records.append  # type: ignore[method-assign]
+            logging.getLogger("lungexp").addHandler(handler)
+            try:
+                runs[kind] = train_tiny(tmp_path_factory.mktemp(kind), synthetic_root, mlflow_dir,
+                                        [*TRAINING, f"target={kind}"])
+            finally:
+                logging.getLogger("lungexp").removeHandler(handler)
+            warned[kind] = [record.getMessage() for record in records]
         return runs[kind]
 
+    train.warnings = warned  # type: ignore[attr-defined]
     return train
 
 
@@ -82,6 +95,25 @@ def test_multiclass_logs_macro_auroc_and_one_probability_per_class(trained) -> N
     for name in ("auroc_weighted", "balanced_accuracy", "f1_macro", "ece", "sensitivity_solid", "specificity_solid"):
         assert f"test/{name}" in logged and f"test/{name}_ci_high" in logged
     assert "test/auroc_macro" in logged and "val/auroc_macro" in logged
+
+
+@pytest.mark.slow
+def test_a_class_missing_from_validation_leaves_the_monitor_a_number_and_says_so_once(trained) -> None:
+    """The demo data's validation split has no part-solid nodule: val/auroc_macro averages the other two classes
+    (NaN, Lightning's checkpoint would rank every epoch alike and keep the first), and the best checkpoint is the
+    epoch of the best such value."""
+    logged, _, result = _logged(trained, "multiclass")
+    client = trained("multiclass")[1]
+    per_class = [logged[f"val/auroc_{name}"] for name in ("ground_glass", "part_solid", "solid")]
+    assert sum(np.isnan(per_class)) == 1  # the demo split lacks exactly one class
+    assert logged["val/auroc_macro"] == pytest.approx(np.nanmean(per_class))
+    history = [metric.value for metric in client.get_metric_history(result.mlflow_run_id, "val/auroc_macro")]
+    assert len(history) == 2 and np.isfinite(history).all()
+    assert logged["best/val_auroc_macro"] == pytest.approx(max(history), abs=1e-6)
+    assert re.search(r"epoch00(\d)", Path(result.best_checkpoint).name).group(1) == str(int(np.argmax(history)))
+    said = [message for message in trained.warnings["multiclass"] if "averages the classes" in message]
+    assert said == ["val/auroc_macro averages the classes the validation split holds: it has no sample of part_solid, "
+                    "whose one-vs-rest AUROC is undefined (NaN); a larger validation split would hold every class"]
 
 
 @pytest.mark.slow
@@ -210,8 +242,11 @@ def test_predict_ensembles_and_tta_average_each_heads_probabilities(trained, syn
     np.testing.assert_allclose(twice[cumulative], plain[cumulative], atol=1e-6)  # the mean of one model is itself
     with pytest.raises(ConfigError, match=r"their target differs in target \(target=ordinal .* vs multiclass"):
         Ensemble([ordinal, multiclass])
-    with pytest.raises(ConfigError, match=r"^calibration=temperature calibrates one binary logit, but .* was trained "
-                                          r"for target=multiclass"):
-        Ensemble([multiclass]).calibrate("temperature")
+    with pytest.raises(ConfigError, match=r"was trained for target=multiclass .*: calibration=isotonic maps one "
+                                          r"probability to another, a binary head's"):
+        Ensemble([multiclass]).calibrate("isotonic")
+    with pytest.raises(ConfigError, match=r"was trained for target=ordinal .*: calibration=temperature is not "
+                                          r"offered for an ordinal head"):
+        Ensemble([ordinal]).calibrate("temperature")
     schema = output_schema(multiclass.recipe).to_dict()[0]
     assert list(schema["tensor-spec"]["shape"]) == [-1, 3] and schema["name"].startswith("multiclass: probability_ground")

@@ -29,6 +29,7 @@ from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.options import DataOptions
 from lungexp.evaluation.split_metrics import check_strata_column
 from lungexp.evaluation.types import EvaluationOptions
+from lungexp.metrics.calibration import check_calibration
 from lungexp.models.heads import head_outputs
 from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
 from lungexp.utils.dictconfig import check_required, with_values
@@ -123,8 +124,10 @@ def check_target_run(model: Mapping[str, Any], target: TargetOptions, data: Data
                      evaluation: EvaluationOptions) -> None:
     """What only a binary primary head has, refused for a multiclass or ordinal one before any data is read, each
     with one line saying what to use instead: ``model.pos_weight``, ``model.loss``, ``data.balance.sampler=balanced``,
-    ``eval.calibration``, ``eval.threshold``, ``eval.strata`` and the LUNA16 FROC (``data.task=candidates``). The
-    pictures on CT (worst errors, Grad-CAM) show one logit: not made for other targets, as one line of the log says."""
+    ``eval.threshold``, ``eval.strata``, the LUNA16 FROC (``data.task=candidates``) and the ``eval.calibration``
+    the head's kind does not have (:func:`~lungexp.metrics.calibration.check_calibration`: a multiclass head's is a
+    temperature, an ordinal head has none). The pictures on CT (worst errors, Grad-CAM) show one logit: not made for
+    other targets, as one line of the log says."""
     if target.auxiliary or target.primary.kind != "binary":
         log.info("%s: the pictures on CT (eval.montage_k, eval.gradcam) show one logit's errors and saliency and are "
                  "not made for it; each head's metrics and the predictions table are", target.describe())
@@ -132,6 +135,7 @@ def check_target_run(model: Mapping[str, Any], target: TargetOptions, data: Data
     if kind == "binary":
         return
     what = f"the primary head of target={target.kind} is {kind}"
+    check_calibration(evaluation.calibration, "eval.calibration", kind)
     loss = (model.get("loss") or {}).get("_target_")
     refusals = [
         (model.get("pos_weight") is not None, f"model.pos_weight={model.get('pos_weight')} weighs a binary head's "
@@ -140,8 +144,6 @@ def check_target_run(model: Mapping[str, Any], target: TargetOptions, data: Data
          f"head's own loss (cross-entropy or CORN): leave model.loss at {BINARY_LOSS}"),
         (data.balance.sampler == "balanced", f"data.balance.sampler=balanced draws a binary label's positives, but "
          f"{what}: set data.balance.sampler=none (and class_weights=auto for a multiclass head)"),
-        (evaluation.calibration != "none", f"eval.calibration={evaluation.calibration} calibrates one logit, but "
-         f"{what}: set eval.calibration=none"),
         (evaluation.threshold != EvaluationOptions().threshold, f"eval.threshold={evaluation.threshold} is a binary "
          f"head's decision threshold, but {what}, which predicts its most probable class (multiclass) or median "
          "level (ordinal): drop eval.threshold"),

@@ -8,7 +8,12 @@ report does); the primary head's metrics keep today's names (``test/qwk``), an a
 ``test/<name>/...`` with ``test/<name>/samples`` and ``test/<name>/masked`` (the rows it has no label for). A
 binary primary head of a multitask target keeps the whole binary report (threshold, figures, FROC); each
 multiclass or ordinal head gets its figures (:func:`~lungexp.visualize.class_plots.head_figures`: confusion matrix,
-ROC per class or cut, reliability) under ``plots/`` (the primary) or ``plots/<name>/``.
+ROC per class or cut, reliability) under ``plots/`` (the primary) or ``plots/<name>/``; a calibrated multiclass
+primary head (``eval.calibration=temperature``) also gets ``ece_uncalibrated`` and the reliability diagram of the
+network's own probabilities, as a calibrated binary head does.
+
+Validation (:func:`validation_head_metrics`) averages a multiclass head's ``auroc_macro`` over the classes the
+split holds, so that a class missing from a small validation split does not make the checkpoint monitor NaN.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from pytorch_lightning.loggers import Logger
 
 from lungexp.data.labels.class_maps import MASKED
 from lungexp.data.labels.targets import HeadSpec, TargetOptions
+from lungexp.evaluation.operating_point import uncalibrated_column
 from lungexp.evaluation.report import PatchPictures, report_split
 from lungexp.evaluation.split_metrics import PLOTS, predictions_table
 from lungexp.evaluation.types import EvaluationReport, EvaluationSettings
 from lungexp.metrics.bootstrap import cluster_resampling, interval_metrics
 from lungexp.metrics.head_metrics import head_metric_set, resampled_metric_set
+from lungexp.metrics.multiclass import top_label_ece
 from lungexp.models.heads import predicted_classes
 from lungexp.tracking.artifacts import log_figure, log_table
-from lungexp.visualize.class_plots import head_figures
+from lungexp.visualize.class_plots import head_figures, top_label_reliability_figure
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +117,28 @@ def report_target(predictions: pd.DataFrame, target: TargetOptions, settings: Ev
         return replace(report, metrics={**report.metrics, **head_metrics(predictions, target.auxiliary, prefix,
                                                                           *extra)},
                        figures={**report.figures, **drawn})
+    uncalibrated, uncalibrated_figures = uncalibrated_report(predictions, target.primary, prefix, title, figures)
+    for path, figure in uncalibrated_figures.items():
+        log_figure(loggers, figure, path)
     if artifact is not None:
         log_table(loggers, predictions, artifact)
-    return EvaluationReport(metrics=head_metrics(predictions, target.heads, prefix, *extra), figures=drawn)
+    return EvaluationReport(metrics={**head_metrics(predictions, target.heads, prefix, *extra), **uncalibrated},
+                            figures={**drawn, **uncalibrated_figures})
+
+
+def uncalibrated_report(predictions: pd.DataFrame, head: HeadSpec, prefix: str, title: str, figures: bool = True
+                        ) -> tuple[dict[str, float], dict[str, Figure]]:
+    """For a table whose multiclass ``head`` was calibrated (its ``<column>_uncalibrated`` columns,
+    :func:`~lungexp.evaluation.operating_point.with_calibrated`): ``{prefix}ece_uncalibrated``, the top-label ECE of
+    the network's own probabilities, and (``figures``) their reliability diagram; nothing otherwise."""
+    columns = [uncalibrated_column(column) for column in head.probability_columns]
+    if head.kind != "multiclass" or not set(columns) <= set(predictions.columns):
+        return {}, {}
+    labels = predictions[head.label_column].to_numpy(np.int64)
+    raw = predictions[columns].to_numpy(np.float64)
+    drawn = {f"{PLOTS}/reliability_diagram_uncalibrated.png": top_label_reliability_figure(
+        labels, raw, title=f"{title} top-label reliability, uncalibrated")} if figures else {}
+    return {f"{prefix}ece_uncalibrated": top_label_ece(raw, labels)}, drawn
 
 
 def class_head_figures(predictions: pd.DataFrame, heads: Sequence[HeadSpec], title: str) -> dict[str, Figure]:
@@ -128,6 +154,26 @@ def class_head_figures(predictions: pd.DataFrame, heads: Sequence[HeadSpec], tit
                              title=title if head.is_primary else f"{title} {head.name}")
         figures.update({f"{folder}/{name}": figure for name, figure in drawn.items()})
     return figures
+
+
+def validation_head_metrics(predictions: pd.DataFrame, heads: Sequence[HeadSpec], prefix: str = "val/"
+                            ) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """:func:`head_metrics` as validation logs them for the checkpoint monitor: a multiclass head's ``auroc_macro``
+    is the mean of the one-vs-rest AUROCs the split defines, leaving out the classes it lacks (whose AUROC stays
+    NaN), where the test report keeps scikit-learn's NaN. Also, by metric name, the classes each such mean left out.
+    A split of one class leaves it NaN (the primary head's is refused before training, as a binary one is)."""
+    metrics = head_metrics(predictions, heads, prefix)
+    left_out: dict[str, list[str]] = {}
+    for head in heads:
+        if head.kind != "multiclass":
+            continue
+        named = head.metric_prefix(prefix.rstrip("/"))
+        per_class = {name: metrics[f"{named}auroc_{name}"] for name in head.class_names}
+        defined = [value for value in per_class.values() if np.isfinite(value)]
+        if defined and len(defined) < len(per_class):
+            metrics[f"{named}auroc_macro"] = float(np.mean(defined))
+            left_out[f"{named}auroc_macro"] = [name for name, value in per_class.items() if not np.isfinite(value)]
+    return metrics, left_out
 
 
 def monitored_head_metrics(target: TargetOptions, stage: str = "val") -> dict[str, str]:

@@ -28,8 +28,9 @@ class EvaluationOptions:
 
     Args:
         threshold: decision-threshold rule, see :mod:`lungexp.metrics.threshold`.
-        calibration: ``none``, ``temperature`` or ``isotonic``, fitted on the tested checkpoint's validation
-            predictions (:mod:`lungexp.metrics.calibration`); the threshold is chosen on the calibrated ones.
+        calibration: ``none``, ``temperature`` or ``isotonic`` of the primary head, fitted on the tested
+            checkpoint's validation predictions (:mod:`lungexp.metrics.calibration`; a multiclass head: ``temperature``
+            only, an ordinal one: ``none``); the threshold is chosen on the calibrated ones.
         bootstrap: resamplings of whole series (patients with ``data.split.group_by``) for the 95 % interval of
             every test metric, the CPM's included (0: none); see :mod:`lungexp.metrics.bootstrap`.
         montage_k: worst errors shown per kind (false positives, false negatives); 0: no montage.

@@ -108,5 +108,5 @@ def _predict(predictor: Ensemble, datamodule: NoduleDataModule, split: str) -> p
     loader = DataLoader(dataset, batch_size=datamodule.options.batch_size, num_workers=datamodule.options.num_workers)
     plain, calibrated = predictor.scores(loader)
     table = target_predictions_table(dataset.rows, plain, datamodule.target, samples=datamodule.opened_cache.index)
-    return table if calibrated is None else with_calibrated(table, calibrated)
+    return table if calibrated is None else with_calibrated(table, calibrated, datamodule.target.primary)
 

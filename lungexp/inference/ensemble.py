@@ -26,7 +26,6 @@ from torch import nn
 
 from lungexp.data.labels.label_rules import LabelRule
 from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY
-from lungexp.evaluation.head_report import is_one_logit
 from lungexp.evaluation.operating_point import pooled_threshold
 from lungexp.inference.model import Batch, Predictor, normalized_batches
 from lungexp.metrics.calibration import Calibrator, check_calibration
@@ -150,11 +149,13 @@ class Ensemble:
         """Calibrate every member with ``method`` (chosen by the option ``key``, which messages name): the
         calibrator its checkpoint stores, or one fitted on its own validation predictions. Members without
         validation predictions (of both classes) leave the ensemble uncalibrated (with a warning); returns their
-        checkpoints. A target other than one binary logit is refused any method but ``none``."""
+        checkpoints. The calibrator is of the primary head; a method its kind does not have is refused
+        (:func:`~lungexp.metrics.calibration.check_calibration`), naming the members' target."""
         target = self.recipe.targets
-        if check_calibration(method, key) != "none" and not is_one_logit(target):
-            raise ConfigError(f"{key}={method} calibrates one binary logit, but {self.members[0].path} was trained for "
-                              f"{target.describe()}: set {key}=none")
+        try:
+            check_calibration(method, key, target.primary.kind)
+        except ConfigError as error:
+            raise ConfigError(f"{self.members[0].path} was trained for {target.describe()}: {error}") from None
         for member in self.members:
             member.calibrate(method, key)
         uncalibrated = [member.path for member in self.members
@@ -188,11 +189,10 @@ class Ensemble:
         calibrated one (float64; None when uncalibrated)."""
         members = self.member_probabilities(batches)
         plain = members[0] if len(members) == 1 else members.mean(axis=0, dtype=np.float32)
-        calibrators = self.calibrators
-        if calibrators is None or not members.shape[1]:
+        if self.calibrators is None or not members.shape[1]:
             return plain, None
-        calibrated = [calibrator(probabilities.astype(np.float64))
-                      for calibrator, probabilities in zip(calibrators, members, strict=True)]
+        calibrated = [member.operating_point.apply(probabilities.astype(np.float64))
+                      for member, probabilities in zip(self.members, members, strict=True)]
         return plain, np.mean(calibrated, axis=0)
 
     def probabilities(self, batches: Iterable[Batch]) -> np.ndarray:

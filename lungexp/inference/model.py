@@ -60,7 +60,8 @@ class Predictor:
         ``method`` (``calibration`` of predict and register, ``eval.calibration`` of evaluate)."""
         self.operating_point = OperatingPoint.fit(self.validation_predictions, method, key,
                                                   stored=self._stored_calibration,
-                                                  source=f"{self.path} (its stored calibration)")
+                                                  source=f"{self.path} (its stored calibration)",
+                                                  head=self.recipe.targets.primary)
 
     @torch.inference_mode()
     def batch_probabilities(self, images: torch.Tensor | None, covariates: torch.Tensor | None = None) -> torch.Tensor:

@@ -140,7 +140,7 @@ class EnsembleModel(PythonModel):
             if calibrator is not None:  # else uncalibrated, as loaded
                 member.operating_point = OperatingPoint.restored(
                     member.validation_predictions, json.loads(Path(calibrator).read_text()),
-                    source=f"the registered model's {Path(calibrator).name}")
+                    source=f"the registered model's {Path(calibrator).name}", head=member.recipe.targets.primary)
         self.ensemble = Ensemble(members, tta=config["tta"])
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None

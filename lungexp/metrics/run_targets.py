@@ -5,7 +5,8 @@ A predictions table (the columns of :class:`~lungexp.data.labels.targets.HeadSpe
 probabilities: ``probability`` (binary), ``probability_<class>`` per class in class order (multiclass) or
 ``probability_ge2`` … ``probability_geK`` = P(level >= k) (ordinal). A multitask table adds, per auxiliary
 head ``<name>``, ``<name>_label``, ``<name>_prediction`` and ``<name>_probability…``: runs are compared on the
-primary head.
+primary head. A calibrated table keeps the network's own probabilities beside them (``<column>_uncalibrated``),
+which name no class.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lungexp.data.labels.class_maps import CLASS_MAPS
+from lungexp.metrics.calibration import UNCALIBRATED_SUFFIX
 from lungexp.utils.errors import LungexpError
 
 PROBABILITY = "probability"
@@ -98,7 +100,8 @@ def _head_of_columns(predictions: pd.DataFrame, source: str, rule: str | None) -
         named = CLASS_MAPS.get(rule or "")
         names = named.class_names if named is not None and named.num_classes == levels else None
         return "ordinal", names or tuple(str(level) for level in range(1, levels + 1))
-    classes = tuple(name.removeprefix(f"{PROBABILITY}_") for name in columns if name.startswith(f"{PROBABILITY}_"))
+    classes = tuple(name.removeprefix(f"{PROBABILITY}_") for name in columns
+                    if name.startswith(f"{PROBABILITY}_") and not name.endswith(UNCALIBRATED_SUFFIX))
     if len(classes) >= 2:
         return "multiclass", classes
     raise TargetMismatch(f"{source}: no probability column of a head (probability; probability_<class> per class; "

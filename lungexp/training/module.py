@@ -19,10 +19,10 @@ from lungexp.data.labels.covariates import COVARIATE_STARTS, rating_covariates
 from lungexp.data.labels.targets import PRIMARY_NAME, TargetOptions
 from lungexp.data.names import COVARIATES_KEY, IMAGE_KEY, INDEX_KEY, LABEL_KEY
 from lungexp.evaluation.head_report import (
-    head_metrics,
     is_one_logit,
     monitored_head_metrics,
     target_predictions_table,
+    validation_head_metrics,
 )
 from lungexp.evaluation.operating_point import OperatingPoint
 from lungexp.evaluation.types import EvaluationOptions
@@ -94,7 +94,7 @@ class NoduleClassifier(pl.LightningModule):
             of its heads (:func:`~lungexp.models.heads.head_outputs`, set by :func:`lungexp.config.check.check`);
             a target other than one binary head is trained with :func:`~lungexp.training.losses.target_loss`
             (``loss`` and ``pos_weight`` weigh a binary primary head only) and validated with each head's metric
-            set (:func:`~lungexp.evaluation.head_report.head_metrics`: ``val/qwk``, ``val/texture/f1_macro``).
+            set (:func:`~lungexp.evaluation.head_report.validation_head_metrics`: ``val/qwk``, ``val/texture/f1_macro``).
 
     Each checkpoint carries the validation predictions of its own weights, so the test of the best
     checkpoint chooses its decision threshold on that checkpoint's validation, not the last epoch's. The test
@@ -153,6 +153,7 @@ class NoduleClassifier(pl.LightningModule):
         self.val_metrics = classification_metrics("val/")
         self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.validation_predictions: pd.DataFrame | None = None  # of the current weights
+        self._said_classes_left_out = False  # validation's macro AUROC without a class the split lacks: said once
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
 
     @staticmethod
@@ -294,7 +295,14 @@ class NoduleClassifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.one_logit:  # every rank holds every patch's predictions: the same metrics on each
             self.validation_predictions = self.predictions("val")
-            self.log_dict(head_metrics(self.validation_predictions, self.target.heads, "val/"))
+            metrics, left_out = validation_head_metrics(self.validation_predictions, self.target.heads, "val/")
+            if left_out and not self._said_classes_left_out and not self.trainer.sanity_checking:
+                for name, classes in left_out.items():
+                    log.warning("%s averages the classes the validation split holds: it has no sample of %s, whose "
+                                "one-vs-rest AUROC is undefined (NaN); a larger validation split would hold every "
+                                "class", name, ", ".join(classes))
+                self._said_classes_left_out = True
+            self.log_dict(metrics)
             return
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
@@ -328,11 +336,9 @@ class NoduleClassifier(pl.LightningModule):
         self._collect("test", batch, probabilities)
 
     def operating_point(self) -> OperatingPoint:
-        """``eval.calibration`` fitted on the validation predictions of the current weights, on which
-        ``eval.threshold`` picks the decision threshold (of a binary primary head; calibration is of one logit)."""
-        if self.target.primary.kind != "binary":
-            return OperatingPoint(self.validation_predictions)
-        return OperatingPoint.fit(self.validation_predictions, self.evaluation.calibration)
+        """``eval.calibration`` of the primary head fitted on the validation predictions of the current weights, on
+        which ``eval.threshold`` picks the decision threshold (of a binary primary head)."""
+        return OperatingPoint.fit(self.validation_predictions, self.evaluation.calibration, head=self.target.primary)
 
     def _collect(self, stage: str, batch: dict[str, torch.Tensor], probabilities: torch.Tensor) -> None:
         self._outputs[stage].append(

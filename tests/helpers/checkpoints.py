@@ -4,14 +4,19 @@ MedicalNet's own naming (``models/resnet.py``, ``train.py``), independently of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from lungexp.data.labels.targets import TargetOptions
 from lungexp.data.patches.extraction import PatchSpec
 from lungexp.models import CNN3D
+from lungexp.models.heads import head_outputs
 from lungexp.training.checkpoint import RECIPE_KEY, ModelRecipe
+from lungexp.training.module import VALIDATION_PREDICTIONS
 
 NET = {"_target_": "lungexp.models.CNN3D", "in_channels": 1, "num_classes": 1, "widths": [4, 8]}
 DATA = {"_target_": "lungexp.data.loading.datamodule.NoduleDataModule", "root": "/data/luna16",
@@ -76,11 +81,19 @@ def save_medicalnet_checkpoint(path: Path, tensors: dict[str, torch.Tensor]) -> 
 
 
 def write_checkpoint(path: Path, net: dict[str, Any] = NET, data: dict[str, Any] = DATA,
-                     evaluation: dict[str, Any] | None = None) -> Path:
-    """A lungexp checkpoint of a tiny untrained CNN3D (16³ patches) whose recipe stores ``net`` and ``data``."""
-    recipe = ModelRecipe(task="candidates", net=net, patch=PatchSpec(size=16), hu_window=(-1000.0, 400.0),
-                         normalize="unit", data=data)
-    weights = {f"net.{key}": value for key, value in CNN3D(widths=(4, 8)).state_dict().items()}
+                     evaluation: dict[str, Any] | None = None, target: TargetOptions | None = None,
+                     validation: Mapping[str, np.ndarray] | None = None) -> Path:
+    """A lungexp checkpoint of a tiny untrained CNN3D (16³ patches) whose recipe stores ``net`` and ``data``; for
+    a ``target`` other than the default, with one output per logit of its heads; with ``validation``, those
+    validation predictions (by column, as training stores them: what a calibration is fitted on)."""
+    target = target or TargetOptions()
+    outputs = sum(head_outputs(head.kind, head.num_classes) for head in target.heads)
+    recipe = ModelRecipe(task="candidates", net={**net, "num_classes": outputs} if outputs > 1 else net,
+                         patch=PatchSpec(size=16), hu_window=(-1000.0, 400.0), normalize="unit", data=data,
+                         target=target.to_config())
+    weights = {f"net.{key}": value for key, value in CNN3D(widths=(4, 8), num_classes=outputs).state_dict().items()}
+    stored = {} if validation is None else {
+        VALIDATION_PREDICTIONS: {column: torch.as_tensor(values) for column, values in validation.items()}}
     torch.save({RECIPE_KEY: recipe.to_dict(), "state_dict": weights,
-                "hyper_parameters": {"evaluation": evaluation or {"threshold": "youden"}}}, path)
+                "hyper_parameters": {"evaluation": evaluation or {"threshold": "youden"}}, **stored}, path)
     return path
