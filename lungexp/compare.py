@@ -41,6 +41,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 COMPARED_RUNS_TAG = "lungexp.compare.run_ids"
 INPUTS_TAG = "lungexp.compare.inputs"
 CSV_THRESHOLD = 0.5  # a predictions CSV carries no validation threshold
+LABEL_WIDTH = 40  # characters of a run's label in the printed tables, its run id included
 STRATA_FORMAT = "COLUMN:EDGE,EDGE,... (e.g. diameter_mm:0,6,10,20 for [0,6) [6,10) [10,20) [20,inf))"
 
 
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> Comparison:
     needs_mlflow = not args.no_mlflow or any(not _is_csv(source) for source in args.inputs)
     client = MlflowClient(args.tracking_uri or default_tracking_uri()) if needs_mlflow else None
     runs = [_scored_input(client, source) for source in args.inputs]
-    runs = _unique_names(runs)
+    runs = run_labels(runs)
     # Only runs read from MLflow have a run id, and those need the client.
     first_run = next((client.get_run(r.run_id) for r in runs if r.run_id), None) if client is not None else None
     aligned = align(runs, intersect=args.intersect)
@@ -230,13 +231,27 @@ def _is_csv(source: str) -> bool:
     return Path(source).suffix.lower() == ".csv" or Path(source).exists()
 
 
-def _unique_names(runs: list[ScoredRun]) -> list[ScoredRun]:
-    """Runs named apart: a repeated name gets its run id's first 8 digits."""
+def run_labels(runs: list[ScoredRun]) -> list[ScoredRun]:
+    """Runs named for the tables, the CSVs and the comparison's run name, short and apart. An MLflow run's name
+    (its task name and overrides, up to 120 characters) loses the words after the first that every compared run's
+    name has (``experiment=lidc_crops``, ``cv``); one still longer than :data:`LABEL_WIDTH` is cut with "…" and
+    keeps its run id's first 8 digits, as does a name that is repeated. A CSV keeps its file's name."""
     from dataclasses import replace
 
-    names = [run.name for run in runs]
-    return [replace(run, name=f"{run.name} {run.run_id[:8]}") if names.count(run.name) > 1 and run.run_id else run
-            for run in runs]
+    words = {run.run_id: run.name.split() for run in runs if run.run_id}
+    shared = set.intersection(*(set(names[1:]) for names in words.values())) if len(words) > 1 else set()
+    labels = []
+    for run in runs:
+        label = run.name
+        if run.run_id:
+            first, *rest = words[run.run_id]
+            label = " ".join([first, *(word for word in rest if word not in shared)])
+            if len(label) > LABEL_WIDTH:
+                label = f"{label[:LABEL_WIDTH - 10]}… {run.run_id[:8]}"
+        labels.append(label)
+    repeated = {label for label in labels if labels.count(label) > 1}
+    return [replace(run, name=f"{label} {run.run_id[:8]}" if label in repeated and run.run_id else label)
+            for run, label in zip(runs, labels, strict=True)]
 
 
 def _run_setting(run: Run, key: str) -> str | None:

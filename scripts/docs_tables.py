@@ -5,7 +5,7 @@ Each table sits in a page of ``docs/`` between two markers, ``<!-- generated: NA
 
 - ``data-options``: every ``data.*`` option, nested ones included, from
   :class:`lungexp.data.options.DataOptions` (type, default, line of doc) and the ``Args:`` of the spec classes
-  of the nested options (``patch``, ``split``, ...), with the defaults ``conf/shared/datamodule.yaml`` sets and
+  of the nested options (``patch``, ``split``, ...), with the defaults ``conf/base_datamodule.yaml`` sets and
   the ``data=`` options that set each key;
 - ``eval-options``: every ``eval.*`` option, from :class:`lungexp.evaluation.types.EvaluationOptions`;
 - ``config-groups``: every config group of ``conf/`` and ``experiments/``, each option with the first sentence
@@ -43,8 +43,6 @@ DOCS = ROOT / "docs"
 CONF = ROOT / "conf"
 MARKER = re.compile(r"(<!-- generated: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
                     re.DOTALL)
-# Config groups that are not chosen on the command line: the parts every data and model option includes.
-NOT_GROUPS = {"shared"}
 
 
 def _cell(text: str) -> str:
@@ -113,13 +111,13 @@ def _annotation(annotation: Any) -> str:
 
 def data_options() -> str:
     """Every ``data.*`` option: key, type, default, the ``data=`` options that set it, meaning."""
-    shared = dict(dotted_leaves(_yaml(CONF / "shared" / "datamodule.yaml")))
+    base = dict(dotted_leaves(_yaml(CONF / "base_datamodule.yaml")))
     set_by = _set_by_data_options()
     defaults = DataOptions.config_defaults()
     rows = []
 
     def row(key: str, kind: str, default: Any, doc: str) -> None:
-        shown = "required" if default is REQUIRED else _value(shared.get(key, default))
+        shown = "required" if default is REQUIRED else _value(base.get(key, default))
         options = ", ".join(f"`{option}`" for option in set_by.get(key, []))
         rows.append([f"`{key}`", _cell(f"`{kind}`"), shown, options, _cell(doc)])
 
@@ -174,7 +172,7 @@ def _group_defaults() -> dict[str, str]:
 def config_groups() -> str:
     """Every config group and its options, one row per option."""
     defaults = _group_defaults()
-    folders = {folder.name: folder for folder in CONF.iterdir() if folder.is_dir() and folder.name not in NOT_GROUPS}
+    folders = {folder.name: folder for folder in CONF.iterdir() if folder.is_dir()}
     folders["experiment"] = ROOT / "experiments"
     folders["data/label_rule"] = CONF / "data" / "label_rule"
     rows = []

@@ -11,7 +11,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mlflow import MlflowClient
 
-from lungexp.compare import COMPARED_RUNS_TAG, main
+from lungexp.compare import COMPARED_RUNS_TAG, LABEL_WIDTH, main, run_labels
+from lungexp.metrics.comparison import ScoredRun
 from lungexp.tracking.runs import create_run, ensure_experiment
 from lungexp.tracking.sweep_results import report_sweep
 from lungexp.training.pipeline import _print_summary
@@ -194,6 +195,22 @@ def test_a_trained_run_logs_intervals_and_compares_with_its_csv(trained_run, tmp
                  "--bootstrap", "50", "--no-mlflow", "--out", str(tmp_path)]) == 0
     pairs = pd.read_csv(tmp_path / "comparison.csv")
     assert "delta_cpm" in pairs  # task candidates: the CPM is compared, from the run's annotations CSV
+
+
+def test_long_run_names_are_shortened_to_what_tells_them_apart() -> None:
+    """A run's name is its task name and overrides (up to 120 characters): in the tables it loses the words every
+    compared run shares, and what is still too long is cut, keeping the run id."""
+    widths = "model.net.widths=[32,64,128,256] " * 2
+    names = {"a" * 32: "cv_resnet3d experiment=lidc_crops model=resnet3d depth=10 cv",
+             "b" * 32: "cv_cnn3d experiment=lidc_crops cv",
+             "c" * 32: f"cv_densenet3d experiment=lidc_crops model=densenet3d {widths}cv",
+             "d" * 32: "cv_cnn3d experiment=lidc_crops cv"}
+    runs = [ScoredRun(name, pd.DataFrame(), run_id=run_id) for run_id, name in names.items()]
+    csv = ScoredRun("my_model_predictions_scored_by_someone_else_on_friday", pd.DataFrame(), source="x.csv")
+    labels = [run.name for run in run_labels([*runs, csv])]
+    assert labels[:2] == ["cv_resnet3d model=resnet3d depth=10", "cv_cnn3d bbbbbbbb"]
+    assert labels[2] == "cv_densenet3d model=densenet3d… cccccccc" and len(labels[2]) == LABEL_WIDTH
+    assert labels[3:] == ["cv_cnn3d dddddddd", csv.name]  # a repeated name gets its run id; a CSV keeps its name
 
 
 def test_the_forest_plot_makes_room_for_long_run_names() -> None:

@@ -17,8 +17,8 @@ from lungexp.tracking.callback import MODEL_URI_TAG
 from lungexp.tracking.provenance import DATA_FINGERPRINT_TAG
 from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT, compose_config
 
-# Config groups: the folders of conf/ (shared/ holds parts the groups include, not a group).
-GROUPS = tuple(sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "shared"))
+# Config groups: the folders of conf/.
+GROUPS = tuple(sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir()))
 # A dotted key of a config group, not part of a longer dotted name (lungexp.data.scans is a module) and not
 # added by a `+key=value` override (a key the config does not have yet), nor a file path (docs/data.md).
 KEY = re.compile(rf"(?<![\w.+/])((?:{'|'.join(GROUPS)})(?:\.[A-Za-z_]\w*)+)")

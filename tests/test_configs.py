@@ -1,7 +1,11 @@
-"""Every option of every config group composes, and a fast_dev_run with it trains, validates and tests."""
+"""Every option of every config group composes, and a fast_dev_run with it trains, validates and tests, and
+says each thing once on the console."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import hydra
@@ -13,9 +17,9 @@ from omegaconf import OmegaConf
 from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
 
 from lungexp.config.check import check
-from lungexp.training.pipeline import train
+from lungexp.training.pipeline import LIGHTNING_TIP, lightning_log, train
 from lungexp.utils.errors import ConfigError
-from tests.helpers.config import CONFIG_DIR, TINY_NETS, compose_config
+from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT, TINY_NETS, compose_config
 
 
 def options(group: str) -> list[str]:
@@ -29,6 +33,16 @@ def test_every_model_option_has_a_tiny_variant() -> None:
 
 def test_experiment_group_lists_the_presets() -> None:
     assert "demo" in options("experiment")
+
+
+def test_help_lists_only_the_groups_a_user_chooses() -> None:
+    """Not the parts every model and data option includes (conf/base_*.yaml, once the group `shared`)."""
+    shown = subprocess.run([sys.executable, "-m", "lungexp.run", "--help"], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True, check=True, timeout=120).stdout
+    groups = shown.split("== Config ==")[0]
+    listed = {line.split(":")[0] for line in groups.splitlines() if ": " in line}
+    assert {"data", "model", "experiment"} <= listed
+    assert not {name for name in listed if "shared" in name or "base" in name}, listed
 
 
 def test_config_composes_fast_and_resolves(make_config) -> None:
@@ -54,30 +68,42 @@ def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:
         check_required(cfg)
 
 
-def _dev_run(cfg) -> None:
-    result = train(check(cfg, "run"))
+def _dev_run(cfg, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    """A fast_dev_run of ``cfg``: its test metrics, and a console that says each thing once."""
+    run = check(cfg, "run")
+    lightning_log.addHandler(caplog.handler)  # Lightning's loggers may not propagate to pytest's
+    try:
+        result = train(run)
+    finally:
+        lightning_log.removeHandler(caplog.handler)
     assert result.metrics, "no metrics were logged"
     assert "test/auroc" in result.metrics
+    # False positives per scan where the patches are candidate detections, not where each is a nodule's crop.
+    assert ("test/at_threshold/fp_per_scan" in result.metrics) == (run.data.task == "candidates")
+    printed = capsys.readouterr().out
+    assert re.search(r"Total FLOPs: [1-9]", printed), printed  # the network's, not the 0 Lightning counts
+    assert "Test metric" not in printed  # no table of Lightning's own before lungexp's summary
+    assert "GPU available" in caplog.text and LIGHTNING_TIP not in caplog.text  # Lightning's lines, not its ads
 
 
 @pytest.mark.parametrize("option", options("model"))
-def test_fast_dev_run_model(make_config, option: str) -> None:
-    _dev_run(make_config("trainer=debug", model=option))
+def test_fast_dev_run_model(make_config, capsys, caplog, option: str) -> None:
+    _dev_run(make_config("trainer=debug", model=option), capsys, caplog)
 
 
 @pytest.mark.parametrize("option", options("aug"))
-def test_fast_dev_run_aug(make_config, option: str) -> None:
-    _dev_run(make_config("trainer=debug", f"aug={option}"))
+def test_fast_dev_run_aug(make_config, capsys, caplog, option: str) -> None:
+    _dev_run(make_config("trainer=debug", f"aug={option}"), capsys, caplog)
 
 
 @pytest.mark.parametrize("option", options("data"))
-def test_fast_dev_run_data(make_config, synthetic_root: Path, nifti_root: Path, option: str) -> None:
+def test_fast_dev_run_data(make_config, capsys, caplog, synthetic_root: Path, nifti_root: Path, option: str) -> None:
     # luna16 options read the synthetic set, which is in the real LUNA16 layout.
     if option == "nifti":
         overrides = [f"data.root={nifti_root}"]
     else:
         overrides = [f"data.root={synthetic_root}", "data.split.fold=0", "data.split.val_fold=1"]
-    _dev_run(make_config("trainer=debug", f"data={option}", *overrides))
+    _dev_run(make_config("trainer=debug", f"data={option}", *overrides), capsys, caplog)
 
 
 def test_nifti_scans_give_the_same_patches_as_mhd(make_config, synthetic_root: Path, nifti_root: Path) -> None:
@@ -96,13 +122,13 @@ def test_nifti_scans_give_the_same_patches_as_mhd(make_config, synthetic_root: P
 
 
 @pytest.mark.parametrize("option", options("trainer"))
-def test_fast_dev_run_trainer(make_config, option: str) -> None:
+def test_fast_dev_run_trainer(make_config, capsys, caplog, option: str) -> None:
     cfg = make_config(f"trainer={option}", "++trainer.fast_dev_run=true")
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         pytest.skip("trainer=gpu needs a CUDA GPU; composed fine")
     if cfg.trainer.get("strategy") == "ddp":
         pytest.skip("trainer=ddp re-launches the command per rank; tested in a subprocess (test_ddp.py)")
-    _dev_run(cfg)
+    _dev_run(cfg, capsys, caplog)
 
 
 @pytest.mark.parametrize("option", ["gpu", "ddp"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra.errors import InstantiationException
@@ -193,11 +194,25 @@ def test_synthetic_settings_are_checked_before_generating(tmp_path: Path, overri
     assert not root.exists()
 
 
-def test_prepare_data_keeps_no_state(make_config) -> None:
-    """Lightning runs prepare_data in one process only: setup must not depend on anything it set."""
-    module = hydra.utils.instantiate(make_config().data, _convert_="partial")
-    before = dict(vars(module))
-    module.prepare_data()
-    assert {k: v for k, v in vars(module).items() if k in before} == before and vars(module).keys() == before.keys()
+def test_setup_needs_nothing_prepare_data_kept(make_config) -> None:
+    """Lightning runs prepare_data in one process only: setup in another must not depend on anything it set."""
+    cfg = make_config()
+    hydra.utils.instantiate(cfg.data, _convert_="partial").prepare_data()
+    module = hydra.utils.instantiate(cfg.data, _convert_="partial")  # another process's: nothing prepared in it
     module.setup("fit")
     assert module.cache is not None and set(module.datasets) == {"train", "val", "test"}
+
+
+def test_points_outside_their_scan_are_said_once_per_run(make_config, synthetic_root: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Lightning prepares the data for fit and again for test: the points data.outside=skip drops are logged once
+    (they were three times), and the scan headers read once."""
+    labels = pd.read_csv(synthetic_root / "candidates_V2.csv")
+    labels_csv = tmp_path / "candidates.csv"
+    pd.concat([labels, labels.iloc[[0]].assign(coordX=1e4)]).to_csv(labels_csv, index=False)
+    cfg = make_config(f"data.labels_csv={labels_csv}", "data.outside=skip", model="tabular")  # no patches to cut
+    module = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    for stage in ("fit", "test"):  # as trainer.fit, then trainer.test
+        module.prepare_data()
+        module.setup(stage)
+    assert caplog.text.count("skipping 1 point(s) outside their scan") == 1

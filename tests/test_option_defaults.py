@@ -26,7 +26,7 @@ from lungexp.utils.dictconfig import dotted_leaves, to_dict
 from tests.helpers.config import CONFIG_DIR, compose_config
 
 SPECS = {"patch": PatchSpec, "split": SplitSpec, "balance": BalanceSpec, "negatives": NegativesSpec}
-SHARED = CONFIG_DIR / "shared" / "datamodule.yaml"
+BASE = CONFIG_DIR / "base_datamodule.yaml"
 DATA_CHOICES = sorted(path.stem for path in (CONFIG_DIR / "data").glob("*.yaml"))
 TARGET_CHOICES = sorted(path.stem for path in (CONFIG_DIR / "target").glob("*.yaml"))
 
@@ -38,12 +38,12 @@ def _plain(value: Any) -> Any:
 
 
 def _yaml_keys(path: Path) -> set[str]:
-    """The options ``path`` sets, with those of the files its defaults list includes (``/shared/x@_here_``
+    """The options ``path`` sets, with those of the files its defaults list includes (``/base_x@_here_``
     from ``conf/``, a bare name from the same folder), but not the defaults node itself (DataOptions')."""
     node = to_dict(OmegaConf.load(path), resolve=False)
     keys = {key for key, _ in dotted_leaves(node)}
     for entry in node.get("defaults", []):
-        if entry not in ("_self_", f"/shared/{DATA_OPTIONS}@_here_"):
+        if entry not in ("_self_", f"/{DATA_OPTIONS}@_here_"):
             name = entry.removesuffix("@_here_")
             keys |= _yaml_keys(CONFIG_DIR / f"{name[1:]}.yaml" if name.startswith("/") else path.parent / f"{name}.yaml")
     return keys
@@ -63,14 +63,14 @@ def test_every_nested_option_has_its_spec_class_here() -> None:
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_data_options_nested_defaults_are_the_spec_classes(name: str) -> None:
     """DataOptions' default of ``name`` is its spec's ``from_config`` defaults; the keys it leaves out are set by
-    ``conf/shared/datamodule.yaml`` (the run's seed); ``Spec()`` is ``Spec.from_config()``, and each field's
+    ``conf/base_datamodule.yaml`` (the run's seed); ``Spec()`` is ``Spec.from_config()``, and each field's
     default is its parameter's."""
     spec = SPECS[name]
     parameters = _config_parameters(spec)
     declared = DataOptions.config_defaults()[name]
     assert declared == {key: parameters[key] for key in declared}
-    set_by_shared_yaml = {key.removeprefix(f"{name}.") for key in _yaml_keys(SHARED) if key.startswith(f"{name}.")}
-    assert set(parameters) == set(declared) | set_by_shared_yaml
+    set_by_base_yaml = {key.removeprefix(f"{name}.") for key in _yaml_keys(BASE) if key.startswith(f"{name}.")}
+    assert set(parameters) == set(declared) | set_by_base_yaml
     assert spec() == spec.from_config()
     for item in dataclasses.fields(spec):
         if item.name in parameters:
@@ -80,7 +80,7 @@ def test_data_options_nested_defaults_are_the_spec_classes(name: str) -> None:
 @pytest.mark.parametrize("data", DATA_CHOICES)
 def test_composed_config_holds_every_default_its_files_do_not_set(data: str, tmp_path: Path) -> None:
     """Every ``data.*`` option, nested ones included, is in the composed config, with DataOptions' default
-    wherever neither ``conf/data/<data>.yaml`` nor ``conf/shared/datamodule.yaml`` sets it."""
+    wherever neither ``conf/data/<data>.yaml`` nor ``conf/base_datamodule.yaml`` sets it."""
     composed = dict(dotted_leaves(to_dict(compose_config([f"data={data}"], tmp_path).data, resolve=False)))
     set_by_files = _yaml_keys(CONFIG_DIR / "data" / f"{data}.yaml")
     defaults = {key: value for key, value in dotted_leaves(DataOptions.config_defaults())

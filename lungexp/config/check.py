@@ -191,7 +191,7 @@ def data_options(cfg: DictConfig) -> DataOptions:
     if target != DATAMODULE_TARGET:
         raise ConfigError(f"data._target_={target}: the datamodule is made from the data.* options, by "
                           f"{DATAMODULE_TARGET}; drop data._target_ from your data config (it comes with "
-                          "/shared/datamodule)")
+                          "conf/base_datamodule.yaml)")
     return typed_data_options(resolve(cfg)["data"])
 
 

@@ -1,8 +1,9 @@
 """What composing ``conf/`` needs besides its files: the resolvers and the config nodes declared in Python.
 
-``shared/data_options``: every ``data.*`` option with its default, from
-:meth:`~lungexp.data.options.DataOptions.config_defaults`; ``conf/shared/datamodule.yaml`` starts from it, so
-each option is declared once (its field in :class:`~lungexp.data.options.DataOptions`).
+``base_data_options``: every ``data.*`` option with its default, from
+:meth:`~lungexp.data.options.DataOptions.config_defaults`; ``conf/base_datamodule.yaml`` starts from it, so
+each option is declared once (its field in :class:`~lungexp.data.options.DataOptions`). At the root, as
+``conf/base_*.yaml`` are: a part the options include, not a config group ``--help`` would list.
 
 Each entry point calls :func:`register_configs` when it is imported, before ``@hydra.main`` composes (and so
 does any script or test composing ``conf/`` with Hydra's compose API); the package root does not, so that
@@ -18,7 +19,7 @@ from lungexp.data.labels.targets import optimized_metric
 from lungexp.data.options import DataOptions
 from lungexp.utils.dictconfig import register_resolvers
 
-DATA_OPTIONS = "data_options"  # in group `shared`
+DATA_OPTIONS = "base_data_options"
 
 
 def register_configs() -> None:
@@ -28,4 +29,4 @@ def register_configs() -> None:
     register_resolvers()
     if not OmegaConf.has_resolver("target_metric"):
         OmegaConf.register_new_resolver("target_metric", optimized_metric)
-    ConfigStore.instance().store(group="shared", name=DATA_OPTIONS, node=DataOptions.config_defaults())
+    ConfigStore.instance().store(name=DATA_OPTIONS, node=DataOptions.config_defaults())

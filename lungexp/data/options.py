@@ -159,7 +159,7 @@ def _synthetic(name: str, synthetic: Any) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class DataOptions:
-    """The checked ``data.*`` options (``conf/shared/datamodule.yaml`` sets them for a run).
+    """The checked ``data.*`` options (``conf/base_datamodule.yaml`` sets them for a run).
 
     Made from the options as given (each checked by its field's ``check``, then in combination);
     :func:`doc` gives each one's line of documentation.
@@ -239,7 +239,7 @@ class DataOptions:
     @classmethod
     def config_defaults(cls) -> dict[str, Any]:
         """Every option with a default, as the ``data`` config holds it (:mod:`lungexp.config.store` puts it in
-        Hydra's ConfigStore as ``shared/data_options``, which ``conf/shared/datamodule.yaml`` starts from)."""
+        Hydra's ConfigStore as ``base_data_options``, which ``conf/base_datamodule.yaml`` starts from)."""
         defaults: dict[str, Any] = {}
         for item in fields(cls):
             if item.default is not dataclasses.MISSING:

@@ -97,9 +97,9 @@ def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings
 
     Metrics: ``accuracy, precision, sensitivity, specificity, f1`` at 0.5, ``auroc``,
     ``average_precision``, ``ece``, ``brier``, ``threshold`` and the five thresholded metrics at it as
-    ``at_threshold/<name>``, with ``seriesuid`` also ``at_threshold/fp_per_scan``; for a calibrated table
-    (:mod:`lungexp.evaluation.operating_point`) ``ece_uncalibrated`` and ``brier_uncalibrated``; with
-    ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``. With
+    ``at_threshold/<name>``, for ``settings.detection`` with ``seriesuid`` also ``at_threshold/fp_per_scan``; for
+    a calibrated table (:mod:`lungexp.evaluation.operating_point`) ``ece_uncalibrated`` and
+    ``brier_uncalibrated``; with ``settings.froc`` also ``cpm`` and ``sens_at_<rate>_fp``. With
     ``settings.bootstrap``, ``<name>_ci_low``/``_ci_high`` (cluster bootstrap, 95 %) of AUROC, average
     precision, ECE, the thresholded metrics at ``threshold`` and the CPM; with both classes,
     ``auroc_delong_ci_low``/``_high`` (DeLong's variance). With ``settings.strata``, the stratified AUROC and
@@ -116,7 +116,7 @@ def evaluate_predictions(predictions: pd.DataFrame, settings: EvaluationSettings
         resampling = cluster_resampling(predictions, settings.bootstrap, settings.seed, settings.group_by,
                                         settings.froc.seriesuids if settings.froc is not None else None)
     metrics = table_metric_set(predictions, threshold, prefix, resampling)
-    if "seriesuid" in predictions:
+    if settings.detection and "seriesuid" in predictions:
         metrics[f"{prefix}{AT_THRESHOLD}fp_per_scan"] = false_positives_per_scan(predictions, threshold)
     plots = {**_figures(labels, probabilities, metrics, threshold, prefix, title),
              **_uncalibrated_figure(predictions, metrics, prefix, title)} if figures else {}
@@ -270,9 +270,11 @@ def _figures(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, f
 
 def evaluation_settings(data: DataOptions, series: Sequence[str], threshold: float, options: EvaluationOptions
                         ) -> EvaluationSettings:
-    """How a split of ``series`` of the dataset ``data`` is judged: at ``threshold``, with its FROC reference,
-    ``eval.bootstrap`` resamplings of its ``data.split.group_by`` clusters and ``eval.strata``."""
-    return EvaluationSettings(threshold=threshold, froc=froc_reference(data, series), bootstrap=options.bootstrap,
+    """How a split of ``series`` of the dataset ``data`` is judged: at ``threshold``, with its FROC reference and
+    false positives per scan for task ``candidates``, ``eval.bootstrap`` resamplings of its ``data.split.group_by``
+    clusters and ``eval.strata``."""
+    return EvaluationSettings(threshold=threshold, froc=froc_reference(data, series),
+                              detection=data.task == "candidates", bootstrap=options.bootstrap,
                               group_by=data.split.group_by, strata=options.strata)
 
 

@@ -110,6 +110,8 @@ class EvaluationSettings:
     Args:
         threshold: decision threshold, chosen on validation (:mod:`lungexp.evaluation.operating_point`).
         froc: nodules and scans for the LUNA16 FROC/CPM (task ``candidates``); ``None``: no FROC.
+        detection: the patches are candidate detections (task ``candidates``), so false positives per scan mean
+            something (``at_threshold/fp_per_scan``); not for a crop of each nodule (tasks ``malignancy``, ``points``).
         bootstrap: resamplings of whole clusters for the 95 % interval of every metric (0: none).
         group_by: the cluster: ``seriesuid``, or the patient column of ``data.split.group_by``.
         seed: seed of the resampling.
@@ -118,6 +120,7 @@ class EvaluationSettings:
 
     threshold: float = 0.5
     froc: FrocReference | None = None
+    detection: bool = False
     bootstrap: int = 0
     group_by: str = "seriesuid"
     seed: int = 0

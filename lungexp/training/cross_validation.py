@@ -96,9 +96,9 @@ def cross_validate(run: RunOptions) -> CrossValidationResult:
     # One cache of every sample, which every fold finds and uses (data.max_negatives_per_scan then caps each
     # fold's training split in memory): every scan is some fold's test scan, so all of them are needed anyway.
     datamodule = NoduleDataModule.from_options(replace(run.data, max_negatives_per_scan=None), target=run.target)
-    table = datamodule.sample_table()  # the rows the cache will serve: a wrong cv.folds fails before the build
-    folds = plan_folds(run.data.split, num_folds, table[0])
-    datamodule.build_cache(table)
+    samples, _ = datamodule.sample_table()  # the rows the cache will serve: a wrong cv.folds fails before the build
+    folds = plan_folds(run.data.split, num_folds, samples)
+    datamodule.build_cache()
     runs = _fold_runs(run.config)
     results: list[FoldResult] = []
     for fold in folds:

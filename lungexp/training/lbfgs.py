@@ -20,7 +20,7 @@ def full_batch_lbfgs(params: Iterable[Any], lr: float = 1.0, weight_decay: float
     datamodule serves it so with ``data.images=false``): deterministic, and each step runs up to ``max_iter``
     iterations, so a convex model (logistic regression) is fitted in its first step.
 
-    ``weight_decay`` is the key every model's optimizer has (``conf/shared/classifier.yaml``) and must stay 0: the
+    ``weight_decay`` is the key every model's optimizer has (``conf/base_classifier.yaml``) and must stay 0: the
     tabular model's L2 penalty is part of its loss, scikit-learn's, set by ``model.net.C``
     (:meth:`~lungexp.models.tabular.TabularNet.penalty`).
     """

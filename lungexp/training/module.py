@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import Any, cast
 
 import numpy as np
@@ -242,12 +243,23 @@ class NoduleClassifier(pl.LightningModule):
             return
         cast(CovariateFusion, self.net).start_from(fitted_logistic_regression(covariates, torch.as_tensor(labels)))
 
-    def on_fit_start(self) -> None:
+    @cached_property
+    def complexity(self) -> dict[str, int | float]:
+        """The network's size and compute, counted once (:func:`~lungexp.models.complexity.model_summary`:
+        ``params`` and the FLOPs of one sample, ``flops_32``): logged as ``model_info.*`` and shown in the model
+        summary (:class:`~lungexp.training.network_summary.NetworkSummary`)."""
         stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))  # every image network has one
+        return model_summary(self.net, stem_conv.in_channels if stem_conv is not None else None,
+                             covariates=len(self.hparams["covariates"]))
+
+    @property
+    def network_flops(self) -> int:
+        """The network's FLOPs for one sample: ``model_info.flops_32`` (``flops`` for a model of covariates alone)."""
+        return int(next(value for name, value in self.complexity.items() if name.startswith("flops")))
+
+    def on_fit_start(self) -> None:
         covariates = self.hparams["covariates"]
-        summary = model_summary(self.net, stem_conv.in_channels if stem_conv is not None else None,
-                                covariates=len(covariates))
-        params: dict[str, Any] = {f"model_info.{k}": v for k, v in summary.items()}
+        params: dict[str, Any] = {f"model_info.{k}": v for k, v in self.complexity.items()}
         if self.pretrained_report is not None:
             params.update(self.pretrained_report.as_params())
         log.info("Model: %s", ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items()))

@@ -13,7 +13,7 @@ import hydra
 import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero, rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lungexp.data.loading.datamodule import NoduleDataModule
@@ -36,6 +36,7 @@ from lungexp.training.checkpoint import (
 from lungexp.training.devices import log_unsupported, supported_trainer
 from lungexp.training.distributed import sweep_job_ranks
 from lungexp.training.finetuning import BackboneFreeze
+from lungexp.training.network_summary import NetworkSummary
 from lungexp.training.resume import EpochSeed, Resume, data_locations, prepare_resume, run_config
 from lungexp.training.run_options import RunOptions
 from lungexp.training.test_stage import TestReport
@@ -43,6 +44,8 @@ from lungexp.utils.dictconfig import instantiate_dict, with_values
 from lungexp.utils.errors import ConfigError, Terminated
 
 log = logging.getLogger(__name__)
+lightning_log = logging.getLogger(rank_zero.__name__)  # where Lightning logs its info lines, the tips among them
+LIGHTNING_TIP = "💡 Tip:"
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,14 @@ def build(run: RunOptions, resume: Resume | None = None) -> tuple[pl.LightningDa
         "tags": {**git_tags(), "task_name": cfg.task_name, "overrides": " ".join(job_overrides())}})
     if mlflow_loggers(loggers):
         callbacks.append(MLflowTracking(monitor=cfg.optimized_metric, checkpoint=best_checkpoint_callback(callbacks)))
+    if cfg.trainer.get("enable_model_summary", True):  # ours instead of Lightning's (passed enable_model_summary=False)
+        callbacks.append(NetworkSummary())
     # Built from a partial: Hydra would try to merge the loggers and callbacks into a config first.
     make_trainer = hydra.utils.instantiate(supported_trainer(cfg.trainer), _partial_=True, _convert_="partial")
     try:
-        trainer: pl.Trainer = make_trainer(callbacks=callbacks, logger=loggers, plugins=[DiskFullNamedCheckpointIO()])
+        with lightning_noise_silenced():  # its litlogger tip comes with the Trainer
+            trainer: pl.Trainer = make_trainer(callbacks=callbacks, logger=loggers, enable_model_summary=False,
+                                               plugins=[DiskFullNamedCheckpointIO()])
     except (MisconfigurationException, ValueError, ModuleNotFoundError) as error:  # Lightning's own argument checks
         raise ConfigError(f"trainer: {error}") from error
     return datamodule, model, trainer
@@ -118,7 +125,8 @@ def train(run: RunOptions) -> RunResult:
         best = best_checkpoint_callback(trainer.checkpoint_callbacks)
         checkpoint = best.best_model_path if best else ""
         if cfg.test_after_fit:
-            trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
+            # verbose=False: no table of Lightning's own; the summary below gives each metric once, with its interval
+            trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True, verbose=False)
             metrics.update(_scalars(trainer))
     mlflow = next(iter(mlflow_loggers(trainer.loggers)), None)
     run_id = mlflow.run_id if mlflow else None
@@ -135,17 +143,30 @@ def train(run: RunOptions) -> RunResult:
     return result
 
 
+class _NoLightningTips(logging.Filter):
+    """Drops Lightning's advertisements (``💡 Tip: ... try installing [litlogger] ...``, and the same for
+    litmodels), logged as info by every Trainer: Lightning has no switch for them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LIGHTNING_TIP)
+
+
 @contextmanager
 def lightning_noise_silenced() -> Iterator[None]:
-    """Inside: two warnings Lightning gives on every fit and test that say nothing about this run. Scoped
-    here, not process-wide, so a notebook or another library keeps its own warnings."""
+    """Inside: two warnings Lightning gives on every fit and test and its tips, none of which says anything about
+    this run. Scoped here, not process-wide, so a notebook or another library keeps its own warnings and logs."""
+    tips = _NoLightningTips()
+    lightning_log.addFilter(tips)
     with warnings.catch_warnings():
         # pytorch_lightning 2.6 on torch 2.13: its own use of torch's pytree API.
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
         # Given whenever a module overrides this hook and a datamodule is given, even one that does not
         # override it (NoduleDataModule does not): the module's hook is the one meant.
         warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
-        yield
+        try:
+            yield
+        finally:
+            lightning_log.removeFilter(tips)
 
 
 @dataclass

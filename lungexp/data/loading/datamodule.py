@@ -85,6 +85,7 @@ class NoduleDataModule(pl.LightningDataModule):
         self.datasets: dict[str, PatchDataset | CovariateDataset] = {}
         self.device_batches: dict[str, DeviceBatches] = {}  # data.cache_memory=device: train and val
         self._patches_in_ram: np.ndarray | None = None  # data.cache_memory=ram: the whole cache
+        self._sample_table: tuple[pd.DataFrame, dict[str, Path]] | None = None
 
     @classmethod
     def from_options(cls, options: DataOptions, train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -95,19 +96,19 @@ class NoduleDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if configured and absent, and build the patch cache.
 
-        Lightning runs this in one process only, so it keeps no state: :meth:`setup` finds the cache on disk.
+        Lightning runs this in one process only, so :meth:`setup` relies on nothing it keeps: it finds the cache
+        on disk.
         """
         self.build_cache()
 
-    def build_cache(self, table: tuple[pd.DataFrame, dict[str, Path]] | None = None) -> PatchCache | CovariateSamples:
+    def build_cache(self) -> PatchCache | CovariateSamples:
         """This configuration's patch cache, built first (and the synthetic dataset generated) if missing; with
         ``data.images=false`` its samples alone, and no patch is extracted (:class:`CovariateSamples`).
 
-        Sets no state; fast when the cache exists (the scans are indexed and the labels read to find its key).
-        ``table``: :meth:`sample_table`'s result, where the caller has it already.
+        Sets no state but :meth:`sample_table`'s; fast when the cache exists (its key is found from the sample table).
         """
         options = self.options
-        samples, scan_paths = table if table is not None else self.sample_table()
+        samples, scan_paths = self.sample_table()
         if not options.images:  # every sample: setup() caps training as on a complete cache
             return CovariateSamples(samples, options.covariates)
         complete = find_patch_cache(samples, scan_paths, options.patch, options.cache_dir)
@@ -119,7 +120,15 @@ class NoduleDataModule(pl.LightningDataModule):
 
     def sample_table(self) -> tuple[pd.DataFrame, dict[str, Path]]:
         """Every sample of this configuration (the labels joined with the scans on disk, one row per patch) and
-        the scan file of each series; generates the synthetic dataset first if configured and absent."""
+        the scan file of each series; generates the synthetic dataset first if configured and absent.
+
+        Made once per datamodule: Lightning prepares the data again for each stage (fit, then test), and the table
+        is the same each time; made anew, it would read every scan header again and log what it skips again."""
+        if self._sample_table is None:
+            self._sample_table = self._read_sample_table()
+        return self._sample_table
+
+    def _read_sample_table(self) -> tuple[pd.DataFrame, dict[str, Path]]:
         options = self.options
         if options.synthetic is not None:
             if not (options.root / MANIFEST_NAME).is_file():
