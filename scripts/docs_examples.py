@@ -328,7 +328,7 @@ def environment(quick: bool) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     if not quick:
-        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS), PYTHONHASHSEED="0")
+        env.update(OMP_NUM_THREADS=str(THREADS), PYTHONHASHSEED="0")
     return env
 
 
@@ -506,8 +506,8 @@ def header(example: Example, output: Output, today: str, commit: str) -> str:
     variables = [f"`${name}` is {capture.meaning}" for name, capture in _captures_of(example).items()]
     note = f"; {example.note}" if example.note else ""
     uses = f" ({'; '.join(variables)})" if variables else ""
-    return (f"Printed on {today} (commit {commit}; {_duration(output.seconds)} on {THREADS} CPU threads{note}) by "
-            f"`scripts/docs_examples.py`, in a fresh clone{uses}:\n")
+    return (f"Printed on {today} by `scripts/docs_examples.py` (commit {commit}, `OMP_NUM_THREADS={THREADS}`, "
+            f"{_duration(output.seconds)}{note}) in a fresh clone{uses}:\n")
 
 
 def _captures_of(example: Example) -> dict[str, Capture]:
