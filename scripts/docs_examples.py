@@ -222,7 +222,7 @@ EXAMPLES: tuple[Example, ...] = (
              section("Results", keep=("test/auroc ", "MLflow run id"))),
         Step("python -m lungexp.compare $RUN_ID $NO_AUG_RUN_ID")),
             captures={"NO_AUG_RUN_ID": Capture(r"MLflow run id\s+([0-9a-f]{32})",
-                                               "the run id that run printed")}),
+                                               "the `MLflow run id` that the 4-epoch run printed")}),
     Example("cv", "docs/cross-validation.md", (
         Step("python -m lungexp.run experiment=demo cv.folds=5", section("Cross-validation")),),
             captures={"CV_RUN_ID": Capture(r"MLflow parent run id\s+([0-9a-f]{32})",
@@ -376,14 +376,19 @@ def run_step(command: str, env: dict[str, str], project: Path, run_module: Modul
 
 
 def run_examples(examples: Sequence[Example], quick: bool = False, folder: Path | None = None,
-                 run_module: ModuleRunner | None = None, log: Callable[[str], None] = print) -> dict[str, Output]:
+                 run_module: ModuleRunner | None = None, log: Callable[[str], None] = print,
+                 finished: Callable[[str, Output], None] | None = None) -> dict[str, Output]:
     """Run ``examples`` (with what they need before them) in a fresh workspace in ``folder`` (default: a temporary
-    one, removed after), and return what each page block shows."""
+    one, removed after; a kept one also holds each command's whole output in ``outputs/``), and return what each
+    page block shows; ``finished`` is called with each as it is done."""
     check_registry()
     examples = with_prerequisites(example.name for example in examples)
     scratch = None if folder is not None else tempfile.mkdtemp(prefix="lungexp-examples-")
     try:
         project = make_workspace(Path(folder or scratch))
+        raw = None if folder is None else Path(folder) / "outputs"
+        if raw is not None:
+            raw.mkdir()
         env = environment(quick)
         outputs: dict[str, Output] = {}
         for example in examples:
@@ -394,10 +399,12 @@ def run_examples(examples: Sequence[Example], quick: bool = False, folder: Path 
                 continue
             started = time.monotonic()
             shown: list[str] = []
-            for step in example.steps:
+            for number, step in enumerate(example.steps):
                 command = quick_command(step.command) if quick else step.command
                 log(f"{example.name}: $ {command}")
                 status, output = run_step(command, env, project, run_module)
+                if raw is not None:
+                    (raw / f"{example.name}-{number}.txt").write_text(f"$ {command}\n{output}")
                 if status != 0:
                     raise ExampleError(f"example {example.name}: `{command}` exited with status {status}:\n"
                                        f"{output[-4000:]}")
@@ -415,6 +422,8 @@ def run_examples(examples: Sequence[Example], quick: bool = False, folder: Path 
                 raise ExampleError(f"example {example.name} printed no {', '.join(sorted(missing))}")
             outputs[example.name] = Output("\n".join(shown) + "\n", time.monotonic() - started)
             log(f"{example.name}: {outputs[example.name].seconds:.0f} s")
+            if finished is not None:
+                finished(example.name, outputs[example.name])
         return outputs
     finally:
         if scratch is not None:
@@ -541,21 +550,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for example in EXAMPLES:  # a missing marker is found before the long run
             if example.name not in blocks:
                 raise ExampleError(f"{example.page} has no <!-- example: {example.name} --> marker")
+        today, commit = datetime.date.today().isoformat(), _commit()
+
+        def write(name: str, output: Output) -> None:  # each as it is done: a failure later keeps it
+            page = ROOT / BY_NAME[name].page
+            page.write_text(rewritten(page.read_text(), {name: output}, today, commit))
+            print(f"rewrote example {name} on {BY_NAME[name].page}", flush=True)
+
         started = time.monotonic()
         outputs = run_examples([BY_NAME[name] for name in args.only] if args.only else EXAMPLES, quick=args.quick,
-                               folder=args.workspace, log=lambda line: print(line, flush=True))
+                               folder=args.workspace, log=lambda line: print(line, flush=True),
+                               finished=None if args.check or args.quick else write)
         print(f"ran {len(outputs)} example(s) in {_duration(time.monotonic() - started)}")
         if args.check or args.quick:
             messages = differences(outputs, quick=args.quick)
             print("\n\n".join(messages) if messages else "every example output is what the pages show")
             return 1 if messages else 0
-        today, commit = datetime.date.today().isoformat(), _commit()
-        for page in PAGES:
-            text = page.read_text()
-            fresh = rewritten(text, outputs, today, commit)
-            if fresh != text:
-                page.write_text(fresh)
-                print(f"rewrote {page.relative_to(ROOT)}")
         return 0
     except ExampleError as error:
         print(f"error: {error}", file=sys.stderr)
