@@ -463,10 +463,10 @@ def unaccounted_text_blocks(pages: Sequence[Path] = PAGES) -> list[str]:
     return found
 
 
-NUMBER = re.compile(r"[<>≤≥]?[-+−]?(?:\d+(?:[.,]\d+)*|\.\d+)(?:e[-+]?\d+)?%?")
+NUMBER = re.compile(r"[<>≤≥]?[-+−]?(?:\d+(?:\.\d+)*|\.\d+)(?:e[-+]?\d+)?%?")  # a seriesuid too
 # What a tiny run prints otherwise than the full one beyond its numbers: the run names (the quick overrides are
 # in them), and which jobs of a sweep test significantly worse.
-RUN_NAME = re.compile(r"\bdemo(?: [\w.+~/]+=[^\s…]*)*…?")
+RUN_NAME = re.compile(r"\bdemo(?: [\w.+~/]+=[^\s…]*)*(?: [^\s…]*…|…)?")  # "…": cut at 120 characters
 VERDICT = re.compile(r"\b(?:yes|no)\b")
 
 
