@@ -60,7 +60,7 @@ docs: $(DOCS_STAMP)
 docs-serve: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
-# The console outputs on the pages, printed anew by running their commands in a fresh workspace (about 40 min on
+# The console outputs on the pages, printed anew by running their commands in a fresh workspace (about 25 min on
 # 2 cores; EXAMPLES_ARGS="--only evaluate" for one example, "--check" to compare only; docs/architecture.md).
 EXAMPLES_ARGS ?=
 docs-examples: install

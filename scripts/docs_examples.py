@@ -16,10 +16,12 @@ and log lines, warnings and progress bars are left out.
 what they need); ``--check`` runs them and fails (exit status 1) on any output that differs from its page,
 naming the example with a diff; ``--quick`` runs them on tiny data (one epoch, a few small scans: what a test
 can afford) and compares only the form of each output (numbers masked: the same lines, labels and metric
-names). ``tests/test_docs_examples.py`` runs ``--quick`` and checks that no console output is pasted by hand.
+names). ``tests/test_docs_examples.py`` runs the ``--quick`` form and checks that no console output is pasted
+by hand.
 
-The full run takes about 40 minutes on 2 CPU cores (``make docs-examples``); it pins ``OMP_NUM_THREADS`` (the
-printed metrics depend on the number of threads) and ``PYTHONHASHSEED``.
+The full run takes about 25 minutes on 2 CPU cores (``make docs-examples``); it pins ``OMP_NUM_THREADS`` (the
+printed metrics depend on the number of threads; with it pinned, two runs print the same) and
+``PYTHONHASHSEED``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ LUNA16 = "../shared/data/luna16"  # the published annotations.csv, annotations_e
 THREADS = 2
 # Variables of the user's shell that would send the examples' outputs elsewhere, or turn messages into tracebacks.
 UNSET = ("LUNGEXP_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LUNGEXP_DEBUG", "HYDRA_FULL_ERROR",
-         "LUNGEXP_SWEEP_RUN_ID")
+         "LUNGEXP_SWEEP_RUN_ID", "LUNGEXP_SWEEP_KEYS")
 
 MARKER = re.compile(r"(?P<open><!-- example: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)"
                     r"(?P<close><!-- end example: (?P=name) -->)", re.DOTALL)
@@ -62,12 +64,13 @@ EXEMPT = re.compile(r"<!-- not generated: .+ -->")
 # --quick: appended to each command that starts a program (a later value wins, on Hydra's command line as in
 # argparse): tiny generated data and one epoch, as the tests train. evaluate makes the demo data with its own
 # command line's data.synthetic, as run does. The widths fit both networks of the sweep (cnn3d and resnet3d).
-TINY_DATA = ["data.synthetic.num_scans=10", "data.synthetic.shape_zyx=[48,96,96]", "data.synthetic.nodules_per_scan=[3,4]",
-             "data.synthetic.negatives_per_scan=8", "data.num_workers=0", "data.preprocess_workers=0"]
+TINY_DATA = ["data.synthetic.num_scans=10", "data.synthetic.shape_zyx=[48,96,96]",
+             "data.synthetic.nodules_per_scan=[3,4]", "data.synthetic.negatives_per_scan=8", "data.num_workers=0",
+             "data.preprocess_workers=0"]
 QUICK_OVERRIDES = {
-    r"python -m lungexp\.run\b": [
-        *TINY_DATA, "trainer.max_epochs=1", "model.net.widths=[4,8,8,8]", "data.patch.size=16", "data.batch_size=8", "eval.bootstrap=50",
-        "eval.montage_k=0", "eval.gradcam.samples=0"],
+    r"python -m lungexp\.run\b": [*TINY_DATA, "trainer.max_epochs=1", "model.net.widths=[4,8,8,8]",
+                                  "data.patch.size=16", "data.batch_size=8", "eval.bootstrap=50", "eval.montage_k=0",
+                                  "eval.gradcam.samples=0"],
     r"python -m lungexp\.evaluate\b": TINY_DATA,
     r"python scripts/generate_synthetic\.py\b": ["--num-scans", "4", "--shape", "48", "96", "96"],
 }
@@ -139,10 +142,13 @@ def section(title: str, keep: Sequence[str] = ()) -> Show:
     return show
 
 
-def matching(*patterns: str) -> Show:
-    """Only the lines that match one of ``patterns`` (regular expressions), ``...`` for each run left out."""
+def starting_at(prefix: str) -> Show:
+    """The lines from the first that starts with ``prefix`` on."""
     def show(lines: list[str]) -> list[str]:
-        return abridged(lines, lambda line: any(re.search(pattern, line) for pattern in patterns))
+        start = next((index for index, line in enumerate(lines) if line.startswith(prefix)), None)
+        if start is None:
+            raise ExampleError(f"no line starting with {prefix!r} in the output")
+        return lines[start:]
     return show
 
 
@@ -253,7 +259,7 @@ EXAMPLES: tuple[Example, ...] = (
         Step("cat lidc0003_by_name.csv")), after=("register",), needs=(LIDC_SCAN,)),
     Example("sweep", "docs/sweeps.md", (
         Step("python -m lungexp.run -m experiment=demo model=cnn3d,resnet3d aug=none,light trainer.max_epochs=5",
-             lambda lines: lines[next((i for i, line in enumerate(lines) if line.startswith("Sweep results")), 0):]),),
+             starting_at("Sweep results")),),
             note="its end"),
 )
 BY_NAME = {example.name: example for example in EXAMPLES}
@@ -500,7 +506,7 @@ def differences(outputs: Mapping[str, Output], quick: bool = False, pages: Seque
 
 def _duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+    return " ".join([*([f"{minutes} min"] if minutes else []), *([f"{rest} s"] if rest or not minutes else [])])
 
 
 def _commit() -> str:

@@ -61,10 +61,25 @@ def test_the_full_run_is_compared_exactly_and_the_quick_one_in_form() -> None:
     assert "example froc on evaluation.md differs" in EXAMPLES.differences({"froc": output}, quick=True)[0]
 
 
+def test_what_changes_between_runs_is_written_one_way_and_logs_are_left_out(tmp_path: Path) -> None:
+    project = tmp_path / "lungexp"
+    printed = (f"[2026-12-07 19:08:24,290][lightning_fabric.utilities.seed][INFO] - Seed set to 42\n"
+               "\rScoring scans:   0%|          | 0/4\rScoring scans: 100%|##########| 4/4\n"
+               "2026/12/07 19:08:26 INFO mlflow.store.db.utils: Creating initial MLflow database tables...\n"
+               f"  best checkpoint   {project}/logs/demo/runs/2026-12-07_19-08-23/checkpoints/epoch011.ckpt\n"
+               "  MLflow run id     40311da29d084ad38cc3aaa2a0b640cc\n"
+               f"  tracking URI      sqlite:///{project}/mlflow.db\n"
+               "dataset:    data/synthetic_heldout (12.5 s)\n")
+    assert EXAMPLES.console_lines(EXAMPLES.normalised(printed, project)) == [
+        "  best checkpoint   logs/demo/runs/<time>/checkpoints/epoch011.ckpt", "  MLflow run id     <run id>",
+        "  tracking URI      sqlite:///mlflow.db", "dataset:    data/synthetic_heldout (<seconds> s)"]
+
+
 @pytest.mark.slow
 def test_the_examples_print_what_the_pages_show(tmp_path: Path, fork_server: ForkServer) -> None:
     """Every example on tiny data (``--quick``): the same lines, labels and metric names as its block. Then the
-    same outputs against copies of the pages with one line of a block gone, or one added: each is found."""
+    same outputs against copies of the pages with a line gone from one block (the code prints a line the page
+    lacks) and one added to another (the page shows a line the code does not print): each is found."""
     def run_module(module: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
         done = fork_server.run(module, args, env=env, cwd=cwd, timeout=300, stderr_to_stdout=True)
         return done.returncode, done.stdout
@@ -83,11 +98,11 @@ def test_the_examples_print_what_the_pages_show(tmp_path: Path, fork_server: For
         pages.append(Path(shutil.copy(page, copy)))
     evaluation = copies / "docs" / "evaluation.md"
     froc_block = EXAMPLES.page_blocks(pages)["froc"][1]
-    evaluation.write_text(evaluation.read_text().replace(froc_block, froc_block.replace("CPM: ", "CPM (mean): ")))
+    evaluation.write_text(evaluation.read_text().replace(froc_block, froc_block + "wrote froc_scores.csv\n"))
     inference = copies / "docs" / "inference.md"
     evaluate_block = EXAMPLES.page_blocks(pages)["evaluate"][1]
     shorter = "\n".join(line for line in evaluate_block.splitlines() if "test/ece " not in line) + "\n"
     inference.write_text(inference.read_text().replace(evaluate_block, shorter))
     found = EXAMPLES.differences(outputs, quick=True, pages=pages)
     assert [message.split(" on ")[0] for message in found] == ["example evaluate", "example froc"], found
-    assert "+test/ece # [#, #]" in found[0] and "-CPM (mean): # # CI [#, #]" in found[1]
+    assert "+test/ece # [#, #]" in found[0] and "-wrote froc_scores.csv" in found[1]  # printed, not shown; the reverse
