@@ -16,7 +16,7 @@ PYTEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 RUN_ARGS ?=
 
-.PHONY: install run test test-fast lint docs docs-serve mlflow-ui browser postgres bench clean
+.PHONY: install run test test-fast lint docs docs-serve docs-examples mlflow-ui browser postgres bench clean
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ docs: $(DOCS_STAMP)
 
 docs-serve: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+# The console outputs on the pages, printed anew by running their commands in a fresh workspace (about 25 min on
+# 2 cores; EXAMPLES_ARGS="--only evaluate" for one example, "--check" to compare only; docs/architecture.md).
+EXAMPLES_ARGS ?=
+docs-examples: install
+	$(BIN)/python scripts/docs_examples.py $(EXAMPLES_ARGS)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)

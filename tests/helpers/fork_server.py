@@ -207,8 +207,9 @@ class ForkServer:
                 self._ready = True
 
     def run(self, module: str, args: list[str], *, env: dict[str, str], cwd: Path,
-            timeout: float) -> subprocess.CompletedProcess:
-        """Run ``python -m module *args`` in a forked child; on ``timeout`` kill it and raise as subprocess does."""
+            timeout: float, stderr_to_stdout: bool = False) -> subprocess.CompletedProcess:
+        """Run ``python -m module *args`` in a forked child; on ``timeout`` kill it and raise as subprocess does.
+        ``stderr_to_stdout``: both into one file, interleaved as a terminal shows them (``stderr`` is then empty)."""
         import tempfile
 
         self._wait_until_ready()
@@ -216,7 +217,7 @@ class ForkServer:
         with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr, \
                 socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
             connection.connect(str(self.socket_path))
-            socket.send_fds(connection, [request], [stdout.fileno(), stderr.fileno()])
+            socket.send_fds(connection, [request], [stdout.fileno(), (stdout if stderr_to_stdout else stderr).fileno()])
             pid = json.loads(connection.recv(MAX_REQUEST_BYTES))["pid"]
             connection.settimeout(timeout)
             try:
