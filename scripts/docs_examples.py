@@ -472,7 +472,8 @@ def unaccounted_text_blocks(pages: Sequence[Path] = PAGES) -> list[str]:
 NUMBER = re.compile(r"[<>≤≥]?[-+−]?(?:\d+(?:\.\d+)*|\.\d+)(?:e[-+]?\d+)?%?")  # a seriesuid too
 # What a tiny run prints otherwise than the full one beyond its numbers: the run names (the quick overrides are
 # in them), and which jobs of a sweep test significantly worse.
-RUN_NAME = re.compile(r"\bdemo(?: [\w.+~/]+=[^\s…]*)*(?: [^\s…]*…|…)?")  # "…": cut at 120 characters
+# "…": cut (at 120 characters, or compare's 40 followed by the run id's first 8 characters, as a repeated name)
+RUN_NAME = re.compile(r"\bdemo(?: [\w.+~/]+=[^\s…]*)*(?: [^\s…]*…|…)?(?: [0-9a-f]{8}\b)?")
 VERDICT = re.compile(r"\b(?:yes|no)\b")
 
 

@@ -140,7 +140,7 @@ CASES = [
     _case("covariate-start-misspelt", "run", "@run model.covariates=[diameter_mm] model.covariate_start=Fitted",
           "model.covariate_start='Fitted' is not a valid choice", "fitted, random"),
     _case("target-calibrated", "run", "@run data=synthetic_malignancy target=ordinal eval.calibration=temperature",
-          "eval.calibration=temperature calibrates one logit", "set eval.calibration=none"),
+          "eval.calibration=temperature is not offered for an ordinal head", "use eval.calibration=none"),
     # checkpoints handed in as pretrained weights
     _case("checkpoint-missing", "run", "@run model.pretrained.path={bad}/absent.pth", "{bad}/absent.pth",
           "model.pretrained.path"),
