@@ -58,12 +58,18 @@ def overconfident_sample(size: int = 20_000, seed: int = 0) -> tuple[np.ndarray,
     return 1 / (1 + np.exp(-z * TRUE_TEMPERATURE)), labels
 
 
-def test_temperature_scaling_recovers_the_temperature_keeps_auroc_and_lowers_ece() -> None:
-    probabilities, labels = overconfident_sample()
+def recovered_temperature(probabilities: np.ndarray, labels: np.ndarray) -> tuple[TemperatureScaling, np.ndarray]:
+    """Temperature scaling fitted to the sample, checked to have found :data:`TRUE_TEMPERATURE`, and what it makes
+    of the sample."""
     calibrator = fit_calibrator("temperature", probabilities, labels)
     assert isinstance(calibrator, TemperatureScaling)
     assert calibrator.temperature == pytest.approx(TRUE_TEMPERATURE, rel=0.05)
-    calibrated = calibrator(probabilities)
+    return calibrator, calibrator(probabilities)
+
+
+def test_temperature_scaling_recovers_the_temperature_keeps_auroc_and_lowers_ece() -> None:
+    probabilities, labels = overconfident_sample()
+    calibrator, calibrated = recovered_temperature(probabilities, labels)
     assert sk.roc_auc_score(labels, calibrated) == pytest.approx(sk.roc_auc_score(labels, probabilities), abs=1e-12)
     assert numpy_ece(labels, calibrated) < numpy_ece(labels, probabilities) / 3
     assert brier_score(labels, calibrated) < brier_score(labels, probabilities)
@@ -85,10 +91,7 @@ def mean_nll(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def test_a_multiclass_temperature_lowers_the_nll_and_keeps_every_prediction() -> None:
     probabilities, labels = overconfident_classes()
-    calibrator = fit_calibrator("temperature", probabilities, labels)
-    assert isinstance(calibrator, TemperatureScaling)
-    assert calibrator.temperature == pytest.approx(TRUE_TEMPERATURE, rel=0.05)
-    calibrated = calibrator(probabilities)
+    calibrator, calibrated = recovered_temperature(probabilities, labels)
     np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
     assert mean_nll(calibrated, labels) < mean_nll(probabilities, labels) - 0.1
     assert np.array_equal(calibrated.argmax(axis=1), probabilities.argmax(axis=1))
