@@ -139,6 +139,8 @@ CASES = [
           "its columns are ['seriesuid', 'coordX', 'coordY', 'coordZ', 'class']"),
     _case("covariate-start-misspelt", "run", "@run model.covariates=[diameter_mm] model.covariate_start=Fitted",
           "model.covariate_start='Fitted' is not a valid choice", "fitted, random"),
+    _case("threshold-fp-per-scan-on-crops", "run", "@run data=synthetic_malignancy eval.threshold=fp_per_scan@1",
+          "eval.threshold=fp_per_scan@1", "data.task=malignancy", "sensitivity@<level>"),
     _case("target-calibrated", "run", "@run data=synthetic_malignancy target=ordinal eval.calibration=temperature",
           "eval.calibration=temperature is not offered for an ordinal head", "use eval.calibration=none"),
     # checkpoints handed in as pretrained weights

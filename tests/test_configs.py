@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
 
 from lungexp.config.check import check
-from lungexp.training.pipeline import LIGHTNING_TIP, lightning_log, train
+from lungexp.training.pipeline import LIGHTNING_TIP, lightning_log, lightning_noise_silenced, train
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT, TINY_NETS, compose_config
 
@@ -84,6 +84,22 @@ def _dev_run(cfg, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixtur
     assert re.search(r"Total FLOPs: [1-9]", printed), printed  # the network's, not the 0 Lightning counts
     assert "Test metric" not in printed  # no table of Lightning's own before lungexp's summary
     assert "GPU available" in caplog.text and LIGHTNING_TIP not in caplog.text  # Lightning's lines, not its ads
+
+
+def test_the_trainer_does_not_restate_the_default_batch_limits(caplog: pytest.LogCaptureFixture) -> None:
+    """conf/trainer/default.yaml spells out limit_*_batches=1.0 (all batches); Lightning says so for each, on every
+    run. Its line for a count of one batch tells a count from a fraction, and stays."""
+    import pytorch_lightning as pl
+
+    lightning_log.addHandler(caplog.handler)
+    try:
+        with lightning_noise_silenced():
+            pl.Trainer(limit_train_batches=1.0, limit_val_batches=1.0, limit_test_batches=1, logger=False,
+                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+    assert "was configured so 100%" not in caplog.text
+    assert "`Trainer(limit_test_batches=1)` was configured so 1 batch will be used" in caplog.text
 
 
 @pytest.mark.parametrize("option", options("model"))

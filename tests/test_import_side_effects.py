@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers.config import PROJECT_ROOT
 
 # In a fresh interpreter: a notebook's backend chosen first, every module imported, and any
@@ -36,6 +38,7 @@ print(matplotlib.get_backend(), calls)
 """
 
 
+@pytest.mark.slow  # ~8 s of imports in a fresh interpreter: the whole package, for the full suite (CI)
 def test_importing_every_module_changes_no_backend_and_no_warning_filter() -> None:
     proc = subprocess.run([sys.executable, "-c", PROBE], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=300)

@@ -14,7 +14,12 @@ from lungexp.evaluation.split_metrics import evaluate_predictions
 from lungexp.evaluation.types import EvaluationOptions, EvaluationSettings
 from lungexp.metrics.classification import reliability_bins, table_metrics
 from lungexp.metrics.luna16_froc import FrocReference
-from lungexp.metrics.threshold import choose_threshold, false_positives_per_scan, threshold_from_validation
+from lungexp.metrics.threshold import (
+    check_rule_for_task,
+    choose_threshold,
+    false_positives_per_scan,
+    threshold_from_validation,
+)
 from lungexp.utils.errors import ConfigError
 
 # Ties within and across classes, a score exactly at 0.5 and one exactly at 0.3.
@@ -115,6 +120,15 @@ def test_fixed_threshold_and_bad_rules() -> None:
 def test_one_class_validation_falls_back_to_one_half() -> None:
     with pytest.warns(UserWarning, match="both classes"):
         assert choose_threshold(np.zeros(4), np.array([0.1, 0.2, 0.3, 0.4]), "youden") == 0.5
+
+
+@pytest.mark.parametrize("task", ["malignancy", "points"])
+def test_a_false_positive_rate_is_refused_where_patches_are_not_a_scans_candidates(task: str) -> None:
+    check_rule_for_task("fp_per_scan@1", "candidates")
+    for rule in ("youden", "sensitivity@0.9", 0.5):
+        check_rule_for_task(rule, task)
+    with pytest.raises(ConfigError, match=rf"^eval.threshold=fp_per_scan@1: .* data.task={task}; use youden"):
+        check_rule_for_task("fp_per_scan@1", task)
 
 
 def test_fp_per_scan_threshold_is_the_most_sensitive_within_the_rate() -> None:

@@ -30,6 +30,7 @@ from lungexp.data.options import DataOptions
 from lungexp.evaluation.split_metrics import check_strata_column
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.metrics.calibration import check_calibration
+from lungexp.metrics.threshold import check_rule_for_task
 from lungexp.models.heads import head_outputs
 from lungexp.training.run_options import CrossValidationOptions, RunOptions, stored_data_config
 from lungexp.utils.dictconfig import check_required, with_values
@@ -112,6 +113,7 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
     check_covariates(resolve(cfg)["model"], data)
     evaluation = EvaluationOptions.from_config(resolve(cfg).get("eval"))
     check_strata_column(evaluation.strata, data)
+    check_rule_for_task(evaluation.threshold, data.task)
     check_target_run(resolve(cfg)["model"], target, data, evaluation)
     if not data.images:
         check_without_images(evaluation)

@@ -20,6 +20,7 @@ from lungexp.evaluation.split_metrics import check_strata_column
 from lungexp.evaluation.types import EvaluationOptions
 from lungexp.inference.checkpoint_evaluation import SPLITS, CheckpointEvaluation
 from lungexp.inference.ensemble import DATA_LOCATION_KEYS, Ensemble, check_unseen_data, load_members
+from lungexp.metrics.threshold import check_rule_for_task
 from lungexp.training.checkpoint import ModelRecipe
 from lungexp.utils.dictconfig import to_dict, with_values
 from lungexp.utils.errors import ConfigError, look_up_option
@@ -48,6 +49,7 @@ def checkpoint_evaluation(cfg: DictConfig, overrides: Sequence[str] = ()) -> Che
     check_unseen_data(predictor, data_location(config, config.data), lambda stored: data_location(config, stored))
     data_options = typed_data_options(resolve(config.data), strict=True)
     check_strata_column(evaluation.strata, data_options)
+    check_rule_for_task(evaluation.threshold, data_options.task)
     return CheckpointEvaluation(config, predictor, split, data_options, evaluation)
 
 

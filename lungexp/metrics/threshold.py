@@ -57,6 +57,15 @@ def check_threshold_rule(rule: str | float, key: str = "eval.threshold") -> str 
     return value
 
 
+def check_rule_for_task(rule: str | float, task: str, key: str = "eval.threshold") -> None:
+    """``fp_per_scan@`` counts false positives among each scan's candidate detections (``data.task=candidates``);
+    on nodule crops or labelled points the rate would be computed but mean nothing: refused, saying what to use."""
+    if isinstance(rule, str) and rule.startswith(FP_PER_SCAN_PREFIX) and task != "candidates":
+        raise ConfigError(f"{key}={rule}: false positives per scan count a scan's candidate detections "
+                          f"(data.task=candidates), but data.task={task}; use youden, sensitivity@<level> "
+                          "(e.g. sensitivity@0.9) or a fixed probability")
+
+
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, rule: str | float,
                      scans: int | None = None) -> float:
     """The threshold ``rule`` picks on (validation) ``labels`` and ``probabilities``; ``scans``, the number of

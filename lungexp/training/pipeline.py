@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,9 @@ from lungexp.utils.errors import ConfigError, Terminated
 log = logging.getLogger(__name__)
 lightning_log = logging.getLogger(rank_zero.__name__)  # where Lightning logs its info lines, the tips among them
 LIGHTNING_TIP = "💡 Tip:"
+# Said by every Trainer for each limit_*_batches our trainer config sets to its default 1.0 (the "=1" line, one
+# batch, is kept: it tells a count from a fraction).
+ALL_BATCHES = re.compile(r"`Trainer\(\w+=1\.0\)` was configured so 100% of the batches")
 
 
 @dataclass(frozen=True)
@@ -143,20 +147,22 @@ def train(run: RunOptions) -> RunResult:
     return result
 
 
-class _NoLightningTips(logging.Filter):
+class _NoLightningNoise(logging.Filter):
     """Drops Lightning's advertisements (``💡 Tip: ... try installing [litlogger] ...``, and the same for
-    litmodels), logged as info by every Trainer: Lightning has no switch for them."""
+    litmodels) and its restating of the default ``limit_*_batches=1.0``, logged as info by every Trainer:
+    Lightning has no switch for them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(LIGHTNING_TIP)
+        message = record.getMessage()
+        return not (message.startswith(LIGHTNING_TIP) or ALL_BATCHES.match(message))
 
 
 @contextmanager
 def lightning_noise_silenced() -> Iterator[None]:
-    """Inside: two warnings Lightning gives on every fit and test and its tips, none of which says anything about
+    """Inside: two warnings Lightning gives on every fit and test and its info noise, none of which says anything about
     this run. Scoped here, not process-wide, so a notebook or another library keeps its own warnings and logs."""
-    tips = _NoLightningTips()
-    lightning_log.addFilter(tips)
+    noise = _NoLightningNoise()
+    lightning_log.addFilter(noise)
     with warnings.catch_warnings():
         # pytorch_lightning 2.6 on torch 2.13: its own use of torch's pytree API.
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
@@ -166,7 +172,7 @@ def lightning_noise_silenced() -> Iterator[None]:
         try:
             yield
         finally:
-            lightning_log.removeFilter(tips)
+            lightning_log.removeFilter(noise)
 
 
 @dataclass
