@@ -13,7 +13,8 @@ checkout state. What changes from run to run is written the same way every time 
 and log lines, warnings and progress bars are left out.
 
 ``python scripts/docs_examples.py`` runs every example and rewrites the pages (``--only NAME ...``: those and
-what they need); ``--check`` runs them and fails (exit status 1) on any output that differs from its page,
+what they need), and retakes the picture of the MLflow compare page from the sweep example's runs
+(``scripts/docs_screenshot.py``; it needs Chromium, ``make browser``); ``--check`` runs them and fails (exit status 1) on any output that differs from its page,
 naming the example with a diff; ``--quick`` runs them on tiny data (one epoch, a few small scans: what a test
 can afford) and compares only the form of each output (numbers masked: the same lines, labels and metric
 names). ``tests/test_docs_examples.py`` runs the ``--quick`` form and checks that no console output is pasted
@@ -383,10 +384,10 @@ def run_step(command: str, env: dict[str, str], project: Path, run_module: Modul
 
 def run_examples(examples: Sequence[Example], quick: bool = False, folder: Path | None = None,
                  run_module: ModuleRunner | None = None, log: Callable[[str], None] = print,
-                 finished: Callable[[str, Output], None] | None = None) -> dict[str, Output]:
+                 finished: Callable[[str, Output, Path], None] | None = None) -> dict[str, Output]:
     """Run ``examples`` (with what they need before them) in a fresh workspace in ``folder`` (default: a temporary
     one, removed after; a kept one also holds each command's whole output in ``outputs/``), and return what each
-    page block shows; ``finished`` is called with each as it is done."""
+    page block shows; ``finished`` is called with each as it is done, and the workspace's project folder."""
     check_registry()
     examples = with_prerequisites(example.name for example in examples)
     scratch = None if folder is not None else tempfile.mkdtemp(prefix="lungexp-examples-")
@@ -429,7 +430,7 @@ def run_examples(examples: Sequence[Example], quick: bool = False, folder: Path 
             outputs[example.name] = Output("\n".join(shown) + "\n", time.monotonic() - started)
             log(f"{example.name}: {outputs[example.name].seconds:.0f} s")
             if finished is not None:
-                finished(example.name, outputs[example.name])
+                finished(example.name, outputs[example.name], project)
         return outputs
     finally:
         if scratch is not None:
@@ -545,6 +546,20 @@ def rewritten(text: str, outputs: Mapping[str, Output], today: str, commit: str)
     return MARKER.sub(fill, text)
 
 
+# The example whose runs the compare page's picture shows (the table beside the picture on docs/sweeps.md).
+PICTURED = "sweep"
+
+
+def remake_picture(project: Path) -> None:
+    """docs/mlflow_compare.png from the store of the :data:`PICTURED` example (``scripts/docs_screenshot.py``), so
+    that the picture and the table beside it show the same runs; where no browser is installed, say so."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_screenshot.py"), str(project / "mlflow.db")],
+                          capture_output=True, text=True)
+    if done.returncode == 1 or done.returncode > 2:
+        raise ExampleError(f"scripts/docs_screenshot.py exited with status {done.returncode}:\n{done.stderr[-4000:]}")
+    print((done.stdout + done.stderr).strip(), flush=True)  # what it wrote, or why it could not
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare with the pages (exit status 1 on a difference)")
@@ -559,10 +574,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ExampleError(f"{example.page} has no <!-- example: {example.name} --> marker")
         today, commit = datetime.date.today().isoformat(), _commit()
 
-        def write(name: str, output: Output) -> None:  # each as it is done: a failure later keeps it
+        def write(name: str, output: Output, project: Path) -> None:  # each as it is done: a failure later keeps it
             page = ROOT / BY_NAME[name].page
             page.write_text(rewritten(page.read_text(), {name: output}, today, commit))
             print(f"rewrote example {name} on {BY_NAME[name].page}", flush=True)
+            if name == PICTURED:
+                remake_picture(project)
 
         started = time.monotonic()
         outputs = run_examples([BY_NAME[name] for name in args.only] if args.only else EXAMPLES, quick=args.quick,

@@ -4,16 +4,15 @@ compose on the current configs."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
 import shlex
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from tests.helpers.cli import load_script
 from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT
 
 PAGES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").rglob("*.md"))]
@@ -24,15 +23,7 @@ COMMAND = re.compile(r"(?:^|\$ |\s)(?:\.venv/bin/)?python -m lungexp\.(?P<entry>
 PLACEHOLDERS = ("<", "…", "...", "$")  # a value the reader fills in, or a shell variable
 
 
-def _docs_tables() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_tables", PROJECT_ROOT / "scripts" / "docs_tables.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-DOCS_TABLES = _docs_tables()
+DOCS_TABLES = load_script("docs_tables")
 
 
 def test_the_generated_tables_are_what_the_code_gives() -> None:

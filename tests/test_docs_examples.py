@@ -3,28 +3,16 @@ pasted by hand, and each has the form the code prints today (run on tiny data, n
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.helpers.cli import load_script
 from tests.helpers.config import PROJECT_ROOT
 from tests.helpers.fork_server import ForkServer
 
-
-def _docs_examples() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_examples", PROJECT_ROOT / "scripts" / "docs_examples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-EXAMPLES = _docs_examples()
+EXAMPLES = load_script("docs_examples")
 
 
 def test_every_console_output_on_the_pages_is_generated_or_says_why_not() -> None:

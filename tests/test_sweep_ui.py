@@ -8,20 +8,17 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers.cli import run_entry_point
+from tests.helpers.cli import load_script, run_entry_point
 from tests.helpers.config import FAST_OVERRIDES, TINY_NETS
 from tests.helpers.mlflow_ui import (
-    choose_option,
     chromium_or_skip,
     compare_page_metric,
     mlflow_server,
+    show_the_documented_comparison,
     without_assistant,
 )
 
 UI_TIMEOUT_MS = 120_000
-# How many distinct, loaded, visible artifact images the page shows.
-SHOWN_IMAGES = ("new Set([...document.querySelectorAll(\"img[src^='blob:']\")]"
-                ".filter(i => i.complete && i.naturalWidth > 0 && i.offsetParent !== null).map(i => i.src)).size")
 
 
 def _as_shown(value: float) -> str:
@@ -97,14 +94,8 @@ def test_compare_the_sweep_in_the_mlflow_ui(sweep: dict, tmp_path: Path) -> None
         page.get_by_role("checkbox").first.click()  # select all (the view lists this sweep's jobs only)
         page.get_by_role("button", name="Compare").first.click()
         expect(page.get_by_text("Comparing 2 Runs")).to_be_visible()
-        page.set_viewport_size({"width": 1600, "height": 2400})
-        # docs/sweeps.md's clicks: the best metric as the parallel-coordinates axis, only the params that differ.
-        metrics_axis = page.get_by_role("combobox").nth(1)
-        choose_option(page, metrics_axis, "best/val_auroc")
-        page.locator("[class*='select-selection-item']", has_text="lr-AdamW/backbone").locator(
-            "[class*='remove']").click()
-        expect(metrics_axis).to_have_attribute("aria-description", "best/val_auroc")
-        page.get_by_role("switch").first.click()  # Parameters: Show diff only
+        # docs/sweeps.md's clicks, to each run's ROC curve side by side.
+        bottom = show_the_documented_comparison(page, runs=len(children))
 
         names_row = page.locator("tr", has=page.get_by_text("Run Name:", exact=True)).first
         params_row = page.locator("tr", has=page.get_by_text("aug", exact=True)).first
@@ -114,10 +105,27 @@ def test_compare_the_sweep_in_the_mlflow_ui(sweep: dict, tmp_path: Path) -> None
         shown = compare_page_metric(page, "val/auroc")
         assert sorted(shown) == sorted(_as_shown(run.data.metrics["val/auroc"]) for run in children)
 
-        page.get_by_text("roc_curve.png", exact=True).first.click()
-        page.wait_for_function(SHOWN_IMAGES + " >= 2")  # each run's ROC, side by side
-        bottom = max(box["y"] + box["height"] for img in page.locator("img[src^='blob:']").all()
-                     if (box := img.bounding_box()))
         page.screenshot(path=shots / "compare.png", clip={"x": 0, "y": 0, "width": 1600, "height": bottom + 40})
         browser.close()
     print(f"\nscreenshots: {shots}")
+
+
+@pytest.mark.slow
+def test_the_docs_picture_shows_the_best_jobs_of_the_newest_sweep(sweep: dict) -> None:
+    """scripts/docs_screenshot.py (which drives the page as the test above does) picks the sweep and its jobs, best
+    first, that the table beside the picture lists."""
+    screenshot = load_script("docs_screenshot")
+    parent, jobs = screenshot.newest_sweep(sweep["uri"])
+    assert parent.info.run_id == sweep["parent"].info.run_id
+    assert [job.info.run_id for job in jobs] == [run.info.run_id for run in sorted(
+        sweep["children"], key=lambda run: -run.data.metrics["best/val_auroc"])]
+
+
+def test_the_docs_picture_needs_a_store_with_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    screenshot = load_script("docs_screenshot")
+    assert screenshot.main([str(tmp_path / "absent.db")]) == 1
+    assert f"error: {tmp_path / 'absent.db'}: no such MLflow store" in capsys.readouterr().err
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(empty).create_experiment("lungexp")
+    with pytest.raises(SystemExit, match=r"holds no sweep run in experiment 'lungexp': run a `-m` sweep first"):
+        screenshot.newest_sweep(empty)

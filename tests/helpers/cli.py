@@ -4,16 +4,29 @@ process itself)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from lungexp.utils.errors import DEBUG_VARIABLES
 from tests.helpers.config import PROJECT_ROOT
 from tests.helpers.fork_server import ForkServer
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (the scripts are no package), registered under ``name`` (dataclasses look
+    their module up in ``sys.modules``)."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def entry_point_command(name: str, args: Sequence[str]) -> list[str]:

@@ -119,6 +119,33 @@ _METRIC_ROW = """name => {
 }"""
 
 
+# How many distinct, loaded, visible artifact images the page shows.
+SHOWN_IMAGES = ("new Set([...document.querySelectorAll(\"img[src^='blob:']\")]"
+                ".filter(i => i.complete && i.naturalWidth > 0 && i.offsetParent !== null).map(i => i.src)).size")
+
+
+def show_the_documented_comparison(page, runs: int) -> float:
+    """docs/sweeps.md's clicks on the *Comparing N Runs* page, in the window a user has: ``best/val_auroc`` as the
+    parallel-coordinates metric, only the params that differ, each run's ROC curve side by side; then the page made
+    tall enough to show it all at once (for a screenshot). Returns the bottom of the curves (px)."""
+    from playwright.sync_api import expect
+
+    metrics_axis = page.get_by_role("combobox").nth(1)
+    choose_option(page, metrics_axis, "best/val_auroc")
+    page.get_by_text(f"Comparing {runs} Runs").click()  # closes the list, which can cover the chosen metrics
+    page.locator("[class*='select-selection-item']", has_text="lr-AdamW/backbone").locator(
+        "[class*='remove']").click()
+    expect(metrics_axis).to_have_attribute("aria-description", "best/val_auroc")
+    page.get_by_role("switch").first.click()  # Parameters: Show diff only
+    # MLflow 3.17.2 gives the file list no width once three or more runs are compared (the previews take it all).
+    page.get_by_text("roc_curve.png", exact=True).first.click()
+    page.set_viewport_size({"width": page.viewport_size["width"], "height": 2600})
+    page.get_by_text(f"Comparing {runs} Runs").evaluate("title => title.scrollIntoView()")  # the click scrolled
+    page.wait_for_function(f"{SHOWN_IMAGES} >= {runs}")
+    return max(box["y"] + box["height"] for image in page.locator("img[src^='blob:']").all()
+               if (box := image.bounding_box()))
+
+
 def compare_page_metric(page, name: str) -> list[str]:
     """The values of metric ``name`` as the compare page shows them, one per run, left to right."""
     return page.wait_for_function(_METRIC_ROW, arg=name, polling=500).json_value()
