@@ -72,8 +72,8 @@ def main() -> None:
     predictions, froc = luna16_fold()
     print(f"Fold: {len(predictions):,} candidates ({int(predictions['label'].sum())} positive) in "
           f"{predictions['seriesuid'].nunique()} scans, {len(froc.annotations)} nodules; {args.samples} draws, one core")
-    without = EvaluationSettings(threshold=THRESHOLD, froc=froc, bootstrap=0)
-    with_bootstrap = EvaluationSettings(threshold=THRESHOLD, froc=froc, bootstrap=args.samples)
+    without = EvaluationSettings(threshold=THRESHOLD, froc=froc, detection=True, bootstrap=0)
+    with_bootstrap = EvaluationSettings(threshold=THRESHOLD, froc=froc, detection=True, bootstrap=args.samples)
     point = median_seconds(lambda: evaluate_predictions(predictions, without, figures=False), args.repeats)
     full = median_seconds(lambda: evaluate_predictions(predictions, with_bootstrap, figures=False), args.repeats)
     resampling = cluster_resampling(predictions, args.samples, seriesuids=froc.seriesuids)

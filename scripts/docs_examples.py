@@ -454,8 +454,8 @@ def page_blocks(pages: Sequence[Path] = PAGES) -> dict[str, tuple[Path, str]]:
 
 
 def unaccounted_text_blocks(pages: Sequence[Path] = PAGES) -> list[str]:
-    """``page:line`` of every ``text`` block that is in no example and says on the line before it why it is not
-    generated: a console output pasted by hand."""
+    """``page:line`` of every ``text`` block that is in no example and has no ``<!-- not generated: REASON -->``
+    line before it: a console output pasted by hand."""
     found = []
     for page in pages:
         text = page.read_text()
@@ -548,6 +548,7 @@ def rewritten(text: str, outputs: Mapping[str, Output], today: str, commit: str)
 
 # The example whose runs the compare page's picture shows (the table beside the picture on docs/sweeps.md).
 PICTURED = "sweep"
+NOT_REMADE = 3  # scripts/docs_screenshot.py's exit status where no browser is installed
 
 
 def remake_picture(project: Path) -> None:
@@ -555,7 +556,7 @@ def remake_picture(project: Path) -> None:
     that the picture and the table beside it show the same runs; where no browser is installed, say so."""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_screenshot.py"), str(project / "mlflow.db")],
                           capture_output=True, text=True)
-    if done.returncode == 1 or done.returncode > 2:
+    if done.returncode not in (0, NOT_REMADE):
         raise ExampleError(f"scripts/docs_screenshot.py exited with status {done.returncode}:\n{done.stderr[-4000:]}")
     print((done.stdout + done.stderr).strip(), flush=True)  # what it wrote, or why it could not
 
@@ -564,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare with the pages (exit status 1 on a difference)")
     parser.add_argument("--quick", action="store_true", help="tiny data; compare the outputs' form only")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"these examples and what they need: {', '.join(BY_NAME)}")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(BY_NAME),
+                        help=f"these examples and what they need: {', '.join(BY_NAME)}")
     parser.add_argument("--workspace", type=Path, help="an empty folder to run in, kept after (default: a temporary one)")
     args = parser.parse_args(argv)
     try:

@@ -5,13 +5,12 @@ MLflow 3.17.2 leaves the artifact file list no width once three or more runs are
 ``scripts/docs_examples.py`` runs it after the sweep example, on that example's store, so that the picture and the
 sweep table beside it come from the same runs. By hand: ``python scripts/docs_screenshot.py mlflow.db`` (``--out``:
 where to write it, default ``docs/mlflow_compare.png``). It needs Chromium (``make browser``) and Playwright (the
-dev extra); without them it says so and exits with status 2, writing nothing.
+dev extra); without them it says so and exits with status 3, writing nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,10 +22,11 @@ if str(ROOT) not in sys.path:  # run as a script: the checkout's test helpers (t
     sys.path.insert(0, str(ROOT))
 
 from tests.helpers.mlflow_ui import (  # noqa: E402
-    CHROMIUM_NAMES,
+    chromium,
+    missing_browser,
+    mlflow_page,
     mlflow_server,
     show_the_documented_comparison,
-    without_assistant,
 )
 
 if TYPE_CHECKING:
@@ -36,22 +36,8 @@ PICTURE = ROOT / "docs" / "mlflow_compare.png"
 EXPERIMENT = "lungexp"
 TIMEOUT_MS = 120_000
 WIDTH = 1600
+NOT_REMADE = 3  # the exit status without a browser (scripts/docs_examples.py goes on without the picture)
 COMPARED = 2  # the most runs whose artifacts MLflow 3.17.2's compare page lets a user pick
-
-
-class MissingBrowser(RuntimeError):
-    """No Chromium or no Playwright: the picture cannot be taken here."""
-
-
-def chromium() -> str:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        raise MissingBrowser("playwright is not installed (pip install -e '.[dev]')") from None
-    for name in CHROMIUM_NAMES:
-        if path := shutil.which(name):
-            return path
-    raise MissingBrowser("no Chromium installed: `make browser` installs it")
 
 
 def newest_sweep(tracking_uri: str) -> tuple[Run, list[Run]]:
@@ -72,7 +58,6 @@ def newest_sweep(tracking_uri: str) -> tuple[Run, list[Run]]:
 def take_picture(store: Path, out: Path) -> str:
     """Write the compare page of the best :data:`COMPARED` jobs of ``store``'s newest sweep to ``out``; returns the
     sweep's run name."""
-    browser_path = chromium()
     from playwright.sync_api import expect, sync_playwright
 
     tracking_uri = f"sqlite:///{store.resolve()}"
@@ -81,12 +66,9 @@ def take_picture(store: Path, out: Path) -> str:
     runs = ",".join(f'"{job.info.run_id}"' for job in jobs)
     with (tempfile.TemporaryDirectory() as scratch,
           mlflow_server(tracking_uri, Path(scratch) / "mlflow-server.log") as server, sync_playwright() as playwright):
-        browser = playwright.chromium.launch(executable_path=browser_path, headless=True, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox"])
         address = server.wait_until_healthy()
-        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
-        without_assistant(page)
+        page = mlflow_page(browser, TIMEOUT_MS, WIDTH)
         experiment = sweep.info.experiment_id
         page.goto(f'{address}/#/compare-runs?runs=[{runs}]&experiments=["{experiment}"]', wait_until="commit")
         expect(page.get_by_text(f"Comparing {len(jobs)} Runs")).to_be_visible()
@@ -105,11 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.store.is_file():
         print(f"error: {args.store}: no such MLflow store (give the SQLite file a sweep logged to)", file=sys.stderr)
         return 1
-    try:
-        name = take_picture(args.store, args.out)
-    except MissingBrowser as error:
-        print(f"{args.out} not remade: {error}", file=sys.stderr)
-        return 2
+    if reason := missing_browser():
+        print(f"{args.out} not remade: {reason}", file=sys.stderr)
+        return NOT_REMADE
+    name = take_picture(args.store, args.out)
     print(f"wrote {args.out}: the compare page of {name!r}")
     return 0
 

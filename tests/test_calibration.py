@@ -122,6 +122,9 @@ def test_what_a_heads_kind_does_not_have_is_refused(method: str, kind: str, mess
     with pytest.raises(ConfigError, match=message):
         check_calibration(method, "calibration", kind)
     assert check_calibration("none", "calibration", kind) == "none"
+
+
+def test_an_isotonic_fit_of_class_probabilities_is_refused() -> None:
     probabilities, labels = overconfident_classes(size=50)
     with pytest.raises(ConfigError, match="isotonic maps one probability to another"):
         fit_calibrator("isotonic", probabilities, labels)

@@ -15,8 +15,10 @@ from hydra.errors import ConfigCompositionException
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
+from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
 from lungexp.config.check import check
+from lungexp.models.complexity import count_flops
 from lungexp.training.pipeline import LIGHTNING_TIP, lightning_log, lightning_noise_silenced, train
 from lungexp.utils.errors import ConfigError
 from tests.helpers.config import CONFIG_DIR, PROJECT_ROOT, TINY_NETS, compose_config
@@ -68,8 +70,8 @@ def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:
         check_required(cfg)
 
 
-def _dev_run(cfg, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
-    """A fast_dev_run of ``cfg``: its test metrics, and a console that says each thing once."""
+def _dev_run(cfg, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> str:
+    """A fast_dev_run of ``cfg``: its test metrics, and a console that says each thing once; returns the console."""
     run = check(cfg, "run")
     lightning_log.addHandler(caplog.handler)  # Lightning's loggers may not propagate to pytest's
     try:
@@ -84,6 +86,7 @@ def _dev_run(cfg, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixtur
     assert re.search(r"Total FLOPs: [1-9]", printed), printed  # the network's, not the 0 Lightning counts
     assert "Test metric" not in printed  # no table of Lightning's own before lungexp's summary
     assert "GPU available" in caplog.text and LIGHTNING_TIP not in caplog.text  # Lightning's lines, not its ads
+    return printed
 
 
 def test_the_trainer_does_not_restate_the_default_batch_limits(caplog: pytest.LogCaptureFixture) -> None:
@@ -104,7 +107,12 @@ def test_the_trainer_does_not_restate_the_default_batch_limits(caplog: pytest.Lo
 
 @pytest.mark.parametrize("option", options("model"))
 def test_fast_dev_run_model(make_config, capsys, caplog, option: str) -> None:
-    _dev_run(make_config("trainer=debug", model=option), capsys, caplog)
+    cfg = make_config("trainer=debug", model=option)
+    printed = _dev_run(cfg, capsys, caplog)
+    if cfg.model.get("images", True):  # the summary's FLOPs: one sample of the run's patch size (16³ here)
+        size, net = cfg.data.patch.size, hydra.utils.instantiate(cfg.model.net)
+        flops = get_human_readable_count(count_flops(net, (1, cfg.model.net.in_channels, size, size, size)))
+        assert f"Total FLOPs: {flops}" in printed
 
 
 @pytest.mark.parametrize("option", options("aug"))

@@ -206,7 +206,7 @@ def test_setup_needs_nothing_prepare_data_kept(make_config) -> None:
 def test_points_outside_their_scan_are_said_once_per_run(make_config, synthetic_root: Path, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Lightning prepares the data for fit and again for test: the points data.outside=skip drops are logged once
-    (they were three times), and the scan headers read once."""
+    (they were three times)."""
     labels = pd.read_csv(synthetic_root / "candidates_V2.csv")
     labels_csv = tmp_path / "candidates.csv"
     pd.concat([labels, labels.iloc[[0]].assign(coordX=1e4)]).to_csv(labels_csv, index=False)

@@ -13,9 +13,9 @@ from tests.helpers.config import FAST_OVERRIDES, TINY_NETS
 from tests.helpers.mlflow_ui import (
     chromium_or_skip,
     compare_page_metric,
+    mlflow_page,
     mlflow_server,
     show_the_documented_comparison,
-    without_assistant,
 )
 
 UI_TIMEOUT_MS = 120_000
@@ -78,10 +78,7 @@ def test_compare_the_sweep_in_the_mlflow_ui(sweep: dict, tmp_path: Path) -> None
     with mlflow_server(sweep["uri"], tmp_path / "mlflow-server.log") as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         address = server.wait_until_healthy()  # the browser started meanwhile
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        expect.set_options(timeout=UI_TIMEOUT_MS)
-        without_assistant(page)
+        page = mlflow_page(browser, UI_TIMEOUT_MS)
         page.goto(view.replace("http://127.0.0.1:5000", address), wait_until="commit")
 
         # The runs table: both jobs by name, the swept option and the best metric as columns.

@@ -148,8 +148,9 @@ class Ensemble:
     def calibrate(self, method: str, key: str = "calibration") -> list[Path]:
         """Calibrate every member with ``method`` (chosen by the option ``key``, which messages name): the
         calibrator its checkpoint stores, or one fitted on its own validation predictions. Members without
-        validation predictions (of both classes) leave the ensemble uncalibrated (with a warning); returns their
-        checkpoints. The calibrator is of the primary head; a method its kind does not have is refused
+        enough validation predictions to fit one (:func:`~lungexp.metrics.calibration.fit_calibrator`: of both
+        classes; of right and wrong most probable classes for a multiclass head) leave the ensemble uncalibrated
+        (with a warning); returns their checkpoints. The calibrator is of the primary head; a method its kind does not have is refused
         (:func:`~lungexp.metrics.calibration.check_calibration`), naming the members' target."""
         target = self.recipe.targets
         try:
@@ -173,7 +174,9 @@ class Ensemble:
 
     def member_probabilities(self, batches: Iterable[Batch]) -> np.ndarray:
         """Each member's TTA probability of batches of normalised ``(B, C, D, H, W)`` patches (and their covariates:
-        TTA mirrors the image, never the covariates), uncalibrated: ``(members, patches)`` float32."""
+        TTA mirrors the image, never the covariates), uncalibrated, float32: ``(members, patches)`` for one binary
+        column, ``(members, patches, columns)`` for a head of several
+        (:func:`~lungexp.models.heads.target_probabilities`)."""
         outputs = [torch.stack([self._tta(member, batch) for member in self.members]) for batch in batches]
         return torch.cat(outputs, dim=1).numpy() if outputs else np.zeros((len(self.members), 0), dtype=np.float32)
 

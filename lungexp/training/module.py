@@ -252,10 +252,15 @@ class NoduleClassifier(pl.LightningModule):
         return model_summary(self.net, stem_conv.in_channels if stem_conv is not None else None,
                              covariates=len(self.hparams["covariates"]))
 
-    @property
-    def network_flops(self) -> int:
-        """The network's FLOPs for one sample: ``model_info.flops_32`` (``flops`` for a model of covariates alone)."""
-        return int(next(value for name, value in self.complexity.items() if name.startswith("flops")))
+    def network_flops(self, patch: int) -> int:
+        """The network's FLOPs for one sample of ``patch``³ voxels (and its covariates; a model of covariates alone:
+        its ``flops``, whatever the patch). ``model_info.flops_32`` is the same count at 32³, comparable across
+        runs of any patch size."""
+        stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))
+        if stem_conv is None:
+            return int(self.complexity["flops"])
+        return int(model_summary(self.net, stem_conv.in_channels, patch=patch,
+                                 covariates=len(self.hparams["covariates"]))[f"flops_{patch}"])
 
     def on_fit_start(self) -> None:
         covariates = self.hparams["covariates"]

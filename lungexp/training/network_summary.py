@@ -8,18 +8,21 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichModelSummary
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
+from lungexp.data.loading.datamodule import NoduleDataModule
 from lungexp.training.module import NoduleClassifier
 
 NETWORK = "net"  # the NoduleClassifier's attribute holding the network: its row of the summary
 FLOPS = "FLOPs"  # Lightning's column
+REFERENCE_PATCH = 32  # model_info.flops_32's
 
 
 class NetworkSummary(RichModelSummary):
     """Lightning's rich model summary (each top-level module's parameters and mode; trainable, frozen and total
-    parameters and their size) with the FLOPs of one sample through the network in its row and the total: those
-    :attr:`~lungexp.training.module.NoduleClassifier.network_flops` counts (``model_info.flops_32``). Lightning
-    counts FLOPs only by running an ``example_input_array`` through the batch hooks, which a
-    :class:`~lungexp.training.module.NoduleClassifier` has not, and would print 0.
+    parameters and their size) with the FLOPs of one sample of the run's patch size (``data.patch.size``; 32³ with
+    a datamodule of another kind) through the network in its row and the total
+    (:meth:`~lungexp.training.module.NoduleClassifier.network_flops`). Lightning counts FLOPs only by running an
+    ``example_input_array`` through the batch hooks, which a :class:`~lungexp.training.module.NoduleClassifier`
+    has not, and would print 0.
 
     :func:`~lungexp.training.pipeline.build` gives the Trainer this one instead of Lightning's own.
     """
@@ -30,7 +33,9 @@ class NetworkSummary(RichModelSummary):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if isinstance(pl_module, NoduleClassifier):
-            self._network_flops = pl_module.network_flops
+            datamodule = getattr(trainer, "datamodule", None)
+            patch = datamodule.options.patch.size if isinstance(datamodule, NoduleDataModule) else REFERENCE_PATCH
+            self._network_flops = pl_module.network_flops(patch)
         super().on_fit_start(trainer, pl_module)
 
     # Static in Lightning, which calls it on the callback: here a method, to read the FLOPs on_fit_start counted.

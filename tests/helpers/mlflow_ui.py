@@ -6,6 +6,7 @@ Chromium is the system one (Debian's ``chromium``; ``make browser`` installs it)
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -17,20 +18,31 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import pytest
-
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 START_TIMEOUT_S = 180  # a cold `mlflow server` takes ~20 s on 2 busy cores
 
 
+def missing_browser() -> str | None:
+    """Why no browser test can run here (Playwright or the system Chromium missing, and how to get it), or None."""
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    if chromium() is None:
+        return "no Chromium installed: `make browser` installs it (Debian/Ubuntu: apt-get install chromium)"
+    return None
+
+
+def chromium() -> str | None:
+    """The system Chromium's path (None where there is none)."""
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
 def chromium_or_skip() -> str:
-    """The system Chromium's path, or skip the test saying how to get it."""
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no Chromium installed: `make browser` installs it (Debian/Ubuntu: apt-get install chromium)")
+    """The system Chromium's path, or skip the test saying how to get what is missing."""
+    import pytest  # here: scripts/docs_screenshot.py uses this module without the test tools
+
+    if reason := missing_browser():
+        pytest.skip(reason)
+    return str(chromium())
 
 
 def free_port() -> int:
@@ -90,6 +102,18 @@ def _end_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # workers that ignore SIGTERM
     process.wait()
+
+
+def mlflow_page(browser, timeout_ms: int, width: int = 1600):
+    """A page of ``browser`` for the MLflow UI: a desktop window, ``timeout_ms`` for every wait and check (a cold
+    server renders slowly on 2 busy cores), MLflow's assistant kept closed."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    page.set_default_timeout(timeout_ms)
+    expect.set_options(timeout=timeout_ms)
+    without_assistant(page)
+    return page
 
 
 def without_assistant(page) -> None:
