@@ -55,10 +55,13 @@ def test_config_composes_fast_and_resolves(make_config) -> None:
     assert cfg.logger.mlflow.tracking_uri.startswith("sqlite:///")
 
 
-def test_unknown_option_is_a_clear_error(make_config) -> None:
-    with pytest.raises(ConfigCompositionException, match="model") as error:
-        make_config("model=not_a_model")
-    assert "Could not find 'model/not_a_model'" in str(error.value)
+@pytest.mark.parametrize(("group", "option"), [("model", "not_a_model"), ("experiment", "dem"),
+                                               ("hparams_search", "optun")])
+def test_unknown_option_is_a_clear_error(make_config, group: str, option: str) -> None:
+    """The groups that are off by default too: a misspelt experiment used to train the default config instead."""
+    with pytest.raises(ConfigCompositionException, match=group) as error:
+        make_config(f"{group}={option}")
+    assert f"Could not find '{group}/{option}'" in str(error.value)
 
 
 def test_missing_mandatory_value_is_named(tmp_path: Path) -> None:

@@ -112,6 +112,19 @@ def test_every_shipped_option_passes_the_checks(overrides: list[str], tmp_path: 
     schema.check_config(compose_config(overrides, tmp_path))
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.max_epochs=abc", r"^trainer\.max_epochs='abc' must be a whole number: 1 or more \(or -1 to train until"),
+    ("trainer.max_epochs=2.5", r"^trainer\.max_epochs=2\.5 must be a whole number"),
+    ("trainer.max_epochs=0", r"^trainer\.max_epochs=0 would train nothing; use 1 or more"),
+    ("trainer.max_steps=x", r"^trainer\.max_steps='x' must be a whole number: 1 or more \(or -1: no limit\)"),
+    ("trainer.max_steps=-5", r"^trainer\.max_steps=-5 would train nothing"),
+])
+def test_a_count_of_epochs_or_steps_is_a_whole_number_that_trains(override: str, message: str,
+                                                                    tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        schema.check_config(compose_config([override], tmp_path))
+
+
 # --------------------------------------------------------------------------------------------------
 # Voxel values
 

@@ -99,8 +99,8 @@ def check(cfg: DictConfig, entry_point: str) -> CheckedConfig | RunOptions:
     """
     look_up_option("entry_point", entry_point, PRIMARY, error=ArgumentError)
     check_required(cfg)
+    check_top_level(cfg, PRIMARY[entry_point])  # first: data.* interpolates some of them (data.split.seed: ${seed})
     if entry_point not in SECTIONS:  # evaluate, predict, register: their checkpoints bring the model and data
-        check_top_level(cfg, PRIMARY[entry_point])
         return CheckedConfig(read_only(cfg))
     data = data_options(cfg)
     target = target_options(cfg, data) if entry_point == "run" else None

@@ -122,8 +122,9 @@ def check_top_level(cfg: DictConfig, primary: str = "config") -> None:
     values = to_dict(cfg, resolve=False)
     for key, default in defaults.items():
         if key in values and not _same_kind(values[key], default):
+            shown = str(default).lower() if isinstance(default, bool) else repr(default)  # as YAML and Hydra spell it
             raise ConfigError(f"{key}={cfg[key]!r} must be {_KINDS.get(type(default), 'a string')}, like its "
-                              f"default {key}={default!r}")
+                              f"default {key}={shown}")
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
@@ -235,19 +236,26 @@ def _monitored_metrics(model: Mapping[str, Any], target: TargetOptions) -> dict[
 
 def _check_trainer(trainer: Mapping[str, Any]) -> None:
     max_epochs = trainer.get("max_epochs")
-    if max_epochs is not None and (not _is_int(max_epochs) or not (max_epochs == -1 or max_epochs >= 1)):
-        raise ConfigError(f"trainer.max_epochs={max_epochs!r} would train nothing; use 1 or more (or -1 to train "
-                          "until early stopping)")
+    _check_count("trainer.max_epochs", max_epochs, "or -1 to train until early stopping")
     min_epochs = trainer.get("min_epochs")
     if _is_int(min_epochs) and _is_int(max_epochs) and max_epochs >= 1 and min_epochs > max_epochs:
         raise ConfigError(f"trainer.min_epochs={min_epochs} is more than trainer.max_epochs={max_epochs}")
-    max_steps = trainer.get("max_steps", -1)
-    if max_steps is not None and (not _is_int(max_steps) or not (max_steps == -1 or max_steps >= 1)):
-        raise ConfigError(f"trainer.max_steps={max_steps!r} would train nothing; use 1 or more (or -1: no limit)")
+    _check_count("trainer.max_steps", trainer.get("max_steps", -1), "or -1: no limit")
     limit = trainer.get("limit_train_batches")
     if not trainer.get("fast_dev_run") and limit is not None and check_number("trainer.limit_train_batches", limit) <= 0:
         raise ConfigError(f"trainer.limit_train_batches={limit} would train nothing; use a fraction in (0, 1] "
                           "or a number of batches")
+
+
+def _check_count(key: str, value: Any, unlimited: str) -> None:
+    """``value``, of ``key`` (a count of epochs or steps, -1 for no limit), or None: a whole number, and one that
+    trains."""
+    if value is None:
+        return
+    if not _is_int(value):
+        raise ConfigError(f"{key}={value!r} must be a whole number: 1 or more ({unlimited})")
+    if not (value == -1 or value >= 1):
+        raise ConfigError(f"{key}={value!r} would train nothing; use 1 or more ({unlimited})")
 
 
 def _check_model(model: Mapping[str, Any], trainer: Mapping[str, Any]) -> None:

@@ -143,7 +143,7 @@ def train(run: RunOptions) -> RunResult:
         mlflow_tracking_uri=mlflow.experiment.tracking_uri if mlflow is not None and run_id else None,
         test_predictions=_test_report(trainer).predictions if cfg.test_after_fit else None,
     )
-    _print_summary(result)
+    _print_summary(result, cfg.optimized_metric)
     return result
 
 
@@ -248,12 +248,14 @@ def _optimized_metric(trainer: pl.Trainer, name: str) -> float | None:
 
 
 @rank_zero_only
-def _print_summary(result: RunResult) -> None:
+def _print_summary(result: RunResult, optimized: str) -> None:
+    """The run's console summary: each test metric once with its interval, the best value of ``optimized`` (the
+    checkpoint's metric, e.g. val/auroc), where the checkpoint and the MLflow run are."""
     tested = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
     width = max([22, *map(len, summary_names(whole_split_metrics(tested)))])
     lines = metric_lines(tested, width)
     if result.optimized_metric is not None:
-        lines.append(f"  {'best optimised metric':<{width}} {result.optimized_metric:.4f}")
+        lines.append(f"  {f'best {optimized}':<{width}} {result.optimized_metric:.3f}")
     lines.append(f"  {'best checkpoint':<{width}} {result.best_checkpoint or '(none saved)'}")
     if result.mlflow_run_id:
         lines.append(f"  {'MLflow run id':<{width}} {result.mlflow_run_id}")
