@@ -84,6 +84,14 @@ def test_other_data_or_another_model_is_refused(make_config, stopped_run: Path) 
         train(check(make_config(*RUN, f"ckpt_path={stopped_run}", model="resnet3d"), "run"))
 
 
+def test_a_group_switched_off_is_one_difference_not_one_per_leaf(make_config, stopped_run: Path) -> None:
+    """aug=none makes aug.train null where the run had a transform: one difference, its value shown cut."""
+    with pytest.raises(ConfigError, match=r"aug\.train: \{'_target_': 'torchio\.Compose', .*… in the checkpoint, "
+                                          r"None now") as error:
+        train(check(make_config(*RUN, f"ckpt_path={stopped_run}", "aug=none"), "run"))
+    assert "aug.train._target_" not in str(error.value) and "(unset)" not in str(error.value)
+
+
 def test_the_same_spelling_of_other_data_is_refused_by_what_it_resolves_to(make_config, stopped_run: Path,
                                                                           synthetic_root: Path, tmp_path: Path) -> None:
     """``paths.data_dir=<other>`` leaves ``data.root: ${paths.data_dir}/luna16`` as written, not where it points."""

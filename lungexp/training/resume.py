@@ -205,8 +205,9 @@ def check_resumable(checkpoint: Path, state: Mapping[str, Any], run: RunOptions,
                if before.get(key, _UNSET) != now.get(key, _UNSET) and not _may_change(key)
                and not (located and key in DATA_LOCATIONS)]  # compared resolved, below
     if changed:
+        differences = _differences(_outermost(changed), stored, run_config(cfg))
         raise ConfigError(f"ckpt_path={checkpoint}: a resumed run must train what its run trained, but "
-                          f"{_differences(changed, before, now)}; resume with the run's own config (only "
+                          f"{differences}; resume with the run's own config (only "
                           f"{', '.join(MAY_CHANGE)} may change), or start a new run without ckpt_path")
     if isinstance(locations, Mapping):
         _check_data_locations(checkpoint, locations, data_locations(run.data))
@@ -222,9 +223,34 @@ def _check_data_locations(checkpoint: Path, before: Mapping[str, Any], now: Mapp
 
 
 def _differences(keys: list[str], before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
-    shown = "; ".join(f"{key}: {before.get(key, _UNSET)!r} in the checkpoint, {now.get(key, _UNSET)!r} now"
+    """``key: <before> in the checkpoint, <now> now`` for the first six ``keys`` (dotted, into nested or flat
+    mappings), each value cut to a readable length."""
+    shown = "; ".join(f"{key}: {_shown(_node(before, key))} in the checkpoint, {_shown(_node(now, key))} now"
                       for key in keys[:6])
     return shown + (f" (and {len(keys) - 6} more)" if len(keys) > 6 else "")
+
+
+def _outermost(keys: list[str]) -> list[str]:
+    """``keys`` without those below another of them: a node that is null on one side and a mapping on the other
+    differs in each of its leaves, and is one difference (``aug.train``, not also ``aug.train._target_``)."""
+    return [key for key in keys if not any(key.startswith(f"{other}.") for other in keys)]
+
+
+def _node(config: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` (a leaf or a whole mapping), :data:`_UNSET` where there is none."""
+    if key in config:
+        return config[key]
+    node: Any = config
+    for name in key.split("."):
+        if not isinstance(node, Mapping) or name not in node:
+            return _UNSET
+        node = node[name]
+    return node
+
+
+def _shown(value: Any, width: int = 80) -> str:
+    text = value if value is _UNSET else repr(value)
+    return text if len(text) <= width else f"{text[:width - 1]}…"
 
 
 def _check_not_finished(checkpoint: Path, state: Mapping[str, Any], cfg: DictConfig,
