@@ -78,6 +78,10 @@ def test_unfrozen_batchnorm_statistics_do_change(make_config) -> None:
     before = {k: v.clone() for k, v in model.net.state_dict().items() if "running_mean" in k}
     trainer.fit(model, datamodule=datamodule)
     assert any(not torch.equal(before[k], model.net.state_dict()[k]) for k in before)
+    # The epoch's progress bar: the training loss and val/auroc; every validation metric is logged.
+    assert {name.removesuffix("_epoch").removesuffix("_step") for name in trainer.progress_bar_metrics} == {
+        "train/loss", "val/auroc"}
+    assert {"val/auroc", "val/average_precision", "val/sensitivity"} <= set(trainer.callback_metrics)
 
 
 def test_head_learning_rate_multiplier_and_backbone_freezing_from_config(make_config) -> None:

@@ -55,6 +55,9 @@ def stored_validation_predictions(checkpoint: Mapping[str, Any]) -> pd.DataFrame
         {column: values.numpy() if isinstance(values, torch.Tensor) else values for column, values in stored.items()})
 
 
+PROGRESS_BAR = ("val/auroc",)  # the validation metrics the epoch's progress bar shows beside the training loss
+
+
 class NoduleClassifier(pl.LightningModule):
     """Trains ``net`` (one logit per patch) with a binary loss (BCE unless ``loss`` says otherwise) and
     reports the shared metric set; or, for another ``target``, its heads with theirs.
@@ -321,7 +324,10 @@ class NoduleClassifier(pl.LightningModule):
                 self._said_classes_left_out = True
             self.log_dict(metrics)
             return
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        computed = self.val_metrics.compute()
+        # The progress bar holds the loss and val/auroc, on one line; every metric is logged (MLflow, callbacks).
+        self.log_dict({name: value for name, value in computed.items() if name not in PROGRESS_BAR})
+        self.log_dict({name: value for name, value in computed.items() if name in PROGRESS_BAR}, prog_bar=True)
         self.val_metrics.reset()
         self.validation_predictions = self.predictions("val")
 
