@@ -318,6 +318,14 @@ def test_case_ids_are_unique() -> None:
     assert sorted(ids) == sorted(set(ids)), [case_id for case_id in set(ids) if ids.count(case_id) > 1]
 
 
+def test_the_folder_of_a_refused_run_says_why(tmp_path: Path, fork_server: ForkServer) -> None:
+    """Hydra makes the run folder before the checks: its log holds the message the console printed."""
+    proc = run_entry_point("run", ["trainer.max_epochs=0"], tmp_path, fork_server=fork_server)
+    assert proc.returncode == 1 and proc.stderr.count("error:") == 1, proc.stderr
+    (log_file,) = tmp_path.glob("logs/train/runs/*/run.log")
+    assert "error: trainer.max_epochs=0 would train nothing" in log_file.read_text()
+
+
 def test_debug_switch_shows_the_traceback(tmp_path: Path, fork_server: ForkServer) -> None:
     proc = run_entry_point("run", ["+seeed=1"], tmp_path, env={"LUNGEXP_DEBUG": "1"}, fork_server=fork_server)
     assert proc.returncode == 1
