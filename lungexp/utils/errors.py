@@ -240,7 +240,7 @@ def _record_in_log_files(message: str) -> None:
     """Write ``message`` to the log files of the root logger (Hydra's job logging: the run folder's
     ``<entry>.log``), so that the folder of a refused command says why it ended; the console gets it once, from
     the caller."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
