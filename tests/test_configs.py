@@ -45,6 +45,17 @@ def test_help_lists_only_the_groups_a_user_chooses() -> None:
     listed = {line.split(":")[0] for line in groups.splitlines() if ": " in line}
     assert {"data", "model", "experiment"} <= listed
     assert not {name for name in listed if "shared" in name or "base" in name}, listed
+    assert shown.startswith("lungexp.run: one config, composed from the groups below.")
+
+
+def test_help_of_a_checkpoint_command_says_what_it_does_and_lists_no_training_group() -> None:
+    """predict takes its model and data from the checkpoint: Hydra's default help listed every group of conf/,
+    which predict refuses."""
+    shown = subprocess.run([sys.executable, "-m", "lungexp.predict", "--help"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, check=True, timeout=120).stdout
+    assert shown.startswith("lungexp.predict: scores candidate points")
+    assert "== Configuration groups ==" not in shown and "\nmodel: " not in shown and "candidates: null" in shown
+    assert "make docs" in shown  # where every option is explained
 
 
 def test_config_composes_fast_and_resolves(make_config) -> None:
