@@ -268,9 +268,10 @@ class NoduleClassifier(pl.LightningModule):
     def on_fit_start(self) -> None:
         covariates = self.hparams["covariates"]
         params: dict[str, Any] = {f"model_info.{k}": v for k, v in self.complexity.items()}
-        if self.pretrained_report is not None:
-            params.update(self.pretrained_report.as_params())
-        log.info("Model: %s", ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items()))
+        if self.pretrained_report is not None:  # the size and FLOPs are in the model summary the fit prints
+            pretrained = self.pretrained_report.as_params()
+            log.info("Pretrained weights: %s", ", ".join(f"{k}={v}" for k, v in pretrained.items()))
+            params.update(pretrained)
         log_params(self.trainer.loggers, {**params, **self.covariate_statistics()})
         ratings = rating_covariates(covariates)
         if ratings:
