@@ -8,14 +8,18 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lungexp.metrics.bootstrap import summary_names, with_interval
 from lungexp.metrics.stratified import STRATUM_COUNTS, stratum_prefixes
+from lungexp.utils.log_files import record_in_log_files
 
 RULE = "=" * 72
 
 
 @rank_zero_only
 def print_summary(title: str, lines: Iterable[str]) -> None:
-    """``title`` and ``lines`` between two rules, printed once (by rank 0 under DDP)."""
-    print("\n".join(["", RULE, title, *lines, RULE]))
+    """``title`` and ``lines`` between two rules, printed once (by rank 0 under DDP), and kept in the run
+    folder's log file."""
+    text = "\n".join(["", RULE, title, *lines, RULE])
+    print(text)
+    record_in_log_files(text)
 
 
 def whole_split_metrics(metrics: Mapping[str, float]) -> dict[str, float]:

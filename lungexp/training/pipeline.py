@@ -262,5 +262,3 @@ def _print_summary(result: RunResult, optimized: str) -> None:
         lines.append(f"  {'MLflow tracking URI':<{width}} {result.mlflow_tracking_uri}")
         lines.append(f"  {'Open the MLflow UI:':<{width}} make mlflow-ui   (then http://127.0.0.1:5000)")
     print_summary("Results", lines)
-    if result.best_checkpoint:
-        log.info("Best checkpoint: %s", Path(result.best_checkpoint).resolve())

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar, overload
 
+from lungexp.utils.log_files import record_in_log_files
+
 log = logging.getLogger(__name__)
 
 # Either variable set to a non-empty value other than 0 shows the full traceback of user errors too.
@@ -231,16 +233,7 @@ def _exit_with_message(message: str) -> None:
 
         log.error(message)  # Hydra reports a failed job only when the whole sweep has ended
         raise CompactHydraException(message) from None  # fails this job; Hydra prints it without a traceback
-    _record_in_log_files(message)
+    record_in_log_files(message, logging.ERROR)  # the run folder's log says why it ended
     print(message, file=sys.stderr)
     raise SystemExit(1)
 
-
-def _record_in_log_files(message: str) -> None:
-    """Write ``message`` to the log files of the root logger (Hydra's job logging: the run folder's
-    ``<entry>.log``), so that the folder of a refused command says why it ended; the console gets it once, from
-    the caller."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
