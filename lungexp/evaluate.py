@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lungexp.config.command_line import checks_command_line_keys
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
 from lungexp.utils.dictconfig import CONFIG_DIR
@@ -17,6 +18,7 @@ from lungexp.utils.dictconfig import CONFIG_DIR
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
 
+@checks_command_line_keys("evaluate")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from lungexp.config.command_line import checks_command_line_keys
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
 from lungexp.utils.dictconfig import CONFIG_DIR
@@ -18,6 +19,7 @@ from lungexp.utils.dictconfig import CONFIG_DIR
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
 
+@checks_command_line_keys("predict")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

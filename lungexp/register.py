@@ -11,6 +11,7 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
+from lungexp.config.command_line import checks_command_line_keys
 from lungexp.config.store import register_configs
 from lungexp.utils.dictconfig import CONFIG_DIR
 from lungexp.utils.errors import report_user_errors
@@ -18,6 +19,7 @@ from lungexp.utils.errors import report_user_errors
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
 
+@checks_command_line_keys("register")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="register")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

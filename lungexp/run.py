@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lungexp.config.command_line import checks_command_line_keys
 from lungexp.config.keys import report_user_errors
 from lungexp.config.store import register_configs
 from lungexp.utils.dictconfig import CONFIG_DIR, print_config_tree
@@ -17,6 +18,7 @@ from lungexp.utils.dictconfig import CONFIG_DIR, print_config_tree
 register_configs()  # the resolvers and Python-declared nodes conf/ composes with, before @hydra.main
 
 
+@checks_command_line_keys("config")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
