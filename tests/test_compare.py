@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -186,9 +187,11 @@ def test_a_trained_run_logs_intervals_and_compares_with_its_csv(trained_run, tmp
     for name in ("auroc", "average_precision", "ece", "at_threshold/sensitivity", "cpm"):
         assert metrics[f"test/{name}_ci_low"] <= metrics[f"test/{name}"] <= metrics[f"test/{name}_ci_high"], name
     assert "test/auroc_delong_ci_low" in metrics
-    _print_summary(trained_run)
+    _print_summary(trained_run, "val/auroc")
     auroc = f"{metrics['test/auroc']:.3f} [{metrics['test/auroc_ci_low']:.3f}, {metrics['test/auroc_ci_high']:.3f}]"
-    assert auroc in capsys.readouterr().out  # the console summary shows each interval next to its metric
+    printed = capsys.readouterr().out
+    assert auroc in printed  # the console summary shows each interval next to its metric
+    assert re.search(rf"\n  best val/auroc +{trained_run.optimized_metric:.3f}\n", printed)  # the checkpoint's metric
     guesses = np.random.default_rng(0).uniform(size=len(trained_run.test_predictions)).round(6)
     csv = write(trained_run.test_predictions.assign(probability=guesses), tmp_path / "guesses.csv")
     assert main([trained_run.mlflow_run_id, csv, "--tracking-uri", f"sqlite:///{mlflow_dir}/mlflow.db",

@@ -1,13 +1,12 @@
-"""The command line's keys, checked before Hydra runs: a misspelt key (``trainer.max_epoch=3``) is one ``error:``
-line naming the key it was likely meant to be, where Hydra would print six lines ending in "To append to your
-config use +trainer.max_epoch=3", advice to add the typo as a new key (which the checks would then refuse).
+"""The command line's keys, checked before Hydra runs: a misspelt key (``max_epoch=3`` under ``trainer``) is one
+``error:`` line naming the key it was likely meant to be, where Hydra would print six lines ending in "To append to
+your config use +..." — advice to add the typo as a new key, which the checks would then refuse.
 
 Each Hydra entry point (``run``, ``preprocess``, ``evaluate``, ``predict``, ``register``) wraps its ``@hydra.main``
 function with :func:`checks_command_line_keys`. The check composes the config as Hydra will (one composition,
-~0.1 s, only when the command line has overrides; one more per changed key when that fails); anything it
-cannot judge (a sweep, another config,
-Hydra's flags, a composition that fails otherwise) is left to Hydra, which reports it as before.
-"""
+~0.1 s, only when the command line has overrides; one more per changed key when that fails); anything it cannot
+judge (a sweep, another config, Hydra's flags, a composition that fails otherwise) is left to Hydra, which reports
+it as before."""
 
 from __future__ import annotations
 
