@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from functools import cached_property
 from typing import Any, cast
 
 import numpy as np
@@ -158,6 +157,7 @@ class NoduleClassifier(pl.LightningModule):
         self.mean_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.validation_predictions: pd.DataFrame | None = None  # of the current weights
         self._said_classes_left_out = False  # validation's macro AUROC without a class the split lacks: said once
+        self._complexity: dict[int, dict[str, int | float]] = {}  # complexity() by patch size
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
 
     @staticmethod
@@ -246,28 +246,26 @@ class NoduleClassifier(pl.LightningModule):
             return
         cast(CovariateFusion, self.net).start_from(fitted_logistic_regression(covariates, torch.as_tensor(labels)))
 
-    @cached_property
-    def complexity(self) -> dict[str, int | float]:
-        """The network's size and compute, counted once (:func:`~lungexp.models.complexity.model_summary`:
-        ``params`` and the FLOPs of one sample, ``flops_32``): logged as ``model_info.*`` and shown in the model
-        summary (:class:`~lungexp.training.network_summary.NetworkSummary`)."""
-        stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))  # every image network has one
-        return model_summary(self.net, stem_conv.in_channels if stem_conv is not None else None,
-                             covariates=len(self.hparams["covariates"]))
+    def complexity(self, patch: int = 32) -> dict[str, int | float]:
+        """The network's size and compute for one sample of ``patch``³ voxels and its covariates
+        (:func:`~lungexp.models.complexity.model_summary`: ``params`` and ``flops_<patch>``, or ``flops`` for a model
+        of covariates alone), counted once per patch size: at 32³ logged as ``model_info.*`` (comparable across
+        runs), at the run's patch size shown in the model summary
+        (:class:`~lungexp.training.network_summary.NetworkSummary`)."""
+        if patch not in self._complexity:
+            stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))  # every image network has one
+            self._complexity[patch] = model_summary(self.net, stem_conv.in_channels if stem_conv is not None else None,
+                                                    patch=patch, covariates=len(self.hparams["covariates"]))
+        return self._complexity[patch]
 
     def network_flops(self, patch: int) -> int:
-        """The network's FLOPs for one sample of ``patch``³ voxels (and its covariates; a model of covariates alone:
-        its ``flops``, whatever the patch). ``model_info.flops_32`` is the same count at 32³, comparable across
-        runs of any patch size."""
-        stem_conv = cast(nn.Conv3d | None, getattr(self.net, "stem_conv", None))
-        if stem_conv is None:
-            return int(self.complexity["flops"])
-        return int(model_summary(self.net, stem_conv.in_channels, patch=patch,
-                                 covariates=len(self.hparams["covariates"]))[f"flops_{patch}"])
+        """The network's FLOPs for one sample of ``patch``³ voxels (a model of covariates alone: whatever the
+        patch)."""
+        return int(next(value for name, value in self.complexity(patch).items() if name.startswith("flops")))
 
     def on_fit_start(self) -> None:
         covariates = self.hparams["covariates"]
-        params: dict[str, Any] = {f"model_info.{k}": v for k, v in self.complexity.items()}
+        params: dict[str, Any] = {f"model_info.{k}": v for k, v in self.complexity().items()}
         if self.pretrained_report is not None:  # the size and FLOPs are in the model summary the fit prints
             pretrained = self.pretrained_report.as_params()
             log.info("Pretrained weights: %s", ", ".join(f"{k}={v}" for k, v in pretrained.items()))
